@@ -16,7 +16,13 @@ the top-k samples by reward and take a supervised step on them,
 
     L = −Σ_{kept s} Σ_t log π_θ(y_{s,t}) / Σ_{kept s} |y_s|        (token mean, as causal-LM SFT)
 
-then resample and repeat. Online DPO uses the same selection to build pairs (`best_worst_pairs`).
+then resample and repeat. Online DPO uses the same selection to build pairs (`best_worst_pairs`):
+
+    online_dpo   per prompt, the best and the worst of its K samples by reward form a pair (y_w, y_l);
+                 L = mean over pairs of −log σ(β·[(log π_θ − log π_ref)(y_w) − (log π_θ − log π_ref)(y_l)])
+                 (Guo et al. 2024, Direct Language Model Alignment from Online AI Feedback,
+                 arXiv:2402.04792; the pairs' rewards come from the reward function instead of an AI
+                 annotator). `rollout_pairs` gives the pairs' sequence log-probs for any paired loss.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ import math
 import torch
 from torch import Tensor
 
-from prefopt.losses.base import LossOutput
-from prefopt.registry import HParam, Interval, LossInputError, register_loss
+from prefopt.losses.base import LossOutput, neg_logsigmoid, pairwise_reward_metrics
+from prefopt.registry import POSITIVE, HParam, Interval, LossInputError, register_loss
 from prefopt.rl.baselines import check_grouped_rewards, grouped_to_sequences
 from prefopt.rl.masked import masked_mean, masked_sum
 
-__all__ = ["bon_kl_bound", "select_best_of_n", "kept_sequences_mask", "best_worst_pairs", "best_of_n"]
+__all__ = ["bon_kl_bound", "select_best_of_n", "kept_sequences_mask", "best_worst_pairs", "rollout_pairs", "best_of_n",
+           "online_dpo"]
 
 
 def bon_kl_bound(n: int) -> float:
@@ -138,4 +145,74 @@ def best_of_n(
         "logps/kept": (masked_sum(policy_logps.detach(), tokens) / tokens.sum().clamp(min=1)).float(),
         "bon/kl_bound": torch.tensor(bon_kl_bound(grouped.shape[1]), device=grouped.device),
     }
+    return LossOutput(loss, per_example, metrics)
+
+
+def rollout_pairs(
+    rewards: Tensor,
+    completion_mask: Tensor,
+    *token_logps: Tensor,
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Online preference pairs of a rollout: each prompt's best vs worst sample, as sequence log-probs.
+
+    Args:
+        rewards: [B, K] sequence rewards, K ≥ 2.
+        completion_mask: [S, T] bool, S = K·B group-major.
+        token_logps: per-token log-probs [S, T] (policy, reference, ...), each summed over its row.
+    Returns:
+        (valid [B] bool, [(chosen [B], rejected [B]) for each of token_logps]). A pair is valid when its
+        rewards differ (a tie is no preference) and both completions have tokens; invalid pairs still
+        appear in the tensors and must be dropped or zero-weighted by the caller.
+    """
+    chosen, rejected, valid = best_worst_pairs(rewards)
+    lengths = completion_mask.sum(1)
+    valid = valid & (lengths[chosen] > 0) & (lengths[rejected] > 0)
+    sums = [masked_sum(t, completion_mask, dim=1) for t in token_logps]
+    return valid, [(s[chosen], s[rejected]) for s in sums]
+
+
+@register_loss(
+    "online_dpo",
+    kind="rollout",
+    needs_reference=True,
+    paper=(
+        "Guo et al. 2024, Direct Language Model Alignment from Online AI Feedback, arXiv:2402.04792 (online DPO: "
+        "pairs sampled from the current policy, labelled online); DPO loss of Rafailov et al. 2023, arXiv:2305.18290"
+    ),
+    formula="mean_{valid b} −log σ(β[(log π_θ − log π_ref)(y_best,b) − (log π_θ − log π_ref)(y_worst,b)])",
+    hparams=[HParam("beta", 0.1, "DPO's β on the online pairs", POSITIVE)],
+)
+def online_dpo(
+    policy_logps: Tensor,
+    old_logps: Tensor | None = None,
+    completion_mask: Tensor | None = None,
+    *,
+    rewards: Tensor | None = None,
+    ref_logps: Tensor | None = None,
+    beta: float = 0.1,
+) -> LossOutput:
+    """Online DPO: DPO on each prompt's best-vs-worst pair of the K samples just drawn from the policy.
+
+    `loss` is the mean over valid pairs (`rollout_pairs`; 0 when none is valid); `per_example` [S]
+    holds each valid pair's loss at its chosen row and 0 elsewhere. old_logps is accepted for the
+    rollout contract and ignored (DPO has no importance ratio). Metrics: the paired metrics of DPO
+    (rewards/chosen = β·log-ratio of the best samples, ...), rewards/mean, pairs/valid (fraction).
+
+    Args:
+        policy_logps, completion_mask: [S, T], S = K·B; ref_logps: [S, T] reference log-probs.
+        rewards: [B, K] rewards of the samples, K ≥ 2.
+        beta: β.
+    """
+    assert completion_mask is not None and ref_logps is not None  # filled in / checked by the registry wrapper
+    grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="online_dpo", min_k=2)
+    valid, ((policy_w, policy_l), (ref_w, ref_l)) = rollout_pairs(grouped, completion_mask, policy_logps, ref_logps)
+    ratio_w, ratio_l = policy_w - ref_w, policy_l - ref_l
+    pair_loss = torch.where(valid, neg_logsigmoid(beta * (ratio_w - ratio_l)), torch.zeros_like(ratio_w))
+    loss = pair_loss.sum() / valid.sum().clamp(min=1)
+    chosen_rows, _, _ = best_worst_pairs(grouped)
+    per_example = torch.zeros(policy_logps.shape[0], dtype=pair_loss.dtype, device=pair_loss.device)
+    per_example = per_example.index_add(0, chosen_rows, pair_loss)
+    keep = valid if bool(valid.any()) else torch.ones_like(valid)  # metrics over valid pairs (all when none)
+    metrics = pairwise_reward_metrics(beta * ratio_w[keep], beta * ratio_l[keep], policy_w[keep], policy_l[keep])
+    metrics.update({"rewards/mean": grouped.float().mean(), "pairs/valid": valid.float().mean()})
     return LossOutput(loss, per_example, metrics)

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+import prefopt
+
 from prefopt.losses import best_of_n, best_worst_pairs, bon_kl_bound, kept_sequences_mask, select_best_of_n
 from prefopt.registry import LossInputError
 
@@ -82,3 +84,35 @@ def test_raft_top_k_and_errors() -> None:
         best_of_n(policy, None, mask, rewards=rewards, top_k=3)
     with pytest.raises(LossInputError, match="top_k"):
         best_of_n(policy, None, mask, rewards=rewards, top_k=1.5)
+
+
+def test_online_dpo_hand_computed_value_and_gradient() -> None:
+    # B = 2 prompts, K = 2 samples: rows s = k·B + b. Prompt 0: sample 0 (row 0) beats sample 1 (row 2);
+    # prompt 1 is a tie (rows 1, 3) and gives no pair.
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
+    mask = torch.tensor([[True, True], [True, False], [True, True], [True, False]])
+    policy = torch.tensor([[-0.4, -0.6], [-1.0, 0.0], [-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
+    ref = torch.tensor([[-1.0, -1.0], [-1.0, 0.0], [-1.5, -0.5], [-0.5, 0.0]])
+    out = prefopt.losses.online_dpo(policy, None, mask, rewards=rewards, ref_logps=ref, beta=0.5)
+    # log-ratios: winner −1 − (−2) = 1, loser −3 − (−2) = −1; β·(1 − (−1)) = 1; −log σ(1) = log(1 + e⁻¹)
+    expected = math.log1p(math.exp(-1.0))
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    assert out.per_example.tolist() == pytest.approx([expected, 0.0, 0.0, 0.0], abs=1e-6)
+    assert out.metrics["pairs/valid"].item() == pytest.approx(0.5)
+    out.loss.backward()
+    slope = 0.5 * (1.0 / (1.0 + math.e))  # β·σ(−1)
+    torch.testing.assert_close(policy.grad, torch.tensor([[-slope, -slope], [0, 0], [slope, slope], [0, 0]]))
+
+
+def test_rollout_pairs_feed_any_paired_loss() -> None:
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(3, 4, generator=g)
+    mask = torch.ones(12, 5, dtype=torch.bool)
+    policy, ref = -torch.rand(12, 5, generator=g), -torch.rand(12, 5, generator=g)
+    valid, ((pw, pl), (rw, rl)) = prefopt.losses.rollout_pairs(rewards, mask, policy, ref)
+    assert valid.all()
+    online = prefopt.losses.online_dpo(policy, None, mask, rewards=rewards, ref_logps=ref, beta=0.3)
+    offline = prefopt.losses.dpo(pw, pl, rw, rl, beta=0.3)
+    torch.testing.assert_close(online.loss, offline.loss)
+    best = rewards.argmax(1)
+    assert torch.equal(pw, policy.sum(1)[best * 3 + torch.arange(3)])

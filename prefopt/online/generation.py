@@ -1,0 +1,294 @@
+"""Sampling completions from a policy for the online algorithms: K samples per prompt, batched.
+
+    rollout = generate(policy, tokenizer, prompts, GenerationConfig(num_samples=4, max_new_tokens=64), seed=0)
+    rollout.completions[k * B + b]      # sample k of prompt b (group-major, like every prefopt batch)
+    rollout.token_batch()               # the samples as a TokenBatch for the log-prob engine
+
+The Hugging Face `generate` API does the decoding (temperature, top-p, max new tokens, stop at EOS, K
+return sequences per prompt). Prompts are grouped by token length, so each `generate` call is unpadded:
+no left-padding conventions to get right per tokenizer, and a prompt's samples do not depend on which
+other prompts share its batch. Sampling is reproducible: the draws come from torch's global generator,
+forked and seeded for the call, so the caller's random state is left untouched.
+
+vLLM is used instead when `backend="vllm"` (or `"auto"` with vLLM installed, CUDA available and the
+model given as a path or Hub name): an in-memory policy that is being trained has no weights on disk for
+vLLM to load, so it always takes the `generate` path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prefopt.data.batch import TokenBatch
+
+__all__ = ["GenerationConfig", "Rollout", "generate", "vllm_available"]
+
+BACKENDS = ("auto", "hf", "vllm")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How completions are sampled.
+
+    Attributes:
+        max_new_tokens: cap on completion tokens (EOS included); a row that reaches it unfinished is kept.
+        temperature: > 0; logits are divided by it (ignored when do_sample is False).
+        top_p: nucleus sampling mass in (0, 1]; 1 keeps the whole distribution.
+        num_samples: K completions per prompt.
+        batch_size: prompts per `generate` call (memory, not results).
+        do_sample: False = greedy decoding (ReMax's baseline); then num_samples must be 1.
+        backend: "hf" (transformers `generate`), "vllm", or "auto" (vLLM when it can be used, see the
+            module docstring).
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_samples: int = 1
+    batch_size: int = 64
+    do_sample: bool = True
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "num_samples", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GenerationConfig.{name}={value!r} must be an integer ≥ 1")
+        if not self.temperature > 0:
+            raise ValueError(f"GenerationConfig.temperature={self.temperature!r} must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"GenerationConfig.top_p={self.top_p!r} must be in (0, 1]")
+        if not self.do_sample and self.num_samples != 1:
+            raise ValueError(f"GenerationConfig: greedy decoding (do_sample=False) gives one completion per prompt; "
+                             f"num_samples={self.num_samples} must be 1")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"GenerationConfig.backend={self.backend!r}: use one of {BACKENDS}")
+
+
+@dataclass
+class Rollout:
+    """K sampled completions of each of B prompts, token layout included (CPU tensors, right-padded).
+
+    Rows are group-major: row s = k·B + b holds sample k of prompt b (`prefopt.rl.grouped_to_sequences`
+    maps [B, K] rewards to this order).
+
+    Attributes:
+        prompts: the B prompt strings.
+        completions: S = K·B completion texts (EOS and padding removed).
+        input_ids: [S, T] long, the prompt's tokens + completion (+ EOS), then padding.
+        attention_mask: [S, T] long, 1 on real tokens.
+        completion_mask: [S, T] bool, True at completion tokens (EOS included): `TokenBatch` alignment.
+        finished: [S] bool, True where the completion ended with EOS.
+        num_samples: K.
+    """
+
+    prompts: list[str]
+    completions: list[str]
+    input_ids: Tensor
+    attention_mask: Tensor
+    completion_mask: Tensor
+    finished: Tensor
+    num_samples: int
+
+    @property
+    def num_prompts(self) -> int:
+        """B."""
+        return len(self.prompts)
+
+    def row_prompts(self) -> list[str]:
+        """The S prompt strings aligned with `completions` (prompt of row s is prompts[s % B])."""
+        return list(self.prompts) * self.num_samples
+
+    def lengths(self) -> Tensor:
+        """[S] long, completion tokens per row (EOS included)."""
+        return self.completion_mask.sum(1)
+
+    def token_batch(self, rows: Tensor | Sequence[int] | None = None) -> TokenBatch:
+        """The rows (all, or the indices `rows`, e.g. a PPO minibatch) as a padded `TokenBatch`, one
+        sequence per row (group_size 1), trimmed to the longest selected row."""
+        input_ids, attention, completion = self.input_ids, self.attention_mask, self.completion_mask
+        if rows is not None:
+            index = torch.as_tensor(rows, dtype=torch.long)
+            input_ids, attention, completion = input_ids[index], attention[index], completion[index]
+        width = max(int(attention.sum(1).max()), 1) if attention.numel() else 1
+        input_ids, attention, completion = input_ids[:, :width], attention[:, :width], completion[:, :width]
+        row_ids = torch.arange(input_ids.shape[0])[:, None].expand_as(input_ids)
+        sequence_ids = torch.where(attention.bool(), row_ids, torch.full_like(row_ids, -1))
+        return TokenBatch(input_ids, attention, completion, sequence_ids, num_sequences=input_ids.shape[0])
+
+
+def vllm_available() -> bool:
+    """True when vLLM is installed and a CUDA device is visible (vLLM's own requirement)."""
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def _special_ids(tokenizer: Any) -> tuple[int, int]:
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos is None:
+        raise ValueError("generate: the tokenizer has no eos_token_id; completions could never end. Set "
+                         "tokenizer.eos_token (and check the model's generation_config.eos_token_id)")
+    return int(eos), int(pad if pad is not None else eos)
+
+
+def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("generate: prompts must be a list of strings (rendered prompts, e.g. from "
+                         "tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True))")
+    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"generate: prompt(s) at index {empty[:5]} tokenise to no tokens; give each prompt some "
+                         "text or a tokenizer that adds BOS")
+    return encoded
+
+
+def _trim(tokens: list[int], eos: int) -> list[int]:
+    """New tokens up to and including the first EOS (the rest is generate's padding)."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def _hf_generate(model: Any, encoded: list[list[int]], config: GenerationConfig, eos: int, pad: int,
+                 progress: bool) -> list[list[list[int]]]:
+    """completion tokens [b][k] for every prompt, via `model.generate` on length-grouped batches."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    out: list[list[list[int]]] = [[] for _ in encoded]
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0} \
+        if config.do_sample else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    bar = tqdm(total=len(encoded) * config.num_samples, desc="generating", unit="sample", disable=not progress)
+    for length in sorted(by_length):
+        rows = by_length[length]
+        for start in range(0, len(rows), config.batch_size):
+            chunk = rows[start:start + config.batch_size]
+            prompt_ids = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)
+            generated = model.generate(
+                input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=config.max_new_tokens,
+                num_return_sequences=config.num_samples, eos_token_id=eos, pad_token_id=pad, **sampling,
+            )
+            new = generated[:, length:].cpu().tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
+            for j, row in enumerate(chunk):
+                out[row] = [_trim(new[j * config.num_samples + k], eos) for k in range(config.num_samples)]
+            bar.update(len(chunk) * config.num_samples)
+    bar.close()
+    return out
+
+
+def _vllm_generate(model: str, encoded: list[list[int]], config: GenerationConfig, eos: int,
+                   seed: int) -> list[list[list[int]]]:
+    """completion tokens [b][k] from vLLM (`model`: a path or Hub name vLLM loads itself)."""
+    from vllm import LLM, SamplingParams  # optional dependency: `pip install prefopt[vllm]`
+
+    params = SamplingParams(n=config.num_samples, max_tokens=config.max_new_tokens, seed=seed, stop_token_ids=[eos],
+                            temperature=config.temperature if config.do_sample else 0.0,
+                            top_p=config.top_p if config.do_sample else 1.0)
+    llm = LLM(model=model, seed=seed)
+    results = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params)
+    out = []
+    for result in results:
+        samples = []
+        for completion in result.outputs:  # vLLM drops the stop token; put EOS back where it stopped
+            tokens = list(completion.token_ids)
+            stopped = completion.finish_reason == "stop" and (not tokens or tokens[-1] != eos)
+            samples.append(_trim(tokens + [eos] if stopped else tokens, eos))
+        out.append(samples)
+    return out
+
+
+def _decode(tokenizer: Any, prompt_ids: list[int], completion_ids: list[int]) -> str:
+    from prefopt.eval.sampling import decode_completion
+
+    return decode_completion(tokenizer, prompt_ids, completion_ids)
+
+
+def _layout(encoded: list[list[int]], samples: list[list[list[int]]], num_samples: int, eos: int,
+            pad: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[tuple[int, int]]]:
+    """Right-padded group-major tensors of the rollout and the (prompt, sample) of each row."""
+    order = [(b, k) for k in range(num_samples) for b in range(len(encoded))]  # row s = k·B + b
+    width = max(len(encoded[b]) + len(samples[b][k]) for b, k in order)
+    input_ids = torch.full((len(order), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(order), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(order), width), dtype=torch.bool)
+    for s, (b, k) in enumerate(order):
+        prompt, completion = encoded[b], samples[b][k]
+        end = len(prompt) + len(completion)
+        input_ids[s, :end] = torch.tensor(prompt + completion, dtype=torch.long)
+        attention_mask[s, :end] = 1
+        completion_mask[s, len(prompt):end] = True
+    finished = torch.tensor([samples[b][k][-1:] == [eos] for b, k in order], dtype=torch.bool)
+    return input_ids, attention_mask, completion_mask, finished, order
+
+
+def _use_vllm(model: Any, config: GenerationConfig) -> bool:
+    if config.backend == "hf":
+        return False
+    if config.backend == "vllm":
+        if not vllm_available():
+            raise ValueError("generate: backend='vllm' needs vLLM installed (`pip install vllm`) and a CUDA device; "
+                             "use backend='hf' or 'auto'")
+        if not isinstance(model, (str, os.PathLike)):
+            raise ValueError("generate: backend='vllm' loads the model itself: pass a path or Hub name, not an "
+                             "in-memory model (a policy being trained samples with backend='hf')")
+        return True
+    return isinstance(model, (str, os.PathLike)) and vllm_available()
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    config: GenerationConfig | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> Rollout:
+    """Sample `config.num_samples` completions of every prompt (see the module docstring).
+
+    Args:
+        model: a causal LM (any device; put in eval mode for the call and restored), or a path / Hub name
+            (loaded with transformers, or by vLLM when that backend is used).
+        tokenizer: its tokenizer; prompts are tokenised with `tokenizer(prompt)["input_ids"]` (the
+            tokenizer's own BOS convention). pad = eos when the tokenizer has no pad token.
+        prompts: B prompt strings.
+        config: sampling settings (default `GenerationConfig()`).
+        seed: the draws' seed (same seed, model and prompts → same samples on the same device).
+        progress: a tqdm bar over samples.
+    Returns:
+        `Rollout` with S = K·B rows, group-major.
+    """
+    config = config or GenerationConfig()
+    eos, pad = _special_ids(tokenizer)
+    encoded = _encode(tokenizer, prompts)
+    if not encoded:
+        raise ValueError("generate: no prompts given")
+    if _use_vllm(model, config):
+        samples = _vllm_generate(str(model), encoded, config, eos, seed)
+    else:
+        if isinstance(model, (str, os.PathLike)):
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(model))
+        was_training = model.training
+        device = next(model.parameters()).device
+        devices = [device] if device.type == "cuda" else []
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                samples = _hf_generate(model, encoded, config, eos, pad, progress)
+        finally:
+            model.train(was_training)
+    input_ids, attention_mask, completion_mask, finished, order = _layout(encoded, samples, config.num_samples, eos, pad)
+    completions = [_decode(tokenizer, encoded[b], [t for t in samples[b][k] if t != eos]) for b, k in order]
+    return Rollout(list(prompts), completions, input_ids, attention_mask, completion_mask, finished, config.num_samples)
