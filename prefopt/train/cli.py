@@ -4,9 +4,13 @@
     prefopt train --loss kto --data prefs.jsonl --model path/to/sft --lr 5e-7 --out runs/kto
     prefopt train --config run.yaml --hparam beta=0.05 --lora-r 16 --no-ref-cache
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m prefopt.train --loss dpo --batch-size 16
+    prefopt train --list-recipes                    # the papers' published settings (docs/recipes.md)
+    prefopt train --recipe simpo-llama3-base --smoke --out runs/smoke    # that recipe on a tiny model, offline
+    accelerate launch --multi_gpu --num_processes 8 -m prefopt.train --recipe zephyr-7b-beta --out runs/zephyr
 
-Settings: the `TrainConfig` defaults, overridden by the YAML file's keys (TrainConfig field names), then by
-the flags given on the command line.
+Settings: the `TrainConfig` defaults, overridden by the recipe's (`--recipe`; with `--smoke` its smoke
+version, `prefopt.train.recipes.smoke_settings`), then by the YAML file's keys (TrainConfig field names),
+then by the flags given on the command line.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_train_command", "run_train", "config_from_args", "main"]
+__all__ = ["add_train_command", "run_train", "config_from_args", "print_recipes", "main"]
 
 # flag → (TrainConfig field, type, help); flags not given stay out of the merged settings.
 _OPTIONS: dict[str, tuple[str, Any, str]] = {
@@ -38,7 +42,7 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--optimizer": ("optimizer", str, "adamw, rmsprop or sgd (overrides the preset)"),
     "--lr": ("lr", float, "peak learning rate (overrides the preset)"),
     "--weight-decay": ("weight_decay", float, "weight decay (overrides the preset)"),
-    "--schedule": ("schedule", str, "constant, linear or cosine (overrides the preset)"),
+    "--schedule": ("schedule", str, "constant, linear, cosine or inverse_sqrt (overrides the preset)"),
     "--warmup-steps": ("warmup_steps", int, "warm-up steps (overrides the preset)"),
     "--warmup-ratio": ("warmup_ratio", float, "warm-up fraction (overrides the preset)"),
     "--max-grad-norm": ("max_grad_norm", float, "gradient clipping norm (overrides the preset)"),
@@ -66,6 +70,11 @@ _SWITCHES: dict[str, tuple[str, bool, str]] = {
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", metavar="NAME",
+                        help="start from a paper's published settings (--list-recipes); --config and flags override it")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run --recipe end to end on a tiny model and synthetic data for a few steps (offline)")
+    parser.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     parser.add_argument("--config", type=Path, help="YAML file of TrainConfig settings (flags override it)")
     for flag, (dest, kind, text) in _OPTIONS.items():
         parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text)
@@ -93,20 +102,45 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _recipe_values(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields of `--recipe` (its smoke version with `--smoke`); {} without a recipe.
+
+    `given` (YAML ← flags) goes on top later; a `loss` there other than the recipe's drops the recipe's
+    loss_hparams (they belong to its loss), and with `--smoke` the tiny task goes under the final output_dir.
+    """
+    import dataclasses
+
+    from prefopt.train.recipes import load_recipe, smoke_settings
+
+    name, smoke = getattr(args, "recipe", None), getattr(args, "smoke", False)
+    if name is None:
+        if smoke:
+            raise ValueError("--smoke runs a recipe: add --recipe NAME (see --list-recipes)")
+        return {}
+    recipe = load_recipe(name)
+    if given.get("loss", recipe.loss) != recipe.loss:
+        recipe = dataclasses.replace(recipe, train={**recipe.train, "loss": given["loss"], "loss_hparams": {}})
+    if not smoke:
+        return {"output_dir": f"runs/{recipe.name}", **recipe.train}
+    output_dir = given.get("output_dir", f"runs/smoke/{recipe.name}")
+    return {**smoke_settings(recipe, Path(output_dir) / "smoke-task"), "output_dir": output_dir}
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
-    """Merge TrainConfig defaults ← YAML (`--config`) ← flags into a `TrainConfig`."""
+    """Merge TrainConfig defaults ← recipe (`--recipe`, `--smoke`) ← YAML (`--config`) ← flags into a `TrainConfig`."""
     import yaml
 
     from prefopt.train.config import TrainConfig
 
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
         loaded = yaml.safe_load(Path(args.config).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a mapping of TrainConfig settings, got {type(loaded).__name__}")
-        values.update(loaded)
+        given.update(loaded)
     fields = {dest for dest, _, _ in _OPTIONS.values()} | {dest for dest, _, _ in _SWITCHES.values()} | {"report_to"}
-    values.update({k: v for k, v in vars(args).items() if k in fields})
+    given.update({k: v for k, v in vars(args).items() if k in fields})
+    values = {**_recipe_values(args, given), **given}
     hparams = dict(values.get("loss_hparams") or {})
     for item in args.hparam:
         name, sep, text = item.partition("=")
@@ -117,10 +151,24 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig.from_dict(values)
 
 
+def print_recipes() -> None:
+    """Print each recipe on three lines: name, loss, model and data; its paper; the accelerate command of a real run."""
+    from prefopt.train.recipes import list_recipes, load_recipe
+
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        train = recipe.train
+        print(f"{name:<20} {recipe.loss:<6} {train.get('model')}  on  {train.get('data')}\n"
+              f"{'':<20} {recipe.paper}\n{'':<20} {recipe.launch_command()}")
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run `prefopt train` from parsed arguments; prints the result as JSON. Exit code 2 on bad settings."""
     from prefopt.train.loop import train
 
+    if getattr(args, "list_recipes", False):
+        print_recipes()
+        return 0
     try:
         config = config_from_args(args)
     except (ValueError, TypeError) as err:

@@ -15,6 +15,8 @@ Schedules (multiplier of the peak lr at optimiser step s, warm-up of w steps, T 
     constant  s < w: (s+1)/w, else 1                      (the DPO paper: linear warm-up, then flat)
     linear    s < w: (s+1)/w, else (T − s)/(T − w)
     cosine    s < w: (s+1)/w, else ½(1 + cos(π (s − w)/(T − w)))
+    inverse_sqrt  s < w: (s+1)/w, else √(τ / (s + τ − w)) with τ = w (τ = 10⁴ when w = 0): 1 at the end
+              of the warm-up, then ∝ 1/√s (transformers' `inverse_sqrt`, used by Mistral-ORPO-β)
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
-SCHEDULES = ("constant", "linear", "cosine")
+SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
+# inverse_sqrt time scale when there is no warm-up (transformers' default).
+INVERSE_SQRT_TIMESCALE = 10_000
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class OptimizerSettings:
         weight_decay: decoupled (AdamW) or L2 (RMSprop, SGD) weight decay.
         betas: AdamW (β₁, β₂).
         eps: AdamW/RMSprop ε.
-        schedule: "constant", "linear" or "cosine" after the warm-up (module docstring).
+        schedule: "constant", "linear", "cosine" or "inverse_sqrt" after the warm-up (module docstring).
         warmup_steps: linear warm-up length in optimiser steps; `warmup_ratio` is used when this is None.
         warmup_ratio: warm-up as a fraction of all optimiser steps.
         max_grad_norm: clip the global gradient 2-norm to this (None: no clipping).
@@ -163,6 +167,9 @@ def schedule_factor(step: int, *, schedule: str, warmup: int, total_steps: int) 
     """The lr multiplier at optimiser step `step` (0-based); formulas in the module docstring."""
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "inverse_sqrt":
+        timescale = warmup or INVERSE_SQRT_TIMESCALE
+        return math.sqrt(timescale / (step + timescale - warmup))
     if schedule == "constant" or total_steps <= warmup:
         return 1.0
     progress = min(1.0, (step - warmup) / (total_steps - warmup))

@@ -67,6 +67,10 @@ def test_schedule_factors_by_hand() -> None:
     assert schedule_factor(8, schedule="linear", warmup=4, total_steps=12) == pytest.approx(0.5)
     assert schedule_factor(8, schedule="cosine", warmup=4, total_steps=12) == pytest.approx(0.5)
     assert schedule_factor(6, schedule="cosine", warmup=4, total_steps=12) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    # inverse_sqrt: 1 at the end of the warm-up, then √(w/s); without warm-up the time scale is 10⁴
+    assert schedule_factor(3, schedule="inverse_sqrt", warmup=4, total_steps=12) == 1.0
+    assert schedule_factor(16, schedule="inverse_sqrt", warmup=4, total_steps=12) == pytest.approx(0.5)
+    assert schedule_factor(30_000, schedule="inverse_sqrt", warmup=0, total_steps=10) == pytest.approx(0.5)
     import torch
 
     param = torch.nn.Parameter(torch.zeros(2))
