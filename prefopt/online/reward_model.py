@@ -1,0 +1,413 @@
+"""Reward models: train r_φ(x, y) on preferences with a registered reward loss, save it, score with it.
+
+    result = train_reward_model(loss="bradley_terry", data="prefs.jsonl", model="path/to/sft", lr=1e-5)
+    reward = LearnedReward(result.model_path)             # a RewardFunction
+    reward.score(prompts, completions)                     # float32 [B]
+
+The model is a transformers `*ForSequenceClassification` with num_labels = 1: a causal-LM body and a
+linear score head read at each sequence's last non-padding token (InstructGPT's reward model,
+Ouyang et al. 2022, arXiv:2203.02155, §3.5). The loss is the registry's `bradley_terry`
+(−log σ(r_w − r_l − m), with the data's optional `margin` column as m, Touvron et al. 2023,
+arXiv:2307.09288, Eq. 2) on paired data, or `plackett_luce_rm` (Zhu, Jordan & Jiao 2023,
+arXiv:2301.11270) on ranked data: `get_loss(config.loss, ...)` is the only loss code here.
+
+With no model and no data (`model=None, data=None`) the RM is trained on the built-in synthetic task:
+a `LlamaForSequenceClassification` shaped like the synthetic reference policy (optionally resized,
+`hidden_size` / `num_layers`, for proxy reward models of several sizes as in Gao, Schulman & Hilton
+2023, "Scaling Laws for Reward Model Overoptimization", arXiv:2210.10760), its body copied from the
+policy (`init="policy"`) or randomly initialised (`init="scratch"`), on the task's own preference data.
+
+Saved layout of `<output_dir>`: `final/` (weights, config, tokenizer and `prefopt_reward_model.json`:
+loss, data, tokenisation, accuracies), `metrics.jsonl` (one line per logged step), `config.json` and
+`result.json`. `final/` is written into a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prefopt.atomic import write_json_atomic
+from prefopt.online.reward_config import METADATA_FILE, RewardModelConfig, resolve_config
+from prefopt.online.reward_data import encode_completions, loss_arguments, pad_token_id, reward_batches, sequence_scores
+
+__all__ = ["RewardModelConfig", "RewardModelResult", "train_reward_model", "evaluate_reward_model",
+           "synthetic_reward_model", "LearnedReward", "load_reward_model", "METADATA_FILE"]
+
+
+@dataclass(frozen=True)
+class RewardModelResult:
+    """What `train_reward_model` returns (also written to `<output_dir>/result.json`).
+
+    Attributes:
+        model_path: `<output_dir>/final` (load with `LearnedReward(path)`); metrics_path: metrics.jsonl.
+        eval_accuracy: held-out share of pairs ordered right, r(x, y_w) > r(x, y_l) (ranked data: of all
+            pairs j < k within a ranking); None without an eval split. eval_margin: mean r_w − r_l
+            (ranked: best − worst); eval_loss: the loss on the eval split; eval_examples: its rows.
+        train_accuracy: the same accuracy over the last pass of training batches (as trained).
+        final_metrics: the last logged step's record. steps: optimiser steps; wall_time_s: this call's
+            wall time; num_parameters: the reward model's parameter count.
+    """
+
+    model_path: Path
+    metrics_path: Path
+    eval_accuracy: float | None
+    eval_margin: float | None
+    eval_loss: float | None
+    eval_examples: int
+    train_accuracy: float
+    final_metrics: dict[str, float]
+    steps: int
+    wall_time_s: float
+    num_parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def synthetic_reward_model(policy_model: Any, *, init: str = "policy", hidden_size: int | None = None,
+                           num_layers: int | None = None, seed: int = 0) -> Any:
+    """A `LlamaForSequenceClassification` (num_labels = 1) shaped like the synthetic reference policy.
+
+    Args:
+        policy_model: the synthetic reference policy (a `LlamaForCausalLM`).
+        init: "policy" copies the policy's body (embeddings, layers, norm) into the RM; "scratch" keeps
+            the random initialisation. The score head is always random (seeded by `seed`).
+        hidden_size, num_layers: resize the RM (from-scratch proxy RMs); the MLP width scales with
+            hidden_size, the head count is the policy's (hidden_size must divide by it).
+    """
+    from transformers import LlamaForSequenceClassification
+
+    values = policy_model.config.to_dict()
+    for key in ("id2label", "label2id", "architectures", "_name_or_path", "transformers_version", "dtype"):
+        values.pop(key, None)
+    heads = values["num_attention_heads"]
+    if hidden_size is not None:
+        if hidden_size % heads or (hidden_size // heads) % 2:
+            raise ValueError(f"RewardModelConfig.hidden_size={hidden_size}: must be a multiple of 2 × the "
+                             f"policy's {heads} attention heads (an even head size), e.g. {heads * 16}")
+        scale = values["intermediate_size"] / values["hidden_size"]
+        values.update(hidden_size=hidden_size, head_dim=hidden_size // heads,
+                      intermediate_size=max(1, round(scale * hidden_size)))
+    if num_layers is not None:
+        values["num_hidden_layers"] = num_layers
+    config = type(policy_model.config).from_dict({**values, "num_labels": 1})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForSequenceClassification(config)
+    if init == "policy":
+        model.model.load_state_dict(policy_model.model.state_dict())
+    return model
+
+
+def _check_reward_model(model: Any, where: str) -> None:
+    config = getattr(model, "config", None)
+    if config is None or not type(model).__name__.endswith("ForSequenceClassification"):
+        raise TypeError(f"{where}: {type(model).__name__} is not a sequence-classification reward model; build one "
+                        "with AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), or pass the path")
+    if config.num_labels != 1:
+        raise ValueError(f"{where}: the model has num_labels={config.num_labels}; a reward model outputs one scalar "
+                         "(num_labels=1)")
+
+
+def _prepare(model: Any, tokenizer: Any) -> None:
+    """Point the model's last-token pooling at the tokenizer's pad id (EOS when it has no pad token)."""
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id(tokenizer)
+
+
+def _load_model(config: RewardModelConfig, model: Any, tokenizer: Any, task: Any) -> tuple[Any, Any]:
+    """(reward model, tokenizer): given in memory, loaded from `config.model`, or built for the synthetic task."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if model is None and config.model is not None:
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # the saved tokenizer then pads the way scoring expects
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # the score head's random initialisation
+            model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=1)
+        model.config.pad_token_id = pad_token_id(tokenizer)
+    elif model is None:
+        model = synthetic_reward_model(task.policy.model, init=config.init, hidden_size=config.hidden_size,
+                                       num_layers=config.num_layers, seed=config.seed)
+        tokenizer = tokenizer or task.policy.tokenizer
+    if tokenizer is None:
+        raise ValueError("train_reward_model: pass the tokenizer together with an in-memory model")
+    _check_reward_model(model, "train_reward_model")
+    _prepare(model, tokenizer)
+    return model, tokenizer
+
+
+def _device(config: RewardModelConfig) -> torch.device:
+    return torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _batch_metrics(output: Any, groups: int) -> dict[str, float]:
+    return {"loss": float(output.loss.detach()), **{k: float(v) for k, v in output.metrics.items()}, "examples": groups}
+
+
+def evaluate_reward_model(model: Any, batches: Sequence[Any], loss_fn: Any, kind: str) -> dict[str, float]:
+    """Mean loss, accuracy and margin of `model` over collated batches (weighted by rows), without gradients.
+
+    Returns `{"loss", "accuracy", "margin", "examples"}`: accuracy is the loss's `accuracy` metric (paired:
+    1[r_w > r_l]; ranked: the share of correctly ordered pairs), margin its `rewards/margins`.
+    """
+    if not batches:
+        raise ValueError("evaluate_reward_model: no batches to evaluate")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+    rows = 0
+    with torch.no_grad():
+        for batch in batches:
+            batch = batch.to(device)
+            output = loss_fn(**loss_arguments(kind, sequence_scores(model, batch), batch))
+            n = batch.num_groups
+            totals["loss"] += float(output.loss) * n
+            totals["accuracy"] += float(output.metrics["accuracy"]) * n
+            totals["margin"] += float(output.metrics["rewards/margins"]) * n
+            rows += n
+    model.train(was_training)
+    return {**{k: v / rows for k, v in totals.items()}, "examples": rows}
+
+
+def train_reward_model(config: RewardModelConfig | None = None, *, model: Any = None, tokenizer: Any = None,
+                       dataset: Any = None, eval_dataset: Any = None, **settings: Any) -> RewardModelResult:
+    """Train a reward model with a registered reward loss; save it under `<output_dir>/final`.
+
+    Args:
+        config: a `RewardModelConfig`; `settings` (its field names) override it or build one.
+        model, tokenizer: an in-memory `*ForSequenceClassification` (num_labels = 1) and its tokenizer,
+            instead of `config.model` / the synthetic task; a string `model` is a path (= config.model).
+        dataset, eval_dataset: in-memory preference data (`datasets.Dataset`/`DatasetDict` or anything
+            `prefopt.data.load_preferences` takes) instead of `config.data` and its eval split.
+    Returns:
+        `RewardModelResult` (eval accuracy and margin, train accuracy, paths, steps, time).
+
+    Each step: S = K·B sequences of B rows → scores [S] → `get_loss(loss)(**inputs)` → AdamW step with
+    linear warm-up and decay (`prefopt.train.presets`), gradient clipping at `max_grad_norm`.
+    """
+    from prefopt.data.synthetic.sampling import torch_threads
+
+    if isinstance(model, (str, os.PathLike)):
+        settings["model"], model = str(model), None
+    config = resolve_config(config, settings)
+    threads = config.num_threads if config.num_threads is not None else (1 if config.model is None else None)
+    with torch_threads(threads):
+        return _train(config, model, tokenizer, dataset, eval_dataset)
+
+
+def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, eval_dataset: Any) -> RewardModelResult:
+    from prefopt.online.reward_config import load_rows, synthetic_task_for
+    from prefopt.registry import get_loss, loss_spec
+    from prefopt.train.presets import OptimizerSettings, build_optimizer, build_scheduler
+
+    started = time.perf_counter()
+    kind = loss_spec(config.loss).kind
+    loss_fn = get_loss(config.loss, **config.loss_hparams)
+    sources = {"model": config.model or ("in-memory" if model is not None else "synthetic"),
+               "data": config.data or ("in-memory" if dataset is not None else "synthetic")}
+    needs_task = "synthetic" in sources.values()
+    task = synthetic_task_for(config) if needs_task else None
+    model, tokenizer = _load_model(config, model, tokenizer, task)
+    tokenize_config = config.tokenize_config(model)
+    train_rows, eval_rows = load_rows(config, kind, tokenizer, tokenize_config, dataset, eval_dataset, task)
+    pad = pad_token_id(tokenizer)
+    eval_batches = reward_batches(eval_rows, config.eval_batch_size, pad=pad) if eval_rows else []
+    per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    total_steps = max(1, math.ceil(config.resolved_epochs * per_epoch))
+    device = _device(config)
+    model.to(device).train()
+    settings = OptimizerSettings("adamw", lr=config.resolved_lr, weight_decay=config.weight_decay, schedule="linear",
+                                 warmup_ratio=config.warmup_ratio, max_grad_norm=config.max_grad_norm,
+                                 source="prefopt train-rm")
+    optimizer = build_optimizer(model.parameters(), settings)
+    scheduler = build_scheduler(optimizer, settings, total_steps)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", config.to_dict())
+    history = _loop(config, model, loss_fn, kind, train_rows, pad, optimizer, scheduler, total_steps, device, started)
+    last_pass = history[-per_epoch:]
+    train_accuracy = sum(r["accuracy"] * r["examples"] for r in last_pass) / sum(r["examples"] for r in last_pass)
+    evaluation = evaluate_reward_model(model, eval_batches, loss_fn, kind) if eval_batches else None
+    model_path = _save(config, sources, model, tokenizer, tokenize_config, evaluation, train_accuracy, total_steps)
+    result = RewardModelResult(
+        model_path=model_path, metrics_path=out / "metrics.jsonl",
+        eval_accuracy=evaluation["accuracy"] if evaluation else None,
+        eval_margin=evaluation["margin"] if evaluation else None,
+        eval_loss=evaluation["loss"] if evaluation else None,
+        eval_examples=int(evaluation["examples"]) if evaluation else 0,
+        train_accuracy=train_accuracy, final_metrics=history[-1], steps=total_steps,
+        wall_time_s=time.perf_counter() - started, num_parameters=sum(p.numel() for p in model.parameters()))
+    write_json_atomic(out / "result.json", result.to_dict())
+    return result
+
+
+def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: list[dict[str, Any]], pad: int,
+          optimizer: Any, scheduler: Any, total_steps: int, device: torch.device, started: float) -> list[dict[str, Any]]:
+    """The training loop: scores → loss → backward → clip → step; returns every step's record."""
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    bar = tqdm(total=total_steps, desc=f"train-rm {config.loss}", disable=not config.progress, dynamic_ncols=True)
+    with open(Path(config.output_dir) / "metrics.jsonl", "w", encoding="utf-8") as log:
+        epoch, batches = 0, []
+        for step in range(total_steps):
+            if not batches:
+                batches, epoch = reward_batches(rows, config.batch_size, pad=pad, generator=generator), epoch + 1
+            batch = batches.pop(0).to(device)
+            output = loss_fn(**loss_arguments(kind, sequence_scores(model, batch), batch))
+            if not torch.isfinite(output.loss):
+                raise FloatingPointError(f"train-rm: non-finite loss {float(output.loss)} at step {step + 1}; "
+                                         f"lower the learning rate (lr={config.resolved_lr:g})")
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+            optimizer.step()
+            record = {"step": step + 1, "epoch": epoch, **_batch_metrics(output, batch.num_groups),
+                      "lr": scheduler.get_last_lr()[0], "grad_norm": float(norm),
+                      "elapsed_s": time.perf_counter() - started}
+            scheduler.step()
+            history.append(record)
+            if (step + 1) % config.log_every == 0 or step + 1 == total_steps:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
+            bar.update(1)
+    bar.close()
+    return history
+
+
+def _save(config: RewardModelConfig, sources: dict[str, str], model: Any, tokenizer: Any, tokenize_config: Any,
+          evaluation: dict | None, train_accuracy: float, steps: int) -> Path:
+    """Write the model, tokenizer and metadata to a temporary sibling of `final/`, then rename it into place."""
+    out = Path(config.output_dir)
+    final = out / "final"
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        metadata = {"format": 1, "loss": config.loss, "loss_hparams": dict(config.loss_hparams),
+                    **sources,
+                    "tokenize": dataclasses.asdict(tokenize_config), "steps": steps,
+                    "train_accuracy": train_accuracy, "eval": evaluation}
+        write_json_atomic(tmp / METADATA_FILE, metadata)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+class LearnedReward:
+    """A trained reward model as a `RewardFunction`: `score(prompts, completions)` → float32 [B], no grad.
+
+    Args:
+        model_or_path: a saved reward model folder (`train_reward_model`'s `final/`, or any transformers
+            sequence-classification model with num_labels = 1), or an in-memory such model.
+        tokenizer: its tokenizer (default: loaded from the folder; required with an in-memory model).
+        batch_size: sequences per forward; rows are sorted by length first to cut padding.
+        device: where to run (default: the model's device; a loaded model goes to CUDA when available).
+        num_threads: torch CPU threads while scoring (None: unchanged).
+        tokenize_config: a `prefopt.data.TokenizeConfig`; default: the one the model was trained with
+            (read from `prefopt_reward_model.json`), else training's default (max_length 512, capped at
+            the model's max_position_embeddings).
+    """
+
+    def __init__(self, model_or_path: Any, tokenizer: Any = None, *, batch_size: int = 64,
+                 device: str | torch.device | None = None, num_threads: int | None = None,
+                 tokenize_config: Any = None) -> None:
+        from prefopt.data.tokenize import TokenizeConfig
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"LearnedReward: batch_size={batch_size!r} must be a positive integer")
+        metadata: dict[str, Any] = {}
+        if isinstance(model_or_path, (str, os.PathLike)):
+            model, tokenizer, metadata = _load_saved(Path(model_or_path), tokenizer)
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            model = model_or_path
+            if tokenizer is None:
+                raise ValueError("LearnedReward: pass the tokenizer together with an in-memory model")
+        _check_reward_model(model, "LearnedReward")
+        _prepare(model, tokenizer)
+        if device is not None:
+            model.to(device)
+        self.model, self.tokenizer, self.metadata = model, tokenizer, metadata
+        self.batch_size, self.num_threads = batch_size, num_threads
+        if tokenize_config is None and "tokenize" in metadata:
+            tokenize_config = TokenizeConfig(**metadata["tokenize"])
+        self.tokenize_config = tokenize_config or RewardModelConfig().tokenize_config(model)
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """r(x_b, y_b) for B rows → float32 [B] on the CPU (eval mode, no gradients; the mode is restored)."""
+        from prefopt.data.synthetic.sampling import torch_threads
+
+        if len(prompts) == len(completions) == 0:
+            return torch.empty(0, dtype=torch.float32)
+        batch = encode_completions(self.tokenizer, self.tokenize_config, prompts, completions)
+        lengths = batch.attention_mask.sum(1)  # (B,)
+        order = torch.argsort(lengths, descending=True)
+        scores = torch.empty(len(prompts), dtype=torch.float32)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), torch_threads(self.num_threads):
+                for start in range(0, len(order), self.batch_size):
+                    rows = order[start:start + self.batch_size]
+                    width = int(lengths[rows].max())
+                    chunk = dataclasses.replace(
+                        batch, input_ids=batch.input_ids[rows, :width], attention_mask=batch.attention_mask[rows, :width],
+                        completion_mask=batch.completion_mask[rows, :width],
+                        sequence_ids=batch.sequence_ids[rows, :width], num_sequences=len(rows),
+                        position_ids=None, extras={})
+                    scores[rows] = sequence_scores(self.model, chunk.to(device)).cpu()
+        finally:
+            self.model.train(was_training)
+        return scores
+
+
+def _load_saved(path: Path, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, metadata) of a saved sequence-classification reward model, with clear errors."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a saved reward model (no config.json); pass the `final/` folder "
+                                "that `prefopt train-rm` wrote, or a sequence-classification model folder")
+    architectures = AutoConfig.from_pretrained(path).architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(f"{path} holds a {', '.join(architectures) or 'model of unknown architecture'}, not a "
+                         "sequence-classification reward model; train one with `prefopt train-rm`")
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} has no tokenizer files ({err}); pass tokenizer=...") from err
+    metadata_path = path / METADATA_FILE
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8")) if metadata_path.is_file() else {}
+    return model, tokenizer, metadata
+
+
+def load_reward_model(path: str | os.PathLike[str], **kwargs: Any) -> LearnedReward:
+    """`LearnedReward(path, **kwargs)`: a saved reward model as a `RewardFunction`."""
+    return LearnedReward(Path(path), **kwargs)
