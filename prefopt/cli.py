@@ -8,6 +8,8 @@ library functions take keyword arguments and never read argparse namespaces.
     prefopt reproduce [NAME]       # list, or re-run, a published result beside the paper's figure
     prefopt compare                # the main job: dpo, ipo, kto, orpo, simpo on the synthetic task
     prefopt train --loss dpo ...   # one offline training run (any loss of the registry)
+    prefopt train-online ...       # online RL: ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo
+    prefopt train-rm ...           # train a reward model (bradley_terry / plackett_luce_rm); docs/reward_models.md
 """
 
 from __future__ import annotations
@@ -82,7 +84,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for item in args.train or []:
         key, _, value = item.partition("=")
         train[key] = yaml_value(value)
-    for flag in ("data", "model", "eval_prompts", "max_new_tokens"):
+    online = settings.setdefault("online", {})
+    for item in args.online or []:
+        key, _, value = item.partition("=")
+        online[key] = yaml_value(value)
+    if args.bon_n:
+        settings["bon_n"] = [int(n) for n in args.bon_n.split(",")]
+    for flag in ("data", "model", "eval_prompts", "max_new_tokens", "bon_samples"):
         if getattr(args, flag) is not None:
             settings[flag] = getattr(args, flag)
     if args.tiny:
@@ -129,11 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_command(data.add_subparsers(dest="data_command", metavar="DATA_COMMAND"))
     add_reproduce_command(sub)
     add_train_command(sub)
+    from prefopt.online.rm_cli import add_train_rm_parser
+
+    add_train_rm_parser(sub)
+    from prefopt.online.cli import add_train_online_parser
+
+    add_train_online_parser(sub)
 
     cmp = sub.add_parser("compare", help="train several losses on the same data, model and seeds; table + plots",
                          description="With no arguments: dpo, ipo, kto, orpo and simpo at their paper defaults on "
                                      "the built-in synthetic task. Re-running with the same --out resumes.")
-    cmp.add_argument("--losses", help="comma-separated loss names (default: dpo,ipo,kto,orpo,simpo)")
+    cmp.add_argument("--losses", help="comma-separated loss names, offline or online (default: dpo,ipo,kto,orpo,simpo); "
+                                      "e.g. dpo,ppo,rloo,best_of_n for the reward-versus-KL frontier")
     cmp.add_argument("--set", action="append", metavar="LOSS.HPARAM=V[,V...]",
                      help="hyper-parameter or sweep, e.g. --set dpo.beta=0.05,0.1,0.5 (repeatable)")
     cmp.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (mean ± CI over seeds)")
@@ -146,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--batch-size", dest="batch_size", type=int)
     cmp.add_argument("--max-steps", dest="max_steps", type=int)
     cmp.add_argument("--train", action="append", metavar="KEY=VALUE", help="any TrainConfig setting (repeatable)")
+    cmp.add_argument("--online", action="append", metavar="KEY=VALUE",
+                     help="an OnlineConfig setting for the online algorithms, e.g. --online steps=60 (repeatable)")
+    cmp.add_argument("--bon-n", dest="bon_n", help="with best_of_n: the N values of the best-of-N policy (default 1,2,4,8,16)")
+    cmp.add_argument("--bon-samples", dest="bon_samples", type=int,
+                     help="reference samples per held-out prompt for best-of-N (default 64, ≥ 4·max N)")
     cmp.add_argument("--eval-prompts", dest="eval_prompts", type=int, help="held-out prompts to sample (default 128)")
     cmp.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
     cmp.add_argument("--tiny", action="store_true", help="a seconds-scale synthetic task (smoke test, not for conclusions)")

@@ -16,18 +16,20 @@ written by `prefopt.compare_report`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import write_json_atomic
+from prefopt.compare_online import online_settings
 from prefopt.registry import loss_spec
 
 __all__ = ["DEFAULT_LOSSES", "CompareConfig", "RunPlan", "CompareResult", "compare", "parse_sweeps", "tiny_task"]
@@ -64,7 +66,8 @@ class CompareConfig:
     """Settings of a comparison (keyword arguments; YAML is read only by the CLI).
 
     Attributes:
-        losses: registered offline losses to compare (`prefopt losses`).
+        losses: registered policy losses to compare (`prefopt losses`): offline ones, and online ones on
+            the synthetic task.
         hparams: per-loss hyper-parameters; a list value is a sweep, e.g. {"dpo": {"beta": [0.05, 0.5]}}.
         seeds: training seeds; several seeds give mean ± CI (Student's t over seeds) in the table.
         data, model: a preference dataset and a causal LM (path or hub name); None and None = the
@@ -79,6 +82,11 @@ class CompareConfig:
             threads 15× slower than one here), torch's default otherwise.
         sft_config, preference_config: sizes of the synthetic task (`SFTConfig`, `PreferenceConfig`;
             None = the defaults; `tiny_task()` gives a seconds-scale task for smoke tests).
+        online: OnlineConfig settings shared by the online runs (steps, prompts_per_step, lr, ...); online
+            algorithms (ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo) run on the synthetic task.
+        bon_n, bon_samples: with `best_of_n` among the losses, the inference-time best-of-N policy at each
+            N is added to the table and the frontier, evaluated from `bon_samples` reference samples per
+            held-out prompt (`prefopt.eval.best_of_n`).
     """
 
     losses: tuple[str, ...] = DEFAULT_LOSSES
@@ -96,6 +104,9 @@ class CompareConfig:
     sft_config: Any = None
     preference_config: Any = None
     num_threads: int | None = None
+    online: Mapping[str, Any] = field(default_factory=dict)
+    bon_n: tuple[int, ...] = (1, 2, 4, 8, 16)
+    bon_samples: int = 64
 
     def __post_init__(self) -> None:
         from prefopt.train.config import TrainConfig
@@ -110,9 +121,13 @@ class CompareConfig:
             raise ValueError(f"CompareConfig.seeds={list(self.seeds)} must be distinct and non-empty")
         for name in self.losses:
             spec = loss_spec(name)  # unknown names raise, listing the valid ones
-            if spec.kind == "rollout" or spec.scores != "logps":
-                raise ValueError(f"compare: {name!r} is not an offline policy loss (kind {spec.kind}, scores "
-                                 f"{spec.scores}); compare trains offline losses of paired/unpaired/ranked data")
+            if spec.scores != "logps":
+                raise ValueError(f"compare: {name!r} is a reward-model loss (it scores completions, it does not train "
+                                 "a policy); train reward models with `prefopt train-rm`")
+            if spec.kind == "rollout" and not (self.data is None and self.model is None):
+                raise ValueError(f"compare: {name!r} is an online algorithm; online runs need a reward for the "
+                                 "samples and run on the built-in synthetic task (its gold reward). Use "
+                                 "`prefopt train-online --model ... --reward RM_FOLDER` for your own model")
         extra = sorted(set(self.hparams) - set(self.losses))
         if extra:
             raise ValueError(f"CompareConfig.hparams names {extra}, which are not in losses={list(self.losses)}")
@@ -133,6 +148,13 @@ class CompareConfig:
             raise ValueError(f"CompareConfig.train: {bad + unknown} cannot be set there (set per run: {list(_PER_RUN)}; "
                              f"valid: TrainConfig fields)")
         object.__setattr__(self, "train", dict(self.train))
+        from prefopt.compare_online import check_online_settings
+
+        object.__setattr__(self, "online", check_online_settings(self.online))
+        object.__setattr__(self, "bon_n", tuple(int(n) for n in self.bon_n))
+        if not self.bon_n or min(self.bon_n) < 1 or max(self.bon_n) > self.bon_samples // 4:
+            raise ValueError(f"CompareConfig.bon_n={list(self.bon_n)} must be integers in [1, bon_samples/4 = "
+                             f"{self.bon_samples // 4}] (the measured best-of-N KL needs M ≫ N samples per prompt)")
         if (self.data is None) != (self.model is None):
             raise ValueError("CompareConfig: give both data and model, or neither (the built-in synthetic task)")
         from prefopt.data.synthetic import PreferenceConfig, SFTConfig
@@ -267,15 +289,23 @@ def _run_one(plan: RunPlan, task: _Task, eval_batches: list[Any]) -> dict[str, A
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    shared_cache = str(Path(config.output_dir) / "ref_cache")  # reference log-probs are shared by same-kind runs
-    settings = {"checkpoint_every": 50, "ref_cache_dir": shared_cache, **config.train, "loss": plan.loss,
-                "loss_hparams": dict(plan.hparams), "seed": plan.seed, "output_dir": str(run_dir / "train"),
-                "resume": True, "progress": config.progress}
-    write_json_atomic(run_dir / "config.json", {"plan": dataclasses.asdict(plan), "label": plan.label, "train": settings,
-                                          "compare": config.to_dict()})
+    kind = loss_spec(plan.loss).kind
+    if kind == "rollout":
+        settings = online_settings(plan, config, run_dir)
+    else:
+        shared_cache = str(Path(config.output_dir) / "ref_cache")  # reference log-probs are shared by same-kind runs
+        settings = {"checkpoint_every": 50, "ref_cache_dir": shared_cache, **config.train, "loss": plan.loss,
+                    "loss_hparams": dict(plan.hparams), "seed": plan.seed, "output_dir": str(run_dir / "train"),
+                    "resume": True, "progress": config.progress}
+    write_json_atomic(run_dir / "config.json", {"plan": dataclasses.asdict(plan), "label": plan.label,
+                                                ("online" if kind == "rollout" else "train"): settings,
+                                                "compare": config.to_dict()})
     started = time.perf_counter()
-    if task.synthetic is not None:
-        kind = loss_spec(plan.loss).kind
+    if kind == "rollout":
+        from prefopt.compare_online import train_online_run
+
+        result = train_online_run(task, settings)
+    elif task.synthetic is not None:
         result = train(model=copy.deepcopy(task.model).train().requires_grad_(True), tokenizer=task.tokenizer,
                        dataset=task.train_dataset(kind), **settings)
     else:
@@ -306,8 +336,23 @@ def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResu
     from prefopt.data.synthetic.sampling import torch_threads
 
     config = config if config is not None else CompareConfig(**settings)
-    with torch_threads(config.num_threads or (1 if config.synthetic else None)):
+    with torch_threads(config.num_threads or (1 if config.synthetic else None)), _hf_progress(config.progress):
         return _compare(config)
+
+
+@contextlib.contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """transformers' own bars (loading and saving weights, once per run) follow `progress`, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _compare(config: CompareConfig) -> CompareResult:
@@ -325,7 +370,12 @@ def _compare(config: CompareConfig) -> CompareResult:
         if config.progress:
             print(f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}", flush=True)
         records.append(_run_one(plan, task, eval_batches))
-    return write_report(records, config)
+    best_of_n = None
+    if "best_of_n" in config.losses and task.synthetic is not None:
+        from prefopt.compare_online import best_of_n_reference
+
+        best_of_n = best_of_n_reference(task, out / "best_of_n.json")
+    return write_report(records, config, best_of_n=best_of_n)
 
 
 def parse_sweeps(items: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -12,8 +12,12 @@ bootstrap CI over held-out prompts where the metric has one):
     length         mean sample length in tokens
     Elo            Bradley–Terry rating from per-prompt comparisons of all algorithms and the reference (=1000)
 
-A last row, `reference`, shows the starting policy's own samples (reward, length; KL 0, Elo 1000).
+    KL bound       best-of-N rows only: the analytic log N − (N−1)/N beside the measured KL
     time, peak MB  wall time of the run (training + evaluation) and peak resident memory
+
+With `best_of_n` among the losses, rows `best-of-N (N=n)` show the inference-time best-of-N policy
+(`prefopt.compare_online`); a last row, `reference`, shows the starting policy's own samples (reward,
+length; KL 0, Elo 1000).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "REFERENCE_LABEL", "summarize", "render_table", "write_report"]
+__all__ = ["COLUMNS", "REFERENCE_LABEL", "BEST_OF_N_LOSS", "summarize", "best_of_n_rows", "render_table", "write_report"]
 
 REFERENCE_LABEL = "reference"
 
@@ -36,6 +40,7 @@ COLUMNS = (
     ("eval_margin", "margin", "{:.2f}"),
     ("reward", "reward", "{:.3f}"),
     ("kl", "KL", "{:.3f}"),
+    ("kl_bound", "KL bound", "{:.3f}"),
     ("win_rate", "win", "{:.3f}"),
     ("lc_win_rate", "LC win", "{:.3f}"),
     ("length", "length", "{:.1f}"),
@@ -121,6 +126,16 @@ def summarize(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
     return rows, ratings
 
 
+BEST_OF_N_LOSS = "best-of-N (inference)"
+
+
+def best_of_n_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows of the inference-time best-of-N points (`prefopt.compare_online.best_of_n_reference`)."""
+    return [{"label": f"best-of-N (N={p['n']})", "loss": BEST_OF_N_LOSS, "hparams": {"n": p["n"]}, "seeds": [],
+             "reward": p["reward"], "kl": p["kl"], "win_rate": p["win_rate"],
+             "kl_bound": {"mean": p["kl_bound"], "low": None, "high": None}} for p in points]
+
+
 def _cell(value: dict[str, Any] | None, fmt: str) -> str:
     if value is None:
         return "—"
@@ -172,8 +187,12 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path)
               if r["seed"] == records[0]["seed"] and Path(r["train"]["metrics_path"]).exists()}
     if curves:
         files["training_curves"] = str(plot_training_curves(curves, out / "training_curves.png"))
-    points = [FrontierPoint(r["loss"], mean_ci(r["kl"]), mean_ci(r["reward"]), r["label"] if r["hparams"] else None)
+    points = [FrontierPoint(r["loss"], mean_ci(r["kl"]), mean_ci(r["reward"]),
+                            (f"N={r['hparams']['n']}" if r["loss"] == BEST_OF_N_LOSS else r["label"])
+                            if r["hparams"] else None)
               for r in rows if "kl" in r and "reward" in r and r["loss"] is not None]
+    points += [FrontierPoint("best-of-N at its KL bound log N − (N−1)/N", r["kl_bound"]["mean"],
+                             mean_ci(r["reward"])) for r in rows if "kl_bound" in r]
     if points:
         ref = next((_get(x, "generation", "reference_reward") for x in records), None)
         files["frontier"] = str(plot_reward_kl_frontier(points, out / "frontier.png", reward_label="gold reward",
@@ -186,17 +205,23 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path)
     return files
 
 
-def write_report(records: list[dict[str, Any]], config: Any) -> Any:
-    """Aggregate, print and write table.md / table.csv / results.json and the plots into config.output_dir."""
+def write_report(records: list[dict[str, Any]], config: Any, *, best_of_n: list[dict[str, Any]] | None = None) -> Any:
+    """Aggregate, print and write table.md / table.csv / results.json and the plots into config.output_dir.
+
+    `best_of_n`: the inference-time best-of-N points, added as rows before the reference row.
+    """
     from prefopt.atomic import write_atomic
     from prefopt.compare import CompareResult
 
     out = Path(config.output_dir)
     rows, ratings = summarize(records)
+    if best_of_n:
+        at = next((i for i, r in enumerate(rows) if r["label"] == REFERENCE_LABEL), len(rows))
+        rows[at:at] = best_of_n_rows(best_of_n)
     text = render_table(rows)
     files = _plots(records, rows, out)
     seeds = len(config.seeds)
-    settings = sum(1 for r in rows if r["loss"] is not None)
+    settings = sum(1 for r in rows if r["loss"] not in (None, BEST_OF_N_LOSS))
     note = (f"{settings} settings × {seeds} seed(s); ± is the half-width of a 95% CI "
             + ("over seeds (Student's t)." if seeds > 1 else "over held-out prompts (bootstrap)."))
     write_atomic(out / "table.md", "# prefopt compare\n\n" + render_table(rows, markdown=True) + f"\n\n{note}\n")

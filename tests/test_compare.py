@@ -27,8 +27,11 @@ def test_runs_expand_sweeps_and_seeds_in_order() -> None:
     ("settings", "message"),
     [
         ({"losses": ("dpoo",)}, "Did you mean"),
-        ({"losses": ("ppo",)}, "not an offline policy loss"),
-        ({"losses": ("bradley_terry",)}, "not an offline policy loss"),
+        ({"losses": ("ppo",), "data": "x.jsonl", "model": "m"}, "online algorithm"),
+        ({"losses": ("bradley_terry",)}, "reward-model loss"),
+        ({"losses": ("rloo",), "online": {"seed": 1}}, "cannot be set there"),
+        ({"losses": ("rloo",), "online": {"stepz": 1}}, "cannot be set there"),
+        ({"losses": ("best_of_n",), "bon_n": (1, 32)}, "bon_samples/4"),
         ({"losses": ("dpo", "dpo")}, "repeats"),
         ({"losses": ("dpo",), "hparams": {"ipo": {"beta": 0.1}}}, "not in losses"),
         ({"losses": ("dpo",), "hparams": {"dpo": {"beta": []}}}, "empty sweep"),
@@ -116,6 +119,29 @@ def test_tiny_compare_end_to_end_writes_report_and_resumes(tmp_path, tiny_cache,
     again = compare(config)
     assert (out / "dpo-seed0" / "result.json").stat().st_mtime_ns == stamp
     assert again.rows[0]["eval_accuracy"] == result.rows[0]["eval_accuracy"]
+
+
+@pytest.mark.slow
+def test_tiny_compare_with_online_algorithms_and_best_of_n(tmp_path, tiny_cache) -> None:
+    """Online runs land in the same table and frontier as offline ones; best-of-N adds its rows with the bound."""
+    settings = {**tiny_task(), "eval_prompts": 8, "max_new_tokens": 16}
+    config = CompareConfig(losses=("dpo", "rloo", "best_of_n"), output_dir=str(tmp_path / "cmp"), progress=False,
+                           train={"max_steps": 1, "batch_size": 8}, online={"steps": 2, "prompts_per_step": 4},
+                           bon_n=(1, 4), bon_samples=16, **settings)
+    result = compare(config)
+    labels = [r["label"] for r in result.rows]
+    assert labels == ["dpo", "rloo", "best_of_n", "best-of-N (N=1)", "best-of-N (N=4)", "reference"]
+    for row in result.rows[:3]:
+        for key in ("eval_accuracy", "reward", "kl", "win_rate", "length", "elo"):
+            assert math.isfinite(row[key]["mean"]), (row["label"], key)
+    saved = json.loads((tmp_path / "cmp" / "rloo-seed0" / "config.json").read_text())
+    assert saved["online"]["algorithm"] == "rloo" and saved["online"]["steps"] == 2
+    one, four = result.rows[3], result.rows[4]
+    assert one["kl"]["mean"] == 0.0 and one["kl_bound"]["mean"] == 0.0
+    assert 0 < four["kl"]["mean"] <= four["kl_bound"]["mean"] + 1e-9
+    assert four["reward"]["mean"] > one["reward"]["mean"]
+    assert (tmp_path / "cmp" / "best_of_n.json").exists() and (tmp_path / "cmp" / "frontier.png").exists()
+    assert "KL bound" in (tmp_path / "cmp" / "table.md").read_text()
 
 
 def test_cli_rejects_bad_settings_with_exit_code_2(capsys) -> None:

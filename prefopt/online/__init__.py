@@ -3,8 +3,10 @@
     generation    GenerationConfig, Rollout, generate (HF `generate`, K samples per prompt; vLLM optional)
     rewards       RewardFunction, CallableReward, as_reward_function, score_rollout
     reward_model  RewardModelConfig, train_reward_model, LearnedReward (`prefopt train-rm`)
+    trainer       OnlineConfig, train_online, OnlineResult (`prefopt train-online`): generate → score → loss
 """
 
+from prefopt.online.config import OnlineConfig
 from prefopt.online.generation import GenerationConfig, Rollout, generate, vllm_available
 from prefopt.online.reward_model import (
     LearnedReward,
@@ -14,6 +16,7 @@ from prefopt.online.reward_model import (
     train_reward_model,
 )
 from prefopt.online.rewards import CallableReward, RewardFunction, as_reward_function, check_scores, score_rollout
+from prefopt.online.trainer import OnlineResult, train_online
 
 __all__ = [
     "CallableReward",
@@ -21,6 +24,8 @@ __all__ = [
     "RewardModelConfig",
     "RewardModelResult",
     "GenerationConfig",
+    "OnlineConfig",
+    "OnlineResult",
     "RewardFunction",
     "Rollout",
     "as_reward_function",
@@ -29,5 +34,6 @@ __all__ = [
     "load_reward_model",
     "train_reward_model",
     "score_rollout",
+    "train_online",
     "vllm_available",
 ]

@@ -1,0 +1,91 @@
+"""The online half of `prefopt compare`: online runs (`prefopt.online.train_online`) and the best-of-N policy.
+
+An online algorithm in `CompareConfig.losses` (ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo)
+trains from the same starting policy as the offline losses, on the synthetic task's train prompts,
+with the gold reward as its reward function, and is evaluated exactly like them (held-out preference
+metrics and generation metrics with the exact KL), so every algorithm lands on the same frontier.
+
+With `best_of_n` among the losses, the inference-time best-of-N policy (sample N from the reference,
+keep the best by gold reward) is added for N in `CompareConfig.bon_n`: its expected reward and measured
+KL (`prefopt.eval.best_of_n`) beside the analytic bound log N − (N−1)/N, computed once per output folder
+and kept in `best_of_n.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefopt.atomic import write_json_atomic
+
+__all__ = ["ONLINE_PER_RUN", "check_online_settings", "online_settings", "train_online_run", "best_of_n_reference"]
+
+# OnlineConfig fields that each run sets itself (or that the synthetic task fixes); `online` may not.
+ONLINE_PER_RUN = ("algorithm", "loss_hparams", "seed", "output_dir", "resume", "progress", "model", "tokenizer",
+                  "reward", "prompts")
+
+
+def check_online_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`CompareConfig.online` as a dict, or a clear error for keys that are per-run or not OnlineConfig fields."""
+    from prefopt.online.config import OnlineConfig
+
+    fields = {f.name for f in dataclasses.fields(OnlineConfig)}
+    per_run = sorted(set(settings) & set(ONLINE_PER_RUN))
+    unknown = sorted(set(settings) - fields)
+    if per_run or unknown:
+        raise ValueError(f"CompareConfig.online: {per_run + unknown} cannot be set there (set per run: "
+                         f"{list(ONLINE_PER_RUN)}; valid: OnlineConfig fields {sorted(fields - set(ONLINE_PER_RUN))})")
+    return dict(settings)
+
+
+def online_settings(plan: Any, config: Any, run_dir: Path) -> dict[str, Any]:
+    """The OnlineConfig settings of one compare run (`plan`: a `RunPlan`)."""
+    return {"checkpoint_every": 10, "max_new_tokens": config.max_new_tokens, **config.online,
+            "algorithm": plan.loss, "loss_hparams": dict(plan.hparams), "seed": plan.seed,
+            "output_dir": str(run_dir / "train"), "resume": True, "progress": config.progress}
+
+
+def train_online_run(task: Any, settings: Mapping[str, Any]) -> Any:
+    """Train one online run from a copy of the task's starting policy; returns its `OnlineResult`."""
+    from prefopt.online.trainer import train_online
+
+    synthetic = task.synthetic
+    prompts = [group.prompt for group in synthetic.preferences.groups if group.split == "train"]
+    return train_online(model=copy.deepcopy(task.model).train().requires_grad_(True), tokenizer=task.tokenizer,
+                        reward=synthetic.reward, prompts=prompts, reference_model=task.model, **settings)
+
+
+def _best_of_n_key(config: Any) -> dict[str, Any]:
+    """What the best-of-N points depend on: a cached file with another key is recomputed."""
+    sft = config.sft_config.fingerprint() if config.sft_config is not None else "default"
+    preferences = dataclasses.asdict(config.preference_config) if config.preference_config is not None else "default"
+    return {"task_seed": config.task_seed, "sft": sft, "preferences": preferences, "n": list(config.bon_n),
+            "samples": config.bon_samples, "prompts": config.eval_prompts, "max_new_tokens": config.max_new_tokens,
+            "seed": config.eval_seed}
+
+
+def best_of_n_reference(task: Any, path: Path) -> list[dict[str, Any]]:
+    """Best-of-N points (as dicts: n, reward, kl, kl_bound, win_rate, ...) on the held-out prompts; read from
+    `path` when it holds the same settings, else computed and written there atomically."""
+    from prefopt.eval.best_of_n import evaluate_best_of_n
+
+    config = task.config
+    key = _best_of_n_key(config)
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["points"]
+    if config.progress:
+        print(f"best-of-N from the reference: N ∈ {list(config.bon_n)}, {config.bon_samples} samples per prompt",
+              flush=True)
+    prompts = list(task.synthetic.preferences.heldout_prompts)[: config.eval_prompts]
+    points = evaluate_best_of_n(task.model, task.tokenizer, prompts, task.synthetic.reward, ns=config.bon_n,
+                                samples=config.bon_samples, max_new_tokens=config.max_new_tokens,
+                                seed=config.eval_seed, progress=config.progress)
+    dicts = [p.to_dict() for p in points]
+    write_json_atomic(path, {"key": key, "points": dicts})
+    return dicts

@@ -1,0 +1,82 @@
+"""Checkpoints of an online run, written atomically, that resume it exactly.
+
+    <output_dir>/checkpoints/step-000010/
+        policy.safetensors      the policy's trainable parameters
+        critic.safetensors      PPO's value model (when the algorithm has one)
+        optimizers.pt           state_dicts of the policy's (and the critic's) Adam
+        state.json              step, the KL controller's β, number of metrics lines
+
+Nothing else needs saving: every random draw of the loop (prompt order, sampling, minibatch order) is
+a function of (seed, step), so the step number is the whole data position. The folder is assembled
+under `checkpoints/.tmp-step-…` and renamed into place, so a killed run leaves a whole checkpoint or
+none; `prefopt.train.checkpoint.latest_checkpoint` finds the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prefopt.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, trainable_state
+
+__all__ = ["save_online_checkpoint", "load_online_checkpoint", "latest_checkpoint"]
+
+
+def save_online_checkpoint(output_dir: str | Path, step: int, *, policy: nn.Module, critic: nn.Module | None,
+                           optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], keep: int) -> Path:
+    """Save the run after `step` rollouts; keeps the newest `keep` checkpoints. Returns the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    final = folder / f"step-{step:06d}"
+    tmp = folder / f".tmp-{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(policy), str(tmp / "policy.safetensors"))
+    if critic is not None:
+        save_file(trainable_state(critic), str(tmp / "critic.safetensors"))
+    torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizers.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    params = dict(module.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(saved) != expected:
+        diff = sorted(set(saved) ^ expected)[:5]
+        raise ValueError(f"checkpoint file {path} does not fit this model (parameters differ, e.g. {diff}); resume "
+                         "with the same model and algorithm, or start a new output_dir")
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+
+def load_online_checkpoint(path: str | Path, *, policy: nn.Module, critic: nn.Module | None,
+                           optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """Restore weights and optimiser states from `path`; returns state.json (step, kl_coef, …)."""
+    path = Path(path)
+    _load_weights(policy, path / "policy.safetensors")
+    if critic is not None:
+        _load_weights(critic, path / "critic.safetensors")
+    states = torch.load(path / "optimizers.pt", weights_only=True)
+    if set(states) != set(optimizers):
+        raise ValueError(f"checkpoint {path} holds optimisers {sorted(states)}, this run has {sorted(optimizers)}")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(states[name])
+    return json.loads((path / "state.json").read_text())

@@ -1,0 +1,251 @@
+"""`OnlineConfig`: every setting of an online run (generate → score → loss), one frozen dataclass.
+
+The library takes keyword arguments (`train_online(algorithm="grpo", steps=50)` builds one); YAML and
+argparse live only in `prefopt.online.cli`. A config is JSON-able (`to_dict`) and saved beside each run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OnlineConfig", "SYNTHETIC_LR", "DEFAULT_LR", "KL_ESTIMATORS"]
+
+# Learning rates: the tiny synthetic policy (docs/online_training.md, measured) and a 1B–7B model (TRL's
+# online trainers use 1e-6 … 3e-6 with Adam).
+SYNTHETIC_LR = 2e-4
+DEFAULT_LR = 1e-6
+KL_ESTIMATORS = ("k1", "k3")
+# Settings that may change between a run and its resumption (they do not change what a step computes).
+RESUMABLE = ("steps", "resume", "progress", "checkpoint_every", "keep_checkpoints", "num_threads", "output_dir")
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """Settings of one online run.
+
+    Algorithm:
+        algorithm: a registered rollout loss (`prefopt losses --kind rollout`): ppo, rloo, grpo, dr_grpo,
+            remax, best_of_n, online_dpo.
+        loss_hparams: its hyper-parameters (paper defaults for the rest; validated by its spec).
+        pair_loss, pair_loss_hparams: online_dpo only: any registered paired log-prob loss (dpo, ipo,
+            simpo, …) applied to each prompt's best/worst pair; None = the `online_dpo` loss itself
+            (DPO with `loss_hparams`).
+    Model, reward, prompts:
+        model, tokenizer: HF causal LM path (tokenizer default: the model's); None = the synthetic task's
+            reference policy. The reference π_ref is a frozen copy of the initial policy.
+        reward: "gold" (the synthetic task's gold reward) or the path of a saved reward model.
+        value_model: path of a reward model to initialise PPO's critic from (None: from the policy).
+        prompts: a text file (one prompt per line) or .jsonl with a `prompt` column; None = the
+            synthetic task's train prompts.
+    Sampling:
+        steps: rollouts (each followed by `epochs` passes of optimiser steps).
+        prompts_per_step: B prompts per rollout (a seeded shuffle of the prompts, cycling).
+        num_samples: K completions per prompt (None: the algorithm's default, `rollout_step.RECIPES`).
+        max_new_tokens, temperature, top_p, generation_batch_size: sampling (`GenerationConfig`).
+    Optimisation:
+        lr: Adam learning rate (None: SYNTHETIC_LR when `model` is None, else DEFAULT_LR; give it when
+            training your own model in memory); value_lr:
+            the critic's (None: lr); adam_betas, adam_eps, weight_decay; max_grad_norm (None: no clip).
+        epochs: passes over each rollout (None: the algorithm's default, PPO 4, else 1).
+        num_minibatches: minibatches per pass (split by prompt, groups kept whole).
+    PPO:
+        kl_coef: β of the KL-shaped reward (TRL 0.05); kl_estimator: "k1" or "k3"; kl_target,
+            kl_horizon: adaptive β controller (Ziegler et al. 2019) when kl_target is set; gamma, lam:
+            GAE γ, λ; whiten_advantages.
+    All algorithms:
+        missing_eos_penalty: subtracted from the score of a completion without EOS (None: off).
+        seed: prompt order, sampling, critic head init.
+        output_dir, checkpoint_every (0: final only), keep_checkpoints, resume, progress.
+        num_threads: torch threads (None: 1 when `model` is None, else unchanged).
+        engine_backend: output-head kernel of the log-prob engine.
+    """
+
+    algorithm: str = "rloo"
+    loss_hparams: Mapping[str, Any] = field(default_factory=dict)
+    pair_loss: str | None = None
+    pair_loss_hparams: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    tokenizer: str | None = None
+    reward: str = "gold"
+    value_model: str | None = None
+    prompts: str | None = None
+    steps: int = 40
+    prompts_per_step: int = 16
+    num_samples: int | None = None
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    generation_batch_size: int = 64
+    lr: float | None = None
+    value_lr: float | None = None
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    epochs: int | None = None
+    num_minibatches: int = 1
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"
+    kl_target: float | None = None
+    kl_horizon: float = 10000.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    missing_eos_penalty: float | None = None
+    seed: int = 0
+    output_dir: str = "runs/online"
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    resume: bool = False
+    progress: bool = True
+    num_threads: int | None = None
+    engine_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        from prefopt.online.rollout_step import recipe_for
+        from prefopt.registry import list_losses, loss_spec
+
+        spec = loss_spec(self.algorithm)  # unknown names raise, listing the valid ones
+        if spec.kind != "rollout":
+            raise ValueError(f"OnlineConfig.algorithm={self.algorithm!r} is a {spec.kind} loss; the online loop runs "
+                             f"rollout losses: {', '.join(list_losses('rollout'))} (offline losses: `prefopt train`)")
+        recipe = recipe_for(spec)
+        object.__setattr__(self, "loss_hparams", dict(spec.validate_hparams(dict(self.loss_hparams))))
+        self._check_pair_loss()
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "generation_batch_size", "num_minibatches",
+                     "keep_checkpoints"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("checkpoint_every", "seed"):
+            _check_int(name, getattr(self, name), minimum=0)
+        for name in ("num_samples", "epochs", "num_threads"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        if self.samples < recipe.min_samples:
+            raise ValueError(f"OnlineConfig.num_samples={self.samples}: {self.algorithm} compares samples of the same "
+                             f"prompt and needs at least {recipe.min_samples} per prompt")
+        top_k = self.loss_hparams.get("top_k")
+        if top_k is not None and top_k > self.samples:
+            raise ValueError(f"OnlineConfig: loss_hparams top_k={top_k} exceeds num_samples={self.samples}; keep at "
+                             "most K samples per prompt")
+        if self.num_minibatches > self.prompts_per_step:
+            raise ValueError(f"OnlineConfig.num_minibatches={self.num_minibatches} exceeds prompts_per_step="
+                             f"{self.prompts_per_step}: minibatches split the rollout by prompt")
+        self._check_numbers()
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"OnlineConfig.kl_estimator={self.kl_estimator!r}: use one of {KL_ESTIMATORS}")
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"OnlineConfig.adam_betas={self.adam_betas!r} must be two numbers in [0, 1)")
+        from prefopt.kernels import BACKENDS
+
+        if self.engine_backend not in BACKENDS:
+            raise ValueError(f"OnlineConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
+        if self.reward != "gold" and not Path(self.reward).exists():
+            raise ValueError(f"OnlineConfig.reward={self.reward!r}: use 'gold' (the synthetic task's gold reward) or "
+                             "the folder of a saved reward model (prefopt.online.reward_model)")
+        for name in ("prompts", "value_model"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).exists():
+                raise ValueError(f"OnlineConfig.{name}={value!r}: no such file or folder")
+
+    def _check_pair_loss(self) -> None:
+        from prefopt.registry import list_losses, loss_spec
+
+        if self.pair_loss is None:
+            if self.pair_loss_hparams:
+                raise ValueError("OnlineConfig.pair_loss_hparams are set but pair_loss is None; name the paired loss")
+            return
+        if self.algorithm != "online_dpo":
+            raise ValueError(f"OnlineConfig.pair_loss={self.pair_loss!r} applies to algorithm 'online_dpo' only "
+                             f"(got {self.algorithm!r})")
+        spec = loss_spec(self.pair_loss)
+        if spec.kind != "paired" or spec.scores != "logps":
+            paired = [n for n in list_losses("paired") if loss_spec(n).scores == "logps"]
+            raise ValueError(f"OnlineConfig.pair_loss={self.pair_loss!r} is not a paired log-prob loss; use one of "
+                             f"{', '.join(paired)}")
+        object.__setattr__(self, "pair_loss_hparams", dict(spec.validate_hparams(dict(self.pair_loss_hparams))))
+
+    def _check_numbers(self) -> None:
+        positive = {"temperature": self.temperature, "kl_horizon": self.kl_horizon, "adam_eps": self.adam_eps}
+        for name, value in {**positive, "lr": self.lr, "value_lr": self.value_lr, "kl_target": self.kl_target,
+                            "max_grad_norm": self.max_grad_norm}.items():
+            if (value is not None or name in positive) and not (_finite(value) and value > 0):
+                raise ValueError(f"OnlineConfig.{name}={value!r} must be a positive finite number")
+        for name in ("kl_coef", "weight_decay"):
+            if not (_finite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r} must be a finite number ≥ 0")
+        for name in ("gamma", "lam"):
+            if not (_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r} must lie in [0, 1]")
+        if not (_finite(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"OnlineConfig.top_p={self.top_p!r} must be in (0, 1]")
+        if self.missing_eos_penalty is not None and not _finite(self.missing_eos_penalty):
+            raise ValueError(f"OnlineConfig.missing_eos_penalty={self.missing_eos_penalty!r} must be finite or None")
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the config names no model: the synthetic task's policy, or one given in memory."""
+        return self.model is None
+
+    @property
+    def samples(self) -> int:
+        """K: `num_samples`, or the algorithm's default."""
+        from prefopt.online.rollout_step import recipe_for
+        from prefopt.registry import loss_spec
+
+        return self.num_samples or recipe_for(loss_spec(self.algorithm)).num_samples
+
+    @property
+    def passes(self) -> int:
+        """Optimisation passes over each rollout: `epochs`, or the algorithm's default."""
+        from prefopt.online.rollout_step import recipe_for
+        from prefopt.registry import loss_spec
+
+        return self.epochs or recipe_for(loss_spec(self.algorithm)).epochs
+
+    @property
+    def learning_rate(self) -> float:
+        """`lr`, or the default: SYNTHETIC_LR when the config names no model (the synthetic task's policy, or
+        an in-memory model given to `train_online`, as `TrainConfig`'s "synthetic" preset), else DEFAULT_LR.
+        Pass `lr` explicitly when training your own model from Python."""
+        if self.lr is not None:
+            return self.lr
+        return SYNTHETIC_LR if self.synthetic else DEFAULT_LR
+
+    @property
+    def threads(self) -> int | None:
+        """Torch threads for the run: `num_threads`, else 1 when the config names no model (the tiny synthetic
+        policy: extra threads only spin-wait there), else None (leave the process's setting)."""
+        if self.num_threads is not None:
+            return self.num_threads
+        return 1 if self.synthetic else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings (saved as config.json beside the run)."""
+        out = dataclasses.asdict(self)
+        out.update(loss_hparams=dict(self.loss_hparams), pair_loss_hparams=dict(self.pair_loss_hparams),
+                   adam_betas=list(self.adam_betas))
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "OnlineConfig":
+        """Build from a mapping (e.g. parsed YAML); unknown keys raise an error listing the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"OnlineConfig: unknown setting(s) {unknown}; valid: {sorted(known)}")
+        return cls(**dict(values))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"OnlineConfig.{name}={value!r} must be an integer ≥ {minimum}")

@@ -1,0 +1,260 @@
+"""Rollout recipes: what the online loop computes between scoring a rollout and calling the loss.
+
+The loop never tests an algorithm's name. What a rollout loss needs is read from its declaration
+(`LossSpec.extra_inputs`), and each input has one way of being made:
+
+    input            made from                                                      for
+    rewards          the reward function's scores [B, K] (after the missing-EOS penalty)   group losses
+    greedy_rewards   the scores [B] of a greedy decode of every prompt                    remax
+    ref_logps        per-token log-probs of the frozen reference                          rloo, grpo, …
+    values           the critic on the minibatch (with gradient)                          ppo
+    old_values       the critic on the rollout (no gradient)                              ppo
+    advantages,      GAE(γ, λ) over r_t = −β·k_t + 1[t = last]·score (KL-shaped rewards,  ppo
+    returns          Ziegler et al. 2019), advantages whitened over valid tokens
+    token_entropy    the engine's per-token entropy of π_θ on the minibatch               ppo (metric)
+
+`RECIPES` holds the little that is not in the declaration: how many samples per prompt and how many
+optimisation passes over a rollout each algorithm uses by default (the papers' settings), and the
+smallest K it accepts. Minibatches split the rollout by prompt, so a group's K samples stay together.
+
+Online DPO with another paired loss (`OnlineConfig.pair_loss`): each prompt's best and worst samples
+(`best_worst_pairs`, ties dropped) become a (chosen, rejected) pair, and the paired loss gets the pairs'
+summed log-probs exactly as the offline trainer would (`prefopt.train.step.loss_arguments`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prefopt.data.batch import TokenBatch
+from prefopt.engine import SequenceLogProbs
+from prefopt.registry import LossSpec
+from prefopt.rl import gae, grouped_to_sequences, kl_penalized_rewards, masked_whiten
+
+__all__ = ["Recipe", "RECIPES", "recipe_for", "PreparedRollout", "prompt_rows", "prompt_minibatches",
+           "critic_targets", "loss_inputs", "pair_batch", "sequence_scores", "hparams_with_defaults",
+           "completion_layout", "to_completion_layout", "from_completion_layout",
+           "FEEDABLE_INPUTS"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Defaults of one rollout algorithm, plus what its declaration asks of the loop.
+
+    Attributes:
+        num_samples: default K, completions per prompt.
+        min_samples: the smallest K the loss accepts (2 for leave-one-out, group normalisation, pairs).
+        epochs: default optimisation passes over each rollout (PPO: 4, TRL; one update per rollout
+            for the REINFORCE-style methods, as the GRPO and ReMax papers).
+        critic: the loss takes `values` (a value model and GAE are needed).
+        greedy_baseline: the loss takes `greedy_rewards` (a greedy decode is scored).
+    """
+
+    num_samples: int = 4
+    min_samples: int = 2
+    epochs: int = 1
+    critic: bool = False
+    greedy_baseline: bool = False
+
+
+# Defaults per algorithm: PPO and ReMax sample once per prompt (Ziegler et al. 2019; Li et al. 2023), the
+# group methods 4 times (TRL's RLOO/GRPO examples use 2–8); best-of-N accepts K = 1 (then it is plain SFT).
+RECIPES: dict[str, Recipe] = {
+    "ppo": Recipe(num_samples=1, min_samples=1, epochs=4),
+    "remax": Recipe(num_samples=1, min_samples=1),
+    "rloo": Recipe(),
+    "grpo": Recipe(),
+    "dr_grpo": Recipe(),
+    "online_dpo": Recipe(),
+    "best_of_n": Recipe(min_samples=1),
+}
+# Loss inputs the online loop knows how to make (module table).
+FEEDABLE_INPUTS = ("rewards", "greedy_rewards", "ref_logps", "values", "old_values", "advantages", "returns",
+                   "token_entropy")
+
+
+def recipe_for(spec: LossSpec) -> Recipe:
+    """The recipe of rollout loss `spec`: `RECIPES`' defaults with `critic`/`greedy_baseline` from its inputs.
+
+    Raises:
+        ValueError: the loss takes an input the online loop cannot make.
+    """
+    missing = [n for n in spec.extra_inputs if n not in FEEDABLE_INPUTS]
+    if missing:
+        raise ValueError(f"rollout loss {spec.name!r} takes input(s) {missing} that the online loop cannot make "
+                         f"(it makes {list(FEEDABLE_INPUTS)}); call the loss from your own loop")
+    base = RECIPES.get(spec.name, Recipe())
+    return dataclasses.replace(base, critic="values" in spec.extra_inputs,
+                               greedy_baseline="greedy_rewards" in spec.extra_inputs)
+
+
+@dataclass
+class PreparedRollout:
+    """A scored rollout with everything the loss may ask for (row s = k·B + b, width W of the full rollout).
+
+    Attributes:
+        scores: [B, K] float32 rewards (after the missing-EOS penalty).
+        old_logps, ref_logps: [S, W] per-token log-probs of the behaviour policy and the reference.
+        completion_mask: [S, W] bool.
+        greedy_scores: [B] rewards of the greedy decodes, or None.
+        token_inputs: per-token [S, W] targets (old_values, advantages, returns) when the loss has a critic.
+    """
+
+    scores: Tensor
+    old_logps: Tensor
+    ref_logps: Tensor
+    completion_mask: Tensor
+    greedy_scores: Tensor | None = None
+    token_inputs: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def num_prompts(self) -> int:
+        """B."""
+        return int(self.scores.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        """K."""
+        return int(self.scores.shape[1])
+
+
+def prompt_rows(prompts: Tensor, num_prompts: int, num_samples: int) -> Tensor:
+    """Group-major rollout rows of a subset of prompts: [K·P], entry k·P + j = row k·B + prompts[j]."""
+    samples = torch.arange(num_samples, device=prompts.device)
+    return (samples[:, None] * num_prompts + prompts[None, :]).reshape(-1)
+
+
+def prompt_minibatches(num_prompts: int, num_minibatches: int, generator: torch.Generator) -> list[Tensor]:
+    """A seeded shuffle of the B prompts split into `num_minibatches` near-equal parts (prompt indices)."""
+    order = torch.randperm(num_prompts, generator=generator)
+    return [part for part in torch.tensor_split(order, num_minibatches) if part.numel()]
+
+
+def critic_targets(
+    scores: Tensor,
+    old_logps: Tensor,
+    ref_logps: Tensor,
+    mask: Tensor,
+    old_values: Tensor,
+    *,
+    kl_coef: float,
+    estimator: str,
+    gamma: float,
+    lam: float,
+    whiten: bool,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """PPO's per-token targets from a scored rollout (Ziegler et al. 2019; TRL PPO).
+
+        r_t = −β·k_t + 1[t = last]·score      (`kl_penalized_rewards`, k = k1 or k3 of π_old vs π_ref)
+        A, G = GAE(γ, λ)(r, V_old)            (`gae`); A whitened over valid tokens when `whiten`
+
+    Args:
+        scores: [S] sequence rewards; old_logps, ref_logps, old_values: [S, T]; mask: [S, T] bool.
+    Returns:
+        ({"advantages", "returns", "old_values"} each [S, T]), and the per-token KL estimates [S, T], all in
+        the rollout's layout (0 outside `mask`).
+    """
+    # prefopt.rl wants each row's valid tokens as a prefix ([S, L] completion layout); the rollout has the
+    # prompt first ([S, T] input layout). Move there and back: only the completion tokens are copied.
+    shifted = completion_layout(mask)
+    old, ref, values = (to_completion_layout(x, mask, shifted) for x in (old_logps, ref_logps, old_values))
+    rewards, kl = kl_penalized_rewards(scores, old, ref, shifted, beta=kl_coef, estimator=estimator)
+    advantages, returns = gae(rewards, values, shifted, gamma=gamma, lam=lam)
+    if whiten:
+        advantages = masked_whiten(advantages, shifted)
+    targets = {"advantages": from_completion_layout(advantages, mask, shifted),
+               "returns": from_completion_layout(returns, mask, shifted), "old_values": old_values}
+    return targets, from_completion_layout(kl, mask, shifted)
+
+
+def completion_layout(mask: Tensor) -> Tensor:
+    """The bool mask [S, L] of the completion layout of `mask` [S, T] (one contiguous completion per row):
+    row s has its |y_s| completion tokens at positions 0..|y_s|−1, L = max |y_s|."""
+    lengths = mask.sum(1)
+    width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+    return torch.arange(width, device=mask.device)[None, :] < lengths[:, None]
+
+
+def to_completion_layout(x: Tensor, mask: Tensor, shifted: Tensor) -> Tensor:
+    """[S, T] values at the completion tokens of `mask` → [S, L] left-aligned (0 after each completion)."""
+    out = torch.zeros(shifted.shape, dtype=x.dtype, device=x.device)
+    out[shifted] = x[mask]  # both row-major, same count per row: token order is kept
+    return out
+
+
+def from_completion_layout(x: Tensor, mask: Tensor, shifted: Tensor) -> Tensor:
+    """Inverse of `to_completion_layout`: [S, L] → [S, T] at the completion tokens of `mask`, 0 elsewhere."""
+    out = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
+    out[mask] = x[shifted]
+    return out
+
+
+def loss_inputs(
+    spec: LossSpec,
+    prepared: PreparedRollout,
+    prompts: Tensor,
+    rows: Tensor,
+    width: int,
+    *,
+    policy: SequenceLogProbs,
+    values: Tensor | None,
+) -> tuple[list[Tensor], dict[str, Any]]:
+    """(positional, keyword) arguments of rollout loss `spec` for the minibatch of `prompts` (rows `rows`).
+
+    Args:
+        prompts: [P] prompt indices; rows: [K·P] their rollout rows (`prompt_rows`); width: the
+            minibatch batch's T (≤ W), to which per-token tensors are cut.
+        policy: the engine's output on the minibatch with `tokens` (and `token_entropy` when the loss
+            takes it), with gradient.
+        values: the critic's values [K·P, T] on the minibatch (with gradient), when the loss takes them.
+    """
+    assert policy.tokens is not None
+    mask = prepared.completion_mask[rows, :width]
+    made: dict[str, Any] = {
+        "rewards": prepared.scores[prompts],
+        "greedy_rewards": None if prepared.greedy_scores is None else prepared.greedy_scores[prompts],
+        "ref_logps": prepared.ref_logps[rows, :width],
+        "values": values,
+        "token_entropy": policy.token_entropy,
+        **{name: t[rows, :width] for name, t in prepared.token_inputs.items()},
+    }
+    kwargs = {name: made[name] for name in spec.extra_inputs if made.get(name) is not None}
+    return [policy.tokens, prepared.old_logps[rows, :width], mask], kwargs
+
+
+def pair_batch(rollout: Any, prepared: PreparedRollout, prompts: Tensor) -> tuple[TokenBatch, SequenceLogProbs] | None:
+    """The best/worst pairs of `prompts` as a paired `TokenBatch` (chosen block, then rejected block) and the
+    reference's `SequenceLogProbs` of it; None when every pair of the minibatch is a tie."""
+    from prefopt.losses.best_of_n import best_worst_pairs
+
+    chosen, rejected, valid = best_worst_pairs(prepared.scores[prompts])  # indices into the minibatch's rows
+    if not bool(valid.any()):
+        return None
+    local = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)  # minibatch row → rollout row
+    rows = torch.cat([local[chosen[valid]], local[rejected[valid]]])  # [2n]
+    batch = dataclasses.replace(rollout.token_batch(rows), group_size=2)
+    width = batch.input_ids.shape[1]
+    mask = prepared.completion_mask[rows, :width]
+    ref_sum = torch.where(mask, prepared.ref_logps[rows, :width], 0.0).sum(1)
+    reference = SequenceLogProbs(ref_sum, mask.sum(1), group_size=2)
+    return batch, reference
+
+
+def sequence_scores(prepared: PreparedRollout) -> Tensor:
+    """[S] the scores in rollout row order (group-major)."""
+    return grouped_to_sequences(prepared.scores)
+
+
+def hparams_with_defaults(spec: LossSpec, hparams: Mapping[str, Any], max_new_tokens: int) -> dict[str, Any]:
+    """The loss's hyper-parameters, with `max_length` (Dr. GRPO's constant normaliser L_max) set to the
+    generation limit when the loss has it and the user left it unset, so it is the same in every batch."""
+    out = dict(hparams)
+    if any(h.name == "max_length" for h in spec.hparams) and out.get("max_length") is None:
+        out["max_length"] = max_new_tokens
+    return out

@@ -1,0 +1,319 @@
+"""The online training loop: one explicit generate → score → loss → step for every rollout algorithm.
+
+Per rollout step (B prompts, K samples each, S = K·B rows, group-major):
+
+    prompts   = B prompts of a seeded shuffle (cycling)                    `PromptOrder`
+    rollout   = generate(π_θ, prompts, K samples)                          `prefopt.online.generation`
+    scores    = reward(prompts, completions)          [B, K]  − missing-EOS penalty
+    old, ref  = engine(π_θ), engine(π_ref) on the rollout, per token, no grad       [S, T]
+    recipe    : greedy decode scored (ReMax) · critic values, KL-shaped rewards, GAE (PPO)
+    for epoch in 1..E:  for minibatch of prompts (groups kept whole):
+        loss = get_loss(algorithm)(engine(π_θ)(minibatch), old, mask, **inputs the loss declares)
+        backward, clip, Adam step (policy; critic for PPO)
+
+ppo, rloo, grpo, dr_grpo, remax, best_of_n (RAFT) and online_dpo all run through this one loop; what
+differs is read from the loss's declaration (`prefopt.online.rollout_step`). Logged per step (TRL's
+names): objective/scores (mean reward), objective/kl (mean Σ_t k1 of the rollout against π_ref),
+objective/non_score_reward (−β·objective/kl, β the KL coefficient the algorithm uses, 0 if none),
+objective/rlhf_reward, objective/entropy (mean Σ_t entropy), the loss's own metrics (policy/clipfrac,
+policy/approxkl, val/clipfrac, loss/policy, loss/value, …, averaged over minibatches), kl_coef,
+gen/length, gen/finished, grad_norm, time/step_s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefopt.atomic import write_json_atomic
+from prefopt.online.checkpoint import latest_checkpoint, load_online_checkpoint, save_online_checkpoint
+from prefopt.online.config import RESUMABLE, OnlineConfig
+from prefopt.online.rollout_step import (
+    PreparedRollout,
+    critic_targets,
+    loss_inputs,
+    pair_batch,
+    prompt_minibatches,
+    prompt_rows,
+    sequence_scores,
+)
+from prefopt.online.setup import OnlineRun, setup_online_run
+from prefopt.rl import apply_eos_penalty, grouped_to_sequences, kl_k1, masked_sum, sequences_to_grouped
+from prefopt.train.logs import MetricsLog, truncate_metrics
+
+__all__ = ["OnlineResult", "OnlineDivergedError", "train_online", "rollout_step"]
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class OnlineDivergedError(RuntimeError):
+    """A step produced a non-finite loss or gradient; the message names the step and the fix."""
+
+
+@dataclass(frozen=True)
+class OnlineResult:
+    """What `train_online` returns (also written to `<output_dir>/result.json`).
+
+    Attributes:
+        final_metrics: the last step's record; metrics_path: metrics.jsonl; model_path: the final policy
+            (HF format, with its tokenizer); checkpoint_path: the last checkpoint; steps: rollout steps
+            done in all; wall_time_s: this call's wall time (setup included).
+    """
+
+    final_metrics: dict[str, float]
+    metrics_path: Path
+    model_path: Path
+    checkpoint_path: Path | None
+    steps: int
+    wall_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _seed(config: OnlineConfig, step: int, stream: int) -> int:
+    """A distinct seed per (run seed, step, stream): every draw of the loop is a function of the step."""
+    return (config.seed * 1_000_003 + step) * 7 + stream
+
+
+def _scores(run: OnlineRun, rollout: Any) -> torch.Tensor:
+    """[B, K] rewards of a rollout, minus the missing-EOS penalty when configured (TRL's missing_eos_penalty)."""
+    from prefopt.online.rewards import score_rollout
+
+    scores = score_rollout(run.reward, rollout)
+    penalty = run.config.missing_eos_penalty
+    if penalty is None:
+        return scores
+    flat = apply_eos_penalty(grouped_to_sequences(scores), rollout.finished, penalty)  # [S]
+    return sequences_to_grouped(flat, rollout.num_samples)
+
+
+@torch.no_grad()
+def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str, float]]:
+    """Sample, score and annotate one rollout; returns it with the rollout-level metrics."""
+    from prefopt.online.generation import GenerationConfig, generate
+
+    config = run.config
+    prompts = run.prompts.batch(step)
+    sampling = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                top_p=config.top_p, num_samples=config.samples,
+                                batch_size=config.generation_batch_size, backend="hf")
+    rollout = generate(run.policy, run.tokenizer, prompts, sampling, seed=_seed(config, step, 0))
+    scores = _scores(run, rollout)
+    greedy = None
+    if run.recipe.greedy_baseline:
+        decode = dataclasses.replace(sampling, num_samples=1, do_sample=False)
+        greedy = _scores(run, generate(run.policy, run.tokenizer, prompts, decode))[:, 0]
+    batch = rollout.token_batch()
+    old = run.engine(batch, return_tokens=True, return_entropy=True)
+    ref = run.ref_engine(batch, return_tokens=True)
+    assert old.tokens is not None and ref.tokens is not None and old.entropy is not None
+    mask = batch.completion_mask
+    prepared = PreparedRollout(scores, old.tokens, ref.tokens, mask, greedy)
+    sequence_kl = masked_sum(kl_k1(old.tokens, ref.tokens), mask, dim=1)  # [S] Σ_t k1
+    beta = float({**run.spec.defaults(), **run.loss.hparams}.get("beta") or 0.0)
+    if run.critic is not None:
+        beta = run.kl_controller.value
+        old_values = run.critic.values(batch)
+        prepared.token_inputs, kl = critic_targets(
+            sequence_scores(prepared), old.tokens, ref.tokens, mask, old_values, kl_coef=beta,
+            estimator=config.kl_estimator, gamma=config.gamma, lam=config.lam, whiten=config.whiten_advantages)
+        run.kl_controller.update(float(kl.sum(1).mean()), n_steps=mask.shape[0])
+    kl_mean, score_mean = float(sequence_kl.mean()), float(scores.mean())
+    metrics = {
+        "objective/scores": score_mean, "objective/kl": kl_mean, "objective/non_score_reward": -beta * kl_mean,
+        "objective/rlhf_reward": score_mean - beta * kl_mean, "objective/entropy": float(old.entropy.mean()),
+        "kl_coef": beta, "gen/length": float(rollout.lengths().float().mean()),
+        "gen/finished": float(rollout.finished.float().mean()),
+    }
+    if greedy is not None:
+        metrics["objective/greedy_scores"] = float(greedy.mean())
+    return rollout, prepared, metrics
+
+
+def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, prompts: torch.Tensor) -> Any:
+    """The loss output of one minibatch of prompts (with gradient), or None when it has nothing to learn
+    from (online DPO with another paired loss and every pair tied)."""
+    if run.pair_loss is not None:
+        from prefopt.train.step import loss_arguments
+
+        pairs = pair_batch(rollout, prepared, prompts)
+        if pairs is None:
+            return None
+        batch, reference = pairs
+        args, kwargs = loss_arguments(run.pair_loss.spec, run.engine(batch), reference, batch, {})
+        return run.pair_loss(*args, **kwargs)
+    rows = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)
+    batch = rollout.token_batch(rows)
+    entropy = "token_entropy" in run.spec.extra_inputs
+    policy = run.engine(batch, return_tokens=True, return_entropy=entropy)
+    values = run.critic.values(batch) if run.critic is not None else None
+    args, kwargs = loss_inputs(run.spec, prepared, prompts, rows, batch.input_ids.shape[1], policy=policy,
+                               values=values)
+    return run.loss(*args, **kwargs)
+
+
+def _update(run: OnlineRun, step: int, loss: torch.Tensor) -> float:
+    """Backward, clip each model's gradient, Adam step; returns the policy's gradient norm."""
+    loss.backward()
+    max_norm = run.config.max_grad_norm if run.config.max_grad_norm is not None else math.inf
+    norms = {name: float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+             for name, params in run.parameters().items()}
+    if not all(math.isfinite(n) for n in norms.values()):
+        raise OnlineDivergedError(f"non-finite gradient norm {norms} at step {step + 1}; lower lr or max_grad_norm, "
+                                  "or check the reward for extreme values")
+    for optimizer in run.optimizers.values():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return norms["policy"]
+
+
+def rollout_step(run: OnlineRun, step: int) -> dict[str, float]:
+    """One rollout and its optimisation passes (module docstring); returns the step's metrics record."""
+    started = time.perf_counter()
+    rollout, prepared, record = _prepare(run, step)
+    generator = torch.Generator().manual_seed(_seed(run.config, step, 1))
+    sums: dict[str, float] = {}
+    updates = 0
+    for _ in range(run.config.passes):
+        for prompts in prompt_minibatches(prepared.num_prompts, run.config.num_minibatches, generator):
+            out = _minibatch_loss(run, rollout, prepared, prompts)
+            if out is None:
+                continue
+            if not torch.isfinite(out.loss):
+                raise OnlineDivergedError(f"non-finite loss at step {step + 1}; lower lr or check the reward")
+            grad_norm = _update(run, step, out.loss)
+            for key, value in {**out.scalars(), "grad_norm": grad_norm}.items():
+                sums[key] = sums.get(key, 0.0) + value
+            updates += 1
+    record.update({k: v / updates for k, v in sums.items()})
+    record.update(step=step + 1, updates=updates, **{"time/step_s": time.perf_counter() - started})
+    return record
+
+
+def _resume(run: OnlineRun) -> int:
+    """Restore the newest checkpoint (if any) and return the step to continue from."""
+    config = run.config
+    path = latest_checkpoint(config.output_dir)
+    if path is None:
+        return 0
+    saved_config = json.loads((Path(config.output_dir) / "config.json").read_text())
+    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE and saved_config.get(k) != v)
+    if changed:
+        raise ValueError(f"resume: {config.output_dir} was trained with different settings {changed}; resume with "
+                         "the same settings or use a new output_dir")
+    state = load_online_checkpoint(path, policy=run.policy, critic=run.critic, optimizers=run.optimizers)
+    run.kl_controller.value = float(state["kl_coef"])
+    truncate_metrics(Path(config.output_dir) / "metrics.jsonl", int(state["step"]))
+    return int(state["step"])
+
+
+def _fresh(out: Path) -> int:
+    """Start a run from step 0 in `out`: drop the metrics and checkpoints of an earlier run there, so the log
+    reads as this run only and a later `resume` cannot pick up a stale checkpoint."""
+    from prefopt.train.checkpoint import CHECKPOINT_DIR
+
+    out.mkdir(parents=True, exist_ok=True)
+    truncate_metrics(out / "metrics.jsonl", 0)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return 0
+
+
+def _checkpoint(run: OnlineRun, step: int) -> Path:
+    return save_online_checkpoint(run.config.output_dir, step, policy=run.policy, critic=run.critic,
+                                  optimizers=run.optimizers, state={"kl_coef": run.kl_controller.value},
+                                  keep=run.config.keep_checkpoints)
+
+
+def train_online(config: OnlineConfig | None = None, *, model: Any = None, tokenizer: Any = None, reward: Any = None,
+                 prompts: Any = None, reference_model: Any = None, on_step: StepCallback | None = None,
+                 **settings: Any) -> OnlineResult:
+    """Train a policy online with any registered rollout loss (module docstring).
+
+    Args:
+        config: an `OnlineConfig`; or pass its fields as keyword `settings`
+            (`train_online(algorithm="grpo", steps=50)`); with both, settings override it.
+        model, tokenizer: an in-memory causal LM and its tokenizer (a path here means `config.model`).
+        reward: a `RewardFunction`, a callable fn(prompts, completions) -> [B], "gold" or a saved reward
+            model's folder (default: `config.reward`).
+        prompts: a list of prompt strings (default: `config.prompts`, or the synthetic task's train prompts).
+        reference_model: π_ref (default: a frozen copy of the initial policy).
+        on_step: called after each rollout step as `on_step(step, record)`.
+    Returns:
+        `OnlineResult`; the run folder holds config.json, metrics.jsonl, checkpoints/, final/, result.json.
+    """
+    from prefopt.data.synthetic.sampling import torch_threads
+
+    if isinstance(model, (str, os.PathLike)):
+        settings["model"], model = str(model), None
+    if config is None:
+        config = OnlineConfig(**settings)
+    elif settings:
+        config = dataclasses.replace(config, **settings)
+    with torch_threads(config.threads):
+        return _train(config, model, tokenizer, reward, prompts, reference_model, on_step)
+
+
+def _train(config: OnlineConfig, model: Any, tokenizer: Any, reward: Any, prompts: Any, reference_model: Any,
+           on_step: StepCallback | None) -> OnlineResult:
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    run = setup_online_run(config, model=model, tokenizer=tokenizer, reward=reward, prompts=prompts,
+                           reference_model=reference_model)
+    out = Path(config.output_dir)
+    start = _resume(run) if config.resume else _fresh(out)
+    write_json_atomic(out / "config.json", config.to_dict())
+    log = MetricsLog(out, enabled=True)
+    bar = tqdm(total=config.steps, initial=start, desc=f"online {config.algorithm}", dynamic_ncols=True,
+               disable=not config.progress)
+    record: dict[str, float] = {}
+    checkpoint = None
+    try:
+        for step in range(start, config.steps):
+            record = rollout_step(run, step)
+            log.log(record)
+            bar.set_postfix({"reward": f"{record['objective/scores']:.3g}", "kl": f"{record['objective/kl']:.3g}"},
+                            refresh=False)
+            bar.update(1)
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                checkpoint = _checkpoint(run, step + 1)
+            if on_step is not None:
+                on_step(step + 1, record)
+    finally:
+        bar.close()
+        log.close()
+    if not record:  # resumed a finished run: the last logged record is the final one
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        record = json.loads(lines[-1]) if lines else {}
+    if checkpoint is None or not checkpoint.name.endswith(f"{config.steps:06d}"):
+        checkpoint = _checkpoint(run, config.steps)
+    model_path = _save_final(run, out)
+    result = OnlineResult(record, out / "metrics.jsonl", model_path, checkpoint, config.steps,
+                          time.perf_counter() - started)
+    write_json_atomic(out / "result.json", result.to_dict())
+    return result
+
+
+def _save_final(run: OnlineRun, out: Path) -> Path:
+    """The trained policy with its tokenizer in HF format at `<out>/final`, replaced atomically."""
+    final = out / "final"
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    run.policy.save_pretrained(tmp)
+    run.tokenizer.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
