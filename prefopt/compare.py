@@ -342,17 +342,22 @@ def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResu
 
 @contextlib.contextmanager
 def _hf_progress(enabled: bool) -> Iterator[None]:
-    """transformers' own bars (loading and saving weights, once per run) follow `progress`, restored after."""
+    """transformers' and datasets' own bars (loading and saving weights, tokenising) follow `progress`,
+    restored after."""
+    from datasets.utils import logging as datasets_logging
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
+    libraries = (hf_logging, datasets_logging)
+    were_enabled = [library.is_progress_bar_enabled() for library in libraries]
     if not enabled:
-        hf_logging.disable_progress_bar()
+        for library in libraries:
+            library.disable_progress_bar()
     try:
         yield
     finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+        for library, was_enabled in zip(libraries, were_enabled):
+            if was_enabled:
+                library.enable_progress_bar()
 
 
 def _compare(config: CompareConfig) -> CompareResult:

@@ -221,13 +221,13 @@ def _resume(run: OnlineRun) -> int:
 
 
 def _fresh(out: Path) -> int:
-    """Start a run from step 0 in `out`: drop the metrics and checkpoints of an earlier run there, so the log
-    reads as this run only and a later `resume` cannot pick up a stale checkpoint."""
-    from prefopt.train.checkpoint import CHECKPOINT_DIR
+    """Start a run from step 0 in `out`, refusing a folder with an earlier run's checkpoints (its work would
+    be lost); the metrics log starts empty so that it reads as this run only."""
+    from prefopt.train.checkpoint import check_no_earlier_run
 
+    check_no_earlier_run(out)
     out.mkdir(parents=True, exist_ok=True)
     truncate_metrics(out / "metrics.jsonl", 0)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return 0
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from prefopt.atomic import write_json_atomic
 
-__all__ = ["CHECKPOINT_DIR", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "write_json_atomic"]
+__all__ = ["CHECKPOINT_DIR", "check_no_earlier_run", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "write_json_atomic"]
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -42,6 +42,18 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     folder = Path(output_dir) / CHECKPOINT_DIR
     done = sorted(p for p in folder.glob("step-*") if (p / "state.json").exists()) if folder.exists() else []
     return done[-1] if done else None
+
+
+def check_no_earlier_run(output_dir: str | Path) -> None:
+    """Refuse to start a fresh run where an earlier one left checkpoints: its work would be overwritten.
+
+    Raises:
+        ValueError: naming the folder and the two ways on (resume it, or another output_dir).
+    """
+    found = latest_checkpoint(output_dir)
+    if found is not None:
+        raise ValueError(f"{output_dir} holds checkpoints of an earlier run (latest: {found.name}); resume it "
+                         "(resume=True / --resume) or choose another output_dir (or delete that folder)")
 
 
 def _rng_state() -> dict[str, Any]:

@@ -30,7 +30,13 @@ from typing import Any
 
 import torch
 
-from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from prefopt.train.checkpoint import (
+    check_no_earlier_run,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+)
 from prefopt.train.config import TrainConfig
 from prefopt.train.logs import MetricsLog, truncate_metrics
 from prefopt.train.setup import Run, make_accelerator, setup_run
@@ -235,6 +241,8 @@ def train(config: TrainConfig | None = None, *, model: Any = None, tokenizer: An
                     reference_model=reference_model)
     out = Path(config.output_dir)
     state = _initial_state(run)
+    if not config.resume:
+        check_no_earlier_run(out)
     start = _resume(run, state) if config.resume else 0  # before the log opens: it may truncate the file
     log = MetricsLog(out, enabled=accelerator.is_main_process, report_to=config.report_to,
                      run_config=config.to_dict())

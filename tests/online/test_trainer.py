@@ -92,6 +92,13 @@ def test_resume_refuses_changed_settings(tmp_path):
         train_online(**online_settings(tmp_path, algorithm="grpo", steps=2, resume=True, lr=1e-3))
 
 
+def test_a_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(tmp_path):
+    train_online(**online_settings(tmp_path, algorithm="grpo", steps=1))  # the final checkpoint stays
+    with pytest.raises(ValueError, match="earlier run.*resume"):
+        train_online(**online_settings(tmp_path, algorithm="grpo", steps=1))
+    assert (tmp_path / "run" / "checkpoints" / "step-000001").exists(), "the earlier run's work is kept"
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

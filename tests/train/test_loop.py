@@ -142,6 +142,8 @@ def test_resume_refuses_changed_settings_and_skips_partial_checkpoints(tiny_task
         train(**settings(tiny_task, tmp_path, lr=5e-4, resume=True))
     done = train(**settings(tiny_task, tmp_path, resume=True))  # already finished: nothing to redo
     assert done.final_metrics["step"] == 3
+    with pytest.raises(ValueError, match="earlier run.*resume"):  # a fresh run would overwrite its checkpoints
+        train(**settings(tiny_task, tmp_path))
 
 
 def test_world_size_mismatch_is_refused(monkeypatch) -> None:
