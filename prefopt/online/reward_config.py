@@ -52,6 +52,9 @@ class RewardModelConfig:
         num_threads: torch CPU threads (None: 1 on the synthetic task, else unchanged).
     Output:
         output_dir: run folder; log_every: metrics.jsonl line every N steps; progress: tqdm bar.
+        checkpoint_every: save weights, optimiser, schedule and data position every N steps (0: never);
+        keep_checkpoints: how many to keep; resume: continue from the newest one in output_dir (a fresh
+        run refuses a folder that holds checkpoints, so nothing is overwritten).
     """
 
     loss: str = "bradley_terry"
@@ -82,6 +85,9 @@ class RewardModelConfig:
     output_dir: str = "runs/reward_model"
     log_every: int = 1
     progress: bool = True
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    resume: bool = False
 
     def __post_init__(self) -> None:
         from prefopt.registry import list_losses, loss_spec
@@ -94,8 +100,9 @@ class RewardModelConfig:
         if not isinstance(self.loss_hparams, Mapping):
             raise ValueError(f"RewardModelConfig.loss_hparams must be a mapping, got {type(self.loss_hparams).__name__}")
         spec.validate_hparams(self.loss_hparams)
-        for name in ("batch_size", "eval_batch_size", "log_every"):
+        for name in ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
             _check_int(name, getattr(self, name), minimum=1)
+        _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
         for name in ("max_length", "max_prompt_length", "hidden_size", "num_layers", "num_threads"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)

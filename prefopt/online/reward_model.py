@@ -240,6 +240,7 @@ def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, 
     scheduler = build_scheduler(optimizer, settings, total_steps)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resumable(config, out)
     write_json_atomic(out / "config.json", config.to_dict())
     history = _loop(config, model, loss_fn, kind, train_rows, pad, optimizer, scheduler, total_steps, device, started)
     last_pass = history[-per_epoch:]
@@ -258,40 +259,88 @@ def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, 
     return result
 
 
+# Settings that may change between a run and its resumption (they do not change what a step computes).
+_RESUMABLE = ("resume", "progress", "checkpoint_every", "keep_checkpoints", "log_every", "num_threads", "device")
+
+
+def _check_resumable(config: RewardModelConfig, out: Path) -> None:
+    """On resume, refuse settings that differ from the saved run's (the checkpoint would not fit them)."""
+    saved = out / "config.json"
+    if not config.resume or not saved.exists():
+        return
+    before = json.loads(saved.read_text(encoding="utf-8"))
+    changed = sorted(k for k, v in config.to_dict().items() if k not in _RESUMABLE and before.get(k) != v)
+    if changed:
+        raise ValueError(f"resume: {out} was trained with different settings {changed}; resume with the same "
+                         "settings or use a new output_dir")
+
+
 def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: list[dict[str, Any]], pad: int,
           optimizer: Any, scheduler: Any, total_steps: int, device: torch.device, started: float) -> list[dict[str, Any]]:
-    """The training loop: scores → loss → backward → clip → step; returns every step's record."""
+    """The training loop: scores → loss → backward → clip → step; returns every step's record.
+
+    Resumable: a checkpoint holds the weights, the optimiser and schedule, and the records so far; the data
+    position is replayed (each epoch's batch order comes from one seeded generator, drawn in step order)."""
     from tqdm.auto import tqdm
 
-    generator = torch.Generator().manual_seed(config.seed)
+    from prefopt.online.checkpoint import load_online_checkpoint, save_online_checkpoint
+    from prefopt.train.checkpoint import check_no_earlier_run, latest_checkpoint
+    from prefopt.train.logs import truncate_metrics
+
+    out = Path(config.output_dir)
+    states = {"optimizer": optimizer, "scheduler": scheduler}  # both have state_dict / load_state_dict
     history: list[dict[str, Any]] = []
-    bar = tqdm(total=total_steps, desc=f"train-rm {config.loss}", disable=not config.progress, dynamic_ncols=True)
-    with open(Path(config.output_dir) / "metrics.jsonl", "w", encoding="utf-8") as log:
-        epoch, batches = 0, []
-        for step in range(total_steps):
+    start = 0
+    found = latest_checkpoint(out) if config.resume else None
+    if found is not None:
+        state = load_online_checkpoint(found, policy=model, critic=None, optimizers=states)
+        start, history = int(state["step"]), list(state["history"])
+        truncate_metrics(out / "metrics.jsonl", start)
+    elif not config.resume:
+        check_no_earlier_run(out)
+        truncate_metrics(out / "metrics.jsonl", 0)
+    generator = torch.Generator().manual_seed(config.seed)
+    epoch, batches = 0, []
+    for _ in range(start):  # replay the data order up to the checkpoint's step
+        if not batches:
+            batches, epoch = reward_batches(rows, config.batch_size, pad=pad, generator=generator), epoch + 1
+        batches.pop(0)
+    bar = tqdm(total=total_steps, initial=start, desc=f"train-rm {config.loss}", disable=not config.progress,
+               dynamic_ncols=True)
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as log:
+        for step in range(start, total_steps):
             if not batches:
                 batches, epoch = reward_batches(rows, config.batch_size, pad=pad, generator=generator), epoch + 1
-            batch = batches.pop(0).to(device)
-            output = loss_fn(**loss_arguments(kind, sequence_scores(model, batch), batch))
-            if not torch.isfinite(output.loss):
-                raise FloatingPointError(f"train-rm: non-finite loss {float(output.loss)} at step {step + 1}; "
-                                         f"lower the learning rate (lr={config.resolved_lr:g})")
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
-            optimizer.step()
-            record = {"step": step + 1, "epoch": epoch, **_batch_metrics(output, batch.num_groups),
-                      "lr": scheduler.get_last_lr()[0], "grad_norm": float(norm),
-                      "elapsed_s": time.perf_counter() - started}
-            scheduler.step()
+            record = _step(config, model, loss_fn, kind, batches.pop(0).to(device), optimizer, scheduler, step)
+            record.update(epoch=epoch, elapsed_s=time.perf_counter() - started)
             history.append(record)
             if (step + 1) % config.log_every == 0 or step + 1 == total_steps:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
+                save_online_checkpoint(out, step + 1, policy=model, critic=None, optimizers=states,
+                                       state={"history": history}, keep=config.keep_checkpoints)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
             bar.update(1)
     bar.close()
     return history
+
+
+def _step(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, batch: Any, optimizer: Any, scheduler: Any,
+          step: int) -> dict[str, Any]:
+    """One optimiser step on `batch`; returns its record (loss, accuracy, lr, grad_norm, ...)."""
+    output = loss_fn(**loss_arguments(kind, sequence_scores(model, batch), batch))
+    if not torch.isfinite(output.loss):
+        raise FloatingPointError(f"train-rm: non-finite loss {float(output.loss)} at step {step + 1}; "
+                                 f"lower the learning rate (lr={config.resolved_lr:g})")
+    optimizer.zero_grad(set_to_none=True)
+    output.loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+    optimizer.step()
+    record = {"step": step + 1, **_batch_metrics(output, batch.num_groups), "lr": scheduler.get_last_lr()[0],
+              "grad_norm": float(norm)}
+    scheduler.step()
+    return record
 
 
 def _save(config: RewardModelConfig, sources: dict[str, str], model: Any, tokenizer: Any, tokenize_config: Any,

@@ -46,6 +46,7 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--num-threads": ("num_threads", int, "torch CPU threads (default 1 on the synthetic task)"),
     "--out": ("output_dir", str, "run folder (default runs/reward_model)"),
     "--log-every": ("log_every", int, "write metrics every N steps"),
+    "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (default 200; 0: never)"),
 }
 
 
@@ -59,6 +60,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a seconds-scale synthetic task (SFTConfig.tiny(), 96 train prompts): smoke tests")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                         default=argparse.SUPPRESS, help="no progress bar")
+    parser.add_argument("--resume", dest="resume", action="store_const", const=True, default=argparse.SUPPRESS,
+                        help="continue from the newest checkpoint in --out")
 
 
 def add_train_rm_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -84,3 +84,40 @@ def test_in_memory_rm_from_the_policy_scores_like_its_saved_copy(task, tmp_path)
     model.train()
     torch.testing.assert_close(saved.score(prompts, texts), in_memory.score(prompts, texts), rtol=1e-5, atol=1e-5)
     assert model.training  # scoring switches to eval mode and back
+
+
+def test_resume_matches_an_uninterrupted_run(task, tmp_path) -> None:
+    """A run stopped after its step-10 checkpoint and resumed ends with the same weights and metrics as one
+    that ran straight through (replayed data order, restored optimiser and schedule)."""
+    common = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 10, "eval_split": "none"}
+    full = train_reward_model(**_settings(tmp_path / "full", **common))
+    cut_dir = tmp_path / "cut"
+    import prefopt.online.reward_model as rm
+
+    original = rm._step
+    calls = {"n": 0}
+
+    def stop_after_the_checkpoint(*args, **kwargs):  # simulates a kill at step 15
+        calls["n"] += 1
+        if calls["n"] > 15:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    rm._step = stop_after_the_checkpoint
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_reward_model(**_settings(cut_dir, **common))
+    finally:
+        rm._step = original
+    assert (cut_dir / "checkpoints" / "step-000010").exists()
+    with pytest.raises(ValueError, match="earlier run"):
+        train_reward_model(**_settings(cut_dir, **common))
+    with pytest.raises(ValueError, match=r"different settings \['lr'\]"):
+        train_reward_model(**_settings(cut_dir, **{**common, "lr": 2e-3}, resume=True))
+    resumed = train_reward_model(**_settings(cut_dir, **common, resume=True))
+    timing = {"elapsed_s"}
+    assert ({k: v for k, v in resumed.final_metrics.items() if k not in timing}
+            == pytest.approx({k: v for k, v in full.final_metrics.items() if k not in timing}, rel=1e-5, abs=1e-7))
+    assert resumed.train_accuracy == full.train_accuracy
+    steps = [json.loads(line)["step"] for line in (cut_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, full.steps + 1))
