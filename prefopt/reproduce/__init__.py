@@ -40,6 +40,8 @@ REPRODUCTIONS: tuple[str, ...] = (
     "best_of_n",
     "kto_contradictory",
     "single_pair",
+    "likelihood_displacement",
+    "length_exploitation",
 )
 
 
