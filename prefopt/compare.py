@@ -16,14 +16,13 @@ written by `prefopt.compare_report`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import itertools
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,30 +333,12 @@ def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResu
     Pass a `CompareConfig`, or its fields as keyword arguments.
     """
     from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.progress import library_progress_bars
 
     config = config if config is not None else CompareConfig(**settings)
-    with torch_threads(config.num_threads or (1 if config.synthetic else None)), _hf_progress(config.progress):
+    with torch_threads(config.num_threads or (1 if config.synthetic else None)), \
+            library_progress_bars(config.progress):
         return _compare(config)
-
-
-@contextlib.contextmanager
-def _hf_progress(enabled: bool) -> Iterator[None]:
-    """transformers' and datasets' own bars (loading and saving weights, tokenising) follow `progress`,
-    restored after."""
-    from datasets.utils import logging as datasets_logging
-    from transformers.utils import logging as hf_logging
-
-    libraries = (hf_logging, datasets_logging)
-    were_enabled = [library.is_progress_bar_enabled() for library in libraries]
-    if not enabled:
-        for library in libraries:
-            library.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for library, was_enabled in zip(libraries, were_enabled):
-            if was_enabled:
-                library.enable_progress_bar()
 
 
 def _compare(config: CompareConfig) -> CompareResult:

@@ -203,12 +203,13 @@ def train_reward_model(config: RewardModelConfig | None = None, *, model: Any = 
     linear warm-up and decay (`prefopt.train.presets`), gradient clipping at `max_grad_norm`.
     """
     from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.progress import library_progress_bars
 
     if isinstance(model, (str, os.PathLike)):
         settings["model"], model = str(model), None
     config = resolve_config(config, settings)
     threads = config.num_threads if config.num_threads is not None else (1 if config.model is None else None)
-    with torch_threads(threads):
+    with torch_threads(threads), library_progress_bars(config.progress):
         return _train(config, model, tokenizer, dataset, eval_dataset)
 
 

@@ -255,6 +255,7 @@ def train_online(config: OnlineConfig | None = None, *, model: Any = None, token
         `OnlineResult`; the run folder holds config.json, metrics.jsonl, checkpoints/, final/, result.json.
     """
     from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.progress import library_progress_bars
 
     if isinstance(model, (str, os.PathLike)):
         settings["model"], model = str(model), None
@@ -262,7 +263,7 @@ def train_online(config: OnlineConfig | None = None, *, model: Any = None, token
         config = OnlineConfig(**settings)
     elif settings:
         config = dataclasses.replace(config, **settings)
-    with torch_threads(config.threads):
+    with torch_threads(config.threads), library_progress_bars(config.progress):
         return _train(config, model, tokenizer, reward, prompts, reference_model, on_step)
 
 

@@ -42,6 +42,8 @@ REPRODUCTIONS: tuple[str, ...] = (
     "single_pair",
     "likelihood_displacement",
     "length_exploitation",
+    "dpo_frontier",
+    "overoptimization",
 )
 
 

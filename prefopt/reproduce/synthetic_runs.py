@@ -15,11 +15,10 @@ reproduction stays cheap. The trainer's run folder is a temporary directory remo
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +26,9 @@ import torch
 from torch import Tensor
 
 from prefopt.engine.reference import eval_mode
+from prefopt.progress import library_progress_bars
 
-__all__ = ["Arm", "Curve", "TrainSchedule", "pair_batches", "pair_logps", "preferences_for", "quiet_datasets",
+__all__ = ["Arm", "Curve", "TrainSchedule", "pair_batches", "pair_logps", "preferences_for",
            "reference_policy_for", "run_arms", "sample_completions", "stack_curves", "stack_final", "train_with_probes",
            "word_counts"]
 
@@ -192,20 +192,6 @@ def train_with_probes(reference: Any, dataset: Any, *, loss: str, hparams: Mappi
     return curve
 
 
-@contextlib.contextmanager
-def quiet_datasets() -> Iterator[None]:
-    """Silence `datasets`' per-map progress bars for the block (the reproduction has its own progress), then restore."""
-    import datasets
-
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
 def run_arms(reference: Any, arms: Sequence[Arm], seeds: int, schedule: TrainSchedule,
              replicate: Callable[[int], tuple[Any, Probe]],
              progress: Callable[[int, int, str], None]) -> dict[str, list[Curve]]:
@@ -221,7 +207,7 @@ def run_arms(reference: Any, arms: Sequence[Arm], seeds: int, schedule: TrainSch
     """
     curves: dict[str, list[Curve]] = {arm.label: [] for arm in arms}
     total, done = seeds * len(arms), 0
-    with quiet_datasets():
+    with library_progress_bars(False):  # the reproduction reports its own progress
         for r in range(seeds):
             dataset, probe = replicate(r)
             for arm in arms:

@@ -42,7 +42,9 @@ def test_unknown_name_suggests_and_lists(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert "'ipo-bandits'" in err and "single-pair" in err
     assert _main(["reproduce", "single-pair", "--seeds", "0"]) == 2
-    assert [r.name for r in reproduce.list_reproductions() if r.seeded] == ["ipo-bandits", "dpo-optimum"]
+    assert [r.name for r in reproduce.list_reproductions() if r.seeded] == ["ipo-bandits", "dpo-optimum", "likelihood-displacement",
+                                                                     "length-exploitation", "dpo-frontier",
+                                                                     "rm-overoptimization"]
     with pytest.raises(ValueError, match="seeds"):
         run_reproduction("single-pair", seeds=0)
 
