@@ -58,16 +58,16 @@ def _cmd_losses(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from prefopt.cli_settings import parse_assignments, read_settings_file
     from prefopt.compare import DEFAULT_LOSSES, CompareConfig, compare, parse_sweeps
 
-    settings: dict = {}
-    if args.config:
-        import yaml
-
-        with open(args.config, encoding="utf-8") as handle:
-            settings = yaml.safe_load(handle) or {}
-        if not isinstance(settings, dict):
-            raise SystemExit(f"prefopt compare: {args.config} must hold a mapping of CompareConfig fields")
+    try:
+        settings = read_settings_file(args.config, "CompareConfig") if args.config else {}
+        train_pairs = parse_assignments(args.train, "--train", "lr=1e-4")
+        online_pairs = parse_assignments(args.online, "--online", "steps=60")
+    except ValueError as err:
+        print(f"prefopt compare: {err}", file=sys.stderr)
+        return 2
     if args.losses:
         settings["losses"] = [n.strip() for n in args.losses.split(",") if n.strip()]
     settings.setdefault("losses", list(DEFAULT_LOSSES))
@@ -81,13 +81,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for flag, key in (("lr", "lr"), ("epochs", "epochs"), ("batch_size", "batch_size"), ("max_steps", "max_steps")):
         if getattr(args, flag) is not None:
             train[key] = getattr(args, flag)
-    for item in args.train or []:
-        key, _, value = item.partition("=")
-        train[key] = yaml_value(value)
-    online = settings.setdefault("online", {})
-    for item in args.online or []:
-        key, _, value = item.partition("=")
-        online[key] = yaml_value(value)
+    train.update(train_pairs)
+    settings.setdefault("online", {}).update(online_pairs)
     if args.bon_n:
         settings["bon_n"] = [int(n) for n in args.bon_n.split(",")]
     for flag in ("data", "model", "eval_prompts", "max_new_tokens", "bon_samples"):
@@ -106,13 +101,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return 2
     compare(config)
     return 0
-
-
-def yaml_value(text: str) -> object:
-    """A command-line value parsed as YAML (numbers, booleans, lists), else the string."""
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

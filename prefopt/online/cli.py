@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prefopt.cli_settings import parse_assignments, read_settings_file
+
 __all__ = ["add_train_online_parser", "run_train_online", "online_config_from_args", "main"]
 
 # flag → (OnlineConfig field, type, help); flags not given stay out of the merged settings.
@@ -84,36 +86,18 @@ def add_train_online_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_pairs(items: Sequence[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"{flag} {item!r}: write NAME=VALUE, e.g. {flag} beta=0.1")
-        try:
-            out[name] = json.loads(text)
-        except json.JSONDecodeError:
-            out[name] = text
-    return out
-
-
 def online_config_from_args(args: argparse.Namespace) -> Any:
     """Merge OnlineConfig defaults ← YAML (`--config`) ← flags into an `OnlineConfig`."""
-    import yaml
-
     from prefopt.online.config import OnlineConfig
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping of OnlineConfig settings, got {type(loaded).__name__}")
-        values.update(loaded)
+        values.update(read_settings_file(args.config, "OnlineConfig"))
     fields = {dest for dest, _, _ in _OPTIONS.values()} | {dest for dest, _, _ in _SWITCHES.values()}
     values.update({k: v for k, v in vars(args).items() if k in fields})
-    values["loss_hparams"] = {**(values.get("loss_hparams") or {}), **_parse_pairs(args.hparam, "--hparam")}
+    values["loss_hparams"] = {**(values.get("loss_hparams") or {}), **parse_assignments(args.hparam, "--hparam")}
     values["pair_loss_hparams"] = {**(values.get("pair_loss_hparams") or {}),
-                                   **_parse_pairs(args.pair_hparam, "--pair-hparam")}
+                                   **parse_assignments(args.pair_hparam, "--pair-hparam")}
     return OnlineConfig.from_dict(values)
 
 

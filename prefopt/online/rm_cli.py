@@ -13,10 +13,11 @@ the flags given on the command line. Paired data may carry a `margin` column (Br
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from prefopt.cli_settings import parse_assignments, read_settings_file
 
 __all__ = ["add_train_rm_parser", "run_train_rm", "config_from_args"]
 
@@ -73,39 +74,21 @@ def add_train_rm_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def config_from_args(args: argparse.Namespace) -> Any:
     """Merge RewardModelConfig defaults ← YAML (`--config`) ← `--tiny` ← flags into a `RewardModelConfig`."""
-    import yaml
-
     from prefopt.online.reward_config import RewardModelConfig
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
-        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping of RewardModelConfig settings, "
-                             f"got {type(loaded).__name__}")
-        values.update(loaded)
+        values.update(read_settings_file(args.config, "RewardModelConfig"))
     if getattr(args, "tiny", False):
         from prefopt.online.reward_config import tiny_task
 
         values.update(tiny_task())
     fields = {dest for dest, _, _ in _OPTIONS.values()} | {"progress"}
     values.update({k: v for k, v in vars(args).items() if k in fields})
-    hparams = dict(values.get("loss_hparams") or {})
-    for item in args.hparam:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--hparam {item!r}: write NAME=VALUE, e.g. --hparam center_coef=0.01")
-        hparams[name] = _parse_value(text)
-    values["loss_hparams"] = hparams
+    values["loss_hparams"] = {**(values.get("loss_hparams") or {}),
+                              **parse_assignments(args.hparam, "--hparam", "center_coef=0.01")}
     return RewardModelConfig.from_dict(values)
 
 

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prefopt.cli_settings import parse_assignments, read_settings_file
+
 __all__ = ["add_train_command", "run_train", "config_from_args", "print_recipes", "main"]
 
 # flag → (TrainConfig field, type, help); flags not given stay out of the merged settings.
@@ -95,13 +97,6 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _recipe_values(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig fields of `--recipe` (its smoke version with `--smoke`); {} without a recipe.
 
@@ -128,26 +123,15 @@ def _recipe_values(args: argparse.Namespace, given: dict[str, Any]) -> dict[str,
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """Merge TrainConfig defaults ← recipe (`--recipe`, `--smoke`) ← YAML (`--config`) ← flags into a `TrainConfig`."""
-    import yaml
-
     from prefopt.train.config import TrainConfig
 
     given: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping of TrainConfig settings, got {type(loaded).__name__}")
-        given.update(loaded)
+        given.update(read_settings_file(args.config, "TrainConfig"))
     fields = {dest for dest, _, _ in _OPTIONS.values()} | {dest for dest, _, _ in _SWITCHES.values()} | {"report_to"}
     given.update({k: v for k, v in vars(args).items() if k in fields})
     values = {**_recipe_values(args, given), **given}
-    hparams = dict(values.get("loss_hparams") or {})
-    for item in args.hparam:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--hparam {item!r}: write NAME=VALUE, e.g. --hparam beta=0.1")
-        hparams[name] = _parse_value(text)
-    values["loss_hparams"] = hparams
+    values["loss_hparams"] = {**(values.get("loss_hparams") or {}), **parse_assignments(args.hparam, "--hparam")}
     return TrainConfig.from_dict(values)
 
 

@@ -1,0 +1,45 @@
+"""What every `prefopt` sub-command does with its settings: a YAML file of config fields, NAME=VALUE pairs.
+
+Each command merges, later winning: the config's defaults ← `--config FILE.yaml` ← its flags; repeatable
+`--hparam NAME=VALUE` (and the like) go into a mapping field. Values are read as JSON where they parse
+(`0.1`, `1e-5`, `true`, `[1, 2]`) and kept as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["parse_value", "parse_assignments", "read_settings_file"]
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: its JSON reading (numbers, booleans, lists, null), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_assignments(items: Sequence[str] | None, flag: str, example: str = "beta=0.1") -> dict[str, Any]:
+    """["beta=0.1", "label=x"] → {"beta": 0.1, "label": "x"}; an item without `=` or a name is a ValueError
+    naming `flag` and showing `example`."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{flag} {item!r}: write NAME=VALUE, e.g. {flag} {example}")
+        out[name] = parse_value(text)
+    return out
+
+
+def read_settings_file(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping of `what` settings (e.g. "TrainConfig") in a YAML file; ValueError when it holds anything else."""
+    import yaml
+
+    loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of {what} settings, got {type(loaded).__name__}")
+    return loaded
