@@ -46,6 +46,13 @@ class TokenBatch:
         if self.num_sequences % self.group_size:
             raise ValueError(f"TokenBatch: num_sequences={self.num_sequences} is not a multiple of group_size={self.group_size}")
 
+    @classmethod
+    def from_rows(cls, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> "TokenBatch":
+        """A padded batch of one sequence per row (group_size 1): row r is sequence r, padding is −1."""
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+        sequence_ids = torch.where(attention_mask.bool(), rows, torch.full_like(rows, -1))
+        return cls(input_ids, attention_mask, completion_mask, sequence_ids, num_sequences=input_ids.shape[0])
+
     @property
     def num_groups(self) -> int:
         """B: pairs for paired data, prompts for ranked data, rows for unpaired data."""

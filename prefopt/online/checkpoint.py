@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefopt.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, trainable_state
+from prefopt.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_trainable, trainable_state
 
 __all__ = ["save_online_checkpoint", "load_online_checkpoint", "latest_checkpoint"]
 
@@ -55,16 +55,7 @@ def save_online_checkpoint(output_dir: str | Path, step: int, *, policy: nn.Modu
 def _load_weights(module: nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
-    saved = load_file(str(path))
-    params = dict(module.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(saved) != expected:
-        diff = sorted(set(saved) ^ expected)[:5]
-        raise ValueError(f"checkpoint file {path} does not fit this model (parameters differ, e.g. {diff}); resume "
-                         "with the same model and algorithm, or start a new output_dir")
-    with torch.no_grad():
-        for name, tensor in saved.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    load_trainable(module, load_file(str(path)), path)
 
 
 def load_online_checkpoint(path: str | Path, *, policy: nn.Module, critic: nn.Module | None,

@@ -118,10 +118,7 @@ class Rollout:
             index = torch.as_tensor(rows, dtype=torch.long)
             input_ids, attention, completion = input_ids[index], attention[index], completion[index]
         width = max(int(attention.sum(1).max()), 1) if attention.numel() else 1
-        input_ids, attention, completion = input_ids[:, :width], attention[:, :width], completion[:, :width]
-        row_ids = torch.arange(input_ids.shape[0])[:, None].expand_as(input_ids)
-        sequence_ids = torch.where(attention.bool(), row_ids, torch.full_like(row_ids, -1))
-        return TokenBatch(input_ids, attention, completion, sequence_ids, num_sequences=input_ids.shape[0])
+        return TokenBatch.from_rows(input_ids[:, :width], attention[:, :width], completion[:, :width])
 
 
 def vllm_available() -> bool:

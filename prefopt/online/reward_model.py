@@ -266,14 +266,10 @@ _RESUMABLE = ("resume", "progress", "checkpoint_every", "keep_checkpoints", "log
 
 def _check_resumable(config: RewardModelConfig, out: Path) -> None:
     """On resume, refuse settings that differ from the saved run's (the checkpoint would not fit them)."""
-    saved = out / "config.json"
-    if not config.resume or not saved.exists():
-        return
-    before = json.loads(saved.read_text(encoding="utf-8"))
-    changed = sorted(k for k, v in config.to_dict().items() if k not in _RESUMABLE and before.get(k) != v)
-    if changed:
-        raise ValueError(f"resume: {out} was trained with different settings {changed}; resume with the same "
-                         "settings or use a new output_dir")
+    from prefopt.train.checkpoint import check_same_settings
+
+    if config.resume:
+        check_same_settings(out, config.to_dict(), _RESUMABLE)
 
 
 def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: list[dict[str, Any]], pad: int,

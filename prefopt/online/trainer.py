@@ -38,6 +38,7 @@ import torch
 
 from prefopt.atomic import write_json_atomic
 from prefopt.online.checkpoint import latest_checkpoint, load_online_checkpoint, save_online_checkpoint
+from prefopt.train.checkpoint import check_same_settings
 from prefopt.online.config import RESUMABLE, OnlineConfig
 from prefopt.online.rollout_step import (
     PreparedRollout,
@@ -209,11 +210,7 @@ def _resume(run: OnlineRun) -> int:
     path = latest_checkpoint(config.output_dir)
     if path is None:
         return 0
-    saved_config = json.loads((Path(config.output_dir) / "config.json").read_text())
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE and saved_config.get(k) != v)
-    if changed:
-        raise ValueError(f"resume: {config.output_dir} was trained with different settings {changed}; resume with "
-                         "the same settings or use a new output_dir")
+    check_same_settings(config.output_dir, config.to_dict(), RESUMABLE)
     state = load_online_checkpoint(path, policy=run.policy, critic=run.critic, optimizers=run.optimizers)
     run.kl_controller.value = float(state["kl_coef"])
     truncate_metrics(Path(config.output_dir) / "metrics.jsonl", int(state["step"]))

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import nn
 
 from prefopt.atomic import write_json_atomic
 
-__all__ = ["CHECKPOINT_DIR", "check_no_earlier_run", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "write_json_atomic"]
+__all__ = ["CHECKPOINT_DIR", "check_no_earlier_run", "check_same_settings", "load_trainable", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "write_json_atomic"]
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -54,6 +55,41 @@ def check_no_earlier_run(output_dir: str | Path) -> None:
     if found is not None:
         raise ValueError(f"{output_dir} holds checkpoints of an earlier run (latest: {found.name}); resume it "
                          "(resume=True / --resume) or choose another output_dir (or delete that folder)")
+
+
+def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resumable: Iterable[str]) -> None:
+    """Refuse to resume with settings other than the saved run's (`<output_dir>/config.json`), except those
+    in `resumable` (they do not change what a step computes).
+
+    Raises:
+        ValueError: naming the changed settings.
+    """
+    saved_path = Path(output_dir) / "config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    allowed = set(resumable)
+    changed = sorted(k for k, v in settings.items() if k not in allowed and saved.get(k) != v)
+    if changed:
+        raise ValueError(f"resume: {output_dir} was trained with different settings {changed}; resume with the same "
+                         "settings or use a new output_dir")
+
+
+def load_trainable(model: nn.Module, saved: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Copy `saved` (name → tensor, as `trainable_state` wrote it) into the model's trainable parameters.
+
+    Raises:
+        ValueError: the names differ from the model's trainable parameters (another model or LoRA setting).
+    """
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(saved) != expected:
+        diff = sorted(set(saved) ^ expected)[:5]
+        raise ValueError(f"checkpoint {source} does not fit this model (parameters differ, e.g. {diff}); resume with "
+                         "the same model, LoRA and quantisation settings, or start a new output_dir")
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -130,16 +166,7 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     path = Path(path)
-    saved = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(saved) != expected:
-        diff = sorted(set(saved) ^ expected)[:5]
-        raise ValueError(f"checkpoint {path} does not fit this model (parameters differ, e.g. {diff}); resume with "
-                         "the same model, LoRA and quantisation settings, or start a new output_dir")
-    with torch.no_grad():
-        for name, tensor in saved.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    load_trainable(model, load_file(str(path / "trainable.safetensors")), path)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     state = json.loads((path / "state.json").read_text())

@@ -32,6 +32,7 @@ import torch
 
 from prefopt.train.checkpoint import (
     check_no_earlier_run,
+    check_same_settings,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -180,11 +181,7 @@ def _resume(run: Run, state: dict[str, Any]) -> int:
     path = latest_checkpoint(config.output_dir)
     if path is None:
         return 0
-    saved_config = json.loads((Path(config.output_dir) / "config.json").read_text())
-    changed = sorted(k for k, v in config.to_dict().items() if k not in _RESUMABLE and saved_config.get(k) != v)
-    if changed:
-        raise ValueError(f"resume: {config.output_dir} was trained with different settings {changed}; resume with "
-                         "the same settings or use a new output_dir")
+    check_same_settings(config.output_dir, config.to_dict(), _RESUMABLE)
     saved = load_checkpoint(path, accelerator=run.accelerator, model=run.policy, optimizer=run.optimizer,
                             scheduler=run.scheduler)
     if saved.get("bco") is not None:

@@ -46,10 +46,7 @@ class Samples:
 
     def token_batch(self) -> TokenBatch:
         """The samples as a padded `TokenBatch` (group_size 1, one sequence per row), for the engine."""
-        rows = torch.arange(self.input_ids.shape[0])[:, None].expand_as(self.input_ids)
-        sequence_ids = torch.where(self.attention_mask.bool(), rows, torch.full_like(rows, -1))
-        return TokenBatch(self.input_ids, self.attention_mask, self.completion_mask, sequence_ids,
-                          num_sequences=self.input_ids.shape[0])
+        return TokenBatch.from_rows(self.input_ids, self.attention_mask, self.completion_mask)
 
 
 @contextmanager
