@@ -20,9 +20,7 @@ def micro_policy() -> ReferencePolicy:
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models: one thread is as fast, and avoids OpenMP spin-waits on a busy shared CPU."""
-    import torch
+    from prefopt.data.synthetic.sampling import torch_threads
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield

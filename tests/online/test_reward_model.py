@@ -20,10 +20,10 @@ TINY = tiny_task()
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    from prefopt.data.synthetic.sampling import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

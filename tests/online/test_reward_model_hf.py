@@ -28,10 +28,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    from prefopt.data.synthetic.sampling import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 def _rows(count: int, seed: int) -> tuple[list[dict], list[dict]]:

@@ -21,9 +21,7 @@ def tiny_task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models: one thread is as fast and avoids OpenMP spin-waits on the shared 2-core CPU."""
-    import torch
+    from prefopt.data.synthetic.sampling import torch_threads
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
