@@ -58,7 +58,7 @@ def _cmd_losses(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from prefopt.cli_settings import parse_assignments, read_settings_file
+    from prefopt.cli_settings import parse_assignments, read_settings_file, user_errors
     from prefopt.compare import DEFAULT_LOSSES, CompareConfig, compare, parse_sweeps
 
     try:
@@ -99,7 +99,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as err:
         print(f"prefopt compare: {err}", file=sys.stderr)
         return 2
-    compare(config)
+    try:
+        compare(config)
+    except user_errors() as err:
+        print(f"prefopt compare: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

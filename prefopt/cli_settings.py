@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parse_value", "parse_assignments", "read_settings_file"]
+__all__ = ["parse_value", "parse_assignments", "read_settings_file", "user_errors"]
 
 
 def parse_value(text: str) -> Any:
@@ -43,3 +43,19 @@ def read_settings_file(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: expected a mapping of {what} settings, got {type(loaded).__name__}")
     return loaded
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line and exit code 2 instead of a traceback: bad settings, bad data,
+    a run folder that does not fit the run, a refused launch, a diverged run (each message names the fix)."""
+    from prefopt.data.validate import PreferenceDataError
+    from prefopt.loss_inputs import LossInputError
+    from prefopt.online.trainer import OnlineDivergedError
+    from prefopt.registry import UnknownLossError
+    from prefopt.train.checkpoint import RunFolderError
+    from prefopt.train.data import TrainDataError
+    from prefopt.train.loop import TrainingDivergedError
+    from prefopt.train.setup import DistributedSetupError
+
+    return (RunFolderError, PreferenceDataError, TrainDataError, LossInputError, UnknownLossError,
+            DistributedSetupError, TrainingDivergedError, OnlineDivergedError)

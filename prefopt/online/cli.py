@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefopt.cli_settings import parse_assignments, read_settings_file
+from prefopt.cli_settings import parse_assignments, read_settings_file, user_errors
 
 __all__ = ["add_train_online_parser", "run_train_online", "online_config_from_args", "main"]
 
@@ -110,7 +110,11 @@ def run_train_online(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as err:
         print(f"prefopt train-online: {err}", file=sys.stderr)
         return 2
-    result = train_online(config)
+    try:
+        result = train_online(config)
+    except user_errors() as err:
+        print(f"prefopt train-online: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(result.to_dict(), indent=2))
     return 0
 

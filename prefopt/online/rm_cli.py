@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefopt.cli_settings import parse_assignments, read_settings_file
+from prefopt.cli_settings import parse_assignments, read_settings_file, user_errors
 
 __all__ = ["add_train_rm_parser", "run_train_rm", "config_from_args"]
 
@@ -101,7 +101,11 @@ def run_train_rm(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as err:
         print(f"prefopt train-rm: {err}", file=sys.stderr)
         return 2
-    result = train_reward_model(config)
+    try:
+        result = train_reward_model(config)
+    except user_errors() as err:
+        print(f"prefopt train-rm: {err}", file=sys.stderr)
+        return 2
     if result.eval_accuracy is None:
         held_out = "no eval split"
     else:

@@ -28,7 +28,7 @@ from torch import nn
 
 from prefopt.atomic import write_json_atomic
 
-__all__ = ["CHECKPOINT_DIR", "check_no_earlier_run", "check_same_settings", "load_trainable", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "write_json_atomic"]
+__all__ = ["CHECKPOINT_DIR", "RunFolderError", "check_no_earlier_run", "check_same_settings", "load_trainable", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "write_json_atomic"]
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -45,15 +45,20 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+class RunFolderError(ValueError):
+    """The run folder does not fit the run: an earlier run's checkpoints would be overwritten, or a resumed
+    run's settings differ from the saved ones. The message says which and the ways on."""
+
+
 def check_no_earlier_run(output_dir: str | Path) -> None:
     """Refuse to start a fresh run where an earlier one left checkpoints: its work would be overwritten.
 
     Raises:
-        ValueError: naming the folder and the two ways on (resume it, or another output_dir).
+        RunFolderError: naming the folder and the two ways on (resume it, or another output_dir).
     """
     found = latest_checkpoint(output_dir)
     if found is not None:
-        raise ValueError(f"{output_dir} holds checkpoints of an earlier run (latest: {found.name}); resume it "
+        raise RunFolderError(f"{output_dir} holds checkpoints of an earlier run (latest: {found.name}); resume it "
                          "(resume=True / --resume) or choose another output_dir (or delete that folder)")
 
 
@@ -62,7 +67,7 @@ def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resuma
     in `resumable` (they do not change what a step computes).
 
     Raises:
-        ValueError: naming the changed settings.
+        RunFolderError: naming the changed settings.
     """
     saved_path = Path(output_dir) / "config.json"
     if not saved_path.exists():
@@ -71,7 +76,7 @@ def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resuma
     allowed = set(resumable)
     changed = sorted(k for k, v in settings.items() if k not in allowed and saved.get(k) != v)
     if changed:
-        raise ValueError(f"resume: {output_dir} was trained with different settings {changed}; resume with the same "
+        raise RunFolderError(f"resume: {output_dir} was trained with different settings {changed}; resume with the same "
                          "settings or use a new output_dir")
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefopt.cli_settings import parse_assignments, read_settings_file
+from prefopt.cli_settings import parse_assignments, read_settings_file, user_errors
 
 __all__ = ["add_train_command", "run_train", "config_from_args", "print_recipes", "main"]
 
@@ -158,7 +158,11 @@ def run_train(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as err:
         print(f"prefopt train: {err}", file=sys.stderr)
         return 2
-    result = train(config)
+    try:
+        result = train(config)
+    except user_errors() as err:
+        print(f"prefopt train: {err}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:  # one copy of the result under torchrun / accelerate launch
         print(json.dumps(result.to_dict(), indent=2))
     return 0

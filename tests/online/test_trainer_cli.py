@@ -53,6 +53,10 @@ def test_command_line_run(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["steps"] == 1 and "objective/greedy_scores" in result["final_metrics"]
     assert json.loads((out / "config.json").read_text())["algorithm"] == "remax"
+    again = main(["--model", str(tiny_model_path()), "--prompts", str(prompts), "--algorithm", "remax",
+                  "--steps", "1", "--out", str(out), "--no-progress"])
+    assert again == 2, "a second fresh run into the same folder is refused, not a traceback"
+    assert "earlier run" in capsys.readouterr().err
 
 
 def test_prompt_files(tmp_path):
