@@ -54,7 +54,7 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--lam": ("lam", float, "PPO: GAE λ"),
     "--missing-eos-penalty": ("missing_eos_penalty", float, "subtract from the score of unfinished completions"),
     "--seed": ("seed", int, "seed of prompt order, sampling and the critic head"),
-    "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (0: final only)"),
+    "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (default 20; 0: final only)"),
     "--num-threads": ("num_threads", int, "torch threads (default: 1 on the synthetic task)"),
     "--engine-backend": ("engine_backend", str, "output-head kernel: auto, chunked, reference or triton"),
 }

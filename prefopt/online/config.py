@@ -60,7 +60,8 @@ class OnlineConfig:
     All algorithms:
         missing_eos_penalty: subtracted from the score of a completion without EOS (None: off).
         seed: prompt order, sampling, critic head init.
-        output_dir, checkpoint_every (0: final only), keep_checkpoints, resume, progress.
+        output_dir; checkpoint_every: save every N steps (default 20; 0: only the final one); keep_checkpoints,
+            resume, progress.
         num_threads: torch threads (None: 1 when `model` is None, else unchanged).
         engine_backend: output-head kernel of the log-prob engine.
     """
@@ -99,7 +100,7 @@ class OnlineConfig:
     missing_eos_penalty: float | None = None
     seed: int = 0
     output_dir: str = "runs/online"
-    checkpoint_every: int = 0
+    checkpoint_every: int = 20
     keep_checkpoints: int = 2
     resume: bool = False
     progress: bool = True
