@@ -7,12 +7,33 @@ Each command merges, later winning: the config's defaults ← `--config FILE.yam
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parse_value", "parse_assignments", "read_settings_file", "user_errors"]
+# flag → (config field, type or stored constant, help). Options take a value of that type; switches store
+# the constant (e.g. "--no-progress": ("progress", False, ...)).
+Flags = Mapping[str, tuple[str, Any, str]]
+
+__all__ = ["Flags", "add_setting_flags", "given_settings", "parse_value", "parse_assignments", "read_settings_file",
+           "user_errors"]
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, options: Flags, switches: Flags) -> None:
+    """One flag per config field. A flag not given stays out of the parsed namespace (argparse.SUPPRESS), so
+    `given_settings` returns only what the command line set and a YAML file's value is not overwritten."""
+    for flag, (field, kind, text) in options.items():
+        parser.add_argument(flag, dest=field, type=kind, default=argparse.SUPPRESS, help=text)
+    for flag, (field, value, text) in switches.items():
+        parser.add_argument(flag, dest=field, action="store_const", const=value, default=argparse.SUPPRESS, help=text)
+
+
+def given_settings(args: argparse.Namespace, *tables: Flags, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """The config fields set on the command line: those of the flag tables (and the `extra` dests) present."""
+    fields = {field for table in tables for field, _, _ in table.values()} | set(extra)
+    return {k: v for k, v in vars(args).items() if k in fields}
 
 
 def parse_value(text: str) -> Any:

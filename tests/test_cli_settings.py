@@ -36,3 +36,20 @@ def test_compare_cli_reports_bad_pairs_and_files_with_exit_code_2(tmp_path, caps
     bad.write_text("- dpo\n")
     assert main(["compare", "--config", str(bad)]) == 2
     assert "expected a mapping" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "train-online", "train-rm"])
+def test_resume_and_no_progress_reach_the_config(command: str) -> None:
+    """Every training command turns --resume / --no-progress into its config's fields (and leaves out
+    flags that were not given, so a YAML file's values stand)."""
+    from prefopt.cli import build_parser
+    from prefopt.online.cli import online_config_from_args
+    from prefopt.online.rm_cli import config_from_args as rm_config
+    from prefopt.train.cli import config_from_args as train_config
+
+    build = {"train": train_config, "train-online": online_config_from_args, "train-rm": rm_config}[command]
+    parser = build_parser()
+    plain = build(parser.parse_args([command]))
+    flagged = build(parser.parse_args([command, "--resume", "--no-progress"]))
+    assert (plain.resume, plain.progress) == (False, True)
+    assert (flagged.resume, flagged.progress) == (True, False)

@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefopt.cli_settings import parse_assignments, read_settings_file, user_errors
+from prefopt.cli_settings import (
+    add_setting_flags,
+    given_settings,
+    parse_assignments,
+    read_settings_file,
+    user_errors,
+)
 
 __all__ = ["add_train_online_parser", "run_train_online", "online_config_from_args", "main"]
 
@@ -67,10 +73,7 @@ _SWITCHES: dict[str, tuple[str, bool, str]] = {
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file of OnlineConfig settings (flags override it)")
-    for flag, (dest, kind, text) in _OPTIONS.items():
-        parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text)
-    for flag, (dest, value, text) in _SWITCHES.items():
-        parser.add_argument(flag, dest=dest, action="store_const", const=value, default=argparse.SUPPRESS, help=text)
+    add_setting_flags(parser, _OPTIONS, _SWITCHES)
     parser.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
                         help="hyper-parameter of the algorithm's loss, repeatable (e.g. --hparam beta=0.04)")
     parser.add_argument("--pair-hparam", action="append", default=[], metavar="NAME=VALUE",
@@ -93,8 +96,7 @@ def online_config_from_args(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
         values.update(read_settings_file(args.config, "OnlineConfig"))
-    fields = {dest for dest, _, _ in _OPTIONS.values()} | {dest for dest, _, _ in _SWITCHES.values()}
-    values.update({k: v for k, v in vars(args).items() if k in fields})
+    values.update(given_settings(args, _OPTIONS, _SWITCHES))
     values["loss_hparams"] = {**(values.get("loss_hparams") or {}), **parse_assignments(args.hparam, "--hparam")}
     values["pair_loss_hparams"] = {**(values.get("pair_loss_hparams") or {}),
                                    **parse_assignments(args.pair_hparam, "--pair-hparam")}

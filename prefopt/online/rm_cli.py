@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefopt.cli_settings import parse_assignments, read_settings_file, user_errors
+from prefopt.cli_settings import (
+    add_setting_flags,
+    given_settings,
+    parse_assignments,
+    read_settings_file,
+    user_errors,
+)
 
 __all__ = ["add_train_rm_parser", "run_train_rm", "config_from_args"]
 
@@ -49,20 +55,19 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--log-every": ("log_every", int, "write metrics every N steps"),
     "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (default 200; 0: never)"),
 }
+_SWITCHES: dict[str, tuple[str, bool, str]] = {
+    "--resume": ("resume", True, "continue from the newest checkpoint in --out"),
+    "--no-progress": ("progress", False, "no progress bar"),
+}
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file of RewardModelConfig settings (flags override it)")
-    for flag, (dest, kind, text) in _OPTIONS.items():
-        parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text)
+    add_setting_flags(parser, _OPTIONS, _SWITCHES)
     parser.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
                         help="loss hyper-parameter, repeatable (e.g. --hparam center_coef=0.01)")
     parser.add_argument("--tiny", action="store_true",
                         help="a seconds-scale synthetic task (SFTConfig.tiny(), 96 train prompts): smoke tests")
-    parser.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                        default=argparse.SUPPRESS, help="no progress bar")
-    parser.add_argument("--resume", dest="resume", action="store_const", const=True, default=argparse.SUPPRESS,
-                        help="continue from the newest checkpoint in --out")
 
 
 def add_train_rm_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -85,8 +90,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         from prefopt.online.reward_config import tiny_task
 
         values.update(tiny_task())
-    fields = {dest for dest, _, _ in _OPTIONS.values()} | {"progress"}
-    values.update({k: v for k, v in vars(args).items() if k in fields})
+    values.update(given_settings(args, _OPTIONS, _SWITCHES))
     values["loss_hparams"] = {**(values.get("loss_hparams") or {}),
                               **parse_assignments(args.hparam, "--hparam", "center_coef=0.01")}
     return RewardModelConfig.from_dict(values)

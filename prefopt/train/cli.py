@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefopt.cli_settings import parse_assignments, read_settings_file, user_errors
+from prefopt.cli_settings import (
+    add_setting_flags,
+    given_settings,
+    parse_assignments,
+    read_settings_file,
+    user_errors,
+)
 
 __all__ = ["add_train_command", "run_train", "config_from_args", "print_recipes", "main"]
 
@@ -78,10 +84,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run --recipe end to end on a tiny model and synthetic data for a few steps (offline)")
     parser.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     parser.add_argument("--config", type=Path, help="YAML file of TrainConfig settings (flags override it)")
-    for flag, (dest, kind, text) in _OPTIONS.items():
-        parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text)
-    for flag, (dest, value, text) in _SWITCHES.items():
-        parser.add_argument(flag, dest=dest, action="store_const", const=value, default=argparse.SUPPRESS, help=text)
+    add_setting_flags(parser, _OPTIONS, _SWITCHES)
     parser.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
                         help="loss hyper-parameter, repeatable (e.g. --hparam beta=0.05)")
     parser.add_argument("--report-to", dest="report_to", action="append", default=argparse.SUPPRESS,
@@ -128,8 +131,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     given: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
         given.update(read_settings_file(args.config, "TrainConfig"))
-    fields = {dest for dest, _, _ in _OPTIONS.values()} | {dest for dest, _, _ in _SWITCHES.values()} | {"report_to"}
-    given.update({k: v for k, v in vars(args).items() if k in fields})
+    given.update(given_settings(args, _OPTIONS, _SWITCHES, extra=("report_to",)))
     values = {**_recipe_values(args, given), **given}
     values["loss_hparams"] = {**(values.get("loss_hparams") or {}), **parse_assignments(args.hparam, "--hparam")}
     return TrainConfig.from_dict(values)
