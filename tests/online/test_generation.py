@@ -128,3 +128,42 @@ def test_model_path_loads_with_transformers(lm: tuple, tmp_path) -> None:  # typ
     model.save_pretrained(tmp_path)
     from_path = generate(str(tmp_path), tokenizer, PROMPTS, GenerationConfig(max_new_tokens=6, backend="hf"), seed=0)
     assert from_path.completions == _rollout(lm).completions
+
+
+def test_vllm_backend_lays_out_its_samples_like_generate(lm: tuple, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """vLLM is absent here, so a stand-in module with vLLM's interface checks our side of the call: sampling
+    parameters, EOS put back where vLLM stopped on it (it drops the stop token), rows group-major."""
+    import sys
+    import types
+
+    from prefopt.online import generation
+
+    _, tokenizer = lm
+    eos = tokenizer.eos_token_id
+    calls: dict = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):  # type: ignore[no-untyped-def]
+            calls["params"] = kwargs
+
+    class LLM:
+        def __init__(self, model, seed):  # type: ignore[no-untyped-def]
+            calls["model"] = model
+
+        def generate(self, prompts, params):  # type: ignore[no-untyped-def]
+            word = tokenizer("soup")["input_ids"][-1]
+            out = types.SimpleNamespace
+            return [out(outputs=[out(token_ids=[word], finish_reason="stop"),             # stopped on EOS
+                                 out(token_ids=[word, word], finish_reason="length")])   # cut by max_tokens
+                    for _ in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    monkeypatch.setattr(generation, "vllm_available", lambda: True)
+    rollout = generate(str(tmp_path), tokenizer, PROMPTS[:2], GenerationConfig(num_samples=2, max_new_tokens=2,
+                                                                               top_p=0.9, backend="vllm"))
+    assert calls["model"] == str(tmp_path)
+    assert calls["params"]["n"] == 2 and calls["params"]["max_tokens"] == 2 and calls["params"]["top_p"] == 0.9
+    assert calls["params"]["stop_token_ids"] == [eos]
+    assert rollout.finished.tolist() == [True, True, False, False], "rows k·B + b: sample 0 of both prompts first"
+    assert rollout.lengths().tolist() == [2, 2, 2, 2]  # "soup" + EOS, and two words cut at the cap
+    assert rollout.completions[0].strip() == "soup" and rollout.completions[2].strip() == "soup soup"
