@@ -80,7 +80,7 @@ class Rollout:
     maps [B, K] rewards to this order).
 
     Attributes:
-        prompts: the B prompt strings.
+        prompts: the B prompts as given (strings or conversations).
         completions: S = K·B completion texts (EOS and padding removed).
         input_ids: [S, T] long, the prompt's tokens + completion (+ EOS), then padding.
         attention_mask: [S, T] long, 1 on real tokens.
@@ -89,7 +89,7 @@ class Rollout:
         num_samples: K.
     """
 
-    prompts: list[str]
+    prompts: list[Any]
     completions: list[str]
     input_ids: Tensor
     attention_mask: Tensor
@@ -102,8 +102,8 @@ class Rollout:
         """B."""
         return len(self.prompts)
 
-    def row_prompts(self) -> list[str]:
-        """The S prompt strings aligned with `completions` (prompt of row s is prompts[s % B])."""
+    def row_prompts(self) -> list[Any]:
+        """The S prompts aligned with `completions` (prompt of row s is prompts[s % B])."""
         return list(self.prompts) * self.num_samples
 
     def lengths(self) -> Tensor:
@@ -134,11 +134,18 @@ def _special_ids(tokenizer: Any) -> tuple[int, int]:
     return int(eos), int(pad if pad is not None else eos)
 
 
-def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("generate: prompts must be a list of strings (rendered prompts, e.g. from "
-                         "tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True))")
-    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+def _encode(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
+    """Prompt token ids by the data layer's rule (`prefopt.data.tokenize`): a conversation is rendered with the
+    chat template and its generation prompt, and BOS is added once where the tokenizer adds one, so a template
+    that already writes BOS is not given a second (what `tokenizer(text)` would do)."""
+    from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
+
+    if isinstance(prompts, str) or not all(isinstance(p, (str, list)) for p in prompts):
+        raise ValueError("generate: prompts must be a list of prompts, each a string (e.g. rendered with "
+                         "tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True)) or a "
+                         "conversation (a list of {'role', 'content'} messages)")
+    encoder = PromptCompletionEncoder(tokenizer, TokenizeConfig(append_eos=False))
+    encoded = [row["prompt_ids"] for row in encoder.encode_batch(list(prompts), [[] for _ in prompts])]
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise ValueError(f"generate: prompt(s) at index {empty[:5]} tokenise to no tokens; give each prompt some "
@@ -244,7 +251,7 @@ def _use_vllm(model: Any, config: GenerationConfig) -> bool:
 def generate(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[Any],
     config: GenerationConfig | None = None,
     *,
     seed: int = 0,
@@ -255,9 +262,9 @@ def generate(
     Args:
         model: a causal LM (any device; put in eval mode for the call and restored), or a path / Hub name
             (loaded with transformers, or by vLLM when that backend is used).
-        tokenizer: its tokenizer; prompts are tokenised with `tokenizer(prompt)["input_ids"]` (the
-            tokenizer's own BOS convention). pad = eos when the tokenizer has no pad token.
-        prompts: B prompt strings.
+        tokenizer: its tokenizer (pad = eos when it has no pad token).
+        prompts: B prompts: strings, or conversations (lists of messages, rendered with the chat template and
+            its generation prompt), tokenised exactly as the data layer tokenises training prompts.
         config: sampling settings (default `GenerationConfig()`).
         seed: the draws' seed (same seed, model and prompts → same samples on the same device).
         progress: a tqdm bar over samples.

@@ -112,7 +112,7 @@ def test_bad_config_is_a_clear_error(kwargs: dict, match: str) -> None:
 
 def test_bad_prompts_and_missing_vllm_are_clear_errors(lm: tuple) -> None:
     model, tokenizer = lm
-    with pytest.raises(ValueError, match="list of strings"):
+    with pytest.raises(ValueError, match="list of prompts"):
         generate(model, tokenizer, "one prompt")
     with pytest.raises(ValueError, match="no prompts"):
         generate(model, tokenizer, [])
@@ -167,3 +167,19 @@ def test_vllm_backend_lays_out_its_samples_like_generate(lm: tuple, monkeypatch,
     assert rollout.finished.tolist() == [True, True, False, False], "rows k·B + b: sample 0 of both prompts first"
     assert rollout.lengths().tolist() == [2, 2, 2, 2]  # "soup" + EOS, and two words cut at the cap
     assert rollout.completions[0].strip() == "soup" and rollout.completions[2].strip() == "soup soup"
+
+
+def test_conversations_use_the_chat_template_and_bos_is_not_doubled(lm: tuple) -> None:
+    """A conversation prompt is rendered with the chat template and its generation prompt; a rendered text that
+    already starts with BOS gets no second one (tokenizer(text) would add it)."""
+    model, tokenizer = lm
+    conversation = [{"role": "user", "content": "the soup was"}]
+    rendered = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    assert rendered.startswith(tokenizer.bos_token)
+    config = GenerationConfig(max_new_tokens=3)
+    from_messages = generate(model, tokenizer, [conversation], config, seed=1)
+    from_text = generate(model, tokenizer, [rendered], config, seed=1)
+    prompt_ids = from_messages.input_ids[0][~from_messages.completion_mask[0] & from_messages.attention_mask[0].bool()]
+    assert prompt_ids.tolist().count(tokenizer.bos_token_id) == 1
+    assert torch.equal(from_messages.input_ids, from_text.input_ids)
+    assert from_messages.prompts == [conversation]
