@@ -85,7 +85,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     settings.setdefault("online", {}).update(online_pairs)
     if args.bon_n:
         settings["bon_n"] = [int(n) for n in args.bon_n.split(",")]
-    for flag in ("data", "model", "eval_prompts", "max_new_tokens", "bon_samples"):
+    for flag in ("data", "model", "reward", "eval_prompts", "max_new_tokens", "bon_samples"):
         if getattr(args, flag) is not None:
             settings[flag] = getattr(args, flag)
     if args.tiny:
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", help="output folder (default runs/compare)")
     cmp.add_argument("--data", help="preference data (file, folder or hub name); needs --model")
     cmp.add_argument("--model", help="causal LM path or hub name to start from; needs --data")
+    cmp.add_argument("--reward", help="with --data/--model: a reward model folder (`prefopt train-rm`) that scores "
+                                      "samples, for online algorithms and the generation columns")
     cmp.add_argument("--lr", type=float)
     cmp.add_argument("--epochs", type=float)
     cmp.add_argument("--batch-size", dest="batch_size", type=int)

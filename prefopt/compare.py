@@ -81,8 +81,11 @@ class CompareConfig:
             threads 15× slower than one here), torch's default otherwise.
         sft_config, preference_config: sizes of the synthetic task (`SFTConfig`, `PreferenceConfig`;
             None = the defaults; `tiny_task()` gives a seconds-scale task for smoke tests).
-        online: OnlineConfig settings shared by the online runs (steps, prompts_per_step, lr, ...); online
-            algorithms (ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo) run on the synthetic task.
+        reward: with data and model, the folder of a reward model saved by `prefopt train-rm`: it scores
+            samples, which enables the online algorithms and the generation columns on your data (the
+            synthetic task uses its gold reward).
+        online: OnlineConfig settings shared by the online runs (steps, prompts_per_step, lr, ...) of the
+            online algorithms (ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo).
         bon_n, bon_samples: with `best_of_n` among the losses, the inference-time best-of-N policy at each
             N is added to the table and the frontier, evaluated from `bon_samples` reference samples per
             held-out prompt (`prefopt.eval.best_of_n`).
@@ -103,6 +106,7 @@ class CompareConfig:
     sft_config: Any = None
     preference_config: Any = None
     num_threads: int | None = None
+    reward: str | None = None
     online: Mapping[str, Any] = field(default_factory=dict)
     bon_n: tuple[int, ...] = (1, 2, 4, 8, 16)
     bon_samples: int = 64
@@ -123,10 +127,10 @@ class CompareConfig:
             if spec.scores != "logps":
                 raise ValueError(f"compare: {name!r} is a reward-model loss (it scores completions, it does not train "
                                  "a policy); train reward models with `prefopt train-rm`")
-            if spec.kind == "rollout" and not (self.data is None and self.model is None):
-                raise ValueError(f"compare: {name!r} is an online algorithm; online runs need a reward for the "
-                                 "samples and run on the built-in synthetic task (its gold reward). Use "
-                                 "`prefopt train-online --model ... --reward RM_FOLDER` for your own model")
+            if spec.kind == "rollout" and self.reward is None and not (self.data is None and self.model is None):
+                raise ValueError(f"compare: {name!r} is an online algorithm and needs a reward for its samples: "
+                                 "give reward=RM_FOLDER (a reward model saved by `prefopt train-rm`) with your "
+                                 "data and model (the synthetic task uses its gold reward)")
         extra = sorted(set(self.hparams) - set(self.losses))
         if extra:
             raise ValueError(f"CompareConfig.hparams names {extra}, which are not in losses={list(self.losses)}")
@@ -156,6 +160,13 @@ class CompareConfig:
                              f"{self.bon_samples // 4}] (the measured best-of-N KL needs M ≫ N samples per prompt)")
         if (self.data is None) != (self.model is None):
             raise ValueError("CompareConfig: give both data and model, or neither (the built-in synthetic task)")
+        if self.reward is not None:
+            if self.data is None:
+                raise ValueError("CompareConfig.reward scores samples on your data; the synthetic task uses its gold "
+                                 "reward (drop reward, or give data and model)")
+            if not Path(self.reward).is_dir():
+                raise ValueError(f"CompareConfig.reward={self.reward!r}: no such folder; give the final/ folder of "
+                                 "a reward model saved by `prefopt train-rm`")
         from prefopt.data.synthetic import PreferenceConfig, SFTConfig
 
         for name, cls in (("sft_config", SFTConfig), ("preference_config", PreferenceConfig)):
@@ -218,6 +229,22 @@ class _Task:
             self.model = AutoModelForCausalLM.from_pretrained(config.model)
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         self.model.eval()
+        self.reward: Any = self.synthetic.reward if self.synthetic is not None else None
+        if config.reward is not None:
+            from prefopt.online.rewards import as_reward_function
+
+            self.reward = as_reward_function(config.reward)
+
+    def prompts(self, split: str) -> list[str]:
+        """Distinct prompts of the train split (online runs sample them) or the held-out ones (evaluation:
+        the synthetic task's held-out prompts, or your data's eval split), as text."""
+        from prefopt.compare_online import data_prompts
+
+        if self.synthetic is not None:
+            if split == "train":
+                return [group.prompt for group in self.synthetic.preferences.groups if group.split == "train"]
+            return list(self.synthetic.preferences.heldout_prompts)
+        return data_prompts(self.config.data, split, self.tokenizer)
 
     def train_dataset(self, kind: str) -> Any:
         return self.synthetic.preferences.dataset(kind) if self.synthetic is not None else None
@@ -258,11 +285,14 @@ def _evaluate(plan: RunPlan, policy: Any, task: _Task, eval_batches: list[Any]) 
         # β = 1: margins in nats of log-ratio, comparable across losses whatever their own β.
         pref = evaluate_preferences(policy, eval_batches, reference=ReferenceLogProbs.from_model(task.model), beta=1.0)
         out["preference"] = pref.to_dict()
-    if task.synthetic is not None:
+    if task.reward is not None:
+        from prefopt.eval.sampling import sample_texts
+
         cfg = task.config
-        prompts = list(task.synthetic.preferences.heldout_prompts)[: cfg.eval_prompts]
-        gen = evaluate_generations(policy, task.model, task.tokenizer, prompts, reward=task.synthetic.reward,
-                                   seed=cfg.eval_seed, max_new_tokens=cfg.max_new_tokens)
+        prompts = task.prompts("heldout")[: cfg.eval_prompts]
+        gen = evaluate_generations(policy, task.model, task.tokenizer, prompts, reward=task.reward,
+                                   seed=cfg.eval_seed, max_new_tokens=cfg.max_new_tokens,
+                                   sampler=None if task.synthetic is not None else sample_texts)
         out["generation"] = gen.to_dict(per_prompt=True)
     return out
 
@@ -357,7 +387,7 @@ def _compare(config: CompareConfig) -> CompareResult:
             print(f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}", flush=True)
         records.append(_run_one(plan, task, eval_batches))
     best_of_n = None
-    if "best_of_n" in config.losses and task.synthetic is not None:
+    if "best_of_n" in config.losses and task.reward is not None:
         from prefopt.compare_online import best_of_n_reference
 
         best_of_n = best_of_n_reference(task, out / "best_of_n.json")

@@ -1,9 +1,10 @@
 """The online half of `prefopt compare`: online runs (`prefopt.online.train_online`) and the best-of-N policy.
 
 An online algorithm in `CompareConfig.losses` (ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo)
-trains from the same starting policy as the offline losses, on the synthetic task's train prompts,
-with the gold reward as its reward function, and is evaluated exactly like them (held-out preference
-metrics and generation metrics with the exact KL), so every algorithm lands on the same frontier.
+trains from the same starting policy as the offline losses, on the train split's prompts, with the
+task's reward function (the synthetic task's gold reward, or `CompareConfig.reward`, a saved reward
+model, on your data), and is evaluated exactly like them (held-out preference metrics and generation
+metrics), so every algorithm lands on the same frontier.
 
 With `best_of_n` among the losses, the inference-time best-of-N policy (sample N from the reference,
 keep the best by gold reward) is added for N in `CompareConfig.bon_n`: its expected reward and measured
@@ -22,7 +23,8 @@ from typing import Any
 
 from prefopt.atomic import write_json_atomic
 
-__all__ = ["ONLINE_PER_RUN", "check_online_settings", "online_settings", "train_online_run", "best_of_n_reference"]
+__all__ = ["ONLINE_PER_RUN", "check_online_settings", "online_settings", "train_online_run", "data_prompts",
+           "best_of_n_reference"]
 
 # OnlineConfig fields that each run sets itself (or that the synthetic task fixes); `online` may not.
 ONLINE_PER_RUN = ("algorithm", "loss_hparams", "seed", "output_dir", "resume", "progress", "model", "tokenizer",
@@ -50,20 +52,47 @@ def online_settings(plan: Any, config: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def train_online_run(task: Any, settings: Mapping[str, Any]) -> Any:
-    """Train one online run from a copy of the task's starting policy; returns its `OnlineResult`."""
+    """Train one online run from the task's starting policy (a copy of the synthetic policy, or your model
+    loaded from its path, so that its learning-rate default is the one for real models); returns its
+    `OnlineResult`."""
     from prefopt.online.trainer import train_online
 
-    synthetic = task.synthetic
-    prompts = [group.prompt for group in synthetic.preferences.groups if group.split == "train"]
-    return train_online(model=copy.deepcopy(task.model).train().requires_grad_(True), tokenizer=task.tokenizer,
-                        reward=synthetic.reward, prompts=prompts, reference_model=task.model, **settings)
+    common = {"tokenizer": task.tokenizer, "reward": task.reward, "prompts": task.prompts("train"),
+              "reference_model": task.model, **settings}
+    if task.synthetic is not None:
+        return train_online(model=copy.deepcopy(task.model).train().requires_grad_(True), **common)
+    return train_online(model=task.config.model, **common)
+
+
+def data_prompts(data: str, split: str, tokenizer: Any) -> list[str]:
+    """The distinct prompts of `data`'s train split (`split="train"`) or held-out split (eval, test or
+    validation, the first present), as text: conversations are rendered with the chat template and its
+    generation prompt. Empty when there is no held-out split."""
+    from prefopt.data import load_preferences
+    from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
+
+    candidates = ("train",) if split == "train" else ("eval", "test", "validation")
+    rows = None
+    for name in candidates:
+        try:
+            rows = load_preferences(data, kind="prompt", split=name)
+            break
+        except (ValueError, KeyError) as err:
+            if "split" not in str(err):
+                raise
+    if rows is None:
+        return []
+    encoder = PromptCompletionEncoder(tokenizer, TokenizeConfig(append_eos=False))
+    texts = [encoder.render(prompt)[0] for prompt in rows["prompt"]]
+    return list(dict.fromkeys(texts))
 
 
 def _best_of_n_key(config: Any) -> dict[str, Any]:
     """What the best-of-N points depend on: a cached file with another key is recomputed."""
     sft = config.sft_config.fingerprint() if config.sft_config is not None else "default"
     preferences = dataclasses.asdict(config.preference_config) if config.preference_config is not None else "default"
-    return {"task_seed": config.task_seed, "sft": sft, "preferences": preferences, "n": list(config.bon_n),
+    return {"task_seed": config.task_seed, "sft": sft, "preferences": preferences, "data": config.data,
+            "model": config.model, "reward": config.reward, "n": list(config.bon_n),
             "samples": config.bon_samples, "prompts": config.eval_prompts, "max_new_tokens": config.max_new_tokens,
             "seed": config.eval_seed}
 
@@ -82,8 +111,10 @@ def best_of_n_reference(task: Any, path: Path) -> list[dict[str, Any]]:
     if config.progress:
         print(f"best-of-N from the reference: N ∈ {list(config.bon_n)}, {config.bon_samples} samples per prompt",
               flush=True)
-    prompts = list(task.synthetic.preferences.heldout_prompts)[: config.eval_prompts]
-    points = evaluate_best_of_n(task.model, task.tokenizer, prompts, task.synthetic.reward, ns=config.bon_n,
+    prompts = task.prompts("heldout")[: config.eval_prompts]
+    if not prompts:
+        return []
+    points = evaluate_best_of_n(task.model, task.tokenizer, prompts, task.reward, ns=config.bon_n,
                                 samples=config.bon_samples, max_new_tokens=config.max_new_tokens,
                                 seed=config.eval_seed, progress=config.progress)
     dicts = [p.to_dict() for p in points]

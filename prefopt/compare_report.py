@@ -6,7 +6,7 @@ bootstrap CI over held-out prompts where the metric has one):
     train loss     the last optimiser step's loss
     eval acc       implicit-reward accuracy on held-out pairs (log π/π_ref of chosen > of rejected)
     margin         mean implicit-reward margin Δ on held-out pairs, in nats (β = 1 for every loss)
-    reward         mean gold reward of samples on held-out prompts (synthetic task)
+    reward         mean reward of samples on held-out prompts (the gold reward, or the --reward model on your data)
     KL             KL(π ‖ π_ref) per sequence (exact on the synthetic task)
     win / LC win   win rate of samples against the reference policy's, raw and length-controlled
     length         mean sample length in tokens
@@ -174,7 +174,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> dict[str, str]:
+def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path, reward_label: str) -> dict[str, str]:
     from prefopt.eval import MeanCI, plot_length_drift, plot_reward_kl_frontier, plot_training_curves
     from prefopt.eval.plots import FrontierPoint
 
@@ -195,7 +195,7 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path)
                              mean_ci(r["reward"])) for r in rows if "kl_bound" in r]
     if points:
         ref = next((_get(x, "generation", "reference_reward") for x in records), None)
-        files["frontier"] = str(plot_reward_kl_frontier(points, out / "frontier.png", reward_label="gold reward",
+        files["frontier"] = str(plot_reward_kl_frontier(points, out / "frontier.png", reward_label=reward_label,
                                                         reference_reward=mean_ci(ref) if ref else None))
     lengths = {r["label"]: mean_ci(r["length"]) for r in rows if "length" in r and r["loss"] is not None}
     if lengths:
@@ -219,7 +219,7 @@ def write_report(records: list[dict[str, Any]], config: Any, *, best_of_n: list[
         at = next((i for i, r in enumerate(rows) if r["label"] == REFERENCE_LABEL), len(rows))
         rows[at:at] = best_of_n_rows(best_of_n)
     text = render_table(rows)
-    files = _plots(records, rows, out)
+    files = _plots(records, rows, out, "gold reward" if config.synthetic else "reward (reward model)")
     seeds = len(config.seeds)
     settings = sum(1 for r in rows if r["loss"] not in (None, BEST_OF_N_LOSS))
     note = (f"{settings} settings × {seeds} seed(s); ± is the half-width of a 95% CI "

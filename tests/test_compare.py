@@ -27,7 +27,7 @@ def test_runs_expand_sweeps_and_seeds_in_order() -> None:
     ("settings", "message"),
     [
         ({"losses": ("dpoo",)}, "Did you mean"),
-        ({"losses": ("ppo",), "data": "x.jsonl", "model": "m"}, "online algorithm"),
+        ({"losses": ("ppo",), "data": "x.jsonl", "model": "m"}, "online algorithm and needs a reward"),
         ({"losses": ("bradley_terry",)}, "reward-model loss"),
         ({"losses": ("rloo",), "online": {"seed": 1}}, "cannot be set there"),
         ({"losses": ("rloo",), "online": {"stepz": 1}}, "cannot be set there"),
@@ -166,3 +166,39 @@ def test_compare_on_user_data_and_model_folders(tmp_path, tiny_cache) -> None:
     (row,) = compare(config).rows
     assert row["label"] == "dpo" and math.isfinite(row["eval_accuracy"]["mean"])
     assert "reward" not in row and "kl" not in row
+
+
+@pytest.mark.slow
+def test_compare_on_user_data_with_a_reward_model_runs_online_algorithms(tmp_path, tiny_cache) -> None:
+    """--data/--model/--reward: the reward model scores samples, so online runs and generation columns work
+    on your own files (a tiny RM saved the way `prefopt train-rm` saves one)."""
+    from prefopt.data.synthetic import PreferenceConfig, SFTConfig, write_synthetic_task
+    from prefopt.online.reward_model import synthetic_reward_model
+
+    task = tmp_path / "task"
+    write_synthetic_task(task, sft_config=SFTConfig.tiny(), progress=False,
+                         preference_config=PreferenceConfig(train_prompts=32, eval_prompts=8, heldout_prompts=8))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy = AutoModelForCausalLM.from_pretrained(task / "model")
+    rm = synthetic_reward_model(policy, init="policy", seed=0)
+    rm.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(task / "model").save_pretrained(tmp_path / "rm")
+    config = CompareConfig(losses=("dpo", "rloo", "best_of_n"), data=str(task / "paired"), model=str(task / "model"),
+                           reward=str(tmp_path / "rm"), output_dir=str(tmp_path / "cmp"), progress=False,
+                           train={"max_steps": 1, "batch_size": 8}, online={"steps": 1, "prompts_per_step": 4},
+                           eval_prompts=4, max_new_tokens=8, bon_n=(1, 2), bon_samples=8)
+    result = compare(config)
+    labels = [r["label"] for r in result.rows]
+    assert labels == ["dpo", "rloo", "best_of_n", "best-of-N (N=1)", "best-of-N (N=2)", "reference"]
+    for row in result.rows[:3]:
+        assert math.isfinite(row["reward"]["mean"]) and math.isfinite(row["kl"]["mean"]), row["label"]
+    saved = json.loads((tmp_path / "cmp" / "rloo-seed0" / "train" / "config.json").read_text())
+    assert saved["model"] == str(task / "model") and saved["lr"] is None  # a real model: the 1e-6 default
+
+
+def test_reward_needs_user_data_and_a_folder(tmp_path) -> None:
+    with pytest.raises(ValueError, match="synthetic task uses its gold reward"):
+        CompareConfig(losses=("dpo",), reward=str(tmp_path))
+    with pytest.raises(ValueError, match="no such folder"):
+        CompareConfig(losses=("dpo",), data="x.jsonl", model="m", reward=str(tmp_path / "missing"))
