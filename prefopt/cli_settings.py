@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 Flags = Mapping[str, tuple[str, Any, str]]
 
 __all__ = ["Flags", "add_setting_flags", "given_settings", "parse_value", "parse_assignments", "read_settings_file",
-           "user_errors"]
+           "parse_sweeps", "user_errors"]
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, options: Flags, switches: Flags) -> None:
@@ -80,3 +81,23 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     return (RunFolderError, PreferenceDataError, TrainDataError, LossInputError, UnknownLossError,
             DistributedSetupError, TrainingDivergedError, OnlineDivergedError)
+
+
+def parse_sweeps(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`["dpo.beta=0.05,0.1", "kto.desirable_weight=1.33"]` → {"dpo": {"beta": [0.05, 0.1]}, ...}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        match = re.fullmatch(r"([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)=(.+)", item.strip())
+        if not match:
+            raise ValueError(f"--set {item!r}: expected LOSS.HPARAM=VALUE[,VALUE...], e.g. dpo.beta=0.05,0.1")
+        loss, key, values = match.groups()
+        parsed = [_sweep_value(v) for v in values.split(",")]
+        out.setdefault(loss, {})[key] = parsed if len(parsed) > 1 else parsed[0]
+    return out
+
+
+def _sweep_value(text: str) -> Any:
+    try:
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+    except ValueError:
+        return text

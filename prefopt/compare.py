@@ -22,12 +22,13 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import write_json_atomic
+from prefopt.cli_settings import parse_sweeps
 from prefopt.compare_online import online_settings
 from prefopt.registry import loss_spec
 
@@ -392,23 +393,3 @@ def _compare(config: CompareConfig) -> CompareResult:
 
         best_of_n = best_of_n_reference(task, out / "best_of_n.json")
     return write_report(records, config, best_of_n=best_of_n)
-
-
-def parse_sweeps(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """`["dpo.beta=0.05,0.1", "kto.desirable_weight=1.33"]` → {"dpo": {"beta": [0.05, 0.1]}, ...}."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        match = re.fullmatch(r"([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)=(.+)", item.strip())
-        if not match:
-            raise ValueError(f"--set {item!r}: expected LOSS.HPARAM=VALUE[,VALUE...], e.g. dpo.beta=0.05,0.1")
-        loss, key, values = match.groups()
-        parsed = [_number(v) for v in values.split(",")]
-        out.setdefault(loss, {})[key] = parsed if len(parsed) > 1 else parsed[0]
-    return out
-
-
-def _number(text: str) -> Any:
-    try:
-        return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
-    except ValueError:
-        return text
