@@ -230,6 +230,7 @@ class _Task:
             self.model = AutoModelForCausalLM.from_pretrained(config.model)
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         self.model.eval()
+        self._prompts: dict[str, list[str]] = {}
         self.reward: Any = self.synthetic.reward if self.synthetic is not None else None
         if config.reward is not None:
             from prefopt.online.rewards import as_reward_function
@@ -245,7 +246,9 @@ class _Task:
             if split == "train":
                 return [group.prompt for group in self.synthetic.preferences.groups if group.split == "train"]
             return list(self.synthetic.preferences.heldout_prompts)
-        return data_prompts(self.config.data, split, self.tokenizer)
+        if split not in self._prompts:  # read and rendered once, not once per run
+            self._prompts[split] = data_prompts(self.config.data, split, self.tokenizer)
+        return list(self._prompts[split])
 
     def train_dataset(self, kind: str) -> Any:
         return self.synthetic.preferences.dataset(kind) if self.synthetic is not None else None
