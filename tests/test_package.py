@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -20,9 +21,29 @@ MODULES = sorted(
 )
 
 
+# Modules that import an optional extra at the top; without it they skip (the README's install has no Triton).
+OPTIONAL = {"prefopt.kernels.triton_function": "triton", "prefopt.kernels.triton_kernels": "triton"}
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_every_module_imports(module: str) -> None:
+    if module in OPTIONAL and importlib.util.find_spec(OPTIONAL[module]) is None:
+        pytest.skip(f"{module} needs the optional {OPTIONAL[module]!r} package (pip install -e '.[triton]')")
     importlib.import_module(module)
+
+
+def test_optional_modules_are_the_ones_that_need_an_extra() -> None:
+    """OPTIONAL lists exactly the modules that import an extra at module level, so the skip above hides nothing."""
+    import ast
+
+    for module in MODULES:
+        path = ROOT / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = ROOT / module.replace(".", "/") / "__init__.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+        assert ("triton" in top) == (module in OPTIONAL), module
 
 
 def test_import_prefopt_is_light() -> None:
@@ -78,3 +99,26 @@ def test_readme_python_examples_run() -> None:
     assert blocks, "README.md has Python examples"
     namespace: dict = {}
     exec(compile("\n".join(blocks), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+
+
+def test_readme_loss_count_is_the_registry_size() -> None:
+    import re
+
+    counts = re.findall(r"(\d+) registered losses", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert counts and {int(c) for c in counts} == {len(prefopt.list_losses())}
+
+
+def test_readme_installs_from_the_constraints_file() -> None:
+    """Both README commands install the tested versions, and constraints.txt pins every runtime dependency."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(commands) == 2 and all("-c constraints.txt" in c and "torch==2.13.0" in c for c in commands)
+    pins = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+            for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+            if "==" in line and not line.startswith("#")}
+    for dep in ("transformers", "datasets", "peft", "bitsandbytes", "einops", "scipy", "accelerate", "pytest"):
+        assert dep in pins, f"constraints.txt does not pin {dep}: run bash .ci/refresh-constraints"
+    assert "torch" not in pins, "torch is pinned on the install line (CPU or CUDA build), not in constraints.txt"

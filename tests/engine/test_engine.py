@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from _engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
+from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
 from transformers import (
     CohereConfig,
     Gemma2Config,

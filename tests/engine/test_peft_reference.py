@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from _engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
+from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig
 

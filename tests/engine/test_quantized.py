@@ -10,7 +10,7 @@ import importlib.metadata
 
 import pytest
 import torch
-from _engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
+from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from prefopt.engine import LogProbEngine

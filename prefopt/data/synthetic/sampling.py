@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from prefopt.data.batch import TokenBatch
+from prefopt.hf_compat import cache_kwarg, output_cache
 
 __all__ = ["Samples", "sample", "torch_threads"]
 
@@ -71,7 +72,7 @@ def _sample_group(model: Any, prompt_ids: Tensor, *, eos_id: int, max_new_tokens
     model's device). Draws happen on the CPU generator, so samples do not depend on the model's device
     beyond its floating-point results."""
     out = model(input_ids=prompt_ids, use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1].float()  # (G, V)
+    past, logits = output_cache(out), out.logits[:, -1].float()  # (G, V)
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool)
     new: list[Tensor] = []
     for step in range(max_new_tokens):
@@ -83,9 +84,9 @@ def _sample_group(model: Any, prompt_ids: Tensor, *, eos_id: int, max_new_tokens
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         position = torch.full((prompt_ids.shape[0], 1), prompt_ids.shape[1] + step, device=prompt_ids.device)
-        out = model(input_ids=token[:, None].to(prompt_ids.device), position_ids=position, past_key_values=past,
-                    use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1].float()
+        out = model(input_ids=token[:, None].to(prompt_ids.device), position_ids=position,
+                    **cache_kwarg(model, past), use_cache=True)
+        past, logits = output_cache(out), out.logits[:, -1].float()
     return torch.stack(new, dim=1)
 
 
