@@ -39,6 +39,7 @@ def lora_llama(dropout: float = 0.0, lora_bias: bool = False):
     return model
 
 
+@pytest.mark.filterwarnings("ignore:`lora_bias=True` was passed:UserWarning")  # the point of the True case
 @pytest.mark.parametrize("lora_bias", [False, True])
 def test_lora_on_lm_head_matches_peft_forward(lora_bias):
     model = lora_llama(lora_bias=lora_bias)
