@@ -2,7 +2,7 @@
 
 pytest's default ("prepend") import mode puts the first folder above each test file that has no
 `__init__.py` on `sys.path`. A test package named like a distribution then wins over it: once
-transformers began importing the `kernels` distribution, a `tests/kernels/__init__.py` on the path broke
+transformers began importing the `kernels` distribution, a `tests/kernels/__init__.py` on the path (now `tests/fused_kernels`) broke
 `from transformers import LlamaConfig`. Every test folder is therefore a package under `tests`, so the only
 top-level name the tree adds is `tests`, and this test fails if any name it adds is an installed
 distribution's top-level module or a standard-library module.
@@ -43,9 +43,13 @@ def test_test_tree_adds_only_the_tests_package() -> None:
 
 
 def test_no_test_name_shadows_a_distribution() -> None:
+    """Neither the names the tree adds nor any test folder's own name (in case a folder loses its
+    `__init__.py`, or a tool runs pytest with another import mode) is an installed top-level module."""
     installed = importlib.metadata.packages_distributions()
-    clashes = {name: installed[name] for name in _top_level_names() if name in installed}
-    clashes |= {name: ["the standard library"] for name in _top_level_names() if name in sys.stdlib_module_names}
+    folders = {d.name for d in TESTS.rglob("*") if d.is_dir() and d.name != "__pycache__"}
+    names = set(_top_level_names()) | folders
+    clashes = {name: installed[name] for name in names if name in installed}
+    clashes |= {name: ["the standard library"] for name in names if name in sys.stdlib_module_names}
     assert not clashes, f"test names shadow installed modules: {clashes}; rename them"
 
 
