@@ -1,19 +1,39 @@
 """The input contract of every loss kind: which tensors a loss takes, and the checks the registry runs
-on each call (shapes, a missing reference, missing or zero lengths, detaching and upcasting).
+on each call (shapes, a missing reference, missing or zero lengths, labels, the sign of log-probs that a
+loss reads as probabilities, detaching and upcasting).
 
 `prefopt.registry` applies `check_inputs` in the wrapper that `register_loss` returns, so loss bodies
 are pure tensor math.
+
+Engine outputs. Wherever a paired, unpaired or ranked loss takes log-prob tensors it also takes the
+engine's `SequenceLogProbs` (sum [S], count [S], group_size K), so the counts travel with the sums:
+
+    loss(policy_out, ref_out)                    paired: one output of the paired batch each (K = 2)
+    loss(policy_out, ref_out, labels)            unpaired (K = 1);  ranked: loss(policy_out, ref_out) (K ≥ 2)
+
+Each output is replaced by its sums in the kind's layout, its counts become the kind's lengths, and a
+count of 0 raises: a completion with no tokens has log-prob sum 0, which a loss would read as certainty.
+With plain tensors a zero-length completion is visible only through the lengths, so pass them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["KIND_INPUTS", "LENGTH_INPUTS", "ROLLOUT_TOKEN_INPUTS", "LossInputError", "check_inputs"]
+__all__ = [
+    "KIND_INPUTS",
+    "LENGTH_INPUTS",
+    "LOGP_TOLERANCE",
+    "ROLLOUT_TOKEN_INPUTS",
+    "EngineOutput",
+    "LossInputError",
+    "check_inputs",
+    "check_labels",
+]
 
 # The leading tensor parameters each (kind, scores) pair must take, in order. Extending the zoo to a
 # new data kind means adding its row here (the online algorithms add "rollout").
@@ -38,18 +58,63 @@ LENGTH_INPUTS: dict[str, tuple[str, ...]] = {
 ROLLOUT_TOKEN_INPUTS: tuple[str, ...] = ("ref_logps", "advantages", "values", "old_values", "returns", "token_entropy")
 
 
+# How far above 0 a log-prob may lie, in nats per token (per sequence when no lengths are given), before a
+# loss that reads log-probs as probabilities (`LossSpec.needs_nonpositive_logps`) refuses it. prefopt's
+# engine never rounds above 0 (its log-sum-exp is ≥ the largest logit), but log-probs from elsewhere (a
+# sampler, a path whose logit and log-sum-exp round differently) can for near-certain tokens; the losses
+# treat such values as 0 (log1mexp and WPO's weight clamp there). A real mistake (an NLL, a logit, a
+# reward) lies orders of magnitude above 1e-3 per token.
+LOGP_TOLERANCE = 1e-3
+
+
 class LossInputError(ValueError):
     """Bad input to a loss: names the argument, the rows and the fix."""
 
 
+@runtime_checkable
+class EngineOutput(Protocol):
+    """The engine's per-sequence output, `prefopt.engine.SequenceLogProbs`, by its shape (this module
+    imports nothing above it): sum [S], count [S] and group_size K, sequences in group-major order."""
+
+    count: Tensor
+    group_size: int
+
+    @property
+    def sum(self) -> Tensor: ...
+
+    def grouped(self, values: Tensor | None = None) -> Tensor: ...
+
+
+def check_labels(where: str, labels: Tensor) -> Tensor:
+    """Binary labels as a bool tensor. Accepts bool, or integers that are all 0 or 1; anything else (2,
+    −1, 0.5, any float) raises instead of being read as True."""
+    if labels.dtype == torch.bool:
+        return labels
+    if labels.dtype.is_floating_point or labels.is_complex():
+        raise LossInputError(
+            f"{where}: labels must be bool (True = desirable) or 0/1 integers, got {labels.dtype}; "
+            f"threshold scores yourself (labels = scores > threshold)."
+        )
+    flat = labels.reshape(-1)
+    bad = ((flat != 0) & (flat != 1)).nonzero().flatten()
+    if bad.numel():
+        raise LossInputError(
+            f"{where}: labels must be bool (True = desirable) or 0/1 integers; got {flat[bad[:10]].tolist()} at "
+            f"rows {bad[:10].tolist()}."
+        )
+    return labels.bool()
+
 
 def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[[str], list[str]]) -> None:
-    """Validate the kind's tensors of a call to the loss `spec` (a `LossSpec`) in place: shapes, presence,
-    lengths; detach reference inputs and upcast to ≥ float32. `reference_free(kind)` names the losses to
-    suggest when a reference is missing."""
+    """Validate the kind's tensors of a call to the loss `spec` (a `LossSpec`) in place: engine outputs
+    unpacked (module docstring), shapes, presence, lengths > 0, labels bool or 0/1, policy log-probs ≤ 0
+    where the loss declares `needs_nonpositive_logps`; detach reference inputs and upcast to ≥ float32.
+    `reference_free(kind)` names the losses to suggest when a reference is missing."""
     if spec.kind == "rollout":
         _check_rollout_inputs(spec, values)
         return
+    if spec.scores == "logps":
+        _unpack_engine_outputs(spec, values)
     inputs = spec.inputs
     ranked = spec.kind == "ranked"
     ref_names = [n for n in inputs if n.startswith("ref_")]
@@ -79,9 +144,7 @@ def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[
             raise LossInputError(f"{spec.name}: {n} has shape {tuple(t.shape)} but {inputs[0]} has {tuple(shape)}.")
         shape = t.shape
         if n == "labels":
-            if t.dtype.is_floating_point or t.is_complex():
-                raise LossInputError(f"{spec.name}: labels must be bool (True = desirable), got {t.dtype}.")
-            values[n] = t.bool()
+            values[n] = check_labels(spec.name, t)
             continue
         if n in ref_names:
             # The reference is a fixed target: no loss may send gradient into it.
@@ -94,7 +157,8 @@ def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[
             if spec.needs_lengths:
                 raise LossInputError(
                     f"{spec.name} is length-normalised and needs {n}: the number of completion tokens per "
-                    f"sequence (SequenceLogProbs.count from the engine)."
+                    f"sequence (SequenceLogProbs.count from the engine), or pass the engine outputs themselves: "
+                    f"{spec.name}(policy_out, ref_out)."
                 )
             continue
         if not isinstance(t, Tensor) or t.shape != shape:
@@ -107,6 +171,126 @@ def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[
                 f"Drop such rows (the data layer does) or raise max_length."
             )
         values[n] = t.to(values[inputs[0]].dtype)
+    if spec.needs_nonpositive_logps:
+        for n in inputs:
+            if n.startswith("policy_"):
+                _refuse_positive_logps(spec.name, n, values[n], lengths=values.get(_length_of(spec.kind, n)))
+
+
+def _length_of(kind: str, name: str) -> str:
+    """The length input that counts the tokens of log-prob input `name`."""
+    if kind == "paired":
+        return "chosen_lengths" if "chosen" in name else "rejected_lengths"
+    return "lengths"
+
+
+def _refuse_positive_logps(loss: str, name: str, logps: Tensor, *, lengths: Tensor | None = None,
+                           mask: Tensor | None = None) -> None:
+    """Raise when a log-prob lies above LOGP_TOLERANCE per token (per sequence when no lengths are given)."""
+    per_token = logps.detach() if lengths is None else logps.detach() / lengths
+    above = per_token > LOGP_TOLERANCE
+    if mask is not None:
+        above = above & mask
+    if not bool(above.any()):
+        return
+    rows = above.reshape(above.shape[0], -1).any(1).nonzero().flatten()[:10].tolist()
+    unit = "" if lengths is None and mask is None else " per token"
+    source = ("per-token log π(y_t|x, y_<t) (SequenceLogProbs.tokens)" if mask is not None
+              else "log π(y|x) summed over the completion's tokens (SequenceLogProbs.sum)")
+    raise LossInputError(
+        f"{loss}: {name} is above 0 at rows {rows} (largest {float(per_token[above].max()):.4g}{unit}); {loss} "
+        f"reads the policy's log-probs as probabilities, so each must be ≤ 0 (up to {LOGP_TOLERANCE:g} per token "
+        f"of rounding). Pass {source}, not a negative log-likelihood, a logit or a reward."
+    )
+
+
+def _unpack_engine_outputs(spec: Any, values: dict[str, Any]) -> None:
+    """Replace engine outputs among the kind's log-prob inputs by their sums in the kind's layout, refuse zero
+    counts, and pass the counts as the kind's lengths (module docstring)."""
+    names = [n for n in spec.inputs if n != "labels"]
+    if not any(isinstance(values.get(n), EngineOutput) for n in names):
+        return
+    first = values.get(names[0])
+    pieces: dict[str, tuple[Tensor, Tensor]] = {}  # input name → (log-prob sums, token counts)
+    if spec.kind == "paired" and isinstance(first, EngineOutput) and first.group_size == 2:
+        # loss(policy, reference): each a whole paired batch, chosen block then rejected block.
+        reference = values.get(names[1])
+        others = [n for n in names[2:] if values.get(n) is not None]
+        if others or not (reference is None or isinstance(reference, EngineOutput)):
+            got = ", ".join(others) if others else f"{names[1]} = {type(reference).__name__}"
+            raise LossInputError(
+                f"{spec.name}: the first argument is the engine output of a paired batch, so the call is "
+                f"{spec.name}(policy, reference) with the reference's engine output (or None) second and no other "
+                f"log-prob argument; got {got}. Or pass four [B] tensors."
+            )
+        values[names[1]] = None
+        for side, out in (("policy", first), ("ref", reference)):
+            if out is None:
+                continue
+            _check_group_size(spec, "the reference (second argument)" if side == "ref" else names[0], out, 2)
+            for k, block in enumerate(("chosen", "rejected")):
+                pieces[f"{side}_{block}_logps"] = (out.grouped()[:, k], out.grouped(out.count)[:, k])
+    else:
+        for n in names:
+            out = values.get(n)
+            if not isinstance(out, EngineOutput):
+                continue
+            if spec.kind == "ranked":
+                _check_group_size(spec, n, out, None)
+                pieces[n] = (out.grouped(), out.grouped(out.count))
+            else:
+                _check_group_size(spec, n, out, 1)
+                pieces[n] = (out.sum, out.count)
+    for n, (logps, counts) in pieces.items():
+        empty = (counts <= 0).reshape(counts.shape[0], -1).any(1).nonzero().flatten()
+        if empty.numel():
+            raise LossInputError(
+                f"{spec.name}: {n} comes from an engine output whose completions have no tokens at rows "
+                f"{empty[:10].tolist()} (count 0: a log-prob sum of 0 that the loss would read as a certain "
+                f"completion). Drop such rows before the engine (the data layer does) or raise max_length."
+            )
+        values[n] = logps
+    _counts_as_lengths(spec, values, {n: c for n, (_, c) in pieces.items()})
+
+
+def _counts_as_lengths(spec: Any, values: dict[str, Any], counts: dict[str, Tensor]) -> None:
+    """Set each length input from the counts of the engine outputs it measures; the policy's, the reference's
+    and any lengths passed explicitly must agree."""
+    for length in LENGTH_INPUTS[spec.kind]:
+        counted = [(n, c) for n, c in counts.items() if _length_of(spec.kind, n) == length]
+        if not counted:
+            continue
+        if isinstance(values.get(length), Tensor):
+            counted.append((length, values[length]))
+        (base_name, base), *rest = counted
+        for n, c in rest:
+            if c.shape != base.shape:
+                raise LossInputError(
+                    f"{spec.name}: {n} has shape {tuple(c.shape)} but {base_name} has {tuple(base.shape)}."
+                )
+            differ = (c.to(base.device, base.dtype) != base).reshape(base.shape[0], -1).any(1).nonzero().flatten()
+            if differ.numel():
+                rows = differ[:10].tolist()
+                raise LossInputError(
+                    f"{spec.name}: {n} and {base_name} count different tokens at rows {rows} ({c[rows].tolist()} vs "
+                    f"{base[rows].tolist()}): the policy and the reference must score the same completions (same "
+                    f"tokenisation, same batch)."
+                )
+        values[length] = base
+
+
+def _check_group_size(spec: Any, name: str, out: EngineOutput, want: int | None) -> None:
+    """`want` completions per group (None: ranked, K ≥ 2)."""
+    k = out.group_size
+    if (want is None and k >= 2) or k == want:
+        return
+    layout = {
+        "paired": f"{spec.name}(policy, reference) with the outputs of a paired batch (group_size 2), or one "
+                  f"output of group_size 1 per argument",
+        "unpaired": "the output of an unpaired batch (group_size 1)",
+        "ranked": "the output of a ranked batch (group_size K ≥ 2, best first)",
+    }[spec.kind]
+    raise LossInputError(f"{spec.name}: {name} is an engine output with group_size={k}; pass {layout}.")
 
 
 def _check_rollout_inputs(spec: Any, values: dict[str, Any]) -> None:
@@ -150,3 +334,5 @@ def _check_rollout_inputs(spec: Any, values: dict[str, Any]) -> None:
         if t.dtype.is_floating_point and t.element_size() < 4:
             t = t.float()
         values[n] = t
+    if spec.needs_nonpositive_logps:
+        _refuse_positive_logps(spec.name, "policy_logps", values["policy_logps"], mask=values["completion_mask"])

@@ -8,7 +8,10 @@
 
 The decorator returns a checked wrapper: hyper-parameters are validated against their domains,
 input tensors against the kind's shapes, a missing reference or missing lengths raise an error that
-says what to pass, and low-precision inputs are upcast to float32. The loss body is pure tensor math.
+says what to pass, and low-precision inputs are upcast to float32. Engine outputs (`SequenceLogProbs`)
+may stand in for a kind's log-prob tensors: their counts become the lengths, and a zero count raises.
+Labels must be bool or 0/1; a loss that declares `needs_nonpositive_logps` refuses positive policy
+log-probs. The loss body is pure tensor math.
 """
 
 from __future__ import annotations
@@ -137,6 +140,9 @@ class LossSpec:
     # True when one example's loss depends on the others in the batch (e.g. AOT sorts over the batch):
     # such a loss is not separable, so micro-batched gradient accumulation or data parallelism changes it.
     batch_dependent: bool = False
+    # True when the loss reads the policy's log-probs as probabilities (an NLL, odds, exp as a weight), so a
+    # positive "log-prob" would silently give a wrong loss: the wrapper refuses one (loss_inputs.LOGP_TOLERANCE).
+    needs_nonpositive_logps: bool = False
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -224,13 +230,15 @@ def register_loss(
     needs_lengths: bool = False,
     scores: str = "logps",
     batch_dependent: bool = False,
+    needs_nonpositive_logps: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a loss function under `name` and return its checked public wrapper.
 
     The function must take the kind's canonical inputs first (`KIND_INPUTS`), then keyword-only
     lengths, extra inputs and hyper-parameters whose defaults equal the declared `HParam` defaults.
     `batch_dependent=True` declares that one example's loss depends on the rest of the batch, so trainers
-    refuse to split its batch across micro-batches or processes.
+    refuse to split its batch across micro-batches or processes. `needs_nonpositive_logps=True` declares that
+    the loss reads the policy's log-probs as probabilities, so the wrapper refuses positive ones.
     """
     if (kind, scores) not in KIND_INPUTS:
         raise ValueError(f"register_loss({name!r}): unknown kind/scores {(kind, scores)}; known: {list(KIND_INPUTS)}")
@@ -266,7 +274,7 @@ def register_loss(
 
         summary = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
         spec = LossSpec(name, kind, needs_reference, paper, formula, tuple(hparams), needs_lengths,
-                        scores, summary, extra, checked, batch_dependent)
+                        scores, summary, extra, checked, batch_dependent, needs_nonpositive_logps)
         _REGISTRY[name] = spec
         checked.spec = spec  # type: ignore[attr-defined]
         return checked

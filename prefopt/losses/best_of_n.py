@@ -107,6 +107,7 @@ def best_worst_pairs(rewards: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ),
     formula="−Σ_{top-k by reward per prompt} Σ_t log π_θ(y_t) / Σ_{kept} |y|",
     hparams=[HParam("top_k", 1, "samples kept per prompt (RAFT: the best one)", Interval(1, math.inf, lo_closed=True))],
+    needs_nonpositive_logps=True,  # the NLL −log π_θ(y_t) is ≥ 0 only for a log-probability
 )
 def best_of_n(
     policy_logps: Tensor,
@@ -158,7 +159,9 @@ def rollout_pairs(
     Args:
         rewards: [B, K] sequence rewards, K ≥ 2.
         completion_mask: [S, T] bool, S = K·B group-major.
-        token_logps: per-token log-probs [S, T] (policy, reference, ...), each summed over its row.
+        token_logps: per-token log-probs [S, T] (policy, reference, ...), each summed over its row. Add
+            `completion_mask.float()` to get each pair's lengths: pass them to the paired loss, which then
+            refuses a pair with an empty completion (length-normalised losses need them anyway).
     Returns:
         (valid [B] bool, [(chosen [B], rejected [B]) for each of token_logps]). A pair is valid when its
         rewards differ (a tie is no preference) and both completions have tokens; invalid pairs still

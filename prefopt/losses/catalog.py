@@ -45,6 +45,7 @@ def loss_rows(kind: str | None = None) -> list[dict[str, Any]]:
             "scores": s.scores,
             "needs_reference": s.needs_reference,
             "needs_lengths": s.needs_lengths,
+            "needs_nonpositive_logps": s.needs_nonpositive_logps,
             "hparams": {h.name: h.default for h in s.hparams},
             "extra_inputs": list(s.extra_inputs),
             "batch_dependent": s.batch_dependent,
@@ -83,6 +84,9 @@ def render_markdown() -> str:
         "Call any of them as `prefopt.losses.<name>(...)` or `prefopt.get_loss(name, **hparams)(...)`;",
         "`prefopt losses` prints this table. Notation: ρ(y) = log π_θ(y|x) − log π_ref(y|x) (sums over",
         "completion tokens), Δ = ρ(y_w) − ρ(y_l), |y| = completion length in tokens, avg logp = logp/|y|.",
+        "Paired, unpaired and ranked losses also take the engine's `SequenceLogProbs` in place of their log-prob",
+        "tensors, `loss(policy_out, ref_out)` (unpaired: `loss(policy_out, ref_out, labels)`): the counts become",
+        "the lengths, and a completion with no tokens is an error.",
         "",
         "| loss | kind | reference | lengths | hyper-parameters (paper defaults) | paper |",
         "|---|---|---|---|---|---|",
@@ -106,6 +110,9 @@ def render_markdown() -> str:
         out += ["", f"## {s.name}", "", s.summary, "", f"- formula: `{s.formula}`", f"- paper: {s.paper}"]
         out.append(f"- data kind: {s.kind}; reference model: {'required' if s.needs_reference else 'not used'}; "
                    f"completion lengths: {'required' if s.needs_lengths else 'optional'}")
+        if s.needs_nonpositive_logps:
+            out.append("- policy log-probs must be ≤ 0: the loss reads them as probabilities (an NLL, odds or "
+                       "weights), so a positive one is refused")
         if s.batch_dependent:
             out.append("- batch-dependent: one example's loss depends on the rest of the batch, so trainers "
                        "refuse gradient accumulation and data parallelism for it")

@@ -217,6 +217,7 @@ def hinge(
                NON_NEGATIVE),
         HParam("lambda_", 0.1, "weight λ of the sequence NLL of the chosen completion", NON_NEGATIVE),
     ],
+    needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w) is ≥ 0 only for a log-probability
 )
 def slic(
     policy_chosen_logps: Tensor,

@@ -225,6 +225,7 @@ def dpo_norm(
     formula="−log σ(β·Δ) − α·log π_θ(y_w)/|y_w|",
     hparams=[BETA, _ALPHA_RPO],
     needs_lengths=True,
+    needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w)/|y_w| is ≥ 0 only for a log-probability
 )
 def rpo(
     policy_chosen_logps: Tensor,
@@ -270,6 +271,7 @@ def rpo(
     formula="sg[exp(log π_θ(y_w)/|y_w| + log π_θ(y_l)/|y_l|)]·(−log σ(β·Δ))",
     hparams=[_BETA_WPO],
     needs_lengths=True,
+    needs_nonpositive_logps=True,  # exp(log π_θ(y)/|y|) is a geometric-mean token probability
 )
 def wpo(
     policy_chosen_logps: Tensor,

@@ -25,7 +25,10 @@ token losses are reduced:
 
 The loss of a group method is the mean of loss_i over the S sequences. With old_logps = None (one
 update per rollout, as in the GRPO paper and ReMax) ρ = 1 with gradient ∇log π_θ, so s_t reduces to
-the REINFORCE term −A·log π_θ(y_t) in value of its gradient. RLOO and ReMax clip per token rather than
+the REINFORCE term −A·log π_θ(y_t) in value of its gradient. Before every exp the log-ratio is clamped
+to ±20 (verl's convention, `prefopt.rl.kl.clamp_log_ratio`), so ρ and k3 stay finite in float32 and no
+overflow times a zero weight becomes a NaN gradient; a β of 0 leaves the KL term out of the loss
+entirely. RLOO and ReMax clip per token rather than
 on the sequence ratio exp(Σ_t log ρ_t) of TRL's older RLOO: the two agree on-policy, and the per-token
 ratio cannot overflow for long sequences. Metrics are detached scalars: policy/clipfrac (fraction of
 valid tokens where the clipped branch is active), policy/approxkl (½·mean (log ρ)², TRL), policy/ratio,
@@ -48,7 +51,7 @@ from prefopt.rl.baselines import (
     leave_one_out_advantages,
     sequences_to_grouped,
 )
-from prefopt.rl.kl import kl_k1, kl_k3
+from prefopt.rl.kl import clamp_log_ratio, kl_k1, kl_k3
 from prefopt.rl.masked import masked_mean, masked_sum
 
 __all__ = ["clipped_surrogate", "ppo", "rloo", "grpo", "dr_grpo", "remax"]
@@ -78,10 +81,11 @@ def clipped_surrogate(
         clip_range: ε.
     Returns:
         (loss [S, T], log_ratio [S, T], clipped [S, T] bool — where the clipped branch is the larger),
-        all 0/False at padding.
+        all 0/False at padding. ρ = exp(clamp(log ρ, ±20)) (verl's clamp, `clamp_log_ratio`): finite in
+        float32, and with no gradient beyond ±20; `log_ratio` is returned unclamped, for the metrics.
     """
     log_ratio = torch.where(mask, policy_logps - old_logps, _zero(policy_logps))
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp(clamp_log_ratio(log_ratio))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
     loss = torch.where(mask, torch.maximum(unclipped, clipped), _zero(unclipped))
@@ -93,7 +97,7 @@ def _policy_metrics(log_ratio: Tensor, clipped: Tensor, mask: Tensor, policy_los
     return {
         "policy/clipfrac": masked_mean(clipped.float(), mask),
         "policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),
-        "policy/ratio": masked_mean(log_ratio.exp(), mask),
+        "policy/ratio": masked_mean(clamp_log_ratio(log_ratio).exp(), mask),
         "loss/policy": policy_loss.detach().float(),
     }
 
@@ -198,7 +202,8 @@ def _group_loss(
     pg_token, log_ratio, clipped = clipped_surrogate(
         policy_logps, old_logps, advantages.unsqueeze(1).to(policy_logps.dtype), mask, clip_range
     )
-    token_loss = pg_token if kl_token is None else pg_token + beta * kl_token
+    # β = 0 leaves the KL out of the loss entirely (a reference, when given, is still logged as `kl`).
+    token_loss = pg_token if kl_token is None or beta == 0 else pg_token + beta * kl_token
     if normaliser == "mean":
         per_example = masked_mean(token_loss, mask, dim=1)
     else:
@@ -211,10 +216,13 @@ def _group_loss(
     return per_example, metrics
 
 
-def _k3_to_reference(policy_logps: Tensor, ref_logps: Tensor | None, mask: Tensor) -> Tensor | None:
-    """Per-token k3 KL(π_θ‖π_ref) [S, T] (0 at padding), or None without a reference (only when β = 0)."""
+def _k3_to_reference(policy_logps: Tensor, ref_logps: Tensor | None, mask: Tensor, *, beta: float) -> Tensor | None:
+    """Per-token k3 KL(π_θ‖π_ref) [S, T] (0 at padding), or None without a reference (only when β = 0).
+    With β = 0 it is only logged, so it is computed off the graph."""
     if ref_logps is None:
         return None
+    if beta == 0:
+        policy_logps = policy_logps.detach()
     safe_ref = torch.where(mask, ref_logps, policy_logps.detach())  # padding: u = 0, k3 = 0
     return torch.where(mask, kl_k3(policy_logps, safe_ref), _zero(policy_logps))
 
@@ -302,7 +310,7 @@ def grpo(
     assert old_logps is not None and completion_mask is not None
     grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="grpo", min_k=2)
     advantages = grouped_to_sequences(group_normalized_advantages(grouped, eps=GROUP_STD_EPS))
-    kl_token = _k3_to_reference(policy_logps, ref_logps, completion_mask)
+    kl_token = _k3_to_reference(policy_logps, ref_logps, completion_mask, beta=beta)
     per_example, metrics = _group_loss(
         policy_logps, old_logps, completion_mask, advantages, clip_range,
         kl_token=kl_token, beta=beta, normaliser="mean",
@@ -359,7 +367,7 @@ def dr_grpo(
             f"generation limit (max_new_tokens) so that it bounds every completion."
         )
     advantages = grouped_to_sequences(group_normalized_advantages(grouped, scale_by_std=False))
-    kl_token = _k3_to_reference(policy_logps, ref_logps, completion_mask)
+    kl_token = _k3_to_reference(policy_logps, ref_logps, completion_mask, beta=beta)
     per_example, metrics = _group_loss(
         policy_logps, old_logps, completion_mask, advantages, clip_range,
         kl_token=kl_token, beta=beta, normaliser=float(normaliser),

@@ -73,6 +73,7 @@ def _require_lengths(name: str, lengths: Tensor | None, which: str) -> Tensor:
         )
     ],
     needs_lengths=True,
+    needs_nonpositive_logps=True,  # odds e^ℓ/(1 − e^ℓ) and the NLL −ℓ_w need ℓ ≤ 0
 )
 def orpo(
     policy_chosen_logps: Tensor,
@@ -122,6 +123,7 @@ def orpo(
         HParam("alpha", 1.0, "weight α of the token-mean NLL of the chosen completion (paper: 1)", NON_NEGATIVE),
     ],
     needs_lengths=True,
+    needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w)/|y_w| is ≥ 0 only for a log-probability
 )
 def cpo(
     policy_chosen_logps: Tensor,

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from prefopt.loss_inputs import check_labels
 from prefopt.losses.base import LossOutput, neg_logsigmoid
 from prefopt.registry import POSITIVE, HParam, LossInputError, register_loss
 
@@ -130,7 +131,8 @@ def kto_weight_check(
     """λ_D·n_D / (λ_U·n_U) over a dataset; warns when it lies outside [1, 4/3] (KTO paper §4.2, Eq. 9).
 
     Args:
-        labels: [N] bools for the whole training set (True = desirable).
+        labels: [N] bools (or 0/1 integers) for the whole training set (True = desirable); any other value
+            raises instead of counting as desirable.
         desirable_weight, undesirable_weight: λ_D and λ_U as passed to `kto`.
     Returns:
         The ratio (inf when there are no undesirable rows, 0 when there are no desirable ones).
@@ -140,7 +142,8 @@ def kto_weight_check(
             f"kto_weight_check: weights must be > 0, got desirable_weight={desirable_weight}, "
             f"undesirable_weight={undesirable_weight}."
         )
-    flags = labels.bool().reshape(-1).tolist() if isinstance(labels, Tensor) else [bool(v) for v in labels]
+    values = labels if isinstance(labels, Tensor) else torch.as_tensor(list(labels))
+    flags = check_labels("kto_weight_check", values.bool() if values.numel() == 0 else values).reshape(-1).tolist()
     n_desirable = sum(flags)
     n_undesirable = len(flags) - n_desirable
     if n_desirable == 0 or n_undesirable == 0:

@@ -2,7 +2,8 @@
 
     masked      masked_sum / masked_mean / masked_var / masked_whiten, check_right_padded
     gae         GAE(γ, λ) advantages and returns (PPO)
-    kl          k1 / k3 KL estimators, KL-shaped per-token rewards, EOS penalty, adaptive β
+    kl          k1 / k3 KL estimators, the ±20 log-ratio clamp before exp, KL-shaped per-token rewards,
+                EOS penalty, adaptive β
     baselines   leave-one-out (RLOO), group-normalised (GRPO, Dr. GRPO), greedy (ReMax) advantages
 
 The losses that consume these live in `prefopt.losses.policy_gradient` and `prefopt.losses.best_of_n`;
@@ -19,11 +20,13 @@ from prefopt.rl.baselines import (
 )
 from prefopt.rl.gae import gae
 from prefopt.rl.kl import (
+    LOG_RATIO_CLAMP,
     AdaptiveKLController,
     FixedKLController,
     KLEstimator,
     adaptive_kl_coef,
     apply_eos_penalty,
+    clamp_log_ratio,
     contains_eos,
     kl_k1,
     kl_k3,
@@ -33,6 +36,7 @@ from prefopt.rl.kl import (
 from prefopt.rl.masked import check_right_padded, masked_mean, masked_sum, masked_var, masked_whiten
 
 __all__ = [
+    "LOG_RATIO_CLAMP",
     "AdaptiveKLController",
     "FixedKLController",
     "KLEstimator",
@@ -40,6 +44,7 @@ __all__ = [
     "apply_eos_penalty",
     "check_grouped_rewards",
     "check_right_padded",
+    "clamp_log_ratio",
     "contains_eos",
     "gae",
     "greedy_baseline_advantages",

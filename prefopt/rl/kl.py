@@ -16,8 +16,14 @@ horizon 10000):
 
     e = clip(KL/KL_target − 1, −0.2, 0.2),     β ← β·(1 + e·n_steps/horizon)
 
-k3 overflows float32 once u exceeds ≈ 88 (π_ref assigns the token e^88 times the policy's
-probability); prefopt does not clamp it, so such a rollout shows up as inf rather than silently.
+Every exp of a per-token log-ratio in prefopt (k3 here, the importance ratio ρ = e^{log π_θ − log π_old}
+of the policy-gradient losses) sees the log-ratio clamped to ±LOG_RATIO_CLAMP = ±20 first, the
+convention of verl (`kl_penalty(..., "low_var_kl")` and `compute_policy_loss` clamp to [−20, 20]).
+Without it e^u overflows float32 at u ≈ 88, and a loss that multiplies the overflow by 0 (β = 0, a
+masked token, a clipped branch) turns finite loss into a NaN gradient. e^20 ≈ 4.9e8 is far past any
+ratio PPO's clip keeps and k3(±20) is still finite in float32, so the clamp changes nothing a healthy
+run sees; beyond ±20 the estimate stays at its value there and passes no gradient (verl additionally
+clips k3 to [−10, 10]; prefopt does not). k1 has no exp and is not clamped.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ from prefopt.registry import LossInputError
 from prefopt.rl.masked import check_right_padded
 
 __all__ = [
+    "LOG_RATIO_CLAMP",
     "KLEstimator",
+    "clamp_log_ratio",
     "kl_k1",
     "kl_k3",
     "token_kl",
@@ -47,6 +55,15 @@ __all__ = [
 
 KLEstimator = Literal["k1", "k3"]
 
+# The largest |log-ratio| any exp sees (module docstring; verl's value).
+LOG_RATIO_CLAMP = 20.0
+
+
+def clamp_log_ratio(log_ratio: Tensor) -> Tensor:
+    """Clamp a log-ratio to [−20, 20] before it is exponentiated, so e^x stays finite in float32 and its
+    gradient is never inf·0 (module docstring). Elementwise; the gradient is 0 outside the range."""
+    return log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
 
 def kl_k1(logps: Tensor, ref_logps: Tensor) -> Tensor:
     """k1 = log π(y_t) − log π_ref(y_t), elementwise ([B, T] → [B, T])."""
@@ -56,9 +73,10 @@ def kl_k1(logps: Tensor, ref_logps: Tensor) -> Tensor:
 def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
     """k3 = (e^u − 1) − u with u = log π_ref(y_t) − log π(y_t), elementwise; ≥ 0, = 0 iff u = 0.
 
-    `expm1` keeps it accurate for |u| ≪ 1, where k3 ≈ u²/2.
+    `expm1` keeps it accurate for |u| ≪ 1, where k3 ≈ u²/2. u is clamped to ±20 first (`clamp_log_ratio`),
+    so k3 stays finite (≤ e^20) and beyond ±20 it is constant, with no gradient.
     """
-    u = ref_logps - logps
+    u = clamp_log_ratio(ref_logps - logps)
     return torch.expm1(u) - u
 
 
@@ -120,7 +138,9 @@ def kl_penalized_rewards(
             f"to carry the score; drop empty completions before scoring."
         )
     kl = token_kl(logps, ref_logps, mask, estimator)
-    rewards = -beta * kl
+    # β = 0 leaves the KL out of the rewards entirely: 0·k would be NaN where k is infinite (k1 with a
+    # reference log-prob of −inf).
+    rewards = -beta * kl if beta > 0 else torch.zeros_like(kl)
     last = (lengths - 1).unsqueeze(1)  # [B, 1] index of the last completion token
     rewards = rewards.scatter_add(1, last, scores.to(rewards.dtype).unsqueeze(1))
     return rewards, kl

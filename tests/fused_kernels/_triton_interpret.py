@@ -14,7 +14,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import torch  # noqa: E402
-from tests.kernels._accuracy import CASES, Case, accuracy_report, make_inputs  # noqa: E402
+from tests.fused_kernels._accuracy import CASES, Case, accuracy_report, make_inputs  # noqa: E402
 
 import prefopt.kernels.triton_function as triton_function  # noqa: E402
 from prefopt.kernels import linear_logprobs  # noqa: E402
