@@ -17,7 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prefopt.cli_settings import (
+    CommandParser,
+    data_files_notice,
+    fail,
+    finite_float,
+    parse_assignments,
+    parse_sweeps,
+    read_settings_file,
+    user_errors,
+)
 
 
 def _cmd_losses(args: argparse.Namespace) -> int:
@@ -58,57 +70,63 @@ def _cmd_losses(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from prefopt.cli_settings import parse_assignments, read_settings_file, user_errors
-    from prefopt.compare import DEFAULT_LOSSES, CompareConfig, compare, parse_sweeps
+    from prefopt.compare import compare
 
     try:
-        settings = read_settings_file(args.config, "CompareConfig") if args.config else {}
-        train_pairs = parse_assignments(args.train, "--train", "lr=1e-4")
-        online_pairs = parse_assignments(args.online, "--online", "steps=60")
-    except ValueError as err:
-        print(f"prefopt compare: {err}", file=sys.stderr)
-        return 2
-    if args.losses:
-        settings["losses"] = [n.strip() for n in args.losses.split(",") if n.strip()]
-    settings.setdefault("losses", list(DEFAULT_LOSSES))
-    if args.set:
-        hparams = settings.setdefault("hparams", {})
-        for loss, values in parse_sweeps(args.set).items():
-            hparams.setdefault(loss, {}).update(values)
-    if args.seeds:
-        settings["seeds"] = [int(s) for s in args.seeds.split(",")]
-    train = settings.setdefault("train", {})
-    for flag, key in (("lr", "lr"), ("epochs", "epochs"), ("batch_size", "batch_size"), ("max_steps", "max_steps")):
-        if getattr(args, flag) is not None:
-            train[key] = getattr(args, flag)
-    train.update(train_pairs)
-    settings.setdefault("online", {}).update(online_pairs)
-    if args.bon_n:
-        settings["bon_n"] = [int(n) for n in args.bon_n.split(",")]
-    for flag in ("data", "model", "reward", "eval_prompts", "max_new_tokens", "bon_samples"):
-        if getattr(args, flag) is not None:
-            settings[flag] = getattr(args, flag)
-    if args.tiny:
-        from prefopt.compare import tiny_task
-
-        settings = {**tiny_task(), **settings}
-    settings["output_dir"] = args.out or settings.get("output_dir", "runs/compare")
-    settings["progress"] = not args.quiet
+        config = _compare_config(args)
+    except (ValueError, TypeError) as err:
+        return fail("compare", err)
     try:
-        config = CompareConfig(**settings)
-    except (TypeError, ValueError) as err:
-        print(f"prefopt compare: {err}", file=sys.stderr)
-        return 2
-    try:
-        compare(config)
+        with data_files_notice("compare", config.progress):
+            compare(config)
     except user_errors() as err:
-        print(f"prefopt compare: {err}", file=sys.stderr)
-        return 2
+        return fail("compare", err)
     return 0
 
 
+def _compare_config(args: argparse.Namespace) -> Any:
+    """CompareConfig defaults ← `--config` ← `--tiny` (under the file) ← flags; values read by field type."""
+    from prefopt.compare import DEFAULT_LOSSES, CompareConfig, tiny_task
+
+    settings = read_settings_file(args.config, "CompareConfig") if args.config else {}
+    train_pairs = parse_assignments(args.train, "--train", "lr=1e-4")
+    online_pairs = parse_assignments(args.online, "--online", "steps=60")
+    if args.losses is not None:
+        settings["losses"] = args.losses  # "dpo,ipo": split and checked by CompareConfig
+    settings.setdefault("losses", list(DEFAULT_LOSSES))
+    if args.set:
+        hparams = settings.get("hparams") or {}
+        if isinstance(hparams, Mapping):  # anything else: CompareConfig names the field
+            merged = {loss: dict(values) if isinstance(values, Mapping) else values for loss, values in hparams.items()}
+            for loss, values in parse_sweeps(args.set).items():
+                if isinstance(merged.setdefault(loss, {}), dict):
+                    merged[loss].update(values)
+            settings["hparams"] = merged
+    flags = {k: getattr(args, k) for k in ("lr", "epochs", "batch_size", "max_steps") if getattr(args, k) is not None}
+    settings["train"] = _merged(settings.get("train"), {**flags, **train_pairs})
+    settings["online"] = _merged(settings.get("online"), online_pairs)
+    for flag in ("seeds", "bon_n", "data", "model", "model_revision", "reward", "eval_prompts", "max_new_tokens",
+                 "bon_samples"):
+        if getattr(args, flag) is not None:
+            settings[flag] = getattr(args, flag)
+    if args.tiny:
+        settings = {**tiny_task(), **settings}
+    settings["output_dir"] = args.out or settings.get("output_dir", "runs/compare")
+    if args.quiet:
+        settings["progress"] = False
+    return CompareConfig.from_dict(settings, source=args.config)
+
+
+def _merged(base: Any, extra: dict[str, Any]) -> Any:
+    """A mapping setting of the file with the flags' pairs on top (a value that is not a mapping is left for the
+    config to report)."""
+    if base is None:
+        return dict(extra)
+    return {**base, **extra} if isinstance(base, Mapping) and extra else base
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="prefopt", description="Preference-optimization losses for language models on one fused log-prob engine."
     )
     from prefopt import __version__
@@ -148,10 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", help="output folder (default runs/compare)")
     cmp.add_argument("--data", help="preference data (file, folder or hub name); needs --model")
     cmp.add_argument("--model", help="causal LM path or hub name to start from; needs --data")
+    cmp.add_argument("--model-revision", dest="model_revision",
+                     help="with a hub name for --model: the branch, tag or commit to load")
     cmp.add_argument("--reward", help="with --data/--model: a reward model folder (`prefopt train-rm`) that scores "
                                       "samples, for online algorithms and the generation columns")
-    cmp.add_argument("--lr", type=float)
-    cmp.add_argument("--epochs", type=float)
+    cmp.add_argument("--lr", type=finite_float)
+    cmp.add_argument("--epochs", type=finite_float)
     cmp.add_argument("--batch-size", dest="batch_size", type=int)
     cmp.add_argument("--max-steps", dest="max_steps", type=int)
     cmp.add_argument("--train", action="append", metavar="KEY=VALUE", help="any TrainConfig setting (repeatable)")
@@ -170,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage mistake (one line printed by CommandParser)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

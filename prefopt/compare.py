@@ -28,16 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import write_json_atomic
-from prefopt.cli_settings import parse_sweeps
 from prefopt.compare_online import online_settings
+from prefopt.online.config import OnlineConfig
+from prefopt.preflight import check_engine_backend, check_model_source, check_output_dir, expand_user, load_pretrained
+from prefopt.data.schema import IDENTICAL_POLICIES
 from prefopt.registry import loss_spec
+from prefopt.settings import SettingsError, coerce_settings, config_from_dict
+from prefopt.train.config import TrainConfig
+from prefopt.train.run_folder import claim_run_folder
 
-__all__ = ["DEFAULT_LOSSES", "CompareConfig", "RunPlan", "CompareResult", "compare", "parse_sweeps", "tiny_task"]
+__all__ = ["DEFAULT_LOSSES", "CompareConfig", "RunPlan", "CompareResult", "compare", "run_settings", "tiny_task"]
 
 # The README's main job: the five losses named in the mission, at their paper defaults.
 DEFAULT_LOSSES = ("dpo", "ipo", "kto", "orpo", "simpo")
 # TrainConfig fields a run sets itself; the shared `train` overrides may not.
-_PER_RUN = ("loss", "loss_hparams", "seed", "output_dir", "data", "model", "resume", "progress")
+_PER_RUN = ("loss", "loss_hparams", "seed", "output_dir", "data", "model", "model_revision", "resume", "progress")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class CompareConfig:
         seeds: training seeds; several seeds give mean ± CI (Student's t over seeds) in the table.
         data, model: a preference dataset and a causal LM (path or hub name); None and None = the
             built-in synthetic task (same data and reference policy for every run).
+        model_revision: with a hub name for `model`, the branch, tag or commit to load.
         output_dir: results folder; re-running with it resumes.
         train: TrainConfig settings shared by every run (lr, epochs, batch_size, lora_r, ...).
         task_seed: seed of the synthetic task (its data and reference policy), fixed across runs.
@@ -111,10 +117,11 @@ class CompareConfig:
     online: Mapping[str, Any] = field(default_factory=dict)
     bon_n: tuple[int, ...] = (1, 2, 4, 8, 16)
     bon_samples: int = 64
+    model_revision: str | None = None
 
     def __post_init__(self) -> None:
-        from prefopt.train.config import TrainConfig
-
+        for name in ("data", "model", "reward", "output_dir"):
+            object.__setattr__(self, name, expand_user(getattr(self, name)))
         object.__setattr__(self, "losses", tuple(self.losses))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if not self.losses:
@@ -151,11 +158,18 @@ class CompareConfig:
         if bad or unknown:
             raise ValueError(f"CompareConfig.train: {bad + unknown} cannot be set there (set per run: {list(_PER_RUN)}; "
                              f"valid: TrainConfig fields)")
-        object.__setattr__(self, "train", dict(self.train))
+        object.__setattr__(self, "train", coerce_settings(TrainConfig, self.train, owner="CompareConfig.train"))
+        if self.train.get("identical", "warn") not in IDENTICAL_POLICIES:
+            raise SettingsError(f"CompareConfig.train.identical={self.train['identical']!r}: use one of "
+                                f"{IDENTICAL_POLICIES}")
         from prefopt.compare_online import check_online_settings
 
-        object.__setattr__(self, "online", check_online_settings(self.online))
+        online = check_online_settings(self.online)
+        object.__setattr__(self, "online", coerce_settings(OnlineConfig, online, owner="CompareConfig.online"))
         object.__setattr__(self, "bon_n", tuple(int(n) for n in self.bon_n))
+        if self.bon_samples < 4:
+            raise SettingsError(f"CompareConfig.bon_samples={self.bon_samples} must be ≥ 4 (best-of-N draws N ≤ "
+                                "bon_samples/4 of them per prompt)")
         if not self.bon_n or min(self.bon_n) < 1 or max(self.bon_n) > self.bon_samples // 4:
             raise ValueError(f"CompareConfig.bon_n={list(self.bon_n)} must be integers in [1, bon_samples/4 = "
                              f"{self.bon_samples // 4}] (the measured best-of-N KL needs M ≫ N samples per prompt)")
@@ -173,12 +187,53 @@ class CompareConfig:
         for name, cls in (("sft_config", SFTConfig), ("preference_config", PreferenceConfig)):
             value = getattr(self, name)
             if isinstance(value, Mapping):  # from YAML
-                object.__setattr__(self, name, cls(**value))
+                object.__setattr__(self, name, cls(**coerce_settings(cls, value, owner=f"CompareConfig.{name}")))
             elif value is not None and not isinstance(value, cls):
                 raise ValueError(f"CompareConfig.{name} must be a {cls.__name__} or a mapping of its fields")
         for name in ("eval_prompts", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CompareConfig.{name} must be ≥ 1")
+        if self.model_revision is not None and self.model is None:
+            raise SettingsError(f"CompareConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
+                                "which is not set; give model (and data) or drop model_revision")
+        self._check_runs()
+
+    def _check_runs(self) -> None:
+        """Build every run's TrainConfig / OnlineConfig now: a bad shared setting (`train`, `online`, a sweep
+        value) stops the comparison before the task is built, not at the run that first uses it."""
+        if not any(loss_spec(name).kind == "rollout" for name in self.losses):
+            try:  # no online run uses them, but a mistake in them is still a mistake
+                OnlineConfig(**{"max_new_tokens": self.max_new_tokens, **self.online})
+            except (TypeError, ValueError) as err:
+                raise SettingsError(f"CompareConfig.online: {err}") from None
+        for plan in self.runs():
+            kind, settings = run_settings(plan, self, Path(self.output_dir) / plan.run_id)
+            if kind == "rollout" and not self.synthetic:
+                settings["model"] = self.model  # passed beside the settings when the run starts
+            try:
+                OnlineConfig(**settings) if kind == "rollout" else TrainConfig(**settings)
+            except (TypeError, ValueError) as err:
+                raise SettingsError(f"run {plan.label} seed {plan.seed}: {err}") from None
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> "CompareConfig":
+        """Build from a mapping (e.g. parsed YAML from `source`): each value read as its field's type
+        (`prefopt.settings`); unknown keys and wrong types raise a `SettingsError` naming the field."""
+        return config_from_dict(cls, values, source=source)
+
+    def preflight(self) -> None:
+        """What the comparison needs from this machine before anything is built: an output folder it can
+        create, a complete model folder (or reachable hub name), engine backends that run here.
+
+        Raises:
+            SettingsError: naming the setting and the fix.
+        """
+        check_output_dir(self.output_dir, "CompareConfig.output_dir (--out)")
+        if self.model is not None:
+            check_model_source(self.model, "CompareConfig.model", revision=self.model_revision)
+        for owner, settings in (("train", self.train), ("online", self.online)):
+            check_engine_backend(settings.get("engine_backend", "auto"), f"CompareConfig.{owner}.engine_backend",
+                                 cpu=bool(settings.get("cpu", False)))
 
     @property
     def synthetic(self) -> bool:
@@ -227,8 +282,10 @@ class _Task:
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            self.model = AutoModelForCausalLM.from_pretrained(config.model)
-            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+            self.model = load_pretrained(AutoModelForCausalLM, config.model, "CompareConfig.model",
+                                         revision=config.model_revision)
+            self.tokenizer = load_pretrained(AutoTokenizer, config.model, "CompareConfig.model (its tokenizer)",
+                                             revision=config.model_revision)
         self.model.eval()
         self._prompts: dict[str, list[str]] = {}
         self.reward: Any = self.synthetic.reward if self.synthetic is not None else None
@@ -247,7 +304,8 @@ class _Task:
                 return [group.prompt for group in self.synthetic.preferences.groups if group.split == "train"]
             return list(self.synthetic.preferences.heldout_prompts)
         if split not in self._prompts:  # read and rendered once, not once per run
-            self._prompts[split] = data_prompts(self.config.data, split, self.tokenizer)
+            self._prompts[split] = data_prompts(self.config.data, split, self.tokenizer,
+                                                revision=self.config.train.get("data_revision"))
         return list(self._prompts[split])
 
     def train_dataset(self, kind: str) -> Any:
@@ -255,19 +313,53 @@ class _Task:
 
     def eval_rows(self) -> Any:
         """Held-out paired rows (preference metrics are computed on pairs for every loss), or None."""
-        from prefopt.data import PreferenceDataError, load_preferences
+        from prefopt.data import load_preferences
 
         if self.synthetic is not None:
             return load_preferences(self.synthetic.preferences.dataset("paired", "eval"), kind="paired")
-        for split in ("eval", "test", "validation"):
-            try:
-                return load_preferences(self.config.data, kind="paired", split=split)
-            except PreferenceDataError:
-                raise  # the split exists but has bad rows: say so rather than skip it
-            except (ValueError, KeyError) as err:
-                if "split" not in str(err):
-                    raise
-        return None  # no held-out split: the table has no held-out preference metrics
+        return _user_eval_rows(self.config)
+
+
+def _user_eval_rows(config: CompareConfig) -> Any:
+    """The held-out paired rows of `config.data` (its eval, test or validation split), or None."""
+    from prefopt.data import load_preferences
+    from prefopt.data.validate import MissingSplitError
+
+    train = config.train
+    for split in ("eval", "test", "validation"):
+        try:  # bad rows in a split that exists raise: say so rather than skip it
+            return load_preferences(config.data, kind="paired", split=split,
+                                    revision=train.get("data_revision"), identical=train.get("identical", "warn"))
+        except MissingSplitError:
+            continue
+    return None  # no held-out split: the table has no held-out preference metrics
+
+
+def _check_user_data(config: CompareConfig) -> dict[str, Any]:
+    """Read and check `config.data` the way the runs will (the train split for each data kind of the losses,
+    the prompts of online ones, the held-out split) before the output folder is created or locked, so that bad
+    data stops the comparison with nothing written. Returns {"eval_rows": ...} ({} on the synthetic task); the
+    files read from a folder are logged (`prefopt.data.loading.log_folder_reads`)."""
+    if config.synthetic:
+        return {}
+    from prefopt.data import load_preferences
+    from prefopt.data.loading import log_folder_reads, record_folder_reads
+    from prefopt.train.data import load_train_rows
+
+    train = config.train
+    kinds: dict[str, str] = {}  # each data kind of the losses → the first loss of that kind
+    for name in config.losses:
+        kinds.setdefault(loss_spec(name).kind, name)
+    with record_folder_reads() as reads:
+        for kind, name in kinds.items():
+            if kind == "rollout":
+                load_preferences(config.data, kind="prompt", split="train", revision=train.get("data_revision"))
+            else:
+                load_train_rows(config.data, kind=kind, loss=name, split=train.get("data_split"),
+                                revision=train.get("data_revision"), identical=train.get("identical", "warn"))
+        checked = {"eval_rows": _user_eval_rows(config)}
+    log_folder_reads(reads)
+    return checked
 
 
 def _eval_batches(task: _Task, rows: Any, batch_size: int = 32) -> list[Any]:
@@ -312,6 +404,26 @@ def _load_trained(path: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(path)).eval()
 
 
+def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[str, dict[str, Any]]:
+    """(the loss's data kind, the settings of its run): `OnlineConfig` fields for an online algorithm
+    (the model object, reward and prompts are passed beside them), `TrainConfig` fields otherwise."""
+    kind = loss_spec(plan.loss).kind
+    if kind == "rollout":
+        settings = online_settings(plan, config, run_dir)
+        if not config.synthetic and config.model_revision is not None:
+            settings["model_revision"] = config.model_revision
+        return kind, settings
+    shared_cache = str(Path(config.output_dir) / "ref_cache")  # reference log-probs are shared by same-kind runs
+    settings = {"checkpoint_every": 50, "ref_cache_dir": shared_cache, **config.train, "loss": plan.loss,
+                "loss_hparams": dict(plan.hparams), "seed": plan.seed, "output_dir": str(run_dir / "train"),
+                "resume": True, "progress": config.progress}
+    if not config.synthetic:
+        settings.update(model=config.model, data=config.data)
+        if config.model_revision is not None:
+            settings["model_revision"] = config.model_revision
+    return kind, settings
+
+
 def _run_one(plan: RunPlan, task: _Task, eval_batches: list[Any]) -> dict[str, Any]:
     """Train and evaluate one run, or load it if its result.json exists (resuming an interrupted train)."""
     from prefopt.train import train
@@ -322,14 +434,7 @@ def _run_one(plan: RunPlan, task: _Task, eval_batches: list[Any]) -> dict[str, A
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    kind = loss_spec(plan.loss).kind
-    if kind == "rollout":
-        settings = online_settings(plan, config, run_dir)
-    else:
-        shared_cache = str(Path(config.output_dir) / "ref_cache")  # reference log-probs are shared by same-kind runs
-        settings = {"checkpoint_every": 50, "ref_cache_dir": shared_cache, **config.train, "loss": plan.loss,
-                    "loss_hparams": dict(plan.hparams), "seed": plan.seed, "output_dir": str(run_dir / "train"),
-                    "resume": True, "progress": config.progress}
+    kind, settings = run_settings(plan, config, run_dir)
     write_json_atomic(run_dir / "config.json", {"plan": dataclasses.asdict(plan), "label": plan.label,
                                                 ("online" if kind == "rollout" else "train"): settings,
                                                 "compare": config.to_dict()})
@@ -342,7 +447,7 @@ def _run_one(plan: RunPlan, task: _Task, eval_batches: list[Any]) -> dict[str, A
         result = train(model=copy.deepcopy(task.model).train().requires_grad_(True), tokenizer=task.tokenizer,
                        dataset=task.train_dataset(kind), **settings)
     else:
-        result = train(model=config.model, dataset=config.data, **settings)
+        result = train(**settings)  # model, model_revision and data are in the settings
     policy = _load_trained(Path(str(result.model_path)))
     record = {"label": plan.label, "loss": plan.loss, "hparams": dict(plan.hparams), "seed": plan.seed,
               "run_id": plan.run_id, "train": result.to_dict(), **_evaluate(plan, policy, task, eval_batches)}
@@ -370,19 +475,23 @@ def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResu
     from prefopt.progress import library_progress_bars
 
     config = config if config is not None else CompareConfig(**settings)
+    config.preflight()  # output folder, model folder, backends: before anything is built or written
     with torch_threads(config.num_threads or (1 if config.synthetic else None)), \
             library_progress_bars(config.progress):
-        return _compare(config)
+        checked = _check_user_data(config)  # bad data stops the comparison before the output folder exists
+        # one comparison per folder; each run's own train/ folder is locked again by its training
+        with claim_run_folder(config.output_dir):
+            return _compare(config, checked)
 
 
-def _compare(config: CompareConfig) -> CompareResult:
+def _compare(config: CompareConfig, checked: dict[str, Any] | None = None) -> CompareResult:
     from prefopt.compare_report import write_report
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "compare_config.json", config.to_dict())
     task = _Task(config)
-    rows = task.eval_rows()
+    rows = checked["eval_rows"] if checked and "eval_rows" in checked else task.eval_rows()
     eval_batches = _eval_batches(task, rows) if rows is not None and len(rows) else []
     plans = config.runs()
     records = []

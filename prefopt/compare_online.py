@@ -27,8 +27,8 @@ __all__ = ["ONLINE_PER_RUN", "check_online_settings", "online_settings", "train_
            "best_of_n_reference"]
 
 # OnlineConfig fields that each run sets itself (or that the synthetic task fixes); `online` may not.
-ONLINE_PER_RUN = ("algorithm", "loss_hparams", "seed", "output_dir", "resume", "progress", "model", "tokenizer",
-                  "reward", "prompts")
+ONLINE_PER_RUN = ("algorithm", "loss_hparams", "seed", "output_dir", "resume", "progress", "model", "model_revision",
+                  "tokenizer", "reward", "prompts")
 
 
 def check_online_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,22 +64,22 @@ def train_online_run(task: Any, settings: Mapping[str, Any]) -> Any:
     return train_online(model=task.config.model, **common)
 
 
-def data_prompts(data: str, split: str, tokenizer: Any) -> list[str]:
+def data_prompts(data: str, split: str, tokenizer: Any, revision: str | None = None) -> list[str]:
     """The distinct prompts of `data`'s train split (`split="train"`) or held-out split (eval, test or
     validation, the first present), as text: conversations are rendered with the chat template and its
-    generation prompt. Empty when there is no held-out split."""
+    generation prompt. Empty when there is no held-out split. `revision` pins a Hub dataset."""
     from prefopt.data import load_preferences
     from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
+    from prefopt.data.validate import MissingSplitError
 
     candidates = ("train",) if split == "train" else ("eval", "test", "validation")
     rows = None
     for name in candidates:
         try:
-            rows = load_preferences(data, kind="prompt", split=name)
+            rows = load_preferences(data, kind="prompt", split=name, revision=revision)
             break
-        except (ValueError, KeyError) as err:
-            if "split" not in str(err):
-                raise
+        except MissingSplitError:
+            continue
     if rows is None:
         return []
     encoder = PromptCompletionEncoder(tokenizer, TokenizeConfig(append_eos=False))

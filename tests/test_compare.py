@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from prefopt.cli import main
-from prefopt.compare import CompareConfig, RunPlan, compare, parse_sweeps, tiny_task
+from prefopt.cli_settings import parse_sweeps
+from prefopt.compare import CompareConfig, RunPlan, compare, tiny_task
 from prefopt.compare_report import render_table, summarize
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "KINDS",
     "KindSchema",
     "OPTIONAL_COLUMNS",
+    "IDENTICAL_POLICIES",
     "MESSAGE_ROLES",
     "schema_for",
     "is_conversation",
@@ -40,6 +41,9 @@ KINDS: tuple[str, ...] = ("paired", "unpaired", "ranked", "prompt")
 _ALIASES = {"rollout": "prompt", "prompt-only": "prompt", "prompt_only": "prompt"}
 
 OPTIONAL_COLUMNS: tuple[str, ...] = ("margin", "weight", "id", "pair_id")
+# What to do with pairs whose chosen equals rejected (`prefopt.data.validate`); here so that settings can
+# check the value without importing `datasets`.
+IDENTICAL_POLICIES: tuple[str, ...] = ("warn", "drop", "error")
 MESSAGE_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
 

@@ -23,28 +23,40 @@ from typing import Any
 import datasets
 
 from prefopt.data.formats import TIE_POLICIES, has_ties, needs_prompt_extraction, split_common_prefix
-from prefopt.data.schema import MESSAGE_ROLES, KindSchema, is_conversation, nearest_name, schema_for
+from prefopt.data.schema import IDENTICAL_POLICIES, MESSAGE_ROLES, KindSchema, is_conversation, nearest_name, schema_for
 
 __all__ = [
     "Problem",
     "ValidationReport",
     "PreferenceDataError",
+    "MissingSplitError",
+    "DataNotFoundError",
     "PreferenceDataWarning",
     "validate_preferences",
     "format_rows",
 ]
 
 DEFAULT_MAX_REPORTED = 20
+_ALSO_SHOWN = 5  # other bad rows a one-line message lists by number
 AddProblem = Callable[[str, str, str], None]  # (field, code, message) → record a problem of the current row
-IDENTICAL_POLICIES: tuple[str, ...] = ("warn", "drop", "error")
 
 
 class PreferenceDataError(ValueError):
-    """Bad preference data. `problems` holds every problem found (the message shows the first few)."""
+    """Bad preference data. `problems` holds every problem found (the message shows the first few);
+    `one_line` is the message as a command line prints it (None: the message is one line already)."""
 
-    def __init__(self, message: str, problems: list["Problem"] | None = None) -> None:
+    def __init__(self, message: str, problems: list["Problem"] | None = None, *, one_line: str | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+        self.one_line = one_line
+
+
+class MissingSplitError(PreferenceDataError):
+    """The source has no split of that name (a single file has only "train"); the message lists those it has."""
+
+
+class DataNotFoundError(PreferenceDataError, FileNotFoundError):
+    """A local data path that does not exist (a `PreferenceDataError` and a `FileNotFoundError`)."""
 
 
 class PreferenceDataWarning(UserWarning):
@@ -84,21 +96,47 @@ class ValidationReport:
         """True if no problem was found (warnings and identical pairs do not count)."""
         return not self.problems
 
-    def summary(self, max_reported: int = DEFAULT_MAX_REPORTED, source: str = "dataset") -> str:
-        """Counts per category, then the first `max_reported` problems with row ids."""
+    def summary(self, max_reported: int = DEFAULT_MAX_REPORTED, source: str = "dataset",
+                where: Callable[[int], str] | None = None) -> str:
+        """Counts per category, then the first `max_reported` problems with row ids (each after `where(row)`,
+        e.g. "line 7", when the rows came from a file)."""
         rows = {p.row for p in self.problems if p.row is not None}
         counts = Counter(p.code for p in self.problems)
         lines = [f"{source} ({self.kind}, {self.num_rows} rows) has {len(self.problems)} problem(s) in "
                  f"{len(rows)} row(s): " + ", ".join(f"{code} ×{n}" for code, n in counts.most_common())]
-        lines += [f"  {p}" for p in self.problems[:max_reported]]
+        lines += [f"  {where(p.row)}: {p}" if where is not None and p.row is not None else f"  {p}"
+                  for p in self.problems[:max_reported]]
         if len(self.problems) > max_reported:
             lines.append(f"  … and {len(self.problems) - max_reported} more (pass max_reported= to see more)")
         return "\n".join(lines)
 
-    def raise_if_errors(self, max_reported: int = DEFAULT_MAX_REPORTED, source: str = "dataset") -> None:
-        """Raise PreferenceDataError with `summary()` if any problem was found."""
+    def one_line(self, source: str = "dataset", where: Callable[[int], str] | None = None) -> str:
+        """The problems as one line (what `prefopt` commands print): the column problems, else the first bad
+        row's problems in full, then the other bad rows, e.g. "(also: rows 5, 9, 12, 14, 20 and 3 more)"."""
+        columns = [p for p in self.problems if p.row is None]
+        rows = sorted({p.row for p in self.problems if p.row is not None})
+        if columns or not rows:
+            head = f"{source}: " + "; ".join(str(p) for p in columns)
+        else:
+            first = [p for p in self.problems if p.row == rows[0]]
+            place = f"{source}, {where(rows[0])}" if where is not None else source
+            head = f"{place}: {first[0]}" + "".join(f"; field '{p.field}': {p.message}" for p in first[1:])
+            rows = rows[1:]
+        if not rows:
+            return head
+        shown, extra = rows[:_ALSO_SHOWN], len(rows) - _ALSO_SHOWN
+        if extra > 0:
+            listed = f"{', '.join(map(str, shown))} and {extra} more"
+        else:
+            listed = ", ".join(map(str, shown[:-1])) + " and " * (len(shown) > 1) + str(shown[-1])
+        return f"{head} (also: row{'s' if len(rows) > 1 else ''} {listed})"
+
+    def raise_if_errors(self, max_reported: int = DEFAULT_MAX_REPORTED, source: str = "dataset",
+                        where: Callable[[int], str] | None = None) -> None:
+        """Raise PreferenceDataError with `summary()` (and `one_line()`) if any problem was found."""
         if self.problems:
-            raise PreferenceDataError(self.summary(max_reported, source), list(self.problems))
+            raise PreferenceDataError(self.summary(max_reported, source, where), list(self.problems),
+                                      one_line=self.one_line(source, where))
 
 
 def format_rows(rows: list[int], limit: int = 10) -> str:
@@ -151,7 +189,8 @@ def validate_preferences(
     if report.identical_rows and identical == "warn":
         report.warnings.append(f"{len(report.identical_rows)} pair(s) have chosen identical to rejected (rows "
                                f"{format_rows(report.identical_rows)}); they carry no preference signal. Pass "
-                               "identical='drop' to remove them or identical='error' to stop.")
+                               "identical='drop' (prefopt train --identical drop) to remove them or "
+                               "identical='error' (--identical error) to stop.")
     return report
 
 
@@ -208,7 +247,7 @@ def _check_row(schema: KindSchema, i: int, row: dict[str, Any], report: Validati
     def add(name: str, code: str, message: str) -> None:
         report.problems.append(Problem(i, name, code, message, row_id))
 
-    texts_ok = all(_check_text(row[name], name, add) for name in schema.text_columns if name in row)
+    texts_ok = all([_check_text(row[name], name, add) for name in schema.text_columns if name in row])  # every field
     if schema.kind == "paired" and texts_ok and "chosen" in row and "rejected" in row:
         _check_pair(row, add, report, i, identical)
     elif schema.kind == "unpaired" and "label" in row:
@@ -269,10 +308,11 @@ def _check_pair(row: dict[str, Any], add: AddProblem, report: ValidationReport, 
         return
     if chosen == rejected:
         if identical == "error":
-            add("rejected", "identical", "is identical to chosen; fix the pair or pass identical='drop'")
+            add("rejected", "identical", "is identical to chosen; fix the pair or pass identical='drop' "
+                "(--identical drop)")
         elif identical == "warn" and needs_prompt_extraction(row):
             add("rejected", "identical", "is identical to chosen and there is no prompt to keep the row by; "
-                "pass identical='drop' or add a 'prompt' column")
+                "pass identical='drop' (--identical drop) or add a 'prompt' column")
         else:
             report.identical_rows.append(i)
         return
@@ -291,7 +331,7 @@ def _check_ranked(row: dict[str, Any], add: AddProblem, ties: str, ks: dict[int,
         n = len(completions) if isinstance(completions, list) else type(completions).__name__
         add("completions", "too_few_completions", f"must be a list of K ≥ 2 completions, got {n}")
         return
-    texts_ok = all(_check_text(c, f"completions[{j}]", add) for j, c in enumerate(completions))
+    texts_ok = all([_check_text(c, f"completions[{j}]", add) for j, c in enumerate(completions)])  # every one
     key = "ranks" if "ranks" in row else "scores" if "scores" in row else None
     if key is None:
         return

@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefopt.train.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_trainable, trainable_state
+from prefopt.train.checkpoint import (
+    CHECKPOINT_DIR,
+    RunFolderError,
+    latest_checkpoint,
+    load_plain,
+    load_trainable,
+    trainable_state,
+)
 
 __all__ = ["save_online_checkpoint", "load_online_checkpoint", "latest_checkpoint"]
 
@@ -60,14 +67,18 @@ def _load_weights(module: nn.Module, path: Path) -> None:
 
 def load_online_checkpoint(path: str | Path, *, policy: nn.Module, critic: nn.Module | None,
                            optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
-    """Restore weights and optimiser states from `path`; returns state.json (step, kl_coef, …)."""
+    """Restore weights and optimiser states from `path`; returns state.json (step, kl_coef, …).
+
+    optimizers.pt is read with `torch.load(weights_only=True)`: a file holding anything but tensors,
+    numbers, strings and containers raises a one-line RunFolderError and runs nothing."""
     path = Path(path)
     _load_weights(policy, path / "policy.safetensors")
     if critic is not None:
         _load_weights(critic, path / "critic.safetensors")
-    states = torch.load(path / "optimizers.pt", weights_only=True)
+    states = load_plain(path / "optimizers.pt")
     if set(states) != set(optimizers):
-        raise ValueError(f"checkpoint {path} holds optimisers {sorted(states)}, this run has {sorted(optimizers)}")
+        raise RunFolderError(f"checkpoint {path} holds optimisers {sorted(states)}, this run has "
+                             f"{sorted(optimizers)}; resume with the same algorithm, or start a new output_dir")
     for name, opt in optimizers.items():
         opt.load_state_dict(states[name])
     return json.loads((path / "state.json").read_text())

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prefopt.cli_settings import (
+    CommandParser,
     add_setting_flags,
+    check_resume_folder,
+    fail,
     given_settings,
+    merge_pairs,
     parse_assignments,
     read_settings_file,
     user_errors,
@@ -35,6 +38,7 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--pair-loss": ("pair_loss", str, "online_dpo: any paired loss for the best/worst pairs (default: DPO)"),
     "--model": ("model", str, "policy: causal LM path or Hub name (default: the synthetic task's policy)"),
     "--tokenizer": ("tokenizer", str, "tokenizer path (default: the model's)"),
+    "--model-revision": ("model_revision", str, "hub revision (branch, tag or commit) of --model and its tokenizer"),
     "--reward": ("reward", str, "'gold' (synthetic task) or a saved reward model's folder"),
     "--value-model": ("value_model", str, "PPO: reward model folder to initialise the critic from"),
     "--prompts": ("prompts", str, "prompt file: .txt one per line, or .jsonl with a `prompt` column"),
@@ -63,6 +67,10 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (default 20; 0: final only)"),
     "--num-threads": ("num_threads", int, "torch threads (default: 1 on the synthetic task)"),
     "--engine-backend": ("engine_backend", str, "output-head kernel: auto, chunked, reference or triton"),
+    "--mixed-precision": ("mixed_precision", str, "no (bf16 autocast only for a bf16 checkpoint), bf16 or auto"),
+    "--master-weights": ("master_weights", str, "fp32 (default: fp32 weights and optimiser state, bf16 compute "
+                         "where bf16 applies) or bf16 (pure bf16: small updates round away)"),
+    "--save-dtype": ("save_dtype", str, "dtype of final/: original (the checkpoint's, default) or fp32"),
 }
 _SWITCHES: dict[str, tuple[str, bool, str]] = {
     "--no-whiten-advantages": ("whiten_advantages", False, "PPO: keep the raw GAE advantages"),
@@ -97,10 +105,10 @@ def online_config_from_args(args: argparse.Namespace) -> Any:
     if getattr(args, "config", None) is not None:
         values.update(read_settings_file(args.config, "OnlineConfig"))
     values.update(given_settings(args, _OPTIONS, _SWITCHES))
-    values["loss_hparams"] = {**(values.get("loss_hparams") or {}), **parse_assignments(args.hparam, "--hparam")}
-    values["pair_loss_hparams"] = {**(values.get("pair_loss_hparams") or {}),
-                                   **parse_assignments(args.pair_hparam, "--pair-hparam")}
-    return OnlineConfig.from_dict(values)
+    merge_pairs(values, "loss_hparams", parse_assignments(args.hparam, "--hparam"))
+    merge_pairs(values, "pair_loss_hparams", parse_assignments(args.pair_hparam, "--pair-hparam"))
+    config = getattr(args, "config", None)
+    return OnlineConfig.from_dict(values, source=None if config is None else str(config))
 
 
 def run_train_online(args: argparse.Namespace) -> int:
@@ -109,21 +117,20 @@ def run_train_online(args: argparse.Namespace) -> int:
 
     try:
         config = online_config_from_args(args)
+        check_resume_folder(config.resume, config.output_dir)
     except (ValueError, TypeError) as err:
-        print(f"prefopt train-online: {err}", file=sys.stderr)
-        return 2
+        return fail("train-online", err)
     try:
         result = train_online(config)
     except user_errors() as err:
-        print(f"prefopt train-online: {err}", file=sys.stderr)
-        return 2
+        return fail("train-online", err)
     print(json.dumps(result.to_dict(), indent=2))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `prefopt train-online` with `argv` (for `python -m` style use and tests)."""
-    parser = argparse.ArgumentParser(prog="prefopt train-online", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="prefopt train-online", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
     return run_train_online(parser.parse_args(argv))

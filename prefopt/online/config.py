@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefopt.preflight import (
+    check_engine_backend,
+    check_model_source,
+    check_output_dir,
+    check_tokenizer_source,
+    expand_user,
+)
+from prefopt.settings import SettingsError, config_from_dict
+from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
+
 __all__ = ["OnlineConfig", "SYNTHETIC_LR", "DEFAULT_LR", "KL_ESTIMATORS"]
 
 # Learning rates: the tiny synthetic policy (docs/online_training.md, measured) and a 1B–7B model (TRL's
@@ -21,7 +31,8 @@ SYNTHETIC_LR = 2e-4
 DEFAULT_LR = 1e-6
 KL_ESTIMATORS = ("k1", "k3")
 # Settings that may change between a run and its resumption (they do not change what a step computes).
-RESUMABLE = ("steps", "resume", "progress", "checkpoint_every", "keep_checkpoints", "num_threads", "output_dir")
+RESUMABLE = ("steps", "resume", "progress", "checkpoint_every", "keep_checkpoints", "num_threads", "output_dir",
+             "save_dtype")
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,7 @@ class OnlineConfig:
     Model, reward, prompts:
         model, tokenizer: HF causal LM path (tokenizer default: the model's); None = the synthetic task's
             reference policy. The reference π_ref is a frozen copy of the initial policy.
+        model_revision: with a hub name for `model`, the branch, tag or commit to load it (and its tokenizer) at.
         reward: "gold" (the synthetic task's gold reward) or the path of a saved reward model.
         value_model: path of a reward model to initialise PPO's critic from (None: from the policy).
         prompts: a text file (one prompt per line) or .jsonl with a `prompt` column; None = the
@@ -64,6 +76,12 @@ class OnlineConfig:
             resume, progress.
         num_threads: torch threads (None: 1 when `model` is None, else unchanged).
         engine_backend: output-head kernel of the log-prob engine.
+    Precision (`prefopt.train.precision`; the same settings as `TrainConfig`):
+        master_weights: "fp32" (default: the policy's and the critic's weights, gradients and Adam state in
+            fp32) or "bf16" (pure bf16: updates below half a bf16 step of a weight round away).
+        mixed_precision: "no" (bf16 autocast of generation and scoring only for a bf16 checkpoint), "bf16"
+            (always) or "auto" (also on CUDA devices that support bf16).
+        save_dtype: final/'s dtype: "original" (the policy's loaded dtype) or "fp32".
     """
 
     algorithm: str = "rloo"
@@ -72,6 +90,7 @@ class OnlineConfig:
     pair_loss_hparams: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None
     tokenizer: str | None = None
+    model_revision: str | None = None
     reward: str = "gold"
     value_model: str | None = None
     prompts: str | None = None
@@ -106,11 +125,22 @@ class OnlineConfig:
     progress: bool = True
     num_threads: int | None = None
     engine_backend: str = "auto"
+    master_weights: str = "fp32"
+    mixed_precision: str = "no"
+    save_dtype: str = "original"
 
     def __post_init__(self) -> None:
         from prefopt.online.rollout_step import recipe_for
         from prefopt.registry import list_losses, loss_spec
 
+        for name in ("model", "tokenizer", "reward", "value_model", "prompts", "output_dir"):
+            object.__setattr__(self, name, expand_user(getattr(self, name)))
+        if self.tokenizer is not None and self.model is None:
+            raise SettingsError("OnlineConfig.tokenizer is set but model is None: the synthetic task brings its own "
+                                "tokenizer; give model too, or drop tokenizer")
+        if self.model_revision is not None and self.model is None:
+            raise SettingsError(f"OnlineConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
+                                "which is not set; give model (a hub name) or drop model_revision")
         spec = loss_spec(self.algorithm)  # unknown names raise, listing the valid ones
         if spec.kind != "rollout":
             raise ValueError(f"OnlineConfig.algorithm={self.algorithm!r} is a {spec.kind} loss; the online loop runs "
@@ -146,6 +176,10 @@ class OnlineConfig:
 
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"OnlineConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
+        for name, valid in (("master_weights", MASTER_WEIGHTS), ("mixed_precision", MIXED_PRECISION),
+                            ("save_dtype", SAVE_DTYPES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r}: use one of {valid}")
         if self.reward != "gold" and not Path(self.reward).exists():
             raise ValueError(f"OnlineConfig.reward={self.reward!r}: use 'gold' (the synthetic task's gold reward) or "
                              "the folder of a saved reward model (prefopt.online.reward_model)")
@@ -234,13 +268,29 @@ class OnlineConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "OnlineConfig":
-        """Build from a mapping (e.g. parsed YAML); unknown keys raise an error listing the valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"OnlineConfig: unknown setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**dict(values))
+    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> "OnlineConfig":
+        """Build from a mapping (e.g. parsed YAML from `source`): each value read as its field's type
+        (`prefopt.settings`); unknown keys and wrong types raise a `SettingsError` naming the field."""
+        return config_from_dict(cls, values, source=source)
+
+    def preflight(self) -> None:
+        """What this run needs from this machine before anything is built: an output folder it can create,
+        complete model folders (or reachable hub names), an engine backend that runs here.
+
+        Raises:
+            SettingsError: naming the setting and the fix.
+        """
+        check_output_dir(self.output_dir, "OnlineConfig.output_dir (--out)")
+        if self.model is not None:
+            check_model_source(self.model, "OnlineConfig.model", revision=self.model_revision,
+                               tokenizer=self.tokenizer is None)
+        if self.tokenizer is not None:
+            check_tokenizer_source(self.tokenizer, "OnlineConfig.tokenizer")
+        for name in ("reward", "value_model"):
+            value = getattr(self, name)
+            if value is not None and value != "gold":
+                check_model_source(value, f"OnlineConfig.{name}", tokenizer=False)
+        check_engine_backend(self.engine_backend, "OnlineConfig.engine_backend")
 
 
 def _finite(value: Any) -> bool:
@@ -249,4 +299,4 @@ def _finite(value: Any) -> bool:
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"OnlineConfig.{name}={value!r} must be an integer ≥ {minimum}")
+        raise SettingsError(f"OnlineConfig.{name}={value!r} must be an integer ≥ {minimum}")

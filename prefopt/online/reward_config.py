@@ -13,7 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RewardModelConfig", "resolve_config", "load_rows", "synthetic_task_for", "tiny_task", "METADATA_FILE", "INITS",
+from prefopt.preflight import check_device, check_model_source, check_output_dir, check_tokenizer_source, expand_user
+from prefopt.settings import SettingsError, coerce_settings
+from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
+
+__all__ = ["RewardModelConfig", "resolve_config", "read_data", "load_rows", "synthetic_task_for", "tiny_task", "METADATA_FILE", "INITS",
            "HF_LR", "SYNTHETIC_LR", "SYNTHETIC_EPOCHS", "EVAL_SPLITS"]
 
 METADATA_FILE = "prefopt_reward_model.json"
@@ -40,6 +44,7 @@ class RewardModelConfig:
     Model:
         model: HF model path or Hub name (a causal LM or sequence-classification checkpoint: the score
             head is added with num_labels=1); None = a synthetic-task RM. tokenizer: default `model`'s.
+        model_revision: with a hub name for `model`, the branch, tag or commit to load it (and its tokenizer) at.
         init: synthetic RM body from the reference "policy" or "scratch" (random).
         hidden_size, num_layers: resize a synthetic RM (needs init="scratch").
         task_seed, sft_config, preference_config: the synthetic task (`SFTConfig`, `PreferenceConfig`).
@@ -50,6 +55,11 @@ class RewardModelConfig:
         rows (pairs / rankings) per step; eval_batch_size: rows per evaluation forward.
         seed: score-head init and data order. device: None = CUDA when available.
         num_threads: torch CPU threads (None: 1 on the synthetic task, else unchanged).
+    Precision (`prefopt.train.precision`; the same settings as `TrainConfig`):
+        master_weights: "fp32" (default: weights, gradients and AdamW state in fp32) or "bf16" (pure bf16:
+            updates below half a bf16 step of a weight round away). mixed_precision: "no" (bf16 autocast
+            only for a bf16 checkpoint), "bf16" or "auto" (also on CUDA devices that support bf16).
+        save_dtype: final/'s dtype: "original" (as loaded) or "fp32".
     Output:
         output_dir: run folder; log_every: metrics.jsonl line every N steps; progress: tqdm bar.
         checkpoint_every: save weights, optimiser, schedule and data position every N steps (0: never);
@@ -61,6 +71,7 @@ class RewardModelConfig:
     loss_hparams: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None
     tokenizer: str | None = None
+    model_revision: str | None = None
     data: str | None = None
     data_split: str | None = None
     eval_split: str | None = None
@@ -82,6 +93,9 @@ class RewardModelConfig:
     seed: int = 0
     device: str | None = None
     num_threads: int | None = None
+    master_weights: str = "fp32"
+    mixed_precision: str = "no"
+    save_dtype: str = "original"
     output_dir: str = "runs/reward_model"
     log_every: int = 1
     progress: bool = True
@@ -92,6 +106,14 @@ class RewardModelConfig:
     def __post_init__(self) -> None:
         from prefopt.registry import list_losses, loss_spec
 
+        for name in ("model", "tokenizer", "data", "output_dir"):
+            object.__setattr__(self, name, expand_user(getattr(self, name)))
+        if self.model_revision is not None and self.model is None:
+            raise SettingsError(f"RewardModelConfig.model_revision={self.model_revision!r} pins a hub revision of "
+                                "model, which is not set; give model (a hub name) or drop model_revision")
+        if not (_finite(self.weight_decay) and _finite(self.warmup_ratio)):
+            raise SettingsError(f"RewardModelConfig: weight_decay={self.weight_decay!r} and warmup_ratio="
+                                f"{self.warmup_ratio!r} must be finite numbers")
         spec = loss_spec(self.loss)  # UnknownLossError names the valid losses
         if spec.scores != "rewards":
             rm_losses = [n for n in list_losses() if loss_spec(n).scores == "rewards"]
@@ -125,6 +147,10 @@ class RewardModelConfig:
     def _check_model_choice(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"RewardModelConfig.init={self.init!r}: use one of {INITS}")
+        for name, valid in (("master_weights", MASTER_WEIGHTS), ("mixed_precision", MIXED_PRECISION),
+                            ("save_dtype", SAVE_DTYPES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"RewardModelConfig.{name}={getattr(self, name)!r}: use one of {valid}")
         resized = [n for n in ("hidden_size", "num_layers") if getattr(self, n) is not None]
         if resized and self.model is not None:
             raise ValueError(f"RewardModelConfig: {', '.join(resized)} resize a synthetic-task RM; with "
@@ -172,25 +198,41 @@ class RewardModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "RewardModelConfig":
-        """Build from a mapping (e.g. YAML); unknown keys raise an error listing the valid ones, and
-        `sft_config` / `preference_config` mappings become `SFTConfig` / `PreferenceConfig`."""
+    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> "RewardModelConfig":
+        """Build from a mapping (e.g. YAML from `source`): each value read as its field's type (`prefopt.settings`;
+        unknown keys and wrong types raise a `SettingsError` naming the field), and `sft_config` /
+        `preference_config` mappings become `SFTConfig` / `PreferenceConfig`."""
         from prefopt.data.synthetic import PreferenceConfig, SFTConfig
 
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"RewardModelConfig: unknown setting(s) {unknown}; valid: {sorted(known)}")
-        values = dict(values)
+        values = coerce_settings(cls, values, source=source)
         for name, kind in (("sft_config", SFTConfig), ("preference_config", PreferenceConfig)):
             if isinstance(values.get(name), Mapping):
-                values[name] = kind(**values[name])
+                values[name] = kind(**coerce_settings(kind, values[name], owner=f"RewardModelConfig.{name}"))
         return cls(**values)
+
+    def preflight(self) -> None:
+        """What this run needs from this machine before anything is built: an output folder it can create,
+        a complete model folder (or reachable hub name), the device.
+
+        Raises:
+            SettingsError: naming the setting and the fix.
+        """
+        check_output_dir(self.output_dir, "RewardModelConfig.output_dir (--out)")
+        if self.model is not None:
+            check_model_source(self.model, "RewardModelConfig.model", revision=self.model_revision,
+                               tokenizer=self.tokenizer is None)
+        if self.tokenizer is not None:
+            check_tokenizer_source(self.tokenizer, "RewardModelConfig.tokenizer")
+        check_device(self.device, "RewardModelConfig.device (--device)")
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"RewardModelConfig.{name}={value!r} must be an integer ≥ {minimum}")
+        raise SettingsError(f"RewardModelConfig.{name}={value!r} must be an integer ≥ {minimum}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def resolve_config(config: RewardModelConfig | None, settings: Mapping[str, Any]) -> RewardModelConfig:
@@ -258,21 +300,37 @@ def _eval_source(config: RewardModelConfig, kind: str, source: Any, eval_dataset
     return None
 
 
+def read_data(config: RewardModelConfig, kind: str, dataset: Any, eval_dataset: Any, task: Any = None) -> tuple[Any, Any]:
+    """(train rows, held-out rows or None): loaded and validated, not tokenised. `train_reward_model` reads your
+    data (`dataset`, else `config.data`) with it before it creates or locks the run folder or loads a model, so
+    bad data stops the run with nothing written; the synthetic task's data (no source) needs `task`. The files
+    read from a folder are logged (`prefopt.data.loading.log_folder_reads`)."""
+    from prefopt.data import load_preferences
+    from prefopt.data.loading import log_folder_reads, record_folder_reads
+
+    source = dataset if dataset is not None else config.data
+    with record_folder_reads() as reads:
+        if source is None:
+            train = load_preferences(task.preferences.dataset(kind, "train"), kind=kind)
+        else:
+            train = load_preferences(source, kind=kind, split=config.data_split)
+        held_out = _eval_source(config, kind, source, eval_dataset, task)
+    log_folder_reads(reads)
+    return train, held_out
+
+
 def load_rows(config: RewardModelConfig, kind: str, tokenizer: Any, tokenize_config: Any, dataset: Any,
-              eval_dataset: Any, task: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """Tokenised train rows and eval rows (None without an eval split) from the configured source.
+              eval_dataset: Any, task: Any, data: tuple[Any, Any] | None = None
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Tokenised train rows and eval rows (None without an eval split) from the configured source, or from
+    `data` when `read_data` already read it.
 
     Rows are `prefopt.data.tokenize_preferences` output (prompt_ids, completion_ids [K][C], margin, …);
     bad data raises the data layer's `PreferenceDataError` listing the rows.
     """
-    from prefopt.data import load_preferences, tokenize_preferences
+    from prefopt.data import tokenize_preferences
 
-    source = dataset if dataset is not None else config.data
-    if source is None:
-        train = load_preferences(task.preferences.dataset(kind, "train"), kind=kind)
-    else:
-        train = load_preferences(source, kind=kind, split=config.data_split)
-    held_out = _eval_source(config, kind, source, eval_dataset, task)
+    train, held_out = data if data is not None else read_data(config, kind, dataset, eval_dataset, task)
     train_rows = tokenize_preferences(train, tokenizer, tokenize_config, kind=kind).to_list()
     if held_out is None or len(held_out) == 0:
         return train_rows, None

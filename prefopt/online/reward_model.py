@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,6 +43,9 @@ from prefopt.atomic import write_json_atomic
 from prefopt.online.reward_config import METADATA_FILE, RewardModelConfig, resolve_config
 from prefopt.online.learned_reward import LearnedReward, check_reward_model, load_reward_model, point_pooling_at_pad
 from prefopt.online.reward_data import loss_arguments, pad_token_id, reward_batches, sequence_scores
+from prefopt.preflight import load_pretrained
+from prefopt.train.precision import Precision, resolve_precision
+from prefopt.train.run_folder import claim_run_folder
 
 __all__ = ["RewardModelConfig", "RewardModelResult", "train_reward_model", "evaluate_reward_model",
            "synthetic_reward_model", "LearnedReward", "load_reward_model", "METADATA_FILE"]
@@ -59,6 +63,8 @@ class RewardModelResult:
         train_accuracy: the same accuracy over the last pass of training batches (as trained).
         final_metrics: the last logged step's record. steps: optimiser steps; wall_time_s: this call's
             wall time; num_parameters: the reward model's parameter count.
+        precision: dtypes of the checkpoint, the master weights, the compute and final/
+            (`prefopt.train.precision`).
     """
 
     model_path: Path
@@ -72,6 +78,7 @@ class RewardModelResult:
     steps: int
     wall_time_s: float
     num_parameters: int
+    precision: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -118,12 +125,17 @@ def _load_model(config: RewardModelConfig, model: Any, tokenizer: Any, task: Any
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if model is None and config.model is not None:
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+        if tokenizer is None and config.tokenizer is not None:
+            tokenizer = load_pretrained(AutoTokenizer, config.tokenizer, "RewardModelConfig.tokenizer")
+        elif tokenizer is None:
+            tokenizer = load_pretrained(AutoTokenizer, config.model, "RewardModelConfig.model (its tokenizer)",
+                                        revision=config.model_revision)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # the saved tokenizer then pads the way scoring expects
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the score head's random initialisation
-            model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=1)
+            model = load_pretrained(AutoModelForSequenceClassification, config.model, "RewardModelConfig.model",
+                                    revision=config.model_revision, num_labels=1)
         model.config.pad_token_id = pad_token_id(tokenizer)
     elif model is None:
         model = synthetic_reward_model(task.policy.model, init=config.init, hidden_size=config.hidden_size,
@@ -192,12 +204,22 @@ def train_reward_model(config: RewardModelConfig | None = None, *, model: Any = 
     if isinstance(model, (str, os.PathLike)):
         settings["model"], model = str(model), None
     config = resolve_config(config, settings)
+    config.preflight()  # output folder, model folder, device: before anything is built or written
     threads = config.num_threads if config.num_threads is not None else (1 if config.model is None else None)
     with torch_threads(threads), library_progress_bars(config.progress):
-        return _train(config, model, tokenizer, dataset, eval_dataset)
+        data = None
+        if dataset is not None or config.data is not None:  # bad data stops the run before the run folder exists
+            from prefopt.online.reward_config import read_data
+            from prefopt.registry import loss_spec
+
+            data = read_data(config, loss_spec(config.loss).kind, dataset, eval_dataset)
+        # one run per folder (`prefopt.train.run_folder`): a second run on output_dir stops at once
+        with claim_run_folder(config.output_dir):
+            return _train(config, model, tokenizer, dataset, eval_dataset, data)
 
 
-def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, eval_dataset: Any) -> RewardModelResult:
+def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, eval_dataset: Any,
+           data: Any = None) -> RewardModelResult:
     from prefopt.online.reward_config import load_rows, synthetic_task_for
     from prefopt.registry import get_loss, loss_spec
     from prefopt.train.presets import OptimizerSettings, build_optimizer, build_scheduler
@@ -211,13 +233,15 @@ def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, 
     task = synthetic_task_for(config) if needs_task else None
     model, tokenizer = _load_model(config, model, tokenizer, task)
     tokenize_config = config.tokenize_config(model)
-    train_rows, eval_rows = load_rows(config, kind, tokenizer, tokenize_config, dataset, eval_dataset, task)
+    train_rows, eval_rows = load_rows(config, kind, tokenizer, tokenize_config, dataset, eval_dataset, task, data)
     pad = pad_token_id(tokenizer)
     eval_batches = reward_batches(eval_rows, config.eval_batch_size, pad=pad) if eval_rows else []
     per_epoch = math.ceil(len(train_rows) / config.batch_size)
     total_steps = max(1, math.ceil(config.resolved_epochs * per_epoch))
     device = _device(config)
-    model.to(device).train()
+    precision = resolve_precision(model, master_weights=config.master_weights, mixed_precision=config.mixed_precision,
+                                  save_dtype=config.save_dtype, device=device)
+    precision.cast(model).to(device).train()  # trainable weights in the master dtype
     settings = OptimizerSettings("adamw", lr=config.resolved_lr, weight_decay=config.weight_decay, schedule="linear",
                                  warmup_ratio=config.warmup_ratio, max_grad_norm=config.max_grad_norm,
                                  source="prefopt train-rm")
@@ -227,11 +251,16 @@ def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, 
     out.mkdir(parents=True, exist_ok=True)
     _check_resumable(config, out)
     write_json_atomic(out / "config.json", config.to_dict())
-    history = _loop(config, model, loss_fn, kind, train_rows, pad, optimizer, scheduler, total_steps, device, started)
+    if config.progress:
+        print(f"prefopt train-rm: {precision.summary(model)}", file=sys.stderr, flush=True)
+    history = _loop(config, model, loss_fn, kind, train_rows, pad, optimizer, scheduler, total_steps, device, started,
+                    precision)
     last_pass = history[-per_epoch:]
     train_accuracy = sum(r["accuracy"] * r["examples"] for r in last_pass) / sum(r["examples"] for r in last_pass)
-    evaluation = evaluate_reward_model(model, eval_batches, loss_fn, kind) if eval_batches else None
-    model_path = _save(config, sources, model, tokenizer, tokenize_config, evaluation, train_accuracy, total_steps)
+    with precision.autocast_context(device):
+        evaluation = evaluate_reward_model(model, eval_batches, loss_fn, kind) if eval_batches else None
+    model_path = _save(config, sources, model, tokenizer, tokenize_config, evaluation, train_accuracy, total_steps,
+                       precision)
     result = RewardModelResult(
         model_path=model_path, metrics_path=out / "metrics.jsonl",
         eval_accuracy=evaluation["accuracy"] if evaluation else None,
@@ -239,13 +268,15 @@ def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, 
         eval_loss=evaluation["loss"] if evaluation else None,
         eval_examples=int(evaluation["examples"]) if evaluation else 0,
         train_accuracy=train_accuracy, final_metrics=history[-1], steps=total_steps,
-        wall_time_s=time.perf_counter() - started, num_parameters=sum(p.numel() for p in model.parameters()))
+        wall_time_s=time.perf_counter() - started, num_parameters=sum(p.numel() for p in model.parameters()),
+        precision=precision.describe(model))
     write_json_atomic(out / "result.json", result.to_dict())
     return result
 
 
 # Settings that may change between a run and its resumption (they do not change what a step computes).
-_RESUMABLE = ("resume", "progress", "checkpoint_every", "keep_checkpoints", "log_every", "num_threads", "device")
+_RESUMABLE = ("resume", "progress", "checkpoint_every", "keep_checkpoints", "log_every", "num_threads", "device",
+              "save_dtype")
 
 
 def _check_resumable(config: RewardModelConfig, out: Path) -> None:
@@ -257,7 +288,8 @@ def _check_resumable(config: RewardModelConfig, out: Path) -> None:
 
 
 def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: list[dict[str, Any]], pad: int,
-          optimizer: Any, scheduler: Any, total_steps: int, device: torch.device, started: float) -> list[dict[str, Any]]:
+          optimizer: Any, scheduler: Any, total_steps: int, device: torch.device, started: float,
+          precision: Precision) -> list[dict[str, Any]]:
     """The training loop: scores → loss → backward → clip → step; returns every step's record.
 
     Resumable: a checkpoint holds the weights, the optimiser and schedule, and the records so far; the data
@@ -266,7 +298,7 @@ def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: 
 
     from prefopt.online.checkpoint import load_online_checkpoint, save_online_checkpoint
     from prefopt.train.checkpoint import check_no_earlier_run, latest_checkpoint
-    from prefopt.train.logs import truncate_metrics
+    from prefopt.train.logs import open_metrics, truncate_metrics
 
     out = Path(config.output_dir)
     states = {"optimizer": optimizer, "scheduler": scheduler}  # both have state_dict / load_state_dict
@@ -277,8 +309,9 @@ def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: 
         state = load_online_checkpoint(found, policy=model, critic=None, optimizers=states)
         start, history = int(state["step"]), list(state["history"])
         truncate_metrics(out / "metrics.jsonl", start)
-    elif not config.resume:
-        check_no_earlier_run(out)
+    else:  # from step 0: a fresh run, or a resumed one killed before its first checkpoint
+        if not config.resume:
+            check_no_earlier_run(out)
         truncate_metrics(out / "metrics.jsonl", 0)
     generator = torch.Generator().manual_seed(config.seed)
     epoch, batches = 0, []
@@ -288,11 +321,12 @@ def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: 
         batches.pop(0)
     bar = tqdm(total=total_steps, initial=start, desc=f"train-rm {config.loss}", disable=not config.progress,
                dynamic_ncols=True)
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as log:
+    with open_metrics(out / "metrics.jsonl") as log:
         for step in range(start, total_steps):
             if not batches:
                 batches, epoch = reward_batches(rows, config.batch_size, pad=pad, generator=generator), epoch + 1
-            record = _step(config, model, loss_fn, kind, batches.pop(0).to(device), optimizer, scheduler, step)
+            record = _step(config, model, loss_fn, kind, batches.pop(0).to(device), optimizer, scheduler, step,
+                           precision)
             record.update(epoch=epoch, elapsed_s=time.perf_counter() - started)
             history.append(record)
             if (step + 1) % config.log_every == 0 or step + 1 == total_steps:
@@ -308,9 +342,12 @@ def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: 
 
 
 def _step(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, batch: Any, optimizer: Any, scheduler: Any,
-          step: int) -> dict[str, Any]:
-    """One optimiser step on `batch`; returns its record (loss, accuracy, lr, grad_norm, ...)."""
-    output = loss_fn(**loss_arguments(kind, sequence_scores(model, batch), batch))
+          step: int, precision: Precision) -> dict[str, Any]:
+    """One optimiser step on `batch` (the forward under `precision`'s autocast); returns its record (loss,
+    accuracy, lr, grad_norm, ...)."""
+    with precision.autocast_context(batch.input_ids.device):
+        scores = sequence_scores(model, batch)  # [S] float32
+    output = loss_fn(**loss_arguments(kind, scores, batch))
     if not torch.isfinite(output.loss):
         raise FloatingPointError(f"train-rm: non-finite loss {float(output.loss)} at step {step + 1}; "
                                  f"lower the learning rate (lr={config.resolved_lr:g})")
@@ -325,16 +362,16 @@ def _step(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, batch:
 
 
 def _save(config: RewardModelConfig, sources: dict[str, str], model: Any, tokenizer: Any, tokenize_config: Any,
-          evaluation: dict | None, train_accuracy: float, steps: int) -> Path:
+          evaluation: dict | None, train_accuracy: float, steps: int, precision: Precision) -> Path:
     """Write the model, tokenizer and metadata to a temporary sibling of `final/`, then rename it into place."""
     out = Path(config.output_dir)
     final = out / "final"
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
-        model.save_pretrained(tmp)
+        precision.save_pretrained(model, tmp)  # in the dtype of `save_dtype`
         tokenizer.save_pretrained(tmp)
         metadata = {"format": 1, "loss": config.loss, "loss_hparams": dict(config.loss_hparams),
-                    **sources,
+                    **sources, "precision": precision.describe(model),
                     "tokenize": dataclasses.asdict(tokenize_config), "steps": steps,
                     "train_accuracy": train_accuracy, "eval": evaluation}
         write_json_atomic(tmp / METADATA_FILE, metadata)

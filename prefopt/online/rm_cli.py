@@ -13,13 +13,16 @@ the flags given on the command line. Paired data may carry a `margin` column (Br
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from prefopt.cli_settings import (
     add_setting_flags,
+    check_resume_folder,
+    data_files_notice,
+    fail,
     given_settings,
+    merge_pairs,
     parse_assignments,
     read_settings_file,
     user_errors,
@@ -32,6 +35,7 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--loss": ("loss", str, "reward loss: bradley_terry (paired data, default) or plackett_luce_rm (ranked data)"),
     "--model": ("model", str, "HF model path or Hub name for the RM body (default: a synthetic-task RM)"),
     "--tokenizer": ("tokenizer", str, "tokenizer path (default: the model's)"),
+    "--model-revision": ("model_revision", str, "hub revision (branch, tag or commit) of --model and its tokenizer"),
     "--data": ("data", str, "preference data: file, folder or Hub name (default: the synthetic task)"),
     "--split": ("data_split", str, "split of --data to train on (default train)"),
     "--eval-split": ("eval_split", str, "held-out split (default: eval, test or validation; 'none': skip)"),
@@ -51,6 +55,10 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--seed": ("seed", int, "seed of the score head and the data order"),
     "--device": ("device", str, "cpu, cuda, cuda:1, ... (default: CUDA when available)"),
     "--num-threads": ("num_threads", int, "torch CPU threads (default 1 on the synthetic task)"),
+    "--mixed-precision": ("mixed_precision", str, "no (bf16 autocast only for a bf16 checkpoint), bf16 or auto"),
+    "--master-weights": ("master_weights", str, "fp32 (default: fp32 weights and optimiser state, bf16 compute "
+                         "where bf16 applies) or bf16 (pure bf16: small updates round away)"),
+    "--save-dtype": ("save_dtype", str, "dtype of final/: original (the checkpoint's, default) or fp32"),
     "--out": ("output_dir", str, "run folder (default runs/reward_model)"),
     "--log-every": ("log_every", int, "write metrics every N steps"),
     "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (default 200; 0: never)"),
@@ -91,9 +99,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
         values.update(tiny_task())
     values.update(given_settings(args, _OPTIONS, _SWITCHES))
-    values["loss_hparams"] = {**(values.get("loss_hparams") or {}),
-                              **parse_assignments(args.hparam, "--hparam", "center_coef=0.01")}
-    return RewardModelConfig.from_dict(values)
+    merge_pairs(values, "loss_hparams", parse_assignments(args.hparam, "--hparam", "center_coef=0.01"))
+    config = getattr(args, "config", None)
+    return RewardModelConfig.from_dict(values, source=None if config is None else str(config))
 
 
 def run_train_rm(args: argparse.Namespace) -> int:
@@ -102,14 +110,14 @@ def run_train_rm(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        check_resume_folder(config.resume, config.output_dir)
     except (ValueError, TypeError) as err:
-        print(f"prefopt train-rm: {err}", file=sys.stderr)
-        return 2
+        return fail("train-rm", err)
     try:
-        result = train_reward_model(config)
+        with data_files_notice("train-rm", config.progress):
+            result = train_reward_model(config)
     except user_errors() as err:
-        print(f"prefopt train-rm: {err}", file=sys.stderr)
-        return 2
+        return fail("train-rm", err)
     if result.eval_accuracy is None:
         held_out = "no eval split"
     else:

@@ -17,8 +17,10 @@ from prefopt.engine import LogProbEngine
 from prefopt.online.config import OnlineConfig
 from prefopt.online.rollout_step import Recipe, hparams_with_defaults, recipe_for
 from prefopt.online.value import ValueModel, critic_from_policy, critic_from_reward_model
+from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.rl import AdaptiveKLController, FixedKLController
+from prefopt.train.precision import Precision, resolve_precision
 
 __all__ = ["OnlineRun", "setup_online_run", "load_prompts", "synthetic_prompts", "PromptOrder"]
 
@@ -99,6 +101,7 @@ class OnlineRun:
     reward: Any
     prompts: PromptOrder
     kl_controller: AdaptiveKLController | FixedKLController
+    precision: Precision
 
     def parameters(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters of each optimiser ("policy", and "critic" for PPO)."""
@@ -120,18 +123,23 @@ def _policy(config: OnlineConfig, model: Any, tokenizer: Any) -> tuple[nn.Module
         return policy.model, policy.tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return (AutoModelForCausalLM.from_pretrained(config.model),
-            AutoTokenizer.from_pretrained(config.tokenizer or config.model))
+    model = load_pretrained(AutoModelForCausalLM, config.model, "OnlineConfig.model", revision=config.model_revision)
+    if config.tokenizer is not None:
+        return model, load_pretrained(AutoTokenizer, config.tokenizer, "OnlineConfig.tokenizer")
+    return model, load_pretrained(AutoTokenizer, config.model, "OnlineConfig.model (its tokenizer)",
+                                  revision=config.model_revision)
 
 
-def _critic(config: OnlineConfig, policy: nn.Module) -> ValueModel:
+def _critic(config: OnlineConfig, policy: nn.Module, precision: Precision) -> ValueModel:
+    """PPO's critic, trainable, its weights in the master dtype (a copy of the cast policy's backbone, or
+    the reward model `value_model` cast like the policy)."""
     if config.value_model is None:
-        return critic_from_policy(policy)
+        return precision.cast(critic_from_policy(policy))
     from transformers import AutoModelForSequenceClassification
 
-    reward_model = AutoModelForSequenceClassification.from_pretrained(config.value_model)
+    reward_model = load_pretrained(AutoModelForSequenceClassification, config.value_model, "OnlineConfig.value_model")
     param = next(policy.parameters())
-    return critic_from_reward_model(reward_model).to(param.device)
+    return precision.cast(critic_from_reward_model(reward_model)).to(param.device)
 
 
 def _optimizer(params: list[nn.Parameter], lr: float, config: OnlineConfig) -> torch.optim.Optimizer:
@@ -142,7 +150,8 @@ def _optimizer(params: list[nn.Parameter], lr: float, config: OnlineConfig) -> t
 def setup_online_run(config: OnlineConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None,
                      prompts: Any = None, reference_model: nn.Module | None = None) -> OnlineRun:
     """Build the run: policy (eval mode: no dropout, so π_old = π_θ before the first update, as TRL
-    disables dropout), frozen reference, critic, reward function, prompt order, optimisers, KL controller."""
+    disables dropout) with its master weights (`prefopt.train.precision`), frozen reference (in the
+    checkpoint's dtype), critic, reward function, prompt order, optimisers, KL controller."""
     from prefopt.online.rewards import as_reward_function
     from prefopt.train.model import frozen_copy
 
@@ -154,7 +163,10 @@ def setup_online_run(config: OnlineConfig, *, model: Any = None, tokenizer: Any 
     reference.requires_grad_(False).eval()
     policy.requires_grad_(True)
     policy.eval()
-    critic = _critic(config, policy).eval() if recipe.critic else None  # no dropout: V_old = V before updates
+    precision = resolve_precision(policy, master_weights=config.master_weights, mixed_precision=config.mixed_precision,
+                                  save_dtype=config.save_dtype, device=next(policy.parameters()).device)
+    precision.cast(policy)  # after the reference copy: π_ref keeps the loaded dtype
+    critic = _critic(config, policy, precision).eval() if recipe.critic else None  # no dropout: V_old = V before updates
     if prompts is None:
         prompts = load_prompts(config.prompts) if config.prompts is not None else synthetic_prompts(config.seed)[0]
     optimizers = {"policy": _optimizer([p for p in policy.parameters() if p.requires_grad], lr, config)}
@@ -170,5 +182,5 @@ def setup_online_run(config: OnlineConfig, *, model: Any = None, tokenizer: Any 
         LogProbEngine(policy, backend=config.engine_backend, temperature=config.temperature),
         LogProbEngine(reference, backend=config.engine_backend, temperature=config.temperature),
         critic, optimizers, as_reward_function(reward if reward is not None else config.reward),
-        PromptOrder(list(prompts), config.prompts_per_step, config.seed), controller,
+        PromptOrder(list(prompts), config.prompts_per_step, config.seed), controller, precision,
     )

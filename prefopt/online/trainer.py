@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from prefopt.online.rollout_step import (
 from prefopt.online.setup import OnlineRun, setup_online_run
 from prefopt.rl import apply_eos_penalty, grouped_to_sequences, kl_k1, masked_sum, sequences_to_grouped
 from prefopt.train.logs import MetricsLog, truncate_metrics
+from prefopt.train.run_folder import claim_run_folder
 
 __all__ = ["OnlineResult", "OnlineDivergedError", "train_online", "rollout_step"]
 
@@ -69,7 +71,8 @@ class OnlineResult:
     Attributes:
         final_metrics: the last step's record; metrics_path: metrics.jsonl; model_path: the final policy
             (HF format, with its tokenizer); checkpoint_path: the last checkpoint; steps: rollout steps
-            done in all; wall_time_s: this call's wall time (setup included).
+            done in all; wall_time_s: this call's wall time (setup included); precision: dtypes of the
+            checkpoint, the master weights, the compute and final/ (`prefopt.train.precision`).
     """
 
     final_metrics: dict[str, float]
@@ -78,6 +81,7 @@ class OnlineResult:
     checkpoint_path: Path | None
     steps: int
     wall_time_s: float
+    precision: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -101,6 +105,12 @@ def _scores(run: OnlineRun, rollout: Any) -> torch.Tensor:
     return sequences_to_grouped(flat, rollout.num_samples)
 
 
+def _compute(run: OnlineRun) -> Any:
+    """The context of the policy's and the critic's forwards: bf16 autocast where bf16 compute applies
+    (`prefopt.train.precision`); the reference and the reward model run in their own dtype, outside it."""
+    return run.precision.autocast_context(next(run.policy.parameters()).device)
+
+
 @torch.no_grad()
 def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str, float]]:
     """Sample, score and annotate one rollout; returns it with the rollout-level metrics."""
@@ -111,14 +121,18 @@ def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str,
     sampling = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                 top_p=config.top_p, num_samples=config.samples,
                                 batch_size=config.generation_batch_size, backend="hf")
-    rollout = generate(run.policy, run.tokenizer, prompts, sampling, seed=_seed(config, step, 0))
+    with _compute(run):
+        rollout = generate(run.policy, run.tokenizer, prompts, sampling, seed=_seed(config, step, 0))
     scores = _scores(run, rollout)
     greedy = None
     if run.recipe.greedy_baseline:
         decode = dataclasses.replace(sampling, num_samples=1, do_sample=False)
-        greedy = _scores(run, generate(run.policy, run.tokenizer, prompts, decode))[:, 0]
+        with _compute(run):
+            decoded = generate(run.policy, run.tokenizer, prompts, decode)
+        greedy = _scores(run, decoded)[:, 0]
     batch = rollout.token_batch()
-    old = run.engine(batch, return_tokens=True, return_entropy=True)
+    with _compute(run):
+        old = run.engine(batch, return_tokens=True, return_entropy=True)
     ref = run.ref_engine(batch, return_tokens=True)
     assert old.tokens is not None and ref.tokens is not None and old.entropy is not None
     mask = batch.completion_mask
@@ -127,7 +141,8 @@ def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str,
     beta = float({**run.spec.defaults(), **run.loss.hparams}.get("beta") or 0.0)
     if run.critic is not None:
         beta = run.kl_controller.value
-        old_values = run.critic.values(batch)
+        with _compute(run):
+            old_values = run.critic.values(batch)
         prepared.token_inputs, kl = critic_targets(
             sequence_scores(prepared), old.tokens, ref.tokens, mask, old_values, kl_coef=beta,
             estimator=config.kl_estimator, gamma=config.gamma, lam=config.lam, whiten=config.whiten_advantages)
@@ -154,13 +169,16 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
         if pairs is None:
             return None
         batch, reference = pairs
-        args, kwargs = loss_arguments(run.pair_loss.spec, run.engine(batch), reference, batch, {})
+        with _compute(run):
+            policy_logps = run.engine(batch)
+        args, kwargs = loss_arguments(run.pair_loss.spec, policy_logps, reference, batch, {})
         return run.pair_loss(*args, **kwargs)
     rows = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)
     batch = rollout.token_batch(rows)
     entropy = "token_entropy" in run.spec.extra_inputs
-    policy = run.engine(batch, return_tokens=True, return_entropy=entropy)
-    values = run.critic.values(batch) if run.critic is not None else None
+    with _compute(run):
+        policy = run.engine(batch, return_tokens=True, return_entropy=entropy)
+        values = run.critic.values(batch) if run.critic is not None else None
     args, kwargs = loss_inputs(run.spec, prepared, prompts, rows, batch.input_ids.shape[1], policy=policy,
                                values=values)
     return run.loss(*args, **kwargs)
@@ -208,7 +226,8 @@ def _resume(run: OnlineRun) -> int:
     """Restore the newest checkpoint (if any) and return the step to continue from."""
     config = run.config
     path = latest_checkpoint(config.output_dir)
-    if path is None:
+    if path is None:  # killed before its first checkpoint: start over, with an empty log
+        truncate_metrics(Path(config.output_dir) / "metrics.jsonl", 0)
         return 0
     check_same_settings(config.output_dir, config.to_dict(), RESUMABLE)
     state = load_online_checkpoint(path, policy=run.policy, critic=run.critic, optimizers=run.optimizers)
@@ -260,7 +279,9 @@ def train_online(config: OnlineConfig | None = None, *, model: Any = None, token
         config = OnlineConfig(**settings)
     elif settings:
         config = dataclasses.replace(config, **settings)
-    with torch_threads(config.threads), library_progress_bars(config.progress):
+    config.preflight()  # output folder, model folders, backend: before anything is built or written
+    # one run per folder (`prefopt.train.run_folder`): a second run on output_dir stops at once
+    with torch_threads(config.threads), library_progress_bars(config.progress), claim_run_folder(config.output_dir):
         return _train(config, model, tokenizer, reward, prompts, reference_model, on_step)
 
 
@@ -274,6 +295,8 @@ def _train(config: OnlineConfig, model: Any, tokenizer: Any, reward: Any, prompt
     out = Path(config.output_dir)
     start = _resume(run) if config.resume else _fresh(out)
     write_json_atomic(out / "config.json", config.to_dict())
+    if config.progress:
+        print(f"prefopt train-online: {run.precision.summary(run.policy)}", file=sys.stderr, flush=True)
     log = MetricsLog(out, enabled=True)
     bar = tqdm(total=config.steps, initial=start, desc=f"online {config.algorithm}", dynamic_ncols=True,
                disable=not config.progress)
@@ -300,7 +323,7 @@ def _train(config: OnlineConfig, model: Any, tokenizer: Any, reward: Any, prompt
         checkpoint = _checkpoint(run, config.steps)
     model_path = _save_final(run, out)
     result = OnlineResult(record, out / "metrics.jsonl", model_path, checkpoint, config.steps,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, run.precision.describe(run.policy))
     write_json_atomic(out / "result.json", result.to_dict())
     return result
 
@@ -309,7 +332,7 @@ def _save_final(run: OnlineRun, out: Path) -> Path:
     """The trained policy with its tokenizer in HF format at `<out>/final`, replaced atomically."""
     final = out / "final"
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    run.policy.save_pretrained(tmp)
+    run.precision.save_pretrained(run.policy, tmp)  # in the dtype of `save_dtype`
     run.tokenizer.save_pretrained(tmp)
     if final.exists():
         shutil.rmtree(final)

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prefopt.settings import SettingsError
+
 __all__ = ["add_reproduce_command", "cmd_reproduce", "render_listing"]
 
 
@@ -91,6 +93,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     bar = _Bar(reproduction.name)
     try:
         result = run_reproduction(reproduction.name, out_dir=out_dir, quick=args.quick, seeds=args.seeds, progress=bar)
+    except SettingsError as err:  # e.g. an --out that cannot be written: refused before the experiment runs
+        print(f"prefopt reproduce: {err}", file=sys.stderr)
+        return 2
     finally:
         bar.close()
     print(f"{reproduction.name}: {reproduction.title}\npaper: {reproduction.paper}\n")

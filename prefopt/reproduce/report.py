@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from prefopt.atomic import write_atomic
+from prefopt.preflight import check_output_dir
 from prefopt.reproduce.base import Check, Outcome, Progress, Reproduction, Table, silent_progress
 
 __all__ = ["RunResult", "run_reproduction", "render_checks", "render_markdown", "figure_png", "environment"]
@@ -68,6 +69,8 @@ def run_reproduction(
     if seeds is not None and (isinstance(seeds, bool) or seeds < 1):
         raise ValueError(f"seeds must be an integer ≥ 1 (or None for the paper's count), got {seeds!r}.")
     reproduction = get_reproduction(name)
+    if out_dir is not None:
+        check_output_dir(out_dir, "out_dir (--out)")  # before the experiment, not after it
     config = reproduction.make_config(quick, seeds)
     start = time.perf_counter()
     outcome = reproduction.run(config, progress)

@@ -3,32 +3,38 @@
     <output_dir>/checkpoints/step-000040/
         trainable.safetensors   every parameter with requires_grad (full model, or LoRA adapter only)
         optimizer.pt            optimiser state_dict        scheduler.pt   LR scheduler state_dict
-        rng-<rank>.pt           python / numpy / torch (CPU, CUDA) RNG states of each process
+        rng-<rank>.json         python / numpy / torch (CPU, CUDA) RNG states of each process (`rng_state`)
         state.json              step (the data position: the batch plan is a function of it), BCO state,
                                 number of metrics lines, world size
 
 A checkpoint is assembled in `checkpoints/.tmp-step-000040/` and renamed into place with `os.replace`
 once complete, so a run killed at any moment leaves either the whole checkpoint or none (a leftover
 temporary folder is removed at the next save). Only folders named `step-*` are ever loaded.
+
+Loading runs no code from the folder: weights are safetensors, the RNG states JSON, and the optimiser and
+scheduler files are read with `torch.load(weights_only=True)` (tensors, numbers, strings and containers
+only). A file that is none of these stops the resume with a one-line `RunFolderError`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
+import pickle
+import re
 import shutil
 from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from prefopt.atomic import write_json_atomic
+from prefopt.train.rng_state import load_rng_state, save_rng_state
+from prefopt.train.run_folder import RunFolderError
 
-__all__ = ["CHECKPOINT_DIR", "RunFolderError", "check_no_earlier_run", "check_same_settings", "load_trainable", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "write_json_atomic"]
+__all__ = ["CHECKPOINT_DIR", "RunFolderError", "check_no_earlier_run", "check_same_settings", "load_trainable", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "load_plain", "write_json_atomic"]
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -45,11 +51,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-class RunFolderError(ValueError):
-    """The run folder does not fit the run: an earlier run's checkpoints would be overwritten, or a resumed
-    run's settings differ from the saved ones. The message says which and the ways on."""
-
-
 def check_no_earlier_run(output_dir: str | Path) -> None:
     """Refuse to start a fresh run where an earlier one left checkpoints: its work would be overwritten.
 
@@ -64,7 +65,8 @@ def check_no_earlier_run(output_dir: str | Path) -> None:
 
 def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resumable: Iterable[str]) -> None:
     """Refuse to resume with settings other than the saved run's (`<output_dir>/config.json`), except those
-    in `resumable` (they do not change what a step computes).
+    in `resumable` (they do not change what a step computes) and `output_dir` itself: the same folder may be
+    spelled another way (relative, absolute, `./x`, a trailing slash) or have been moved.
 
     Raises:
         RunFolderError: naming the changed settings.
@@ -73,7 +75,7 @@ def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resuma
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    allowed = set(resumable)
+    allowed = set(resumable) | {"output_dir"}
     changed = sorted(k for k, v in settings.items() if k not in allowed and saved.get(k) != v)
     if changed:
         raise RunFolderError(f"resume: {output_dir} was trained with different settings {changed}; resume with the same "
@@ -84,32 +86,41 @@ def load_trainable(model: nn.Module, saved: dict[str, torch.Tensor], source: str
     """Copy `saved` (name → tensor, as `trainable_state` wrote it) into the model's trainable parameters.
 
     Raises:
-        ValueError: the names differ from the model's trainable parameters (another model or LoRA setting).
+        RunFolderError (a ValueError): the names differ from the model's trainable parameters (another model
+            or LoRA setting).
     """
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     if set(saved) != expected:
         diff = sorted(set(saved) ^ expected)[:5]
-        raise ValueError(f"checkpoint {source} does not fit this model (parameters differ, e.g. {diff}); resume with "
-                         "the same model, LoRA and quantisation settings, or start a new output_dir")
+        raise RunFolderError(f"checkpoint {source} does not fit this model (parameters differ, e.g. {diff}); resume "
+                             "with the same model, LoRA and quantisation settings, or start a new output_dir")
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _not_ours(path: Path, err: BaseException) -> RunFolderError:
+    text = str(err)
+    # torch's refusal is a page of advice; its substance is the global the pickle asks for
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    why = f"it asks to run {refused.group(1)}" if refused else (text.strip().splitlines() or [type(err).__name__])[0]
+    why = why[:200]
+    return RunFolderError(f"checkpoint file {path} is not one prefopt wrote ({why}); it was not loaded. Delete "
+                          f"that checkpoint folder to resume from an earlier one, or start a new output_dir")
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def load_plain(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors, numbers, strings and containers, never code.
+
+    Raises:
+        RunFolderError: the file holds anything else (a crafted pickle) or is damaged; one line.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise _not_ours(path, err) from None
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -139,7 +150,7 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    save_rng_state(tmp / f"rng-{accelerator.process_index}.json")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
@@ -166,18 +177,30 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore weights, optimiser, scheduler and this process's RNG from `path`; returns state.json.
 
-    Raises ValueError when the checkpoint's trainable parameters do not match the model's.
+    Raises RunFolderError (a ValueError) when the checkpoint's trainable parameters do not match the model's,
+    it was written by another number of processes, or a file of it is not one prefopt wrote (nothing in it
+    is executed).
     """
     from safetensors.torch import load_file
 
     path = Path(path)
     load_trainable(model, load_file(str(path / "trainable.safetensors")), path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    state = json.loads((path / "state.json").read_text())
-    rng = path / f"rng-{accelerator.process_index}.pt"
+    optimizer.load_state_dict(load_plain(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_plain(path / "scheduler.pt"))
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except ValueError as err:
+        raise _not_ours(path / "state.json", err) from None
+    rng = path / f"rng-{accelerator.process_index}.json"
+    if not rng.exists() and rng.with_suffix(".pt").exists():
+        raise RunFolderError(f"checkpoint {path} holds {rng.with_suffix('.pt').name}, the pickled RNG file of "
+                             "earlier prefopt versions, which is never loaded (a pickle can run code); resume it "
+                             "with the version that wrote it, or start a new output_dir")
     if state.get("world_size") != accelerator.num_processes or not rng.exists():
-        raise ValueError(f"checkpoint {path} was written by {state.get('world_size')} process(es), this run has "
-                         f"{accelerator.num_processes}; resume with the same number of processes")
-    _set_rng_state(torch.load(rng, weights_only=False))  # our own file: numpy's state is a tuple of objects
+        raise RunFolderError(f"checkpoint {path} was written by {state.get('world_size')} process(es), this run "
+                             f"has {accelerator.num_processes}; resume with the same number of processes")
+    try:
+        load_rng_state(rng)
+    except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as err:
+        raise _not_ours(rng, err) from None
     return state

@@ -18,14 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prefopt.cli_settings import (
+    CommandParser,
     add_setting_flags,
+    check_resume_folder,
+    data_files_notice,
+    fail,
     given_settings,
+    merge_pairs,
     parse_assignments,
     read_settings_file,
     user_errors,
@@ -37,10 +41,14 @@ __all__ = ["add_train_command", "run_train", "config_from_args", "print_recipes"
 _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--loss": ("loss", str, "registered loss name (`prefopt losses`); default dpo"),
     "--data": ("data", str, "preference data: file, folder or Hub name (default: the synthetic task)"),
-    "--split": ("data_split", str, "split of --data to train on"),
+    "--split": ("data_split", str, "split of --data to train on (slices like train[:1000] work)"),
+    "--data-revision": ("data_revision", str, "git revision (commit, tag, branch) of a Hub dataset --data, to pin it"),
+    "--identical": ("identical", str, "pairs with chosen == rejected: warn (keep, count), drop or error"),
     "--model": ("model", str, "causal LM path or Hub name (default: the synthetic task's policy)"),
     "--tokenizer": ("tokenizer", str, "tokenizer path (default: the model's)"),
     "--reference": ("reference", str, "separate reference model (default: the initial policy)"),
+    "--model-revision": ("model_revision", str, "hub revision (branch, tag or commit) of --model and its tokenizer"),
+    "--reference-revision": ("reference_revision", str, "hub revision (branch, tag or commit) of --reference"),
     "--out": ("output_dir", str, "run folder (default runs/train)"),
     "--batch-size": ("batch_size", int, "GLOBAL examples per optimiser step"),
     "--micro-batch-size": ("micro_batch_size", int, "examples per forward and process (accumulates the rest)"),
@@ -62,7 +70,10 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--lora-alpha": ("lora_alpha", float, "LoRA α (default 2r)"),
     "--lora-dropout": ("lora_dropout", float, "LoRA dropout"),
     "--quantization": ("quantization", str, "4bit or 8bit bitsandbytes loading (needs --lora-r)"),
-    "--mixed-precision": ("mixed_precision", str, "no, bf16 or auto"),
+    "--mixed-precision": ("mixed_precision", str, "no (bf16 autocast only for a bf16 checkpoint), bf16 or auto"),
+    "--master-weights": ("master_weights", str, "fp32 (default: fp32 weights and optimiser state, bf16 compute "
+                         "where bf16 applies) or bf16 (pure bf16: small updates round away)"),
+    "--save-dtype": ("save_dtype", str, "dtype of final/: original (the checkpoint's, default) or fp32"),
     "--seed": ("seed", int, "seed of data order, LoRA init and dropout"),
     "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (0: final only)"),
     "--log-every": ("log_every", int, "write metrics every N steps"),
@@ -133,8 +144,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         given.update(read_settings_file(args.config, "TrainConfig"))
     given.update(given_settings(args, _OPTIONS, _SWITCHES, extra=("report_to",)))
     values = {**_recipe_values(args, given), **given}
-    values["loss_hparams"] = {**(values.get("loss_hparams") or {}), **parse_assignments(args.hparam, "--hparam")}
-    return TrainConfig.from_dict(values)
+    merge_pairs(values, "loss_hparams", parse_assignments(args.hparam, "--hparam"))
+    config = getattr(args, "config", None)
+    return TrainConfig.from_dict(values, source=None if config is None else str(config))
 
 
 def print_recipes() -> None:
@@ -157,14 +169,14 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     try:
         config = config_from_args(args)
+        check_resume_folder(config.resume, config.output_dir)
     except (ValueError, TypeError) as err:
-        print(f"prefopt train: {err}", file=sys.stderr)
-        return 2
+        return fail("train", err)
     try:
-        result = train(config)
+        with data_files_notice("train", config.progress):
+            result = train(config)
     except user_errors() as err:
-        print(f"prefopt train: {err}", file=sys.stderr)
-        return 2
+        return fail("train", err)
     if int(os.environ.get("RANK", "0")) == 0:  # one copy of the result under torchrun / accelerate launch
         print(json.dumps(result.to_dict(), indent=2))
     return 0
@@ -172,7 +184,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m prefopt.train`."""
-    parser = argparse.ArgumentParser(prog="prefopt train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="prefopt train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
     return run_train(parser.parse_args(argv))

@@ -13,11 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
+from prefopt.preflight import (
+    check_engine_backend,
+    check_model_source,
+    check_output_dir,
+    check_tokenizer_source,
+    expand_user,
+)
+from prefopt.settings import SettingsError, config_from_dict
+from prefopt.data.schema import IDENTICAL_POLICIES
 from prefopt.train.presets import OptimizerSettings, optimizer_preset
 
 __all__ = ["TrainConfig", "MIXED_PRECISION", "QUANTIZATION", "REPORT_TO"]
 
-MIXED_PRECISION = ("no", "bf16", "auto")  # fp16 would need a loss scaler; bf16 does not
 QUANTIZATION = ("4bit", "8bit")
 REPORT_TO = ("tensorboard", "wandb")
 
@@ -30,7 +39,9 @@ class TrainConfig:
         loss: registered loss name (`prefopt losses`); its kind picks the data format.
         loss_hparams: hyper-parameters of the loss (paper defaults for the rest).
         data: a preference file/folder/Hub name; None = the built-in synthetic task.
-        data_split: split of `data` to train on (default "train").
+        data_split: split of `data` to train on (default "train"; slices like "train[:1000]" work).
+        data_revision: the git revision (commit, tag or branch) of a Hub dataset `data`, to pin its version.
+        identical: pairs whose chosen equals rejected: "warn" (kept, counted in a warning), "drop" or "error".
         max_length, max_prompt_length: token caps (`prefopt.data.TokenizeConfig`).
         packed: collate micro-batches as one packed row instead of right-padded rows.
         engine_backend: kernel of the fused output head ("auto": Triton on CUDA, chunked elsewhere;
@@ -40,13 +51,20 @@ class TrainConfig:
         tokenizer: tokenizer path (default: `model`'s).
         reference: separate reference model path; None = the initial policy (a frozen copy, or with
             LoRA the policy with its adapter disabled).
+        model_revision, reference_revision: the hub revision (branch, tag or commit) to load `model` (and its
+            tokenizer) and `reference` at, when they are hub names; None = the default branch.
         ref_cache: precompute reference log-probs once into a `ReferenceCache` (False: on the fly).
         ref_cache_dir: folder of cache files (default `<output_dir>/ref_cache`); files are keyed by data,
             tokenisation and reference weights, so runs of several losses on the same data can share one.
         lora_r, lora_alpha, lora_dropout, lora_targets: PEFT LoRA (lora_r = 0: full fine-tuning).
         quantization: "4bit" / "8bit" bitsandbytes loading (needs LoRA), None for none.
         gradient_checkpointing: recompute activations in backward.
-        mixed_precision: "no", "bf16" or "auto" (bf16 on CUDA devices that support it, else "no").
+        mixed_precision: "no" (bf16 autocast only for a bf16 checkpoint), "bf16" (always) or "auto" (also on
+            CUDA devices that support bf16); `prefopt.train.precision`.
+        master_weights: "fp32" (default: trainable weights, gradients and optimiser state in fp32, the forward
+            under bf16 autocast where bf16 applies) or "bf16" (pure bf16: half the memory, but updates smaller
+            than half a bf16 step of the weight round away; docs/training.md, "Training precision").
+        save_dtype: dtype of final/: "original" (each weight in the dtype it was loaded in) or "fp32".
     Optimisation:
         batch_size: GLOBAL examples per optimiser step (pairs / rows / prompts), over all processes and
             accumulation steps; per-example losses are summed and divided by it.
@@ -71,6 +89,8 @@ class TrainConfig:
     loss_hparams: Mapping[str, Any] = field(default_factory=dict)
     data: str | None = None
     data_split: str | None = None
+    data_revision: str | None = None
+    identical: str = "warn"
     max_length: int | None = 512
     max_prompt_length: int | None = 256
     packed: bool = False
@@ -78,6 +98,8 @@ class TrainConfig:
     model: str | None = None
     tokenizer: str | None = None
     reference: str | None = None
+    model_revision: str | None = None
+    reference_revision: str | None = None
     ref_cache: bool = True
     ref_cache_dir: str | None = None
     lora_r: int = 0
@@ -87,6 +109,8 @@ class TrainConfig:
     quantization: str | None = None
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"
+    master_weights: str = "fp32"
+    save_dtype: str = "original"
     batch_size: int = 16
     micro_batch_size: int | None = None
     epochs: float = 1.0
@@ -134,12 +158,19 @@ class TrainConfig:
                 f"TrainConfig: batch_size={self.batch_size} is not a multiple of micro_batch_size="
                 f"{self.micro_batch_size}; the global batch must split into equal micro-batches"
             )
+        if self.identical not in IDENTICAL_POLICIES:
+            raise SettingsError(f"TrainConfig.identical={self.identical!r}: use one of {IDENTICAL_POLICIES} "
+                                "(--identical)")
+        if self.data_revision is not None and self.data is None:
+            raise SettingsError(f"TrainConfig.data_revision={self.data_revision!r} pins a hub revision of data, which "
+                                "is not set; give data (a hub dataset name, --data) or drop data_revision")
         from prefopt.kernels import BACKENDS
 
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"TrainConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"TrainConfig.mixed_precision={self.mixed_precision!r}: use one of {MIXED_PRECISION}")
+        self._check_precision()
         if self.quantization is not None:
             if self.quantization not in QUANTIZATION:
                 raise ValueError(f"TrainConfig.quantization={self.quantization!r}: use one of {QUANTIZATION} or None")
@@ -153,7 +184,20 @@ class TrainConfig:
         object.__setattr__(self, "report_to", tuple(self.report_to))
         if self.lora_targets is not None:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        self._check_sources()
         self.optimizer_settings()  # validates preset name and overrides now, not at step 0
+
+    def _check_precision(self) -> None:
+        if self.master_weights not in MASTER_WEIGHTS:
+            raise ValueError(f"TrainConfig.master_weights={self.master_weights!r}: use one of {MASTER_WEIGHTS}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"TrainConfig.save_dtype={self.save_dtype!r}: use one of {SAVE_DTYPES}")
+        if self.master_weights == "bf16" and self.quantization is not None:
+            raise ValueError(
+                f"TrainConfig: master_weights='bf16' with quantization={self.quantization!r}: only the LoRA adapters "
+                "train on a quantised base, and keeping them in fp32 costs a few MB; in bf16 their small updates "
+                "would round away. Use master_weights='fp32' (the default)"
+            )
 
     @property
     def synthetic(self) -> bool:
@@ -177,18 +221,61 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a mapping (e.g. parsed YAML); unknown keys raise an error listing the valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**dict(values))
+    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> "TrainConfig":
+        """Build from a mapping (e.g. parsed YAML from `source`): each value read as its field's type
+        (`prefopt.settings`); unknown keys and wrong types raise a `SettingsError` naming the field."""
+        return config_from_dict(cls, values, source=source)
+
+    def _check_sources(self) -> None:
+        """Paths with `~` expanded, revisions only with a model to pin, token caps that leave room for completions,
+        finite LoRA α."""
+        for name in ("data", "model", "tokenizer", "reference", "ref_cache_dir", "output_dir"):
+            object.__setattr__(self, name, expand_user(getattr(self, name)))
+        if self.tokenizer is not None and self.model is None:
+            raise SettingsError("TrainConfig.tokenizer is set but model is None: the synthetic task brings its own "
+                                "tokenizer; give model too, or drop tokenizer")
+        for revision, source in (("model_revision", "model"), ("reference_revision", "reference")):
+            if getattr(self, revision) is not None and getattr(self, source) is None:
+                raise SettingsError(f"TrainConfig.{revision}={getattr(self, revision)!r} pins a hub revision of "
+                                    f"{source}, which is not set; give {source} (a hub name) or drop {revision}")
+        if self.lora_alpha is not None and not (_finite(self.lora_alpha) and self.lora_alpha > 0):
+            raise SettingsError(f"TrainConfig.lora_alpha={self.lora_alpha!r} must be a positive finite number or None")
+        if self.max_length is not None and self.max_prompt_length is not None \
+                and self.max_prompt_length >= self.max_length:
+            raise SettingsError(f"TrainConfig: max_prompt_length={self.max_prompt_length} leaves no room for "
+                                f"completions within max_length={self.max_length}; make max_prompt_length smaller "
+                                "than max_length (--max-prompt-length, --max-length)")
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise SettingsError(f"TrainConfig.output_dir={self.output_dir!r} must be a folder path")
+
+    def preflight(self) -> None:
+        """What this run needs from this machine, before anything is built: an output folder it can create,
+        complete model folders (or reachable hub names) and an engine backend that runs here.
+
+        Raises:
+            SettingsError: naming the setting and the fix.
+        """
+        check_output_dir(self.output_dir, "TrainConfig.output_dir (--out)")
+        if self.ref_cache_dir is not None:
+            check_output_dir(self.ref_cache_dir, "TrainConfig.ref_cache_dir")
+        if self.model is not None:
+            check_model_source(self.model, "TrainConfig.model", revision=self.model_revision,
+                               tokenizer=self.tokenizer is None)
+        if self.tokenizer is not None:
+            check_tokenizer_source(self.tokenizer, "TrainConfig.tokenizer")
+        if self.reference is not None:
+            check_model_source(self.reference, "TrainConfig.reference", revision=self.reference_revision,
+                               tokenizer=False)
+        check_engine_backend(self.engine_backend, "TrainConfig.engine_backend", cpu=self.cpu)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"TrainConfig.{name}={value!r} must be an integer ≥ {minimum}")
+        raise SettingsError(f"TrainConfig.{name}={value!r} must be an integer ≥ {minimum}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _offline_losses() -> list[str]:

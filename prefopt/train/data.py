@@ -24,6 +24,8 @@ import datasets
 
 from prefopt.data.batch import TokenBatch
 from prefopt.data.collate import collate_preferences
+from prefopt.data.formats import to_unpaired
+from prefopt.data.loading import load_preferences, open_preferences
 from prefopt.data.sampler import LengthGroupedSampler
 
 __all__ = ["TrainDataError", "BatchPlan", "load_train_rows", "kind_of_columns"]
@@ -44,29 +46,28 @@ def kind_of_columns(columns: list[str]) -> str | None:
     return None
 
 
-def load_train_rows(source: Any, *, kind: str, loss: str, split: str | None = None) -> datasets.Dataset:
+def load_train_rows(source: Any, *, kind: str, loss: str, split: str | None = None, revision: str | None = None,
+                    identical: str = "warn") -> datasets.Dataset:
     """Load and validate preference rows for a loss of data kind `kind`.
 
     Paired data given to an unpaired loss (KTO, BCO, …) is split into desirable/undesirable rows
     (`prefopt.data.to_unpaired`, the conversion KTO's paper uses for paired datasets); any other
-    mismatch raises `TrainDataError` naming both kinds.
+    mismatch raises `TrainDataError` naming both kinds. Messages name the file (and its lines).
 
     Args:
         source: path / Hub name / `datasets.Dataset` / `DatasetDict` (see `prefopt.data.load_preferences`).
-        kind: the loss's data kind; loss: its name (for messages); split: which split.
+        kind: the loss's data kind; loss: its name (for messages); split: which split; revision: the Hub
+            dataset's pinned revision; identical: pairs with chosen == rejected, "warn" | "drop" | "error".
     """
-    from prefopt.data import load_preferences, to_unpaired
-    from prefopt.data.loading import _open  # one open, to read the columns before validating a kind
-
-    raw = _open(source, split, None, None)
-    found = kind_of_columns(raw.column_names)
+    opened = open_preferences(source, split=split, revision=revision, kind=kind)  # once, to read the columns first
+    found = kind_of_columns(opened.dataset.column_names)
     if found == kind or found is None:  # None: let the validator report the missing columns
-        return load_preferences(raw, kind=kind)
+        return load_preferences(opened, kind=kind, identical=identical)
     if found == "paired" and kind == "unpaired":
-        return to_unpaired(load_preferences(raw, kind="paired"))
+        return to_unpaired(load_preferences(opened, kind="paired", identical=identical))
     raise TrainDataError(
-        f"loss {loss!r} consumes {kind} data, but the training data holds {found} data (columns "
-        f"{raw.column_names}); use a {found} loss (`prefopt losses --kind {found}`) or {kind} data"
+        f"loss {loss!r} consumes {kind} data, but the training data holds {found} data ({opened.name}, columns "
+        f"{opened.dataset.column_names}); use a {found} loss (`prefopt losses --kind {found}`) or {kind} data"
     )
 
 

@@ -3,33 +3,48 @@
 metrics.jsonl holds one JSON object per logged optimiser step (`step`, `loss`, the loss's metrics,
 `lr`, `grad_norm`, `examples`, `tokens`, `elapsed_s`). Each line is written with one `write` call and
 flushed, so a killed run leaves whole lines; on resume the lines after the checkpoint's step are dropped
-(rewritten atomically) before training continues, so the file reads as one uninterrupted run.
+(rewritten atomically) before training continues, and a run that starts from step 0 (fresh, or resumed
+with no checkpoint yet) empties it, so the file reads as one uninterrupted run. The file is opened with
+O_NOFOLLOW: a symbolic link in its place is refused, never written through.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prefopt.atomic import write_atomic
+from prefopt.train.run_folder import check_no_links, open_no_follow
 
-__all__ = ["MetricsLog", "truncate_metrics"]
+__all__ = ["MetricsLog", "open_metrics", "truncate_metrics"]
+
+
+def open_metrics(path: str | Path) -> IO[str]:
+    """Open a metrics.jsonl for appending, created if missing; a symbolic link there raises RunFolderError."""
+    return os.fdopen(open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8")
 
 
 def truncate_metrics(path: str | Path, last_step: int) -> None:
-    """Keep only the lines of `path` with step ≤ `last_step` (atomic rewrite)."""
+    """Keep only the lines of `path` with step ≤ `last_step` (atomic rewrite); 0 empties it.
+
+    Raises:
+        RunFolderError: `path` is a symbolic link.
+    """
     path = Path(path)
+    check_no_links(path.parent, (path.name,))
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill: drop it
             continue
-        if record.get("step", 0) <= last_step:
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, (int, float)) and step <= last_step:
             kept.append(line)
     write_atomic(path, "".join(f"{line}\n" for line in kept))
 
@@ -52,7 +67,7 @@ class MetricsLog:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a")
+        self._file = open_metrics(self.path)
         if "tensorboard" in report_to:
             try:
                 from torch.utils.tensorboard import SummaryWriter

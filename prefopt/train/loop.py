@@ -22,6 +22,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from typing import Any
 
 import torch
 
+from prefopt.data.loading import log_folder_reads, record_folder_reads
+from prefopt.progress import library_progress_bars
 from prefopt.train.checkpoint import (
     check_no_earlier_run,
     check_same_settings,
@@ -40,7 +43,8 @@ from prefopt.train.checkpoint import (
 )
 from prefopt.train.config import TrainConfig
 from prefopt.train.logs import MetricsLog, truncate_metrics
-from prefopt.train.setup import Run, make_accelerator, setup_run
+from prefopt.train.run_folder import RunFolderError, RunFolderLock, claim_run_folder
+from prefopt.train.setup import Run, load_user_rows, make_accelerator, setup_run
 from prefopt.train.step import implicit_rewards, kto_reference_point, loss_arguments
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train"]
@@ -48,7 +52,7 @@ __all__ = ["TrainResult", "TrainingDivergedError", "train"]
 StepCallback = Callable[[int, dict[str, float]], None]
 # Settings that may change between a run and its resumption (they do not change what a step computes).
 _RESUMABLE = {"resume", "progress", "max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_every",
-              "report_to", "ref_cache_dir"}
+              "report_to", "ref_cache_dir", "save_dtype"}
 
 
 class TrainingDivergedError(RuntimeError):
@@ -68,6 +72,8 @@ class TrainResult:
             and the reference cache excluded).
         peak_memory_bytes: CUDA peak allocated memory, or on CPU the process's peak resident set size
             (`peak_memory_kind` says which).
+        precision: dtypes of the checkpoint, the master weights, the compute and final/
+            (`prefopt.train.precision.Precision.describe`).
     """
 
     final_metrics: dict[str, float]
@@ -79,6 +85,7 @@ class TrainResult:
     tokens_per_s: float
     peak_memory_bytes: int
     peak_memory_kind: str
+    precision: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -102,7 +109,7 @@ def _loss_context(run: Run, step: int, state: dict[str, Any]) -> dict[str, Any]:
         local = plan.accumulation_steps * plan.micro_batch_size
         positions = list(range(acc.process_index * local, (acc.process_index + 1) * local))
         context["kl"] = kto_reference_point(
-            plan.rows(plan.global_indices(step)), positions, plan.collate, run.scoring.engine,
+            plan.rows(plan.global_indices(step)), positions, plan.collate, run.scoring,  # with its autocast
             run.reference.live, lambda t: acc.reduce(t, reduction="sum"), acc.device)
     return context
 
@@ -179,9 +186,9 @@ def _resume(run: Run, state: dict[str, Any]) -> int:
     """Restore the newest checkpoint (if any) and return the step to continue from."""
     config = run.config
     path = latest_checkpoint(config.output_dir)
-    if path is None:
+    if path is None:  # killed before its first checkpoint: start over, with an empty log
+        _clear_metrics(run)
         return 0
-    check_same_settings(config.output_dir, config.to_dict(), _RESUMABLE)
     saved = load_checkpoint(path, accelerator=run.accelerator, model=run.policy, optimizer=run.optimizer,
                             scheduler=run.scheduler)
     if saved.get("bco") is not None:
@@ -190,6 +197,31 @@ def _resume(run: Run, state: dict[str, Any]) -> int:
         truncate_metrics(Path(config.output_dir) / "metrics.jsonl", saved["step"])
     run.accelerator.wait_for_everyone()
     return int(saved["step"])
+
+
+def _clear_metrics(run: Run) -> None:
+    """Empty the metrics log of a run that starts at step 0 (a killed earlier attempt left lines there)."""
+    if run.accelerator.is_main_process:
+        truncate_metrics(Path(run.config.output_dir) / "metrics.jsonl", 0)
+    run.accelerator.wait_for_everyone()
+
+
+def _claim(out: Path, accelerator: Any) -> contextlib.AbstractContextManager[Any]:
+    """Lock the run folder for this run (`prefopt.train.run_folder`): the main process takes the lock, and
+    every process learns whether it got it, so that all of them stop together when it did not."""
+    lock: Any = contextlib.nullcontext()
+    error = None
+    if accelerator.is_main_process:
+        try:
+            lock = claim_run_folder(out)
+        except RunFolderError as err:
+            error = err
+    refused = accelerator.reduce(torch.tensor([float(error is not None)], device=accelerator.device), reduction="sum")
+    if float(refused.sum()) > 0:
+        if isinstance(lock, RunFolderLock):
+            lock.release()
+        raise error or RunFolderError(f"{out}: the main process refused this run folder (see its message)")
+    return lock
 
 
 def _initial_state(run: Run) -> dict[str, Any]:
@@ -215,7 +247,8 @@ def train(config: TrainConfig | None = None, *, model: Any = None, tokenizer: An
     Returns:
         `TrainResult`; the run folder holds config.json, metrics.jsonl, checkpoints/, final/, result.json.
     Raises:
-        DistributedSetupError, TrainDataError, TrainingDivergedError, ValueError (bad settings).
+        DistributedSetupError, TrainDataError, TrainingDivergedError, ValueError (bad settings),
+        RunFolderError (another run holds output_dir, a checkpoint that does not fit or is not prefopt's).
     """
     # Paths given where objects go are settings: train(model="path", dataset="prefs.jsonl") works too.
     for name, field in (("model", "model"), ("dataset", "data"), ("reference_model", "reference")):
@@ -229,20 +262,42 @@ def train(config: TrainConfig | None = None, *, model: Any = None, tokenizer: An
         config = TrainConfig(**settings)
     elif settings:
         config = dataclasses.replace(config, **settings)
+    config.preflight()  # output folder, model folders, backend: before anything is built or written
     started = time.perf_counter()
     from accelerate.utils import set_seed
 
+    with library_progress_bars(config.progress), record_folder_reads() as reads:
+        rows = load_user_rows(config, dataset)  # bad data stops the run before the run folder exists
+    log_folder_reads(reads)  # which files of a --data folder (`prefopt train` prints it)
     accelerator = make_accelerator(config)
-    set_seed(config.seed)
-    run = setup_run(config, accelerator, model=model, tokenizer=tokenizer, dataset=dataset,
-                    reference_model=reference_model)
+    with _claim(Path(config.output_dir), accelerator):  # one run per folder, until this one ends
+        _check_folder(config)  # before the model loads: these refusals come at once
+        set_seed(config.seed)
+        run = setup_run(config, accelerator, model=model, tokenizer=tokenizer, dataset=dataset,
+                        reference_model=reference_model, rows=rows)
+        return _train(run, on_step, started)
+
+
+def _check_folder(config: TrainConfig) -> None:
+    """A fresh run may not overwrite an earlier run's checkpoints; a resumed one must keep its settings."""
+    if not config.resume:
+        check_no_earlier_run(config.output_dir)
+    elif latest_checkpoint(config.output_dir) is not None:
+        check_same_settings(config.output_dir, config.to_dict(), _RESUMABLE)
+
+
+def _train(run: Run, on_step: StepCallback | None, started: float) -> TrainResult:
+    config, accelerator = run.config, run.accelerator
     out = Path(config.output_dir)
     state = _initial_state(run)
     if not config.resume:
-        check_no_earlier_run(out)
+        _clear_metrics(run)
     start = _resume(run, state) if config.resume else 0  # before the log opens: it may truncate the file
+    precision = run.precision.describe(run.policy)
     log = MetricsLog(out, enabled=accelerator.is_main_process, report_to=config.report_to,
-                     run_config=config.to_dict())
+                     run_config={**config.to_dict(), "precision": precision})
+    if accelerator.is_main_process and config.progress:
+        print(f"prefopt train: {run.precision.summary(run.policy)}", file=sys.stderr, flush=True)
     if accelerator.is_main_process:
         write_json_atomic(out / "config.json", config.to_dict())
     loop_started = time.perf_counter()
@@ -298,7 +353,7 @@ def _finish(run: Run, record: dict[str, float], tokens_per_s: float, state: dict
         import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-        acc.unwrap_model(run.scorer).model.save_pretrained(tmp)
+        run.precision.save_pretrained(acc.unwrap_model(run.scorer).model, tmp)  # in the dtype of `save_dtype`
         run.tokenizer.save_pretrained(tmp)
         if model_path.exists():
             shutil.rmtree(model_path)
@@ -307,7 +362,7 @@ def _finish(run: Run, record: dict[str, float], tokens_per_s: float, state: dict
     wall = time.perf_counter() - started
     peak, kind = _peak_memory(acc.device)
     result = TrainResult(record, out / "metrics.jsonl", checkpoint, model_path, run.total_steps, wall,
-                         tokens_per_s, peak, kind)
+                         tokens_per_s, peak, kind, run.precision.describe(run.policy))
     if acc.is_main_process:
         write_json_atomic(out / "result.json", result.to_dict())
     return result

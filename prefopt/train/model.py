@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from prefopt.engine import CacheKey, LogProbEngine, ReferenceCache, ReferenceLogProbs
+from prefopt.preflight import load_pretrained
+from prefopt.hf_compat import enable_checkpointing
 from prefopt.train.config import TrainConfig
 
 __all__ = ["ScoringModule", "Reference", "load_model_and_tokenizer", "apply_lora", "prepare_policy", "live_reference",
@@ -29,15 +31,23 @@ __all__ = ["ScoringModule", "Reference", "load_model_and_tokenizer", "apply_lora
 
 class ScoringModule(nn.Module):
     """`nn.Module` whose forward is the engine: what Accelerate wraps (DDP/FSDP) so that gradient
-    synchronisation hooks see the forward pass. forward(batch) → `SequenceLogProbs`."""
+    synchronisation hooks see the forward pass. forward(batch) → `SequenceLogProbs`.
 
-    def __init__(self, model: nn.Module, **engine_kwargs: Any) -> None:
+    `compute_dtype` (e.g. bfloat16): the forward runs under `torch.autocast` in that dtype, so fp32 master
+    weights compute in bf16 (`prefopt.train.precision`); None: in the weights' own dtype.
+    """
+
+    def __init__(self, model: nn.Module, *, compute_dtype: torch.dtype | None = None, **engine_kwargs: Any) -> None:
         super().__init__()
         self.model = model
+        self.compute_dtype = compute_dtype
         self.engine = LogProbEngine(model, **engine_kwargs)
 
     def forward(self, batch: Any) -> Any:
-        return self.engine(batch)
+        if self.compute_dtype is None:
+            return self.engine(batch)
+        with torch.autocast(device_type=batch.input_ids.device.type, dtype=self.compute_dtype):
+            return self.engine(batch)
 
 
 def _quantization_config(kind: str | None) -> Any:
@@ -61,13 +71,18 @@ def load_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:
         raise ValueError("load_model_and_tokenizer: config.model is None (the synthetic task supplies its own)")
     quant = _quantization_config(config.quantization)
     try:
-        model = AutoModelForCausalLM.from_pretrained(config.model, quantization_config=quant)
+        model = load_pretrained(AutoModelForCausalLM, config.model, "TrainConfig.model", revision=config.model_revision,
+                                quantization_config=quant)
     except (ImportError, RuntimeError) as err:
         if quant is None:
             raise
         raise RuntimeError(f"{config.quantization} loading of {config.model!r} failed ({err}); bitsandbytes must "
                            "support this device; train without quantization or on a supported GPU") from err
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+    if config.tokenizer is not None:
+        tokenizer = load_pretrained(AutoTokenizer, config.tokenizer, "TrainConfig.tokenizer")
+    else:
+        tokenizer = load_pretrained(AutoTokenizer, config.model, "TrainConfig.model (its tokenizer)",
+                                    revision=config.model_revision)
     return model, tokenizer
 
 
@@ -85,7 +100,7 @@ def apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
 def prepare_policy(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Gradient checkpointing and LoRA as configured; returns the model to train (train mode)."""
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()  # so LoRA on a checkpointed body still gets gradients
     if config.lora_r:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.train.config import TrainConfig
 from prefopt.train.data import BatchPlan, load_train_rows
@@ -25,10 +26,11 @@ from prefopt.train.model import (
     load_model_and_tokenizer,
     prepare_policy,
 )
+from prefopt.train.precision import Precision, resolve_precision
 from prefopt.train.presets import OptimizerSettings, build_optimizer, build_scheduler
 from prefopt.train.step import check_loop_can_feed
 
-__all__ = ["DistributedSetupError", "Run", "make_accelerator", "setup_run"]
+__all__ = ["DistributedSetupError", "Run", "load_user_rows", "make_accelerator", "setup_run"]
 
 
 class DistributedSetupError(RuntimeError):
@@ -87,22 +89,40 @@ class Run:
     scheduler: Any
     settings: OptimizerSettings
     total_steps: int
+    precision: Precision
 
 
-def _training_rows(config: TrainConfig, spec: LossSpec, model: Any, tokenizer: Any, dataset: Any) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, rows): given objects, the configured paths, or the synthetic task."""
+def load_user_rows(config: TrainConfig, dataset: Any = None) -> Any:
+    """The user's training rows (`dataset`, else `config.data`) loaded and validated for the loss's data kind;
+    None when the run uses the synthetic task's data. `train` calls it before it creates or locks the run
+    folder, so bad data stops the run with nothing written."""
+    source = dataset if dataset is not None else config.data
+    if source is None:
+        return None
+    spec = loss_spec(config.loss)
+    return load_train_rows(source, kind=spec.kind, loss=spec.name, split=config.data_split,
+                           revision=config.data_revision, identical=config.identical)
+
+
+def _training_rows(config: TrainConfig, spec: LossSpec, model: Any, tokenizer: Any, dataset: Any,
+                   rows: Any) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, rows): given objects, the configured paths, or the synthetic task. The data is
+    loaded (and checked) first: a bad file should stop the run before any model is loaded."""
+    if rows is None:
+        rows = load_user_rows(config, dataset)
     if model is None and config.model is not None:
         model, tokenizer = load_model_and_tokenizer(config)
-    if model is None or (dataset is None and config.data is None):
+    if model is None or rows is None:
         from prefopt.data.synthetic import synthetic_task
 
         task = synthetic_task(seed=config.seed, progress=config.progress)
         model, tokenizer = (task.policy.model, task.policy.tokenizer) if model is None else (model, tokenizer)
-        dataset = task.preferences.dataset(spec.kind) if dataset is None and config.data is None else dataset
+        if rows is None:
+            rows = load_train_rows(task.preferences.dataset(spec.kind), kind=spec.kind, loss=spec.name,
+                                   split=config.data_split, identical=config.identical)
     if tokenizer is None:
         raise ValueError("train: pass the tokenizer together with an in-memory model")
-    source = dataset if dataset is not None else config.data
-    return model, tokenizer, load_train_rows(source, kind=spec.kind, loss=spec.name, split=config.data_split)
+    return model, tokenizer, rows
 
 
 def _plan(config: TrainConfig, tokenizer: Any, rows: Any, num_processes: int) -> BatchPlan:
@@ -128,24 +148,29 @@ def _check_splittable(spec: LossSpec, plan: BatchPlan) -> None:
 
 
 def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, tokenizer: Any = None,
-              dataset: Any = None, reference_model: nn.Module | None = None) -> Run:
-    """Build the run: data plan, policy (+LoRA), reference (+cache), optimiser and scheduler."""
+              dataset: Any = None, reference_model: nn.Module | None = None, rows: Any = None) -> Run:
+    """Build the run: data plan, policy (+LoRA) with its master weights (`prefopt.train.precision`),
+    reference (+cache, in the checkpoint's dtype), optimiser and scheduler. `rows`: the training rows
+    already loaded by `load_user_rows` (else they are loaded here)."""
     from prefopt.engine import model_identity
 
     spec = loss_spec(config.loss)
     check_loop_can_feed(spec)
-    model, tokenizer, rows = _training_rows(config, spec, model, tokenizer, dataset)
+    model, tokenizer, rows = _training_rows(config, spec, model, tokenizer, dataset, rows)
     plan = _plan(config, tokenizer, rows, accelerator.num_processes)
     _check_splittable(spec, plan)
     if reference_model is None and config.reference is not None and spec.needs_reference:
         from transformers import AutoModelForCausalLM
 
-        reference_model = AutoModelForCausalLM.from_pretrained(config.reference)
+        reference_model = load_pretrained(AutoModelForCausalLM, config.reference, "TrainConfig.reference",
+                                          revision=config.reference_revision)
     if reference_model is None and not config.lora_r and spec.needs_reference:
         reference_model = frozen_copy(model)  # π_ref = the initial policy
     identity = model_identity(reference_model if reference_model is not None else model) if spec.needs_reference else ""
-    policy = prepare_policy(model, config)
-    scoring = ScoringModule(policy, backend=config.engine_backend)
+    precision = resolve_precision(model, master_weights=config.master_weights, mixed_precision=config.mixed_precision,
+                                  save_dtype=config.save_dtype, device=accelerator.device)
+    policy = precision.cast(prepare_policy(model, config))  # after the reference copy: π_ref keeps the loaded dtype
+    scoring = ScoringModule(policy, compute_dtype=precision.autocast, backend=config.engine_backend)
     scorer = accelerator.prepare(scoring)
     reference = None
     if spec.needs_reference:
@@ -162,7 +187,7 @@ def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, token
     total = config.max_steps or max(1, int(config.epochs * plan.steps_per_epoch))
     scheduler = build_scheduler(optimizer, settings, total)
     return Run(config, spec, get_loss(spec.name, **config.loss_hparams), accelerator, policy, scorer, scoring,
-               tokenizer, plan, reference, optimizer, scheduler, settings, total)
+               tokenizer, plan, reference, optimizer, scheduler, settings, total, precision)
 
 
 def _tokenization_key(config: TrainConfig, tokenizer: Any) -> str:

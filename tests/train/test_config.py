@@ -43,7 +43,7 @@ def test_bad_settings_raise_clear_errors(settings: dict, error: type, needle: st
 
 
 def test_from_dict_names_unknown_keys() -> None:
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rate'\]"):
+    with pytest.raises(ValueError, match=r"unknown setting 'learning_rate'; did you mean lr\?"):
         TrainConfig.from_dict({"learning_rate": 1e-4})
 
 

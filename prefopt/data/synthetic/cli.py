@@ -55,8 +55,8 @@ def run_synth(args: argparse.Namespace) -> int:
             args.out, seed=args.seed, sft_config=SFTConfig.tiny() if args.tiny else SFTConfig(),
             preference_config=preference_config, cache_dir=args.cache_dir, rebuild=args.rebuild,
             progress=not args.quiet, with_gold=args.with_gold)
-    except (ValueError, FileExistsError) as err:
-        print(f"prefopt data synth: {err}", file=sys.stderr)
+    except (ValueError, FileExistsError) as err:  # SettingsError is a ValueError
+        print(f"prefopt data synth: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     if not args.quiet:
         print(json.dumps(summary, indent=2))

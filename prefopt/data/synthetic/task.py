@@ -15,6 +15,8 @@ from typing import Any
 from prefopt.data.synthetic.policy import ReferencePolicy, SFTConfig, reference_policy, save_reference_policy
 from prefopt.data.synthetic.preferences import PreferenceConfig, SyntheticPreferences, build_preferences
 from prefopt.data.synthetic.reward import GoldReward
+from prefopt.preflight import check_output_dir
+from prefopt.settings import SettingsError
 
 __all__ = ["SyntheticTask", "synthetic_task", "write_synthetic_task"]
 
@@ -58,7 +60,12 @@ def write_synthetic_task(out_dir: str | Path, *, seed: int = 0, sft_config: SFTC
     completion with its gold reward) and `summary.json` (data summary + the policy's report + the gold
     reward's settings). `with_gold` adds gold-reward columns to the exported rows.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
+    check_output_dir(out, "--out")
+    if cache_dir is not None:
+        check_output_dir(cache_dir, "--cache-dir")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SettingsError(f"seed={seed!r} (--seed) must be an integer ≥ 0")
     model_dir = out / "model"
     if model_dir.exists():
         raise FileExistsError(f"{model_dir} already exists; choose an empty --out folder or remove it")
