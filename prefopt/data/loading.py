@@ -246,10 +246,11 @@ def open_preferences(
 
 
 class _RowOrigin:
-    """Row index → its place in the files it was read from, for messages ("line 7" or "b.jsonl, line 7")."""
+    """Row index → its place in the files it was read from, for messages ("line 7" in a file, or
+    "data/b.jsonl, line 7" in a folder `data`)."""
 
     def __init__(self, checks: Sequence[FileCheck], root: Path | None) -> None:
-        self.names = [None if root is None else str(c.path.relative_to(root)) for c in checks]
+        self.names = [None if root is None else str(c.path) for c in checks]
         self.lines = [c.lines for c in checks]
         self.starts = [0]
         for check in checks[:-1]:

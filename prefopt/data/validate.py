@@ -119,7 +119,8 @@ class ValidationReport:
             head = f"{source}: " + "; ".join(str(p) for p in columns)
         else:
             first = [p for p in self.problems if p.row == rows[0]]
-            place = f"{source}, {where(rows[0])}" if where is not None else source
+            place = source if where is None else where(rows[0])
+            place = f"{source}, {place}" if place.startswith("line ") else place  # else it names its file
             head = f"{place}: {first[0]}" + "".join(f"; field '{p.field}': {p.message}" for p in first[1:])
             rows = rows[1:]
         if not rows:
