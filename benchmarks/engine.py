@@ -62,7 +62,7 @@ def ragged_pairs(args: argparse.Namespace) -> list[tuple[list[int], list[int]]]:
 
 def make_batch(examples: list[tuple[list[int], list[int]]], packed: bool, row_tokens: int) -> Any:
     """Padded (one sequence per row) or packed first-fit-decreasing into rows of ≤ row_tokens tokens."""
-    from prefopt.data.batch import TokenBatch
+    from prefopt.batch import TokenBatch
 
     seqs = [p + c for p, c in examples]
     rows: list[list[int]] = [[s] for s in range(len(seqs))]

@@ -10,6 +10,7 @@ Heavy pieces (the engine, Triton kernels, transformers) are imported on first us
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from prefopt import losses
@@ -54,7 +55,5 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'prefopt' has no attribute {name!r}")

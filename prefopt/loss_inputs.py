@@ -2,7 +2,7 @@
 on each call (shapes, a missing reference, missing or zero lengths, labels, the sign of log-probs that a
 loss reads as probabilities, detaching and upcasting).
 
-`prefopt.registry` applies `check_inputs` in the wrapper that `register_loss` returns, so loss bodies
+`prefopt.registry` applies `check_inputs` in the public function it builds for every loss, so loss bodies
 are pure tensor math.
 
 Engine outputs. Wherever a paired, unpaired or ranked loss takes log-prob tensors it also takes the
@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from prefopt.errors import LossInputError
 
 __all__ = [
     "KIND_INPUTS",
@@ -67,20 +69,19 @@ ROLLOUT_TOKEN_INPUTS: tuple[str, ...] = ("ref_logps", "advantages", "values", "o
 LOGP_TOLERANCE = 1e-3
 
 
-class LossInputError(ValueError):
-    """Bad input to a loss: names the argument, the rows and the fix."""
-
-
 @runtime_checkable
 class EngineOutput(Protocol):
     """The engine's per-sequence output, `prefopt.engine.SequenceLogProbs`, by its shape (this module
     imports nothing above it): sum [S], count [S] and group_size K, sequences in group-major order."""
 
-    count: Tensor
-    group_size: int
-
     @property
     def sum(self) -> Tensor: ...
+
+    @property
+    def count(self) -> Tensor: ...
+
+    @property
+    def group_size(self) -> int: ...
 
     def grouped(self, values: Tensor | None = None) -> Tensor: ...
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from prefopt.kernels.dispatch import triton_available
 from prefopt.settings import SettingsError
@@ -156,7 +157,7 @@ def _check_hub_name(name: str, what: str, revision: str | None, files: tuple[str
     if not HUB_NAME.fullmatch(name) or "--" in name or ".." in name:
         raise SettingsError(f"{what}={name!r} is neither a folder here nor a hub name (name/repo); give "
                             + (_MODEL_HINT if thing == "model" else "a tokenizer's folder or a hub name"))
-    from huggingface_hub import constants, try_to_load_from_cache  # only for hub names: not on every import
+    from huggingface_hub import constants, try_to_load_from_cache  # heavy: only for hub names, not on every import
 
     if not constants.HF_HUB_OFFLINE:
         return  # the hub decides; `load_pretrained` reports its answer in one line
@@ -199,8 +200,6 @@ def check_device(device: str | None, what: str) -> None:
 def load_pretrained(loader: Any, name: str, what: str, *, revision: str | None = None, **kwargs: Any) -> Any:
     """`loader.from_pretrained(name, revision=..., **kwargs)` with a failure to find or read it (a hub name
     that cannot be reached, damaged files) as a one-line `SettingsError` naming `what`."""
-    from safetensors import SafetensorError  # transformers' own dependency, needed only when loading
-
     if revision is not None:
         kwargs["revision"] = revision
     try:

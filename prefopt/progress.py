@@ -18,8 +18,8 @@ __all__ = ["library_progress_bars"]
 @contextlib.contextmanager
 def library_progress_bars(enabled: bool) -> Iterator[None]:
     """Run the block with transformers' and datasets' progress bars off unless `enabled`; restore them after."""
-    from datasets.utils import logging as datasets_logging
-    from transformers.utils import logging as transformers_logging
+    from datasets.utils import logging as datasets_logging  # heavy: loaded on first use
+    from transformers.utils import logging as transformers_logging  # heavy: loaded on first use
 
     libraries = (transformers_logging, datasets_logging)
     were_enabled = [library.is_progress_bar_enabled() for library in libraries]

@@ -1,17 +1,68 @@
 """The loss registry: every loss declares its contract as data that trainers, the CLI and the docs read.
 
-    @register_loss("dpo", kind="paired", needs_reference=True, paper=..., formula=...,
-                   hparams=[HParam("beta", 0.1, "KL strength β", POSITIVE)])
-    def dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None,
-            ref_rejected_logps=None, *, chosen_lengths=None, rejected_lengths=None, beta=0.1):
-        ...
+A loss is a *body* (its formula) plus a declaration (name, data kind, reference, hyper-parameters with
+their paper defaults, paper). `prefopt.losses.kinds` has one registration helper per data kind; each
+supplies the kind's canonical public signature, the checks, the kind's standard terms (log-ratios,
+margins, average log-probs) and the assembly of `LossOutput` with the metrics the field logs, so a
+paired body is one expression of a `PairedTerms`.
 
-The decorator returns a checked wrapper: hyper-parameters are validated against their domains,
-input tensors against the kind's shapes, a missing reference or missing lengths raise an error that
-says what to pass, and low-precision inputs are upcast to float32. Engine outputs (`SequenceLogProbs`)
-may stand in for a kind's log-prob tensors: their counts become the lengths, and a zero count raises.
-Labels must be bool or 0/1; a loss that declares `needs_nonpositive_logps` refuses positive policy
-log-probs. The loss body is pure tensor math.
+Adding a paired loss: one decorated function in its family file (and its name in that file's
+`__all__`), plus a test of hand-computed values; then regenerate docs/losses.md and the README's loss
+count (tests/test_package.py checks both). This runs as written (tests/losses/test_kinds.py):
+
+    import torch
+    from torch import Tensor
+
+    import prefopt
+    from prefopt.losses.base import neg_logsigmoid
+    from prefopt.losses.kinds import PairedTerms, paired_loss
+    from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam
+
+    @paired_loss(
+        "margin_dpo",
+        needs_reference=True,
+        paper="(your citation, with the equation number)",
+        formula="−log σ(β·Δ − γ)",
+        hparams=[HParam("beta", 0.1, "inverse temperature β of the implicit reward", POSITIVE),
+                 HParam("gamma", 0.5, "target margin γ of the logit β·Δ", NON_NEGATIVE)],
+    )
+    def margin_dpo(t: PairedTerms, *, beta: float, gamma: float) -> Tensor:
+        \"\"\"DPO with a target margin: the logit β·Δ must exceed γ.\"\"\"
+        return neg_logsigmoid(beta * t.margin - gamma)  # [B]
+
+    policy_chosen = torch.tensor([-12.0, -30.5], requires_grad=True)
+    policy_rejected = torch.tensor([-14.0, -29.0], requires_grad=True)
+    ref_chosen, ref_rejected = torch.tensor([-12.5, -31.0]), torch.tensor([-13.0, -29.5])
+    out = prefopt.get_loss("margin_dpo", gamma=0.2)(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    out.loss.backward()
+    assert set(out.metrics) >= {"rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/chosen"}
+
+What the helper does with that body:
+  * The public function `prefopt.losses.margin_dpo` has the kind's canonical signature, built from the
+    declaration: `(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None,
+    ref_rejected_logps=None, *, chosen_lengths=None, rejected_lengths=None, beta=0.1, gamma=0.5)`.
+    The defaults come from the `HParam`s only; a body parameter with a default is refused, and so is a
+    declared hyper-parameter that the body does not take (it would be accepted and ignored).
+  * Each call is bound to that signature, hyper-parameters are validated against their domains, inputs
+    against the kind's contract (`prefopt.loss_inputs.check_inputs`: shapes, a missing reference, missing
+    or zero lengths, labels, engine outputs, detaching the reference, upcasting to float32). The body then
+    receives only what it declares: the kind's terms object and its keyword-only hyper-parameters and
+    extra inputs. A body parameter annotated without `None` never receives None (no `assert … is not None`).
+  * Reference-free losses (`needs_reference=False`) keep the uniform call: the trainers and
+    `get_loss(name)(policy_chosen, policy_rejected, ref_chosen, ref_rejected, **lengths)` call every
+    paired loss alike, so the reference arguments are accepted, checked like any input (shape, all or
+    none), detached, and not passed on: the body receives a `PolicyPair`, which has no reference to read.
+  * The output: a body returns the per-example loss [B], or `Reported(per_example, metrics=…, rewards=…)`
+    for extra metrics or rewards other than β·ρ; the helper adds the kind's standard metrics.
+
+Rollout and reward-model bodies declare by name the inputs they read (`rollout_loss`,
+`reward_model_loss`): no terms object, the same rules for defaults and None (`prefopt.losses.bodies`).
+`register_loss` remains for a loss whose whole signature is written by hand (defaults then repeat the
+`HParam`s).
+
+Inputs from beyond one micro-batch are declared too, so the training loop never names a loss: `state`
+(running state kept across steps and saved in checkpoints, e.g. BCO's δ) and `batch_inputs` (statistics of
+the global batch, e.g. KTO's z₀), see `prefopt.loss_state`.
 """
 
 from __future__ import annotations
@@ -22,10 +73,12 @@ import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from torch import Tensor
 
+from prefopt.errors import UnknownLossError
 from prefopt.loss_inputs import (
     KIND_INPUTS,
     LENGTH_INPUTS,
@@ -33,20 +86,24 @@ from prefopt.loss_inputs import (
     LossInputError,
     check_inputs,
 )
+from prefopt.loss_state import BatchInput, LossStateSpec
 
 __all__ = [
     "HParam",
     "Interval",
     "LossSpec",
+    "LossStateSpec",
     "BoundLoss",
     "LossInputError",
     "UnknownLossError",
     "register_loss",
+    "LossDeclaration",
     "get_loss",
     "list_losses",
     "loss_spec",
     "KIND_INPUTS",
     "LENGTH_INPUTS",
+    "ONLINE_DEFAULT_KEYS",
     "ROLLOUT_TOKEN_INPUTS",
     "POSITIVE",
     "NON_NEGATIVE",
@@ -56,9 +113,12 @@ __all__ = [
 
 Kind = Literal["paired", "unpaired", "ranked", "rollout"]
 Scores = Literal["logps", "rewards"]
+P = ParamSpec("P")
+R = TypeVar("R")
 
-class UnknownLossError(ValueError):
-    """An unknown loss or hyper-parameter name; the message lists the valid ones."""
+# What a rollout loss may set in `online_defaults`: the online loop's per-algorithm defaults (samples per
+# prompt, the smallest K the loss accepts, optimisation passes over each rollout; prefopt.online.rollout_step).
+ONLINE_DEFAULT_KEYS = ("num_samples", "min_samples", "epochs")
 
 
 @dataclass(frozen=True)
@@ -143,6 +203,21 @@ class LossSpec:
     # True when the loss reads the policy's log-probs as probabilities (an NLL, odds, exp as a weight), so a
     # positive "log-prob" would silently give a wrong loss: the wrapper refuses one (loss_inputs.LOGP_TOLERANCE).
     needs_nonpositive_logps: bool = False
+    # Rollout losses: the online loop's defaults for this algorithm where they differ from its generic ones
+    # (keys ONLINE_DEFAULT_KEYS, e.g. PPO samples once per prompt and makes 4 passes over each rollout).
+    online_defaults: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+    # Inputs from beyond one micro-batch, served by the training loop (`prefopt.loss_state`): running state kept
+    # across steps and saved in checkpoints (BCO's δ), and statistics of the global batch (KTO's z₀).
+    state: LossStateSpec | None = field(default=None, compare=False)
+    batch_inputs: Mapping[str, BatchInput] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+    # Rollout losses that train on each prompt's best/worst pair of samples (online DPO): the online loop may run
+    # any paired log-prob loss on those pairs in place of this one (`OnlineConfig.pair_loss`).
+    accepts_pair_loss: bool = False
+
+    @property
+    def loop_inputs(self) -> tuple[str, ...]:
+        """The extra inputs a training loop serves from `state` and `batch_inputs` (not from the batch)."""
+        return (*(self.state.inputs if self.state is not None else ()), *self.batch_inputs)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -184,6 +259,9 @@ class BoundLoss:
         return f"{self.spec.name}({', '.join(f'{k}={v!r}' for k, v in merged.items())})"
 
 
+# Filled by the family modules' @register_loss. Importing any prefopt module first runs prefopt/__init__.py,
+# which imports prefopt.losses, so the registry is complete before anyone can query it (and this module,
+# a layer below the losses, never imports them).
 _REGISTRY: dict[str, LossSpec] = {}
 
 
@@ -193,21 +271,13 @@ def _unknown(what: str, name: str, valid: Sequence[str]) -> str:
     return f"unknown {what}: {name!r}.{hint} Valid: {', '.join(sorted(valid)) or '(none)'}."
 
 
-def _ensure_registered() -> None:
-    # Importing the family modules registers their losses; done lazily so `prefopt.registry` has no
-    # import-time dependency on them.
-    import prefopt.losses  # noqa: F401
-
-
 def list_losses(kind: str | None = None) -> list[str]:
     """Names of registered losses (sorted), optionally only those of one data kind."""
-    _ensure_registered()
     return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
 
 def loss_spec(name: str) -> LossSpec:
     """The declaration of loss `name`; an unknown name raises an error listing the valid ones."""
-    _ensure_registered()
     if name not in _REGISTRY:
         raise UnknownLossError(_unknown("loss", name, list(_REGISTRY)))
     return _REGISTRY[name]
@@ -217,6 +287,97 @@ def get_loss(name: str, **hparams: Any) -> BoundLoss:
     """The loss `name` with hyper-parameters bound (validated now, paper defaults for the rest)."""
     spec = loss_spec(name)
     return BoundLoss(spec, spec.validate_hparams(hparams))
+
+
+@dataclass(frozen=True)
+class LossDeclaration:
+    """A loss's declaration (the arguments of `register_loss`), checked on creation; `publish` registers the
+    checked public function of a given signature (`register_loss`, `prefopt.losses.bodies.register_body`)."""
+
+    name: str
+    kind: str
+    needs_reference: bool
+    paper: str
+    formula: str
+    hparams: tuple[HParam, ...]
+    needs_lengths: bool
+    scores: str
+    batch_dependent: bool
+    needs_nonpositive_logps: bool
+    online_defaults: Mapping[str, int]
+    state: LossStateSpec | None = None
+    batch_inputs: Mapping[str, BatchInput] = field(default_factory=dict)
+    accepts_pair_loss: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"loss {self.name!r}"
+        if (self.kind, self.scores) not in KIND_INPUTS:
+            raise ValueError(f"{where}: unknown kind/scores {(self.kind, self.scores)}; known: {list(KIND_INPUTS)}")
+        if self.name in _REGISTRY:
+            raise ValueError(f"register_loss: a loss named {self.name!r} is already registered")
+        if self.online_defaults and self.kind != "rollout":
+            raise ValueError(f"{where}: online_defaults are for rollout losses (the online loop), not {self.kind}")
+        for key, value in self.online_defaults.items():
+            if key not in ONLINE_DEFAULT_KEYS or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: online_defaults[{key!r}]={value!r}; keys are {list(ONLINE_DEFAULT_KEYS)}, "
+                                 f"values integers ≥ 1")
+        if (self.state is not None or self.batch_inputs) and self.kind == "rollout":
+            raise ValueError(f"{where}: state and batch_inputs are served by the offline training loop; the online "
+                             f"loop makes a rollout loss's inputs itself (prefopt.online.rollout_step)")
+        if self.accepts_pair_loss and self.kind != "rollout":
+            raise ValueError(f"{where}: accepts_pair_loss is for rollout losses (the online loop), not {self.kind}")
+        served = [*(self.state.inputs if self.state is not None else ()), *self.batch_inputs]
+        if len(set(served)) != len(served):
+            raise ValueError(f"{where}: an input is declared twice in state.inputs and batch_inputs: {served}")
+
+    def _check_served(self, extra_inputs: tuple[str, ...]) -> None:
+        """Every input that `state` or `batch_inputs` serves is an extra input of the loss."""
+        served = [*(self.state.inputs if self.state is not None else ()), *self.batch_inputs]
+        unknown = [n for n in served if n not in extra_inputs]
+        if unknown:
+            raise TypeError(f"loss {self.name!r}: state/batch_inputs serve {unknown}, which the loss does not take "
+                            f"(its extra inputs: {list(extra_inputs)})")
+
+    def publish(
+        self,
+        signature: inspect.Signature,
+        extra_inputs: tuple[str, ...],
+        doc_source: Callable[..., Any],
+        invoke: Callable[[LossSpec, inspect.BoundArguments], Any],
+    ) -> Callable[..., Any]:
+        """Register the checked public function of `signature`; each call is validated, then `invoke`d."""
+        self._check_served(extra_inputs)
+        name, hparams = self.name, self.hparams
+        valid = list(signature.parameters)
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as err:
+                raise UnknownLossError(f"{name}: {err}. Valid arguments: {', '.join(valid)}.") from None
+            values = bound.arguments
+            for h in hparams:
+                if h.name in values:
+                    values[h.name] = h.validate(name, values[h.name])
+            check_inputs(spec, values, reference_free=_reference_free)
+            return invoke(spec, bound)
+
+        for attr in ("__module__", "__name__", "__qualname__"):
+            setattr(checked, attr, getattr(doc_source, attr))
+        checked.__doc__ = doc_source.__doc__
+        checked.__signature__ = signature  # type: ignore[attr-defined]
+        summary = (inspect.getdoc(doc_source) or "").split("\n\n")[0].replace("\n", " ")
+        spec = LossSpec(
+            name=name, kind=self.kind, needs_reference=self.needs_reference, paper=self.paper, formula=self.formula,
+            hparams=hparams, needs_lengths=self.needs_lengths, scores=self.scores, summary=summary,
+            extra_inputs=extra_inputs, fn=checked, batch_dependent=self.batch_dependent,
+            needs_nonpositive_logps=self.needs_nonpositive_logps,
+            online_defaults=MappingProxyType(dict(self.online_defaults)), state=self.state,
+            batch_inputs=MappingProxyType(dict(self.batch_inputs)), accepts_pair_loss=self.accepts_pair_loss,
+        )
+        _REGISTRY[name] = spec
+        checked.spec = spec  # type: ignore[attr-defined]
+        return checked
 
 
 def register_loss(
@@ -231,21 +392,31 @@ def register_loss(
     scores: str = "logps",
     batch_dependent: bool = False,
     needs_nonpositive_logps: bool = False,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a loss function under `name` and return its checked public wrapper.
+    online_defaults: Mapping[str, int] | None = None,
+    state: LossStateSpec | None = None,
+    batch_inputs: Mapping[str, BatchInput] | None = None,
+    accepts_pair_loss: bool = False,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Register a loss whose whole canonical signature is written by hand, and return its checked wrapper.
 
     The function must take the kind's canonical inputs first (`KIND_INPUTS`), then keyword-only
     lengths, extra inputs and hyper-parameters whose defaults equal the declared `HParam` defaults.
+    The built-in losses use the helpers of `prefopt.losses.kinds` instead (`prefopt.losses.bodies`), which
+    build that signature from the declaration so that a body holds only its formula.
+
     `batch_dependent=True` declares that one example's loss depends on the rest of the batch, so trainers
     refuse to split its batch across micro-batches or processes. `needs_nonpositive_logps=True` declares that
     the loss reads the policy's log-probs as probabilities, so the wrapper refuses positive ones.
+    `online_defaults` (rollout losses) overrides the online loop's defaults, keys `ONLINE_DEFAULT_KEYS`.
+    `state` and `batch_inputs` declare extra inputs that the training loop serves from beyond one micro-batch:
+    running state across steps, statistics of the global batch (`prefopt.loss_state`). `accepts_pair_loss`
+    (rollout losses that train on best/worst pairs) lets the online loop run a paired loss in their place.
     """
-    if (kind, scores) not in KIND_INPUTS:
-        raise ValueError(f"register_loss({name!r}): unknown kind/scores {(kind, scores)}; known: {list(KIND_INPUTS)}")
+    declaration = LossDeclaration(name, kind, needs_reference, paper, formula, tuple(hparams), needs_lengths,
+                                  scores, batch_dependent, needs_nonpositive_logps, dict(online_defaults or {}),
+                                  state, dict(batch_inputs or {}), accepts_pair_loss)
 
-    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REGISTRY:
-            raise ValueError(f"register_loss: a loss named {name!r} is already registered")
+    def decorator(fn: Callable[P, R]) -> Callable[P, R]:
         sig = inspect.signature(fn)
         params = list(sig.parameters.values())
         inputs = KIND_INPUTS[(kind, scores)]
@@ -257,27 +428,9 @@ def register_loss(
                 raise TypeError(f"loss {name!r}: hyper-parameter {h.name!r} must be keyword-only with default {h.default!r}")
         hp_names = {h.name for h in hparams}
         extra = tuple(n for n in keyword if n not in hp_names and n not in LENGTH_INPUTS.get(kind, ()))
-
-        @functools.wraps(fn)
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            try:
-                bound = sig.bind(*args, **kwargs)
-            except TypeError as err:
-                valid = [p.name for p in params]
-                raise UnknownLossError(f"{name}: {err}. Valid arguments: {', '.join(valid)}.") from None
-            values = bound.arguments
-            for h in hparams:
-                if h.name in values:
-                    values[h.name] = h.validate(name, values[h.name])
-            check_inputs(spec, values, reference_free=_reference_free)
-            return fn(*bound.args, **bound.kwargs)
-
-        summary = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
-        spec = LossSpec(name, kind, needs_reference, paper, formula, tuple(hparams), needs_lengths,
-                        scores, summary, extra, checked, batch_dependent, needs_nonpositive_logps)
-        _REGISTRY[name] = spec
-        checked.spec = spec  # type: ignore[attr-defined]
-        return checked
+        checked = declaration.publish(sig, extra, fn, lambda _spec, bound: fn(*bound.args, **bound.kwargs))
+        functools.update_wrapper(checked, fn)
+        return checked  # type: ignore[return-value]
 
     return decorator
 

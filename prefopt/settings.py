@@ -14,7 +14,12 @@ field's declared type and names the field in every error:
     tuple[X, Y]     a list of exactly two values
     Mapping         a mapping; its exponent strings ("1e-5") become numbers
 
-A leaf module: it imports nothing of prefopt, so every layer may raise `SettingsError`.
+`Settings` is the base of the config dataclasses (`TrainConfig`, `OnlineConfig`, `RewardModelConfig`,
+`CompareConfig`): `from_dict` (the mapping read as above, nested configs included), `to_dict` (the
+JSON-able settings saved beside a run), and the checks every `__post_init__` shares (`check_int`,
+`is_finite_number`).
+
+A leaf module: it imports only `prefopt.errors` (where `SettingsError` lives), so every layer may use it.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-__all__ = ["SettingsError", "config_from_dict", "coerce_settings", "coerce_value"]
+from prefopt.errors import SettingsError
+
+__all__ = ["Settings", "SettingsError", "check_int", "config_from_dict", "coerce_settings", "coerce_value",
+           "is_finite_number"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound="Settings")
 _INT = re.compile(r"[+-]?\d+")
 _EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")  # what YAML 1.1 leaves as text: 1e-5, 5E3
 _NONE = ("none", "null")
@@ -40,10 +49,6 @@ _ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "output": "outp
             "per_device_train_batch_size": "micro_batch_size", "train_batch_size": "batch_size",
             "gradient_accumulation_steps": "micro_batch_size", "loss_type": "loss", "beta": "loss_hparams",
             "model_name_or_path": "model", "dataset": "data", "revision": "model_revision"}
-
-
-class SettingsError(ValueError):
-    """A setting a run cannot use: the message names the field (or flag, or file) and how to fix it."""
 
 
 @functools.cache
@@ -80,6 +85,54 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any], *, source: str | N
     """A `cls` (a config dataclass) from a mapping of its field names: values coerced by `coerce_settings`,
     then validated by the class's own `__post_init__`."""
     return cls(**coerce_settings(cls, values, source=source))
+
+
+class Settings:
+    """Base of prefopt's config dataclasses (frozen, validated in their own `__post_init__`).
+
+    `NESTED` names the fields that hold another config dataclass (e.g. {"sft_config": SFTConfig}): `from_dict`
+    builds them from mappings, `to_dict` writes them as mappings.
+    """
+
+    NESTED: ClassVar[Mapping[str, type]] = {}
+
+    @classmethod
+    def from_dict(cls: type[S], values: Mapping[str, Any], *, source: str | None = None) -> S:
+        """Build from a mapping (e.g. parsed YAML from `source`): each value read as its field's type (see the
+        module docstring), nested configs from their mappings; unknown keys and wrong types raise a
+        `SettingsError` naming the field, then the class validates itself."""
+        values = coerce_settings(cls, values, source=source)
+        for name, kind in cls.NESTED.items():
+            if isinstance(values.get(name), Mapping):
+                values[name] = kind(**coerce_settings(kind, values[name], owner=f"{cls.__name__}.{name}"))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings (saved as config.json beside a run): mappings as dicts, tuples as lists, nested
+        configs as mappings; `from_dict(to_dict())` gives the config back."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in value.items()}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def check_int(where: str, value: Any, *, minimum: int) -> None:
+    """Raise a `SettingsError` unless `value` is an integer (not a bool) ≥ `minimum`; `where`, e.g.
+    "TrainConfig.steps", names it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SettingsError(f"{where}={value!r} must be an integer ≥ {minimum}")
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for a finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def coerce_value(where: str, kind: Any, value: Any) -> Any:

@@ -37,14 +37,14 @@ def cache_dir(tmp_path) -> Path:
 def _no_model_loads(monkeypatch, tmp_path):
     """Any model load in these tests is a failure: the data must stop the command first."""
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    import prefopt.compare
+    import prefopt.compare.run
     import prefopt.online.reward_model
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the data was checked")
 
     monkeypatch.setattr(prefopt.online.reward_model, "_load_model", refuse)
-    monkeypatch.setattr(prefopt.compare, "_Task", refuse)
+    monkeypatch.setattr(prefopt.compare.run, "SharedTask", refuse)
 
 
 def _argv(command: str, data: Path, out: Path, model: Path, progress: bool = False) -> list[str]:
@@ -52,7 +52,7 @@ def _argv(command: str, data: Path, out: Path, model: Path, progress: bool = Fal
             "compare": ["compare", "--losses", "dpo", "--model", str(model)]}[command]
     argv += ["--data", str(data), "--out", str(out)]
     if not progress:
-        argv.append("--quiet" if command == "compare" else "--no-progress")
+        argv.append("--quiet")
     return argv
 
 
@@ -105,7 +105,7 @@ def test_a_bad_row_in_a_folder_is_named_by_its_file(tmp_path, capsys):
     folder = tmp_path / "data"
     folder.mkdir()
     _bad_rows(folder / "train.jsonl")
-    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith(
         f"prefopt train: {folder / 'train.jsonl'}, line 1: row 0 (id='a'), field 'prompt': is an empty string; ")
 

@@ -21,7 +21,7 @@ import torch
 
 import prefopt.preflight
 from prefopt.cli import main
-from prefopt.cli_settings import read_settings_file
+from prefopt.cli.settings import read_settings_file
 from prefopt.settings import SettingsError
 
 from .train.tiny_task import write_tiny_task
@@ -134,11 +134,12 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("train --lora-r -2", ("lora_r",)),
     ("train --seed -1", ("seed",)),
     ("train --log-every 0", ("log_every",)),
-    ("train --hparam beta=abc", ("beta", "number")),
-    ("train --hparam beta=-1", ("beta", "domain")),
-    ("train --hparam beta=nan", ("beta",)),
-    ("train --hparam bogus=1", ("bogus",)),
-    ("train --hparam beta", ("--hparam", "NAME=VALUE")),
+    ("train --set beta=abc", ("beta", "number")),
+    ("train --set beta=-1", ("beta", "domain")),
+    ("train --set beta=nan", ("beta",)),
+    ("train --set bogus=1", ("bogus",)),
+    ("train --set beta", ("--set", "NAME=VALUE")),
+    ("train --set ipo.beta=0.1", ("--set", "ipo", "not a loss of this run")),
     ("train-online --steps -3", ("OnlineConfig.steps",)),
     ("train-online --steps 0", ("OnlineConfig.steps",)),
     ("train-online --temperature nan", ("--temperature", "finite")),
@@ -147,7 +148,7 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("train-online --lr -1e-3", ("lr",)),
     ("train-online --num-minibatches 100", ("num_minibatches", "prompts_per_step")),
     ("train-online --num-samples 1", ("num_samples",)),
-    ("train-online --hparam beta=x", ("beta",)),
+    ("train-online --set beta=x", ("beta",)),
     ("train-rm --lr nan", ("--lr", "finite")),
     ("train-rm --epochs inf", ("--epochs", "finite")),
     ("train-rm --hidden-size 0", ("hidden_size",)),
@@ -175,14 +176,16 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("compare --losses dpo,best_of_n --bon-n 32", ("bon_n",)),
     ("compare --losses dpo,best_of_n --bon-samples 0", ("bon_samples",)),
     ("reproduce single-pair --seeds 0", ("--seeds",)),
-    ("reproduce single-pair --seeds x", ("--seeds", "invalid int")),
+    ("reproduce single-pair --seeds x", ("--seeds", "integers")),
+    ("reproduce single-pair --seeds 1,2", ("--seeds", "0,1")),
     ("data synth --out x --train-prompts -1", ("train_prompts",)),
-    ("data synth --out x --label-temperature nan", ("label_temperature",)),
+    ("data synth --out x --label-temperature nan", ("--label-temperature", "finite")),
+    ("data synth --out x --label-temperature -1", ("label_temperature",)),
     ("data synth --out x -k 1", ("completions_per_prompt",)),
     ("data synth --out x --seed -1", ("--seed",)),
     # names, choices, unknown keys and flags, conflicts
     ("train --loss bogus", ("unknown loss", "bogus")),
-    ("train --loss ppo", ("TrainConfig.loss", "online")),
+    ("train --loss ppo", ("TrainConfig.loss", "online", "prefopt train-online --loss ppo")),
     ("train --engine-backend bogus", ("engine_backend",)),
     ("train --mixed-precision fp16", ("mixed_precision",)),
     ("train --quantization 4bit", ("quantization", "lora_r")),
@@ -193,7 +196,8 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("train --smoke", ("--smoke", "--recipe")),
     ("train --report-to bogus", ("--report-to",)),
     ("train --bogus-flag", ("unrecognized", "--bogus-flag")),
-    ("train-online --algorithm dpo", ("OnlineConfig.algorithm",)),
+    ("train-online --loss dpo", ("OnlineConfig.algorithm", "prefopt train --loss dpo")),
+    ("train-online --pair-loss ppo", ("OnlineConfig.pair_loss", "rollout")),
     ("train-online --kl-estimator k2", ("kl_estimator",)),
     ("train-online --pair-loss ipo", ("pair_loss", "online_dpo")),
     ("train-online --reward /nonexistent/rm", ("OnlineConfig.reward",)),
@@ -443,6 +447,6 @@ def test_reference_revision_reaches_the_reference_load(paths, monkeypatch, tmp_p
     with pytest.raises(BuiltTooSoon, match="reference loaded"):
         main(["train", "--model", "org/policy", "--model-revision", "v1", "--reference", "org/ref",
               "--reference-revision", "v2", "--data", paths["data"], "--batch-size", "4", "--max-steps", "1",
-              "--no-progress"])
+              "--quiet"])
     assert [(name, kw.get("revision")) for name, kw in calls] == [("org/policy", "v1"), ("org/policy", "v1"),
                                                                    ("org/ref", "v2")]

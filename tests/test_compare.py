@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from prefopt.cli import main
-from prefopt.cli_settings import parse_sweeps
+from prefopt.cli.settings import parse_sweeps
 from prefopt.compare import CompareConfig, RunPlan, compare, tiny_task
-from prefopt.compare_report import render_table, summarize
+from prefopt.compare.report import render_table, summarize
 
 
 def test_runs_expand_sweeps_and_seeds_in_order() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 
 _LAZY = {
     "PreferenceCollator": "prefopt.data.collate",

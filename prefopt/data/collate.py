@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 
 __all__ = ["collate_preferences", "collate_prompts", "PreferenceCollator"]
 
@@ -84,7 +84,7 @@ def collate_preferences(
         pad_to_multiple_of: round T up (helps tensor cores and compiled shapes).
     Returns:
         TokenBatch with S = B·max(K, 1) sequences and group_size = max(K, 1); shapes [R, T] as documented
-        in `prefopt.data.batch`.
+        in `prefopt.batch`.
     """
     seqs, prompt_lengths, k = _sequences(rows)
     lengths = [len(s) for s in seqs]

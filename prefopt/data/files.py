@@ -27,12 +27,13 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from prefopt.data.schema import schema_for
 from prefopt.data.validate import PreferenceDataError
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["FILE_FORMATS", "SPLIT_NAMES", "FileCheck", "check_file", "example_row", "file_format", "folder_splits",
            "read_files"]
@@ -293,7 +294,7 @@ def _check_csv(path: Path, example: str) -> FileCheck:
 
 
 def _check_parquet(path: Path, example: str) -> FileCheck:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy: loaded on first use
 
     try:
         metadata = pq.ParquetFile(path).metadata
@@ -348,6 +349,8 @@ def check_file(path: str | Path, kind: str | None = None) -> FileCheck:
 def read_files(paths: Sequence[Path], cache_dir: str | None = None,
                kind: str | None = None) -> tuple[datasets.Dataset, list[FileCheck]]:
     """Check every file, then read them (one format) as one memory-mapped `datasets.Dataset`, in order."""
+    import datasets  # heavy: loaded on first use
+
     checks = [check_file(p, kind) for p in paths]
     fmt = file_format(paths[0])
     files = [str(p) for p in paths]

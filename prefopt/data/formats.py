@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from prefopt.data.schema import is_conversation
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "TIE_POLICIES",

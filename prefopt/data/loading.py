@@ -28,9 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from prefopt.data.files import FILE_FORMATS, FileCheck, folder_splits, read_files
 from prefopt.data.formats import derived_fingerprint, extract_prompts, order_ranked
@@ -43,6 +41,9 @@ from prefopt.data.validate import (
     PreferenceDataWarning,
     validate_preferences,
 )
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["load_preferences", "open_preferences", "OpenedData", "FILE_BUILDERS", "SplitFiles", "record_folder_reads",
            "describe_folder_reads", "log_folder_reads"]
@@ -154,6 +155,8 @@ def load_preferences(
             and fixes; a malformed file, an ambiguous folder, or data with none of the kind's columns in
             one line. MissingSplitError (a PreferenceDataError) for a split the source does not have.
     """
+    import datasets  # heavy: loaded on first use
+
     schema = schema_for(kind)
     opened = open_preferences(source, split=split, config_name=config_name, revision=revision, cache_dir=cache_dir,
                               kind=schema.kind)
@@ -213,6 +216,8 @@ def open_preferences(
             MissingSplitError for a split the source lacks; DataNotFoundError (also a FileNotFoundError) for a
             missing local path.
     """
+    import datasets  # heavy: loaded on first use
+
     if isinstance(source, OpenedData):
         return source
     if revision is not None and not isinstance(source, (str, os.PathLike)):
@@ -309,6 +314,8 @@ def _split_parts(split: str | None) -> list[tuple[str, str]]:
 def _pick_split(splits: Mapping[str, Any], split: str | None, where: str) -> OpenedData:
     """The split (or slices of splits) named by `split` among `splits` (name → Dataset, OpenedData, or a
     callable opening it on demand, so a folder reads only the files of the split asked for)."""
+    import datasets  # heavy: loaded on first use
+
     names = list(splits)
     if split is None:
         default = "train" if "train" in names else names[0] if len(names) == 1 else None
@@ -335,6 +342,8 @@ def _pick_split(splits: Mapping[str, Any], split: str | None, where: str) -> Ope
 
 def _slice(opened: OpenedData, name: str, spec: str) -> OpenedData:
     """`spec` ("train[:100]", "train[10%:20%]") applied to the split `name`; rows keep their origin."""
+    import datasets  # heavy: loaded on first use
+
     if spec == name:
         return opened
     try:
@@ -349,7 +358,8 @@ def _slice(opened: OpenedData, name: str, spec: str) -> OpenedData:
 
 
 def _offline() -> bool:
-    import huggingface_hub.constants
+    import datasets  # heavy: loaded on first use
+    import huggingface_hub.constants  # heavy: loaded on first use
 
     return bool(datasets.config.HF_HUB_OFFLINE or huggingface_hub.constants.HF_HUB_OFFLINE)
 
@@ -357,6 +367,8 @@ def _offline() -> bool:
 def _from_hub(name: str, split: str | None, config_name: str | None, cache_dir: str | None,
               revision: str | None = None) -> OpenedData:
     """The real `datasets.load_dataset` path, with a clear message when offline and not cached."""
+    import datasets  # heavy: loaded on first use
+
     label = name if revision is None else f"{name}@{revision}"
     try:
         loaded = datasets.load_dataset(name, config_name, split=split, cache_dir=cache_dir, revision=revision)

@@ -36,13 +36,14 @@ import json
 import os
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from prefopt.data.formats import derived_fingerprint
 from prefopt.data.schema import is_conversation, schema_for
 from prefopt.data.validate import PreferenceDataError, PreferenceDataWarning, format_rows
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "TokenizeConfig",

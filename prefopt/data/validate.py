@@ -18,12 +18,14 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from prefopt.data.formats import TIE_POLICIES, has_ties, needs_prompt_extraction, split_common_prefix
 from prefopt.data.schema import IDENTICAL_POLICIES, MESSAGE_ROLES, KindSchema, is_conversation, nearest_name, schema_for
+from prefopt.errors import DataNotFoundError, MissingSplitError, PreferenceDataError, PreferenceDataWarning, Problem
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "Problem",
@@ -39,45 +41,6 @@ __all__ = [
 DEFAULT_MAX_REPORTED = 20
 _ALSO_SHOWN = 5  # other bad rows a one-line message lists by number
 AddProblem = Callable[[str, str, str], None]  # (field, code, message) → record a problem of the current row
-
-
-class PreferenceDataError(ValueError):
-    """Bad preference data. `problems` holds every problem found (the message shows the first few);
-    `one_line` is the message as a command line prints it (None: the message is one line already)."""
-
-    def __init__(self, message: str, problems: list["Problem"] | None = None, *, one_line: str | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-        self.one_line = one_line
-
-
-class MissingSplitError(PreferenceDataError):
-    """The source has no split of that name (a single file has only "train"); the message lists those it has."""
-
-
-class DataNotFoundError(PreferenceDataError, FileNotFoundError):
-    """A local data path that does not exist (a `PreferenceDataError` and a `FileNotFoundError`)."""
-
-
-class PreferenceDataWarning(UserWarning):
-    """Data that is usable but suspicious or altered (identical pairs, dropped rows, unused columns)."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem: `row` is the dataset index (None for a column problem), `code` its category."""
-
-    row: int | None
-    field: str
-    code: str
-    message: str
-    row_id: Any = None
-
-    def __str__(self) -> str:
-        if self.row is None:
-            return f"column '{self.field}': {self.message}"
-        ident = f" (id={self.row_id!r})" if self.row_id is not None else ""
-        return f"row {self.row}{ident}, field '{self.field}': {self.message}"
 
 
 @dataclass

@@ -23,10 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from prefopt.data.batch import TokenBatch
+from prefopt.atomic import atomic_path
+from prefopt.batch import TokenBatch
 from prefopt.engine.outputs import SequenceLogProbs
+from prefopt.errors import StaleCacheError
 
 __all__ = [
     "CACHE_FORMAT",
@@ -42,10 +46,6 @@ __all__ = [
 CACHE_FORMAT = "prefopt.reference_logps"
 CACHE_VERSION = 1  # bump when the meaning or layout of the stored tensors changes
 EXAMPLE_INDEX = "example_index"
-
-
-class StaleCacheError(RuntimeError):
-    """The cache on disk was built for another dataset, tokenisation, model or format version."""
 
 
 def fingerprint(obj: Any) -> str:
@@ -131,10 +131,6 @@ class ReferenceCache:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a temporary file in the same directory, then `os.replace`."""
-        from safetensors.torch import save_file
-
-        from prefopt.atomic import atomic_path
-
         metadata = {"format": CACHE_FORMAT, "version": str(CACHE_VERSION), **asdict(self.key)}
         with atomic_path(path) as tmp:
             save_file({"sum": self.sums.contiguous(), "count": self.counts.contiguous()}, str(tmp), metadata=metadata)
@@ -147,8 +143,6 @@ class ReferenceCache:
             FileNotFoundError: no file at `path`.
             StaleCacheError: format, version or any key field differs (the message lists them).
         """
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}

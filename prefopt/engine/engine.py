@@ -20,10 +20,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 from prefopt.engine.head import ModelSplit, SplitError, split_model, unwrap_peft
 from prefopt.engine.inputs import Packing, body_kwargs, check_batch, default_packing, scored_positions
 from prefopt.engine.outputs import SequenceLogProbs
+from prefopt.kernels import linear_logprobs
 
 __all__ = ["LogProbEngine", "TokenLogProbs"]
 
@@ -32,8 +33,6 @@ Split = Literal["auto", "always", "never"]
 
 def _linear_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, **kwargs: Any) -> Tensor:
     """`prefopt.kernels.linear_logprobs`, resolved at call time (the kernels package imports lazily)."""
-    from prefopt.kernels import linear_logprobs
-
     return linear_logprobs(hidden, weight, labels, **kwargs)
 
 

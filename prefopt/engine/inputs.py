@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 
 __all__ = ["Packing", "check_batch", "sequence_positions", "body_kwargs", "scored_positions", "default_packing"]
 

@@ -1,6 +1,6 @@
 """`SequenceLogProbs`: what the engine returns, and the helpers that split it by group.
 
-Notation (see `prefopt.data.batch.TokenBatch`): S sequences in group-major order, B = S // K groups of
+Notation (see `prefopt.batch.TokenBatch`): S sequences in group-major order, B = S // K groups of
 K sequences (K = 2 for paired data: chosen block then rejected block; K completions for ranked data,
 best first; K = 1 for unpaired data).
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 from prefopt.engine.cache import ReferenceCache
 from prefopt.engine.engine import LogProbEngine
 from prefopt.engine.outputs import SequenceLogProbs

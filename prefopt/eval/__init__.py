@@ -36,7 +36,6 @@ from prefopt.eval.ratings import (
     prompt_outcomes,
     rate_generations,
 )
-from prefopt.eval.sampling import decode_completion, sample_texts
 from prefopt.eval.stats import MeanCI, aggregate_records, aggregate_seeds, bootstrap_mean, bootstrap_statistic
 from prefopt.eval.winrate import (
     LengthControlledFit,
@@ -46,6 +45,7 @@ from prefopt.eval.winrate import (
     pairwise_outcomes,
     win_rate,
 )
+from prefopt.sampling import decode_completion, sample_texts
 
 __all__ = [
     "DEFAULT_CURVE_METRICS",

@@ -7,7 +7,7 @@ For n prompts x_i, one completion y_i ~ π_θ(·|x_i) and one independent ỹ_i 
     LC win rate     σ(a) of the length-controlled fit (AlpacaEval 2, arXiv:2404.04475)
     mean length     completion tokens of y_i (EOS not counted; = words on the synthetic task)
     KL(π_θ ‖ π_ref) per sequence, averaged over the policy's samples:
-        exact  Σ_t KL(π_θ(·|s_t) ‖ π_ref(·|s_t)) over the vocabulary (`synthetic.sequence_kl`)
+        exact  Σ_t KL(π_θ(·|s_t) ‖ π_ref(·|s_t)) over the vocabulary (`prefopt.sampling.sequence_kl`)
         k1     Σ_t log π_θ(y_t|s_t) − log π_ref(y_t|s_t)                               unbiased, can be < 0
         k3     Σ_t (u_t − 1 − log u_t),  u_t = π_ref(y_t|s_t)/π_θ(y_t|s_t)             unbiased, ≥ 0
     (k1/k3: Schulman 2020, "Approximating KL Divergence"; each token's term is unbiased for that position's
@@ -27,8 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prefopt.engine import LogProbEngine
+from prefopt.engine.reference import eval_mode
 from prefopt.eval.stats import BootstrapMethod, MeanCI, bootstrap_mean
 from prefopt.eval.winrate import length_controlled_win_rate, pairwise_outcomes
+from prefopt.sampling import sample, sequence_kl
+from prefopt.threads import torch_threads
 
 __all__ = ["GenerationMetrics", "kl_estimates", "completion_lengths", "generation_metrics", "evaluate_generations",
            "EXACT_KL_MAX_VOCAB"]
@@ -209,19 +213,14 @@ def evaluate_generations(
         prompts: n held-out prompt strings (repeat a prompt for several samples of it).
         reward: a `RewardFunction` (`score(prompts, completions) -> [n]`), e.g. `synthetic.GoldReward()`.
         seed: policy samples use `torch.Generator().manual_seed(seed)`, reference samples `seed + 1`.
-        kl: "exact" (`synthetic.sequence_kl`, full vocabulary), "sampled" (k1/k3 only) or "auto" (exact when
+        kl: "exact" (`prefopt.sampling.sequence_kl`, full vocabulary), "sampled" (k1/k3 only) or "auto" (exact when
             the vocabulary has ≤ EXACT_KL_MAX_VOCAB tokens). k1 and k3 are always reported.
         reference_samples: the reference's `Samples` on the same prompts, to reuse across policies (then
             the reference is not sampled again).
         sampler: `sampler(model, tokenizer, prompts, generator=, max_new_tokens=, temperature=) -> Samples`;
-            default `prefopt.data.synthetic.sample` (ancestral sampling with a KV cache).
+            default `prefopt.sampling.sample` (ancestral sampling with a KV cache).
         num_threads: torch threads while sampling (None: unchanged).
     """
-    from prefopt.data.synthetic import sample, sequence_kl
-    from prefopt.data.synthetic.sampling import torch_threads
-    from prefopt.engine import LogProbEngine
-    from prefopt.engine.reference import eval_mode
-
     if not prompts:
         raise ValueError("evaluate_generations: no prompts; pass the held-out prompts")
     draw = sampler or sample

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import atomic_path
-
 from prefopt.eval.stats import MeanCI
 
 __all__ = ["FrontierPoint", "read_metrics_jsonl", "plot_reward_kl_frontier", "plot_training_curves",
@@ -63,8 +62,8 @@ def _err(v: Value) -> tuple[float, float]:
 
 
 def _new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.5) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: loaded on first use
+    from matplotlib.figure import Figure  # heavy: loaded on first use
 
     fig = Figure(figsize=(width * ncols, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)

@@ -26,7 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prefopt.engine import LogProbEngine
+from prefopt.engine.reference import eval_mode
 from prefopt.eval.stats import BootstrapMethod, MeanCI, bootstrap_mean
+from prefopt.registry import BoundLoss, loss_spec
 
 __all__ = ["PreferenceMetrics", "resolve_beta", "preference_metrics", "evaluate_preferences"]
 
@@ -72,8 +75,6 @@ def resolve_beta(beta: float | None = None, loss: Any = None) -> float:
     whose `beta` means something else (IPO's τ, SLiC's δ) or that has none, pass `beta` explicitly.
     """
     if beta is None and loss is not None:
-        from prefopt.registry import BoundLoss, loss_spec
-
         if isinstance(loss, BoundLoss):
             hparams = {**loss.spec.defaults(), **loss.hparams}
         else:
@@ -195,9 +196,6 @@ def evaluate_preferences(
         beta, loss: the implicit-reward β, given or taken from the loss (`resolve_beta`).
         confidence, method, n_resamples, seed: of the bootstrap over prompts.
     """
-    from prefopt.engine import LogProbEngine
-    from prefopt.engine.reference import eval_mode
-
     beta = resolve_beta(beta, loss)
     engine = policy if isinstance(policy, LogProbEngine) else LogProbEngine(policy)
     device = next(engine.model.parameters()).device

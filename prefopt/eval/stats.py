@@ -11,6 +11,7 @@ missing bound (n < 2) as null, never NaN, so the files stay valid JSON.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -81,9 +82,7 @@ def _as_values(values: Any, name: str) -> np.ndarray:
 def _scipy_bootstrap(data: tuple[np.ndarray, ...], statistic: Any, *, seed: int, **kwargs: Any) -> Any:
     """`scipy.stats.bootstrap` seeded with `np.random.default_rng(seed)` (`rng=` since scipy 1.15,
     `random_state=` before)."""
-    import inspect
-
-    from scipy.stats import bootstrap
+    from scipy.stats import bootstrap  # heavy: loaded on first use
 
     key = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
     return bootstrap(data, statistic, **kwargs, **{key: np.random.default_rng(seed)})
@@ -175,7 +174,7 @@ def aggregate_seeds(
     _check_confidence(confidence, "aggregate_seeds")
     if method != "t":
         return bootstrap_mean(array, confidence=confidence, method=method, n_resamples=n_resamples, seed=seed)
-    from scipy.stats import t as student_t
+    from scipy.stats import t as student_t  # heavy: loaded on first use
 
     mean = float(array.mean())
     if array.size == 1:

@@ -29,7 +29,7 @@ __all__ = ["linear_logprobs", "resolve_backend", "triton_available"]
 def triton_available() -> bool:
     """True when the Triton backend module imports (Triton installed and usable)."""
     try:
-        import prefopt.kernels.triton_function  # noqa: F401
+        import prefopt.kernels.triton_function  # noqa: F401  # heavy: the optional Triton extra
     except ImportError:
         return False
     return True
@@ -87,7 +87,7 @@ def linear_logprobs(
     if chosen == "chunked":
         logp, entropy = linear_logprobs_chunked(hidden, weight, labels, bias, params)
     else:
-        from prefopt.kernels.triton_function import linear_logprobs_triton
+        from prefopt.kernels.triton_function import linear_logprobs_triton  # heavy: loaded on first use
 
         logp, entropy = linear_logprobs_triton(hidden, weight, labels, bias, params)
     return (logp, entropy) if return_entropy else logp

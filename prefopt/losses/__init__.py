@@ -1,6 +1,7 @@
 """The loss zoo: pure functions of per-sequence log-prob tensors, each registered with its contract.
 
-One module per family; importing this package registers every loss. Call them directly
+One module per family, each loss a body (its formula) declared with its data kind's helper from
+`prefopt.losses.kinds`; importing this package registers every loss. Call them directly
 (`prefopt.losses.dpo(...)`) or through the registry (`prefopt.get_loss("dpo", beta=0.1)`).
 The table of all losses with formulas and papers is docs/losses.md (generated from the registry).
 """

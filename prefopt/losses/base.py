@@ -25,8 +25,9 @@ __all__ = [
     "pairwise_reward_metrics",
     "detached_mean",
     "neg_logsigmoid",
-    "log_ratios",
-    "paired_output",
+    "class_mean",
+    "unpaired_reward_metrics",
+    "ranked_reward_metrics",
 ]
 
 
@@ -101,30 +102,48 @@ def neg_logsigmoid(x: Tensor) -> Tensor:
     return -F.logsigmoid(x)
 
 
-def log_ratios(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None,
-    ref_rejected_logps: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """(ρ_w, ρ_l), each [B]: policy minus reference log-probs (the registry has checked both are given)."""
-    if ref_chosen_logps is None or ref_rejected_logps is None:  # unreachable through the registry wrapper
-        raise ValueError("ref_chosen_logps and ref_rejected_logps are required")
-    return policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+def class_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Detached float32 mean of x over rows where mask holds; 0 when none does (never NaN)."""
+    x = x.detach().float()
+    return x.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
 
 
-def paired_output(
-    per_example: Tensor,
-    beta: float,
-    chosen_ratio: Tensor,
-    rejected_ratio: Tensor,
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    **extra: Tensor,
-) -> LossOutput:
-    """Mean loss, the standard paired metrics with rewards β·ρ (as the field logs them, whatever the loss's
-    own normalisation) and any loss-specific metrics in `extra` (reduced to detached means)."""
-    metrics = pairwise_reward_metrics(beta * chosen_ratio, beta * rejected_ratio, policy_chosen_logps,
-                                      policy_rejected_logps)
-    metrics.update({k: detached_mean(v) for k, v in extra.items()})
-    return LossOutput(per_example.mean(), per_example, metrics)
+def unpaired_reward_metrics(rewards: Tensor, policy_logps: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """The standard unpaired metrics of rewards [B] and labels [B] (True = desirable), detached scalars.
+
+    rewards/{chosen,rejected} and logps/{chosen,rejected} are class means (0 for a class absent from the
+    batch), rewards/margins is 0 unless both classes are present, and count/{chosen,rejected} give the
+    number of rows behind each mean so a logger can average over steps exactly (Σ mean·count / Σ count).
+    """
+    chosen = class_mean(rewards, labels)
+    rejected = class_mean(rewards, ~labels)
+    both = labels.any() & (~labels).any()
+    return {
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/margins": torch.where(both, chosen - rejected, torch.zeros_like(chosen)),
+        "logps/chosen": class_mean(policy_logps, labels),
+        "logps/rejected": class_mean(policy_logps, ~labels),
+        "count/chosen": labels.sum().float(),
+        "count/rejected": (~labels).sum().float(),
+    }
+
+
+def ranked_reward_metrics(rewards: Tensor) -> dict[str, Tensor]:
+    """Metrics of a ranked batch from its rewards [B, K] (best first), detached scalars.
+
+    `rewards/chosen` and `rewards/rejected` are the mean rewards of the best and the worst completion,
+    `rewards/margins` their mean difference, and `rewards/accuracies` the fraction of the K(K−1)/2
+    ordered pairs (j < k) with r_j > r_k — at K = 2 these are the paired metrics.
+    """
+    r = rewards.detach().float()
+    k = r.shape[-1]
+    upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=r.device), diagonal=1)  # j < k
+    correct = (r.unsqueeze(-1) > r.unsqueeze(-2)) & upper  # (B, K, K)
+    return {
+        "rewards/chosen": r[:, 0].mean(),
+        "rewards/rejected": r[:, -1].mean(),
+        "rewards/margins": (r[:, 0] - r[:, -1]).mean(),
+        "rewards/accuracies": correct.sum(dim=(-2, -1)).float().mean() / (k * (k - 1) // 2),
+    }
+

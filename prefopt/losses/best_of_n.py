@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from prefopt.losses.base import LossOutput, neg_logsigmoid, pairwise_reward_metrics
-from prefopt.registry import POSITIVE, HParam, Interval, LossInputError, register_loss
+from prefopt.losses.kinds import rollout_loss
+from prefopt.registry import POSITIVE, HParam, Interval, LossInputError
 from prefopt.rl.baselines import check_grouped_rewards, grouped_to_sequences
 from prefopt.rl.masked import masked_mean, masked_sum
 
@@ -96,9 +97,8 @@ def best_worst_pairs(rewards: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return best * batch + prompts, worst * batch + prompts, valid
 
 
-@register_loss(
+@rollout_loss(
     "best_of_n",
-    kind="rollout",
     needs_reference=False,
     paper=(
         "Dong et al. 2023, RAFT: Reward rAnked FineTuning for Generative Foundation Model Alignment, "
@@ -108,30 +108,24 @@ def best_worst_pairs(rewards: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     formula="−Σ_{top-k by reward per prompt} Σ_t log π_θ(y_t) / Σ_{kept} |y|",
     hparams=[HParam("top_k", 1, "samples kept per prompt (RAFT: the best one)", Interval(1, math.inf, lo_closed=True))],
     needs_nonpositive_logps=True,  # the NLL −log π_θ(y_t) is ≥ 0 only for a log-probability
+    online_defaults={"min_samples": 1},  # K = 1 is plain SFT on the samples
 )
-def best_of_n(
-    policy_logps: Tensor,
-    old_logps: Tensor | None = None,
-    completion_mask: Tensor | None = None,
-    *,
-    rewards: Tensor | None = None,
-    top_k: int = 1,
-) -> LossOutput:
+def best_of_n(policy_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None, top_k: int) -> LossOutput:
     """Best-of-N fine-tuning (RAFT): SFT on the top_k highest-reward samples of each prompt.
 
     `loss` is the token-mean NLL over the kept samples; `per_example` [S] holds each kept sequence's
-    own token-mean NLL and 0 for dropped ones. old_logps is accepted for the rollout contract and
-    ignored (SFT has no importance ratio). Metrics: rewards/mean (all samples), rewards/kept,
-    kept/fraction, and bon/kl_bound = log K − (K−1)/K, the KL bound of the best-of-K policy (top_k = 1).
+    own token-mean NLL and 0 for dropped ones. The body does not take old_logps (SFT has no importance
+    ratio); the public function accepts it with the rollout contract. Metrics: rewards/mean (all
+    samples), rewards/kept, kept/fraction, and bon/kl_bound = log K − (K−1)/K, the KL bound of the
+    best-of-K policy (top_k = 1).
 
     Args:
         policy_logps, completion_mask: [S, T], S = K·B.
         rewards: [B, K] sequence rewards.
         top_k: samples kept per prompt, an integer in [1, K].
     """
-    assert completion_mask is not None
     grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="best_of_n")
-    if isinstance(top_k, float) and not top_k.is_integer():
+    if isinstance(top_k, float) and not float(top_k).is_integer():  # HParam accepts any number
         raise LossInputError(f"best_of_n: top_k={top_k} must be an integer.")
     kept = kept_sequences_mask(grouped, int(top_k))  # [S]
     tokens = completion_mask & kept.unsqueeze(1)  # [S, T]
@@ -174,9 +168,8 @@ def rollout_pairs(
     return valid, [(s[chosen], s[rejected]) for s in sums]
 
 
-@register_loss(
+@rollout_loss(
     "online_dpo",
-    kind="rollout",
     needs_reference=True,
     paper=(
         "Guo et al. 2024, Direct Language Model Alignment from Online AI Feedback, arXiv:2402.04792 (online DPO: "
@@ -184,29 +177,24 @@ def rollout_pairs(
     ),
     formula="mean_{valid b} −log σ(β[(log π_θ − log π_ref)(y_best,b) − (log π_θ − log π_ref)(y_worst,b)])",
     hparams=[HParam("beta", 0.1, "DPO's β on the online pairs", POSITIVE)],
+    accepts_pair_loss=True,  # OnlineConfig.pair_loss: any paired log-prob loss on the same best/worst pairs
 )
 def online_dpo(
-    policy_logps: Tensor,
-    old_logps: Tensor | None = None,
-    completion_mask: Tensor | None = None,
-    *,
-    rewards: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    beta: float = 0.1,
+    policy_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None, ref_logps: Tensor, beta: float
 ) -> LossOutput:
     """Online DPO: DPO on each prompt's best-vs-worst pair of the K samples just drawn from the policy.
 
     `loss` is the mean over valid pairs (`rollout_pairs`; 0 when none is valid); `per_example` [S]
-    holds each valid pair's loss at its chosen row and 0 elsewhere. old_logps is accepted for the
-    rollout contract and ignored (DPO has no importance ratio). Metrics: the paired metrics of DPO
-    (rewards/chosen = β·log-ratio of the best samples, ...), rewards/mean, pairs/valid (fraction).
+    holds each valid pair's loss at its chosen row and 0 elsewhere. The body does not take old_logps
+    (DPO has no importance ratio); the public function accepts it with the rollout contract. Metrics:
+    the paired metrics of DPO (rewards/chosen = β·log-ratio of the best samples, ...), rewards/mean,
+    pairs/valid (fraction).
 
     Args:
         policy_logps, completion_mask: [S, T], S = K·B; ref_logps: [S, T] reference log-probs.
         rewards: [B, K] rewards of the samples, K ≥ 2.
         beta: β.
     """
-    assert completion_mask is not None and ref_logps is not None  # filled in / checked by the registry wrapper
     grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="online_dpo", min_k=2)
     valid, ((policy_w, policy_l), (ref_w, ref_l)) = rollout_pairs(grouped, completion_mask, policy_logps, ref_logps)
     ratio_w, ratio_l = policy_w - ref_w, policy_l - ref_l

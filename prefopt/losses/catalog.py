@@ -1,7 +1,8 @@
 """The loss catalogue rendered from the registry: the `prefopt losses` table and docs/losses.md.
 
 Nothing here is written by hand: names, kinds, hyper-parameters, formulas and papers all come from the
-`register_loss` declarations, so the docs cannot drift from the code (a test regenerates and compares).
+loss declarations (`prefopt.losses.kinds`), so the docs cannot drift from the code (a test regenerates and
+compares).
 
     python -m prefopt.losses.catalog --write docs/losses.md
 """
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefopt.registry import LossSpec, list_losses, loss_spec
+from prefopt.atomic import write_atomic
 
 __all__ = ["loss_rows", "render_text", "render_markdown", "write_markdown"]
 
@@ -134,8 +136,6 @@ def _signature(spec: LossSpec) -> str:
 
 def write_markdown(path: str | os.PathLike[str]) -> None:
     """Write docs/losses.md atomically (a temporary file renamed over the old one)."""
-    from prefopt.atomic import write_atomic
-
     write_atomic(path, render_markdown())
 
 

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prefopt.losses.base import LossOutput, log_ratios, neg_logsigmoid, paired_output
-from prefopt.registry import POSITIVE, HParam, Interval, register_loss
+from prefopt.losses.base import neg_logsigmoid
+from prefopt.losses.kinds import PairedTerms, paired_loss
+from prefopt.registry import POSITIVE, HParam, Interval
 
 __all__ = ["BETA", "dpo", "cdpo", "robust_dpo", "exo", "discopop"]
 
@@ -42,41 +43,26 @@ BETA = HParam("beta", 0.1, "inverse temperature β of the implicit reward β·lo
 # Flip rates: ε = 0 reduces cDPO and robust DPO to DPO; ε = 1/2 makes the labels pure noise (and
 # divides robust DPO by zero), so the domain is [0, 1/2).
 _FLIP_RATE = Interval(0.0, 0.5, lo_closed=True)
-@register_loss(
+
+
+@paired_loss(
     "dpo",
-    kind="paired",
     needs_reference=True,
     paper="Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290 (Eq. 7)",
     formula="−log σ(β·Δ)",
     hparams=[BETA],
 )
-def dpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-) -> LossOutput:
+def dpo(t: PairedTerms, *, beta: float) -> Tensor:
     """Direct Preference Optimization: logistic loss on the margin of implicit rewards.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
         beta: β; the implicit reward is r̂ = β·ρ (paper: 0.1 on Anthropic-HH, App. B).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    per_example = neg_logsigmoid(beta * (chosen_ratio - rejected_ratio))
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    return neg_logsigmoid(beta * t.margin)
 
 
-@register_loss(
+@paired_loss(
     "cdpo",
-    kind="paired",
     needs_reference=True,
     paper=(
         "Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO (conservative DPO, "
@@ -88,38 +74,22 @@ def dpo(
         HParam("epsilon", 0.2, "label-smoothing ε: assumed fraction of flipped preference labels", _FLIP_RATE),
     ],
 )
-def cdpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-    epsilon: float = 0.2,
-) -> LossOutput:
+def cdpo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     """Conservative DPO (label smoothing): DPO against soft targets P(y_w ≻ y_l) = 1 − ε.
 
     The loss is the binary cross-entropy of σ(β·Δ) against 1 − ε, so each pair has a finite optimum
     β·Δ* = log((1−ε)/ε) instead of DPO's Δ → ∞.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed log-probs.
         beta: β of the implicit reward.
         epsilon: ε ∈ [0, ½); ε = 0 is DPO.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    logits = beta * (chosen_ratio - rejected_ratio)  # x = βΔ, [B]
-    per_example = (1.0 - epsilon) * neg_logsigmoid(logits) + epsilon * neg_logsigmoid(-logits)
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    x = beta * t.margin  # [B]
+    return (1.0 - epsilon) * neg_logsigmoid(x) + epsilon * neg_logsigmoid(-x)
 
 
-@register_loss(
+@paired_loss(
     "robust_dpo",
-    kind="paired",
     needs_reference=True,
     paper=(
         "Chowdhury, Kini & Natarajan 2024, Provably Robust DPO: Aligning Language Models with Noisy Feedback, "
@@ -131,17 +101,7 @@ def cdpo(
         HParam("epsilon", 0.1, "known label-flip rate ε of the preference data (must be < ½)", _FLIP_RATE),
     ],
 )
-def robust_dpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-    epsilon: float = 0.1,
-) -> LossOutput:
+def robust_dpo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     """Robust DPO (rDPO): an unbiased estimate of the clean-label DPO loss under random label flips.
 
     If each label is flipped independently with probability ε, the expectation of this loss over the
@@ -149,23 +109,15 @@ def robust_dpo(
     linearly with slope −ε/(1−2ε) (per unit of β·Δ).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed log-probs.
         beta: β of the implicit reward.
         epsilon: flip rate ε ∈ [0, ½); ε = 0 is DPO.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    logits = beta * (chosen_ratio - rejected_ratio)  # x = βΔ, [B]
-    per_example = (
-        (1.0 - epsilon) * neg_logsigmoid(logits) - epsilon * neg_logsigmoid(-logits)
-    ) / (1.0 - 2.0 * epsilon)
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    x = beta * t.margin  # [B]
+    return ((1.0 - epsilon) * neg_logsigmoid(x) - epsilon * neg_logsigmoid(-x)) / (1.0 - 2.0 * epsilon)
 
 
-@register_loss(
+@paired_loss(
     "exo",
-    kind="paired",
     needs_reference=True,
     paper=(
         "Ji et al. 2024, Towards Efficient Exact Optimization of Language Model Alignment, arXiv:2402.00856 "
@@ -178,17 +130,7 @@ def robust_dpo(
                Interval(0.0, 0.5)),
     ],
 )
-def exo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-    epsilon: float = 1e-3,
-) -> LossOutput:
+def exo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     """EXO-pair: reverse KL from the policy's pair preference σ(β·Δ) to the smoothed label Bern(1−ε).
 
     Where DPO minimises the forward KL (cross-entropy) to the label, EXO minimises
@@ -196,25 +138,17 @@ def exo(
     Computed from log σ(±x) so that neither term forms 0·log 0.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed log-probs.
         beta: β (β_π in the paper) scaling the policy log-ratio.
         epsilon: ε ∈ (0, ½) of the target distribution.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    logits = beta * (chosen_ratio - rejected_ratio)  # x = βΔ, [B]
-    log_p_chosen = F.logsigmoid(logits)  # log σ(x)
-    log_p_rejected = F.logsigmoid(-logits)  # log σ(−x) = log(1 − σ(x))
-    per_example = log_p_chosen.exp() * (log_p_chosen - math.log1p(-epsilon)) + log_p_rejected.exp() * (
-        log_p_rejected - math.log(epsilon)
-    )
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    x = beta * t.margin  # [B]
+    log_p_chosen, log_p_rejected = F.logsigmoid(x), F.logsigmoid(-x)  # log σ(x), log σ(−x) = log(1 − σ(x))
+    return (log_p_chosen.exp() * (log_p_chosen - math.log1p(-epsilon))
+            + log_p_rejected.exp() * (log_p_rejected - math.log(epsilon)))
 
 
-@register_loss(
+@paired_loss(
     "discopop",
-    kind="paired",
     needs_reference=True,
     paper=(
         "Lu et al. 2024, Discovering Preference Optimization Algorithms with and for Large Language Models, "
@@ -227,17 +161,7 @@ def exo(
                POSITIVE),
     ],
 )
-def discopop(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.05,
-    tau: float = 0.05,
-) -> LossOutput:
+def discopop(t: PairedTerms, *, beta: float, tau: float) -> Tensor:
     """DiscoPOP (LRML): a sigmoid-weighted blend of the logistic (DPO) and exponential losses.
 
     With x = β·Δ, the weight σ(x/τ) moves from the logistic loss (x ≪ 0) to e^{−x} (x ≫ 0). The
@@ -245,15 +169,10 @@ def discopop(
     −0.2 at τ = 0.05), so it never overflows even for β·Δ ≪ 0 where e^{−x} alone would.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed log-probs.
         beta: β of the implicit reward.
         tau: τ of the blending sigmoid.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    logits = beta * (chosen_ratio - rejected_ratio)  # x = βΔ, [B]
-    logistic_weight = torch.sigmoid(-logits / tau)  # 1 − σ(x/τ)
-    exponential = torch.exp(F.logsigmoid(logits / tau) - logits)  # σ(x/τ)·e^{−x}
-    per_example = logistic_weight * neg_logsigmoid(logits) + exponential
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    x = beta * t.margin  # [B]
+    logistic_weight = torch.sigmoid(-x / tau)  # 1 − σ(x/τ)
+    exponential = torch.exp(F.logsigmoid(x / tau) - x)  # σ(x/τ)·e^{−x}
+    return logistic_weight * neg_logsigmoid(x) + exponential

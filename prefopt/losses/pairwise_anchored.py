@@ -46,9 +46,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefopt.losses.base import LossOutput, log_ratios, neg_logsigmoid, paired_output
+from prefopt.losses.base import neg_logsigmoid
+from prefopt.losses.kinds import PairedTerms, Reported, paired_loss
 from prefopt.losses.pairwise import BETA
-from prefopt.registry import POSITIVE, HParam, Interval, register_loss
+from prefopt.registry import POSITIVE, HParam, Interval
 
 __all__ = ["nca", "bco_pair", "apo_zero", "apo_down", "aot", "aot_unpaired"]
 
@@ -63,176 +64,111 @@ _AOT_SMOOTHING = HParam(
     "ε: weight of the reversed logistic term, as in cDPO; 0 is the paper's loss (TRL keeps ε for aot)",
     Interval(0.0, 0.5, lo_closed=True),
 )
-@register_loss(
+
+
+@paired_loss(
     "nca",
-    kind="paired",
     needs_reference=True,
     paper="Chen et al. 2024, Noise Contrastive Alignment of Language Models with Explicit Rewards, "
     "arXiv:2402.05369 (pairwise NCA, Sec. 4.1; β = 0.01 from App. C)",
     formula="−log σ(β·ρ_w) − ½·log σ(−β·ρ_w) − ½·log σ(−β·ρ_l)",
     hparams=[_BETA_NCA],
 )
-def nca(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.01,
-) -> LossOutput:
+def nca(t: PairedTerms, *, beta: float) -> Tensor:
     """NCA-pair: noise-contrastive alignment, anchoring the chosen reward at 0 instead of only the margin.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
         beta: β of the implicit reward r̂ = β·ρ.
 
     Returns:
-        LossOutput with per_example [B] = −log σ(r̂_w) − ½ log σ(−r̂_w) − ½ log σ(−r̂_l).
+        per_example [B] = −log σ(r̂_w) − ½ log σ(−r̂_w) − ½ log σ(−r̂_l).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    chosen_reward, rejected_reward = beta * chosen_ratio, beta * rejected_ratio
-    per_example = (
-        neg_logsigmoid(chosen_reward) + 0.5 * neg_logsigmoid(-chosen_reward) + 0.5 * neg_logsigmoid(-rejected_reward)
-    )
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    chosen, rejected = beta * t.chosen_ratio, beta * t.rejected_ratio  # r̂_w, r̂_l
+    return neg_logsigmoid(chosen) + 0.5 * neg_logsigmoid(-chosen) + 0.5 * neg_logsigmoid(-rejected)
 
 
-@register_loss(
+@paired_loss(
     "bco_pair",
-    kind="paired",
     needs_reference=True,
     paper="Jung et al. 2024, Binary Classifier Optimization for Large Language Model Alignment, "
     "arXiv:2404.04656 (Sec. 4, paired with δ = 0; β = 0.01 from App. C)",
     formula="−log σ(β·ρ_w) − log σ(−β·ρ_l)",
     hparams=[_BETA_BCO],
 )
-def bco_pair(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.01,
-) -> LossOutput:
+def bco_pair(t: PairedTerms, *, beta: float) -> Tensor:
     """BCO on pairs: binary cross-entropy with chosen as positive and rejected as negative, shift δ = 0.
 
     The paper's reward shift δ (a running mean of rewards) is not used here, so the loss depends on
     nothing but the batch; the unpaired `bco` keeps δ.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
         beta: β of the implicit reward r̂ = β·ρ.
 
     Returns:
-        LossOutput with per_example [B] = −log σ(r̂_w) − log σ(−r̂_l).
+        per_example [B] = −log σ(r̂_w) − log σ(−r̂_l).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    per_example = neg_logsigmoid(beta * chosen_ratio) + neg_logsigmoid(-beta * rejected_ratio)
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    return neg_logsigmoid(beta * t.chosen_ratio) + neg_logsigmoid(-beta * t.rejected_ratio)
 
 
-@register_loss(
+@paired_loss(
     "apo_zero",
-    kind="paired",
     needs_reference=True,
     paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions, "
     "arXiv:2408.06266 (APO-zero, Sec. 4; β = 0.1, Sec. 5.2)",
     formula="(1 − σ(β·ρ_w)) + σ(β·ρ_l)",
     hparams=[BETA],
 )
-def apo_zero(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-) -> LossOutput:
+def apo_zero(t: PairedTerms, *, beta: float) -> Tensor:
     """APO-zero: raise the chosen likelihood and lower the rejected one, each anchored at ρ = 0.
 
     For data whose chosen answers are better than the model's own (the paper's guidance).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
         beta: β of the implicit reward r̂ = β·ρ.
 
     Returns:
-        LossOutput with per_example [B] = σ(−r̂_w) + σ(r̂_l) ∈ (0, 2).
+        per_example [B] = σ(−r̂_w) + σ(r̂_l) ∈ (0, 2).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
     # 1 − σ(z) = σ(−z) exactly, and σ is bounded, so this form is stable for any finite input.
-    per_example = torch.sigmoid(-beta * chosen_ratio) + torch.sigmoid(beta * rejected_ratio)
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    return torch.sigmoid(-beta * t.chosen_ratio) + torch.sigmoid(beta * t.rejected_ratio)
 
 
-@register_loss(
+@paired_loss(
     "apo_down",
-    kind="paired",
     needs_reference=True,
     paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions, "
     "arXiv:2408.06266 (APO-down, Sec. 4; β = 0.1, Sec. 5.2)",
     formula="σ(β·ρ_w) + (1 − σ(β·Δ))",
     hparams=[BETA],
 )
-def apo_down(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-) -> LossOutput:
+def apo_down(t: PairedTerms, *, beta: float) -> Tensor:
     """APO-down: lower the chosen likelihood while lowering the rejected one faster.
 
     For data whose chosen answers are worse than the model's own (the paper's guidance).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
         beta: β of the implicit reward r̂ = β·ρ.
 
     Returns:
-        LossOutput with per_example [B] = σ(r̂_w) + σ(−β·Δ) ∈ (0, 2).
+        per_example [B] = σ(r̂_w) + σ(−β·Δ) ∈ (0, 2).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    per_example = torch.sigmoid(beta * chosen_ratio) + torch.sigmoid(-beta * (chosen_ratio - rejected_ratio))
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    return torch.sigmoid(beta * t.chosen_ratio) + torch.sigmoid(-beta * t.margin)
 
 
-def _sorted_quantile_loss(upper: Tensor, lower: Tensor, beta: float, label_smoothing: float) -> tuple[Tensor, Tensor]:
+def _sorted_quantile_loss(upper: Tensor, lower: Tensor, beta: float, label_smoothing: float) -> Reported:
     """AOT's closed-form 1-D transport: pair the ascending-sorted samples of two [B] vectors.
 
-    Returns (per_quantile [B], fraction of quantiles where `upper` fails to dominate `lower`).
-    ℓ(z) = (1−ε)·(−log σ(z)) + ε·(−log σ(−z)) with z = β·(upper_(i) − lower_(i)).
+    per_example [B] per quantile: ℓ(z) = (1−ε)·(−log σ(z)) + ε·(−log σ(−z)) with z = β·(upper_(i) − lower_(i));
+    metric `quantile_violations`: the fraction of quantiles where `upper` fails to dominate `lower`.
     """
     gap = torch.sort(upper).values - torch.sort(lower).values  # [B], i-th quantile of each side
     z = beta * gap
     per_quantile = (1.0 - label_smoothing) * neg_logsigmoid(z) + label_smoothing * neg_logsigmoid(-z)
-    return per_quantile, (gap < 0).float().mean()
+    return Reported(per_quantile, metrics={"quantile_violations": (gap < 0).float().mean()})
 
 
-@register_loss(
+@paired_loss(
     "aot",
-    kind="paired",
     needs_reference=True,
     paper="Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal Transport, "
     "arXiv:2406.05882 (AOT paired, Sec. 3; β = 0.01)",
@@ -240,17 +176,7 @@ def _sorted_quantile_loss(upper: Tensor, lower: Tensor, beta: float, label_smoot
     hparams=[_BETA_AOT, _AOT_SMOOTHING],
     batch_dependent=True,
 )
-def aot(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.01,
-    label_smoothing: float = 0.0,
-) -> LossOutput:
+def aot(t: PairedTerms, *, beta: float, label_smoothing: float) -> Reported:
     """AOT, paired: the policy's chosen-vs-rejected log-ratio distribution must dominate the reference's.
 
     u_i = log π_θ(y_w) − log π_θ(y_l) and v_i = log π_ref(y_w) − log π_ref(y_l) are sorted
@@ -262,32 +188,19 @@ def aot(
     not of input row i. The loss is invariant to permuting the batch rows.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
         beta: β scaling the quantile gaps inside the logistic relaxation.
         label_smoothing: ε of the reversed logistic term (0 = the paper's loss).
 
     Returns:
-        LossOutput with per_example [B] per sorted quantile; metric `quantile_violations` is the
-        fraction of quantiles where sort(u)_i < sort(v)_i (dominance violated).
+        per_example [B] per sorted quantile; metric `quantile_violations` is the fraction of quantiles
+        where sort(u)_i < sort(v)_i (dominance violated).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    assert ref_chosen_logps is not None and ref_rejected_logps is not None  # _log_ratios raised otherwise
     # Row by row u − v = Δ, but u and v are sorted separately, so the quantile gaps are not the Δ_i.
-    policy_margin = policy_chosen_logps - policy_rejected_logps  # u, [B]
-    ref_margin = ref_chosen_logps - ref_rejected_logps  # v, [B]
-    per_quantile, violations = _sorted_quantile_loss(policy_margin, ref_margin, beta, label_smoothing)
-    return paired_output(
-        per_quantile, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps,
-        quantile_violations=violations,
-    )
+    return _sorted_quantile_loss(t.policy_margin, t.ref_margin, beta, label_smoothing)
 
 
-@register_loss(
+@paired_loss(
     "aot_unpaired",
-    kind="paired",
     needs_reference=True,
     paper="Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal Transport, "
     "arXiv:2406.05882 (AOT unpaired, Sec. 3; β = 0.01)",
@@ -295,41 +208,26 @@ def aot(
     hparams=[_BETA_AOT, _AOT_SMOOTHING],
     batch_dependent=True,
 )
-def aot_unpaired(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.01,
-    label_smoothing: float = 0.0,
-) -> LossOutput:
-    """AOT, unpaired: the distribution of chosen rewards ρ_w must dominate that of rejected rewards ρ_l.
+def aot_unpaired(t: PairedTerms, *, beta: float, label_smoothing: float) -> Reported:
+    """AOT, unpaired objective on paired batches: the distribution of chosen rewards ρ_w must dominate that of ρ_l.
 
-    ρ_w and ρ_l are sorted separately, so the pairing of rows in the input is ignored (the paper's
-    setting for unpaired positive/negative samples, fed here through the paired call).
+    ρ_w and ρ_l are sorted separately, so the pairing of rows in the input is ignored: "unpaired" is the
+    paper's name for this objective (Melnyk et al. 2024, Sec. 3: the marginal reward distributions of
+    positive and negative samples, whichever prompt they answer), not a data kind. Matching sorted
+    quantiles needs as many rejected as chosen completions in every batch, which the paired layout
+    guarantees and labelled unpaired data (a varying count of each per batch) does not, so its data kind
+    is "paired": prompt/chosen/rejected rows whose pairing the loss ignores.
 
     Batch dependence: as for `aot`, the sort couples all rows; do not use under micro-batched gradient
     accumulation. `per_example[i]` is the loss of the i-th sorted quantile, not of input row i, and the
     loss is invariant to permuting the chosen and the rejected rows (even independently).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
         beta: β scaling the quantile gaps inside the logistic relaxation.
         label_smoothing: ε of the reversed logistic term (0 = the paper's loss).
 
     Returns:
-        LossOutput with per_example [B] per sorted quantile; metric `quantile_violations` is the
-        fraction of quantiles where sort(ρ_w)_i < sort(ρ_l)_i.
+        per_example [B] per sorted quantile; metric `quantile_violations` is the fraction of quantiles
+        where sort(ρ_w)_i < sort(ρ_l)_i.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    per_quantile, violations = _sorted_quantile_loss(chosen_ratio, rejected_ratio, beta, label_smoothing)
-    return paired_output(
-        per_quantile, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps,
-        quantile_violations=violations,
-    )
+    return _sorted_quantile_loss(t.chosen_ratio, t.rejected_ratio, beta, label_smoothing)

@@ -27,30 +27,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefopt.losses.base import LossOutput, detached_mean, log_ratios, paired_output, pairwise_reward_metrics
-from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam, register_loss
+from prefopt.losses.kinds import PairedTerms, PolicyPair, Reported, paired_loss
+from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam
 
 __all__ = ["ipo", "ipo_sum", "sppo_hard", "hinge", "slic"]
 
 _TAU_HELP = "IPO's τ (named beta for uniformity): the regression target of the margin is 1/(2τ)"
 
-def _ipo_output(
-    margin: Tensor,
-    beta: float,
-    chosen_ratio: Tensor,
-    rejected_ratio: Tensor,
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-) -> LossOutput:
-    """Squared regression of `margin` [B] onto 1/(2τ), with the standard metrics plus `ipo/margin`."""
-    per_example = (margin - 1.0 / (2.0 * beta)) ** 2
-    return paired_output(per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps,
-                         policy_rejected_logps, **{"ipo/margin": margin})
+
+def _ipo(margin: Tensor, tau: float) -> Reported:
+    """Squared regression of `margin` [B] onto 1/(2τ), reporting `ipo/margin`."""
+    return Reported((margin - 1.0 / (2.0 * tau)) ** 2, metrics={"ipo/margin": margin})
 
 
-@register_loss(
+@paired_loss(
     "ipo",
-    kind="paired",
     needs_reference=True,
     needs_lengths=True,
     paper=(
@@ -61,35 +52,17 @@ def _ipo_output(
     formula="(ρ_w/|y_w| − ρ_l/|y_l| − 1/(2τ))²",
     hparams=[HParam("beta", 0.1, _TAU_HELP, POSITIVE)],
 )
-def ipo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-) -> LossOutput:
+def ipo(t: PairedTerms, *, beta: float) -> Reported:
     """IPO on length-normalised log-ratios: regress the per-token margin onto 1/(2τ).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed log-probs.
-        chosen_lengths, rejected_lengths: [B] completion token counts |y_w|, |y_l| (required).
         beta: τ, the KL-regularisation strength of ΨPO with Ψ = identity.
     """
-    if chosen_lengths is None or rejected_lengths is None:  # unreachable through the registry
-        raise ValueError("ipo needs chosen_lengths and rejected_lengths")
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    margin = chosen_ratio / chosen_lengths - rejected_ratio / rejected_lengths  # h, [B]
-    return _ipo_output(margin, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    return _ipo(t.normalized_margin, beta)
 
 
-@register_loss(
+@paired_loss(
     "ipo_sum",
-    kind="paired",
     needs_reference=True,
     paper=(
         "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, "
@@ -98,32 +71,17 @@ def ipo(
     formula="(Δ − 1/(2τ))²",
     hparams=[HParam("beta", 0.1, _TAU_HELP, POSITIVE)],
 )
-def ipo_sum(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-) -> LossOutput:
+def ipo_sum(t: PairedTerms, *, beta: float) -> Reported:
     """IPO as written in the paper: regress the summed log-ratio margin Δ onto 1/(2τ).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed log-probs.
         beta: τ, the KL-regularisation strength of ΨPO with Ψ = identity.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    margin = chosen_ratio - rejected_ratio  # Δ, [B]
-    return _ipo_output(margin, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps)
+    return _ipo(t.margin, beta)
 
 
-@register_loss(
+@paired_loss(
     "sppo_hard",
-    kind="paired",
     needs_reference=True,
     paper=(
         "Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, arXiv:2405.00675 "
@@ -132,16 +90,7 @@ def ipo_sum(
     formula="(ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²",
     hparams=[HParam("beta", 1e-3, "β = 1/η: the targets of ρ_w and ρ_l are ±1/(2β) = ±η/2", POSITIVE)],
 )
-def sppo_hard(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 1e-3,
-) -> LossOutput:
+def sppo_hard(t: PairedTerms, *, beta: float) -> Tensor:
     """SPPO with hard labels: regress each log-ratio separately, ρ_w onto +η/2 and ρ_l onto −η/2.
 
     The paper's loss is (ρ(y) − η(P̂(y ≻ π_t) − ½))² with ρ relative to the previous iterate; with the
@@ -150,23 +99,14 @@ def sppo_hard(
     log-probs as the reference to follow the paper's self-play iteration.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed log-probs.
         beta: β = 1/η.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
     target = 1.0 / (2.0 * beta)
-    per_example = (chosen_ratio - target) ** 2 + (rejected_ratio + target) ** 2
-    metrics = pairwise_reward_metrics(
-        beta * chosen_ratio, beta * rejected_ratio, policy_chosen_logps, policy_rejected_logps
-    )
-    return LossOutput(per_example.mean(), per_example, metrics)
+    return (t.chosen_ratio - target) ** 2 + (t.rejected_ratio + target) ** 2
 
 
-@register_loss(
+@paired_loss(
     "hinge",
-    kind="paired",
     needs_reference=True,
     paper=(
         "Liu et al. 2023, Statistical Rejection Sampling Improves Preference Optimization, arXiv:2309.06657 "
@@ -175,37 +115,19 @@ def sppo_hard(
     formula="max(0, 1 − β·Δ)",
     hparams=[HParam("beta", 0.05, "γ: scale of the normalised margin; the hinge is met at Δ = 1/β", POSITIVE)],
 )
-def hinge(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.05,
-) -> LossOutput:
+def hinge(t: PairedTerms, *, beta: float) -> Tensor:
     """RSO hinge-norm: the SVM counterpart of DPO on the reference-normalised margin.
 
     Pairs whose margin already exceeds 1/β contribute neither loss nor gradient.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] summed log-probs.
         beta: γ of the paper.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    per_example = torch.relu(1.0 - beta * (chosen_ratio - rejected_ratio))
-    metrics = pairwise_reward_metrics(
-        beta * chosen_ratio, beta * rejected_ratio, policy_chosen_logps, policy_rejected_logps
-    )
-    return LossOutput(per_example.mean(), per_example, metrics)
+    return torch.relu(1.0 - beta * t.margin)
 
 
-@register_loss(
+@paired_loss(
     "slic",
-    kind="paired",
     needs_reference=False,
     paper=(
         "Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback, arXiv:2305.10425 "
@@ -219,36 +141,20 @@ def hinge(
     ],
     needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w) is ≥ 0 only for a log-probability
 )
-def slic(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    delta: float = 1.0,
-    lambda_: float = 0.1,
-) -> LossOutput:
+def slic(t: PolicyPair, *, delta: float, lambda_: float) -> Reported:
     """SLiC-HF: hinge calibration of sequence log-likelihoods plus an NLL anchor on the chosen completion.
 
-    Reference-free: the reference arguments are accepted (so configs only swap the name) and ignored.
     The regulariser is the *sequence* NLL −log π_θ(y_w) (a sum over tokens), as in the paper's
     L_reg = −log P_θ(y_ref|x) with the chosen completion as y_ref, so both terms are on the same
     summed scale; lengths are not used.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: ignored.
         delta: margin δ of the calibration hinge.
         lambda_: weight λ of the NLL regulariser.
+
+    Metrics: `rewards/*` = log π_θ (summed), `calibration_loss`, `nll_loss`.
     """
-    calibration = torch.relu(delta - policy_chosen_logps + policy_rejected_logps)  # [B]
-    nll = -policy_chosen_logps  # [B]
-    per_example = calibration + lambda_ * nll
-    metrics = pairwise_reward_metrics(
-        policy_chosen_logps, policy_rejected_logps, policy_chosen_logps, policy_rejected_logps
-    )
-    metrics["calibration_loss"] = detached_mean(calibration)
-    metrics["nll_loss"] = detached_mean(nll)
-    return LossOutput(per_example.mean(), per_example, metrics)
+    calibration = torch.relu(delta - t.chosen_logps + t.rejected_logps)  # [B]
+    nll = -t.chosen_logps  # [B]
+    return Reported(calibration + lambda_ * nll, rewards=(t.chosen_logps, t.rejected_logps),
+                    metrics={"calibration_loss": calibration, "nll_loss": nll})

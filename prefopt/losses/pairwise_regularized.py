@@ -55,11 +55,11 @@ loss under the paper's name. It fits once the engine returns per-token log-probs
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from prefopt.losses.base import LossOutput, log_ratios, neg_logsigmoid, paired_output
+from prefopt.losses.base import neg_logsigmoid
+from prefopt.losses.kinds import PairedTerms, Reported, paired_loss
 from prefopt.losses.pairwise import BETA
-from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam, register_loss
+from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam
 
 __all__ = ["dpop", "rdpo", "dpo_norm", "rpo", "wpo"]
 
@@ -75,59 +75,32 @@ _BETA_NORM = HParam("beta", 5.0, "β on length-normalised log-ratios (Tülu 3 DP
 _ALPHA_RPO = HParam("alpha", 1.0, "α: weight of the chosen token-mean NLL (Pang et al. 2024 use 1)", NON_NEGATIVE)
 _BETA_WPO = HParam("beta", 0.01, "β of the implicit reward (WPO paper uses 0.01)", POSITIVE)
 
-def _lengths(chosen_lengths: Tensor | None, rejected_lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The completion token counts [B]; the registry has already required and validated them."""
-    if chosen_lengths is None or rejected_lengths is None:  # unreachable through the registry wrapper
-        raise ValueError("chosen_lengths and rejected_lengths are required")
-    return chosen_lengths, rejected_lengths
 
-@register_loss(
+@paired_loss(
     "dpop",
-    kind="paired",
     needs_reference=True,
     paper="Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive, "
     "arXiv:2402.13228 (Eq. 3)",
     formula="−log σ(β·(Δ − λ·max(0, log π_ref(y_w) − log π_θ(y_w))))",
     hparams=[_BETA_DPOP, _LAMBDA_DPOP],
 )
-def dpop(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.3,
-    lambda_: float = 50.0,
-) -> LossOutput:
+def dpop(t: PairedTerms, *, beta: float, lambda_: float) -> Reported:
     """DPO-Positive: DPO whose margin is cut by λ times how far the chosen likelihood fell below the reference.
 
     Equals DPO on rows with π_θ(y_w) ≥ π_ref(y_w); exceeds it elsewhere.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
         beta: β of the implicit reward.
         lambda_: λ ≥ 0, the penalty weight (trailing underscore: `lambda` is a Python keyword).
 
-    Returns:
-        LossOutput, per_example [B]; metric `dpop_penalty` = mean max(0, log π_ref(y_w) − log π_θ(y_w)).
+    Metrics: `dpop_penalty` = mean max(0, log π_ref(y_w) − log π_θ(y_w)).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    penalty = torch.relu(-chosen_ratio)  # max(0, log π_ref(y_w) − log π_θ(y_w)), [B]
-    per_example = neg_logsigmoid(beta * (chosen_ratio - rejected_ratio - lambda_ * penalty))
-    return paired_output(
-        per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps,
-        dpop_penalty=penalty,
-    )
+    penalty = torch.relu(-t.chosen_ratio)  # max(0, log π_ref(y_w) − log π_θ(y_w)), [B]
+    return Reported(neg_logsigmoid(beta * (t.margin - lambda_ * penalty)), metrics={"dpop_penalty": penalty})
 
 
-@register_loss(
+@paired_loss(
     "rdpo",
-    kind="paired",
     needs_reference=True,
     paper="Park et al. 2024, Disentangling Length from Quality in Direct Preference Optimization, "
     "arXiv:2403.19159 (Sec. 4, R-DPO objective: +α(|y_w| − |y_l|) inside σ)",
@@ -135,46 +108,23 @@ def dpop(
     hparams=[BETA, _ALPHA_RDPO],
     needs_lengths=True,
 )
-def rdpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-    alpha: float = 0.05,
-) -> LossOutput:
+def rdpo(t: PairedTerms, *, beta: float, alpha: float) -> Reported:
     """R-DPO: DPO with a length margin, so a longer chosen answer earns less push towards length.
 
     The paper's sign is +α(|y_w| − |y_l|) inside the sigmoid (see the module docstring); α = 0 is DPO.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
-        chosen_lengths, rejected_lengths: [B] completion token counts |y_w|, |y_l| (required).
         beta: β of the implicit reward.
         alpha: α ≥ 0, weight of the length difference (logit units per token).
 
-    Returns:
-        LossOutput, per_example [B]; metric `length_margin` = mean α(|y_w| − |y_l|).
+    Metrics: `length_margin` = mean α(|y_w| − |y_l|).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    chosen_len, rejected_len = _lengths(chosen_lengths, rejected_lengths)
-    length_margin = alpha * (chosen_len - rejected_len)  # [B]
-    per_example = neg_logsigmoid(beta * (chosen_ratio - rejected_ratio) + length_margin)
-    return paired_output(
-        per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps,
-        length_margin=length_margin,
-    )
+    length_margin = alpha * (t.chosen_lengths - t.rejected_lengths)  # [B]
+    return Reported(neg_logsigmoid(beta * t.margin + length_margin), metrics={"length_margin": length_margin})
 
 
-@register_loss(
+@paired_loss(
     "dpo_norm",
-    kind="paired",
     needs_reference=True,
     paper="Lambert et al. 2024, Tülu 3: Pushing Frontiers in Open Language Model Post-Training, "
     "arXiv:2411.15124 (DPO w/ length normalisation; β = 5)",
@@ -182,44 +132,21 @@ def rdpo(
     hparams=[_BETA_NORM],
     needs_lengths=True,
 )
-def dpo_norm(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 5.0,
-) -> LossOutput:
+def dpo_norm(t: PairedTerms, *, beta: float) -> Reported:
     """Length-normalised DPO: each log-ratio is divided by its completion's token count before differencing.
 
     The logged rewards stay β·Σρ (the field's convention), not the normalised values in the loss.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
-        chosen_lengths, rejected_lengths: [B] completion token counts (required).
         beta: β on per-token log-ratios (so much larger than DPO's β).
 
-    Returns:
-        LossOutput, per_example [B]; metric `normalized_margin` = mean ρ_w/|y_w| − ρ_l/|y_l|.
+    Metrics: `normalized_margin` = mean ρ_w/|y_w| − ρ_l/|y_l|.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    chosen_len, rejected_len = _lengths(chosen_lengths, rejected_lengths)
-    normalized_margin = chosen_ratio / chosen_len - rejected_ratio / rejected_len  # [B]
-    per_example = neg_logsigmoid(beta * normalized_margin)
-    return paired_output(
-        per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps,
-        normalized_margin=normalized_margin,
-    )
+    return Reported(neg_logsigmoid(beta * t.normalized_margin), metrics={"normalized_margin": t.normalized_margin})
 
 
-@register_loss(
+@paired_loss(
     "rpo",
-    kind="paired",
     needs_reference=True,
     paper="Pang et al. 2024, Iterative Reasoning Preference Optimization, arXiv:2404.19733 (Eq. 1–3; α = 1)",
     formula="−log σ(β·Δ) − α·log π_θ(y_w)/|y_w|",
@@ -227,44 +154,21 @@ def dpo_norm(
     needs_lengths=True,
     needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w)/|y_w| is ≥ 0 only for a log-probability
 )
-def rpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-    alpha: float = 1.0,
-) -> LossOutput:
+def rpo(t: PairedTerms, *, beta: float, alpha: float) -> Reported:
     """RPO: DPO plus α times the token-mean negative log-likelihood of the chosen completion.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
-        chosen_lengths, rejected_lengths: [B] completion token counts (|y_w| normalises the NLL).
         beta: β of the implicit reward.
         alpha: α ≥ 0, weight of the NLL term (α = 0 is DPO).
 
-    Returns:
-        LossOutput, per_example [B]; metric `nll_loss` = mean −log π_θ(y_w)/|y_w|.
+    Metrics: `nll_loss` = mean −log π_θ(y_w)/|y_w|.
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    chosen_len, _ = _lengths(chosen_lengths, rejected_lengths)
-    nll = -policy_chosen_logps / chosen_len  # token-mean NLL of y_w, [B]
-    per_example = neg_logsigmoid(beta * (chosen_ratio - rejected_ratio)) + alpha * nll
-    return paired_output(
-        per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps,
-        nll_loss=nll,
-    )
+    nll = -t.chosen_logps / t.chosen_lengths  # token-mean NLL of y_w, [B]
+    return Reported(neg_logsigmoid(beta * t.margin) + alpha * nll, metrics={"nll_loss": nll})
 
 
-@register_loss(
+@paired_loss(
     "wpo",
-    kind="paired",
     needs_reference=True,
     paper="Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, arXiv:2406.11827 "
     "(length-normalised weight; β = 0.01)",
@@ -273,16 +177,7 @@ def rpo(
     needs_lengths=True,
     needs_nonpositive_logps=True,  # exp(log π_θ(y)/|y|) is a geometric-mean token probability
 )
-def wpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.01,
-) -> LossOutput:
+def wpo(t: PairedTerms, *, beta: float) -> Reported:
     """WPO: DPO reweighted by how likely the current policy finds the pair, w(y_w)·w(y_l), weights detached.
 
     w(y) = exp(log π_θ(y)/|y|) is the geometric-mean token probability, in (0, 1]. The product is formed
@@ -291,23 +186,11 @@ def wpo(
     and is not available through this call (see the module docstring).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: [B] the same under π_ref (required).
-        chosen_lengths, rejected_lengths: [B] completion token counts (required for the weights).
         beta: β of the implicit reward.
 
-    Returns:
-        LossOutput, per_example [B] = w·(−log σ(β·Δ)); metric `wpo_weight` = mean w(y_w)·w(y_l).
+    Metrics: `wpo_weight` = mean w(y_w)·w(y_l).
     """
-    chosen_ratio, rejected_ratio = log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    chosen_len, rejected_len = _lengths(chosen_lengths, rejected_lengths)
     # Clamp at 0: a log-prob rounded above 0 must not give a weight above 1.
-    log_weight = (policy_chosen_logps / chosen_len + policy_rejected_logps / rejected_len).clamp(max=0.0)
+    log_weight = (t.chosen_avg_logps + t.rejected_avg_logps).clamp(max=0.0)
     weight = torch.exp(log_weight).detach()  # [B], the paper treats the weight as a constant
-    per_example = weight * neg_logsigmoid(beta * (chosen_ratio - rejected_ratio))
-    return paired_output(
-        per_example, beta, chosen_ratio, rejected_ratio, policy_chosen_logps, policy_rejected_logps,
-        wpo_weight=weight,
-    )
+    return Reported(weight * neg_logsigmoid(beta * t.margin), metrics={"wpo_weight": weight})

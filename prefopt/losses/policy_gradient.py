@@ -42,7 +42,8 @@ import torch
 from torch import Tensor
 
 from prefopt.losses.base import LossOutput
-from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam, Interval, LossInputError, register_loss
+from prefopt.losses.kinds import rollout_loss
+from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam, Interval, LossInputError
 from prefopt.rl.baselines import (
     check_grouped_rewards,
     greedy_baseline_advantages,
@@ -115,9 +116,8 @@ def _require(name: str, value: Tensor | None, what: str) -> Tensor:
     return value
 
 
-@register_loss(
+@rollout_loss(
     "ppo",
-    kind="rollout",
     needs_reference=False,
     paper=(
         "Schulman et al. 2017, arXiv:1707.06347 (Eq. 7, 9); Ziegler et al. 2019, arXiv:1909.08593; "
@@ -129,21 +129,12 @@ def _require(name: str, value: Tensor | None, what: str) -> Tensor:
         HParam("clip_range_value", 0.2, "value clip ε_v: V is kept within V_old ± ε_v", POSITIVE),
         HParam("vf_coef", 0.1, "weight c_vf of the value loss in the total", NON_NEGATIVE),
     ],
+    # One sample per prompt and 4 optimisation passes over each rollout (Ziegler et al. 2019; TRL PPOConfig).
+    online_defaults={"num_samples": 1, "min_samples": 1, "epochs": 4},
 )
-def ppo(
-    policy_logps: Tensor,
-    old_logps: Tensor | None = None,
-    completion_mask: Tensor | None = None,
-    *,
-    advantages: Tensor | None = None,
-    values: Tensor | None = None,
-    old_values: Tensor | None = None,
-    returns: Tensor | None = None,
-    token_entropy: Tensor | None = None,
-    clip_range: float = 0.2,
-    clip_range_value: float = 0.2,
-    vf_coef: float = 0.1,
-) -> LossOutput:
+def ppo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, advantages: Tensor | None,
+        values: Tensor | None, old_values: Tensor | None, returns: Tensor | None, token_entropy: Tensor | None,
+        clip_range: float, clip_range_value: float, vf_coef: float) -> LossOutput:
     """PPO for language models: clipped policy loss plus clipped value loss, token means over the batch.
 
     The KL penalty to the reference is not here: it is folded into the per-token rewards before GAE
@@ -159,7 +150,6 @@ def ppo(
         token_entropy: [S, T] per-token entropy of π_θ, logged as `entropy` when given.
         clip_range, clip_range_value, vf_coef: ε, ε_v, c_vf.
     """
-    assert old_logps is not None and completion_mask is not None  # filled in by the registry wrapper
     mask = completion_mask
     advantages = _require("ppo", advantages, "advantages [S, T] are required (GAE over the rollout, prefopt.rl.gae).")
     pg_token, log_ratio, clipped = clipped_surrogate(policy_logps, old_logps, advantages, mask, clip_range)
@@ -227,9 +217,8 @@ def _k3_to_reference(policy_logps: Tensor, ref_logps: Tensor | None, mask: Tenso
     return torch.where(mask, kl_k3(policy_logps, safe_ref), _zero(policy_logps))
 
 
-@register_loss(
+@rollout_loss(
     "rloo",
-    kind="rollout",
     needs_reference=True,
     paper=(
         "Ahmadian et al. 2024, Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human "
@@ -239,16 +228,8 @@ def _k3_to_reference(policy_logps: Tensor, ref_logps: Tensor | None, mask: Tenso
     hparams=[HParam("beta", 0.03, "KL coefficient β of the sequence reward R = r − β·Σ_t k1", NON_NEGATIVE),
              CLIP_RANGE],
 )
-def rloo(
-    policy_logps: Tensor,
-    old_logps: Tensor | None = None,
-    completion_mask: Tensor | None = None,
-    *,
-    rewards: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    beta: float = 0.03,
-    clip_range: float = 0.2,
-) -> LossOutput:
+def rloo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None,
+         ref_logps: Tensor | None, beta: float, clip_range: float) -> LossOutput:
     """RLOO: REINFORCE on the sequence log-prob with the leave-one-out mean of the other K − 1 samples.
 
     The KL penalty enters the reward, R_i = r_i − β·Σ_t (log π_old − log π_ref), computed from the
@@ -260,7 +241,6 @@ def rloo(
         ref_logps: [S, T] reference log-probs (required when β > 0).
         beta, clip_range: β and ε.
     """
-    assert old_logps is not None and completion_mask is not None
     mask = completion_mask
     grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="rloo", min_k=2)
     shaped = grouped_to_sequences(grouped)  # [S]
@@ -274,9 +254,8 @@ def rloo(
     return LossOutput(per_example.mean(), per_example, {**policy_metrics, **metrics, **_reward_metrics(grouped)})
 
 
-@register_loss(
+@rollout_loss(
     "grpo",
-    kind="rollout",
     needs_reference=True,
     paper=(
         "Shao et al. 2024, DeepSeekMath, arXiv:2402.03300 (Eq. 3–4, outcome supervision §4.1.2; β = 0.04, "
@@ -286,16 +265,8 @@ def rloo(
     hparams=[HParam("beta", 0.04, "coefficient β of the per-token k3 KL to the reference", NON_NEGATIVE),
              CLIP_RANGE],
 )
-def grpo(
-    policy_logps: Tensor,
-    old_logps: Tensor | None = None,
-    completion_mask: Tensor | None = None,
-    *,
-    rewards: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    beta: float = 0.04,
-    clip_range: float = 0.2,
-) -> LossOutput:
+def grpo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None,
+         ref_logps: Tensor | None, beta: float, clip_range: float) -> LossOutput:
     """GRPO: PPO's clipped surrogate with group-normalised advantages and a per-token k3 KL, no critic.
 
     Each sequence's token losses are averaged over its own length (1/|o_i|), then over the S
@@ -307,7 +278,6 @@ def grpo(
         ref_logps: [S, T] reference log-probs (required when β > 0).
         beta, clip_range: β and ε.
     """
-    assert old_logps is not None and completion_mask is not None
     grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="grpo", min_k=2)
     advantages = grouped_to_sequences(group_normalized_advantages(grouped, eps=GROUP_STD_EPS))
     kl_token = _k3_to_reference(policy_logps, ref_logps, completion_mask, beta=beta)
@@ -318,9 +288,8 @@ def grpo(
     return LossOutput(per_example.mean(), per_example, {**metrics, **_reward_metrics(grouped)})
 
 
-@register_loss(
+@rollout_loss(
     "dr_grpo",
-    kind="rollout",
     needs_reference=False,
     paper=(
         "Liu et al. 2025, Understanding R1-Zero-Like Training: A Critical Perspective, arXiv:2503.20783 "
@@ -334,17 +303,8 @@ def grpo(
                POSITIVE),
     ],
 )
-def dr_grpo(
-    policy_logps: Tensor,
-    old_logps: Tensor | None = None,
-    completion_mask: Tensor | None = None,
-    *,
-    rewards: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    beta: float = 0.0,
-    clip_range: float = 0.2,
-    max_length: int | None = None,
-) -> LossOutput:
+def dr_grpo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None,
+            ref_logps: Tensor | None, beta: float, clip_range: float, max_length: int | None) -> LossOutput:
     """Dr. GRPO ("GRPO done right"): mean-centred advantages and a length-independent token sum.
 
     Dividing by a constant instead of |o_i| removes GRPO's preference for long wrong answers and short
@@ -357,7 +317,6 @@ def dr_grpo(
         ref_logps: [S, T] reference log-probs (required when β > 0).
         beta, clip_range: β and ε; max_length: L_max ≥ the longest completion (None = T).
     """
-    assert old_logps is not None and completion_mask is not None
     grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="dr_grpo", min_k=2)
     longest = int(completion_mask.sum(1).max())
     normaliser = completion_mask.shape[1] if max_length is None else max_length
@@ -375,9 +334,8 @@ def dr_grpo(
     return LossOutput(per_example.mean(), per_example, {**metrics, **_reward_metrics(grouped)})
 
 
-@register_loss(
+@rollout_loss(
     "remax",
-    kind="rollout",
     needs_reference=False,
     paper=(
         "Li et al. 2023, ReMax: A Simple, Effective, and Efficient Reinforcement Learning Method for Aligning "
@@ -385,16 +343,10 @@ def dr_grpo(
     ),
     formula="mean_i Σ_t max(−A_i·ρ_t, −A_i·clip(ρ_t,1±ε)), A_i = r(x, y_i) − r(x, ȳ_greedy)",
     hparams=[CLIP_RANGE],
+    online_defaults={"num_samples": 1, "min_samples": 1},  # one sample per prompt (Li et al. 2023)
 )
-def remax(
-    policy_logps: Tensor,
-    old_logps: Tensor | None = None,
-    completion_mask: Tensor | None = None,
-    *,
-    rewards: Tensor | None = None,
-    greedy_rewards: Tensor | None = None,
-    clip_range: float = 0.2,
-) -> LossOutput:
+def remax(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None,
+          greedy_rewards: Tensor | None, clip_range: float) -> LossOutput:
     """ReMax: REINFORCE whose baseline is the reward of the prompt's greedy decode.
 
     A KL penalty, if wanted, belongs in both rewards (shape the sampled and the greedy reward the same
@@ -407,7 +359,6 @@ def remax(
         greedy_rewards: [B] reward of each prompt's greedy completion.
         clip_range: ε.
     """
-    assert old_logps is not None and completion_mask is not None
     grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="remax", min_k=1)
     greedy = _require("remax", greedy_rewards, "greedy_rewards [B] are required (reward of each greedy decode).")
     advantages = grouped_to_sequences(greedy_baseline_advantages(grouped, greedy.detach().to(grouped.dtype)))

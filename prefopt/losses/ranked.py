@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefopt.losses.base import LossOutput
-from prefopt.registry import POSITIVE, HParam, register_loss
+from prefopt.losses.base import ranked_reward_metrics
+from prefopt.losses.kinds import RankedTerms, ranked_loss
+from prefopt.registry import POSITIVE, HParam
 
 __all__ = ["plackett_luce_nll", "ranked_reward_metrics", "plackett_luce"]
 
@@ -35,54 +36,19 @@ def plackett_luce_nll(scores: Tensor) -> Tensor:
     return (suffix_lse - scores).sum(-1)
 
 
-def ranked_reward_metrics(rewards: Tensor) -> dict[str, Tensor]:
-    """Metrics of a ranked batch from its rewards [B, K] (best first), detached scalars.
-
-    `rewards/chosen` and `rewards/rejected` are the mean rewards of the best and the worst completion,
-    `rewards/margins` their mean difference, and `rewards/accuracies` the fraction of the K(K−1)/2
-    ordered pairs (j < k) with r_j > r_k — at K = 2 these are the paired metrics.
-    """
-    r = rewards.detach().float()
-    k = r.shape[-1]
-    upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=r.device), diagonal=1)  # j < k
-    correct = (r.unsqueeze(-1) > r.unsqueeze(-2)) & upper  # (B, K, K)
-    return {
-        "rewards/chosen": r[:, 0].mean(),
-        "rewards/rejected": r[:, -1].mean(),
-        "rewards/margins": (r[:, 0] - r[:, -1]).mean(),
-        "rewards/accuracies": correct.sum(dim=(-2, -1)).float().mean() / (k * (k - 1) // 2),
-    }
-
-
-@register_loss(
+@ranked_loss(
     "plackett_luce",
-    kind="ranked",
-    needs_reference=True,
     paper="Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290 (App. A.3, Plackett–Luce "
     "DPO; β = 0.1)",
     formula="Σ_j [log Σ_{k≥j} exp(β·ρ_k) − β·ρ_j], completions best first",
     hparams=[HParam("beta", 0.1, "inverse temperature β of the implicit reward β·log π/π_ref", POSITIVE)],
 )
-def plackett_luce(
-    policy_logps: Tensor,
-    ref_logps: Tensor | None = None,
-    *,
-    lengths: Tensor | None = None,
-    beta: float = 0.1,
-) -> LossOutput:
+def plackett_luce(t: RankedTerms, *, beta: float) -> Tensor:
     """K-wise DPO: the Plackett–Luce likelihood of a full ranking under the implicit reward β·ρ.
 
     Args:
-        policy_logps, ref_logps: [B, K] summed completion log-probs, completions ordered best first.
-        lengths: accepted for uniformity, unused.
-        beta: β.
+        beta: β. Lengths are not used.
 
     Metrics: `ranked_reward_metrics` of β·ρ plus `logps/chosen`, `logps/rejected` (best and worst).
     """
-    assert ref_logps is not None  # checked by the registry
-    rewards = beta * (policy_logps - ref_logps)  # (B, K)
-    per_example = plackett_luce_nll(rewards)
-    metrics = ranked_reward_metrics(rewards)
-    metrics["logps/chosen"] = policy_logps[:, 0].detach().float().mean()
-    metrics["logps/rejected"] = policy_logps[:, -1].detach().float().mean()
-    return LossOutput(per_example.mean(), per_example, metrics)
+    return plackett_luce_nll(beta * t.ratio)  # (B, K) rewards → [B]

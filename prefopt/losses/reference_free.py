@@ -1,7 +1,8 @@
 """Reference-free pairwise losses: ORPO, CPO and SimPO.
 
-They take the same arguments as every paired loss (so a config swaps names only) but ignore the
-reference log-probs. Notation per pair, shapes [B]:
+Their public functions take the same arguments as every paired loss (so a config swaps names only); the
+reference arguments are checked and never reach the bodies, which read a `PolicyPair`. Notation per pair,
+shapes [B]:
 
     logπ(y)  = Σ_t log π_θ(y_t | x, y_<t)         summed completion log-prob (the inputs)
     ℓ(y)     = logπ(y) / |y|                      length-averaged log-prob, |y| = completion tokens
@@ -30,8 +31,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from prefopt.losses.base import LossOutput, detached_mean, log1mexp, neg_logsigmoid, pairwise_reward_metrics
-from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam, LossInputError, register_loss
+from prefopt.losses.base import log1mexp, neg_logsigmoid
+from prefopt.losses.kinds import PolicyPair, Reported, paired_loss
+from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam, LossInputError
 
 __all__ = ["SIMPO_DEFAULT_GAMMA_BETA_RATIO", "log_odds", "simpo_gamma", "orpo", "cpo", "simpo"]
 
@@ -50,16 +52,8 @@ def log_odds(avg_logps: Tensor) -> Tensor:
     return avg_logps - log1mexp(avg_logps)
 
 
-def _require_lengths(name: str, lengths: Tensor | None, which: str) -> Tensor:
-    # The registry already rejects missing lengths for needs_lengths losses; this narrows the type.
-    if lengths is None:
-        raise LossInputError(f"{name} needs {which}: the number of completion tokens per sequence.")
-    return lengths
-
-
-@register_loss(
+@paired_loss(
     "orpo",
-    kind="paired",
     needs_reference=False,
     paper="Hong, Lee & Thorne 2024, ORPO: Monolithic Preference Optimization without Reference Model, "
     "arXiv:2403.07691 (Eq. 6–8)",
@@ -75,22 +69,10 @@ def _require_lengths(name: str, lengths: Tensor | None, which: str) -> Tensor:
     needs_lengths=True,
     needs_nonpositive_logps=True,  # odds e^ℓ/(1 − e^ℓ) and the NLL −ℓ_w need ℓ ≤ 0
 )
-def orpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    lambda_: float = 0.1,
-) -> LossOutput:
+def orpo(t: PolicyPair, *, lambda_: float) -> Reported:
     """Odds-Ratio Preference Optimization: SFT on the chosen plus a log-odds-ratio penalty, no reference.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: ignored (ORPO is reference-free).
-        chosen_lengths, rejected_lengths: [B] completion token counts (required: odds use ℓ = logπ/|y|).
         lambda_: λ, the weight of L_OR relative to the token-mean NLL of the chosen.
 
     Metrics: `nll_loss`, `log_odds_ratio` (mean log σ(·)), `log_odds_chosen` (mean log-odds difference),
@@ -98,22 +80,19 @@ def orpo(
     Deviation: the official code's NLL is a token mean over the whole batch; here it is the mean over
     rows of each row's token mean (identical when all chosen completions have the same length).
     """
-    chosen_avg = policy_chosen_logps / _require_lengths("orpo", chosen_lengths, "chosen_lengths")  # ℓ_w, [B]
-    rejected_avg = policy_rejected_logps / _require_lengths("orpo", rejected_lengths, "rejected_lengths")
+    chosen_avg, rejected_avg = t.chosen_avg_logps, t.rejected_avg_logps  # ℓ_w, ℓ_l, [B]
     log_odds_diff = log_odds(chosen_avg) - log_odds(rejected_avg)  # [B]
     odds_ratio_loss = neg_logsigmoid(log_odds_diff)  # −log σ(·), [B]
     nll = -chosen_avg
-    per_example = nll + lambda_ * odds_ratio_loss
-    metrics = pairwise_reward_metrics(lambda_ * chosen_avg, lambda_ * rejected_avg, policy_chosen_logps, policy_rejected_logps)
-    metrics["nll_loss"] = detached_mean(nll)
-    metrics["log_odds_ratio"] = detached_mean(-odds_ratio_loss)
-    metrics["log_odds_chosen"] = detached_mean(log_odds_diff)
-    return LossOutput(per_example.mean(), per_example, metrics)
+    return Reported(
+        nll + lambda_ * odds_ratio_loss,
+        rewards=(lambda_ * chosen_avg, lambda_ * rejected_avg),
+        metrics={"nll_loss": nll, "log_odds_ratio": -odds_ratio_loss, "log_odds_chosen": log_odds_diff},
+    )
 
 
-@register_loss(
+@paired_loss(
     "cpo",
-    kind="paired",
     needs_reference=False,
     paper="Xu et al. 2024, Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in "
     "Machine Translation, arXiv:2401.08417 (Eq. 3–5; β = 0.1, α = 1 as in TRL CPOConfig)",
@@ -125,36 +104,20 @@ def orpo(
     needs_lengths=True,
     needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w)/|y_w| is ≥ 0 only for a log-probability
 )
-def cpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 0.1,
-    alpha: float = 1.0,
-) -> LossOutput:
+def cpo(t: PolicyPair, *, beta: float, alpha: float) -> Reported:
     """Contrastive Preference Optimization: reference-free DPO on summed log-probs plus NLL of the chosen.
 
+    The NLL is the token mean of the chosen completion (chosen_lengths); rejected_lengths are not used.
+
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: ignored (CPO is reference-free).
-        chosen_lengths: [B] completion token counts of the chosen (for the token-mean NLL).
-        rejected_lengths: accepted for uniformity, unused.
         beta: β of the preference term; alpha: α, weight of the NLL term.
 
     Metrics: `rewards/*` = β·logπ_θ (summed), `logps/*`, `nll_loss`.
     """
-    chosen_nll = -policy_chosen_logps / _require_lengths("cpo", chosen_lengths, "chosen_lengths")  # [B]
-    preference = neg_logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
-    per_example = preference + alpha * chosen_nll
-    metrics = pairwise_reward_metrics(
-        beta * policy_chosen_logps, beta * policy_rejected_logps, policy_chosen_logps, policy_rejected_logps
-    )
-    metrics["nll_loss"] = detached_mean(chosen_nll)
-    return LossOutput(per_example.mean(), per_example, metrics)
+    chosen_nll = -t.chosen_logps / t.chosen_lengths  # [B]
+    preference = neg_logsigmoid(beta * t.policy_margin)
+    return Reported(preference + alpha * chosen_nll, rewards=(beta * t.chosen_logps, beta * t.rejected_logps),
+                    metrics={"nll_loss": chosen_nll})
 
 
 def simpo_gamma(beta: float, gamma: float | None, gamma_beta_ratio: float | None) -> float:
@@ -173,9 +136,8 @@ def simpo_gamma(beta: float, gamma: float | None, gamma_beta_ratio: float | None
     return beta * ratio
 
 
-@register_loss(
+@paired_loss(
     "simpo",
-    kind="paired",
     needs_reference=False,
     paper="Meng, Xia & Chen 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward, "
     "arXiv:2405.14734 (Eq. 6; β = 2.0, γ/β = 0.5 from the authors' README)",
@@ -197,33 +159,18 @@ def simpo_gamma(beta: float, gamma: float | None, gamma_beta_ratio: float | None
     ],
     needs_lengths=True,
 )
-def simpo(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor | None = None,
-    ref_rejected_logps: Tensor | None = None,
-    *,
-    chosen_lengths: Tensor | None = None,
-    rejected_lengths: Tensor | None = None,
-    beta: float = 2.0,
-    gamma: float | None = None,
-    gamma_beta_ratio: float | None = None,
-) -> LossOutput:
+def simpo(t: PolicyPair, *, beta: float, gamma: float | None, gamma_beta_ratio: float | None) -> Reported:
     """Simple Preference Optimization: a margin loss on length-averaged log-probs, no reference.
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: [B] summed completion log-probs under π_θ.
-        ref_chosen_logps, ref_rejected_logps: ignored (SimPO is reference-free).
-        chosen_lengths, rejected_lengths: [B] completion token counts (required).
         beta: β. gamma: absolute margin γ. gamma_beta_ratio: γ/β. With neither, γ = 0.5·β;
             `gamma=g` and `gamma_beta_ratio=g/β` give the same loss.
 
     Metrics: `rewards/*` = β·ℓ (length-averaged), `logps/*` summed, `gamma` (the γ used).
     """
     margin = simpo_gamma(beta, gamma, gamma_beta_ratio)
-    chosen_reward = beta * policy_chosen_logps / _require_lengths("simpo", chosen_lengths, "chosen_lengths")
-    rejected_reward = beta * policy_rejected_logps / _require_lengths("simpo", rejected_lengths, "rejected_lengths")
+    chosen_reward = beta * t.chosen_logps / t.chosen_lengths  # β·ℓ_w, [B]
+    rejected_reward = beta * t.rejected_logps / t.rejected_lengths
     per_example = neg_logsigmoid(chosen_reward - rejected_reward - margin)
-    metrics = pairwise_reward_metrics(chosen_reward, rejected_reward, policy_chosen_logps, policy_rejected_logps)
-    metrics["gamma"] = per_example.new_tensor(margin).detach()
-    return LossOutput(per_example.mean(), per_example, metrics)
+    return Reported(per_example, rewards=(chosen_reward, rejected_reward),
+                    metrics={"gamma": per_example.new_tensor(margin)})

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from prefopt.losses.base import LossOutput, neg_logsigmoid
-from prefopt.losses.ranked import plackett_luce_nll, ranked_reward_metrics
-from prefopt.registry import NON_NEGATIVE, HParam, LossInputError, register_loss
+from prefopt.losses.base import LossOutput, neg_logsigmoid, ranked_reward_metrics
+from prefopt.losses.kinds import reward_model_loss
+from prefopt.losses.ranked import plackett_luce_nll
+from prefopt.registry import NON_NEGATIVE, HParam, LossInputError
 
 __all__ = ["bradley_terry", "plackett_luce_rm"]
 
 
-@register_loss(
+@reward_model_loss(
     "bradley_terry",
     kind="paired",
-    scores="rewards",
-    needs_reference=False,
     paper="Ouyang et al. 2022, Training language models to follow instructions with human feedback, "
     "arXiv:2203.02155 (Eq. 1); margin: Touvron et al. 2023, arXiv:2307.09288 (Eq. 2); centring: "
     "Eisenstein et al. 2023, arXiv:2312.09244",
@@ -41,11 +40,7 @@ __all__ = ["bradley_terry", "plackett_luce_rm"]
     ],
 )
 def bradley_terry(
-    chosen_rewards: Tensor,
-    rejected_rewards: Tensor,
-    *,
-    margin: Tensor | None = None,
-    center_coef: float = 0.0,
+    chosen_rewards: Tensor, rejected_rewards: Tensor, *, margin: Tensor | None, center_coef: float
 ) -> LossOutput:
     """Bradley–Terry reward-model loss: logistic regression on the reward difference of a pair.
 
@@ -79,21 +74,19 @@ def bradley_terry(
     return LossOutput(per_example.mean(), per_example, metrics)
 
 
-@register_loss(
+@reward_model_loss(
     "plackett_luce_rm",
     kind="ranked",
-    scores="rewards",
-    needs_reference=False,
     paper="Zhu, Jordan & Jiao 2023, Principled Reinforcement Learning with Human Feedback from Pairwise or "
     "K-wise Comparisons, arXiv:2301.11270 (Plackett–Luce MLE)",
     formula="Σ_j [log Σ_{k≥j} exp(r_k) − r_j], completions best first",
 )
-def plackett_luce_rm(rewards: Tensor, *, lengths: Tensor | None = None) -> LossOutput:
+def plackett_luce_rm(rewards: Tensor) -> LossOutput:
     """K-wise reward-model loss: −log of the Plackett–Luce probability of the observed ranking.
 
     Args:
-        rewards: [B, K] rewards r(x, y_k) from the reward model, completions ordered best first.
-        lengths: accepted for uniformity, unused.
+        rewards: [B, K] rewards r(x, y_k) from the reward model, completions ordered best first (the public
+            function also accepts `lengths`, like every ranked loss, and does not use them).
 
     Metrics: `accuracy` (fraction of correctly ordered pairs j < k), `rewards/chosen` (best),
     `rewards/rejected` (worst), `rewards/margins`; at K = 2 these equal `bradley_terry`'s.

@@ -13,14 +13,18 @@ z₀ estimates KL(π_θ ‖ π_ref) from *mismatched* pairs (x_i, y_j), j ≠ i:
 completions by one within the batch. It needs a forward pass of both models on those pairs, which a loss
 of log-prob tensors cannot do, so `kto` takes it as an input: build the pairs with `mismatched_indices`,
 score them, and pass `kl=kto_kl_estimate(policy_kl_logps, ref_kl_logps)`; `kl=None` is an error that
-says so (pass `kl=torch.tensor(0.)` to use z₀ = 0 deliberately). Weight rule (paper §4.2):
+says so (pass `kl=torch.tensor(0.)` to use z₀ = 0 deliberately). `kto` declares that input as a statistic
+of the global batch (`batch_inputs={"kl": kto_reference_point}`, `prefopt.loss_state`), so prefopt's
+training loop computes z₀ over every row of the global batch. Weight rule (paper §4.2):
 λ_D·n_D / (λ_U·n_U) ∈ [1, 4/3], checked over a whole dataset by `kto_weight_check`.
 
 BCO — Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
 arXiv:2404.04656, Eq. 9 (reward shift): a binary classifier whose logit is the implicit reward,
     L = −log σ(r̂ − δ) if desirable,   −log σ(−(r̂ − δ)) if undesirable,
-with δ the running mean of the implicit rewards, kept by the caller in a `BCOState`. The
-underlying-distribution-matching weights of the paper's §4 are not included.
+with δ the running mean of the implicit rewards, kept by the caller in a `BCOState`; `bco` declares it as
+its running state (`state=LossStateSpec(("state",), BCORunningDelta.from_hparams)`), which prefopt's
+training loop keeps across steps and saves in checkpoints. The underlying-distribution-matching weights of
+the paper's §4 are not included.
 
 APO-zero (unpaired) — D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive
 Revisions", arXiv:2408.06266, Eq. 8 applied per row as in TRL's KTO `apo_zero_unpaired`:
@@ -33,22 +37,28 @@ number of rows behind each mean so a logger can average over steps exactly (Σ m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from prefopt.loss_inputs import check_labels
-from prefopt.losses.base import LossOutput, neg_logsigmoid
-from prefopt.registry import POSITIVE, HParam, LossInputError, register_loss
+from prefopt.loss_inputs import EngineOutput, check_labels
+from prefopt.loss_state import GlobalBatch, LossStateSpec
+from prefopt.losses.base import neg_logsigmoid
+from prefopt.losses.kinds import Reported, UnpairedTerms, unpaired_loss
+from prefopt.registry import POSITIVE, HParam, LossInputError
 
 __all__ = [
     "BCOState",
+    "BCORunningDelta",
     "mismatched_indices",
     "kto_kl_estimate",
+    "kto_reference_point",
     "kto_weight_check",
     "kto",
     "bco",
@@ -125,6 +135,26 @@ def kto_kl_estimate(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
     return diff.mean().clamp(min=0.0)
 
 
+def kto_reference_point(batch: GlobalBatch) -> Tensor:
+    """KTO's `kl` input in a training loop: z₀ over the whole global batch (`LossSpec.batch_inputs`).
+
+        z₀ = max(0, mean over every row i of the global batch of log π_θ(y_j|x_i) − log π_ref(y_j|x_i)),
+        j = j(i) the next row with a different prompt (`mismatched_indices`), detached (Eq. 7)
+
+    Each process scores the pairs of its own positions; the sum and the count are all-reduced, so z₀ is the
+    same however the batch is split over processes and accumulation steps. (TRL computes it per device batch
+    and gathers.) Returns a detached scalar ≥ 0.
+    """
+    rows = batch.rows
+    partner = mismatched_indices([tuple(r["prompt_ids"]) for r in rows])
+    pairs = [{"prompt_ids": rows[i]["prompt_ids"], "completion_ids": rows[int(partner[i])]["completion_ids"]}
+             for i in batch.positions]  # (x_i, y_j(i))
+    policy, reference = batch.score(pairs)
+    diff = policy.sum.float() - reference.sum.float()  # [M] this process's pairs
+    totals = batch.all_reduce_sum(torch.stack([diff.sum(), diff.new_tensor(float(diff.numel()))]))
+    return (totals[0] / totals[1]).clamp(min=0.0).detach()
+
+
 def kto_weight_check(
     labels: Tensor | Sequence[bool], desirable_weight: float = 1.0, undesirable_weight: float = 1.0
 ) -> float:
@@ -181,35 +211,12 @@ def _prospect_loss(logits: Tensor, labels: Tensor, desirable_weight: float, unde
     return weight * 0.5 * (1 - sign * torch.tanh(0.5 * logits))
 
 
-def _class_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Detached mean of x over rows where mask holds; 0 when none does (never NaN)."""
-    x = x.detach().float()
-    return x.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
-
-
-def _unpaired_metrics(rewards: Tensor, policy_logps: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    """rewards/{chosen,rejected,margins}, logps/{chosen,rejected}, count/{chosen,rejected} (see module doc)."""
-    chosen = _class_mean(rewards, labels)
-    rejected = _class_mean(rewards, ~labels)
-    both = labels.any() & (~labels).any()
-    return {
-        "rewards/chosen": chosen,
-        "rewards/rejected": rejected,
-        "rewards/margins": torch.where(both, chosen - rejected, torch.zeros_like(chosen)),
-        "logps/chosen": _class_mean(policy_logps, labels),
-        "logps/rejected": _class_mean(policy_logps, ~labels),
-        "count/chosen": labels.sum().float(),
-        "count/rejected": (~labels).sum().float(),
-    }
-
-
 BETA = HParam("beta", 0.1, "inverse temperature β of the implicit reward β·ρ (paper: 0.1)", POSITIVE)
 
 
-@register_loss(
+@unpaired_loss(
     "kto",
-    kind="unpaired",
-    needs_reference=True,
+    batch_inputs={"kl": kto_reference_point},
     paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, arXiv:2402.01306 "
     "(Eq. 7–8; β = 0.1, λ_D = λ_U = 1, §4.2)",
     formula="λ_D·(1 − σ(β(ρ − z₀))) if desirable, λ_U·(1 − σ(β(z₀ − ρ))) if undesirable; z₀ = max(0, KL) detached",
@@ -220,43 +227,29 @@ BETA = HParam("beta", 0.1, "inverse temperature β of the implicit reward β·ρ
     ],
 )
 def kto(
-    policy_logps: Tensor,
-    ref_logps: Tensor | None = None,
-    labels: Tensor | None = None,
-    *,
-    kl: Tensor | float | None = None,
-    lengths: Tensor | None = None,
-    beta: float = 0.1,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
-) -> LossOutput:
+    t: UnpairedTerms, *, kl: Tensor | float | None, beta: float, desirable_weight: float, undesirable_weight: float
+) -> Reported:
     """Kahneman–Tversky Optimization: a prospect-theoretic value of each labelled completion.
 
     Args:
-        policy_logps, ref_logps: [B] summed completion log-probs under π_θ and π_ref.
-        labels: [B] bool, True = desirable.
         kl: scalar reference point (the KL estimate from mismatched pairs, `kto_kl_estimate`); it is
             detached and clamped at 0 here. Required: None raises an error explaining how to get it.
-        lengths: accepted for uniformity, unused (KTO uses summed log-ratios).
-        beta, desirable_weight, undesirable_weight: β, λ_D, λ_U.
+        beta, desirable_weight, undesirable_weight: β, λ_D, λ_U. Lengths are not used (summed log-ratios).
 
     Metrics: `kl` (the z₀ used), `rewards/*` = β·ρ class means, `logps/*`, `count/*` (module doc).
     """
-    assert ref_logps is not None and labels is not None  # checked by the registry
     if kl is None:
         raise LossInputError(
             "kto needs kl, the reference point z₀ ≈ KL(π_θ‖π_ref): score mismatched pairs (x_i, y_j) built with "
             "mismatched_indices(batch) under both models and pass kl=kto_kl_estimate(policy_kl_logps, "
             "ref_kl_logps); pass kl=torch.tensor(0.) to use z₀ = 0 deliberately."
         )
-    kl_tensor = kl if isinstance(kl, Tensor) else torch.tensor(float(kl), dtype=policy_logps.dtype)
+    kl_tensor = kl if isinstance(kl, Tensor) else torch.tensor(float(kl), dtype=t.logps.dtype)
     if kl_tensor.numel() != 1:
         raise LossInputError(f"kto: kl must be a scalar (one z₀ per batch), got shape {tuple(kl_tensor.shape)}.")
-    z0 = kl_tensor.detach().to(device=policy_logps.device, dtype=policy_logps.dtype).reshape(()).clamp(min=0.0)
-    ratio = policy_logps - ref_logps  # ρ, [B]
-    per_example = _prospect_loss(beta * (ratio - z0), labels, desirable_weight, undesirable_weight)
-    metrics = {"kl": z0.float(), **_unpaired_metrics(beta * ratio, policy_logps, labels)}
-    return LossOutput(per_example.mean(), per_example, metrics)
+    z0 = kl_tensor.detach().to(device=t.logps.device, dtype=t.logps.dtype).reshape(()).clamp(min=0.0)
+    per_example = _prospect_loss(beta * (t.ratio - z0), t.labels, desirable_weight, undesirable_weight)
+    return Reported(per_example, metrics={"kl": z0.float()})
 
 
 @dataclass
@@ -299,78 +292,84 @@ class BCOState:
         self.count = total
 
 
-@register_loss(
+@dataclass
+class BCORunningDelta:
+    """BCO's running state in a training loop (`LossSpec.state`, `prefopt.loss_state.LossState`).
+
+    A `BCOState` fed after each optimiser step with the implicit rewards r̂ = β·(log π_θ − log π_ref) of the
+    whole global batch (all-gathered), so step t uses δ = the mean over steps < t on every process. TRL
+    includes the current batch before computing the loss; the lag makes δ independent of the micro-batch
+    split. Saved in checkpoints as the `BCOState`'s fields.
+    """
+
+    beta: float
+    running: BCOState = field(default_factory=BCOState)
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> BCORunningDelta:
+        return cls(float(hparams["beta"]))
+
+    def inputs(self) -> dict[str, Any]:
+        return {"state": self.running}
+
+    def observe(self, policy: EngineOutput, reference: EngineOutput | None) -> Tensor:
+        """r̂ = β·(log π_θ − log π_ref) per sequence [S], detached."""
+        if reference is None:
+            raise LossInputError("bco: the running δ needs the reference's log-probs")
+        return (self.beta * (policy.sum - reference.sum)).detach()
+
+    def update(self, stats: Tensor) -> None:
+        self.running.update(stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.running)
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        self.running = BCOState(**saved)
+
+
+@unpaired_loss(
     "bco",
-    kind="unpaired",
-    needs_reference=True,
     paper="Jung et al. 2024, Binary Classifier Optimization for Large Language Model Alignment, arXiv:2404.04656 "
     "(Eq. 9, reward shift δ; β = 0.01 as listed in TRL's paper index, TRL BCOConfig default 0.1)",
     formula="−log σ(βρ − δ) if desirable, −log σ(δ − βρ) if undesirable; δ = running mean of βρ",
     hparams=[HParam("beta", 0.01, "inverse temperature β of the implicit reward β·ρ", POSITIVE)],
+    state=LossStateSpec(inputs=("state",), init=BCORunningDelta.from_hparams),
 )
-def bco(
-    policy_logps: Tensor,
-    ref_logps: Tensor | None = None,
-    labels: Tensor | None = None,
-    *,
-    state: BCOState | None = None,
-    lengths: Tensor | None = None,
-    beta: float = 0.01,
-) -> LossOutput:
+def bco(t: UnpairedTerms, *, state: BCOState | None, beta: float) -> Reported:
     """Binary Classifier Optimization: logistic regression of the label on the shifted implicit reward.
 
     Args:
-        policy_logps, ref_logps: [B] summed completion log-probs under π_θ and π_ref.
-        labels: [B] bool, True = desirable.
         state: the caller's running mean; δ = state.delta (0 when None). The loss never mutates it;
             update it yourself with `state.update(beta * (policy_logps - ref_logps))` (TRL updates
             with the current batch before computing the loss).
-        lengths: accepted for uniformity, unused.
-        beta: β.
+        beta: β. Lengths are not used.
 
     Metrics: `delta`, `rewards/*` = β·ρ class means, `logps/*`, `count/*` (module doc).
     """
-    assert ref_logps is not None and labels is not None  # checked by the registry
     if state is not None and not isinstance(state, BCOState):
         raise LossInputError(
             f"bco: state must be a prefopt.losses.BCOState (or None for δ = 0), got {type(state).__name__}."
         )
     delta = 0.0 if state is None else float(state.delta)
-    rewards = beta * (policy_logps - ref_logps)  # r̂, [B]
-    shifted = rewards - delta
-    per_example = neg_logsigmoid(torch.where(labels, shifted, -shifted))
-    metrics = {"delta": per_example.new_tensor(delta).detach(), **_unpaired_metrics(rewards, policy_logps, labels)}
-    return LossOutput(per_example.mean(), per_example, metrics)
+    shifted = beta * t.ratio - delta  # r̂ − δ, [B]
+    per_example = neg_logsigmoid(torch.where(t.labels, shifted, -shifted))
+    return Reported(per_example, metrics={"delta": per_example.new_tensor(delta)})
 
 
-@register_loss(
+@unpaired_loss(
     "apo_zero_unpaired",
-    kind="unpaired",
-    needs_reference=True,
     paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions, "
     "arXiv:2408.06266 (APO-zero, Eq. 8, per row as TRL's unpaired variant; β = 0.1)",
     formula="1 − σ(βρ) if desirable, σ(βρ) if undesirable",
     hparams=[BETA],
 )
-def apo_zero_unpaired(
-    policy_logps: Tensor,
-    ref_logps: Tensor | None = None,
-    labels: Tensor | None = None,
-    *,
-    lengths: Tensor | None = None,
-    beta: float = 0.1,
-) -> LossOutput:
+def apo_zero_unpaired(t: UnpairedTerms, *, beta: float) -> Tensor:
     """Anchored Preference Optimization (zero), unpaired: push desirable rewards up, undesirable down.
 
     Args:
-        policy_logps, ref_logps: [B] summed completion log-probs under π_θ and π_ref.
-        labels: [B] bool, True = desirable.
-        lengths: accepted for uniformity, unused.
-        beta: β.
+        beta: β. Lengths are not used.
 
     Metrics: `rewards/*` = β·ρ class means, `logps/*`, `count/*` (module doc).
     """
-    assert ref_logps is not None and labels is not None  # checked by the registry
-    rewards = beta * (policy_logps - ref_logps)
-    per_example = _prospect_loss(rewards, labels, 1.0, 1.0)
-    return LossOutput(per_example.mean(), per_example, _unpaired_metrics(rewards, policy_logps, labels))
+    return _prospect_loss(beta * t.ratio, t.labels, 1.0, 1.0)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prefopt.train.checkpoint import (
@@ -38,8 +39,6 @@ __all__ = ["save_online_checkpoint", "load_online_checkpoint", "latest_checkpoin
 def save_online_checkpoint(output_dir: str | Path, step: int, *, policy: nn.Module, critic: nn.Module | None,
                            optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], keep: int) -> Path:
     """Save the run after `step` rollouts; keeps the newest `keep` checkpoints. Returns the folder."""
-    from safetensors.torch import save_file
-
     folder = Path(output_dir) / CHECKPOINT_DIR
     final = folder / f"step-{step:06d}"
     tmp = folder / f".tmp-{final.name}"
@@ -60,8 +59,6 @@ def save_online_checkpoint(output_dir: str | Path, step: int, *, policy: nn.Modu
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
     load_trainable(module, load_file(str(path)), path)
 
 

@@ -1,18 +1,18 @@
 """`OnlineConfig`: every setting of an online run (generate → score → loss), one frozen dataclass.
 
 The library takes keyword arguments (`train_online(algorithm="grpo", steps=50)` builds one); YAML and
-argparse live only in `prefopt.online.cli`. A config is JSON-able (`to_dict`) and saved beside each run.
+argparse live only in `prefopt.cli.train_online`. A config is JSON-able (`to_dict`) and saved beside each run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefopt.kernels import BACKENDS
+from prefopt.online.rollout_step import recipe_for
 from prefopt.preflight import (
     check_engine_backend,
     check_model_source,
@@ -20,7 +20,9 @@ from prefopt.preflight import (
     check_tokenizer_source,
     expand_user,
 )
-from prefopt.settings import SettingsError, config_from_dict
+from prefopt.registry import list_losses, loss_spec
+from prefopt.rl.kl import KL_ESTIMATORS  # the estimators token_kl implements
+from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
 from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 
 __all__ = ["OnlineConfig", "SYNTHETIC_LR", "DEFAULT_LR", "KL_ESTIMATORS"]
@@ -29,23 +31,21 @@ __all__ = ["OnlineConfig", "SYNTHETIC_LR", "DEFAULT_LR", "KL_ESTIMATORS"]
 # online trainers use 1e-6 … 3e-6 with Adam).
 SYNTHETIC_LR = 2e-4
 DEFAULT_LR = 1e-6
-KL_ESTIMATORS = ("k1", "k3")
 # Settings that may change between a run and its resumption (they do not change what a step computes).
 RESUMABLE = ("steps", "resume", "progress", "checkpoint_every", "keep_checkpoints", "num_threads", "output_dir",
              "save_dtype")
 
 
 @dataclass(frozen=True)
-class OnlineConfig:
+class OnlineConfig(Settings):
     """Settings of one online run.
 
     Algorithm:
-        algorithm: a registered rollout loss (`prefopt losses --kind rollout`): ppo, rloo, grpo, dr_grpo,
-            remax, best_of_n, online_dpo.
+        algorithm: a registered rollout loss (`prefopt losses --kind rollout`).
         loss_hparams: its hyper-parameters (paper defaults for the rest; validated by its spec).
-        pair_loss, pair_loss_hparams: online_dpo only: any registered paired log-prob loss (dpo, ipo,
-            simpo, …) applied to each prompt's best/worst pair; None = the `online_dpo` loss itself
-            (DPO with `loss_hparams`).
+        pair_loss, pair_loss_hparams: for an algorithm that trains on each prompt's best/worst pair (it
+            declares `accepts_pair_loss`, e.g. online DPO): any registered paired log-prob loss applied to
+            those pairs in its place; None = the algorithm's own loss (with `loss_hparams`).
     Model, reward, prompts:
         model, tokenizer: HF causal LM path (tokenizer default: the model's); None = the synthetic task's
             reference policy. The reference π_ref is a frozen copy of the initial policy.
@@ -57,15 +57,16 @@ class OnlineConfig:
     Sampling:
         steps: rollouts (each followed by `epochs` passes of optimiser steps).
         prompts_per_step: B prompts per rollout (a seeded shuffle of the prompts, cycling).
-        num_samples: K completions per prompt (None: the algorithm's default, `rollout_step.RECIPES`).
+        num_samples: K completions per prompt (None: the algorithm's default, its `LossSpec.online_defaults`).
         max_new_tokens, temperature, top_p, generation_batch_size: sampling (`GenerationConfig`).
     Optimisation:
         lr: Adam learning rate (None: SYNTHETIC_LR when `model` is None, else DEFAULT_LR; give it when
             training your own model in memory); value_lr:
             the critic's (None: lr); adam_betas, adam_eps, weight_decay; max_grad_norm (None: no clip).
-        epochs: passes over each rollout (None: the algorithm's default, PPO 4, else 1).
+        epochs: passes over each rollout (None: the algorithm's default, its `LossSpec.online_defaults`:
+            4 for PPO, else 1).
         num_minibatches: minibatches per pass (split by prompt, groups kept whole).
-    PPO:
+    Losses with a critic (they take `values`, e.g. PPO):
         kl_coef: β of the KL-shaped reward (TRL 0.05); kl_estimator: "k1" or "k3"; kl_target,
             kl_horizon: adaptive β controller (Ziegler et al. 2019) when kl_target is set; gamma, lam:
             GAE γ, λ; whiten_advantages.
@@ -130,9 +131,6 @@ class OnlineConfig:
     save_dtype: str = "original"
 
     def __post_init__(self) -> None:
-        from prefopt.online.rollout_step import recipe_for
-        from prefopt.registry import list_losses, loss_spec
-
         for name in ("model", "tokenizer", "reward", "value_model", "prompts", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
         if self.tokenizer is not None and self.model is None:
@@ -150,12 +148,12 @@ class OnlineConfig:
         self._check_pair_loss()
         for name in ("steps", "prompts_per_step", "max_new_tokens", "generation_batch_size", "num_minibatches",
                      "keep_checkpoints"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=1)
         for name in ("checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=0)
         for name in ("num_samples", "epochs", "num_threads"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+                check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=1)
         if self.samples < recipe.min_samples:
             raise ValueError(f"OnlineConfig.num_samples={self.samples}: {self.algorithm} compares samples of the same "
                              f"prompt and needs at least {recipe.min_samples} per prompt")
@@ -172,7 +170,6 @@ class OnlineConfig:
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"OnlineConfig.adam_betas={self.adam_betas!r} must be two numbers in [0, 1)")
-        from prefopt.kernels import BACKENDS
 
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"OnlineConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
@@ -189,15 +186,14 @@ class OnlineConfig:
                 raise ValueError(f"OnlineConfig.{name}={value!r}: no such file or folder")
 
     def _check_pair_loss(self) -> None:
-        from prefopt.registry import list_losses, loss_spec
-
         if self.pair_loss is None:
             if self.pair_loss_hparams:
                 raise ValueError("OnlineConfig.pair_loss_hparams are set but pair_loss is None; name the paired loss")
             return
-        if self.algorithm != "online_dpo":
-            raise ValueError(f"OnlineConfig.pair_loss={self.pair_loss!r} applies to algorithm 'online_dpo' only "
-                             f"(got {self.algorithm!r})")
+        if not loss_spec(self.algorithm).accepts_pair_loss:  # declared by losses that train on best/worst pairs
+            accepting = [n for n in list_losses("rollout") if loss_spec(n).accepts_pair_loss]
+            raise ValueError(f"OnlineConfig.pair_loss={self.pair_loss!r} applies to algorithm "
+                             f"{' or '.join(repr(n) for n in accepting)} only (got {self.algorithm!r})")
         spec = loss_spec(self.pair_loss)
         if spec.kind != "paired" or spec.scores != "logps":
             paired = [n for n in list_losses("paired") if loss_spec(n).scores == "logps"]
@@ -209,17 +205,17 @@ class OnlineConfig:
         positive = {"temperature": self.temperature, "kl_horizon": self.kl_horizon, "adam_eps": self.adam_eps}
         for name, value in {**positive, "lr": self.lr, "value_lr": self.value_lr, "kl_target": self.kl_target,
                             "max_grad_norm": self.max_grad_norm}.items():
-            if (value is not None or name in positive) and not (_finite(value) and value > 0):
+            if (value is not None or name in positive) and not (is_finite_number(value) and value > 0):
                 raise ValueError(f"OnlineConfig.{name}={value!r} must be a positive finite number")
         for name in ("kl_coef", "weight_decay"):
-            if not (_finite(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (is_finite_number(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r} must be a finite number ≥ 0")
         for name in ("gamma", "lam"):
-            if not (_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+            if not (is_finite_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
                 raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r} must lie in [0, 1]")
-        if not (_finite(self.top_p) and 0 < self.top_p <= 1):
+        if not (is_finite_number(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"OnlineConfig.top_p={self.top_p!r} must be in (0, 1]")
-        if self.missing_eos_penalty is not None and not _finite(self.missing_eos_penalty):
+        if self.missing_eos_penalty is not None and not is_finite_number(self.missing_eos_penalty):
             raise ValueError(f"OnlineConfig.missing_eos_penalty={self.missing_eos_penalty!r} must be finite or None")
 
     @property
@@ -230,17 +226,11 @@ class OnlineConfig:
     @property
     def samples(self) -> int:
         """K: `num_samples`, or the algorithm's default."""
-        from prefopt.online.rollout_step import recipe_for
-        from prefopt.registry import loss_spec
-
         return self.num_samples or recipe_for(loss_spec(self.algorithm)).num_samples
 
     @property
     def passes(self) -> int:
         """Optimisation passes over each rollout: `epochs`, or the algorithm's default."""
-        from prefopt.online.rollout_step import recipe_for
-        from prefopt.registry import loss_spec
-
         return self.epochs or recipe_for(loss_spec(self.algorithm)).epochs
 
     @property
@@ -260,19 +250,6 @@ class OnlineConfig:
             return self.num_threads
         return 1 if self.synthetic else None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able settings (saved as config.json beside the run)."""
-        out = dataclasses.asdict(self)
-        out.update(loss_hparams=dict(self.loss_hparams), pair_loss_hparams=dict(self.pair_loss_hparams),
-                   adam_betas=list(self.adam_betas))
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> "OnlineConfig":
-        """Build from a mapping (e.g. parsed YAML from `source`): each value read as its field's type
-        (`prefopt.settings`); unknown keys and wrong types raise a `SettingsError` naming the field."""
-        return config_from_dict(cls, values, source=source)
-
     def preflight(self) -> None:
         """What this run needs from this machine before anything is built: an output folder it can create,
         complete model folders (or reachable hub names), an engine backend that runs here.
@@ -291,12 +268,3 @@ class OnlineConfig:
             if value is not None and value != "gold":
                 check_model_source(value, f"OnlineConfig.{name}", tokenizer=False)
         check_engine_backend(self.engine_backend, "OnlineConfig.engine_backend")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SettingsError(f"OnlineConfig.{name}={value!r} must be an integer ≥ {minimum}")

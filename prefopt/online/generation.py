@@ -25,8 +25,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
+from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
+from prefopt.sampling import decode_completion
 
 __all__ = ["GenerationConfig", "Rollout", "generate", "vllm_available"]
 
@@ -138,8 +141,6 @@ def _encode(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
     """Prompt token ids by the data layer's rule (`prefopt.data.tokenize`): a conversation is rendered with the
     chat template and its generation prompt, and BOS is added once where the tokenizer adds one, so a template
     that already writes BOS is not given a second (what `tokenizer(text)` would do)."""
-    from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
-
     if isinstance(prompts, str) or not all(isinstance(p, (str, list)) for p in prompts):
         raise ValueError("generate: prompts must be a list of prompts, each a string (e.g. rendered with "
                          "tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True)) or a "
@@ -161,8 +162,6 @@ def _trim(tokens: list[int], eos: int) -> list[int]:
 def _hf_generate(model: Any, encoded: list[list[int]], config: GenerationConfig, eos: int, pad: int,
                  progress: bool) -> list[list[list[int]]]:
     """completion tokens [b][k] for every prompt, via `model.generate` on length-grouped batches."""
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     out: list[list[list[int]]] = [[] for _ in encoded]
     by_length: dict[int, list[int]] = {}
@@ -191,7 +190,7 @@ def _hf_generate(model: Any, encoded: list[list[int]], config: GenerationConfig,
 def _vllm_generate(model: str, encoded: list[list[int]], config: GenerationConfig, eos: int,
                    seed: int) -> list[list[list[int]]]:
     """completion tokens [b][k] from vLLM (`model`: a path or Hub name vLLM loads itself)."""
-    from vllm import LLM, SamplingParams  # optional dependency: `pip install prefopt[vllm]`
+    from vllm import LLM, SamplingParams  # heavy: optional, `pip install prefopt[vllm]`
 
     params = SamplingParams(n=config.num_samples, max_tokens=config.max_new_tokens, seed=seed, stop_token_ids=[eos],
                             temperature=config.temperature if config.do_sample else 0.0,
@@ -210,8 +209,6 @@ def _vllm_generate(model: str, encoded: list[list[int]], config: GenerationConfi
 
 
 def _decode(tokenizer: Any, prompt_ids: list[int], completion_ids: list[int]) -> str:
-    from prefopt.eval.sampling import decode_completion
-
     return decode_completion(tokenizer, prompt_ids, completion_ids)
 
 
@@ -280,7 +277,7 @@ def generate(
         samples = _vllm_generate(str(model), encoded, config, eos, seed)
     else:
         if isinstance(model, (str, os.PathLike)):
-            from transformers import AutoModelForCausalLM
+            from transformers import AutoModelForCausalLM  # heavy: loaded on first use
 
             model = AutoModelForCausalLM.from_pretrained(str(model))
         was_training = model.training

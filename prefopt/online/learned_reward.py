@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
+from prefopt.data.tokenize import TokenizeConfig
 from prefopt.online.reward_config import METADATA_FILE, RewardModelConfig
 from prefopt.online.reward_data import encode_completions, pad_token_id, sequence_scores
+from prefopt.threads import torch_threads
 
 __all__ = ["LearnedReward", "load_reward_model", "check_reward_model", "point_pooling_at_pad"]
 
@@ -58,8 +60,6 @@ class LearnedReward:
     def __init__(self, model_or_path: Any, tokenizer: Any = None, *, batch_size: int = 64,
                  device: str | torch.device | None = None, num_threads: int | None = None,
                  tokenize_config: Any = None) -> None:
-        from prefopt.data.tokenize import TokenizeConfig
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"LearnedReward: batch_size={batch_size!r} must be a positive integer")
         metadata: dict[str, Any] = {}
@@ -82,8 +82,6 @@ class LearnedReward:
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """r(x_b, y_b) for B rows → float32 [B] on the CPU (eval mode, no gradients; the mode is restored)."""
-        from prefopt.data.synthetic.sampling import torch_threads
-
         if len(prompts) == len(completions) == 0:
             return torch.empty(0, dtype=torch.float32)
         batch = encode_completions(self.tokenizer, self.tokenize_config, prompts, completions)
@@ -108,7 +106,7 @@ class LearnedReward:
 
 def _load_saved(path: Path, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, metadata) of a saved sequence-classification reward model, with clear errors."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # heavy: loaded on first use
 
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a saved reward model (no config.json); pass the `final/` folder "

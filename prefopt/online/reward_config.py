@@ -1,20 +1,25 @@
 """`RewardModelConfig`: every setting of a reward-model run, validated on construction; and its data sources.
 
 The library takes keyword arguments (`train_reward_model(loss="bradley_terry", lr=1e-5, ...)` builds
-one); YAML and argparse live only in `prefopt.online.rm_cli`.
+one); YAML and argparse live only in `prefopt.cli.train_rm`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from prefopt.data import load_preferences, synthetic, tokenize_preferences
+from prefopt.data.loading import log_folder_reads, record_folder_reads
+from prefopt.data.synthetic import PreferenceConfig, SFTConfig
+from prefopt.data.synthetic.policy import cache_root
+from prefopt.data.tokenize import TokenizeConfig
 from prefopt.preflight import check_device, check_model_source, check_output_dir, check_tokenizer_source, expand_user
-from prefopt.settings import SettingsError, coerce_settings
+from prefopt.registry import list_losses, loss_spec
+from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
 from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 
 __all__ = ["RewardModelConfig", "resolve_config", "read_data", "load_rows", "synthetic_task_for", "tiny_task", "METADATA_FILE", "INITS",
@@ -29,7 +34,7 @@ EVAL_SPLITS = ("eval", "test", "validation")  # tried in order when eval_split i
 
 
 @dataclass(frozen=True)
-class RewardModelConfig:
+class RewardModelConfig(Settings):
     """Settings of one reward-model run.
 
     Loss and data:
@@ -66,6 +71,8 @@ class RewardModelConfig:
         keep_checkpoints: how many to keep; resume: continue from the newest one in output_dir (a fresh
         run refuses a folder that holds checkpoints, so nothing is overwritten).
     """
+
+    NESTED: ClassVar[Mapping[str, type]] = {"sft_config": SFTConfig, "preference_config": PreferenceConfig}
 
     loss: str = "bradley_terry"
     loss_hparams: Mapping[str, Any] = field(default_factory=dict)
@@ -104,14 +111,12 @@ class RewardModelConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        from prefopt.registry import list_losses, loss_spec
-
         for name in ("model", "tokenizer", "data", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
         if self.model_revision is not None and self.model is None:
             raise SettingsError(f"RewardModelConfig.model_revision={self.model_revision!r} pins a hub revision of "
                                 "model, which is not set; give model (a hub name) or drop model_revision")
-        if not (_finite(self.weight_decay) and _finite(self.warmup_ratio)):
+        if not (is_finite_number(self.weight_decay) and is_finite_number(self.warmup_ratio)):
             raise SettingsError(f"RewardModelConfig: weight_decay={self.weight_decay!r} and warmup_ratio="
                                 f"{self.warmup_ratio!r} must be finite numbers")
         spec = loss_spec(self.loss)  # UnknownLossError names the valid losses
@@ -123,13 +128,13 @@ class RewardModelConfig:
             raise ValueError(f"RewardModelConfig.loss_hparams must be a mapping, got {type(self.loss_hparams).__name__}")
         spec.validate_hparams(self.loss_hparams)
         for name in ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+            check_int(f"RewardModelConfig.{name}", getattr(self, name), minimum=1)
+        check_int("RewardModelConfig.checkpoint_every", self.checkpoint_every, minimum=0)
         for name in ("max_length", "max_prompt_length", "hidden_size", "num_layers", "num_threads"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+                check_int(f"RewardModelConfig.{name}", getattr(self, name), minimum=1)
         for name in ("seed", "task_seed"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(f"RewardModelConfig.{name}", getattr(self, name), minimum=0)
         if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ValueError(f"RewardModelConfig: max_prompt_length={self.max_prompt_length} must be < "
                              f"max_length={self.max_length}")
@@ -180,35 +185,11 @@ class RewardModelConfig:
 
     def tokenize_config(self, model: Any = None) -> Any:
         """The `TokenizeConfig` of training and scoring; max_length capped at the model's position limit."""
-        from prefopt.data.tokenize import TokenizeConfig
-
         limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         max_length = self.max_length
         if isinstance(limit, int) and (max_length is None or max_length > limit):
             max_length = limit
         return TokenizeConfig(max_length=max_length, max_prompt_length=self.max_prompt_length)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (the synthetic task's configs as dicts)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else (
-                dict(value) if isinstance(value, Mapping) else value)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> "RewardModelConfig":
-        """Build from a mapping (e.g. YAML from `source`): each value read as its field's type (`prefopt.settings`;
-        unknown keys and wrong types raise a `SettingsError` naming the field), and `sft_config` /
-        `preference_config` mappings become `SFTConfig` / `PreferenceConfig`."""
-        from prefopt.data.synthetic import PreferenceConfig, SFTConfig
-
-        values = coerce_settings(cls, values, source=source)
-        for name, kind in (("sft_config", SFTConfig), ("preference_config", PreferenceConfig)):
-            if isinstance(values.get(name), Mapping):
-                values[name] = kind(**coerce_settings(kind, values[name], owner=f"RewardModelConfig.{name}"))
-        return cls(**values)
 
     def preflight(self) -> None:
         """What this run needs from this machine before anything is built: an output folder it can create,
@@ -226,13 +207,6 @@ class RewardModelConfig:
         check_device(self.device, "RewardModelConfig.device (--device)")
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SettingsError(f"RewardModelConfig.{name}={value!r} must be an integer ≥ {minimum}")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def resolve_config(config: RewardModelConfig | None, settings: Mapping[str, Any]) -> RewardModelConfig:
@@ -248,8 +222,6 @@ def tiny_task() -> dict[str, Any]:
     """Settings of a seconds-scale synthetic task for smoke tests (`prefopt train-rm --tiny`): the
     ≈110k-parameter `SFTConfig.tiny()` policy, 96 train and 32 eval prompts of 4 completions, noiseless
     labels (label_temperature 0: the chosen completion has the higher gold reward)."""
-    from prefopt.data.synthetic import PreferenceConfig, SFTConfig
-
     return {"sft_config": SFTConfig.tiny(),
             "preference_config": PreferenceConfig(train_prompts=96, eval_prompts=32, heldout_prompts=0,
                                                   label_temperature=0.0)}
@@ -261,24 +233,18 @@ def synthetic_task_for(config: RewardModelConfig) -> Any:
     Kept in memory for the process (the last two tasks): sampling the preference data costs seconds to
     minutes, and RMs of several sizes or seeds (Gao et al.'s proxies) are trained on the same task.
     """
-    from prefopt.data.synthetic.policy import cache_root
-
     return _synthetic_task(config.task_seed, config.sft_config, config.preference_config, str(cache_root()),
                            config.progress)
 
 
 @functools.lru_cache(maxsize=2)
 def _synthetic_task(seed: int, sft_config: Any, preference_config: Any, root: str, progress: bool) -> Any:
-    from prefopt.data.synthetic import synthetic_task
-
-    return synthetic_task(seed=seed, sft_config=sft_config, preference_config=preference_config, cache_dir=root,
+    return synthetic.synthetic_task(seed=seed, sft_config=sft_config, preference_config=preference_config, cache_dir=root,
                           progress=progress)
 
 
 def _eval_source(config: RewardModelConfig, kind: str, source: Any, eval_dataset: Any, task: Any) -> Any:
     """The held-out rows (loaded and validated), or None when there is no eval split."""
-    from prefopt.data import load_preferences
-
     if eval_dataset is not None:
         return load_preferences(eval_dataset, kind=kind)
     if config.eval_split == "none":
@@ -287,7 +253,7 @@ def _eval_source(config: RewardModelConfig, kind: str, source: Any, eval_dataset
         return load_preferences(task.preferences.dataset(kind, "eval"), kind=kind)
     if config.eval_split is not None:
         return load_preferences(source, kind=kind, split=config.eval_split)
-    import datasets
+    import datasets  # heavy: loaded on first use
 
     if isinstance(source, datasets.Dataset):  # one in-memory split: there is no other to hold out
         return None
@@ -305,9 +271,6 @@ def read_data(config: RewardModelConfig, kind: str, dataset: Any, eval_dataset: 
     data (`dataset`, else `config.data`) with it before it creates or locks the run folder or loads a model, so
     bad data stops the run with nothing written; the synthetic task's data (no source) needs `task`. The files
     read from a folder are logged (`prefopt.data.loading.log_folder_reads`)."""
-    from prefopt.data import load_preferences
-    from prefopt.data.loading import log_folder_reads, record_folder_reads
-
     source = dataset if dataset is not None else config.data
     with record_folder_reads() as reads:
         if source is None:
@@ -328,8 +291,6 @@ def load_rows(config: RewardModelConfig, kind: str, tokenizer: Any, tokenize_con
     Rows are `prefopt.data.tokenize_preferences` output (prompt_ids, completion_ids [K][C], margin, …);
     bad data raises the data layer's `PreferenceDataError` listing the rows.
     """
-    from prefopt.data import tokenize_preferences
-
     train, held_out = data if data is not None else read_data(config, kind, dataset, eval_dataset, task)
     train_rows = tokenize_preferences(train, tokenizer, tokenize_config, kind=kind).to_list()
     if held_out is None or len(held_out) == 0:

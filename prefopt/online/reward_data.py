@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
+from prefopt.data.collate import collate_preferences
+from prefopt.data.tokenize import PromptCompletionEncoder
 
 __all__ = ["RM_KINDS", "encode_completions", "sequence_scores", "loss_arguments", "reward_batches",
            "pad_token_id"]
@@ -49,9 +51,6 @@ def encode_completions(tokenizer: Any, tokenize_config: Any, prompts: Sequence[s
     Returns:
         TokenBatch with input_ids / attention_mask [B, T] (right-padded), num_sequences = B.
     """
-    from prefopt.data.collate import collate_preferences
-    from prefopt.data.tokenize import PromptCompletionEncoder
-
     if isinstance(prompts, str) or isinstance(completions, str):
         raise TypeError("prompts and completions must be sequences of strings, not one string")
     if len(prompts) != len(completions):
@@ -113,8 +112,6 @@ def reward_batches(rows: Sequence[dict[str, Any]], batch_size: int, *, pad: int,
     (ranked data may mix them) never share a batch: rows are bucketed by K, cut into batches, and the
     batches shuffled, so every batch has one K as `collate_preferences` requires.
     """
-    from prefopt.data.collate import collate_preferences
-
     count = len(rows)
     order = torch.randperm(count, generator=generator).tolist() if generator is not None else list(range(count))
     ks = [len(r["completion_ids"]) for r in rows]

@@ -38,13 +38,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from prefopt.atomic import write_json_atomic
-from prefopt.online.reward_config import METADATA_FILE, RewardModelConfig, resolve_config
+from prefopt.online.checkpoint import load_online_checkpoint, save_online_checkpoint
 from prefopt.online.learned_reward import LearnedReward, check_reward_model, load_reward_model, point_pooling_at_pad
+from prefopt.online.reward_config import (
+    METADATA_FILE,
+    RewardModelConfig,
+    load_rows,
+    read_data,
+    resolve_config,
+    synthetic_task_for,
+)
 from prefopt.online.reward_data import loss_arguments, pad_token_id, reward_batches, sequence_scores
 from prefopt.preflight import load_pretrained
+from prefopt.progress import library_progress_bars
+from prefopt.registry import get_loss, loss_spec
+from prefopt.threads import torch_threads
+from prefopt.train.checkpoint import check_no_earlier_run, check_same_settings, latest_checkpoint
+from prefopt.train.logs import open_metrics, truncate_metrics
 from prefopt.train.precision import Precision, resolve_precision
+from prefopt.train.presets import OptimizerSettings, build_optimizer, build_scheduler
 from prefopt.train.run_folder import claim_run_folder
 
 __all__ = ["RewardModelConfig", "RewardModelResult", "train_reward_model", "evaluate_reward_model",
@@ -96,7 +111,7 @@ def synthetic_reward_model(policy_model: Any, *, init: str = "policy", hidden_si
         hidden_size, num_layers: resize the RM (from-scratch proxy RMs); the MLP width scales with
             hidden_size, the head count is the policy's (hidden_size must divide by it).
     """
-    from transformers import LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification  # heavy: loaded on first use
 
     values = policy_model.config.to_dict()
     for key in ("id2label", "label2id", "architectures", "_name_or_path", "transformers_version", "dtype"):
@@ -122,7 +137,7 @@ def synthetic_reward_model(policy_model: Any, *, init: str = "policy", hidden_si
 
 def _load_model(config: RewardModelConfig, model: Any, tokenizer: Any, task: Any) -> tuple[Any, Any]:
     """(reward model, tokenizer): given in memory, loaded from `config.model`, or built for the synthetic task."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy: loaded on first use
 
     if model is None and config.model is not None:
         if tokenizer is None and config.tokenizer is not None:
@@ -198,9 +213,6 @@ def train_reward_model(config: RewardModelConfig | None = None, *, model: Any = 
     Each step: S = K·B sequences of B rows → scores [S] → `get_loss(loss)(**inputs)` → AdamW step with
     linear warm-up and decay (`prefopt.train.presets`), gradient clipping at `max_grad_norm`.
     """
-    from prefopt.data.synthetic.sampling import torch_threads
-    from prefopt.progress import library_progress_bars
-
     if isinstance(model, (str, os.PathLike)):
         settings["model"], model = str(model), None
     config = resolve_config(config, settings)
@@ -209,8 +221,6 @@ def train_reward_model(config: RewardModelConfig | None = None, *, model: Any = 
     with torch_threads(threads), library_progress_bars(config.progress):
         data = None
         if dataset is not None or config.data is not None:  # bad data stops the run before the run folder exists
-            from prefopt.online.reward_config import read_data
-            from prefopt.registry import loss_spec
 
             data = read_data(config, loss_spec(config.loss).kind, dataset, eval_dataset)
         # one run per folder (`prefopt.train.run_folder`): a second run on output_dir stops at once
@@ -220,10 +230,6 @@ def train_reward_model(config: RewardModelConfig | None = None, *, model: Any = 
 
 def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, eval_dataset: Any,
            data: Any = None) -> RewardModelResult:
-    from prefopt.online.reward_config import load_rows, synthetic_task_for
-    from prefopt.registry import get_loss, loss_spec
-    from prefopt.train.presets import OptimizerSettings, build_optimizer, build_scheduler
-
     started = time.perf_counter()
     kind = loss_spec(config.loss).kind
     loss_fn = get_loss(config.loss, **config.loss_hparams)
@@ -281,8 +287,6 @@ _RESUMABLE = ("resume", "progress", "checkpoint_every", "keep_checkpoints", "log
 
 def _check_resumable(config: RewardModelConfig, out: Path) -> None:
     """On resume, refuse settings that differ from the saved run's (the checkpoint would not fit them)."""
-    from prefopt.train.checkpoint import check_same_settings
-
     if config.resume:
         check_same_settings(out, config.to_dict(), _RESUMABLE)
 
@@ -294,12 +298,6 @@ def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: 
 
     Resumable: a checkpoint holds the weights, the optimiser and schedule, and the records so far; the data
     position is replayed (each epoch's batch order comes from one seeded generator, drawn in step order)."""
-    from tqdm.auto import tqdm
-
-    from prefopt.online.checkpoint import load_online_checkpoint, save_online_checkpoint
-    from prefopt.train.checkpoint import check_no_earlier_run, latest_checkpoint
-    from prefopt.train.logs import open_metrics, truncate_metrics
-
     out = Path(config.output_dir)
     states = {"optimizer": optimizer, "scheduler": scheduler}  # both have state_dict / load_state_dict
     history: list[dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """One reward interface for the online algorithms: learned reward models, the synthetic gold reward, callables.
 
-Everything that scores completions implements `RewardFunction` (`prefopt.data.synthetic.reward`):
+Everything that scores completions implements `RewardFunction` (`prefopt.reward_function`):
 
     score(prompts: Sequence[str], completions: Sequence[str]) -> Tensor [B] float32      (no gradient)
 
@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefopt.data.synthetic.reward import GoldReward, RewardFunction
+from prefopt.data.synthetic.reward import GoldReward
+from prefopt.online.reward_model import LearnedReward
+from prefopt.reward_function import RewardFunction
 
 __all__ = ["RewardFunction", "CallableReward", "as_reward_function", "check_scores", "score_rollout"]
 
@@ -80,8 +82,6 @@ class CallableReward:
 
 
 def _saved_reward_model(path: Path) -> RewardFunction:
-    from prefopt.online.reward_model import LearnedReward
-
     return LearnedReward(str(path))
 
 

@@ -13,13 +13,15 @@ The loop never tests an algorithm's name. What a rollout loss needs is read from
     returns          Ziegler et al. 2019), advantages whitened over valid tokens
     token_entropy    the engine's per-token entropy of π_θ on the minibatch               ppo (metric)
 
-`RECIPES` holds the little that is not in the declaration: how many samples per prompt and how many
-optimisation passes over a rollout each algorithm uses by default (the papers' settings), and the
-smallest K it accepts. Minibatches split the rollout by prompt, so a group's K samples stay together.
+The rest is in the declaration too: `LossSpec.online_defaults` holds how many samples per prompt and how
+many optimisation passes over a rollout the algorithm uses by default (the papers' settings) and the
+smallest K it accepts, where they differ from `Recipe`'s generic defaults. Minibatches split the rollout
+by prompt, so a group's K samples stay together.
 
-Online DPO with another paired loss (`OnlineConfig.pair_loss`): each prompt's best and worst samples
-(`best_worst_pairs`, ties dropped) become a (chosen, rejected) pair, and the paired loss gets the pairs'
-summed log-probs exactly as the offline trainer would (`prefopt.train.step.loss_arguments`).
+Online DPO with another paired loss (`OnlineConfig.pair_loss`, for a loss that declares `accepts_pair_loss`):
+each prompt's best and worst samples (`best_worst_pairs`, ties dropped) become a (chosen, rejected) pair,
+and the paired loss gets the pairs' summed log-probs exactly as the offline trainer would
+(`prefopt.train.step.loss_arguments`).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 from prefopt.engine import SequenceLogProbs
+from prefopt.losses.best_of_n import best_worst_pairs
 from prefopt.registry import LossSpec
 from prefopt.rl import gae, grouped_to_sequences, kl_penalized_rewards, masked_whiten
 
-__all__ = ["Recipe", "RECIPES", "recipe_for", "PreparedRollout", "prompt_rows", "prompt_minibatches",
+__all__ = ["Recipe", "recipe_for", "PreparedRollout", "prompt_rows", "prompt_minibatches",
            "critic_targets", "loss_inputs", "pair_batch", "sequence_scores", "hparams_with_defaults",
            "completion_layout", "to_completion_layout", "from_completion_layout",
            "FEEDABLE_INPUTS"]
@@ -48,7 +51,8 @@ class Recipe:
     """Defaults of one rollout algorithm, plus what its declaration asks of the loop.
 
     Attributes:
-        num_samples: default K, completions per prompt.
+        num_samples: default K, completions per prompt (4 suits the group methods; TRL's RLOO/GRPO
+            examples use 2–8).
         min_samples: the smallest K the loss accepts (2 for leave-one-out, group normalisation, pairs).
         epochs: default optimisation passes over each rollout (PPO: 4, TRL; one update per rollout
             for the REINFORCE-style methods, as the GRPO and ReMax papers).
@@ -63,24 +67,14 @@ class Recipe:
     greedy_baseline: bool = False
 
 
-# Defaults per algorithm: PPO and ReMax sample once per prompt (Ziegler et al. 2019; Li et al. 2023), the
-# group methods 4 times (TRL's RLOO/GRPO examples use 2–8); best-of-N accepts K = 1 (then it is plain SFT).
-RECIPES: dict[str, Recipe] = {
-    "ppo": Recipe(num_samples=1, min_samples=1, epochs=4),
-    "remax": Recipe(num_samples=1, min_samples=1),
-    "rloo": Recipe(),
-    "grpo": Recipe(),
-    "dr_grpo": Recipe(),
-    "online_dpo": Recipe(),
-    "best_of_n": Recipe(min_samples=1),
-}
 # Loss inputs the online loop knows how to make (module table).
 FEEDABLE_INPUTS = ("rewards", "greedy_rewards", "ref_logps", "values", "old_values", "advantages", "returns",
                    "token_entropy")
 
 
 def recipe_for(spec: LossSpec) -> Recipe:
-    """The recipe of rollout loss `spec`: `RECIPES`' defaults with `critic`/`greedy_baseline` from its inputs.
+    """The recipe of rollout loss `spec`: `Recipe`'s defaults overridden by the loss's declared `online_defaults`,
+    `critic`/`greedy_baseline` from its inputs.
 
     Raises:
         ValueError: the loss takes an input the online loop cannot make.
@@ -89,8 +83,7 @@ def recipe_for(spec: LossSpec) -> Recipe:
     if missing:
         raise ValueError(f"rollout loss {spec.name!r} takes input(s) {missing} that the online loop cannot make "
                          f"(it makes {list(FEEDABLE_INPUTS)}); call the loss from your own loop")
-    base = RECIPES.get(spec.name, Recipe())
-    return dataclasses.replace(base, critic="values" in spec.extra_inputs,
+    return dataclasses.replace(Recipe(), **spec.online_defaults, critic="values" in spec.extra_inputs,
                                greedy_baseline="greedy_rewards" in spec.extra_inputs)
 
 
@@ -231,8 +224,6 @@ def loss_inputs(
 def pair_batch(rollout: Any, prepared: PreparedRollout, prompts: Tensor) -> tuple[TokenBatch, SequenceLogProbs] | None:
     """The best/worst pairs of `prompts` as a paired `TokenBatch` (chosen block, then rejected block) and the
     reference's `SequenceLogProbs` of it; None when every pair of the minibatch is a tie."""
-    from prefopt.losses.best_of_n import best_worst_pairs
-
     chosen, rejected, valid = best_worst_pairs(prepared.scores[prompts])  # indices into the minibatch's rows
     if not bool(valid.any()):
         return None

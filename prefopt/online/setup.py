@@ -13,13 +13,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from prefopt.data import synthetic
+from prefopt.data.synthetic import PreferenceConfig
+from prefopt.data.synthetic.preferences import draw_prompts
 from prefopt.engine import LogProbEngine
 from prefopt.online.config import OnlineConfig
+from prefopt.online.rewards import as_reward_function
 from prefopt.online.rollout_step import Recipe, hparams_with_defaults, recipe_for
 from prefopt.online.value import ValueModel, critic_from_policy, critic_from_reward_model
 from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.rl import AdaptiveKLController, FixedKLController
+from prefopt.train.model import frozen_copy
 from prefopt.train.precision import Precision, resolve_precision
 
 __all__ = ["OnlineRun", "setup_online_run", "load_prompts", "synthetic_prompts", "PromptOrder"]
@@ -28,9 +33,6 @@ __all__ = ["OnlineRun", "setup_online_run", "load_prompts", "synthetic_prompts",
 def synthetic_prompts(seed: int = 0) -> tuple[list[str], list[str]]:
     """(train, held-out) prompts of the synthetic task for `seed`: the same draw and split as
     `build_preferences` with the default `PreferenceConfig` (held-out prompts never reach training)."""
-    from prefopt.data.synthetic import PreferenceConfig
-    from prefopt.data.synthetic.preferences import draw_prompts
-
     config = PreferenceConfig()
     total = config.heldout_prompts + config.train_prompts + config.eval_prompts
     prompts = draw_prompts(total, random.Random(f"synthetic-prompts-{seed}"))
@@ -83,9 +85,10 @@ class PromptOrder:
         return [self.prompts[self._permutation(p // n)[p % n]] for p in positions]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OnlineRun:
-    """The pieces of an online run the loop uses (built by `setup_online_run`)."""
+    """The pieces of an online run the loop uses (built by `setup_online_run`). `engine` and `ref_engine`
+    are the log-prob engines of `policy` and of the frozen reference."""
 
     config: OnlineConfig
     spec: LossSpec
@@ -117,11 +120,9 @@ def _policy(config: OnlineConfig, model: Any, tokenizer: Any) -> tuple[nn.Module
             raise ValueError("train_online: pass the tokenizer together with an in-memory model")
         return model, tokenizer
     if config.model is None:
-        from prefopt.data.synthetic import reference_policy
-
-        policy = reference_policy(config.seed, progress=config.progress)
+        policy = synthetic.reference_policy(config.seed, progress=config.progress)
         return policy.model, policy.tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: loaded on first use
 
     model = load_pretrained(AutoModelForCausalLM, config.model, "OnlineConfig.model", revision=config.model_revision)
     if config.tokenizer is not None:
@@ -135,7 +136,7 @@ def _critic(config: OnlineConfig, policy: nn.Module, precision: Precision) -> Va
     the reward model `value_model` cast like the policy)."""
     if config.value_model is None:
         return precision.cast(critic_from_policy(policy))
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification  # heavy: loaded on first use
 
     reward_model = load_pretrained(AutoModelForSequenceClassification, config.value_model, "OnlineConfig.value_model")
     param = next(policy.parameters())
@@ -152,9 +153,6 @@ def setup_online_run(config: OnlineConfig, *, model: Any = None, tokenizer: Any 
     """Build the run: policy (eval mode: no dropout, so π_old = π_θ before the first update, as TRL
     disables dropout) with its master weights (`prefopt.train.precision`), frozen reference (in the
     checkpoint's dtype), critic, reward function, prompt order, optimisers, KL controller."""
-    from prefopt.online.rewards import as_reward_function
-    from prefopt.train.model import frozen_copy
-
     spec = loss_spec(config.algorithm)
     recipe = recipe_for(spec)
     lr = config.learning_rate
@@ -178,9 +176,11 @@ def setup_online_run(config: OnlineConfig, *, model: Any = None, tokenizer: Any 
     hparams = hparams_with_defaults(spec, config.loss_hparams, config.max_new_tokens)
     pair = get_loss(config.pair_loss, **config.pair_loss_hparams) if config.pair_loss is not None else None
     return OnlineRun(
-        config, spec, get_loss(spec.name, **hparams), pair, recipe, policy, tokenizer,
-        LogProbEngine(policy, backend=config.engine_backend, temperature=config.temperature),
-        LogProbEngine(reference, backend=config.engine_backend, temperature=config.temperature),
-        critic, optimizers, as_reward_function(reward if reward is not None else config.reward),
-        PromptOrder(list(prompts), config.prompts_per_step, config.seed), controller, precision,
+        config=config, spec=spec, loss=get_loss(spec.name, **hparams), pair_loss=pair, recipe=recipe, policy=policy,
+        tokenizer=tokenizer,
+        engine=LogProbEngine(policy, backend=config.engine_backend, temperature=config.temperature),
+        ref_engine=LogProbEngine(reference, backend=config.engine_backend, temperature=config.temperature),
+        critic=critic, optimizers=optimizers, reward=as_reward_function(reward if reward is not None else config.reward),
+        prompts=PromptOrder(list(prompts), config.prompts_per_step, config.seed), kl_controller=controller,
+        precision=precision,
     )

@@ -11,8 +11,9 @@ Per rollout step (B prompts, K samples each, S = K·B rows, group-major):
         loss = get_loss(algorithm)(engine(π_θ)(minibatch), old, mask, **inputs the loss declares)
         backward, clip, Adam step (policy; critic for PPO)
 
-ppo, rloo, grpo, dr_grpo, remax, best_of_n (RAFT) and online_dpo all run through this one loop; what
-differs is read from the loss's declaration (`prefopt.online.rollout_step`). Logged per step (TRL's
+Every registered rollout loss (`prefopt losses --kind rollout`) runs through this one loop; what differs
+is read from the loss's declaration (its inputs, `online_defaults`, `accepts_pair_loss`;
+`prefopt.online.rollout_step`), never its name. Logged per step (TRL's
 names): objective/scores (mean reward), objective/kl (mean Σ_t k1 of the rollout against π_ref),
 objective/non_score_reward (−β·objective/kl, β the KL coefficient the algorithm uses, 0 if none),
 objective/rlhf_reward, objective/entropy (mean Σ_t entropy), the loss's own metrics (policy/clipfrac,
@@ -36,11 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from prefopt.atomic import write_json_atomic
+from prefopt.errors import OnlineDivergedError
 from prefopt.online.checkpoint import latest_checkpoint, load_online_checkpoint, save_online_checkpoint
-from prefopt.train.checkpoint import check_same_settings
 from prefopt.online.config import RESUMABLE, OnlineConfig
+from prefopt.online.generation import GenerationConfig, generate
+from prefopt.online.rewards import score_rollout
 from prefopt.online.rollout_step import (
     PreparedRollout,
     critic_targets,
@@ -51,17 +55,17 @@ from prefopt.online.rollout_step import (
     sequence_scores,
 )
 from prefopt.online.setup import OnlineRun, setup_online_run
+from prefopt.progress import library_progress_bars
 from prefopt.rl import apply_eos_penalty, grouped_to_sequences, kl_k1, masked_sum, sequences_to_grouped
+from prefopt.threads import torch_threads
+from prefopt.train.checkpoint import check_no_earlier_run, check_same_settings
 from prefopt.train.logs import MetricsLog, truncate_metrics
 from prefopt.train.run_folder import claim_run_folder
+from prefopt.train.step import loss_arguments
 
 __all__ = ["OnlineResult", "OnlineDivergedError", "train_online", "rollout_step"]
 
 StepCallback = Callable[[int, dict[str, float]], None]
-
-
-class OnlineDivergedError(RuntimeError):
-    """A step produced a non-finite loss or gradient; the message names the step and the fix."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,6 @@ def _seed(config: OnlineConfig, step: int, stream: int) -> int:
 
 def _scores(run: OnlineRun, rollout: Any) -> torch.Tensor:
     """[B, K] rewards of a rollout, minus the missing-EOS penalty when configured (TRL's missing_eos_penalty)."""
-    from prefopt.online.rewards import score_rollout
-
     scores = score_rollout(run.reward, rollout)
     penalty = run.config.missing_eos_penalty
     if penalty is None:
@@ -114,8 +116,6 @@ def _compute(run: OnlineRun) -> Any:
 @torch.no_grad()
 def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str, float]]:
     """Sample, score and annotate one rollout; returns it with the rollout-level metrics."""
-    from prefopt.online.generation import GenerationConfig, generate
-
     config = run.config
     prompts = run.prompts.batch(step)
     sampling = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -163,8 +163,6 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
     """The loss output of one minibatch of prompts (with gradient), or None when it has nothing to learn
     from (online DPO with another paired loss and every pair tied)."""
     if run.pair_loss is not None:
-        from prefopt.train.step import loss_arguments
-
         pairs = pair_batch(rollout, prepared, prompts)
         if pairs is None:
             return None
@@ -239,8 +237,6 @@ def _resume(run: OnlineRun) -> int:
 def _fresh(out: Path) -> int:
     """Start a run from step 0 in `out`, refusing a folder with an earlier run's checkpoints (its work would
     be lost); the metrics log starts empty so that it reads as this run only."""
-    from prefopt.train.checkpoint import check_no_earlier_run
-
     check_no_earlier_run(out)
     out.mkdir(parents=True, exist_ok=True)
     truncate_metrics(out / "metrics.jsonl", 0)
@@ -270,9 +266,6 @@ def train_online(config: OnlineConfig | None = None, *, model: Any = None, token
     Returns:
         `OnlineResult`; the run folder holds config.json, metrics.jsonl, checkpoints/, final/, result.json.
     """
-    from prefopt.data.synthetic.sampling import torch_threads
-    from prefopt.progress import library_progress_bars
-
     if isinstance(model, (str, os.PathLike)):
         settings["model"], model = str(model), None
     if config is None:
@@ -287,8 +280,6 @@ def train_online(config: OnlineConfig | None = None, *, model: Any = None, token
 
 def _train(config: OnlineConfig, model: Any, tokenizer: Any, reward: Any, prompts: Any, reference_model: Any,
            on_step: StepCallback | None) -> OnlineResult:
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     run = setup_online_run(config, model=model, tokenizer=tokenizer, reward=reward, prompts=prompts,
                            reference_model=reference_model)

@@ -7,10 +7,9 @@ A reproduction is one module that defines
     run(config, progress) -> Outcome
     REPRODUCTION       a `Reproduction` naming all of the above
 
-and is listed in `prefopt.reproduce.REPRODUCTIONS`. The runner (`prefopt.reproduce.report`) times the
-run, prints the checks as a table, draws the figure and writes the Markdown report; a module never
-touches files or the terminal. Reproductions that need the training loop or the synthetic task
-import them inside `run`, so listing reproductions stays cheap.
+lives in `prefopt.reproduce.experiments`, listed in `prefopt.reproduce.REPRODUCTIONS`. The runner
+(`prefopt.reproduce.run_reproduction`) times the run; `prefopt.reproduce.report` draws the figure and writes
+the Markdown report; an experiment never touches files or the terminal.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from prefopt.threads import torch_threads
 
 __all__ = [
     "Check",
@@ -175,7 +176,7 @@ def mean_ci(x: torch.Tensor, dim: int = 0, level: float = 0.95) -> tuple[torch.T
     Returns:
         (mean, half_width), each of x's shape without `dim`.
     """
-    from scipy.special import stdtrit  # the Student-t quantile; scipy.stats would cost seconds to import
+    from scipy.special import stdtrit  # heavy: the Student-t quantile; scipy.stats would cost seconds to import
 
     n = x.shape[dim]
     mean = x.mean(dim)
@@ -193,7 +194,5 @@ def single_thread() -> Iterator[None]:
     costs more than the arithmetic, and on a busy machine the threads spin against each other
     (measured on a shared 2-core CPU: 48 ms per step with 2 threads, 1.9 ms with 1).
     """
-    from prefopt.data.synthetic.sampling import torch_threads
-
     with torch_threads(1):
         yield

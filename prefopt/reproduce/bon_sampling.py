@@ -15,7 +15,7 @@ scores by the block's mean, which is what the estimator does.
 
 The policy's divergence from the reference uses the classical best-of-N formula the paper uses,
 KL_bon = log N − (N−1)/N (Stiennon et al. 2020; an upper bound for discrete rewards, Beirami et al.
-2024 — see `prefopt.reproduce.bon_math`), and d = √KL_bon. Gao et al. fit the gold reward gained over
+2024 — see `prefopt.eval.bon_math`), and d = √KL_bon. Gao et al. fit the gold reward gained over
 the reference (N = 1) as R_bon(d) = d(α − β d) (§3, Eq. 1); `fit_gao_bon` solves that least-squares
 problem in closed form.
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prefopt.reproduce.bon_math import classical_kl_formula
+from prefopt.eval.bon_math import classical_kl_formula
 
 __all__ = ["subset_max_weights", "tie_averaged", "best_of_n_from_pool", "bon_kl", "GaoFit", "fit_gao_bon"]
 

@@ -1,4 +1,4 @@
-"""Run a reproduction, time it, and write its report: the checks table, a PNG figure, Markdown and JSON.
+"""The report of a reproduction's run: the checks table, a PNG figure, Markdown and JSON.
 
 Files land in `out_dir` (the CLI's default is ./reproductions/NAME):
 
@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import subprocess
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,11 +26,11 @@ from typing import Any
 
 import torch
 
+from prefopt import __version__
 from prefopt.atomic import write_atomic
-from prefopt.preflight import check_output_dir
-from prefopt.reproduce.base import Check, Outcome, Progress, Reproduction, Table, silent_progress
+from prefopt.reproduce.base import Check, Outcome, Reproduction, Table
 
-__all__ = ["RunResult", "run_reproduction", "render_checks", "render_markdown", "figure_png", "environment"]
+__all__ = ["RunResult", "write_report", "render_checks", "render_markdown", "figure_png", "environment"]
 
 
 @dataclass
@@ -47,40 +46,8 @@ class RunResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def run_reproduction(
-    name: str,
-    *,
-    out_dir: str | Path | None = None,
-    quick: bool = False,
-    seeds: int | None = None,
-    progress: Progress = silent_progress,
-) -> RunResult:
-    """Run reproduction `name` and, when `out_dir` is given, write report.md, figure.png and result.json there.
-
-    Args:
-        name: a listed reproduction name (`prefopt.reproduce.list_reproductions()`).
-        out_dir: folder for the report (created if missing); None writes nothing.
-        quick: the reduced setting the test suite uses, instead of the paper's.
-        seeds: number of seeds/replicas where the reproduction has them (None: the paper's count).
-        progress: `progress(done, total, stage)` callback.
-    """
-    from prefopt.reproduce import get_reproduction
-
-    if seeds is not None and (isinstance(seeds, bool) or seeds < 1):
-        raise ValueError(f"seeds must be an integer ≥ 1 (or None for the paper's count), got {seeds!r}.")
-    reproduction = get_reproduction(name)
-    if out_dir is not None:
-        check_output_dir(out_dir, "out_dir (--out)")  # before the experiment, not after it
-    config = reproduction.make_config(quick, seeds)
-    start = time.perf_counter()
-    outcome = reproduction.run(config, progress)
-    result = RunResult(reproduction, config, outcome, time.perf_counter() - start, quick, environment())
-    if out_dir is not None:
-        _write_all(result, Path(out_dir))
-    return result
-
-
-def _write_all(result: RunResult, out_dir: Path) -> None:
+def write_report(result: RunResult, out_dir: Path) -> None:
+    """Write figure.png (when the outcome draws one), report.md and result.json into `out_dir`, each atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if result.outcome.draw is not None:
         result.files["figure"] = out_dir / "figure.png"
@@ -93,8 +60,8 @@ def _write_all(result: RunResult, out_dir: Path) -> None:
 
 def figure_png(outcome: Outcome) -> bytes:
     """Render `outcome.draw` to PNG bytes with the Agg backend (no display needed, pyplot untouched)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: loaded on first use
+    from matplotlib.figure import Figure  # heavy: loaded on first use
 
     fig = Figure(figsize=outcome.figsize, layout="constrained")
     FigureCanvasAgg(fig)
@@ -103,8 +70,6 @@ def figure_png(outcome: Outcome) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
-
-
 
 
 def render_checks(checks: list[Check]) -> str:
@@ -170,8 +135,6 @@ def _jsonable(obj: Any) -> Any:
 
 def environment() -> dict[str, str]:
     """Machine and versions for the report: CPU, threads, torch, Python, prefopt, git commit, UTC time."""
-    from prefopt import __version__
-
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"

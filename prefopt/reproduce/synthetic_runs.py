@@ -25,8 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prefopt.data import PreferenceCollator, TokenizeConfig, load_preferences, synthetic, tokenize_preferences
+from prefopt.data.synthetic import build_preferences, sample
+from prefopt.engine import LogProbEngine
 from prefopt.engine.reference import eval_mode
 from prefopt.progress import library_progress_bars
+from prefopt.train import train
 
 __all__ = ["Arm", "Curve", "TrainSchedule", "pair_batches", "pair_logps", "preferences_for",
            "reference_policy_for", "run_arms", "sample_completions", "stack_curves", "stack_final", "train_with_probes",
@@ -97,23 +101,19 @@ class Curve:
 
 def reference_policy_for(task_seed: int, sft_config: Any) -> Any:
     """The synthetic task's reference policy for `task_seed` (`ReferencePolicy`; trained once, then cached)."""
-    from prefopt.data.synthetic import reference_policy
 
-    return reference_policy(task_seed, sft_config, progress=False)
+    return synthetic.reference_policy(task_seed, sft_config, progress=False)
 
 
 def preferences_for(policy: Any, seed: int, config: Any) -> Any:
     """Preference data (`SyntheticPreferences`) sampled from `policy` (a `ReferencePolicy`) with `seed`."""
-    from prefopt.data.synthetic import build_preferences
-
     return build_preferences(policy.model, policy.tokenizer, seed=seed, config=config, num_threads=None)
 
 
 def pair_batches(rows: Sequence[Mapping[str, Any]], tokenizer: Any, batch_size: int = 64) -> list[Any]:
     """Paired rows (prompt/chosen/rejected dicts) tokenised and collated into padded `TokenBatch`es."""
-    import datasets
+    import datasets  # heavy: loaded on first use
 
-    from prefopt.data import PreferenceCollator, TokenizeConfig, load_preferences, tokenize_preferences
 
     if not rows:
         raise ValueError("pair_batches: no rows; the preference config must give this split at least one pair")
@@ -131,8 +131,6 @@ def pair_logps(model: Any, batches: Sequence[Any]) -> Tensor:
 
     The model is put in eval mode for the pass and restored to its previous mode afterwards.
     """
-    from prefopt.engine import LogProbEngine
-
     engine = LogProbEngine(model, backend="reference")
     with eval_mode(model):
         return torch.cat([engine(batch).grouped().float() for batch in batches])
@@ -142,8 +140,6 @@ def pair_logps(model: Any, batches: Sequence[Any]) -> Tensor:
 def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, seed: int,
                        max_new_tokens: int) -> list[str]:
     """One completion per prompt sampled from `model` at temperature 1 with a fixed seed (eval mode for the pass)."""
-    from prefopt.data.synthetic import sample
-
     with eval_mode(model):
         drawn = sample(model, tokenizer, list(prompts), generator=torch.Generator().manual_seed(seed),
                        max_new_tokens=max_new_tokens)
@@ -170,8 +166,6 @@ def train_with_probes(reference: Any, dataset: Any, *, loss: str, hparams: Mappi
     Returns:
         The `Curve` of probe values and the trainer's final metrics.
     """
-    from prefopt.train import train
-
     policy = copy.deepcopy(reference.model).train().requires_grad_(True)
     curve = Curve()
     curve.record(0, probe(policy))

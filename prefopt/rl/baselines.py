@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefopt.registry import LossInputError
+from prefopt.errors import LossInputError
 
 __all__ = [
     "check_grouped_rewards",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefopt.registry import LossInputError
+from prefopt.errors import LossInputError
 from prefopt.rl.masked import check_right_padded
 
 __all__ = ["gae"]

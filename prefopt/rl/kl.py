@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from prefopt.registry import LossInputError
+from prefopt.errors import LossInputError
 from prefopt.rl.masked import check_right_padded
 
 __all__ = [
     "LOG_RATIO_CLAMP",
     "KLEstimator",
+    "KL_ESTIMATORS",
     "clamp_log_ratio",
     "kl_k1",
     "kl_k3",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 KLEstimator = Literal["k1", "k3"]
+KL_ESTIMATORS: tuple[KLEstimator, ...] = get_args(KLEstimator)  # what `token_kl` accepts
 
 # The largest |log-ratio| any exp sees (module docstring; verl's value).
 LOG_RATIO_CLAMP = 20.0
@@ -98,7 +100,7 @@ def token_kl(logps: Tensor, ref_logps: Tensor, mask: Tensor, estimator: KLEstima
     elif estimator == "k3":
         kl = kl_k3(logps, ref_logps)
     else:
-        raise LossInputError(f"token_kl: estimator={estimator!r} is not one of ['k1', 'k3'].")
+        raise LossInputError(f"token_kl: estimator={estimator!r} is not one of {list(KL_ESTIMATORS)}.")
     return torch.where(mask, kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
 
 

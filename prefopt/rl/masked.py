@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefopt.registry import LossInputError
+from prefopt.errors import LossInputError
 
 __all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten", "check_right_padded"]
 

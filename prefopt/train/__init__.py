@@ -22,7 +22,6 @@ _LAZY = {
     "TrainingDivergedError": "prefopt.train.loop",
     "DistributedSetupError": "prefopt.train.setup",
     "TrainDataError": "prefopt.train.data",
-    "add_train_command": "prefopt.train.cli",
 }
 
 __all__ = ["PRESETS", "OptimizerSettings", "TrainConfig", "optimizer_preset", *sorted(_LAZY)]

@@ -4,8 +4,8 @@
         trainable.safetensors   every parameter with requires_grad (full model, or LoRA adapter only)
         optimizer.pt            optimiser state_dict        scheduler.pt   LR scheduler state_dict
         rng-<rank>.json         python / numpy / torch (CPU, CUDA) RNG states of each process (`rng_state`)
-        state.json              step (the data position: the batch plan is a function of it), BCO state,
-                                number of metrics lines, world size
+        state.json              step (the data position: the batch plan is a function of it), the loss's
+                                running state under the loss's name (`LossSpec.state`), world size
 
 A checkpoint is assembled in `checkpoints/.tmp-step-000040/` and renamed into place with `os.replace`
 once complete, so a run killed at any moment leaves either the whole checkpoint or none (a leftover
@@ -23,11 +23,12 @@ import os
 import pickle
 import re
 import shutil
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prefopt.atomic import write_json_atomic
@@ -140,8 +141,6 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Save the run at optimiser step `step` (collective: every process calls it). Returns the folder."""
-    from safetensors.torch import save_file
-
     root = Path(output_dir)
     final = _step_dir(root, step)
     tmp = final.with_name(f".tmp-{final.name}")
@@ -181,8 +180,6 @@ def load_checkpoint(
     it was written by another number of processes, or a file of it is not one prefopt wrote (nothing in it
     is executed).
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     load_trainable(model, load_file(str(path / "trainable.safetensors")), path)
     optimizer.load_state_dict(load_plain(path / "optimizer.pt"))

@@ -1,19 +1,19 @@
 """`TrainConfig`: every setting of an offline training run, one frozen dataclass validated on construction.
 
 The library takes keyword arguments (`prefopt.train.train(loss="dpo", lr=1e-4, ...)` builds one);
-YAML and argparse live only in `prefopt.train.cli`. A config is JSON-able (`to_dict`) and is saved
+YAML and argparse live only in `prefopt.cli.train`. A config is JSON-able (`to_dict`) and is saved
 beside each run's results.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
+from prefopt.data.schema import IDENTICAL_POLICIES
+from prefopt.kernels import BACKENDS
 from prefopt.preflight import (
     check_engine_backend,
     check_model_source,
@@ -21,8 +21,9 @@ from prefopt.preflight import (
     check_tokenizer_source,
     expand_user,
 )
-from prefopt.settings import SettingsError, config_from_dict
-from prefopt.data.schema import IDENTICAL_POLICIES
+from prefopt.registry import list_losses, loss_spec
+from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
+from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 from prefopt.train.presets import OptimizerSettings, optimizer_preset
 
 __all__ = ["TrainConfig", "MIXED_PRECISION", "QUANTIZATION", "REPORT_TO"]
@@ -32,7 +33,7 @@ REPORT_TO = ("tensorboard", "wandb")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """Settings of one offline run (engine → loss → backward → step for any registered offline loss).
 
     Loss and data:
@@ -134,8 +135,6 @@ class TrainConfig:
     cpu: bool = False
 
     def __post_init__(self) -> None:
-        from prefopt.registry import loss_spec
-
         spec = loss_spec(self.loss)  # unknown names raise, listing the valid ones
         if spec.kind == "rollout" or spec.scores != "logps":
             what = "an online (rollout) loss" if spec.kind == "rollout" else "a reward-model loss (reward scores)"
@@ -145,12 +144,12 @@ class TrainConfig:
             )
         object.__setattr__(self, "loss_hparams", dict(spec.validate_hparams(dict(self.loss_hparams))))
         for name in ("batch_size", "log_every", "keep_checkpoints"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
         for name in ("micro_batch_size", "max_steps", "max_length", "max_prompt_length"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+                check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
         for name in ("lora_r", "checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(f"TrainConfig.{name}", getattr(self, name), minimum=0)
         if not (self.epochs > 0 and math.isfinite(self.epochs)):
             raise ValueError(f"TrainConfig.epochs={self.epochs!r} must be a positive number")
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
@@ -164,7 +163,6 @@ class TrainConfig:
         if self.data_revision is not None and self.data is None:
             raise SettingsError(f"TrainConfig.data_revision={self.data_revision!r} pins a hub revision of data, which "
                                 "is not set; give data (a hub dataset name, --data) or drop data_revision")
-        from prefopt.kernels import BACKENDS
 
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"TrainConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
@@ -212,20 +210,6 @@ class TrainConfig:
             warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio, max_grad_norm=self.max_grad_norm,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able settings (saved as config.json beside the run)."""
-        out = dataclasses.asdict(self)
-        out["loss_hparams"] = dict(self.loss_hparams)
-        out["report_to"] = list(self.report_to)
-        out["lora_targets"] = None if self.lora_targets is None else list(self.lora_targets)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> "TrainConfig":
-        """Build from a mapping (e.g. parsed YAML from `source`): each value read as its field's type
-        (`prefopt.settings`); unknown keys and wrong types raise a `SettingsError` naming the field."""
-        return config_from_dict(cls, values, source=source)
-
     def _check_sources(self) -> None:
         """Paths with `~` expanded, revisions only with a model to pin, token caps that leave room for completions,
         finite LoRA α."""
@@ -238,7 +222,7 @@ class TrainConfig:
             if getattr(self, revision) is not None and getattr(self, source) is None:
                 raise SettingsError(f"TrainConfig.{revision}={getattr(self, revision)!r} pins a hub revision of "
                                     f"{source}, which is not set; give {source} (a hub name) or drop {revision}")
-        if self.lora_alpha is not None and not (_finite(self.lora_alpha) and self.lora_alpha > 0):
+        if self.lora_alpha is not None and not (is_finite_number(self.lora_alpha) and self.lora_alpha > 0):
             raise SettingsError(f"TrainConfig.lora_alpha={self.lora_alpha!r} must be a positive finite number or None")
         if self.max_length is not None and self.max_prompt_length is not None \
                 and self.max_prompt_length >= self.max_length:
@@ -269,16 +253,7 @@ class TrainConfig:
         check_engine_backend(self.engine_backend, "TrainConfig.engine_backend", cpu=self.cpu)
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SettingsError(f"TrainConfig.{name}={value!r} must be an integer ≥ {minimum}")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _offline_losses() -> list[str]:
-    from prefopt.registry import list_losses, loss_spec
-
     return [n for n in list_losses() if loss_spec(n).kind != "rollout" and loss_spec(n).scores == "logps"]

@@ -18,21 +18,19 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
-
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 from prefopt.data.collate import collate_preferences
 from prefopt.data.formats import to_unpaired
 from prefopt.data.loading import load_preferences, open_preferences
 from prefopt.data.sampler import LengthGroupedSampler
+from prefopt.errors import TrainDataError
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["TrainDataError", "BatchPlan", "load_train_rows", "kind_of_columns"]
-
-
-class TrainDataError(ValueError):
-    """The training data does not fit the loss (wrong kind, too few rows)."""
 
 
 def kind_of_columns(columns: list[str]) -> str | None:

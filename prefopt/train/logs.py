@@ -70,7 +70,7 @@ class MetricsLog:
         self._file = open_metrics(self.path)
         if "tensorboard" in report_to:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # heavy: loaded on first use
 
                 self._tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"))
             except ImportError:
@@ -78,7 +78,7 @@ class MetricsLog:
                               "(pip install tensorboard); logging to metrics.jsonl only", stacklevel=2)
         if "wandb" in report_to:
             try:
-                import wandb
+                import wandb  # heavy: loaded on first use
 
                 self._wandb = wandb.init(project="prefopt", dir=str(output_dir), config=run_config or {})
             except ImportError:

@@ -22,7 +22,9 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from prefopt.data.loading import log_folder_reads, record_folder_reads
+from prefopt.errors import TrainingDivergedError
+from prefopt.loss_state import LossState
 from prefopt.progress import library_progress_bars
 from prefopt.train.checkpoint import (
     check_no_earlier_run,
@@ -45,7 +50,7 @@ from prefopt.train.config import TrainConfig
 from prefopt.train.logs import MetricsLog, truncate_metrics
 from prefopt.train.run_folder import RunFolderError, RunFolderLock, claim_run_folder
 from prefopt.train.setup import Run, load_user_rows, make_accelerator, setup_run
-from prefopt.train.step import implicit_rewards, kto_reference_point, loss_arguments
+from prefopt.train.step import PlannedBatch, loss_arguments
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train"]
 
@@ -53,10 +58,6 @@ StepCallback = Callable[[int, dict[str, float]], None]
 # Settings that may change between a run and its resumption (they do not change what a step computes).
 _RESUMABLE = {"resume", "progress", "max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_every",
               "report_to", "ref_cache_dir", "save_dtype"}
-
-
-class TrainingDivergedError(RuntimeError):
-    """A step produced a non-finite loss or gradient; the message names the step, examples and checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -98,35 +99,41 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
 
 
-def _loss_context(run: Run, step: int, state: dict[str, Any]) -> dict[str, Any]:
-    """Values of the loop-computed loss inputs (`prefopt.train.step`) for this global batch."""
-    context: dict[str, Any] = {}
-    if "state" in run.spec.extra_inputs:
-        context["state"] = state["bco"]
-    if "kl" in run.spec.extra_inputs:
+def _hparams(run: Run) -> dict[str, Any]:
+    """The loss's hyper-parameters with the paper defaults filled in."""
+    return {**run.spec.defaults(), **run.loss.hparams}
+
+
+def _loss_context(run: Run, step: int, state: LossState | None) -> dict[str, Any]:
+    """Values of the inputs the loss declares the loop serves (`prefopt.loss_state`) for this global batch."""
+    context: dict[str, Any] = dict(state.inputs()) if state is not None else {}
+    if run.spec.batch_inputs:
         plan, acc = run.plan, run.accelerator
-        assert run.reference is not None and run.reference.live is not None  # kept for "kl" by setup_run
         local = plan.accumulation_steps * plan.micro_batch_size
-        positions = list(range(acc.process_index * local, (acc.process_index + 1) * local))
-        context["kl"] = kto_reference_point(
-            plan.rows(plan.global_indices(step)), positions, plan.collate, run.scoring,  # with its autocast
-            run.reference.live, lambda t: acc.reduce(t, reduction="sum"), acc.device)
+        batch = PlannedBatch(
+            rows=plan.rows(plan.global_indices(step)),
+            positions=list(range(acc.process_index * local, (acc.process_index + 1) * local)),
+            hparams=_hparams(run), collate=plan.collate, policy_logps=run.policy_logps,  # with its autocast
+            reference_logps=run.reference.live if run.reference is not None else None,  # kept live by setup_run
+            reduce_sum=lambda t: acc.reduce(t, reduction="sum"), device=acc.device)
+        context.update({name: provide(batch) for name, provide in run.spec.batch_inputs.items()})
     return context
 
 
-def _forward_backward(run: Run, step: int, state: dict[str, Any]) -> tuple[dict[str, float], list[torch.Tensor]]:
-    """Accumulate this process's gradients for `step`; returns the global metrics and BCO rewards."""
+def _forward_backward(run: Run, step: int, state: LossState | None) -> tuple[dict[str, float], list[torch.Tensor]]:
+    """Accumulate this process's gradients for `step`; returns the global metrics and the loss state's
+    statistics of this process's micro-batches."""
     acc, plan, spec = run.accelerator, run.plan, run.spec
     context = _loss_context(run, step, state)
     chunks = plan.local_chunks(step, acc.process_index)
     scale = acc.num_processes / plan.batch_size
     sums: dict[str, torch.Tensor] = {}
-    rewards: list[torch.Tensor] = []
+    stats: list[torch.Tensor] = []
     for a, chunk in enumerate(chunks):
         batch = plan.collate(plan.rows(chunk)).to(acc.device)
         sync = a == len(chunks) - 1
-        with contextlib.nullcontext() if sync else acc.no_sync(run.scorer):
-            policy = run.scorer(batch)
+        with contextlib.nullcontext() if sync else acc.no_sync(run.wrapped_policy_logps):
+            policy = run.wrapped_policy_logps(batch)
             reference = run.reference.logps(batch) if run.reference is not None else None
             args, kwargs = loss_arguments(spec, policy, reference, batch, context)
             out = run.loss(*args, **kwargs)
@@ -136,18 +143,18 @@ def _forward_backward(run: Run, step: int, state: dict[str, Any]) -> tuple[dict[
         values.update({k: v.detach().float() for k, v in out.metrics.items()})
         for key, value in values.items():  # metrics are micro-batch means: weight them by the examples
             sums[key] = sums.get(key, 0.0) + (value if key in ("loss", "tokens") else value * len(chunk))
-        if "state" in spec.extra_inputs and reference is not None:
-            rewards.append(implicit_rewards(spec, run.loss.hparams, policy, reference))
+        if state is not None:
+            stats.append(state.observe(policy, reference))
     keys = sorted(sums)
     totals = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="sum")
     record = {k: float(v) if k == "tokens" else float(v) / plan.batch_size for k, v in zip(keys, totals)}
-    return record, rewards
+    return record, stats
 
 
-def _stop_diverged(run: Run, step: int, record: dict[str, float], state: dict[str, Any], why: str) -> None:
+def _stop_diverged(run: Run, step: int, record: dict[str, float], state: LossState | None, why: str) -> None:
     run.optimizer.zero_grad(set_to_none=True)
     path = save_checkpoint(run.config.output_dir, step, accelerator=run.accelerator, model=run.policy,
-                           optimizer=run.optimizer, scheduler=run.scheduler, state=_saved_state(state),
+                           optimizer=run.optimizer, scheduler=run.scheduler, state=_saved_state(run, state),
                            keep=run.config.keep_checkpoints + 1)
     ids = run.plan.example_ids(run.plan.global_indices(step))
     raise TrainingDivergedError(
@@ -157,14 +164,14 @@ def _stop_diverged(run: Run, step: int, record: dict[str, float], state: dict[st
     )
 
 
-def _saved_state(state: dict[str, Any]) -> dict[str, Any]:
-    bco = state.get("bco")
-    return {"bco": None if bco is None else dataclasses.asdict(bco)}
+def _saved_state(run: Run, state: LossState | None) -> dict[str, Any]:
+    """What state.json holds beside the step: the loss's running state under the loss's name."""
+    return {} if state is None else {run.spec.name: state.state_dict()}
 
 
-def _optimizer_step(run: Run, step: int, state: dict[str, Any], started: float) -> dict[str, float]:
+def _optimizer_step(run: Run, step: int, state: LossState | None, started: float) -> dict[str, float]:
     """One optimiser step: forward/backward, divergence check, clipping, update; returns the step's record."""
-    record, rewards = _forward_backward(run, step, state)
+    record, stats = _forward_backward(run, step, state)
     if not math.isfinite(record["loss"]):
         _stop_diverged(run, step, record, state, "non-finite loss")
     max_norm = run.settings.max_grad_norm if run.settings.max_grad_norm is not None else math.inf
@@ -175,14 +182,14 @@ def _optimizer_step(run: Run, step: int, state: dict[str, Any], started: float) 
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    if rewards:  # BCO: δ for the next step includes this global batch, in global order on every process
-        state["bco"].update(run.accelerator.gather(torch.cat(rewards)))
+    if state is not None and stats:  # the next step's state includes this global batch, in global order everywhere
+        state.update(run.accelerator.gather(torch.cat(stats)))
     record.update(step=step + 1, epoch=(step + 1) / run.plan.steps_per_epoch, lr=lr, grad_norm=grad_norm,
                   examples=(step + 1) * run.plan.batch_size, elapsed_s=time.perf_counter() - started)
     return record
 
 
-def _resume(run: Run, state: dict[str, Any]) -> int:
+def _resume(run: Run, state: LossState | None) -> int:
     """Restore the newest checkpoint (if any) and return the step to continue from."""
     config = run.config
     path = latest_checkpoint(config.output_dir)
@@ -191,8 +198,8 @@ def _resume(run: Run, state: dict[str, Any]) -> int:
         return 0
     saved = load_checkpoint(path, accelerator=run.accelerator, model=run.policy, optimizer=run.optimizer,
                             scheduler=run.scheduler)
-    if saved.get("bco") is not None:
-        state["bco"] = type(state["bco"])(**saved["bco"])
+    if state is not None and saved.get(run.spec.name) is not None:
+        state.load_state_dict(saved[run.spec.name])
     if run.accelerator.is_main_process:
         truncate_metrics(Path(config.output_dir) / "metrics.jsonl", saved["step"])
     run.accelerator.wait_for_everyone()
@@ -224,12 +231,9 @@ def _claim(out: Path, accelerator: Any) -> contextlib.AbstractContextManager[Any
     return lock
 
 
-def _initial_state(run: Run) -> dict[str, Any]:
-    if "state" not in run.spec.extra_inputs:
-        return {}
-    from prefopt.losses.unpaired import BCOState
-
-    return {"bco": BCOState()}
+def _initial_state(run: Run) -> LossState | None:
+    """A fresh running state of the loss, when it declares one (`LossSpec.state`)."""
+    return run.spec.state.init(_hparams(run)) if run.spec.state is not None else None
 
 
 def train(config: TrainConfig | None = None, *, model: Any = None, tokenizer: Any = None, dataset: Any = None,
@@ -264,7 +268,7 @@ def train(config: TrainConfig | None = None, *, model: Any = None, tokenizer: An
         config = dataclasses.replace(config, **settings)
     config.preflight()  # output folder, model folders, backend: before anything is built or written
     started = time.perf_counter()
-    from accelerate.utils import set_seed
+    from accelerate.utils import set_seed  # heavy: loaded on first use
 
     with library_progress_bars(config.progress), record_folder_reads() as reads:
         rows = load_user_rows(config, dataset)  # bad data stops the run before the run folder exists
@@ -309,10 +313,8 @@ def _train(run: Run, on_step: StepCallback | None, started: float) -> TrainResul
     return _finish(run, record, tokens / loop_time if loop_time > 0 else 0.0, state, started)
 
 
-def _loop(run: Run, start: int, state: dict[str, Any], log: MetricsLog, on_step: StepCallback | None,
+def _loop(run: Run, start: int, state: LossState | None, log: MetricsLog, on_step: StepCallback | None,
           started: float) -> tuple[dict[str, float], float]:
-    from tqdm.auto import tqdm
-
     config, acc = run.config, run.accelerator
     bar = tqdm(total=run.total_steps, initial=start, desc=f"train {config.loss}", dynamic_ncols=True,
                disable=not (config.progress and acc.is_main_process))
@@ -329,14 +331,14 @@ def _loop(run: Run, start: int, state: dict[str, Any], log: MetricsLog, on_step:
         bar.update(1)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < run.total_steps:
             save_checkpoint(config.output_dir, step + 1, accelerator=acc, model=run.policy, optimizer=run.optimizer,
-                            scheduler=run.scheduler, state=_saved_state(state), keep=config.keep_checkpoints)
+                            scheduler=run.scheduler, state=_saved_state(run, state), keep=config.keep_checkpoints)
         if on_step is not None:
             on_step(step + 1, record)
     bar.close()
     return record, tokens
 
 
-def _finish(run: Run, record: dict[str, float], tokens_per_s: float, state: dict[str, Any],
+def _finish(run: Run, record: dict[str, float], tokens_per_s: float, state: LossState | None,
             started: float) -> TrainResult:
     """Final checkpoint, the model (or adapter) with its tokenizer, and result.json, all atomic."""
     config, acc = run.config, run.accelerator
@@ -345,15 +347,12 @@ def _finish(run: Run, record: dict[str, float], tokens_per_s: float, state: dict
         lines = (out / "metrics.jsonl").read_text().splitlines()
         record = json.loads(lines[-1]) if lines else {}
     checkpoint = save_checkpoint(config.output_dir, run.total_steps, accelerator=acc, model=run.policy,
-                                 optimizer=run.optimizer, scheduler=run.scheduler, state=_saved_state(state),
+                                 optimizer=run.optimizer, scheduler=run.scheduler, state=_saved_state(run, state),
                                  keep=config.keep_checkpoints)
     model_path = out / "final"
     if acc.is_main_process:
-        import shutil
-        import tempfile
-
         tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-        run.precision.save_pretrained(acc.unwrap_model(run.scorer).model, tmp)  # in the dtype of `save_dtype`
+        run.precision.save_pretrained(acc.unwrap_model(run.wrapped_policy_logps).model, tmp)  # in the dtype of `save_dtype`
         run.tokenizer.save_pretrained(tmp)
         if model_path.exists():
             shutil.rmtree(model_path)

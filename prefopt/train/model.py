@@ -6,8 +6,8 @@ Reference policy π_ref, in order of precedence:
   3. otherwise: a frozen copy of the initial policy (the DPO setting: π_ref = π_SFT).
 With `ref_cache` (the default) π_ref's log-probs of every training example are computed once into a
 `ReferenceCache` file under the run folder and looked up by example index afterwards; the separate
-model is then released unless the loss needs π_ref on pairs that are not in the dataset (KTO's
-mismatched pairs, declared by its `kl` input).
+model is then released unless the loss declares statistics of the global batch (`LossSpec.batch_inputs`),
+which may score rows that are not in the dataset (e.g. mismatched prompt/completion pairs).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from prefopt.engine import CacheKey, LogProbEngine, ReferenceCache, ReferenceLogProbs
-from prefopt.preflight import load_pretrained
 from prefopt.hf_compat import enable_checkpointing
+from prefopt.preflight import load_pretrained
 from prefopt.train.config import TrainConfig
 
 __all__ = ["ScoringModule", "Reference", "load_model_and_tokenizer", "apply_lora", "prepare_policy", "live_reference",
@@ -53,7 +53,7 @@ class ScoringModule(nn.Module):
 def _quantization_config(kind: str | None) -> Any:
     if kind is None:
         return None
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # heavy: loaded on first use
 
     if kind == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
@@ -65,7 +65,7 @@ def load_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:
 
     Raises a clear error when 4/8-bit loading is asked for and bitsandbytes cannot run here.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: loaded on first use
 
     if config.model is None:
         raise ValueError("load_model_and_tokenizer: config.model is None (the synthetic task supplies its own)")
@@ -88,7 +88,7 @@ def load_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:
 
 def apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Wrap `model` in a PEFT LoRA model (rank `lora_r`, α = `lora_alpha` or 2r, all linear layers by default)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # heavy: loaded on first use
 
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha or 2 * config.lora_r, lora_dropout=config.lora_dropout,

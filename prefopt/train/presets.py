@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from prefopt.registry import list_losses
+
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
@@ -143,7 +145,6 @@ def optimizer_preset(name: str) -> OptimizerSettings:
     """The preset `name` (a loss name or "synthetic"); a loss without its own preset gets DPO's."""
     if name in PRESETS:
         return PRESETS[name]
-    from prefopt.registry import list_losses
 
     if name in list_losses():
         return dataclasses.replace(PRESETS["dpo"], source=f"no published setting for {name}; " + _DPO_REPO)

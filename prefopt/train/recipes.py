@@ -33,6 +33,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
+from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
+from prefopt.registry import loss_spec
+from prefopt.train.config import TrainConfig
+
 __all__ = ["PaperResult", "Recipe", "list_recipes", "load_recipe", "parse_recipe", "smoke_settings", "smoke_config",
            "write_smoke_task", "SMOKE_BATCH_SIZE", "SMOKE_MAX_LENGTH", "SMOKE_STEPS"]
 
@@ -91,8 +98,6 @@ class Recipe:
 
     def config(self, **overrides: Any) -> Any:
         """The recipe's `TrainConfig`, with `overrides` (TrainConfig fields) applied on top."""
-        from prefopt.train.config import TrainConfig
-
         return TrainConfig.from_dict({**self.train, **overrides})
 
     def launch_command(self, num_processes: int | None = None) -> str:
@@ -142,8 +147,6 @@ def parse_recipe(name: str, text: str) -> Recipe:
 
     Every recipe must record either the paper's `results` or a `results_note` saying why there are none.
     """
-    import yaml
-
     raw = yaml.safe_load(text)
     if not isinstance(raw, dict):
         raise ValueError(f"recipe {name!r}: expected a YAML mapping, got {type(raw).__name__}")
@@ -192,8 +195,6 @@ def smoke_settings(recipe: Recipe, task_dir: str | Path) -> dict[str, Any]:
     (1 if the recipe warms up by steps). Swapped: model, tokenizer, reference, data → the tiny task;
     mixed_precision bf16 → "auto" (bf16 only where the device supports it); quantization → none.
     """
-    from prefopt.registry import loss_spec
-
     train = dict(recipe.train)
     paths = write_smoke_task(task_dir, kind=loss_spec(recipe.loss).kind)
     settings = {k: v for k, v in train.items() if k not in ("model", "tokenizer", "reference", "data", "data_split",
@@ -214,8 +215,6 @@ def smoke_settings(recipe: Recipe, task_dir: str | Path) -> dict[str, Any]:
 
 def smoke_config(recipe: Recipe | str, output_dir: str | Path = "runs/smoke", **overrides: Any) -> Any:
     """The smoke `TrainConfig` of `recipe` (a Recipe or name), writing its tiny task to `<output_dir>/smoke-task`."""
-    from prefopt.train.config import TrainConfig
-
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     settings = smoke_settings(recipe, Path(output_dir) / "smoke-task")
     return TrainConfig.from_dict({**settings, "output_dir": str(output_dir), **overrides})
@@ -250,10 +249,8 @@ def write_smoke_task(task_dir: str | Path, *, kind: str, seed: int = 0) -> dict[
 
 
 def _write_tiny_model(model_dir: Path, seed: int) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM, LlamaConfig  # heavy: loaded on first use
 
-    from prefopt.data.synthetic import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -267,8 +264,6 @@ def _write_tiny_model(model_dir: Path, seed: int) -> None:
 
 
 def _smoke_rows(kind: str, seed: int) -> list[dict[str, Any]]:
-    from prefopt.data.synthetic import gold_reward, sample_review
-
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     for i in range(_SMOKE_PAIRS):

@@ -30,18 +30,14 @@ try:
 except ImportError:  # Windows: no flock; runs there are not protected against a second run
     fcntl = None  # type: ignore[assignment]
 
+from prefopt.errors import RunFolderError
+
 __all__ = ["LOCK_FILE", "RUN_ENTRIES", "RunFolderError", "RunFolderLock", "check_no_links", "claim_run_folder", "open_no_follow"]
 
 LOCK_FILE = ".lock"
 # The entries of a run folder that prefopt writes, appends to or deletes.
 RUN_ENTRIES = ("metrics.jsonl", "config.json", "result.json", "checkpoints", "final", "ref_cache", "tensorboard",
                LOCK_FILE)
-
-
-class RunFolderError(ValueError):
-    """The run folder does not fit the run: an earlier run's checkpoints would be overwritten, a resumed
-    run's settings differ from the saved ones, another run uses the folder, a file of it is a link or not
-    one prefopt wrote. The message says which and the ways on."""
 
 
 def _link_error(path: Path) -> RunFolderError:

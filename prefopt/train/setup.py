@@ -13,6 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from prefopt.data import TokenizeConfig, synthetic, tokenize_preferences
+from prefopt.data.tokenize import tokenization_fingerprint
+from prefopt.engine import model_identity
+from prefopt.errors import DistributedSetupError
 from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.train.config import TrainConfig
@@ -33,10 +37,6 @@ from prefopt.train.step import check_loop_can_feed
 __all__ = ["DistributedSetupError", "Run", "load_user_rows", "make_accelerator", "setup_run"]
 
 
-class DistributedSetupError(RuntimeError):
-    """The launcher and Accelerate disagree on the number of processes, or a loss cannot be split."""
-
-
 def _mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
@@ -50,8 +50,8 @@ def make_accelerator(config: TrainConfig) -> Any:
     Accelerate see one process in each of two copies that never communicate: WORLD_SIZE (from the
     launcher) ≠ `accelerator.num_processes` is that case, and it raises here.
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from accelerate import Accelerator  # heavy: loaded on first use
+    from accelerate.state import AcceleratorState  # heavy: loaded on first use
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     precision = _mixed_precision(config.mixed_precision)
@@ -71,17 +71,26 @@ def make_accelerator(config: TrainConfig) -> Any:
     return accelerator
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """The pieces of a run the loop uses (built by `setup_run`)."""
+    """The pieces of a run the loop uses (built by `setup_run`).
+
+    The policy has three handles, one set of parameters:
+        policy: the model being trained (LoRA-wrapped, in its master-weight dtype): what the optimiser
+            steps, gradients are clipped on and checkpoints save.
+        policy_logps: `ScoringModule(policy)`, forward(batch) → `SequenceLogProbs` under the compute dtype's
+            autocast, outside Accelerate's wrapper (passes that need no gradient synchronisation).
+        wrapped_policy_logps: `accelerator.prepare(policy_logps)`, the same forward inside DDP/FSDP: the
+            training forward, so that gradient synchronisation hooks see it.
+    """
 
     config: TrainConfig
     spec: LossSpec
     loss: BoundLoss
     accelerator: Any
     policy: nn.Module
-    scorer: nn.Module
-    scoring: ScoringModule
+    policy_logps: ScoringModule
+    wrapped_policy_logps: nn.Module
     tokenizer: Any
     plan: BatchPlan
     reference: Reference | None
@@ -113,9 +122,7 @@ def _training_rows(config: TrainConfig, spec: LossSpec, model: Any, tokenizer: A
     if model is None and config.model is not None:
         model, tokenizer = load_model_and_tokenizer(config)
     if model is None or rows is None:
-        from prefopt.data.synthetic import synthetic_task
-
-        task = synthetic_task(seed=config.seed, progress=config.progress)
+        task = synthetic.synthetic_task(seed=config.seed, progress=config.progress)
         model, tokenizer = (task.policy.model, task.policy.tokenizer) if model is None else (model, tokenizer)
         if rows is None:
             rows = load_train_rows(task.preferences.dataset(spec.kind), kind=spec.kind, loss=spec.name,
@@ -126,8 +133,6 @@ def _training_rows(config: TrainConfig, spec: LossSpec, model: Any, tokenizer: A
 
 
 def _plan(config: TrainConfig, tokenizer: Any, rows: Any, num_processes: int) -> BatchPlan:
-    from prefopt.data import TokenizeConfig, tokenize_preferences
-
     if config.batch_size % num_processes:
         raise DistributedSetupError(f"batch_size={config.batch_size} is not divisible by the {num_processes} processes")
     tokens = tokenize_preferences(rows, tokenizer, TokenizeConfig(max_length=config.max_length,
@@ -152,15 +157,13 @@ def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, token
     """Build the run: data plan, policy (+LoRA) with its master weights (`prefopt.train.precision`),
     reference (+cache, in the checkpoint's dtype), optimiser and scheduler. `rows`: the training rows
     already loaded by `load_user_rows` (else they are loaded here)."""
-    from prefopt.engine import model_identity
-
     spec = loss_spec(config.loss)
     check_loop_can_feed(spec)
     model, tokenizer, rows = _training_rows(config, spec, model, tokenizer, dataset, rows)
     plan = _plan(config, tokenizer, rows, accelerator.num_processes)
     _check_splittable(spec, plan)
     if reference_model is None and config.reference is not None and spec.needs_reference:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # heavy: loaded on first use
 
         reference_model = load_pretrained(AutoModelForCausalLM, config.reference, "TrainConfig.reference",
                                           revision=config.reference_revision)
@@ -170,13 +173,13 @@ def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, token
     precision = resolve_precision(model, master_weights=config.master_weights, mixed_precision=config.mixed_precision,
                                   save_dtype=config.save_dtype, device=accelerator.device)
     policy = precision.cast(prepare_policy(model, config))  # after the reference copy: π_ref keeps the loaded dtype
-    scoring = ScoringModule(policy, compute_dtype=precision.autocast, backend=config.engine_backend)
-    scorer = accelerator.prepare(scoring)
+    policy_logps = ScoringModule(policy, compute_dtype=precision.autocast, backend=config.engine_backend)
+    wrapped_policy_logps = accelerator.prepare(policy_logps)
     reference = None
     if spec.needs_reference:
-        live = live_reference(policy, scoring.engine, reference_model, accelerator.device, config.engine_backend)
+        live = live_reference(policy, policy_logps.engine, reference_model, accelerator.device, config.engine_backend)
         reference = build_reference(
-            accelerator=accelerator, live=live, use_cache=config.ref_cache, keep_live="kl" in spec.extra_inputs,
+            accelerator=accelerator, live=live, use_cache=config.ref_cache, keep_live=bool(spec.batch_inputs),
             identity=identity, key_parts=(plan.tokens._fingerprint, _tokenization_key(config, tokenizer)),
             cache_dir=config.ref_cache_dir or os.path.join(config.output_dir, "ref_cache"),
             num_examples=len(plan.tokens),
@@ -186,14 +189,13 @@ def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, token
     optimizer = build_optimizer(policy.parameters(), settings)
     total = config.max_steps or max(1, int(config.epochs * plan.steps_per_epoch))
     scheduler = build_scheduler(optimizer, settings, total)
-    return Run(config, spec, get_loss(spec.name, **config.loss_hparams), accelerator, policy, scorer, scoring,
-               tokenizer, plan, reference, optimizer, scheduler, settings, total, precision)
+    return Run(config=config, spec=spec, loss=get_loss(spec.name, **config.loss_hparams), accelerator=accelerator,
+               policy=policy, policy_logps=policy_logps, wrapped_policy_logps=wrapped_policy_logps,
+               tokenizer=tokenizer, plan=plan, reference=reference, optimizer=optimizer, scheduler=scheduler,
+               settings=settings, total_steps=total, precision=precision)
 
 
 def _tokenization_key(config: TrainConfig, tokenizer: Any) -> str:
-    from prefopt.data import TokenizeConfig
-    from prefopt.data.tokenize import tokenization_fingerprint
-
     return tokenization_fingerprint(tokenizer, TokenizeConfig(max_length=config.max_length,
                                                               max_prompt_length=config.max_prompt_length))
 

@@ -6,46 +6,45 @@
     ranked    grouped() [B, K] (best first)                              lengths [B, K]
 
 Extra inputs a loss declares (`LossSpec.extra_inputs`) come from the batch's extras when it has a tensor
-of that name (e.g. `margin`), or from `BatchContext` values the loop computes for the whole global batch:
+of that name (e.g. `margin`), or from what the loss declares the loop serves (`prefopt.loss_state`), once
+per optimiser step for the whole global batch:
 
-    kl     KTO's reference point z₀ = max(0, mean over the GLOBAL batch of log π_θ(y_j|x_i) − log π_ref(y_j|x_i))
-           on mismatched pairs j = j(i) (`prefopt.losses.unpaired.mismatched_indices`), detached
-           (Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 7). Computing it over the global batch makes it
-           the same however the batch is split over processes and accumulation steps.
-    state  BCO's running mean δ of implicit rewards (`BCOState`), updated by the loop after each step with
-           the global batch's rewards, so step t uses the mean over steps < t.
+    LossSpec.state         a running state: its `inputs()`; the loop feeds it each micro-batch's
+                           `observe(policy, reference)` and, after the step, `update`s it with the global
+                           batch's statistics, so step t reads the state of steps < t
+    LossSpec.batch_inputs  providers called with the global batch (`PlannedBatch`): each process scores its
+                           share of any rows a provider builds and the sums are all-reduced, so the value is
+                           the same however the batch is split over processes and accumulation steps
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 from prefopt.engine import SequenceLogProbs
 from prefopt.registry import LENGTH_INPUTS, LossSpec
 
-__all__ = ["LOOP_EXTRA_INPUTS", "BATCH_EXTRAS", "check_loop_can_feed", "loss_arguments", "implicit_rewards", "mismatched_rows",
-           "kto_reference_point"]
+__all__ = ["BATCH_EXTRAS", "PlannedBatch", "check_loop_can_feed", "loss_arguments"]
 
-# Extra loss inputs the loop computes itself (module docstring); anything else must be a batch extra.
-LOOP_EXTRA_INPUTS = ("kl", "state")
 # Batch extras the collator provides (prefopt.data.collate): an extra input of one of these names is fed from it.
 BATCH_EXTRAS = ("margin", "weight", "ranks", "pair_ids", "prompt_lengths")
 
 
 def check_loop_can_feed(spec: LossSpec) -> None:
     """Raise a clear error, before training starts, for a loss input the offline loop cannot supply."""
-    missing = [n for n in spec.extra_inputs if n not in LOOP_EXTRA_INPUTS and n not in BATCH_EXTRAS]
+    missing = [n for n in spec.extra_inputs if n not in spec.loop_inputs and n not in BATCH_EXTRAS]
     if missing:
         raise ValueError(
             f"loss {spec.name!r} takes input(s) {missing} that the offline training loop cannot provide "
-            f"(it feeds {list(LOOP_EXTRA_INPUTS)} and the batch extras {list(BATCH_EXTRAS)}); call the loss "
-            "from your own loop instead"
+            f"(it feeds the batch extras {list(BATCH_EXTRAS)} and what the loss declares in its state and "
+            "batch_inputs, prefopt.loss_state); call the loss from your own loop instead"
         )
 
 
@@ -74,7 +73,7 @@ def loss_arguments(
     Args:
         policy: engine output for the batch (with gradient); reference: π_ref's (or None when the loss
             is reference-free).
-        context: values of `LOOP_EXTRA_INPUTS` for this global batch.
+        context: values of the loss's `LossSpec.loop_inputs` for this global batch.
     """
     args: list[Any] = _by_kind(spec.kind, policy, policy.sum)
     if spec.needs_reference:
@@ -102,48 +101,34 @@ def loss_arguments(
     return args, kwargs
 
 
-def implicit_rewards(spec: LossSpec, hparams: Mapping[str, Any], policy: SequenceLogProbs,
-                     reference: SequenceLogProbs) -> Tensor:
-    """r̂ = β·(log π_θ − log π_ref) per sequence [S], detached (what `BCOState.update` consumes)."""
-    beta = hparams.get("beta", spec.defaults().get("beta"))
-    if beta is None:
-        raise ValueError(f"loss {spec.name!r} keeps a running reward state but declares no beta")
-    return (float(beta) * (policy.sum - reference.sum)).detach()
+@dataclass(frozen=True)
+class PlannedBatch:
+    """One optimiser step's global batch as a `batch_inputs` provider sees it (`prefopt.loss_state.GlobalBatch`).
 
-
-def mismatched_rows(rows: list[Mapping[str, Any]], positions: list[int],
-                    partner: Callable[[int], int]) -> list[dict[str, Any]]:
-    """Rows (prompt_i, completion_{partner(i)}) for the global-batch positions `positions`.
-
-    Args:
-        rows: the G tokenised rows of the global batch, in plan order.
-        positions: which of them this process scores; partner: position → mismatched position.
+    Attributes:
+        rows: the G tokenised rows of the global batch, in plan order; positions: those this process scores.
+        hparams: the loss's hyper-parameters, paper defaults filled in.
+        collate: rows → `TokenBatch`; policy_logps, reference_logps: the engine on the policy (with the
+            run's autocast) and on the live reference model (None when the run keeps none).
+        reduce_sum: sum over processes; device: where batches go.
     """
-    out = []
-    for q in positions:
-        j = partner(q)
-        out.append({"prompt_ids": rows[q]["prompt_ids"], "completion_ids": rows[j]["completion_ids"]})
-    return out
 
+    rows: Sequence[Mapping[str, Any]]
+    positions: Sequence[int]
+    hparams: Mapping[str, Any]
+    collate: Callable[[list[Mapping[str, Any]]], TokenBatch]
+    policy_logps: Callable[[TokenBatch], SequenceLogProbs]
+    reference_logps: Callable[[TokenBatch], SequenceLogProbs] | None
+    reduce_sum: Callable[[Tensor], Tensor]
+    device: torch.device
 
-def kto_reference_point(
-    rows: list[Mapping[str, Any]],
-    positions: list[int],
-    collate: Callable[[list[Mapping[str, Any]]], TokenBatch],
-    policy_logps: Callable[[TokenBatch], SequenceLogProbs],
-    reference_logps: Callable[[TokenBatch], SequenceLogProbs],
-    all_reduce_sum: Callable[[Tensor], Tensor],
-    device: torch.device,
-) -> Tensor:
-    """z₀ over the global batch (module docstring): each process scores its `positions`, sums are all-reduced.
+    def score(self, rows: Sequence[Mapping[str, Any]]) -> tuple[SequenceLogProbs, SequenceLogProbs]:
+        """(policy, reference) log-probs of `rows`, without gradient."""
+        if self.reference_logps is None:
+            raise ValueError("this run keeps no live reference model to score rows outside the dataset")
+        batch = self.collate(list(rows)).to(self.device)
+        with torch.no_grad():
+            return self.policy_logps(batch), self.reference_logps(batch)
 
-    Returns a detached scalar ≥ 0.
-    """
-    from prefopt.losses.unpaired import mismatched_indices
-
-    partner = mismatched_indices([tuple(r["prompt_ids"]) for r in rows])
-    batch = collate(mismatched_rows(rows, positions, lambda q: int(partner[q]))).to(device)
-    with torch.no_grad():
-        diff = policy_logps(batch).sum.float() - reference_logps(batch).sum.float()
-    totals = all_reduce_sum(torch.stack([diff.sum(), diff.new_tensor(float(diff.numel()))]))
-    return (totals[0] / totals[1]).clamp(min=0.0).detach()
+    def all_reduce_sum(self, values: Tensor) -> Tensor:
+        return self.reduce_sum(values)

@@ -18,7 +18,8 @@ import pytest
 from prefopt.cli import main
 from prefopt.data import MissingSplitError, PreferenceDataError, PreferenceDataWarning, load_preferences
 from prefopt.data.validate import DataNotFoundError
-from prefopt.train.cli import add_train_command, config_from_args
+from prefopt.cli.train import COMMAND as TRAIN
+from prefopt.cli.train import config_from_args
 from prefopt.train.config import TrainConfig
 from prefopt.train.data import load_train_rows
 from prefopt.train.setup import load_user_rows
@@ -136,7 +137,7 @@ def test_cli_train_prints_one_line_exits_2_and_writes_nothing(case, tmp_path, ca
     _write(tmp_path, files)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     out = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / source), "--out", str(out), "--no-progress"]) == 2
+    assert main(["train", "--data", str(tmp_path / source), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1, err
     assert err.startswith("prefopt train: ") and str(tmp_path / source) in err and expected[0] in err
@@ -147,7 +148,7 @@ def test_cli_leaves_an_existing_empty_out_folder_empty(tmp_path, capsys):
     (tmp_path / "d.jsonl").write_bytes(GOOD + b"\n{bad\n")
     out = tmp_path / "run"
     out.mkdir()
-    assert main(["train", "--data", str(tmp_path / "d.jsonl"), "--out", str(out), "--no-progress"]) == 2
+    assert main(["train", "--data", str(tmp_path / "d.jsonl"), "--out", str(out), "--quiet"]) == 2
     assert list(out.iterdir()) == []
     assert "d.jsonl, line 2" in capsys.readouterr().err
 
@@ -155,13 +156,13 @@ def test_cli_leaves_an_existing_empty_out_folder_empty(tmp_path, capsys):
 def test_cli_names_the_file_not_dataset_in_validation_and_kind_errors(tmp_path, capsys):
     bad_rows = tmp_path / "rows.jsonl"
     bad_rows.write_text(json.dumps(ROW) + "\n\n" + json.dumps({**ROW, "prompt": ""}) + "\n")
-    assert main(["train", "--data", str(bad_rows), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    assert main(["train", "--data", str(bad_rows), "--out", str(tmp_path / "a"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"prefopt train: {bad_rows}, line 3: row 1, field 'prompt': is an empty string\n" == err  # blank line 2 counts
     assert "Dataset" not in err
     ranked = tmp_path / "ranked.jsonl"
     ranked.write_text(json.dumps({"prompt": "q", "completions": ["a", "b"], "ranks": [1, 2]}) + "\n")
-    assert main(["train", "--data", str(ranked), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    assert main(["train", "--data", str(ranked), "--out", str(tmp_path / "b"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"holds ranked data ({ranked}, columns" in err and err.count("\n") == 1
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -300,14 +301,14 @@ def test_hub_revision_from_the_cli_reaches_load_dataset(monkeypatch, tmp_path, c
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     out = tmp_path / "run"
-    assert main(["train", "--data", "org/prefs", "--data-revision", "v2", "--out", str(out), "--no-progress"]) == 2
+    assert main(["train", "--data", "org/prefs", "--data-revision", "v2", "--out", str(out), "--quiet"]) == 2
     assert calls[-1]["revision"] == "v2"
     assert "org/prefs@v2: none of its columns ['text']" in capsys.readouterr().err and not out.exists()
 
 
 def _train_config(argv: list[str]) -> TrainConfig:
     parser = argparse.ArgumentParser()
-    add_train_command(parser.add_subparsers())
+    TRAIN.add_to(parser.add_subparsers())
     return config_from_args(parser.parse_args(["train", *argv]))
 
 

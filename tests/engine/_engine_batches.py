@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 
 VOCAB = 97
 Example = tuple[list[int], list[int]]

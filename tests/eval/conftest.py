@@ -20,7 +20,7 @@ def micro_policy() -> ReferencePolicy:
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models: one thread is as fast, and avoids OpenMP spin-waits on a busy shared CPU."""
-    from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.threads import torch_threads
 
     with torch_threads(1):
         yield

@@ -110,7 +110,7 @@ def test_any_tokenizer_with_sample_texts() -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-    from prefopt.eval.sampling import sample_texts
+    from prefopt.sampling import sample_texts
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

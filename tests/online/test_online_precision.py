@@ -27,7 +27,7 @@ EXPECTED = {"checkpoint_dtype": "bfloat16", "master_weights_dtype": "float32", "
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.threads import torch_threads
 
     with torch_threads(1):
         yield

@@ -20,7 +20,7 @@ TINY = tiny_task()
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.threads import torch_threads
 
     with torch_threads(1):
         yield

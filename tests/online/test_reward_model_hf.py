@@ -20,7 +20,7 @@ from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
 from prefopt.online.reward_config import RewardModelConfig
 from prefopt.online.reward_data import encode_completions, loss_arguments
 from prefopt.online.reward_model import LearnedReward, load_reward_model, train_reward_model
-from prefopt.online.rm_cli import add_train_rm_parser
+from prefopt.cli.train_rm import COMMAND as TRAIN_RM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -28,7 +28,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.threads import torch_threads
 
     with torch_threads(1):
         yield
@@ -176,18 +176,17 @@ def test_gpt2_without_pad_token_pools_on_eos_padding_and_ranked_data_trains_plac
 
 def test_cli_trains_and_prints_where_the_model_went(hf_task, tmp_path, capsys) -> None:
     parser = argparse.ArgumentParser()
-    add_train_rm_parser(parser.add_subparsers())
+    TRAIN_RM.add_to(parser.add_subparsers())
     config = tmp_path / "rm.yaml"
     config.write_text(f"model: {hf_task['llama']}\nbatch_size: 8\nloss_hparams: {{center_coef: 0.5}}\n")
     args = parser.parse_args(["train-rm", "--config", str(config), "--data", str(hf_task["data"]), "--epochs", "0.5",
-                              "--hparam", "center_coef=0.01", "--out", str(tmp_path / "run"), "--no-progress"])
+                              "--set", "center_coef=0.01", "--out", str(tmp_path / "run"), "--quiet"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "eval accuracy" in printed and str(tmp_path / "run" / "final") in printed
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["loss_hparams"] == {"center_coef": 0.01} and saved["batch_size"] == 8 and saved["epochs"] == 0.5
-    bad = parser.parse_args(["train-rm", "--loss", "dpo", "--out", str(tmp_path / "bad")])
-    assert bad.func(bad) == 2
+    assert TRAIN_RM.main(["--loss", "dpo", "--out", str(tmp_path / "bad")]) == 2  # --loss: reward-model losses only
     assert "dpo" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 

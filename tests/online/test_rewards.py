@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from prefopt.data.synthetic.reward import GoldReward, RewardFunction
+from prefopt.data.synthetic.reward import GoldReward
+from prefopt.reward_function import RewardFunction
 from prefopt.online.generation import Rollout
 from prefopt.online.rewards import CallableReward, as_reward_function, check_scores, score_rollout
 

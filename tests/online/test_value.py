@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefopt.data.batch import TokenBatch
+from prefopt.batch import TokenBatch
 from prefopt.online.rollout_step import (
     completion_layout,
     critic_targets,

@@ -17,7 +17,7 @@ def _tiny() -> tuple[Any, Any, list[str], list[str], Any]:
     import torch
 
     from prefopt.data.synthetic import SFTConfig, reference_policy
-    from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.threads import torch_threads
     from prefopt.online.setup import synthetic_prompts
 
     cache = os.environ.get("PREFOPT_CACHE") or tempfile.mkdtemp(prefix="prefopt-online-tests-")

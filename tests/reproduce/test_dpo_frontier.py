@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from prefopt.reproduce import dpo_frontier as df
+from prefopt.reproduce.experiments import dpo_frontier as df
 from prefopt.reproduce.report import figure_png
 
 

@@ -11,14 +11,14 @@ import pytest
 import prefopt.reproduce as reproduce
 from prefopt.reproduce import Check, Outcome, Reproduction, Table, UnknownReproductionError, render_checks
 from prefopt.reproduce.base import check_at_least, check_at_most, check_close, fmt, mean_ci
-from prefopt.reproduce.cli import add_reproduce_command
+from prefopt.cli.reproduce import COMMAND
 from prefopt.atomic import write_atomic
-from prefopt.reproduce.report import run_reproduction
+from prefopt.reproduce import run_reproduction
 
 
 def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="prefopt")
-    add_reproduce_command(parser.add_subparsers(dest="command"))
+    COMMAND.add_to(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from prefopt.reproduce import likelihood_displacement as ld
+from prefopt.reproduce.experiments import likelihood_displacement as ld
 from prefopt.reproduce.base import silent_progress, single_thread
 from prefopt.reproduce.report import RunResult, environment, figure_png, render_markdown
 from prefopt.reproduce.synthetic_runs import Curve, TrainSchedule, stack_final

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from prefopt.reproduce import overoptimization as oo
+from prefopt.reproduce.experiments import overoptimization as oo
 from prefopt.reproduce.bon_sampling import (
     GaoFit,
     best_of_n_from_pool,

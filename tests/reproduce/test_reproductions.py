@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from prefopt.registry import get_loss
-from prefopt.reproduce import dpo_optimum, get_reproduction, ipo_bandits, kto_contradictory, list_reproductions
+from prefopt.reproduce import get_reproduction, list_reproductions, run_reproduction
 from prefopt.reproduce.bandit import kl_divergence, paired_bandit_losses, total_variation, train_adam
-from prefopt.reproduce.report import RunResult, figure_png, run_reproduction
+from prefopt.reproduce.experiments import dpo_optimum, ipo_bandits, kto_contradictory
+from prefopt.reproduce.report import RunResult, figure_png
 
 # The tabular reproductions (seconds on CPU): their quick settings must pass every check. The synthetic-task
 # ones train models; their own test files assert what their quick settings show robustly.
@@ -27,7 +28,7 @@ def test_every_reproduction_is_tested() -> None:
     from prefopt.reproduce import REPRODUCTIONS
 
     here = Path(__file__).parent
-    names = {m: importlib.import_module(f"prefopt.reproduce.{m}").REPRODUCTION.name for m in REPRODUCTIONS}
+    names = {m: importlib.import_module(f"prefopt.reproduce.experiments.{m}").REPRODUCTION.name for m in REPRODUCTIONS}
     untested = [m for m, name in names.items() if name not in TABULAR and not (here / f"test_{m}.py").exists()]
     assert not untested, f"reproductions without a test file: {untested}"
     assert set(NAMES) == set(TABULAR)

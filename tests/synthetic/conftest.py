@@ -23,7 +23,7 @@ def tiny_policy(synth_cache: Path) -> ReferencePolicy:
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """These models are tiny: one thread is as fast, and avoids OpenMP spin-waits on a busy shared CPU."""
-    from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.threads import torch_threads
 
     with torch_threads(1):
         yield

@@ -1,4 +1,4 @@
-"""`prefopt data synth --out DIR` through `add_synth_command`: files written, loadable, errors reported."""
+"""`prefopt data synth --out DIR` through its parser: files written, loadable, errors reported."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 import datasets
 
 from prefopt.data.synthetic import load_reference_policy
-from prefopt.data.synthetic.cli import add_synth_command
+from prefopt.cli.data import COMMAND
 from prefopt.data.validate import validate_preferences
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="prefopt data")
-    add_synth_command(parser.add_subparsers(dest="command"))
+    COMMAND.add_to(parser.add_subparsers(dest="command"))
     return parser.parse_args(argv)
 
 

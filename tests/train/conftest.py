@@ -21,7 +21,7 @@ def tiny_task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models: one thread is as fast and avoids OpenMP spin-waits on the shared 2-core CPU."""
-    from prefopt.data.synthetic.sampling import torch_threads
+    from prefopt.threads import torch_threads
 
     with torch_threads(1):
         yield

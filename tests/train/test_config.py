@@ -9,7 +9,7 @@ import pytest
 
 from prefopt.registry import LossInputError, UnknownLossError
 from prefopt.train import PRESETS, TrainConfig, optimizer_preset
-from prefopt.train.cli import add_train_command, config_from_args
+from prefopt.cli.train import COMMAND, config_from_args
 from prefopt.train.presets import build_optimizer, build_scheduler, schedule_factor
 
 
@@ -87,14 +87,14 @@ def test_schedule_factors_by_hand() -> None:
 
 def test_cli_merges_yaml_then_flags(tmp_path) -> None:
     parser = argparse.ArgumentParser()
-    add_train_command(parser.add_subparsers(dest="command"))
+    COMMAND.add_to(parser.add_subparsers(dest="command"))
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("loss: kto\nbatch_size: 32\nlr: 1.0e-5\nloss_hparams: {beta: 0.2}\n")
-    args = parser.parse_args(["train", "--config", str(yaml_file), "--lr", "3e-4", "--hparam", "desirable_weight=1.33",
+    args = parser.parse_args(["train", "--config", str(yaml_file), "--lr", "3e-4", "--set", "desirable_weight=1.33",
                               "--no-ref-cache", "--lora-r", "8"])
     config = config_from_args(args)
     assert (config.loss, config.batch_size, config.lr, config.ref_cache, config.lora_r) == ("kto", 32, 3e-4, False, 8)
     assert config.loss_hparams == {"beta": 0.2, "desirable_weight": 1.33}
-    bad = parser.parse_args(["train", "--hparam", "beta"])
+    bad = parser.parse_args(["train", "--set", "beta"])
     with pytest.raises(ValueError, match="NAME=VALUE"):
         config_from_args(bad)

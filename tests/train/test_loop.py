@@ -109,6 +109,36 @@ def test_every_data_kind_and_loop_input(tiny_task, tmp_path, loss: str, data: st
         assert records[0]["delta"] == records[1]["delta"] == 0.0 and records[2]["delta"] != 0.0
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_resume_restores_the_loss_state_exactly(tiny_task, tmp_path) -> None:
+    """BCO's running δ (the state the loss declares, `LossSpec.state`) is saved in every checkpoint and restored
+    on resume: a run stopped after step 3 and resumed from its step-2 checkpoint logs exactly the records of the
+    uninterrupted run. Without the restore, step 3 would read δ = 0 (a fresh state) instead of step 2's mean."""
+    run = settings(tiny_task, tmp_path / "stopped", loss="bco", data=str(tiny_task["unpaired"]), max_steps=5,
+                   checkpoint_every=2)
+
+    def stop_after_step_3(step: int, record: dict[str, float]) -> None:
+        if step == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(**run, on_step=stop_after_step_3)
+    saved = json.loads((tmp_path / "stopped" / "checkpoints" / "step-000002" / "state.json").read_text())
+    assert saved["bco"]["count"] == 2 * 8  # the rewards of two global batches of 8
+    resumed = train(**{**run, "resume": True})
+    full = train(**{**run, "output_dir": str(tmp_path / "full")})
+
+    def records(result: Any) -> list[dict[str, float]]:
+        lines = Path(result.metrics_path).read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
+
+    assert records(full)[2]["delta"] != 0.0
+    assert records(resumed) == records(full)
+
+
 def test_batch_dependent_loss_refuses_accumulation(tiny_task, tmp_path) -> None:
     with pytest.raises(DistributedSetupError, match="depends on the whole batch"):
         train(**settings(tiny_task, tmp_path, loss="aot", micro_batch_size=4))
@@ -155,10 +185,10 @@ def test_world_size_mismatch_is_refused(monkeypatch) -> None:
 
 
 def test_cli_trains_and_prints_the_result(tiny_task, tmp_path, capsys) -> None:
-    from prefopt.train.cli import main
+    from prefopt.cli.train import main
 
     code = main(["--loss", "ipo", "--data", str(tiny_task["paired"]), "--model", str(tiny_task["model"]), "--out",
-                 str(tmp_path), "--batch-size", "8", "--max-steps", "2", "--no-progress", "--preset", "synthetic"])
+                 str(tmp_path), "--batch-size", "8", "--max-steps", "2", "--quiet", "--preset", "synthetic"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["steps"] == 2 and Path(printed["model_path"]).is_dir()

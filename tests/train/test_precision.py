@@ -177,10 +177,10 @@ def test_precision_settings_are_validated() -> None:
 
 
 def test_cli_flags_reach_the_config(twins, tmp_path, capsys) -> None:
-    from prefopt.train.cli import main
+    from prefopt.cli.train import main
 
     code = main(["--data", str(twins["paired"]), "--model", str(twins["fp32"]), "--out", str(tmp_path),
-                 "--batch-size", "8", "--max-steps", "1", "--no-progress", "--preset", "synthetic",
+                 "--batch-size", "8", "--max-steps", "1", "--quiet", "--preset", "synthetic",
                  "--master-weights", "bf16", "--save-dtype", "fp32", "--engine-backend", "reference"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prefopt.train import cli
+from prefopt.cli import train as cli
 from prefopt.train.config import TrainConfig
 from prefopt.train.recipes import (
     SMOKE_BATCH_SIZE,
@@ -32,9 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    cli._add_arguments(parser)
-    return parser.parse_args(argv)
+    return cli.COMMAND.parser().parse_args(argv)
 
 
 def test_the_six_recipes_ship_as_package_resources() -> None:
@@ -107,7 +105,7 @@ def test_recipes_hold_the_published_numbers() -> None:
 @pytest.mark.parametrize("name", RECIPES)
 def test_smoke_runs_end_to_end_from_the_cli(name: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert cli.main(["--recipe", name, "--smoke", "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["--recipe", name, "--smoke", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == SMOKE_STEPS and math.isfinite(result["final_metrics"]["loss"])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -136,7 +134,7 @@ def test_smoke_keeps_the_recipe_ratios(tmp_path: Path) -> None:
 
 def test_explicit_flags_override_the_recipe() -> None:
     config = cli.config_from_args(parse(["--recipe", "zephyr-7b-beta", "--lr", "1e-6", "--epochs", "3",
-                                         "--hparam", "beta=0.1", "--out", "runs/z"]))
+                                         "--set", "beta=0.1", "--out", "runs/z"]))
     assert (config.lr, config.epochs, config.loss_hparams["beta"], config.output_dir) == (1e-6, 3.0, 0.1, "runs/z")
     assert (config.batch_size, config.schedule, config.model) == (128, "cosine", "alignment-handbook/zephyr-7b-sft-full")
     default_out = cli.config_from_args(parse(["--recipe", "simpo-llama3-base"]))
@@ -147,7 +145,7 @@ def test_explicit_flags_override_the_recipe() -> None:
 
 def test_explicit_flags_override_the_smoke_settings(tmp_path: Path) -> None:
     config = cli.config_from_args(parse(["--recipe", "mistral-orpo-beta", "--smoke", "--out", str(tmp_path),
-                                         "--max-steps", "2", "--hparam", "lambda_=0.5"]))
+                                         "--max-steps", "2", "--set", "lambda_=0.5"]))
     assert (config.max_steps, config.loss_hparams["lambda_"], config.lr) == (2, 0.5, 5e-6)
     assert config.data == str(tmp_path / "smoke-task" / "paired.jsonl")
 

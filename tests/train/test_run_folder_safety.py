@@ -64,7 +64,7 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 def _train_argv(task: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(task["paired"]), "--model", str(task["model"]), "--out", str(out),
-            "--batch-size", "8", "--max-steps", "3", "--preset", "synthetic", "--lr", "1e-3", "--no-progress",
+            "--batch-size", "8", "--max-steps", "3", "--preset", "synthetic", "--lr", "1e-3", "--quiet",
             *extra]
 
 
@@ -251,10 +251,10 @@ def _argv_of(command: str, task: dict[str, Path], out: Path) -> list[str]:
     if command == "train":
         return _train_argv(task, out)
     if command == "train-online":
-        return ["train-online", "--model", str(task["model"]), "--out", str(out), "--no-progress"]
+        return ["train-online", "--model", str(task["model"]), "--out", str(out), "--quiet"]
     if command == "train-rm":
         return ["train-rm", "--model", str(task["model"]), "--data", str(task["paired"]), "--out", str(out),
-                "--no-progress"]
+                "--quiet"]
     return ["compare", "--losses", "dpo", "--tiny", "--out", str(out), "--quiet"]
 
 

@@ -13,13 +13,7 @@ See docs/synthetic.md for the language, the reward's formula and the default siz
 
 from __future__ import annotations
 
-from prefopt.data.synthetic.ground_truth import (
-    evaluate_against_reference,
-    mean_gold_reward,
-    mean_length,
-    sequence_kl,
-    win_rate,
-)
+from prefopt.data.synthetic.ground_truth import evaluate_against_reference, mean_gold_reward, mean_length, win_rate
 from prefopt.data.synthetic.language import Review, accepts, sample_prompt, sample_review, vocabulary
 from prefopt.data.synthetic.policy import (
     ReferencePolicy,
@@ -30,10 +24,11 @@ from prefopt.data.synthetic.policy import (
     train_reference_policy,
 )
 from prefopt.data.synthetic.preferences import PreferenceConfig, SyntheticPreferences, build_preferences
-from prefopt.data.synthetic.reward import GoldReward, RewardFunction, gold_reward, gold_reward_components
-from prefopt.data.synthetic.sampling import Samples, sample
+from prefopt.data.synthetic.reward import GoldReward, gold_reward, gold_reward_components
 from prefopt.data.synthetic.task import SyntheticTask, synthetic_task, write_synthetic_task
 from prefopt.data.synthetic.tokenizer import build_tokenizer
+from prefopt.reward_function import RewardFunction
+from prefopt.sampling import Samples, sample, sequence_kl
 
 __all__ = [
     "GoldReward",

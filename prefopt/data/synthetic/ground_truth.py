@@ -1,11 +1,6 @@
-"""Ground-truth evaluation on the synthetic task: exact KL to the reference, gold reward, win rate, length.
-
-    KL_seq(y) = Σ_{t ∈ completion} KL(π(·|s_t) ‖ π_ref(·|s_t)),   s_t = (x, y_<t)
-
-is computed exactly over the whole vocabulary at every completion position of a sampled sequence (not
-the one-sample estimate log π(y_t|s_t) − log π_ref(y_t|s_t)). By the chain rule of KL its expectation
-over y ~ π(·|x) is the sequence-level KL(π(·|x) ‖ π_ref(·|x)) of the KL-regularised RLHF objective
-(DPO paper, Rafailov et al. 2023, Eq. 3), with far lower variance than the sampled log-ratio.
+"""Ground-truth evaluation on the synthetic task: gold reward, win rate, length, and the exact KL to the
+reference (`prefopt.sampling.sequence_kl`: the full-vocabulary KL at every completion position of a sampled
+sequence, whose expectation is the sequence-level KL(π ‖ π_ref) of the KL-regularised RLHF objective).
 """
 
 from __future__ import annotations
@@ -14,54 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from prefopt.data.synthetic.language import accepts
-from prefopt.data.synthetic.reward import GoldReward, RewardFunction
-from prefopt.data.synthetic.sampling import sample, torch_threads
+from prefopt.data.synthetic.reward import GoldReward
+from prefopt.reward_function import RewardFunction
+from prefopt.sampling import sample, sequence_kl
+from prefopt.threads import torch_threads
 
-__all__ = ["sequence_kl", "mean_gold_reward", "win_rate", "mean_length", "evaluate_against_reference"]
-
-
-@torch.no_grad()
-def sequence_kl(
-    policy: Any,
-    reference: Any,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    completion_mask: Tensor,
-    *,
-    batch_size: int = 64,
-) -> Tensor:
-    """Exact per-sequence KL(π ‖ π_ref) summed over completion positions → float32 [B] (on the CPU).
-
-    Args:
-        policy, reference: causal LMs over the same vocabulary (called as `model(input_ids=…,
-            attention_mask=…).logits`).
-        input_ids: [B, T] prompt + completion tokens, right-padded.
-        attention_mask: [B, T], 1 on real tokens.
-        completion_mask: [B, T] bool, True where token t is a completion token; the distribution compared
-            there is the one that predicts it, from the logits at t − 1 (`TokenBatch` alignment).
-        batch_size: rows per forward pass.
-    """
-    if not (input_ids.shape == attention_mask.shape == completion_mask.shape):
-        raise ValueError(f"sequence_kl: input_ids {tuple(input_ids.shape)}, attention_mask "
-                         f"{tuple(attention_mask.shape)} and completion_mask {tuple(completion_mask.shape)} "
-                         "must have the same [B, T] shape")
-    if bool(completion_mask[:, 0].any()):
-        raise ValueError("sequence_kl: completion_mask[:, 0] is True, but the first token has no preceding "
-                         "position to predict it; a sequence must start with at least one prompt token (BOS)")
-    p_device, q_device = next(policy.parameters()).device, next(reference.parameters()).device
-    out = []
-    for start in range(0, input_ids.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        p_in = {"input_ids": input_ids[rows].to(p_device), "attention_mask": attention_mask[rows].to(p_device)}
-        q_in = {"input_ids": input_ids[rows].to(q_device), "attention_mask": attention_mask[rows].to(q_device)}
-        logp = torch.log_softmax(policy(**p_in).logits[:, :-1].float(), -1)  # (b, T-1, V)
-        logq = torch.log_softmax(reference(**q_in).logits[:, :-1].float(), -1).to(p_device)
-        per_position = (logp.exp() * (logp - logq)).sum(-1)  # (b, T-1)
-        out.append((per_position * completion_mask[rows, 1:].to(p_device).float()).sum(-1).cpu())
-    return torch.cat(out)
+__all__ = ["mean_gold_reward", "win_rate", "mean_length", "evaluate_against_reference"]
 
 
 def mean_gold_reward(prompts: Sequence[str], completions: Sequence[str],
@@ -95,7 +50,7 @@ def evaluate_against_reference(policy: Any, reference: Any, tokenizer: Any, prom
     """Sample one completion per prompt from `policy` and from `reference` and report the ground truth:
     gold_reward, reference_gold_reward, win_rate (policy vs reference), kl (mean exact sequence KL on the
     policy's samples), mean_words, reference_mean_words and acceptance_rate (policy samples).
-    `num_threads` torch threads are used meanwhile (None: unchanged; see `sampling.torch_threads`)."""
+    `num_threads` torch threads are used meanwhile (None: unchanged; see `prefopt.threads.torch_threads`)."""
     was_training = policy.training
     policy.eval()
     try:

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from prefopt.data.synthetic.language import accepts, sample_review
-from prefopt.data.synthetic.sampling import sample, torch_threads
 from prefopt.data.synthetic.tokenizer import build_tokenizer
+from prefopt.sampling import sample
+from prefopt.threads import torch_threads
 
 __all__ = ["VERSION", "SFTConfig", "ReferencePolicy", "cache_root", "build_model", "train_reference_policy",
            "reference_policy", "load_reference_policy", "evaluate_policy_language"]
@@ -111,7 +113,7 @@ def cache_root() -> Path:
 
 def build_model(config: SFTConfig, vocab_size: int, tokenizer: Any) -> Any:
     """A freshly initialised tiny `LlamaForCausalLM` (uses the global torch RNG; seed it first)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM  # heavy: loaded on first use
 
     llama = LlamaConfig(
         vocab_size=vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
@@ -167,8 +169,6 @@ def train_reference_policy(config: SFTConfig, seed: int, *, progress: bool = Tru
 
 
 def _train(config: SFTConfig, seed: int, progress: bool) -> ReferencePolicy:
-    from tqdm.auto import tqdm
-
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG state
         torch.manual_seed(seed)
@@ -251,7 +251,7 @@ def save_reference_policy(policy: ReferencePolicy, path: Path) -> None:
 
 def load_reference_policy(path: str | Path) -> ReferencePolicy:
     """Load a policy saved by `save_reference_policy` (or `prefopt data synth`) from `path`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: loaded on first use
 
     path = Path(path)
     if not (path / "report.json").exists():

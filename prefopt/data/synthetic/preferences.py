@@ -29,8 +29,10 @@ from typing import Any
 import torch
 
 from prefopt.data.synthetic.language import accepts, sample_prompt
-from prefopt.data.synthetic.reward import GoldReward, RewardFunction
-from prefopt.data.synthetic.sampling import sample, torch_threads
+from prefopt.data.synthetic.reward import GoldReward
+from prefopt.reward_function import RewardFunction
+from prefopt.sampling import sample
+from prefopt.threads import torch_threads
 
 __all__ = ["PreferenceConfig", "PromptGroup", "SyntheticPreferences", "draw_prompts", "label_pairs",
            "label_rankings", "build_preferences"]
@@ -193,13 +195,13 @@ class SyntheticPreferences:
 
     def dataset(self, kind: str, split: str = "train", *, with_gold: bool = False) -> Any:
         """`rows(kind, split)` as a `datasets.Dataset`."""
-        import datasets
+        import datasets  # heavy: loaded on first use
 
         return datasets.Dataset.from_list(self.rows(kind, split, with_gold=with_gold))
 
     def dataset_dict(self, kind: str, *, with_gold: bool = False) -> Any:
         """A `datasets.DatasetDict` with "train" and "eval" splits of `kind`."""
-        import datasets
+        import datasets  # heavy: loaded on first use
 
         return datasets.DatasetDict({s: self.dataset(kind, s, with_gold=with_gold) for s in SPLITS})
 

@@ -1,4 +1,4 @@
-"""The gold reward r*(x, y) of the toy review language, and the `RewardFunction` interface.
+"""The gold reward r*(x, y) of the toy review language (a `prefopt.reward_function.RewardFunction`).
 
     r*(x, y) = content(x, y) + λ_len · log(1 + |y|) − c_bad · 1[x + y is not a review of the language]
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -42,23 +41,12 @@ from prefopt.data.synthetic.language import (
     split_prompt,
     vocabulary,
 )
+from prefopt.reward_function import RewardFunction
 
 __all__ = ["RewardFunction", "GoldReward", "gold_reward", "gold_reward_components"]
 
 DEFAULT_LENGTH_WEIGHT = 0.25
 DEFAULT_UNGRAMMATICAL_PENALTY = 2.0
-
-
-@runtime_checkable
-class RewardFunction(Protocol):
-    """What online algorithms and evaluation call to score completions: the gold reward here, a learned
-    reward model elsewhere.
-
-    `score(prompts, completions)` takes B prompt strings and B completion strings (row i completes
-    prompt i) and returns a float32 tensor [B] of rewards, higher = better. Must not need gradients.
-    """
-
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor: ...
 
 
 class _Tables:

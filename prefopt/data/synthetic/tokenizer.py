@@ -43,8 +43,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     `add_special_tokens=True` (the default) BOS is prepended. Decoding joins words with single spaces.
     Right padding with `<pad>`; `model_max_length` 128.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast  # imported here: transformers is slow to import
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  # heavy: loaded on first use
+    from transformers import PreTrainedTokenizerFast  # heavy: transformers is slow to import
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for word in vocabulary():
         vocab.setdefault(word, len(vocab))

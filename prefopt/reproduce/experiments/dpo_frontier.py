@@ -8,7 +8,7 @@ provides the highest expected reward for all KL values", i.e. its frontier domin
 Here, on the synthetic task: DPO (`prefopt.train`, offline, on the task's Bradley–Terry preference
 pairs labelled by the gold reward) at β ∈ {0.05, 0.1, 1, 5}; PPO (`prefopt.online.train_online`, on the
 gold reward itself, i.e. the paper's PPO-GT) at several KL coefficients; and best-of-N by the gold
-reward from the reference (`prefopt.eval.best_of_n`, KL = log N − (N−1)/N, an upper bound). Each
+reward from the reference (`prefopt.online.best_of_n_reference`, KL = log N − (N−1)/N, an upper bound). Each
 trained policy is evaluated on held-out prompts by `prefopt.eval.evaluate_generations` (gold reward and
 the exact sequence KL over the whole vocabulary), for several training seeds (Student-t CIs).
 
@@ -30,7 +30,15 @@ from typing import Any
 
 import torch
 
+from prefopt.data import synthetic
+from prefopt.data.synthetic import PreferenceConfig, SFTConfig, sample
+from prefopt.eval import evaluate_generations
+from prefopt.online.best_of_n_reference import evaluate_best_of_n
+from prefopt.online.config import SYNTHETIC_LR
+from prefopt.online.trainer import train_online
 from prefopt.reproduce.base import Check, Outcome, Progress, Reproduction, Table, fmt, mean_ci
+from prefopt.threads import torch_threads
+from prefopt.train import train
 
 __all__ = ["DPOFrontierConfig", "CONFIG", "QUICK", "PAPER", "Point", "frontier", "frontier_at", "dominated_share",
            "mean_frontier_gap", "run"]
@@ -165,13 +173,11 @@ def mean_frontier_gap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float,
 
 
 def _sft_config(name: str) -> Any:
-    from prefopt.data.synthetic import SFTConfig
-
     return SFTConfig.tiny() if name == "tiny" else SFTConfig()
 
 
 def _load_policy(path: Any) -> Any:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy: loaded on first use
 
     return AutoModelForCausalLM.from_pretrained(str(path)).eval()
 
@@ -180,10 +186,8 @@ class _Runner:
     """The task, the held-out prompts and the evaluation every policy shares."""
 
     def __init__(self, config: DPOFrontierConfig) -> None:
-        from prefopt.data.synthetic import PreferenceConfig, synthetic_task
-
         self.config = config
-        self.task = synthetic_task(config.task_seed, sft_config=_sft_config(config.sft), progress=False,
+        self.task = synthetic.synthetic_task(config.task_seed, sft_config=_sft_config(config.sft), progress=False,
                                    preference_config=PreferenceConfig(
                                        train_prompts=config.train_prompts, eval_prompts=config.eval_prompts,
                                        heldout_prompts=config.heldout_prompts, max_new_tokens=config.max_new_tokens,
@@ -195,9 +199,6 @@ class _Runner:
 
     def evaluate(self, policy: Any, seed: int) -> dict[str, float]:
         """Gold reward and exact KL of one sample per held-out prompt (the reference's samples drawn once per seed)."""
-        from prefopt.data.synthetic import sample
-        from prefopt.eval import evaluate_generations
-
         eval_seed = 1000 + seed
         if seed not in self._reference_samples:  # what evaluate_generations would draw, drawn once per seed
             self._reference_samples[seed] = sample(self.reference, self.tokenizer, self.prompts,
@@ -209,8 +210,6 @@ class _Runner:
         return {"kl": metrics.kl.mean, "reward": metrics.reward.mean, "mean_length": metrics.mean_length.mean}
 
     def dpo(self, beta: float, seed: int) -> dict[str, float]:
-        from prefopt.train import train
-
         c = self.config
         with tempfile.TemporaryDirectory(prefix="prefopt-frontier-dpo-") as folder:
             result = train(model=copy.deepcopy(self.reference).train().requires_grad_(True), tokenizer=self.tokenizer,
@@ -221,9 +220,6 @@ class _Runner:
         return self.evaluate(policy, seed)
 
     def ppo(self, kl_coef: float, seed: int) -> dict[str, float]:
-        from prefopt.online.config import SYNTHETIC_LR
-        from prefopt.online.trainer import train_online
-
         c = self.config
         with tempfile.TemporaryDirectory(prefix="prefopt-frontier-ppo-") as folder:
             result = train_online(model=copy.deepcopy(self.reference).train().requires_grad_(True),
@@ -239,8 +235,6 @@ class _Runner:
     def best_of_n(self) -> list[Point]:
         """Best-of-N by the gold reward from one pool of reference samples (the reference is not trained, so
         seeds would only redraw the pool): reward with its bootstrap CI over prompts, KL = the analytic bound."""
-        from prefopt.eval.best_of_n import evaluate_best_of_n
-
         c = self.config
         points = evaluate_best_of_n(self.reference, self.tokenizer, self.prompts, self.task.reward, ns=c.bon_ns,
                                     samples=c.bon_samples, max_new_tokens=c.max_new_tokens, seed=2000)
@@ -282,8 +276,6 @@ def measure(config: DPOFrontierConfig, progress: Progress) -> tuple[list[Point],
 
 def run(config: DPOFrontierConfig, progress: Progress) -> Outcome:
     """Train and evaluate every policy, build the frontiers and check whether DPO's dominates PPO's."""
-    from prefopt.data.synthetic.sampling import torch_threads
-
     with torch_threads(1):
         points, info = measure(config, progress)
     return outcome(config, points, info)

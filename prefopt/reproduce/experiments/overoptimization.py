@@ -28,8 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prefopt.data import synthetic
+from prefopt.data.synthetic import GoldReward, PreferenceConfig, SFTConfig, build_preferences, sample
+from prefopt.online.reward_model import LearnedReward, synthetic_reward_model, train_reward_model
 from prefopt.reproduce.base import Check, Outcome, Progress, Reproduction, Table, check_at_least, fmt, mean_ci
 from prefopt.reproduce.bon_sampling import GaoFit, best_of_n_from_pool, bon_kl, fit_gao_bon
+from prefopt.threads import torch_threads
 
 __all__ = ["OveroptimizationConfig", "CONFIG", "QUICK", "PAPER", "ProxyTrainer", "measure", "run"]
 
@@ -107,16 +111,12 @@ QUICK = OveroptimizationConfig(sft="tiny", train_prompts=96, eval_prompts=16, pr
 
 
 def _sft_config(name: str) -> Any:
-    from prefopt.data.synthetic import SFTConfig
-
     return SFTConfig.tiny() if name == "tiny" else SFTConfig()
 
 
 def proxy_sft_config(hidden_size: int, num_layers: int) -> Any:
     """The SFT recipe of a proxy body: `SFTConfig.tiny()` for (64, 2), `SFTConfig()` for (160, 4), else the
     default recipe at that shape (MLP width 2.8 × hidden, as in both)."""
-    from prefopt.data.synthetic import SFTConfig
-
     if (hidden_size, num_layers) == (64, 2):
         return SFTConfig.tiny()
     if (hidden_size, num_layers) == (160, 4):
@@ -133,11 +133,8 @@ def train_proxy_reward_model(policy: Any, hidden_size: int, num_layers: int, tra
     (proxy_init "sft") or random (the reference policy's architecture resized, "scratch"), trained with the
     registered Bradley–Terry loss by `train_reward_model` in a temporary run folder.
     """
-    from prefopt.data.synthetic import reference_policy
-    from prefopt.online.reward_model import LearnedReward, synthetic_reward_model, train_reward_model
-
     if config.proxy_init == "sft":
-        body = reference_policy(config.seed, proxy_sft_config(hidden_size, num_layers), progress=False)
+        body = synthetic.reference_policy(config.seed, proxy_sft_config(hidden_size, num_layers), progress=False)
         model = synthetic_reward_model(body.model, init="policy", seed=seed)
     else:
         model = synthetic_reward_model(policy.model, init="scratch", hidden_size=hidden_size, num_layers=num_layers,
@@ -173,10 +170,8 @@ def _score_pool(reward: Any, prompts: Sequence[str], completions: Sequence[str],
 def measure(config: OveroptimizationConfig, progress: Progress,
             train_proxy: ProxyTrainer) -> tuple[list[ProxyCurves], dict[str, Any]]:
     """Build the task, train every proxy with `train_proxy`, draw the pool and compute the best-of-N curves."""
-    from prefopt.data.synthetic import GoldReward, PreferenceConfig, build_preferences, reference_policy, sample
-
     total = 2 + len(config.proxy_sizes) * config.seeds
-    policy = reference_policy(config.seed, _sft_config(config.sft), progress=False)
+    policy = synthetic.reference_policy(config.seed, _sft_config(config.sft), progress=False)
     prefs = build_preferences(policy.model, policy.tokenizer, seed=config.seed, config=PreferenceConfig(
         train_prompts=config.train_prompts, eval_prompts=config.eval_prompts, heldout_prompts=config.heldout_prompts,
         completions_per_prompt=config.completions_per_prompt, label_temperature=config.label_temperature,
@@ -216,8 +211,6 @@ def measure(config: OveroptimizationConfig, progress: Progress,
 
 def run(config: OveroptimizationConfig, progress: Progress) -> Outcome:
     """Train the proxies, measure best-of-N against each, fit Gao et al.'s form and check the claims."""
-    from prefopt.data.synthetic.sampling import torch_threads
-
     with torch_threads(1):
         curves, info = measure(config, progress,
                                lambda *args: train_proxy_reward_model(*args, config=config))

@@ -3,7 +3,7 @@
 Best-of-N draws N completions from π_ref and returns the one of highest reward. For each held-out
 prompt x, M ≥ N reference samples are drawn once and scored; their empirical distribution π̂_ref(·|x)
 (mass 1/M per sample, equal rewards forming one level) stands in for π_ref, and the best-of-N
-distribution over it is computed exactly (`prefopt.reproduce.bon_math`, Beirami et al. 2024,
+distribution over it is computed exactly (`prefopt.eval.bon_math`, Beirami et al. 2024,
 arXiv:2401.01879 §2):
 
     q_v = F̂(v)^N − F̂⁻(v)^N            probability that the best of N lands on reward level v
@@ -14,7 +14,7 @@ arXiv:2401.01879 §2):
 each averaged over prompts with a bootstrap CI, beside the analytic bound log N − (N−1)/N (Stiennon
 et al. 2020, arXiv:2009.01325). With ties (short completions repeat on a small model) the measured KL
 sits below the bound, as Beirami et al. show it must; the plug-in needs M ≫ N to be accurate, so
-N ≤ M/4 is enforced.
+N ≤ M/4 is enforced. Drawing and scoring the samples is `prefopt.online.best_of_n_reference.evaluate_best_of_n`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prefopt.eval.bon_math import best_of_n_expected_reward, best_of_n_kl, best_of_n_win_rate, classical_kl_formula
 from prefopt.eval.stats import MeanCI, bootstrap_mean
 
-__all__ = ["BestOfNPoint", "best_of_n_points", "evaluate_best_of_n", "DEFAULT_BON_N"]
+__all__ = ["BestOfNPoint", "best_of_n_points", "DEFAULT_BON_N"]
 
 DEFAULT_BON_N: tuple[int, ...] = (1, 2, 4, 8, 16)
 
@@ -60,13 +61,6 @@ def best_of_n_points(rewards: Tensor, ns: Sequence[int] = DEFAULT_BON_N, *, seed
         ns: the N values, each an integer in [1, M/4].
         seed: of the bootstrap CIs.
     """
-    from prefopt.reproduce.bon_math import (
-        best_of_n_expected_reward,
-        best_of_n_kl,
-        best_of_n_win_rate,
-        classical_kl_formula,
-    )
-
     rewards = torch.as_tensor(rewards, dtype=torch.float64)
     if rewards.dim() != 2 or rewards.shape[1] < 4 or not torch.isfinite(rewards).all():
         raise ValueError(f"best_of_n_points: rewards must be finite [prompts, samples] with ≥ 4 samples per prompt, "
@@ -85,31 +79,3 @@ def best_of_n_points(rewards: Tensor, ns: Sequence[int] = DEFAULT_BON_N, *, seed
         points.append(BestOfNPoint(int(n), reward, kl, classical_kl_formula(int(n)), win, prompts, m))
     return points
 
-
-def evaluate_best_of_n(
-    reference: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    reward: Any,
-    *,
-    ns: Sequence[int] = DEFAULT_BON_N,
-    samples: int = 64,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    seed: int = 0,
-    progress: bool = False,
-) -> list[BestOfNPoint]:
-    """Sample `samples` completions of each prompt from `reference`, score them, and evaluate best-of-N.
-
-    Args:
-        reference: the reference policy (a causal LM); tokenizer: its tokenizer.
-        prompts: held-out prompt strings; reward: anything `prefopt.online.as_reward_function` accepts.
-        ns: N values (≤ samples/4); samples: M per prompt.
-        max_new_tokens, temperature, seed, progress: sampling settings (`prefopt.online.generate`).
-    """
-    from prefopt.online.generation import GenerationConfig, generate
-    from prefopt.online.rewards import as_reward_function, score_rollout
-
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, num_samples=samples)
-    rollout = generate(reference, tokenizer, list(prompts), config, seed=seed, progress=progress)
-    return best_of_n_points(score_rollout(as_reward_function(reward), rollout), ns, seed=seed)

@@ -4,7 +4,7 @@ Stiennon et al. 2020 (arXiv:2009.01325) give KL(π_N ‖ π_ref) = log N − (N�
 sampling; Beirami et al. 2024 ("Theoretical guarantees on the best-of-n alignment policy",
 arXiv:2401.01879) show it is an upper bound that is tight only when the reference has no outcome of
 sizeable mass (§3), propose an estimate from the mass of the best outcome (§4), and bound the win
-rate by N/(N+1) (§5). All values here are exact (`prefopt.reproduce.bon_math`) on three reference
+rate by N/(N+1) (§5). All values here are exact (`prefopt.eval.bon_math`) on three reference
 distributions: many distinct outcomes (10⁵, near-continuous), few distinct outcomes (4), and tied
 rewards (10 outcomes on 3 reward levels). A Monte-Carlo run of best-of-N sampling checks the exact
 PMF, ties included.
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefopt.reproduce import bon_math
+from prefopt.eval import bon_math
 from prefopt.reproduce.bandit import total_variation
 from prefopt.reproduce.base import (
     Outcome,
@@ -148,7 +148,7 @@ def _run(config: BestOfNConfig, progress: Progress) -> Outcome:
                       mc_tv, config.mc_tv_atol),
     ]
     notes = [
-        "Exact values from `prefopt.reproduce.bon_math` (float64). Win rates count ties as ½. The Beirami estimate "
+        "Exact values from `prefopt.eval.bon_math` (float64). Win rates count ties as ½. The Beirami estimate "
         "uses ε = the reference mass of the highest reward level; its closed form is derived in `beirami_kl_estimate` "
         "(exact for an atom of mass ε on top of a continuous remainder).",
         f"Monte-Carlo: {config.mc_samples} best-of-{config.mc_n} draws from the tied reference, ties broken uniformly.",

@@ -4,12 +4,13 @@ An online algorithm in `CompareConfig.losses` (ppo, rloo, grpo, dr_grpo, remax, 
 trains from the same starting policy as the offline losses, on the train split's prompts, with the
 task's reward function (the synthetic task's gold reward, or `CompareConfig.reward`, a saved reward
 model, on your data), and is evaluated exactly like them (held-out preference metrics and generation
-metrics), so every algorithm lands on the same frontier.
+metrics), so every algorithm lands on the same frontier. Its settings are `prefopt.compare.config`'s
+`online_settings`.
 
 With `best_of_n` among the losses, the inference-time best-of-N policy (sample N from the reference,
 keep the best by gold reward) is added for N in `CompareConfig.bon_n`: its expected reward and measured
-KL (`prefopt.eval.best_of_n`) beside the analytic bound log N − (N−1)/N, computed once per output folder
-and kept in `best_of_n.json`.
+KL (`prefopt.online.best_of_n_reference`) beside the analytic bound log N − (N−1)/N, computed once per
+output folder and kept in `best_of_n.json`.
 """
 
 from __future__ import annotations
@@ -22,41 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import write_json_atomic
+from prefopt.data import load_preferences
+from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
+from prefopt.errors import MissingSplitError
+from prefopt.online.best_of_n_reference import evaluate_best_of_n
+from prefopt.online.trainer import train_online
 
-__all__ = ["ONLINE_PER_RUN", "check_online_settings", "online_settings", "train_online_run", "data_prompts",
-           "best_of_n_reference"]
-
-# OnlineConfig fields that each run sets itself (or that the synthetic task fixes); `online` may not.
-ONLINE_PER_RUN = ("algorithm", "loss_hparams", "seed", "output_dir", "resume", "progress", "model", "model_revision",
-                  "tokenizer", "reward", "prompts")
-
-
-def check_online_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """`CompareConfig.online` as a dict, or a clear error for keys that are per-run or not OnlineConfig fields."""
-    from prefopt.online.config import OnlineConfig
-
-    fields = {f.name for f in dataclasses.fields(OnlineConfig)}
-    per_run = sorted(set(settings) & set(ONLINE_PER_RUN))
-    unknown = sorted(set(settings) - fields)
-    if per_run or unknown:
-        raise ValueError(f"CompareConfig.online: {per_run + unknown} cannot be set there (set per run: "
-                         f"{list(ONLINE_PER_RUN)}; valid: OnlineConfig fields {sorted(fields - set(ONLINE_PER_RUN))})")
-    return dict(settings)
-
-
-def online_settings(plan: Any, config: Any, run_dir: Path) -> dict[str, Any]:
-    """The OnlineConfig settings of one compare run (`plan`: a `RunPlan`)."""
-    return {"checkpoint_every": 10, "max_new_tokens": config.max_new_tokens, **config.online,
-            "algorithm": plan.loss, "loss_hparams": dict(plan.hparams), "seed": plan.seed,
-            "output_dir": str(run_dir / "train"), "resume": True, "progress": config.progress}
+__all__ = ["train_online_run", "data_prompts", "best_of_n_reference"]
 
 
 def train_online_run(task: Any, settings: Mapping[str, Any]) -> Any:
     """Train one online run from the task's starting policy (a copy of the synthetic policy, or your model
     loaded from its path, so that its learning-rate default is the one for real models); returns its
     `OnlineResult`."""
-    from prefopt.online.trainer import train_online
-
     common = {"tokenizer": task.tokenizer, "reward": task.reward, "prompts": task.prompts("train"),
               "reference_model": task.model, **settings}
     if task.synthetic is not None:
@@ -68,10 +47,6 @@ def data_prompts(data: str, split: str, tokenizer: Any, revision: str | None = N
     """The distinct prompts of `data`'s train split (`split="train"`) or held-out split (eval, test or
     validation, the first present), as text: conversations are rendered with the chat template and its
     generation prompt. Empty when there is no held-out split. `revision` pins a Hub dataset."""
-    from prefopt.data import load_preferences
-    from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
-    from prefopt.data.validate import MissingSplitError
-
     candidates = ("train",) if split == "train" else ("eval", "test", "validation")
     rows = None
     for name in candidates:
@@ -100,8 +75,6 @@ def _best_of_n_key(config: Any) -> dict[str, Any]:
 def best_of_n_reference(task: Any, path: Path) -> list[dict[str, Any]]:
     """Best-of-N points (as dicts: n, reward, kl, kl_bound, win_rate, ...) on the held-out prompts; read from
     `path` when it holds the same settings, else computed and written there atomically."""
-    from prefopt.eval.best_of_n import evaluate_best_of_n
-
     config = task.config
     key = _best_of_n_key(config)
     if path.exists():

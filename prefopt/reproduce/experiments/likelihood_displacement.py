@@ -30,8 +30,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prefopt.data.synthetic import PreferenceConfig, SFTConfig
 from prefopt.reproduce.base import Check, Outcome, Progress, Reproduction, Table, fmt, mean_ci, single_thread
-from prefopt.reproduce.synthetic_runs import Arm, Curve, TrainSchedule, stack_curves, stack_final
+from prefopt.reproduce.synthetic_runs import (
+    Arm,
+    Curve,
+    TrainSchedule,
+    pair_batches,
+    pair_logps,
+    preferences_for,
+    reference_policy_for,
+    run_arms,
+    stack_curves,
+    stack_final,
+)
 
 __all__ = ["DisplacementConfig", "CONFIG", "QUICK", "PAPER", "run", "make_config", "REPRODUCTION"]
 
@@ -105,9 +117,6 @@ QUICK = DisplacementConfig(model_size="tiny", train_prompts=128, eval_prompts=32
 
 def _replicate(reference: Any, config: DisplacementConfig) -> Any:
     """r → (training data, probe of ρ_w and ρ_l on fixed training and held-out pairs) for `run_arms`."""
-    from prefopt.data.synthetic import PreferenceConfig
-    from prefopt.reproduce.synthetic_runs import pair_batches, pair_logps, preferences_for
-
     prefs_config = PreferenceConfig(train_prompts=config.train_prompts, eval_prompts=config.eval_prompts,
                                     heldout_prompts=0)
 
@@ -163,9 +172,6 @@ def checks_from_curves(curves: dict[str, list[Curve]], config: DisplacementConfi
 
 def run(config: DisplacementConfig, progress: Progress) -> Outcome:
     """Train DPO and DPOP on every replicate; track ρ_w and ρ_l over steps; check the claims."""
-    from prefopt.data.synthetic import SFTConfig
-    from prefopt.reproduce.synthetic_runs import reference_policy_for, run_arms
-
     with single_thread():
         sft = SFTConfig() if config.model_size == "default" else SFTConfig.tiny()
         reference = reference_policy_for(config.task_seed, sft)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from prefopt.reproduce import bon_math
+from prefopt.eval import bon_math
 
 
 def test_two_outcomes_by_hand() -> None:

@@ -1,48 +1,43 @@
-"""`prefopt compare`: train several losses on the same data, model and seeds, evaluate each, report side by side.
+"""The settings of `prefopt compare`: which losses, sweeps and seeds, on which data and model, and the
+settings of each run (a `TrainConfig` for an offline loss, an `OnlineConfig` for an online algorithm).
 
-    from prefopt.compare import CompareConfig, compare
-    result = compare(CompareConfig(losses=("dpo", "ipo"), hparams={"dpo": {"beta": [0.05, 0.1, 0.5]}},
-                                   seeds=(0, 1), output_dir="runs/compare"))
-    print(result.table_text)
+    config = CompareConfig(losses=("dpo", "ipo"), hparams={"dpo": {"beta": [0.05, 0.1, 0.5]}}, seeds=(0, 1))
+    config.runs()                       # every (loss, sweep point, seed) as a RunPlan
+    run_settings(plan, config, run_dir) # ("paired", TrainConfig fields) or ("rollout", OnlineConfig fields)
 
-Every run is one `prefopt.train.train` call (one loop for every offline loss) followed by the same
-evaluation: held-out preference metrics on the eval split, and, on the built-in synthetic task,
-generation metrics against the gold reward (reward, exact KL, win rate and length-controlled win rate
-versus the reference policy, length). Each finished run writes `<out>/<run_id>/result.json` atomically
-beside its exact config; re-running with the same output folder loads finished runs instead of redoing
-them and resumes interrupted ones from their last checkpoint. The report (table.md/csv/json, plots) is
-written by `prefopt.compare_report`.
+Every run is built once when the config is, so a bad shared setting stops the comparison before anything
+runs.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
-import json
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefopt.atomic import write_json_atomic
-from prefopt.compare_online import online_settings
-from prefopt.online.config import OnlineConfig
-from prefopt.preflight import check_engine_backend, check_model_source, check_output_dir, expand_user, load_pretrained
 from prefopt.data.schema import IDENTICAL_POLICIES
+from prefopt.data.synthetic import PreferenceConfig, SFTConfig
+from prefopt.online.config import OnlineConfig
+from prefopt.preflight import check_engine_backend, check_model_source, check_output_dir, expand_user
 from prefopt.registry import loss_spec
-from prefopt.settings import SettingsError, coerce_settings, config_from_dict
+from prefopt.settings import Settings, SettingsError, coerce_settings
 from prefopt.train.config import TrainConfig
-from prefopt.train.run_folder import claim_run_folder
 
-__all__ = ["DEFAULT_LOSSES", "CompareConfig", "RunPlan", "CompareResult", "compare", "run_settings", "tiny_task"]
+__all__ = ["DEFAULT_LOSSES", "ONLINE_PER_RUN", "CompareConfig", "RunPlan", "check_online_settings", "online_settings",
+           "run_settings", "tiny_task"]
 
 # The README's main job: the five losses named in the mission, at their paper defaults.
 DEFAULT_LOSSES = ("dpo", "ipo", "kto", "orpo", "simpo")
+
 # TrainConfig fields a run sets itself; the shared `train` overrides may not.
 _PER_RUN = ("loss", "loss_hparams", "seed", "output_dir", "data", "model", "model_revision", "resume", "progress")
+# OnlineConfig fields that each run sets itself (or that the synthetic task fixes); `online` may not.
+ONLINE_PER_RUN = ("algorithm", "loss_hparams", "seed", "output_dir", "resume", "progress", "model", "model_revision",
+                  "tokenizer", "reward", "prompts")
 
 
 @dataclass(frozen=True)
@@ -67,7 +62,7 @@ class RunPlan:
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(Settings):
     """Settings of a comparison (keyword arguments; YAML is read only by the CLI).
 
     Attributes:
@@ -95,7 +90,7 @@ class CompareConfig:
             online algorithms (ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo).
         bon_n, bon_samples: with `best_of_n` among the losses, the inference-time best-of-N policy at each
             N is added to the table and the frontier, evaluated from `bon_samples` reference samples per
-            held-out prompt (`prefopt.eval.best_of_n`).
+            held-out prompt (`prefopt.online.best_of_n_reference`).
     """
 
     losses: tuple[str, ...] = DEFAULT_LOSSES
@@ -162,8 +157,6 @@ class CompareConfig:
         if self.train.get("identical", "warn") not in IDENTICAL_POLICIES:
             raise SettingsError(f"CompareConfig.train.identical={self.train['identical']!r}: use one of "
                                 f"{IDENTICAL_POLICIES}")
-        from prefopt.compare_online import check_online_settings
-
         online = check_online_settings(self.online)
         object.__setattr__(self, "online", coerce_settings(OnlineConfig, online, owner="CompareConfig.online"))
         object.__setattr__(self, "bon_n", tuple(int(n) for n in self.bon_n))
@@ -182,8 +175,6 @@ class CompareConfig:
             if not Path(self.reward).is_dir():
                 raise ValueError(f"CompareConfig.reward={self.reward!r}: no such folder; give the final/ folder of "
                                  "a reward model saved by `prefopt train-rm`")
-        from prefopt.data.synthetic import PreferenceConfig, SFTConfig
-
         for name, cls in (("sft_config", SFTConfig), ("preference_config", PreferenceConfig)):
             value = getattr(self, name)
             if isinstance(value, Mapping):  # from YAML
@@ -215,12 +206,6 @@ class CompareConfig:
             except (TypeError, ValueError) as err:
                 raise SettingsError(f"run {plan.label} seed {plan.seed}: {err}") from None
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> "CompareConfig":
-        """Build from a mapping (e.g. parsed YAML from `source`): each value read as its field's type
-        (`prefopt.settings`); unknown keys and wrong types raise a `SettingsError` naming the field."""
-        return config_from_dict(cls, values, source=source)
-
     def preflight(self) -> None:
         """What the comparison needs from this machine before anything is built: an output folder it can
         create, a complete model folder (or reachable hub name), engine backends that run here.
@@ -250,158 +235,22 @@ class CompareConfig:
                     plans.append(RunPlan(name, tuple(zip(keys, values)), seed))
         return plans
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["hparams"] = {k: dict(v) for k, v in self.hparams.items()}
-        return out
+def check_online_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`CompareConfig.online` as a dict, or a clear error for keys that are per-run or not OnlineConfig fields."""
+    fields = {f.name for f in dataclasses.fields(OnlineConfig)}
+    per_run = sorted(set(settings) & set(ONLINE_PER_RUN))
+    unknown = sorted(set(settings) - fields)
+    if per_run or unknown:
+        raise ValueError(f"CompareConfig.online: {per_run + unknown} cannot be set there (set per run: "
+                         f"{list(ONLINE_PER_RUN)}; valid: OnlineConfig fields {sorted(fields - set(ONLINE_PER_RUN))})")
+    return dict(settings)
 
 
-@dataclass
-class CompareResult:
-    """Per-run records, the aggregated rows and the written files of one comparison."""
-
-    records: list[dict[str, Any]]
-    rows: list[dict[str, Any]]
-    ratings: dict[str, Any] | None
-    files: dict[str, str]
-    table_text: str
-
-
-class _Task:
-    """What every run shares: the model to start from, its tokenizer, the data and the evaluation set."""
-
-    def __init__(self, config: CompareConfig) -> None:
-        self.config = config
-        self.synthetic = None
-        if config.synthetic:
-            from prefopt.data.synthetic import synthetic_task
-
-            self.synthetic = synthetic_task(seed=config.task_seed, sft_config=config.sft_config,
-                                            preference_config=config.preference_config, progress=config.progress)
-            self.model, self.tokenizer = self.synthetic.policy.model, self.synthetic.policy.tokenizer
-        else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            self.model = load_pretrained(AutoModelForCausalLM, config.model, "CompareConfig.model",
-                                         revision=config.model_revision)
-            self.tokenizer = load_pretrained(AutoTokenizer, config.model, "CompareConfig.model (its tokenizer)",
-                                             revision=config.model_revision)
-        self.model.eval()
-        self._prompts: dict[str, list[str]] = {}
-        self.reward: Any = self.synthetic.reward if self.synthetic is not None else None
-        if config.reward is not None:
-            from prefopt.online.rewards import as_reward_function
-
-            self.reward = as_reward_function(config.reward)
-
-    def prompts(self, split: str) -> list[str]:
-        """Distinct prompts of the train split (online runs sample them) or the held-out ones (evaluation:
-        the synthetic task's held-out prompts, or your data's eval split), as text."""
-        from prefopt.compare_online import data_prompts
-
-        if self.synthetic is not None:
-            if split == "train":
-                return [group.prompt for group in self.synthetic.preferences.groups if group.split == "train"]
-            return list(self.synthetic.preferences.heldout_prompts)
-        if split not in self._prompts:  # read and rendered once, not once per run
-            self._prompts[split] = data_prompts(self.config.data, split, self.tokenizer,
-                                                revision=self.config.train.get("data_revision"))
-        return list(self._prompts[split])
-
-    def train_dataset(self, kind: str) -> Any:
-        return self.synthetic.preferences.dataset(kind) if self.synthetic is not None else None
-
-    def eval_rows(self) -> Any:
-        """Held-out paired rows (preference metrics are computed on pairs for every loss), or None."""
-        from prefopt.data import load_preferences
-
-        if self.synthetic is not None:
-            return load_preferences(self.synthetic.preferences.dataset("paired", "eval"), kind="paired")
-        return _user_eval_rows(self.config)
-
-
-def _user_eval_rows(config: CompareConfig) -> Any:
-    """The held-out paired rows of `config.data` (its eval, test or validation split), or None."""
-    from prefopt.data import load_preferences
-    from prefopt.data.validate import MissingSplitError
-
-    train = config.train
-    for split in ("eval", "test", "validation"):
-        try:  # bad rows in a split that exists raise: say so rather than skip it
-            return load_preferences(config.data, kind="paired", split=split,
-                                    revision=train.get("data_revision"), identical=train.get("identical", "warn"))
-        except MissingSplitError:
-            continue
-    return None  # no held-out split: the table has no held-out preference metrics
-
-
-def _check_user_data(config: CompareConfig) -> dict[str, Any]:
-    """Read and check `config.data` the way the runs will (the train split for each data kind of the losses,
-    the prompts of online ones, the held-out split) before the output folder is created or locked, so that bad
-    data stops the comparison with nothing written. Returns {"eval_rows": ...} ({} on the synthetic task); the
-    files read from a folder are logged (`prefopt.data.loading.log_folder_reads`)."""
-    if config.synthetic:
-        return {}
-    from prefopt.data import load_preferences
-    from prefopt.data.loading import log_folder_reads, record_folder_reads
-    from prefopt.train.data import load_train_rows
-
-    train = config.train
-    kinds: dict[str, str] = {}  # each data kind of the losses → the first loss of that kind
-    for name in config.losses:
-        kinds.setdefault(loss_spec(name).kind, name)
-    with record_folder_reads() as reads:
-        for kind, name in kinds.items():
-            if kind == "rollout":
-                load_preferences(config.data, kind="prompt", split="train", revision=train.get("data_revision"))
-            else:
-                load_train_rows(config.data, kind=kind, loss=name, split=train.get("data_split"),
-                                revision=train.get("data_revision"), identical=train.get("identical", "warn"))
-        checked = {"eval_rows": _user_eval_rows(config)}
-    log_folder_reads(reads)
-    return checked
-
-
-def _eval_batches(task: _Task, rows: Any, batch_size: int = 32) -> list[Any]:
-    from prefopt.data import PreferenceCollator, TokenizeConfig, tokenize_preferences
-
-    tokens = tokenize_preferences(rows, task.tokenizer, TokenizeConfig())
-    pad = task.tokenizer.pad_token_id if task.tokenizer.pad_token_id is not None else task.tokenizer.eos_token_id
-    collate = PreferenceCollator(int(pad))
-    items = [tokens[i] for i in range(len(tokens))]
-    return [collate(items[i: i + batch_size]) for i in range(0, len(items), batch_size)]
-
-
-def _evaluate(plan: RunPlan, policy: Any, task: _Task, eval_batches: list[Any]) -> dict[str, Any]:
-    from prefopt.engine import ReferenceLogProbs
-    from prefopt.eval import evaluate_generations, evaluate_preferences
-
-    out: dict[str, Any] = {}
-    if eval_batches:
-        # β = 1: margins in nats of log-ratio, comparable across losses whatever their own β.
-        pref = evaluate_preferences(policy, eval_batches, reference=ReferenceLogProbs.from_model(task.model), beta=1.0)
-        out["preference"] = pref.to_dict()
-    if task.reward is not None:
-        from prefopt.eval.sampling import sample_texts
-
-        cfg = task.config
-        prompts = task.prompts("heldout")[: cfg.eval_prompts]
-        gen = evaluate_generations(policy, task.model, task.tokenizer, prompts, reward=task.reward,
-                                   seed=cfg.eval_seed, max_new_tokens=cfg.max_new_tokens,
-                                   sampler=None if task.synthetic is not None else sample_texts)
-        out["generation"] = gen.to_dict(per_prompt=True)
-    return out
-
-
-def _load_trained(path: Path) -> Any:
-    """The trained policy from its saved folder: a full model, or a LoRA adapter merged into its base."""
-    if (path / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        return AutoPeftModelForCausalLM.from_pretrained(str(path)).merge_and_unload().eval()
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path)).eval()
+def online_settings(plan: Any, config: Any, run_dir: Path) -> dict[str, Any]:
+    """The OnlineConfig settings of one compare run (`plan`: a `RunPlan`)."""
+    return {"checkpoint_every": 10, "max_new_tokens": config.max_new_tokens, **config.online,
+            "algorithm": plan.loss, "loss_hparams": dict(plan.hparams), "seed": plan.seed,
+            "output_dir": str(run_dir / "train"), "resume": True, "progress": config.progress}
 
 
 def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -424,84 +273,9 @@ def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[s
     return kind, settings
 
 
-def _run_one(plan: RunPlan, task: _Task, eval_batches: list[Any]) -> dict[str, Any]:
-    """Train and evaluate one run, or load it if its result.json exists (resuming an interrupted train)."""
-    from prefopt.train import train
-
-    config = task.config
-    run_dir = Path(config.output_dir) / plan.run_id
-    done = run_dir / "result.json"
-    if done.exists():
-        return json.loads(done.read_text(encoding="utf-8"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    kind, settings = run_settings(plan, config, run_dir)
-    write_json_atomic(run_dir / "config.json", {"plan": dataclasses.asdict(plan), "label": plan.label,
-                                                ("online" if kind == "rollout" else "train"): settings,
-                                                "compare": config.to_dict()})
-    started = time.perf_counter()
-    if kind == "rollout":
-        from prefopt.compare_online import train_online_run
-
-        result = train_online_run(task, settings)
-    elif task.synthetic is not None:
-        result = train(model=copy.deepcopy(task.model).train().requires_grad_(True), tokenizer=task.tokenizer,
-                       dataset=task.train_dataset(kind), **settings)
-    else:
-        result = train(**settings)  # model, model_revision and data are in the settings
-    policy = _load_trained(Path(str(result.model_path)))
-    record = {"label": plan.label, "loss": plan.loss, "hparams": dict(plan.hparams), "seed": plan.seed,
-              "run_id": plan.run_id, "train": result.to_dict(), **_evaluate(plan, policy, task, eval_batches)}
-    record["wall_time_s"] = time.perf_counter() - started
-    write_json_atomic(done, record)
-    return record
-
-
 def tiny_task() -> dict[str, Any]:
     """CompareConfig settings of a seconds-scale synthetic task (a ≈110k-parameter policy, 64 train prompts):
     for smoke tests and CI, not for conclusions."""
-    from prefopt.data.synthetic import PreferenceConfig, SFTConfig
-
     return {"sft_config": SFTConfig.tiny(),
             "preference_config": PreferenceConfig(train_prompts=64, eval_prompts=16, heldout_prompts=16),
             "eval_prompts": 16, "max_new_tokens": 32}
-
-
-def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResult:
-    """Run (or resume) every run of `config` and write the report; see the module docstring.
-
-    Pass a `CompareConfig`, or its fields as keyword arguments.
-    """
-    from prefopt.data.synthetic.sampling import torch_threads
-    from prefopt.progress import library_progress_bars
-
-    config = config if config is not None else CompareConfig(**settings)
-    config.preflight()  # output folder, model folder, backends: before anything is built or written
-    with torch_threads(config.num_threads or (1 if config.synthetic else None)), \
-            library_progress_bars(config.progress):
-        checked = _check_user_data(config)  # bad data stops the comparison before the output folder exists
-        # one comparison per folder; each run's own train/ folder is locked again by its training
-        with claim_run_folder(config.output_dir):
-            return _compare(config, checked)
-
-
-def _compare(config: CompareConfig, checked: dict[str, Any] | None = None) -> CompareResult:
-    from prefopt.compare_report import write_report
-
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "compare_config.json", config.to_dict())
-    task = _Task(config)
-    rows = checked["eval_rows"] if checked and "eval_rows" in checked else task.eval_rows()
-    eval_batches = _eval_batches(task, rows) if rows is not None and len(rows) else []
-    plans = config.runs()
-    records = []
-    for i, plan in enumerate(plans, start=1):
-        if config.progress:
-            print(f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}", flush=True)
-        records.append(_run_one(plan, task, eval_batches))
-    best_of_n = None
-    if "best_of_n" in config.losses and task.reward is not None:
-        from prefopt.compare_online import best_of_n_reference
-
-        best_of_n = best_of_n_reference(task, out / "best_of_n.json")
-    return write_report(records, config, best_of_n=best_of_n)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from prefopt.eval.best_of_n import best_of_n_points
+from prefopt.eval.bon_baseline import best_of_n_points
 
 
 def test_distinct_rewards_approach_the_classical_formula() -> None:
@@ -43,18 +43,3 @@ def test_bad_n_is_a_clear_error(ns: tuple, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         best_of_n_points(torch.zeros(2, 16), ns)
 
-
-def test_evaluate_best_of_n_samples_and_scores() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from prefopt.data.synthetic.tokenizer import build_tokenizer
-    from prefopt.eval.best_of_n import evaluate_best_of_n
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
-    points = evaluate_best_of_n(model, tokenizer, ["the soup was", "i liked"], lambda ps, cs: [len(c) for c in cs],
-                                ns=(1, 2), samples=8, max_new_tokens=4)
-    assert [p.n for p in points] == [1, 2] and points[1].reward.mean >= points[0].reward.mean
-    assert points[1].samples_per_prompt == 8 and points[1].num_prompts == 2

@@ -1,22 +1,21 @@
-"""What every `prefopt` sub-command does with its settings: a YAML file of config fields, NAME=VALUE pairs.
+"""What every `prefopt` command does with its settings: a YAML file of config fields, NAME=VALUE pairs, seed
+lists, and the one line a mistake prints.
 
 Each command merges, later winning: the config's defaults ← `--config FILE.yaml` ← its flags; repeatable
-`--hparam NAME=VALUE` (and the like) go into a mapping field. Values are read as JSON where they parse
-(`0.1`, `1e-5`, `true`, `[1, 2]`) and kept as strings otherwise; the config's `from_dict` then reads each
-one as its field's type (`prefopt.settings`: `lr: 1e-5` is a number, `resume: "no"` an error).
+`--set [LOSS.]HPARAM=VALUE` pairs go into the loss's hyper-parameter mapping. Values are read as JSON where
+they parse (`0.1`, `1e-5`, `true`, `[1, 2]`) and kept as strings otherwise; the config's `from_dict` then
+reads each one as its field's type (`prefopt.settings`: `lr: 1e-5` is a number, `resume: "no"` an error).
 
-Every command follows one skeleton: flags → settings → validate → run, and any mistake ends it with one
-line on stderr, `prefopt <command>: <message>`, and exit code 2 (`CommandParser` for argparse's own
-mistakes, `fail` for the rest, `user_errors` for what the library raises once the run has started).
+Any mistake ends a command with one line on stderr, `prefopt <command>: <message>`, and exit code 2: `fail`
+prints it, `user_errors` are what the library raises for a mistake once the run has started
+(`prefopt.cli.command` holds the skeleton that calls them).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -24,37 +23,25 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prefopt.settings import SettingsError
+import yaml
 
-# flag → (config field, type or stored constant, help). Options take a value of that type; switches store
-# the constant (e.g. "--no-progress": ("progress", False, ...)).
-Flags = Mapping[str, tuple[str, Any, str]]
+from prefopt.errors import USER_ERRORS, SettingsError
 
-__all__ = ["Flags", "CommandParser", "add_setting_flags", "check_resume_folder", "data_files_notice", "fail", "finite_float",
-           "given_settings", "merge_pairs", "parse_value", "parse_assignments", "read_settings_file", "parse_sweeps", "user_errors"]
+__all__ = ["check_resume_folder", "data_files_notice", "deprecation_note", "fail", "main_process", "merge_pairs",
+           "parse_assignments", "parse_hparams", "parse_seeds", "parse_sweeps", "parse_value", "read_settings_file",
+           "user_errors"]
 
 
-class CommandParser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose usage mistakes (an unknown flag, a value of the wrong type, a missing
-    argument) print one line, `prefopt <command>: <message> (see `prefopt <command> --help`)`, and exit 2.
+def main_process() -> bool:
+    """True outside torchrun / accelerate launch, and on rank 0 under them: the process that prints."""
+    return int(os.environ.get("RANK", "0")) == 0
 
-    Sub-command parsers made with `add_subparsers().add_parser` are of this class too; each records its
-    prog so that an unrecognised argument is reported by the command it was given to.
-    """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.set_defaults(command_prog=self.prog)
-
-    def error(self, message: str) -> Any:  # argparse's hook: it must not return
-        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
-
-    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        parsed, extra = self.parse_known_args(args, namespace)
-        if extra:
-            prog = getattr(parsed, "command_prog", self.prog)
-            self.exit(2, f"{prog}: unrecognized argument(s) {' '.join(extra)} (see `{prog} --help`)\n")
-        return parsed
+def deprecation_note(command: str, old: str, new: str) -> None:
+    """Say once, on stderr, that `old` is an old spelling of `new` kept for one more release."""
+    if main_process():
+        print(f"prefopt {command}: {old} is deprecated and will be removed in the next release; use {new}",
+              file=sys.stderr, flush=True)
 
 
 def fail(command: str, err: BaseException | str) -> int:
@@ -89,7 +76,7 @@ def data_files_notice(command: str, enabled: bool) -> Iterator[None]:
     """While a command runs with its progress output on (`enabled`), say on stderr which files of a --data folder
     it reads, one line per source: `prefopt train: data/ → train: train.jsonl (1,007 rows)`. Library calls only
     log that line (logger `prefopt.data.loading`, INFO); under torchrun only rank 0 prints it."""
-    if not enabled or int(os.environ.get("RANK", "0")) != 0:
+    if not enabled or not main_process():
         yield
         return
     logger = logging.getLogger("prefopt.data.loading")
@@ -102,33 +89,6 @@ def data_files_notice(command: str, enabled: bool) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-def finite_float(text: str) -> float:
-    """argparse type of number flags: a finite float (`nan`, `inf` and text are usage mistakes)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def add_setting_flags(parser: argparse.ArgumentParser, options: Flags, switches: Flags) -> None:
-    """One flag per config field. A flag not given stays out of the parsed namespace (argparse.SUPPRESS), so
-    `given_settings` returns only what the command line set and a YAML file's value is not overwritten."""
-    for flag, (field, kind, text) in options.items():
-        parser.add_argument(flag, dest=field, type=finite_float if kind is float else kind, default=argparse.SUPPRESS,
-                            help=text)
-    for flag, (field, value, text) in switches.items():
-        parser.add_argument(flag, dest=field, action="store_const", const=value, default=argparse.SUPPRESS, help=text)
-
-
-def given_settings(args: argparse.Namespace, *tables: Flags, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """The config fields set on the command line: those of the flag tables (and the `extra` dests) present."""
-    fields = {field for table in tables for field, _, _ in table.values()} | set(extra)
-    return {k: v for k, v in vars(args).items() if k in fields}
 
 
 def parse_value(text: str) -> Any:
@@ -173,8 +133,6 @@ def read_settings_file(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping of `what` settings (e.g. "TrainConfig") in a YAML file, read with `yaml.safe_load` (no
     Python tags). A missing or unreadable file, bad YAML or anything but a mapping is a one-line
     `SettingsError` naming the file."""
-    import yaml
-
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -211,17 +169,7 @@ def _yaml_problem(err: Exception) -> str:
 def user_errors() -> tuple[type[Exception], ...]:
     """The errors a command reports as one line and exit code 2 instead of a traceback: bad settings, bad data,
     a run folder that does not fit the run, a refused launch, a diverged run (each message names the fix)."""
-    from prefopt.data.validate import PreferenceDataError
-    from prefopt.loss_inputs import LossInputError
-    from prefopt.online.trainer import OnlineDivergedError
-    from prefopt.registry import UnknownLossError
-    from prefopt.train.checkpoint import RunFolderError
-    from prefopt.train.data import TrainDataError
-    from prefopt.train.loop import TrainingDivergedError
-    from prefopt.train.setup import DistributedSetupError
-
-    return (SettingsError, RunFolderError, PreferenceDataError, TrainDataError, LossInputError, UnknownLossError,
-            DistributedSetupError, TrainingDivergedError, OnlineDivergedError)
+    return USER_ERRORS
 
 
 def parse_sweeps(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -242,3 +190,37 @@ def _sweep_value(text: str) -> Any:
         return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
     except ValueError:
         return text
+
+
+def parse_hparams(items: Sequence[str], losses: Mapping[str, str], flag: str = "--set") -> dict[str, dict[str, Any]]:
+    """`--set` pairs of one run → {config field: {hparam: value}}.
+
+    `losses` maps each loss of the run to the config field of its hyper-parameters, the run's own loss first
+    (e.g. {"online_dpo": "loss_hparams", "ipo": "pair_loss_hparams"}). `HPARAM=VALUE` is a hyper-parameter of
+    the run's loss; `LOSS.HPARAM=VALUE` one of the loss named, which must be one of `losses`.
+    """
+    run_loss, run_field = next(iter(losses.items()))
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        loss, dot, hparam = name.rpartition(".")
+        if not sep or not hparam or (dot and not loss):
+            raise SettingsError(f"{flag} {item!r}: write NAME=VALUE or LOSS.NAME=VALUE, e.g. {flag} beta=0.1 "
+                                f"(NAME=VALUE sets a hyper-parameter of {run_loss})")
+        if dot and loss not in losses:
+            raise SettingsError(f"{flag} {item!r}: {loss} is not a loss of this run ({', '.join(losses)}); write "
+                                f"{flag} {hparam}={text} for {run_loss}")
+        field = losses[loss] if dot else run_field
+        out.setdefault(field, {})[hparam] = parse_value(text)
+    return out
+
+
+def parse_seeds(text: str, flag: str = "--seeds") -> tuple[int, ...]:
+    """`0,1,2` → (0, 1, 2): distinct seeds ≥ 0, comma-separated."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise SettingsError(f"{flag} {text!r}: give the seeds as comma-separated integers, e.g. {flag} 0,1,2") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise SettingsError(f"{flag} {text!r}: seeds are distinct integers ≥ 0, e.g. {flag} 0,1,2")
+    return seeds

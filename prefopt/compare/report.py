@@ -16,7 +16,7 @@ bootstrap CI over held-out prompts where the metric has one):
     time, peak MB  wall time of the run (training + evaluation) and peak resident memory
 
 With `best_of_n` among the losses, rows `best-of-N (N=n)` show the inference-time best-of-N policy
-(`prefopt.compare_online`); a last row, `reference`, shows the starting policy's own samples (reward,
+(`prefopt.compare.online`); a last row, `reference`, shows the starting policy's own samples (reward,
 length; KL 0, Elo 1000).
 """
 
@@ -26,10 +26,35 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "REFERENCE_LABEL", "BEST_OF_N_LOSS", "summarize", "best_of_n_rows", "render_table", "write_report"]
+from prefopt.atomic import write_atomic
+from prefopt.eval import (
+    FrontierPoint,
+    MeanCI,
+    aggregate_seeds,
+    bradley_terry_ratings,
+    plot_length_drift,
+    plot_reward_kl_frontier,
+    plot_training_curves,
+)
+
+__all__ = ["COLUMNS", "REFERENCE_LABEL", "BEST_OF_N_LOSS", "CompareResult", "summarize", "best_of_n_rows",
+           "render_table", "write_report"]
+
+
+@dataclass
+class CompareResult:
+    """Per-run records, the aggregated rows and the written files of one comparison."""
+
+    records: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    ratings: dict[str, Any] | None
+    files: dict[str, str]
+    table_text: str
+
 
 REFERENCE_LABEL = "reference"
 
@@ -83,8 +108,6 @@ def _metric(record: dict[str, Any], key: str) -> dict[str, Any] | None:
 
 def summarize(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Aggregate runs into one row per label (over seeds) and rate the labels against each other."""
-    from prefopt.eval import aggregate_seeds, bradley_terry_ratings
-
     labels = list(dict.fromkeys(r["label"] for r in records))
     rows = []
     for label in labels:
@@ -130,7 +153,7 @@ BEST_OF_N_LOSS = "best-of-N (inference)"
 
 
 def best_of_n_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table rows of the inference-time best-of-N points (`prefopt.compare_online.best_of_n_reference`)."""
+    """Table rows of the inference-time best-of-N points (`prefopt.compare.online.best_of_n_reference`)."""
     return [{"label": f"best-of-N (N={p['n']})", "loss": BEST_OF_N_LOSS, "hparams": {"n": p["n"]}, "seeds": [],
              "reward": p["reward"], "kl": p["kl"], "win_rate": p["win_rate"],
              "kl_bound": {"mean": p["kl_bound"], "low": None, "high": None}} for p in points]
@@ -175,9 +198,6 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path, reward_label: str) -> dict[str, str]:
-    from prefopt.eval import MeanCI, plot_length_drift, plot_reward_kl_frontier, plot_training_curves
-    from prefopt.eval.plots import FrontierPoint
-
     def mean_ci(v: dict[str, Any]) -> MeanCI:
         low, high = v.get("low"), v.get("high")
         return MeanCI(v["mean"], math.nan if low is None else low, math.nan if high is None else high, 1)
@@ -210,9 +230,6 @@ def write_report(records: list[dict[str, Any]], config: Any, *, best_of_n: list[
 
     `best_of_n`: the inference-time best-of-N points, added as rows before the reference row.
     """
-    from prefopt.atomic import write_atomic
-    from prefopt.compare import CompareResult
-
     out = Path(config.output_dir)
     rows, ratings = summarize(records)
     if best_of_n:

@@ -1,0 +1,127 @@
+"""`prefopt train-online`: one online run (`prefopt.online.train_online`): generate → score → rollout loss.
+
+Settings, later winning: `OnlineConfig`'s defaults ← the `--config` YAML file ← the flags given ← `--set`.
+`--loss` sets OnlineConfig.algorithm; `--set HPARAM=V` goes to its loss, `--set PAIR_LOSS.HPARAM=V` to
+`--pair-loss`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prefopt.cli.choices import BACKENDS, KL_ESTIMATORS, MASTER_WEIGHTS, MIXED_PRECISION, ONLINE, PAIRED, SAVE_DTYPES
+from prefopt.cli.command import ConfigCommand, FlagAction, Option, Switch, print_result
+from prefopt.cli.settings import merge_pairs, parse_assignments
+from prefopt.cli.train import MASTER_WEIGHTS_HELP, MIXED_PRECISION_HELP, SAVE_DTYPE_HELP
+from prefopt.online.config import OnlineConfig
+from prefopt.online.trainer import train_online
+
+__all__ = ["COMMAND", "TrainOnlineCommand", "config_from_args", "main"]
+
+
+class TrainOnlineCommand(ConfigCommand):
+    name = "train-online"
+    help = "train a policy online: generate → score → rollout loss"
+    description = (
+        "Train a policy online: each step samples completions for a batch of prompts, scores them (the synthetic "
+        "task's gold reward, or a reward model from `prefopt train-rm`) and takes a rollout loss. With no model "
+        "it trains the synthetic task's policy. Settings, later winning: the defaults, the --config file, the "
+        "flags. Prints the result as JSON."
+    )
+    examples = """\
+examples:
+  prefopt train-online                                  # RLOO on the built-in synthetic task, gold reward
+  prefopt train-online --loss ppo --steps 60 --kl-coef 0.05 --out runs/ppo
+  prefopt train-online --loss online_dpo --pair-loss ipo --set ipo.beta=0.5
+  prefopt train-online --model path/to/sft --reward runs/rm/final --prompts prompts.jsonl --lr 1e-6
+  prefopt train-online --config online.yaml --set beta=0.0 --resume"""
+    config = OnlineConfig
+    config_name = "OnlineConfig"
+    loss_field = "algorithm"
+    flags = {
+        "--loss": Option("algorithm", str, "the rollout loss to train (default rloo; `prefopt losses NAME` describes "
+                         "one)", choices=ONLINE.names, explain=ONLINE.explain, metavar="LOSS"),
+        "--pair-loss": Option("pair_loss", str, "with --loss online_dpo: the paired loss of each prompt's best/worst "
+                              "pair (default: DPO)", choices=PAIRED.names,
+                              explain=lambda where: PAIRED.explain(where, suggest=False), metavar="LOSS"),
+        "--model": Option("model", str, "policy: causal LM path or Hub name (default: the synthetic task's policy)"),
+        "--tokenizer": Option("tokenizer", str, "tokenizer path (default: the model's)"),
+        "--model-revision": Option("model_revision", str, "hub revision (branch, tag or commit) of --model and its "
+                                   "tokenizer"),
+        "--reward": Option("reward", str, "'gold' (the synthetic task's gold reward) or a saved reward model's folder"),
+        "--value-model": Option("value_model", str, "PPO: reward model folder to initialise the critic from"),
+        "--prompts": Option("prompts", str, "prompt file: .txt one per line, or .jsonl with a `prompt` column"),
+        "--out": Option("output_dir", str, "run folder (default runs/online)", metavar="DIR"),
+        "--steps": Option("steps", int, "rollout steps"),
+        "--prompts-per-step": Option("prompts_per_step", int, "B prompts per rollout"),
+        "--num-samples": Option("num_samples", int, "K completions per prompt (default: the loss's)"),
+        "--max-new-tokens": Option("max_new_tokens", int, "completion length cap"),
+        "--temperature": Option("temperature", float, "sampling temperature"),
+        "--top-p": Option("top_p", float, "nucleus sampling mass"),
+        "--generation-batch-size": Option("generation_batch_size", int, "prompts per generate call"),
+        "--lr": Option("lr", float, "policy learning rate (default: 2e-4 synthetic, 1e-6 otherwise)"),
+        "--value-lr": Option("value_lr", float, "critic learning rate (default: --lr)"),
+        "--weight-decay": Option("weight_decay", float, "Adam weight decay"),
+        "--max-grad-norm": Option("max_grad_norm", float, "gradient clipping norm"),
+        "--epochs": Option("epochs", int, "optimisation passes per rollout (default: ppo 4, else 1)"),
+        "--num-minibatches": Option("num_minibatches", int, "minibatches per pass (split by prompt)"),
+        "--kl-coef": Option("kl_coef", float, "PPO: β of the KL-shaped reward"),
+        "--kl-estimator": Option("kl_estimator", str, "PPO: per-token KL estimator of the shaped reward",
+                                 choices=KL_ESTIMATORS),
+        "--kl-target": Option("kl_target", float, "PPO: adaptive KL controller target (nats)"),
+        "--kl-horizon": Option("kl_horizon", float, "PPO: adaptive KL controller horizon"),
+        "--gamma": Option("gamma", float, "PPO: GAE discount γ"),
+        "--lam": Option("lam", float, "PPO: GAE λ"),
+        "--missing-eos-penalty": Option("missing_eos_penalty", float, "subtract from the score of unfinished "
+                                        "completions"),
+        "--seed": Option("seed", int, "seed of prompt order, sampling and the critic head"),
+        "--checkpoint-every": Option("checkpoint_every", int, "checkpoint every N steps (default 20; 0: final only)"),
+        "--num-threads": Option("num_threads", int, "torch threads (default: 1 on the synthetic task)"),
+        "--engine-backend": Option("engine_backend", str, "output-head kernel (auto: Triton on CUDA, else chunked)",
+                                   choices=BACKENDS),
+        "--mixed-precision": Option("mixed_precision", str, MIXED_PRECISION_HELP, choices=MIXED_PRECISION),
+        "--master-weights": Option("master_weights", str, MASTER_WEIGHTS_HELP, choices=MASTER_WEIGHTS),
+        "--save-dtype": Option("save_dtype", str, SAVE_DTYPE_HELP, choices=SAVE_DTYPES),
+        "--no-whiten-advantages": Switch("whiten_advantages", False, "PPO: keep the raw GAE advantages"),
+        "--resume": Switch("resume", True, "continue from the newest checkpoint in --out"),
+        "--quiet": Switch("progress", False, "no progress bar"),
+    }
+    deprecated = {"--algorithm": "--loss", "--no-progress": "--quiet", "--hparam": "--set",
+                  "--pair-hparam": "--set PAIR_LOSS.HPARAM=VALUE"}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--pair-hparam", dest="pair_hparams", action=FlagAction, repeat=True, default=[],
+                            replaced_by=self.deprecated["--pair-hparam"], help=argparse.SUPPRESS)
+
+    def hparam_fields(self, values: Mapping[str, Any]) -> dict[str, str]:
+        fields = super().hparam_fields(values)
+        if values.get("pair_loss") is not None:
+            fields.setdefault(str(values["pair_loss"]), "pair_loss_hparams")
+        return fields
+
+    def values(self, args: argparse.Namespace) -> dict[str, Any]:
+        values = super().values(args)
+        merge_pairs(values, "pair_loss_hparams", parse_assignments(args.pair_hparams, "--pair-hparam"))
+        return values
+
+    def execute(self, config: Any, args: argparse.Namespace) -> int:
+        result = train_online(config)
+        print_result(json.dumps(result.to_dict(), indent=2))
+        return 0
+
+
+COMMAND = TrainOnlineCommand()
+
+
+def config_from_args(args: argparse.Namespace) -> OnlineConfig:
+    """The `OnlineConfig` of parsed `prefopt train-online` arguments (defaults ← YAML ← flags ← --set)."""
+    return COMMAND.settings(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`prefopt train-online` with `argv` (the arguments after `train-online`)."""
+    return COMMAND.main(argv)

@@ -1,0 +1,128 @@
+"""`prefopt compare`: train several losses on the same data, model and seeds, evaluate each, report side by side.
+
+    from prefopt.compare import CompareConfig, compare
+    result = compare(CompareConfig(losses=("dpo", "ipo"), hparams={"dpo": {"beta": [0.05, 0.1, 0.5]}},
+                                   seeds=(0, 1), output_dir="runs/compare"))
+    print(result.table_text)
+
+Every run is one `prefopt.train.train` call (one loop for every offline loss; `prefopt.compare.online` for
+the online algorithms) followed by the same evaluation: held-out preference metrics on the eval split,
+and, with a reward (the synthetic task's gold reward, or a reward model on your data), generation metrics
+(reward, KL, win rate and length-controlled win rate versus the reference policy, length). Each finished
+run writes `<out>/<run_id>/result.json` atomically beside its exact config; re-running with the same
+output folder loads finished runs instead of redoing them and resumes interrupted ones from their last
+checkpoint. The report (table.md/csv/json, plots) is written by `prefopt.compare.report`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefopt.atomic import write_json_atomic
+from prefopt.compare.config import CompareConfig, RunPlan, run_settings
+from prefopt.compare.online import best_of_n_reference, train_online_run
+from prefopt.compare.report import CompareResult, write_report
+from prefopt.compare.task import SharedTask, check_user_data, eval_batches
+from prefopt.engine import ReferenceLogProbs
+from prefopt.eval import evaluate_generations, evaluate_preferences
+from prefopt.progress import library_progress_bars
+from prefopt.sampling import sample_texts
+from prefopt.threads import torch_threads
+from prefopt.train import train
+from prefopt.train.run_folder import claim_run_folder
+
+__all__ = ["compare"]
+
+
+def _evaluate(plan: RunPlan, policy: Any, task: SharedTask, eval_batches: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if eval_batches:
+        # β = 1: margins in nats of log-ratio, comparable across losses whatever their own β.
+        pref = evaluate_preferences(policy, eval_batches, reference=ReferenceLogProbs.from_model(task.model), beta=1.0)
+        out["preference"] = pref.to_dict()
+    if task.reward is not None:
+        cfg = task.config
+        prompts = task.prompts("heldout")[: cfg.eval_prompts]
+        gen = evaluate_generations(policy, task.model, task.tokenizer, prompts, reward=task.reward,
+                                   seed=cfg.eval_seed, max_new_tokens=cfg.max_new_tokens,
+                                   sampler=None if task.synthetic is not None else sample_texts)
+        out["generation"] = gen.to_dict(per_prompt=True)
+    return out
+
+
+def _load_trained(path: Path) -> Any:
+    """The trained policy from its saved folder: a full model, or a LoRA adapter merged into its base."""
+    if (path / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM  # heavy: loaded on first use
+
+        return AutoPeftModelForCausalLM.from_pretrained(str(path)).merge_and_unload().eval()
+    from transformers import AutoModelForCausalLM  # heavy: loaded on first use
+
+    return AutoModelForCausalLM.from_pretrained(str(path)).eval()
+
+
+def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[str, Any]:
+    """Train and evaluate one run, or load it if its result.json exists (resuming an interrupted train)."""
+    config = task.config
+    run_dir = Path(config.output_dir) / plan.run_id
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text(encoding="utf-8"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kind, settings = run_settings(plan, config, run_dir)
+    write_json_atomic(run_dir / "config.json", {"plan": dataclasses.asdict(plan), "label": plan.label,
+                                                ("online" if kind == "rollout" else "train"): settings,
+                                                "compare": config.to_dict()})
+    started = time.perf_counter()
+    if kind == "rollout":
+        result = train_online_run(task, settings)
+    elif task.synthetic is not None:
+        result = train(model=copy.deepcopy(task.model).train().requires_grad_(True), tokenizer=task.tokenizer,
+                       dataset=task.train_dataset(kind), **settings)
+    else:
+        result = train(**settings)  # model, model_revision and data are in the settings
+    policy = _load_trained(Path(str(result.model_path)))
+    record = {"label": plan.label, "loss": plan.loss, "hparams": dict(plan.hparams), "seed": plan.seed,
+              "run_id": plan.run_id, "train": result.to_dict(), **_evaluate(plan, policy, task, eval_batches)}
+    record["wall_time_s"] = time.perf_counter() - started
+    write_json_atomic(done, record)
+    return record
+
+
+def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResult:
+    """Run (or resume) every run of `config` and write the report; see the module docstring.
+
+    Pass a `CompareConfig`, or its fields as keyword arguments.
+    """
+    config = config if config is not None else CompareConfig(**settings)
+    config.preflight()  # output folder, model folder, backends: before anything is built or written
+    with torch_threads(config.num_threads or (1 if config.synthetic else None)), \
+            library_progress_bars(config.progress):
+        checked = check_user_data(config)  # bad data stops the comparison before the output folder exists
+        # one comparison per folder; each run's own train/ folder is locked again by its training
+        with claim_run_folder(config.output_dir):
+            return _compare(config, checked)
+
+
+def _compare(config: CompareConfig, checked: dict[str, Any] | None = None) -> CompareResult:
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "compare_config.json", config.to_dict())
+    task = SharedTask(config)
+    rows = checked["eval_rows"] if checked and "eval_rows" in checked else task.eval_rows()
+    batches = eval_batches(task, rows) if rows is not None and len(rows) else []
+    plans = config.runs()
+    records = []
+    for i, plan in enumerate(plans, start=1):
+        if config.progress:
+            print(f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}", flush=True)
+        records.append(_run_one(plan, task, batches))
+    best_of_n = None
+    if "best_of_n" in config.losses and task.reward is not None:
+        best_of_n = best_of_n_reference(task, out / "best_of_n.json")
+    return write_report(records, config, best_of_n=best_of_n)
