@@ -39,9 +39,14 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64,
-        max_position_embeddings=4096, tie_word_embeddings=False,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 8 // 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").float().eval()
@@ -52,7 +57,9 @@ def ragged_pairs(args: argparse.Namespace) -> list[tuple[list[int], list[int]]]:
     completion lengths uniform in [8, max_completion]; a pair shares its prompt."""
     g = torch.Generator().manual_seed(0)
     rand = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
-    prompts = [torch.randint(1, args.vocab, (rand(16, args.max_prompt),), generator=g).tolist() for _ in range(args.pairs)]
+    prompts = [
+        torch.randint(1, args.vocab, (rand(16, args.max_prompt),), generator=g).tolist() for _ in range(args.pairs)
+    ]
     chosen, rejected = [], []
     for prompt in prompts:
         for block in (chosen, rejected):
@@ -146,7 +153,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     return {
-        "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "device": "cuda:" + torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({os.cpu_count()} cores)",
         "cpu": platform.processor() or platform.machine(),
         "dtype": "float32",
         "threads": args.threads,
@@ -156,8 +165,13 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "commit": commit + ("+dirty" if dirty else ""),
         "model": {"vocab": args.vocab, "hidden": args.hidden, "layers": args.layers},
-        "data": {"pairs": args.pairs, "max_prompt": args.max_prompt, "max_completion": args.max_completion,
-                 "row_tokens": args.row_tokens, "reps": args.reps},
+        "data": {
+            "pairs": args.pairs,
+            "max_prompt": args.max_prompt,
+            "max_completion": args.max_completion,
+            "row_tokens": args.row_tokens,
+            "reps": args.reps,
+        },
     }
 
 

@@ -47,8 +47,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, git_commit, peak_extra_bytes, versions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLS = ("naive", "trl_selective", "liger_selective", "liger_flce", "cce_compile", "cce", "prefopt_chunked",
-         "prefopt_triton", "floor")
+IMPLS = (
+    "naive",
+    "trl_selective",
+    "liger_selective",
+    "liger_flce",
+    "cce_compile",
+    "cce",
+    "prefopt_chunked",
+    "prefopt_triton",
+    "floor",
+)
 CUDA_ONLY = {"liger_flce", "cce", "prefopt_triton"}
 FULL_SIZES = [(n, d, v) for n in (4096, 16384) for d in (1024, 4096) for v in (32000, 128256, 151936)]
 QUICK_SIZES = [(1024, 256, 32000), (2048, 512, 32000)]
@@ -100,9 +109,14 @@ def _prefopt(backend: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
 
 
 OPS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
-    "naive": _naive, "trl_selective": _trl_selective, "liger_selective": _liger_selective,
-    "liger_flce": _liger_flce, "cce_compile": _cce("torch_compile"), "cce": _cce("cce"),
-    "prefopt_chunked": _prefopt("chunked"), "prefopt_triton": _prefopt("triton"),
+    "naive": _naive,
+    "trl_selective": _trl_selective,
+    "liger_selective": _liger_selective,
+    "liger_flce": _liger_flce,
+    "cce_compile": _cce("torch_compile"),
+    "cce": _cce("cce"),
+    "prefopt_chunked": _prefopt("chunked"),
+    "prefopt_triton": _prefopt("triton"),
 }
 
 
@@ -143,8 +157,17 @@ def worker(impl: str, n: int, d: int, v: int, dtype: torch.dtype, repeats: int, 
         _sync(device)
         times.append(time.perf_counter() - start)
     peak = peak_extra_bytes(lambda: _step(impl, h, w, y, g), device)
-    return {"impl": impl, "n": n, "d": d, "v": v, "time_s": min(times), "times_s": times, "warmup_s": warmup_s,
-            "peak_extra_bytes": peak, "status": "ok"}
+    return {
+        "impl": impl,
+        "n": n,
+        "d": d,
+        "v": v,
+        "time_s": min(times),
+        "times_s": times,
+        "warmup_s": warmup_s,
+        "peak_extra_bytes": peak,
+        "status": "ok",
+    }
 
 
 def run_case(impl: str, size: tuple[int, int, int], args: argparse.Namespace) -> dict:
@@ -153,8 +176,22 @@ def run_case(impl: str, size: tuple[int, int, int], args: argparse.Namespace) ->
     base = {"impl": impl, "n": n, "d": d, "v": v}
     if impl in CUDA_ONLY and args.device != "cuda":
         return {**base, "status": "skipped: needs CUDA"}
-    cmd = [sys.executable, __file__, "--worker", impl, "--sizes", f"{n}x{d}x{v}", "--dtype", args.dtype,
-           "--repeats", str(args.repeats), "--device", args.device, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        "--sizes",
+        f"{n}x{d}x{v}",
+        "--dtype",
+        args.dtype,
+        "--repeats",
+        str(args.repeats),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -171,14 +208,21 @@ def _merge(rounds: list[dict]) -> dict:
     if not ok:
         return rounds[-1]
     times = [t for r in ok for t in r["times_s"]]
-    return {**ok[0], "time_s": min(times), "times_s": times, "peak_extra_bytes": max(r["peak_extra_bytes"] for r in ok),
-            "rounds": len(rounds)}
+    return {
+        **ok[0],
+        "time_s": min(times),
+        "times_s": times,
+        "peak_extra_bytes": max(r["peak_extra_bytes"] for r in ok),
+        "rounds": len(rounds),
+    }
 
 
 def _table(records: list[dict]) -> str:
     """Rows per size: time, peak extra memory, and ratios to prefopt and to the matmul floor."""
-    lines = [f"{'N×D×V':>18} {'impl':>16} {'time s':>8} {'peak GB':>8} {'t/prefopt':>9} {'mem/prefopt':>11} "
-             f"{'t/floor':>8}  status"]
+    lines = [
+        f"{'N×D×V':>18} {'impl':>16} {'time s':>8} {'peak GB':>8} {'t/prefopt':>9} {'mem/prefopt':>11} "
+        f"{'t/floor':>8}  status"
+    ]
     for size in sorted({(r["n"], r["d"], r["v"]) for r in records}):
         rows = [r for r in records if (r["n"], r["d"], r["v"]) == size]
         ok = {r["impl"]: r for r in rows if r["status"] == "ok"}
@@ -192,8 +236,10 @@ def _table(records: list[dict]) -> str:
             t_ours = f"{r['time_s'] / ours['time_s']:.2f}" if ours else "-"
             m_ours = f"{r['peak_extra_bytes'] / max(ours['peak_extra_bytes'], 1):.2f}" if ours else "-"
             t_floor = f"{r['time_s'] / floor['time_s']:.2f}" if floor else "-"
-            lines.append(f"{name:>18} {r['impl']:>16} {r['time_s']:8.2f} {r['peak_extra_bytes'] / 1e9:8.2f} "
-                         f"{t_ours:>9} {m_ours:>11} {t_floor:>8}  ok")
+            lines.append(
+                f"{name:>18} {r['impl']:>16} {r['time_s']:8.2f} {r['peak_extra_bytes'] / 1e9:8.2f} "
+                f"{t_ours:>9} {m_ours:>11} {t_floor:>8}  ok"
+            )
     return "\n".join(lines)
 
 
@@ -231,14 +277,23 @@ def main() -> None:
             for impl in impls:
                 r = run_case(impl, size, args)
                 runs.setdefault((impl, size), []).append(r)
-                print(f"round {round_} {impl:>16} {size}: {r['status']}" + (
-                    f" {r['time_s']:.2f} s {r['peak_extra_bytes'] / 1e9:.2f} GB" if r["status"] == "ok" else ""),
-                    flush=True)
+                print(
+                    f"round {round_} {impl:>16} {size}: {r['status']}"
+                    + (f" {r['time_s']:.2f} s {r['peak_extra_bytes'] / 1e9:.2f} GB" if r["status"] == "ok" else ""),
+                    flush=True,
+                )
     records = [_merge(rs) for rs in runs.values()]
     device = torch.device(args.device)
-    result = {"device": device_name(device), "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats,
-              "rounds": args.rounds,
-              "versions": versions(), "commit": git_commit(ROOT), "records": records}
+    result = {
+        "device": device_name(device),
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "versions": versions(),
+        "commit": git_commit(ROOT),
+        "records": records,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"\n{result['device']}, {args.dtype}, commit {result['commit']}")

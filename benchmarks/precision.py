@@ -38,16 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
 from _common import device_name, git_commit, peak_extra_bytes, versions  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # (label, checkpoint dtype, settings)
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("pure bf16, 10 steps, lr 5e-7", "bfloat16", {"max_steps": 10, "lr": 5e-7, "master_weights": "bf16"}),
-    ("pure bf16, 10 steps, lr 5e-7, --mixed-precision bf16", "bfloat16",
-     {"max_steps": 10, "lr": 5e-7, "master_weights": "bf16", "mixed_precision": "bf16"}),
+    (
+        "pure bf16, 10 steps, lr 5e-7, --mixed-precision bf16",
+        "bfloat16",
+        {"max_steps": 10, "lr": 5e-7, "master_weights": "bf16", "mixed_precision": "bf16"},
+    ),
     ("pure bf16, 200 steps, lr 5e-7", "bfloat16", {"max_steps": 200, "lr": 5e-7, "master_weights": "bf16"}),
     ("pure bf16, 200 steps, lr 2e-6", "bfloat16", {"max_steps": 200, "lr": 2e-6, "master_weights": "bf16"}),
     ("fp32 checkpoint, 200 steps, lr 2e-6", "float32", {"max_steps": 200, "lr": 2e-6}),
@@ -64,10 +66,19 @@ def write_task(root: Path, dtype: torch.dtype, pairs: int = 64, seed: int = 0) -
     from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
 
     tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16).to(dtype)  # bf16-representable in every dtype
     model.save_pretrained(root / "model")
@@ -79,8 +90,9 @@ def write_task(root: Path, dtype: torch.dtype, pairs: int = 64, seed: int = 0) -
         completions = [first.completion, sample_review(rng, item=first.item).completion]
         scores = gold_reward([first.prompt] * 2, completions).tolist()
         best = 0 if scores[0] >= scores[1] else 1
-        rows.append({"id": f"p{i}", "prompt": first.prompt, "chosen": completions[best],
-                     "rejected": completions[1 - best]})
+        rows.append(
+            {"id": f"p{i}", "prompt": first.prompt, "chosen": completions[best], "rejected": completions[1 - best]}
+        )
     (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"model": root / "model", "data": root / "pairs.jsonl"}
 
@@ -95,8 +107,16 @@ def run_row(label: str, dtype_name: str, settings: dict[str, Any], work: Path) -
 
     task = write_task(work / "task", getattr(torch, dtype_name))
     started = time.perf_counter()
-    result = train(loss="dpo", model=str(task["model"]), data=str(task["data"]), output_dir=str(work / "run"),
-                   batch_size=16, engine_backend="reference", progress=False, **settings)
+    result = train(
+        loss="dpo",
+        model=str(task["model"]),
+        data=str(task["data"]),
+        output_dir=str(work / "run"),
+        batch_size=16,
+        engine_backend="reference",
+        progress=False,
+        **settings,
+    )
     seconds = time.perf_counter() - started
     before, after = _weights(task["model"]), _weights(Path(str(result.model_path)))
     changed = total = 0
@@ -109,18 +129,30 @@ def run_row(label: str, dtype_name: str, settings: dict[str, Any], work: Path) -
     saved = sorted({str(t.dtype).removeprefix("torch.") for t in after.values()})
     master = load_file(str(Path(str(result.checkpoint_path)) / "trainable.safetensors"))  # as trained
     moved = sum(int((w.float() != before[n].float()).sum()) for n, w in master.items())
-    return {"row": label, "checkpoint_dtype": dtype_name, **settings, "changed_fraction": changed / total,
-            "master_changed_fraction": moved / sum(w.numel() for w in master.values()),
-            "max_abs_delta": max_delta, "final_loss": result.final_metrics["loss"], "saved_dtypes": saved,
-            "precision": result.precision, "seconds": seconds}
+    return {
+        "row": label,
+        "checkpoint_dtype": dtype_name,
+        **settings,
+        "changed_fraction": changed / total,
+        "master_changed_fraction": moved / sum(w.numel() for w in master.values()),
+        "max_abs_delta": max_delta,
+        "final_loss": result.final_metrics["loss"],
+        "saved_dtypes": saved,
+        "precision": result.precision,
+        "seconds": seconds,
+    }
 
 
 def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
     params = {id(p): p for p in model.parameters()}.values()
     weights = sum(p.numel() * p.element_size() for p in params)
     grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
-    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                if torch.is_tensor(t) and t.dim() > 0)
+    state = sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
     return {"weights": weights, "grads": grads, "optimizer": state, "total": weights + grads + state}
 
 
@@ -138,12 +170,22 @@ def memory_rows() -> list[dict[str, Any]]:
 
     from prefopt.train.precision import resolve_precision
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    )
     ids = torch.randint(0, 32000, (2, 64))
     rows = []
-    for label, master, lora in (("pure bf16 (before)", "bf16", False), ("fp32 master (default)", "fp32", False),
-                                 ("LoRA r=16, bf16 base (default)", "fp32", True)):
+    for label, master, lora in (
+        ("pure bf16 (before)", "bf16", False),
+        ("fp32 master (default)", "fp32", False),
+        ("LoRA r=16, bf16 base (default)", "fp32", True),
+    ):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).to(torch.bfloat16)
         precision = resolve_precision(model, master_weights=master)
@@ -157,8 +199,17 @@ def memory_rows() -> list[dict[str, Any]]:
         peak = peak_extra_bytes(functools.partial(_train_step, model, optimizer, precision, ids), torch.device("cpu"))
         counts = _state_bytes(model, optimizer)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rows.append({"row": label, "parameters": n, "trainable": trainable, **counts, "peak_step_extra": peak,
-                     "bytes_per_parameter": counts["total"] / n, "precision": precision.describe(model)})
+        rows.append(
+            {
+                "row": label,
+                "parameters": n,
+                "trainable": trainable,
+                **counts,
+                "peak_step_extra": peak,
+                "bytes_per_parameter": counts["total"] / n,
+                "precision": precision.describe(model),
+            }
+        )
         del model, optimizer
     return rows
 
@@ -176,19 +227,30 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as work:
             rows.append(run_row(label, dtype_name, settings, Path(work)))
         r = rows[-1]
-        print(f"{label:<52} changed {100 * r['changed_fraction']:6.2f} % (master weights "
-              f"{100 * r['master_changed_fraction']:6.2f} %)   max|Δw| {r['max_abs_delta']:.2e}   "
-              f"final/ {','.join(r['saved_dtypes'])}   {r['seconds']:.1f} s", flush=True)
+        print(
+            f"{label:<52} changed {100 * r['changed_fraction']:6.2f} % (master weights "
+            f"{100 * r['master_changed_fraction']:6.2f} %)   max|Δw| {r['max_abs_delta']:.2e}   "
+            f"final/ {','.join(r['saved_dtypes'])}   {r['seconds']:.1f} s",
+            flush=True,
+        )
     memory = [] if args.skip_memory else memory_rows()
     for r in memory:
-        print(f"{r['row']:<34} {r['parameters'] / 1e6:.1f}M params ({r['trainable'] / 1e6:.2f}M trainable): weights "
-              f"{r['weights'] / 2**20:.0f} MiB, grads {r['grads'] / 2**20:.0f} MiB, AdamW {r['optimizer'] / 2**20:.0f} "
-              f"MiB, total {r['total'] / 2**20:.0f} MiB = {r['bytes_per_parameter']:.2f} B/param; first step's peak "
-              f"RSS above the loaded model {r['peak_step_extra'] / 2**20:.0f} MiB")
-    payload = {"benchmark": "precision", "device": device_name(torch.device("cpu")), "threads": args.threads,
-               "load_average": os.getloadavg(), "versions": versions(("torch", "transformers", "accelerate", "peft",
-                                                                      "prefopt")),
-               "commit": git_commit(ROOT), "learning": rows, "memory": memory}
+        print(
+            f"{r['row']:<34} {r['parameters'] / 1e6:.1f}M params ({r['trainable'] / 1e6:.2f}M trainable): weights "
+            f"{r['weights'] / 2**20:.0f} MiB, grads {r['grads'] / 2**20:.0f} MiB, AdamW {r['optimizer'] / 2**20:.0f} "
+            f"MiB, total {r['total'] / 2**20:.0f} MiB = {r['bytes_per_parameter']:.2f} B/param; first step's peak "
+            f"RSS above the loaded model {r['peak_step_extra'] / 2**20:.0f} MiB"
+        )
+    payload = {
+        "benchmark": "precision",
+        "device": device_name(torch.device("cpu")),
+        "threads": args.threads,
+        "load_average": os.getloadavg(),
+        "versions": versions(("torch", "transformers", "accelerate", "peft", "prefopt")),
+        "commit": git_commit(ROOT),
+        "learning": rows,
+        "memory": memory,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2))
     return 0

@@ -40,11 +40,15 @@ class TokenBatch:
         shape = self.input_ids.shape
         for name in ("attention_mask", "completion_mask", "sequence_ids"):
             if getattr(self, name).shape != shape:
-                raise ValueError(f"TokenBatch.{name} has shape {tuple(getattr(self, name).shape)}, expected {tuple(shape)}")
+                raise ValueError(
+                    f"TokenBatch.{name} has shape {tuple(getattr(self, name).shape)}, expected {tuple(shape)}"
+                )
         if self.packed and self.position_ids is None:
             raise ValueError("TokenBatch: packed batches need position_ids (restarting at 0 per sequence)")
         if self.num_sequences % self.group_size:
-            raise ValueError(f"TokenBatch: num_sequences={self.num_sequences} is not a multiple of group_size={self.group_size}")
+            raise ValueError(
+                f"TokenBatch: num_sequences={self.num_sequences} is not a multiple of group_size={self.group_size}"
+            )
 
     @classmethod
     def from_rows(cls, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> "TokenBatch":

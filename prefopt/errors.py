@@ -116,6 +116,13 @@ class UnknownReproductionError(ValueError):
 # What a command reports as one line and exit code 2: bad settings, bad data, a run folder that does not fit
 # the run, a refused launch, a diverged run (each message names the fix).
 USER_ERRORS: tuple[type[Exception], ...] = (
-    SettingsError, RunFolderError, PreferenceDataError, TrainDataError, LossInputError, UnknownLossError,
-    DistributedSetupError, TrainingDivergedError, OnlineDivergedError,
+    SettingsError,
+    RunFolderError,
+    PreferenceDataError,
+    TrainDataError,
+    LossInputError,
+    UnknownLossError,
+    DistributedSetupError,
+    TrainingDivergedError,
+    OnlineDivergedError,
 )

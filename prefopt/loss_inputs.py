@@ -185,8 +185,9 @@ def _length_of(kind: str, name: str) -> str:
     return "lengths"
 
 
-def _refuse_positive_logps(loss: str, name: str, logps: Tensor, *, lengths: Tensor | None = None,
-                           mask: Tensor | None = None) -> None:
+def _refuse_positive_logps(
+    loss: str, name: str, logps: Tensor, *, lengths: Tensor | None = None, mask: Tensor | None = None
+) -> None:
     """Raise when a log-prob lies above LOGP_TOLERANCE per token (per sequence when no lengths are given)."""
     per_token = logps.detach() if lengths is None else logps.detach() / lengths
     above = per_token > LOGP_TOLERANCE
@@ -196,8 +197,11 @@ def _refuse_positive_logps(loss: str, name: str, logps: Tensor, *, lengths: Tens
         return
     rows = above.reshape(above.shape[0], -1).any(1).nonzero().flatten()[:10].tolist()
     unit = "" if lengths is None and mask is None else " per token"
-    source = ("per-token log π(y_t|x, y_<t) (SequenceLogProbs.tokens)" if mask is not None
-              else "log π(y|x) summed over the completion's tokens (SequenceLogProbs.sum)")
+    source = (
+        "per-token log π(y_t|x, y_<t) (SequenceLogProbs.tokens)"
+        if mask is not None
+        else "log π(y|x) summed over the completion's tokens (SequenceLogProbs.sum)"
+    )
     raise LossInputError(
         f"{loss}: {name} is above 0 at rows {rows} (largest {float(per_token[above].max()):.4g}{unit}); {loss} "
         f"reads the policy's log-probs as probabilities, so each must be ≤ 0 (up to {LOGP_TOLERANCE:g} per token "
@@ -287,7 +291,7 @@ def _check_group_size(spec: Any, name: str, out: EngineOutput, want: int | None)
         return
     layout = {
         "paired": f"{spec.name}(policy, reference) with the outputs of a paired batch (group_size 2), or one "
-                  f"output of group_size 1 per argument",
+        f"output of group_size 1 per argument",
         "unpaired": "the output of an unpaired batch (group_size 1)",
         "ranked": "the output of a ranked batch (group_size K ≥ 2, best first)",
     }[spec.kind]
@@ -310,8 +314,14 @@ def _check_rollout_inputs(spec: Any, values: dict[str, Any]) -> None:
     mask = values.get("completion_mask")
     if not isinstance(mask, Tensor) or mask.shape != shape:
         got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-        raise LossInputError(f"{spec.name}: completion_mask has shape {got}; expected {tuple(shape)} like policy_logps.")
-    if mask.dtype.is_floating_point or mask.is_complex() or (mask.dtype != torch.bool and ((mask != 0) & (mask != 1)).any()):
+        raise LossInputError(
+            f"{spec.name}: completion_mask has shape {got}; expected {tuple(shape)} like policy_logps."
+        )
+    if (
+        mask.dtype.is_floating_point
+        or mask.is_complex()
+        or (mask.dtype != torch.bool and ((mask != 0) & (mask != 1)).any())
+    ):
         raise LossInputError(f"{spec.name}: completion_mask must be bool (or 0/1 integers), True at completion tokens.")
     values["completion_mask"] = mask.bool()
     if values.get("old_logps") is None:

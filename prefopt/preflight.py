@@ -23,17 +23,33 @@ from safetensors import SafetensorError
 from prefopt.kernels.dispatch import triton_available
 from prefopt.settings import SettingsError
 
-__all__ = ["check_output_dir", "check_model_source", "check_tokenizer_source", "check_engine_backend",
-           "check_device", "load_pretrained", "expand_user", "HUB_NAME"]
+__all__ = [
+    "check_output_dir",
+    "check_model_source",
+    "check_tokenizer_source",
+    "check_engine_backend",
+    "check_device",
+    "load_pretrained",
+    "expand_user",
+    "HUB_NAME",
+]
 
 # A Hugging Face repo id: `name` or `namespace/name` (letters, digits, - _ .). A path with more parts, or
 # starting with / . ~, can only be a folder.
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "spiece.model", "sentencepiece.bpe.model")
-_MODEL_HINT = ("a saved model's folder (config.json and weights, as `save_pretrained` writes it) or a hub name "
-               "(name/repo)")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+_MODEL_HINT = (
+    "a saved model's folder (config.json and weights, as `save_pretrained` writes it) or a hub name (name/repo)"
+)
 
 
 def expand_user(value: Any) -> Any:
@@ -47,8 +63,9 @@ def check_output_dir(path: str | os.PathLike[str], what: str) -> None:
     folder = Path(path).expanduser()
     if folder.exists():
         if not folder.is_dir():
-            raise SettingsError(f"{what}={str(path)!r} is a file, not a folder; give a folder path (it is created "
-                                "if missing)")
+            raise SettingsError(
+                f"{what}={str(path)!r} is a file, not a folder; give a folder path (it is created if missing)"
+            )
         if not os.access(folder, os.W_OK | os.X_OK):
             raise SettingsError(f"{what}={str(path)!r} is not writable by this user; give a folder you can write")
         return
@@ -58,8 +75,10 @@ def check_output_dir(path: str | os.PathLike[str], what: str) -> None:
     if not parent.is_dir():
         raise SettingsError(f"{what}={str(path)!r} cannot be created: {parent} is a file; give another folder path")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise SettingsError(f"{what}={str(path)!r} cannot be created: {parent} is not writable by this user; give "
-                            "a folder path you can write")
+        raise SettingsError(
+            f"{what}={str(path)!r} cannot be created: {parent} is not writable by this user; give "
+            "a folder path you can write"
+        )
 
 
 def check_model_source(name: str, what: str, *, revision: str | None = None, tokenizer: bool = True) -> None:
@@ -78,8 +97,10 @@ def check_tokenizer_source(name: str, what: str, *, revision: str | None = None)
     if not path.exists():
         _check_hub_name(name, what, revision, ("tokenizer_config.json", "tokenizer.json"), thing="tokenizer")
     elif not path.is_dir() or not any((path / f).exists() for f in TOKENIZER_FILES):
-        raise SettingsError(f"{what}={name!r} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); give the "
-                            "folder that `tokenizer.save_pretrained` wrote")
+        raise SettingsError(
+            f"{what}={name!r} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); give the "
+            "folder that `tokenizer.save_pretrained` wrote"
+        )
 
 
 def _check_model_folder(path: Path, name: str, what: str, tokenizer: bool) -> None:
@@ -92,12 +113,14 @@ def _check_model_folder(path: Path, name: str, what: str, tokenizer: bool) -> No
             try:
                 json.loads((path / meta).read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise SettingsError(f"{what}={name!r}: {meta} is unreadable ({_first_line(err)}); re-save the "
-                                    "model") from None
+                raise SettingsError(
+                    f"{what}={name!r}: {meta} is unreadable ({_first_line(err)}); re-save the model"
+                ) from None
     weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not weights and not any(p.name.endswith(".index.json") for p in path.iterdir()):
-        raise SettingsError(f"{what}={name!r} holds no weights (model.safetensors or pytorch_model.bin); give "
-                            f"{_MODEL_HINT}")
+        raise SettingsError(
+            f"{what}={name!r} holds no weights (model.safetensors or pytorch_model.bin); give {_MODEL_HINT}"
+        )
     for index in path.glob("*.index.json"):
         _check_shard_index(index, what)
     for file in weights:
@@ -106,8 +129,10 @@ def _check_model_folder(path: Path, name: str, what: str, tokenizer: bool) -> No
         elif file.suffix in (".bin", ".pt", ".pth"):
             _check_zip_checkpoint(file, what)
     if tokenizer and not any((path / f).exists() for f in TOKENIZER_FILES):
-        raise SettingsError(f"{what}={name!r} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); give the "
-                            "tokenizer's folder with --tokenizer (the `tokenizer` setting)")
+        raise SettingsError(
+            f"{what}={name!r} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); give the "
+            "tokenizer's folder with --tokenizer (the `tokenizer` setting)"
+        )
 
 
 def _check_safetensors(file: Path, what: str) -> None:
@@ -121,11 +146,15 @@ def _check_safetensors(file: Path, what: str) -> None:
             header = json.loads(handle.read(length))
         end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
     except (OSError, ValueError, KeyError, TypeError, struct.error) as err:
-        raise SettingsError(f"{what}: weights file {file} is unreadable or damaged ({_first_line(err)}); re-save "
-                            "or re-download the model") from None
+        raise SettingsError(
+            f"{what}: weights file {file} is unreadable or damaged ({_first_line(err)}); re-save "
+            "or re-download the model"
+        ) from None
     if 8 + length + end > size:
-        raise SettingsError(f"{what}: weights file {file} is truncated ({size} of {8 + length + end} bytes); re-save "
-                            "or re-download the model")
+        raise SettingsError(
+            f"{what}: weights file {file} is truncated ({size} of {8 + length + end} bytes); re-save "
+            "or re-download the model"
+        )
 
 
 def _check_zip_checkpoint(file: Path, what: str) -> None:
@@ -138,8 +167,10 @@ def _check_zip_checkpoint(file: Path, what: str) -> None:
         with zipfile.ZipFile(file):
             pass
     except (zipfile.BadZipFile, OSError) as err:
-        raise SettingsError(f"{what}: weights file {file} is truncated or damaged ({_first_line(err)}); re-save or "
-                            "re-download the model") from None
+        raise SettingsError(
+            f"{what}: weights file {file} is truncated or damaged ({_first_line(err)}); re-save or "
+            "re-download the model"
+        ) from None
 
 
 def _check_shard_index(index: Path, what: str) -> None:
@@ -149,23 +180,29 @@ def _check_shard_index(index: Path, what: str) -> None:
         raise SettingsError(f"{what}: {index} is unreadable ({_first_line(err)}); re-save the model") from None
     missing = sorted(s for s in shards if not (index.parent / s).exists())
     if missing:
-        raise SettingsError(f"{what}: {index.name} lists weight shards that are missing ({', '.join(missing[:3])}); "
-                            "copy the whole model folder")
+        raise SettingsError(
+            f"{what}: {index.name} lists weight shards that are missing ({', '.join(missing[:3])}); "
+            "copy the whole model folder"
+        )
 
 
 def _check_hub_name(name: str, what: str, revision: str | None, files: tuple[str, ...], thing: str = "model") -> None:
     if not HUB_NAME.fullmatch(name) or "--" in name or ".." in name:
-        raise SettingsError(f"{what}={name!r} is neither a folder here nor a hub name (name/repo); give "
-                            + (_MODEL_HINT if thing == "model" else "a tokenizer's folder or a hub name"))
+        raise SettingsError(
+            f"{what}={name!r} is neither a folder here nor a hub name (name/repo); give "
+            + (_MODEL_HINT if thing == "model" else "a tokenizer's folder or a hub name")
+        )
     from huggingface_hub import constants, try_to_load_from_cache  # heavy: only for hub names, not on every import
 
     if not constants.HF_HUB_OFFLINE:
         return  # the hub decides; `load_pretrained` reports its answer in one line
     at = f" at revision {revision!r}" if revision else ""
     if not any(isinstance(try_to_load_from_cache(name, f, revision=revision), str) for f in files):
-        raise SettingsError(f"{what}={name!r} is not a folder here, and the hub {thing} {name!r}{at} is not in the "
-                            "local Hugging Face cache while HF_HUB_OFFLINE=1 forbids downloads; give a folder, or "
-                            f"download it first (`hf download {name}`)")
+        raise SettingsError(
+            f"{what}={name!r} is not a folder here, and the hub {thing} {name!r}{at} is not in the "
+            "local Hugging Face cache while HF_HUB_OFFLINE=1 forbids downloads; give a folder, or "
+            f"download it first (`hf download {name}`)"
+        )
 
 
 def check_engine_backend(backend: str, what: str, *, cpu: bool = False) -> None:
@@ -174,11 +211,14 @@ def check_engine_backend(backend: str, what: str, *, cpu: bool = False) -> None:
         return
     if cpu or not torch.cuda.is_available():
         where = "this run is forced onto the CPU (cpu=True)" if cpu else "this machine has no CUDA GPU"
-        raise SettingsError(f"{what}='triton' runs on a CUDA GPU and {where}; use 'auto' (Triton on CUDA, else "
-                            "chunked), 'chunked' or 'reference'")
+        raise SettingsError(
+            f"{what}='triton' runs on a CUDA GPU and {where}; use 'auto' (Triton on CUDA, else "
+            "chunked), 'chunked' or 'reference'"
+        )
     if not triton_available():
-        raise SettingsError(f"{what}='triton' needs the triton package (pip install 'prefopt[triton]'); or use "
-                            "'auto' or 'chunked'")
+        raise SettingsError(
+            f"{what}='triton' needs the triton package (pip install 'prefopt[triton]'); or use 'auto' or 'chunked'"
+        )
 
 
 def check_device(device: str | None, what: str) -> None:
@@ -188,8 +228,9 @@ def check_device(device: str | None, what: str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise SettingsError(f"{what}={device!r} is not a device ({_first_line(err)}); use cpu, cuda or "
-                            "cuda:N") from None
+        raise SettingsError(
+            f"{what}={device!r} is not a device ({_first_line(err)}); use cpu, cuda or cuda:N"
+        ) from None
     if parsed.type == "cuda":
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count or count == 0:

@@ -165,9 +165,7 @@ class HParam:
             return None
         if self.choices is not None:
             if value not in self.choices:
-                raise LossInputError(
-                    f"{loss}: {self.name}={value!r} is not one of {list(self.choices)}; {self.help}"
-                )
+                raise LossInputError(f"{loss}: {self.name}={value!r} is not one of {list(self.choices)}; {self.help}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, Tensor) and value.numel() == 1:
@@ -319,11 +317,15 @@ class LossDeclaration:
             raise ValueError(f"{where}: online_defaults are for rollout losses (the online loop), not {self.kind}")
         for key, value in self.online_defaults.items():
             if key not in ONLINE_DEFAULT_KEYS or isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{where}: online_defaults[{key!r}]={value!r}; keys are {list(ONLINE_DEFAULT_KEYS)}, "
-                                 f"values integers ≥ 1")
+                raise ValueError(
+                    f"{where}: online_defaults[{key!r}]={value!r}; keys are {list(ONLINE_DEFAULT_KEYS)}, "
+                    f"values integers ≥ 1"
+                )
         if (self.state is not None or self.batch_inputs) and self.kind == "rollout":
-            raise ValueError(f"{where}: state and batch_inputs are served by the offline training loop; the online "
-                             f"loop makes a rollout loss's inputs itself (prefopt.online.rollout_step)")
+            raise ValueError(
+                f"{where}: state and batch_inputs are served by the offline training loop; the online "
+                f"loop makes a rollout loss's inputs itself (prefopt.online.rollout_step)"
+            )
         if self.accepts_pair_loss and self.kind != "rollout":
             raise ValueError(f"{where}: accepts_pair_loss is for rollout losses (the online loop), not {self.kind}")
         served = [*(self.state.inputs if self.state is not None else ()), *self.batch_inputs]
@@ -335,8 +337,10 @@ class LossDeclaration:
         served = [*(self.state.inputs if self.state is not None else ()), *self.batch_inputs]
         unknown = [n for n in served if n not in extra_inputs]
         if unknown:
-            raise TypeError(f"loss {self.name!r}: state/batch_inputs serve {unknown}, which the loss does not take "
-                            f"(its extra inputs: {list(extra_inputs)})")
+            raise TypeError(
+                f"loss {self.name!r}: state/batch_inputs serve {unknown}, which the loss does not take "
+                f"(its extra inputs: {list(extra_inputs)})"
+            )
 
     def publish(
         self,
@@ -368,12 +372,23 @@ class LossDeclaration:
         checked.__signature__ = signature  # type: ignore[attr-defined]
         summary = (inspect.getdoc(doc_source) or "").split("\n\n")[0].replace("\n", " ")
         spec = LossSpec(
-            name=name, kind=self.kind, needs_reference=self.needs_reference, paper=self.paper, formula=self.formula,
-            hparams=hparams, needs_lengths=self.needs_lengths, scores=self.scores, summary=summary,
-            extra_inputs=extra_inputs, fn=checked, batch_dependent=self.batch_dependent,
+            name=name,
+            kind=self.kind,
+            needs_reference=self.needs_reference,
+            paper=self.paper,
+            formula=self.formula,
+            hparams=hparams,
+            needs_lengths=self.needs_lengths,
+            scores=self.scores,
+            summary=summary,
+            extra_inputs=extra_inputs,
+            fn=checked,
+            batch_dependent=self.batch_dependent,
             needs_nonpositive_logps=self.needs_nonpositive_logps,
-            online_defaults=MappingProxyType(dict(self.online_defaults)), state=self.state,
-            batch_inputs=MappingProxyType(dict(self.batch_inputs)), accepts_pair_loss=self.accepts_pair_loss,
+            online_defaults=MappingProxyType(dict(self.online_defaults)),
+            state=self.state,
+            batch_inputs=MappingProxyType(dict(self.batch_inputs)),
+            accepts_pair_loss=self.accepts_pair_loss,
         )
         _REGISTRY[name] = spec
         checked.spec = spec  # type: ignore[attr-defined]
@@ -412,9 +427,22 @@ def register_loss(
     running state across steps, statistics of the global batch (`prefopt.loss_state`). `accepts_pair_loss`
     (rollout losses that train on best/worst pairs) lets the online loop run a paired loss in their place.
     """
-    declaration = LossDeclaration(name, kind, needs_reference, paper, formula, tuple(hparams), needs_lengths,
-                                  scores, batch_dependent, needs_nonpositive_logps, dict(online_defaults or {}),
-                                  state, dict(batch_inputs or {}), accepts_pair_loss)
+    declaration = LossDeclaration(
+        name,
+        kind,
+        needs_reference,
+        paper,
+        formula,
+        tuple(hparams),
+        needs_lengths,
+        scores,
+        batch_dependent,
+        needs_nonpositive_logps,
+        dict(online_defaults or {}),
+        state,
+        dict(batch_inputs or {}),
+        accepts_pair_loss,
+    )
 
     def decorator(fn: Callable[P, R]) -> Callable[P, R]:
         sig = inspect.signature(fn)
@@ -425,7 +453,9 @@ def register_loss(
         keyword = {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
         for h in hparams:
             if h.name not in keyword or keyword[h.name].default != h.default:
-                raise TypeError(f"loss {name!r}: hyper-parameter {h.name!r} must be keyword-only with default {h.default!r}")
+                raise TypeError(
+                    f"loss {name!r}: hyper-parameter {h.name!r} must be keyword-only with default {h.default!r}"
+                )
         hp_names = {h.name for h in hparams}
         extra = tuple(n for n in keyword if n not in hp_names and n not in LENGTH_INPUTS.get(kind, ()))
         checked = declaration.publish(sig, extra, fn, lambda _spec, bound: fn(*bound.args, **bound.kwargs))

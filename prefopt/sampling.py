@@ -69,8 +69,9 @@ class Samples:
         return TokenBatch.from_rows(self.input_ids, self.attention_mask, self.completion_mask)
 
 
-def _sample_group(model: Any, prompt_ids: Tensor, *, eos_id: int, max_new_tokens: int, temperature: float,
-                  generator: torch.Generator) -> Tensor:
+def _sample_group(
+    model: Any, prompt_ids: Tensor, *, eos_id: int, max_new_tokens: int, temperature: float, generator: torch.Generator
+) -> Tensor:
     """New tokens [G, N ≤ max_new_tokens] (CPU) for G prompts of equal length (prompt_ids [G, P], on the
     model's device). Draws happen on the CPU generator, so samples do not depend on the model's device
     beyond its floating-point results."""
@@ -87,8 +88,12 @@ def _sample_group(model: Any, prompt_ids: Tensor, *, eos_id: int, max_new_tokens
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         position = torch.full((prompt_ids.shape[0], 1), prompt_ids.shape[1] + step, device=prompt_ids.device)
-        out = model(input_ids=token[:, None].to(prompt_ids.device), position_ids=position,
-                    **cache_kwarg(model, past), use_cache=True)
+        out = model(
+            input_ids=token[:, None].to(prompt_ids.device),
+            position_ids=position,
+            **cache_kwarg(model, past),
+            use_cache=True,
+        )
         past, logits = output_cache(out), out.logits[:, -1].float()
     return torch.stack(new, dim=1)
 
@@ -135,10 +140,16 @@ def sample(
     for length in sorted(by_length):
         rows = by_length[length]
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             prompt_ids = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)
-            new = _sample_group(model, prompt_ids, eos_id=eos, max_new_tokens=max_new_tokens,
-                                temperature=temperature, generator=generator)
+            new = _sample_group(
+                model,
+                prompt_ids,
+                eos_id=eos,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                generator=generator,
+            )
             for row, tokens in zip(chunk, new.tolist()):
                 generated[row] = tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
             bar.update(len(chunk))
@@ -150,7 +161,7 @@ def sample(
     for i, (p, c) in enumerate(zip(encoded, generated)):
         input_ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
         attention_mask[i, : len(p) + len(c)] = 1
-        completion_mask[i, len(p): len(p) + len(c)] = True
+        completion_mask[i, len(p) : len(p) + len(c)] = True
     finished = torch.tensor([c[-1:] == [eos] for c in generated], dtype=torch.bool)
     texts = [" " + tokenizer.decode([t for t in c if t != eos], skip_special_tokens=False) for c in generated]
     return Samples(list(prompts), texts, input_ids, attention_mask, completion_mask, finished)
@@ -161,7 +172,7 @@ def decode_completion(tokenizer: Any, prompt_ids: Sequence[int], completion_ids:
     prompt_text = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
     full_text = tokenizer.decode(list(prompt_ids) + list(completion_ids), skip_special_tokens=True)
     if full_text.startswith(prompt_text):
-        return full_text[len(prompt_text):]
+        return full_text[len(prompt_text) :]
     return tokenizer.decode(list(completion_ids), skip_special_tokens=True)  # a merge crossed the boundary
 
 
@@ -186,16 +197,25 @@ def sample_texts(
         `Samples` (prompts, completions, input_ids [B, T], attention_mask, completion_mask, finished).
     """
     if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-        raise ValueError(f"sample_texts: the tokenizer needs eos_token_id and pad_token_id (got "
-                         f"{tokenizer.eos_token_id}, {tokenizer.pad_token_id}); e.g. set tokenizer.pad_token = "
-                         "tokenizer.eos_token")
-    samples = sample(model, tokenizer, prompts, generator=generator, max_new_tokens=max_new_tokens,
-                     temperature=temperature, batch_size=batch_size)
+        raise ValueError(
+            f"sample_texts: the tokenizer needs eos_token_id and pad_token_id (got "
+            f"{tokenizer.eos_token_id}, {tokenizer.pad_token_id}); e.g. set tokenizer.pad_token = "
+            "tokenizer.eos_token"
+        )
+    samples = sample(
+        model,
+        tokenizer,
+        prompts,
+        generator=generator,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        batch_size=batch_size,
+    )
     completions = []
     for ids, mask in zip(samples.input_ids.tolist(), samples.completion_mask.tolist()):
         start = mask.index(True) if True in mask else len(ids)
         length = sum(mask)
-        completions.append(decode_completion(tokenizer, ids[:start], ids[start:start + length]))
+        completions.append(decode_completion(tokenizer, ids[:start], ids[start : start + length]))
     samples.completions = completions
     return samples
 
@@ -222,12 +242,16 @@ def sequence_kl(
         batch_size: rows per forward pass.
     """
     if not (input_ids.shape == attention_mask.shape == completion_mask.shape):
-        raise ValueError(f"sequence_kl: input_ids {tuple(input_ids.shape)}, attention_mask "
-                         f"{tuple(attention_mask.shape)} and completion_mask {tuple(completion_mask.shape)} "
-                         "must have the same [B, T] shape")
+        raise ValueError(
+            f"sequence_kl: input_ids {tuple(input_ids.shape)}, attention_mask "
+            f"{tuple(attention_mask.shape)} and completion_mask {tuple(completion_mask.shape)} "
+            "must have the same [B, T] shape"
+        )
     if bool(completion_mask[:, 0].any()):
-        raise ValueError("sequence_kl: completion_mask[:, 0] is True, but the first token has no preceding "
-                         "position to predict it; a sequence must start with at least one prompt token (BOS)")
+        raise ValueError(
+            "sequence_kl: completion_mask[:, 0] is True, but the first token has no preceding "
+            "position to predict it; a sequence must start with at least one prompt token (BOS)"
+        )
     p_device, q_device = next(policy.parameters()).device, next(reference.parameters()).device
     out = []
     for start in range(0, input_ids.shape[0], batch_size):

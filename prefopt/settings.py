@@ -36,8 +36,15 @@ from typing import Any, ClassVar, TypeVar
 
 from prefopt.errors import SettingsError
 
-__all__ = ["Settings", "SettingsError", "check_int", "config_from_dict", "coerce_settings", "coerce_value",
-           "is_finite_number"]
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "check_int",
+    "config_from_dict",
+    "coerce_settings",
+    "coerce_value",
+    "is_finite_number",
+]
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Settings")
@@ -45,10 +52,20 @@ _INT = re.compile(r"[+-]?\d+")
 _EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")  # what YAML 1.1 leaves as text: 1e-5, 5E3
 _NONE = ("none", "null")
 # Names other trainers (transformers, TRL) give to our fields: suggested when an unknown key is one of them.
-_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "output": "output_dir", "out": "output_dir",
-            "per_device_train_batch_size": "micro_batch_size", "train_batch_size": "batch_size",
-            "gradient_accumulation_steps": "micro_batch_size", "loss_type": "loss", "beta": "loss_hparams",
-            "model_name_or_path": "model", "dataset": "data", "revision": "model_revision"}
+_ALIASES = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "output": "output_dir",
+    "out": "output_dir",
+    "per_device_train_batch_size": "micro_batch_size",
+    "train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "micro_batch_size",
+    "loss_type": "loss",
+    "beta": "loss_hparams",
+    "model_name_or_path": "model",
+    "dataset": "data",
+    "revision": "model_revision",
+}
 
 
 @functools.cache
@@ -57,8 +74,9 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
 
 
-def coerce_settings(cls: type, values: Mapping[str, Any], *, owner: str | None = None,
-                    source: str | None = None) -> dict[str, Any]:
+def coerce_settings(
+    cls: type, values: Mapping[str, Any], *, owner: str | None = None, source: str | None = None
+) -> dict[str, Any]:
     """`values` with every value turned into the type of `cls`'s field of that name.
 
     Args:
@@ -146,8 +164,12 @@ def coerce_value(where: str, kind: Any, value: Any) -> Any:
             if len(options) < len(args):
                 return None
             raise SettingsError(f"{where} must be set (it cannot be null)")
-        if (isinstance(value, str) and value.strip().lower() in _NONE and len(options) < len(args)
-                and str not in options):
+        if (
+            isinstance(value, str)
+            and value.strip().lower() in _NONE
+            and len(options) < len(args)
+            and str not in options
+        ):
             return None
         if len(options) == 1:
             return coerce_value(where, options[0], value)
@@ -170,8 +192,9 @@ def coerce_value(where: str, kind: Any, value: Any) -> Any:
         return _to_sequence(where, kind, origin, args, value)
     if origin is Mapping or origin is dict or kind in (dict, Mapping):
         if not isinstance(value, Mapping):
-            raise SettingsError(f"{where}={value!r} must be a mapping of name: value (e.g. {{beta: 0.1}}), "
-                                f"got {type(value).__name__}")
+            raise SettingsError(
+                f"{where}={value!r} must be a mapping of name: value (e.g. {{beta: 0.1}}), got {type(value).__name__}"
+            )
         inner = args[1] if len(args) == 2 else Any
         if inner is Any:
             return {k: _numbers(v) for k, v in value.items()}

@@ -23,8 +23,16 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 # root, which re-exports the loss API). Command-line modules (a name part ending in "cli", cli_settings,
 # __main__) are the "cli" layer wherever they live.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "contracts": ("prefopt.errors", "prefopt.batch", "prefopt.reward_function", "prefopt.threads",
-                  "prefopt.atomic", "prefopt.hf_compat", "prefopt.progress", "prefopt.settings"),
+    "contracts": (
+        "prefopt.errors",
+        "prefopt.batch",
+        "prefopt.reward_function",
+        "prefopt.threads",
+        "prefopt.atomic",
+        "prefopt.hf_compat",
+        "prefopt.progress",
+        "prefopt.settings",
+    ),
     "kernels": ("prefopt.kernels",),
     "preflight": ("prefopt.preflight",),
     "sampling": ("prefopt.sampling",),
@@ -43,8 +51,22 @@ ORDER = {name: i for i, name in enumerate(LAYERS)}
 
 # Dependencies that may be imported inside a function (slow to import, or optional extras): the top-level
 # package, or a dotted prefix for one heavy corner of a light package.
-HEAVY = ("transformers", "datasets", "peft", "bitsandbytes", "triton", "vllm", "matplotlib", "scipy", "accelerate",
-         "huggingface_hub", "tokenizers", "pyarrow", "wandb", "torch.utils.tensorboard")
+HEAVY = (
+    "transformers",
+    "datasets",
+    "peft",
+    "bitsandbytes",
+    "triton",
+    "vllm",
+    "matplotlib",
+    "scipy",
+    "accelerate",
+    "huggingface_hub",
+    "tokenizers",
+    "pyarrow",
+    "wandb",
+    "torch.utils.tensorboard",
+)
 HEAVY_MARK = re.compile(r"#\s*heavy\b")
 
 
@@ -117,8 +139,12 @@ def scan(module: str) -> Iterator[Import]:
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     tree = ast.parse(text)
-    in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-                   for n in ast.walk(f)}
+    in_function = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for n in ast.walk(f)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -143,9 +169,11 @@ def test_every_module_has_a_layer() -> None:
 
 def test_no_import_goes_up_a_layer() -> None:
     """A module imports its own layer or lower: an arrow up the table is an error."""
-    upward = [f"{imp}: layer {layer_of(imp.module)!r} may not import layer {layer_of(imp.target)!r}"
-              for imp in IMPORTS if imp.internal
-              and ORDER.get(layer_of(imp.target), -1) > ORDER.get(layer_of(imp.module), len(ORDER))]
+    upward = [
+        f"{imp}: layer {layer_of(imp.module)!r} may not import layer {layer_of(imp.target)!r}"
+        for imp in IMPORTS
+        if imp.internal and ORDER.get(layer_of(imp.target), -1) > ORDER.get(layer_of(imp.module), len(ORDER))
+    ]
     assert upward == [], "imports against the layer order (docs/architecture.md):\n" + "\n".join(upward)
 
 
@@ -202,13 +230,18 @@ def test_no_import_cycle_between_modules() -> None:
 
 def test_no_import_cycle_between_library_packages() -> None:
     """The top-level packages of the library (prefopt.X, CLI modules left out) form no cycle either."""
+
     def top(module: str) -> str:
         return ".".join(module.split(".")[:2])
 
     graph: dict[str, set[str]] = {}
     for imp in IMPORTS:
-        if imp.internal and "prefopt" not in (imp.module, imp.target) and not is_cli(imp.module) \
-                and top(imp.module) != top(imp.target):
+        if (
+            imp.internal
+            and "prefopt" not in (imp.module, imp.target)
+            and not is_cli(imp.module)
+            and top(imp.module) != top(imp.target)
+        ):
             graph.setdefault(top(imp.module), set()).add(top(imp.target))
             graph.setdefault(top(imp.target), set())
     cycles = [" <-> ".join(c) for c in _cycles(graph)]
@@ -222,8 +255,13 @@ def _heavy(name: str) -> bool:
 # Optional extras (not installed with prefopt): a prefopt module that imports one at its top (the Triton kernels)
 # is that dependency's wrapper, so it may be deferred like the dependency itself.
 OPTIONAL_EXTRAS = ("triton", "vllm", "bitsandbytes", "wandb")
-HEAVY_MODULES = {imp.module for imp in IMPORTS if not imp.internal and not imp.in_function
-                 and any(imp.target == h or imp.target.startswith(h + ".") for h in OPTIONAL_EXTRAS)}
+HEAVY_MODULES = {
+    imp.module
+    for imp in IMPORTS
+    if not imp.internal
+    and not imp.in_function
+    and any(imp.target == h or imp.target.startswith(h + ".") for h in OPTIONAL_EXTRAS)
+}
 
 
 def test_imports_inside_functions_are_heavy_dependencies_only() -> None:

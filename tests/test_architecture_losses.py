@@ -26,11 +26,27 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("prefopt/online/config.py", "rloo"): "OnlineConfig.algorithm's default value (a setting, not dispatch)",
     ("prefopt/online/reward_config.py", "bradley_terry"): "RewardModelConfig.loss's default value",
     ("prefopt/online/best_of_n_reference.py", "best_of_n"): "best-of-N sampling measured as an inference-time "
-                                                           "baseline (prefopt.eval.bon_baseline), not the loss",
-    **{("prefopt/train/presets.py", name): "the published optimiser settings, keyed by the loss they were "
-                                           "published for (PRESETS; user-facing `--preset NAME`)"
-       for name in ("dpo", "cdpo", "ipo", "robust_dpo", "kto", "bco", "apo_zero", "apo_down", "nca", "sppo_hard",
-                    "slic", "cpo", "simpo", "orpo")},
+    "baseline (prefopt.eval.bon_baseline), not the loss",
+    **{
+        ("prefopt/train/presets.py", name): "the published optimiser settings, keyed by the loss they were "
+        "published for (PRESETS; user-facing `--preset NAME`)"
+        for name in (
+            "dpo",
+            "cdpo",
+            "ipo",
+            "robust_dpo",
+            "kto",
+            "bco",
+            "apo_zero",
+            "apo_down",
+            "nca",
+            "sppo_hard",
+            "slic",
+            "cpo",
+            "simpo",
+            "orpo",
+        )
+    },
 }
 
 
@@ -39,7 +55,11 @@ def _docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 out.add(id(first.value))
     return out
 
@@ -61,7 +81,7 @@ def _identifiers(node: ast.AST) -> Iterator[str]:
 
 def _names_in_identifier(identifier: str, names: list[list[str]]) -> list[str]:
     parts = [p for p in identifier.lower().split("_") if p]
-    return ["_".join(n) for n in names if any(parts[i:i + len(n)] == n for i in range(len(parts) - len(n) + 1))]
+    return ["_".join(n) for n in names if any(parts[i : i + len(n)] == n for i in range(len(parts) - len(n) + 1))]
 
 
 def loss_names_used(path: Path, losses: list[str]) -> list[tuple[int, str, str]]:
@@ -69,8 +89,9 @@ def loss_names_used(path: Path, losses: list[str]) -> list[tuple[int, str, str]]
     tree = ast.parse(path.read_text(encoding="utf-8"))
     docstrings = _docstrings(tree)
     split = [n.split("_") for n in losses]
-    words = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(sorted(map(re.escape, losses), key=len, reverse=True))
-                       + r")(?![A-Za-z0-9_])")
+    words = re.compile(
+        r"(?<![A-Za-z0-9_])(" + "|".join(sorted(map(re.escape, losses), key=len, reverse=True)) + r")(?![A-Za-z0-9_])"
+    )
     found = []
     for node in ast.walk(tree):
         line = getattr(node, "lineno", 0)
@@ -87,10 +108,15 @@ def test_loops_never_name_a_loss() -> None:
     for folder in SCANNED:
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            found += [f"{rel}:{line}: {name} ({where})" for line, name, where in loss_names_used(path, losses)
-                      if (rel, name) not in ALLOWED]
-    assert found == [], ("the loops name losses; declare what differs on the LossSpec instead "
-                         "(docs/architecture.md, 'The loss contract'):\n" + "\n".join(sorted(set(found))))
+            found += [
+                f"{rel}:{line}: {name} ({where})"
+                for line, name, where in loss_names_used(path, losses)
+                if (rel, name) not in ALLOWED
+            ]
+    assert found == [], (
+        "the loops name losses; declare what differs on the LossSpec instead "
+        "(docs/architecture.md, 'The loss contract'):\n" + "\n".join(sorted(set(found)))
+    )
 
 
 def test_the_scan_finds_what_it_should(tmp_path) -> None:
@@ -98,14 +124,27 @@ def test_the_scan_finds_what_it_should(tmp_path) -> None:
     (a name as one `_`-part of an identifier counts: `spec.dpo_like`); docstrings, module paths and words that
     merely contain a name's letters ("grpos", `spec.kl`) are not."""
     source = tmp_path / "loop.py"
-    source.write_text('"""Trains kto and dpo (a docstring may say so)."""\n'
-                      'import prefopt.losses.unpaired as bco_module\n'
-                      'from prefopt.losses.best_of_n import best_worst_pairs\n'
-                      'def step(spec, state):\n'
-                      '    """Also here: bco."""\n'
-                      '    if spec.name == "kto":\n'
-                      '        return state["bco"], kto_reference_point(), spec.online_dpo, f"{spec} ppo!"\n'
-                      '    return "ipo_sum is not ipo", "dpop", "grpos", spec.kl, spec.dpo_like\n')
+    source.write_text(
+        '"""Trains kto and dpo (a docstring may say so)."""\n'
+        "import prefopt.losses.unpaired as bco_module\n"
+        "from prefopt.losses.best_of_n import best_worst_pairs\n"
+        "def step(spec, state):\n"
+        '    """Also here: bco."""\n'
+        '    if spec.name == "kto":\n'
+        '        return state["bco"], kto_reference_point(), spec.online_dpo, f"{spec} ppo!"\n'
+        '    return "ipo_sum is not ipo", "dpop", "grpos", spec.kl, spec.dpo_like\n'
+    )
     found = sorted((line, name) for line, name, _ in loss_names_used(source, prefopt.list_losses()))
-    assert found == [(2, "bco"), (6, "kto"), (7, "bco"), (7, "dpo"), (7, "kto"), (7, "online_dpo"), (7, "ppo"),
-                     (8, "dpo"), (8, "dpop"), (8, "ipo"), (8, "ipo_sum")]
+    assert found == [
+        (2, "bco"),
+        (6, "kto"),
+        (7, "bco"),
+        (7, "dpo"),
+        (7, "kto"),
+        (7, "online_dpo"),
+        (7, "ppo"),
+        (8, "dpo"),
+        (8, "dpop"),
+        (8, "ipo"),
+        (8, "ipo_sum"),
+    ]

@@ -48,8 +48,11 @@ def _no_model_loads(monkeypatch, tmp_path):
 
 
 def _argv(command: str, data: Path, out: Path, model: Path, progress: bool = False) -> list[str]:
-    argv = {"train": ["train"], "train-rm": ["train-rm", "--model", str(model)],
-            "compare": ["compare", "--losses", "dpo", "--model", str(model)]}[command]
+    argv = {
+        "train": ["train"],
+        "train-rm": ["train-rm", "--model", str(model)],
+        "compare": ["compare", "--losses", "dpo", "--model", str(model)],
+    }[command]
     argv += ["--data", str(data), "--out", str(out)]
     if not progress:
         argv.append("--quiet")
@@ -96,8 +99,10 @@ def test_row_problems_print_the_first_bad_row_in_full_then_the_others(command, t
     _bad_rows(data)
     assert main(_argv(command, data, tmp_path / "run", tiny_model)) == 2
     err = capsys.readouterr().err
-    assert err == (f"prefopt {command}: {data}, line 1: row 0 (id='a'), field 'prompt': is an empty string; "
-                   "field 'chosen': is an empty string (also: rows 1, 2, 3, 4, 5 and 2 more)\n")
+    assert err == (
+        f"prefopt {command}: {data}, line 1: row 0 (id='a'), field 'prompt': is an empty string; "
+        "field 'chosen': is an empty string (also: rows 1, 2, 3, 4, 5 and 2 more)\n"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -107,7 +112,8 @@ def test_a_bad_row_in_a_folder_is_named_by_its_file(tmp_path, capsys):
     _bad_rows(folder / "train.jsonl")
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith(
-        f"prefopt train: {folder / 'train.jsonl'}, line 1: row 0 (id='a'), field 'prompt': is an empty string; ")
+        f"prefopt train: {folder / 'train.jsonl'}, line 1: row 0 (id='a'), field 'prompt': is an empty string; "
+    )
 
 
 def test_the_library_error_keeps_every_problem_and_the_one_line_form(tmp_path, cache_dir):
@@ -120,23 +126,34 @@ def test_the_library_error_keeps_every_problem_and_the_one_line_form(tmp_path, c
     assert error.one_line.endswith("(also: rows 1, 2, 3, 4, 5 and 2 more)") and "\n" not in error.one_line
 
 
-@pytest.mark.parametrize(("others", "tail"), [([], ""), ([3], " (also: row 3)"), ([3, 9], " (also: rows 3 and 9)"),
-                                              ([1, 2, 3, 4, 5], " (also: rows 1, 2, 3, 4 and 5)")])
+@pytest.mark.parametrize(
+    ("others", "tail"),
+    [
+        ([], ""),
+        ([3], " (also: row 3)"),
+        ([3, 9], " (also: rows 3 and 9)"),
+        ([1, 2, 3, 4, 5], " (also: rows 1, 2, 3, 4 and 5)"),
+    ],
+)
 def test_the_other_bad_rows_are_listed_readably(others, tail):
     from prefopt.data.validate import Problem, ValidationReport
 
     report = ValidationReport("paired", 10, [Problem(r, "prompt", "empty", "is an empty string") for r in [0, *others]])
     assert report.one_line("d.jsonl", lambda row: f"line {row + 1}") == (
-        f"d.jsonl, line 1: row 0, field 'prompt': is an empty string{tail}")
+        f"d.jsonl, line 1: row 0, field 'prompt': is an empty string{tail}"
+    )
 
 
 def test_column_problems_come_first_in_the_one_line_form():
     from prefopt.data.validate import Problem, ValidationReport
 
-    problems = [Problem(None, "rejected", "missing_column", "missing; did you mean 'rejectd'?"),
-                Problem(2, "prompt", "empty", "is an empty string")]
+    problems = [
+        Problem(None, "rejected", "missing_column", "missing; did you mean 'rejectd'?"),
+        Problem(2, "prompt", "empty", "is an empty string"),
+    ]
     assert ValidationReport("paired", 3, problems).one_line("d.jsonl") == (
-        "d.jsonl: column 'rejected': missing; did you mean 'rejectd'? (also: row 2)")
+        "d.jsonl: column 'rejected': missing; did you mean 'rejectd'? (also: row 2)"
+    )
 
 
 def _folder(tmp_path: Path) -> Path:
@@ -149,9 +166,11 @@ def _folder(tmp_path: Path) -> Path:
 
 
 # The splits each command reads: train trains on `train`; train-rm and compare also hold out `eval`.
-USED = {"train": "train: train.jsonl (3 rows)",
-        "train-rm": "train: train.jsonl (3 rows), eval: eval.jsonl (1 row)",
-        "compare": "train: train.jsonl (3 rows), eval: eval.jsonl (1 row)"}
+USED = {
+    "train": "train: train.jsonl (3 rows)",
+    "train-rm": "train: train.jsonl (3 rows), eval: eval.jsonl (1 row)",
+    "compare": "train: train.jsonl (3 rows), eval: eval.jsonl (1 row)",
+}
 
 
 @pytest.mark.parametrize("progress", [True, False], ids=["progress", "quiet"])
@@ -191,4 +210,5 @@ def test_many_shards_are_shown_as_the_first_and_the_last():
 
     shards = tuple(f"train-{i:05d}-of-00012.parquet" for i in range(12))
     assert describe_folder_reads([SplitFiles("d", "train", shards, 1_234_567)]) == (
-        "d/ → train: train-00000-of-00012.parquet, …, train-00011-of-00012.parquet (12 files, 1,234,567 rows)")
+        "d/ → train: train-00000-of-00012.parquet, …, train-00011-of-00012.parquet (12 files, 1,234,567 rows)"
+    )

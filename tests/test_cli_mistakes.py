@@ -266,9 +266,17 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ro.chmod(0o555)
     for name, text in YAML.items():
         (root / name).write_text(text)
-    return {"dir": str(root), "model": str(model), "data": str(tiny["paired"]), "notmodel": str(notmodel),
-            "trunc": str(trunc), "notok": str(notok), "nomodelweights": str(nomodelweights), "file": str(afile),
-            "ro": str(ro)}
+    return {
+        "dir": str(root),
+        "model": str(model),
+        "data": str(tiny["paired"]),
+        "notmodel": str(notmodel),
+        "trunc": str(trunc),
+        "notok": str(notok),
+        "nomodelweights": str(nomodelweights),
+        "file": str(afile),
+        "ro": str(ro),
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -311,8 +319,13 @@ def _snapshot(paths: dict[str, str]) -> dict[str, Any]:
     return {"file": Path(paths["file"]).read_text(), "ro": sorted(os.listdir(paths["ro"]))}
 
 
-def _run(argv_text: str, paths: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-         capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+def _run(
+    argv_text: str,
+    paths: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, list[str]]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # `~` expands somewhere that does not exist
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path / "cache"))
@@ -325,15 +338,23 @@ def _run(argv_text: str, paths: dict[str, str], tmp_path: Path, monkeypatch: pyt
     return code, [line for line in err.splitlines() if line.strip()]
 
 
-def _check(case: tuple[str, tuple[str, ...]], paths: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-           capsys: pytest.CaptureFixture[str]) -> None:
+def _check(
+    case: tuple[str, tuple[str, ...]],
+    paths: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     argv_text, words = case
     code, lines = _run(argv_text, paths, tmp_path, monkeypatch, capsys)
     assert code == 2, lines
     assert len(lines) == 1, lines
     command = argv_text.split()[0]
-    prefix = "prefopt data synth: " if command == "data" else ("prefopt: " if command == "bogus-command"
-                                                                else f"prefopt {command}: ")
+    prefix = (
+        "prefopt data synth: "
+        if command == "data"
+        else ("prefopt: " if command == "bogus-command" else f"prefopt {command}: ")
+    )
     assert lines[0].startswith(prefix), lines[0]
     missing = [w for w in words if w.lower() not in lines[0].lower()]
     assert not missing, f"{missing} not in: {lines[0]}"
@@ -370,8 +391,10 @@ def test_yaml_values_are_read_as_their_field_types(tmp_path) -> None:  # type: i
     from prefopt.train.config import TrainConfig
 
     path = tmp_path / "run.yaml"
-    path.write_text("lr: 1e-5\nepochs: 2\nbatch_size: '8'\nresume: 'true'\nprogress: no\nmax_steps: null\n"
-                    "lora_targets: q_proj,v_proj\nloss_hparams: {beta: 5e-2}\n")
+    path.write_text(
+        "lr: 1e-5\nepochs: 2\nbatch_size: '8'\nresume: 'true'\nprogress: no\nmax_steps: null\n"
+        "lora_targets: q_proj,v_proj\nloss_hparams: {beta: 5e-2}\n"
+    )
     config = TrainConfig.from_dict(read_settings_file(path, "TrainConfig"))
     assert (config.lr, config.epochs, config.batch_size) == (1e-5, 2.0, 8)
     assert isinstance(config.epochs, float) and config.resume is True and config.progress is False
@@ -405,6 +428,7 @@ def test_hub_revisions_reach_from_pretrained(paths, monkeypatch) -> None:  # typ
         def from_pretrained(name: str, **kwargs: Any) -> Any:
             calls.append((kind, name, kwargs))
             return object()
+
         return from_pretrained
 
     for kind in ("AutoModelForCausalLM", "AutoTokenizer"):
@@ -413,9 +437,13 @@ def test_hub_revisions_reach_from_pretrained(paths, monkeypatch) -> None:  # typ
     load_model_and_tokenizer(TrainConfig(model="org/policy", model_revision="abc123", tokenizer="org/tok"))
     _policy(OnlineConfig(model="org/policy", model_revision="v3"), None, None)
     assert [(k, n, kw.get("revision")) for k, n, kw in calls] == [
-        ("AutoModelForCausalLM", "org/policy", "v1.2"), ("AutoTokenizer", "org/policy", "v1.2"),
-        ("AutoModelForCausalLM", "org/policy", "abc123"), ("AutoTokenizer", "org/tok", None),
-        ("AutoModelForCausalLM", "org/policy", "v3"), ("AutoTokenizer", "org/policy", "v3")]
+        ("AutoModelForCausalLM", "org/policy", "v1.2"),
+        ("AutoTokenizer", "org/policy", "v1.2"),
+        ("AutoModelForCausalLM", "org/policy", "abc123"),
+        ("AutoTokenizer", "org/tok", None),
+        ("AutoModelForCausalLM", "org/policy", "v3"),
+        ("AutoTokenizer", "org/policy", "v3"),
+    ]
     config = TrainConfig(model="org/policy", reference="org/ref", reference_revision="r7")
     assert TrainConfig.from_dict(config.to_dict()) == config
 
@@ -430,7 +458,10 @@ def test_reference_revision_reaches_the_reference_load(paths, monkeypatch, tmp_p
 
     monkeypatch.setattr(loop, "setup_run", setup.setup_run)  # undo the guard: this run must reach the loads
     monkeypatch.setattr("prefopt.preflight._check_hub_name", lambda *args, **kwargs: None)
-    tiny = {"AutoModelForCausalLM": transformers.LlamaForCausalLM, "AutoTokenizer": transformers.PreTrainedTokenizerFast}
+    tiny = {
+        "AutoModelForCausalLM": transformers.LlamaForCausalLM,
+        "AutoTokenizer": transformers.PreTrainedTokenizerFast,
+    }
     calls: list[tuple[str, dict[str, Any]]] = []
 
     def recorder(kind: str) -> Any:
@@ -439,14 +470,35 @@ def test_reference_revision_reaches_the_reference_load(paths, monkeypatch, tmp_p
             if name == "org/ref":
                 raise BuiltTooSoon("reference loaded")
             return tiny[kind].from_pretrained(paths["model"])
+
         return from_pretrained
 
     for kind in tiny:
         monkeypatch.setattr(getattr(transformers, kind), "from_pretrained", recorder(kind))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BuiltTooSoon, match="reference loaded"):
-        main(["train", "--model", "org/policy", "--model-revision", "v1", "--reference", "org/ref",
-              "--reference-revision", "v2", "--data", paths["data"], "--batch-size", "4", "--max-steps", "1",
-              "--quiet"])
-    assert [(name, kw.get("revision")) for name, kw in calls] == [("org/policy", "v1"), ("org/policy", "v1"),
-                                                                   ("org/ref", "v2")]
+        main(
+            [
+                "train",
+                "--model",
+                "org/policy",
+                "--model-revision",
+                "v1",
+                "--reference",
+                "org/ref",
+                "--reference-revision",
+                "v2",
+                "--data",
+                paths["data"],
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "1",
+                "--quiet",
+            ]
+        )
+    assert [(name, kw.get("revision")) for name, kw in calls] == [
+        ("org/policy", "v1"),
+        ("org/policy", "v1"),
+        ("org/ref", "v2"),
+    ]

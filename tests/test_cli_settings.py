@@ -10,7 +10,13 @@ from prefopt.cli.settings import parse_assignments, parse_value, read_settings_f
 
 def test_values_are_json_where_they_parse() -> None:
     assert [parse_value(t) for t in ("0.1", "1e-5", "true", "[1, 2]", "null", "sigmoid")] == [
-        0.1, 1e-5, True, [1, 2], None, "sigmoid"]
+        0.1,
+        1e-5,
+        True,
+        [1, 2],
+        None,
+        "sigmoid",
+    ]
     assert parse_assignments(["beta=0.1", "label=a=b"], "--hparam") == {"beta": 0.1, "label": "a=b"}
 
 
@@ -67,10 +73,26 @@ def test_set_takes_the_runs_loss_or_names_it() -> None:
     assert config.loss_hparams == {"beta": 0.3}
     old = train_config(parser.parse_args(["train", "--loss", "ipo", "--hparam", "beta=0.2"]))
     assert old.loss_hparams == {"beta": 0.2}
-    online = online_config(parser.parse_args(["train-online", "--algorithm", "online_dpo", "--pair-loss", "ipo",
-                                              "--pair-hparam", "beta=0.5", "--hparam", "beta=0.2"]))
-    assert (online.algorithm, online.loss_hparams, online.pair_loss_hparams) == ("online_dpo", {"beta": 0.2},
-                                                                                 {"beta": 0.5})
+    online = online_config(
+        parser.parse_args(
+            [
+                "train-online",
+                "--algorithm",
+                "online_dpo",
+                "--pair-loss",
+                "ipo",
+                "--pair-hparam",
+                "beta=0.5",
+                "--hparam",
+                "beta=0.2",
+            ]
+        )
+    )
+    assert (online.algorithm, online.loss_hparams, online.pair_loss_hparams) == (
+        "online_dpo",
+        {"beta": 0.2},
+        {"beta": 0.5},
+    )
     with pytest.raises(ValueError, match=r"--set 'dpo.beta=0.1': dpo is not a loss of this run \(ipo\)"):
         train_config(parser.parse_args(["train", "--loss", "ipo", "--set", "dpo.beta=0.1"]))
 
@@ -138,12 +160,12 @@ def test_choices_come_from_the_modules_that_define_them() -> None:
     for command in (train.COMMAND, train_online.COMMAND):
         assert values(command, "--engine-backend") == BACKENDS
     assert values(train_online.COMMAND, "--kl-estimator") == KL_ESTIMATORS
-    assert (values(train.COMMAND, "--optimizer"), values(train.COMMAND, "--schedule")) == (
-        OPTIMIZERS, SCHEDULES)
+    assert (values(train.COMMAND, "--optimizer"), values(train.COMMAND, "--schedule")) == (OPTIMIZERS, SCHEDULES)
 
 
-@pytest.mark.parametrize("command", ["losses", "data synth", "reproduce", "train", "train-online", "train-rm",
-                                     "compare"])
+@pytest.mark.parametrize(
+    "command", ["losses", "data synth", "reproduce", "train", "train-online", "train-rm", "compare"]
+)
 def test_help_is_written_for_users(command: str, capsys) -> None:  # type: ignore[no-untyped-def]
     """Every flag has help, and the text is the command's own (not a module docstring)."""
     assert main([*command.split(), "--help"]) == 0
@@ -151,8 +173,15 @@ def test_help_is_written_for_users(command: str, capsys) -> None:  # type: ignor
     assert "command-line edge" not in text and "argparse" not in text and "YAML and" not in text
     from prefopt.cli import compare, data, losses, reproduce, train, train_online, train_rm
 
-    modules = {"losses": losses, "data synth": data, "reproduce": reproduce, "train": train,
-               "train-online": train_online, "train-rm": train_rm, "compare": compare}
+    modules = {
+        "losses": losses,
+        "data synth": data,
+        "reproduce": reproduce,
+        "train": train,
+        "train-online": train_online,
+        "train-rm": train_rm,
+        "compare": compare,
+    }
     sub = modules[command].COMMAND.parser()
     missing = [a.option_strings or a.dest for a in sub._actions if not a.help]
     assert missing == []

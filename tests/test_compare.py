@@ -18,8 +18,12 @@ def test_runs_expand_sweeps_and_seeds_in_order() -> None:
     config = CompareConfig(losses=("dpo", "kto"), hparams={"dpo": {"beta": [0.05, 0.5]}}, seeds=(0, 1))
     plans = config.runs()
     assert [(p.label, p.seed) for p in plans] == [
-        ("dpo(beta=0.05)", 0), ("dpo(beta=0.05)", 1), ("dpo(beta=0.5)", 0), ("dpo(beta=0.5)", 1),
-        ("kto", 0), ("kto", 1),
+        ("dpo(beta=0.05)", 0),
+        ("dpo(beta=0.05)", 1),
+        ("dpo(beta=0.5)", 0),
+        ("dpo(beta=0.5)", 1),
+        ("kto", 0),
+        ("kto", 1),
     ]
     assert plans[0].run_id == "dpo_beta=0.05-seed0"
 
@@ -51,18 +55,26 @@ def test_bad_settings_are_clear_errors(settings: dict, message: str) -> None:
 
 def test_parse_sweeps() -> None:
     assert parse_sweeps(["dpo.beta=0.05,0.1", "kto.desirable_weight=2", "dpo.label=x"]) == {
-        "dpo": {"beta": [0.05, 0.1], "label": "x"}, "kto": {"desirable_weight": 2}}
+        "dpo": {"beta": [0.05, 0.1], "label": "x"},
+        "kto": {"desirable_weight": 2},
+    }
     with pytest.raises(ValueError, match="LOSS.HPARAM=VALUE"):
         parse_sweeps(["beta=0.1"])
 
 
 def _record(label: str, seed: int, accuracy: float, rewards: list[float]) -> dict:
     return {
-        "label": label, "loss": label, "hparams": {}, "seed": seed,
+        "label": label,
+        "loss": label,
+        "hparams": {},
+        "seed": seed,
         "train": {"final_metrics": {"loss": 0.5 + seed}, "peak_memory_bytes": 2**20, "metrics_path": "/nonexistent"},
         "preference": {"reward_accuracy": {"mean": accuracy, "low": accuracy - 0.1, "high": accuracy + 0.1}},
-        "generation": {"reward": {"mean": sum(rewards) / len(rewards), "low": None, "high": None},
-                       "rewards": rewards, "reference_rewards": [0.0] * len(rewards)},
+        "generation": {
+            "reward": {"mean": sum(rewards) / len(rewards), "low": None, "high": None},
+            "rewards": rewards,
+            "reference_rewards": [0.0] * len(rewards),
+        },
         "wall_time_s": 10.0,
     }
 
@@ -70,8 +82,11 @@ def _record(label: str, seed: int, accuracy: float, rewards: list[float]) -> dic
 def test_summarize_aggregates_seeds_with_a_t_interval_and_rates_against_the_reference() -> None:
     """Two seeds with accuracies 0.6 and 0.8: mean 0.7; the 95% t-interval half-width is
     t_{1,0.975}·s/√2 = 12.706·0.1414/1.414 = 1.2706 (s = 0.1414), so low = 0.7 − 1.2706."""
-    records = [_record("dpo", 0, 0.6, [1.0, 1.0, 1.0, 0.0]), _record("dpo", 1, 0.8, [1.0, 1.0, 1.0, 0.0]),
-               _record("ipo", 0, 0.5, [-1.0, -1.0, -1.0, 0.0])]
+    records = [
+        _record("dpo", 0, 0.6, [1.0, 1.0, 1.0, 0.0]),
+        _record("dpo", 1, 0.8, [1.0, 1.0, 1.0, 0.0]),
+        _record("ipo", 0, 0.5, [-1.0, -1.0, -1.0, 0.0]),
+    ]
     rows, ratings = summarize(records)
     dpo, ipo = rows
     assert dpo["seeds"] == [0, 1]
@@ -100,8 +115,14 @@ def tiny_cache(tmp_path_factory, monkeypatch):
 @pytest.mark.slow
 def test_tiny_compare_end_to_end_writes_report_and_resumes(tmp_path, tiny_cache, capsys) -> None:
     settings = {**tiny_task(), "eval_prompts": 8, "max_new_tokens": 16}
-    config = CompareConfig(losses=("dpo", "orpo"), seeds=(0,), output_dir=str(tmp_path / "cmp"), progress=False,
-                           train={"max_steps": 2, "batch_size": 8}, **settings)
+    config = CompareConfig(
+        losses=("dpo", "orpo"),
+        seeds=(0,),
+        output_dir=str(tmp_path / "cmp"),
+        progress=False,
+        train={"max_steps": 2, "batch_size": 8},
+        **settings,
+    )
     result = compare(config)
     assert [r["label"] for r in result.rows] == ["dpo", "orpo", "reference"]
     reference = result.rows[-1]
@@ -126,9 +147,16 @@ def test_tiny_compare_end_to_end_writes_report_and_resumes(tmp_path, tiny_cache,
 def test_tiny_compare_with_online_algorithms_and_best_of_n(tmp_path, tiny_cache) -> None:
     """Online runs land in the same table and frontier as offline ones; best-of-N adds its rows with the bound."""
     settings = {**tiny_task(), "eval_prompts": 8, "max_new_tokens": 16}
-    config = CompareConfig(losses=("dpo", "rloo", "best_of_n"), output_dir=str(tmp_path / "cmp"), progress=False,
-                           train={"max_steps": 1, "batch_size": 8}, online={"steps": 2, "prompts_per_step": 4},
-                           bon_n=(1, 4), bon_samples=16, **settings)
+    config = CompareConfig(
+        losses=("dpo", "rloo", "best_of_n"),
+        output_dir=str(tmp_path / "cmp"),
+        progress=False,
+        train={"max_steps": 1, "batch_size": 8},
+        online={"steps": 2, "prompts_per_step": 4},
+        bon_n=(1, 4),
+        bon_samples=16,
+        **settings,
+    )
     result = compare(config)
     labels = [r["label"] for r in result.rows]
     assert labels == ["dpo", "rloo", "best_of_n", "best-of-N (N=1)", "best-of-N (N=4)", "reference"]
@@ -151,7 +179,9 @@ def test_cli_rejects_bad_settings_with_exit_code_2(capsys) -> None:
 
 
 def test_run_plan_label_formats_numbers() -> None:
-    assert RunPlan("simpo", (("beta", 2.0), ("gamma_beta_ratio", 0.5)), 3).label == "simpo(beta=2, gamma_beta_ratio=0.5)"
+    assert (
+        RunPlan("simpo", (("beta", 2.0), ("gamma_beta_ratio", 0.5)), 3).label == "simpo(beta=2, gamma_beta_ratio=0.5)"
+    )
 
 
 @pytest.mark.slow
@@ -160,10 +190,20 @@ def test_compare_on_user_data_and_model_folders(tmp_path, tiny_cache) -> None:
     with no reward function there are no generation columns."""
     from prefopt.data.synthetic import PreferenceConfig, SFTConfig, write_synthetic_task
 
-    write_synthetic_task(tmp_path / "task", sft_config=SFTConfig.tiny(), progress=False,
-                         preference_config=PreferenceConfig(train_prompts=32, eval_prompts=8, heldout_prompts=8))
-    config = CompareConfig(losses=("dpo",), data=str(tmp_path / "task" / "paired"), model=str(tmp_path / "task" / "model"),
-                           output_dir=str(tmp_path / "cmp"), progress=False, train={"max_steps": 1, "batch_size": 8})
+    write_synthetic_task(
+        tmp_path / "task",
+        sft_config=SFTConfig.tiny(),
+        progress=False,
+        preference_config=PreferenceConfig(train_prompts=32, eval_prompts=8, heldout_prompts=8),
+    )
+    config = CompareConfig(
+        losses=("dpo",),
+        data=str(tmp_path / "task" / "paired"),
+        model=str(tmp_path / "task" / "model"),
+        output_dir=str(tmp_path / "cmp"),
+        progress=False,
+        train={"max_steps": 1, "batch_size": 8},
+    )
     (row,) = compare(config).rows
     assert row["label"] == "dpo" and math.isfinite(row["eval_accuracy"]["mean"])
     assert "reward" not in row and "kl" not in row
@@ -177,18 +217,32 @@ def test_compare_on_user_data_with_a_reward_model_runs_online_algorithms(tmp_pat
     from prefopt.online.reward_model import synthetic_reward_model
 
     task = tmp_path / "task"
-    write_synthetic_task(task, sft_config=SFTConfig.tiny(), progress=False,
-                         preference_config=PreferenceConfig(train_prompts=32, eval_prompts=8, heldout_prompts=8))
+    write_synthetic_task(
+        task,
+        sft_config=SFTConfig.tiny(),
+        progress=False,
+        preference_config=PreferenceConfig(train_prompts=32, eval_prompts=8, heldout_prompts=8),
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     policy = AutoModelForCausalLM.from_pretrained(task / "model")
     rm = synthetic_reward_model(policy, init="policy", seed=0)
     rm.save_pretrained(tmp_path / "rm")
     AutoTokenizer.from_pretrained(task / "model").save_pretrained(tmp_path / "rm")
-    config = CompareConfig(losses=("dpo", "rloo", "best_of_n"), data=str(task / "paired"), model=str(task / "model"),
-                           reward=str(tmp_path / "rm"), output_dir=str(tmp_path / "cmp"), progress=False,
-                           train={"max_steps": 1, "batch_size": 8}, online={"steps": 1, "prompts_per_step": 4},
-                           eval_prompts=4, max_new_tokens=8, bon_n=(1, 2), bon_samples=8)
+    config = CompareConfig(
+        losses=("dpo", "rloo", "best_of_n"),
+        data=str(task / "paired"),
+        model=str(task / "model"),
+        reward=str(tmp_path / "rm"),
+        output_dir=str(tmp_path / "cmp"),
+        progress=False,
+        train={"max_steps": 1, "batch_size": 8},
+        online={"steps": 1, "prompts_per_step": 4},
+        eval_prompts=4,
+        max_new_tokens=8,
+        bon_n=(1, 2),
+        bon_samples=8,
+    )
     result = compare(config)
     labels = [r["label"] for r in result.rows]
     assert labels == ["dpo", "rloo", "best_of_n", "best-of-N (N=1)", "best-of-N (N=2)", "reference"]

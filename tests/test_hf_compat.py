@@ -12,8 +12,14 @@ from prefopt.hf_compat import cache_kwarg, enable_checkpointing, output_cache
 
 def _tiny() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -23,8 +29,12 @@ def test_cached_step_equals_full_forward_without_warnings() -> None:
         warnings.simplefilter("error")
         full = model(input_ids=ids).logits[:, -1]
         out = model(input_ids=ids[:, :4], use_cache=True)
-        step = model(input_ids=ids[:, 4:], position_ids=torch.full((2, 1), 4), use_cache=True,
-                     **cache_kwarg(model, output_cache(out)))
+        step = model(
+            input_ids=ids[:, 4:],
+            position_ids=torch.full((2, 1), 4),
+            use_cache=True,
+            **cache_kwarg(model, output_cache(out)),
+        )
     torch.testing.assert_close(step.logits[:, -1], full, rtol=1e-5, atol=1e-5)
 
 

@@ -33,8 +33,11 @@ def _top_level_names() -> dict[str, Path]:
 
 
 def test_every_test_folder_is_a_package() -> None:
-    missing = [str(d.relative_to(TESTS.parent)) for d in [TESTS, *TESTS.rglob("*")]
-               if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").exists()]
+    missing = [
+        str(d.relative_to(TESTS.parent))
+        for d in [TESTS, *TESTS.rglob("*")]
+        if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").exists()
+    ]
     assert not missing, f"add an __init__.py to {missing}: without one, its modules become top-level names"
 
 

@@ -79,8 +79,9 @@ def test_cli_shows_one_loss_and_rejects_unknown(capsys: pytest.CaptureFixture[st
 
 
 def test_cli_entry_point_runs_as_module() -> None:
-    result = subprocess.run([sys.executable, "-m", "prefopt", "losses", "--format", "json"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "prefopt", "losses", "--format", "json"], capture_output=True, text=True, check=True
+    )
     assert '"name": "dpo"' in result.stdout
 
 
@@ -116,9 +117,11 @@ def test_readme_installs_from_the_constraints_file() -> None:
     section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```bash\n(.*?)```", section, re.S)
     assert len(commands) == 2 and all("-c constraints.txt" in c and "torch==2.13.0" in c for c in commands)
-    pins = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
-            for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
-            if "==" in line and not line.startswith("#")}
+    pins = {
+        re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+        for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     for dep in ("transformers", "datasets", "peft", "bitsandbytes", "einops", "scipy", "accelerate", "pytest"):
         assert dep in pins, f"constraints.txt does not pin {dep}: run bash .ci/refresh-constraints"
     assert "torch" not in pins, "torch is pinned on the install line (CPU or CUDA build), not in constraints.txt"

@@ -29,8 +29,10 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The `prefopt` parser with every command; a parsed command's `func(args)` runs it."""
     parser = CommandParser(
-        prog="prefopt", description="Preference-optimization losses for language models on one fused log-prob engine.",
-        epilog="`prefopt COMMAND --help` describes a command's flags.")
+        prog="prefopt",
+        description="Preference-optimization losses for language models on one fused log-prob engine.",
+        epilog="`prefopt COMMAND --help` describes a command's flags.",
+    )
     parser.add_argument("--version", action="version", version=f"prefopt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     losses.COMMAND.add_to(sub)

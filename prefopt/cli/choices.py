@@ -23,9 +23,27 @@ from prefopt.train.config import QUANTIZATION, REPORT_TO
 from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 from prefopt.train.presets import OPTIMIZERS, PRESETS, SCHEDULES
 
-__all__ = ["BACKENDS", "IDENTICAL_POLICIES", "INITS", "KL_ESTIMATORS", "MASTER_WEIGHTS", "MIXED_PRECISION",
-           "OPTIMIZERS", "QUANTIZATION", "REPORT_TO", "SAVE_DTYPES", "SCHEDULES", "Choice", "LossGroup", "OFFLINE",
-           "ONLINE", "PAIRED", "REWARD_MODEL", "loss_kinds", "presets"]
+__all__ = [
+    "BACKENDS",
+    "IDENTICAL_POLICIES",
+    "INITS",
+    "KL_ESTIMATORS",
+    "MASTER_WEIGHTS",
+    "MIXED_PRECISION",
+    "OPTIMIZERS",
+    "QUANTIZATION",
+    "REPORT_TO",
+    "SAVE_DTYPES",
+    "SCHEDULES",
+    "Choice",
+    "LossGroup",
+    "OFFLINE",
+    "ONLINE",
+    "PAIRED",
+    "REWARD_MODEL",
+    "loss_kinds",
+    "presets",
+]
 
 
 def loss_kinds() -> tuple[str, ...]:
@@ -65,13 +83,18 @@ class LossGroup:
         return message
 
 
-OFFLINE = LossGroup("an offline loss (preference data, log-probs)", "prefopt train",
-                    lambda kind, scores: kind != "rollout" and scores == "logps")
+OFFLINE = LossGroup(
+    "an offline loss (preference data, log-probs)",
+    "prefopt train",
+    lambda kind, scores: kind != "rollout" and scores == "logps",
+)
 ONLINE = LossGroup("an online (rollout) loss", "prefopt train-online", lambda kind, scores: kind == "rollout")
-REWARD_MODEL = LossGroup("a reward-model loss (reward scores)", "prefopt train-rm",
-                         lambda kind, scores: scores == "rewards")
-PAIRED = LossGroup("a paired log-prob loss", "prefopt train",
-                   lambda kind, scores: kind == "paired" and scores == "logps")
+REWARD_MODEL = LossGroup(
+    "a reward-model loss (reward scores)", "prefopt train-rm", lambda kind, scores: scores == "rewards"
+)
+PAIRED = LossGroup(
+    "a paired log-prob loss", "prefopt train", lambda kind, scores: kind == "paired" and scores == "logps"
+)
 
 
 def presets() -> list[str]:
@@ -99,5 +122,6 @@ class Choice:
             raise argparse.ArgumentTypeError(f"{self.where}={text!r}: use one of {self.values}")
         near = difflib.get_close_matches(text, self.values, n=3)
         hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-        raise argparse.ArgumentTypeError(f"{self.where}={text!r} is not one of its values.{hint} Use one of: "
-                                         f"{', '.join(self.values)}")
+        raise argparse.ArgumentTypeError(
+            f"{self.where}={text!r} is not one of its values.{hint} Use one of: {', '.join(self.values)}"
+        )

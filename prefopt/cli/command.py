@@ -40,8 +40,18 @@ from prefopt.cli.settings import (
     user_errors,
 )
 
-__all__ = ["Command", "CommandParser", "ConfigCommand", "FlagAction", "Flags", "Option", "Switch", "finite_float",
-           "given_settings", "print_result"]
+__all__ = [
+    "Command",
+    "CommandParser",
+    "ConfigCommand",
+    "FlagAction",
+    "Flags",
+    "Option",
+    "Switch",
+    "finite_float",
+    "given_settings",
+    "print_result",
+]
 
 
 @dataclass(frozen=True)
@@ -114,14 +124,26 @@ class FlagAction(argparse.Action):
     """Store a flag's value (append it, with `repeat`), or `const` for a switch (nargs=0). An old spelling
     (`replaced_by` set) does the same and leaves a deprecation note for the command to print."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, *, repeat: bool = False,
-                 replaced_by: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        *,
+        repeat: bool = False,
+        replaced_by: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(option_strings, dest, **kwargs)
         self.repeat = repeat
         self.replaced_by = replaced_by
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         if self.replaced_by is not None:
             notes = [*getattr(namespace, "deprecated_flags", []), (option_string, self.replaced_by)]
             setattr(namespace, "deprecated_flags", list(dict.fromkeys(notes)))
@@ -195,8 +217,9 @@ class Command(ABC):
             parser.add_argument(*getattr(spec, "aliases", ()), flag, **self._argument(flag, spec))
         for old, new in self.deprecated.items():
             if new in self.flags:
-                parser.add_argument(old, **{**self._argument(new, self.flags[new]), "help": argparse.SUPPRESS},
-                                    replaced_by=new)
+                parser.add_argument(
+                    old, **{**self._argument(new, self.flags[new]), "help": argparse.SUPPRESS}, replaced_by=new
+                )
         self.add_arguments(parser)
         parser.set_defaults(func=self.run)
 
@@ -228,13 +251,22 @@ class Command(ABC):
         if self.deprecated:
             old = ", ".join(f"{o} (use {n})" for o, n in self.deprecated.items())
             epilog += "\n\n" + textwrap.fill(f"Old spellings, accepted until the next release: {old}.", 100)
-        return {"description": textwrap.fill(self.description, 100), "epilog": epilog or None,
-                "formatter_class": argparse.RawDescriptionHelpFormatter}
+        return {
+            "description": textwrap.fill(self.description, 100),
+            "epilog": epilog or None,
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+        }
 
     def _argument(self, flag: str, spec: Option | Switch) -> dict[str, Any]:
         if isinstance(spec, Switch):
-            return {"dest": spec.field, "action": FlagAction, "nargs": 0, "const": spec.value,
-                    "default": argparse.SUPPRESS, "help": spec.help.replace("%", "%%")}
+            return {
+                "dest": spec.field,
+                "action": FlagAction,
+                "nargs": 0,
+                "const": spec.value,
+                "default": argparse.SUPPRESS,
+                "help": spec.help.replace("%", "%%"),
+            }
         kind: Callable[[str], Any] = finite_float if spec.type is float else spec.type
         metavar, help_text = spec.metavar or flag.lstrip("-").upper().replace("-", "_"), spec.help
         choices = spec.choices() if callable(spec.choices) else spec.choices
@@ -245,8 +277,16 @@ class Command(ABC):
                 metavar = "{" + ",".join(choices) + "}"
             else:  # a long list: in the help text rather than the usage line
                 help_text = f"{spec.help}; one of: {', '.join(choices)}"
-        return {"dest": spec.field, "action": FlagAction, "type": kind, "metavar": metavar, "repeat": spec.repeat,
-                "required": spec.required, "default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}
+        return {
+            "dest": spec.field,
+            "action": FlagAction,
+            "type": kind,
+            "metavar": metavar,
+            "repeat": spec.repeat,
+            "required": spec.required,
+            "default": argparse.SUPPRESS,
+            "help": help_text.replace("%", "%%"),
+        }
 
 
 class ConfigCommand(Command):
@@ -261,15 +301,26 @@ class ConfigCommand(Command):
     loss_field: ClassVar[str | None] = "loss"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", type=Path, metavar="FILE.yaml",
-                            help=f"YAML file of {self.config_name} settings (its field names; flags override it)")
+        parser.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE.yaml",
+            help=f"YAML file of {self.config_name} settings (its field names; flags override it)",
+        )
         if self.loss_field is not None:
-            parser.add_argument("--set", dest="hparams", action=FlagAction, repeat=True, default=[],
-                                metavar="[LOSS.]HPARAM=VALUE",
-                                help="a hyper-parameter of the loss, repeatable, e.g. --set beta=0.05 "
-                                     "(`prefopt losses NAME` lists them with their defaults)")
-            parser.add_argument("--hparam", dest="hparams", action=FlagAction, repeat=True, replaced_by="--set",
-                                help=argparse.SUPPRESS)
+            parser.add_argument(
+                "--set",
+                dest="hparams",
+                action=FlagAction,
+                repeat=True,
+                default=[],
+                metavar="[LOSS.]HPARAM=VALUE",
+                help="a hyper-parameter of the loss, repeatable, e.g. --set beta=0.05 "
+                "(`prefopt losses NAME` lists them with their defaults)",
+            )
+            parser.add_argument(
+                "--hparam", dest="hparams", action=FlagAction, repeat=True, replaced_by="--set", help=argparse.SUPPRESS
+            )
 
     def values(self, args: argparse.Namespace) -> dict[str, Any]:
         """The settings before `--set`: the `--config` file's, then the flags given."""

@@ -43,44 +43,78 @@ examples:
     config_name = "CompareConfig"
     loss_field = None  # --set takes LOSS.HPARAM=V[,V...]: several losses, sweeps
     flags = {
-        "--losses": Option("losses", str, "comma-separated loss names, offline or online (default: "
-                           f"{','.join(DEFAULT_LOSSES)}; `prefopt losses` lists them), e.g. dpo,ppo,rloo,best_of_n "
-                           "for the reward-versus-KL frontier", metavar="LOSS,LOSS,..."),
-        "--seeds": Option("seeds", str, "comma-separated training seeds, e.g. 0,1,2 (mean ± CI over seeds; default 0)",
-                          metavar="SEED,SEED,..."),
+        "--losses": Option(
+            "losses",
+            str,
+            "comma-separated loss names, offline or online (default: "
+            f"{','.join(DEFAULT_LOSSES)}; `prefopt losses` lists them), e.g. dpo,ppo,rloo,best_of_n "
+            "for the reward-versus-KL frontier",
+            metavar="LOSS,LOSS,...",
+        ),
+        "--seeds": Option(
+            "seeds",
+            str,
+            "comma-separated training seeds, e.g. 0,1,2 (mean ± CI over seeds; default 0)",
+            metavar="SEED,SEED,...",
+        ),
         "--out": Option("output_dir", str, "output folder (default runs/compare)", metavar="DIR"),
         "--data": Option("data", str, "preference data (file, folder or hub name); needs --model"),
         "--model": Option("model", str, "causal LM path or hub name to start from; needs --data"),
         "--model-revision": Option("model_revision", str, "with a hub name for --model: the branch, tag or commit"),
-        "--reward": Option("reward", str, "with --data/--model: a reward model folder (`prefopt train-rm`) that scores "
-                           "samples, for online algorithms and the generation columns"),
+        "--reward": Option(
+            "reward",
+            str,
+            "with --data/--model: a reward model folder (`prefopt train-rm`) that scores "
+            "samples, for online algorithms and the generation columns",
+        ),
         "--lr": Option("lr", float, "peak learning rate of every offline run (default: each loss's preset)"),
         "--epochs": Option("epochs", float, "passes over the training data of every offline run"),
         "--batch-size": Option("batch_size", int, "examples per optimiser step of every offline run"),
         "--max-steps": Option("max_steps", int, "optimiser steps of every offline run (overrides --epochs)"),
-        "--bon-n": Option("bon_n", str, "with best_of_n: the N values of the best-of-N policy (default 1,2,4,8,16)",
-                          metavar="N,N,..."),
-        "--bon-samples": Option("bon_samples", int, "reference samples per held-out prompt for best-of-N (default 64, "
-                                "≥ 4·max N)"),
+        "--bon-n": Option(
+            "bon_n", str, "with best_of_n: the N values of the best-of-N policy (default 1,2,4,8,16)", metavar="N,N,..."
+        ),
+        "--bon-samples": Option(
+            "bon_samples", int, "reference samples per held-out prompt for best-of-N (default 64, ≥ 4·max N)"
+        ),
         "--eval-prompts": Option("eval_prompts", int, "held-out prompts to sample (default 128)"),
-        "--max-new-tokens": Option("max_new_tokens", int, "completion length cap when sampling held-out prompts "
-                                   "(default 64)"),
+        "--max-new-tokens": Option(
+            "max_new_tokens", int, "completion length cap when sampling held-out prompts (default 64)"
+        ),
         "--quiet": Switch("progress", False, "no progress bars, no note of the data files read"),
     }
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--set", dest="sweeps", action=FlagAction, repeat=True, default=[],
-                            metavar="LOSS.HPARAM=V[,V...]",
-                            help="a hyper-parameter of one loss, or a sweep over several values, e.g. --set "
-                                 "dpo.beta=0.05,0.1,0.5 (repeatable)")
-        parser.add_argument("--train", action=FlagAction, repeat=True, default=[], metavar="KEY=VALUE",
-                            help="a TrainConfig setting of every offline run, e.g. --train lr=1e-4 (repeatable)")
-        parser.add_argument("--online", action=FlagAction, repeat=True, default=[], metavar="KEY=VALUE",
-                            help="an OnlineConfig setting of the online algorithms, e.g. --online steps=60 "
-                                 "(repeatable)")
-        parser.add_argument("--tiny", action="store_true",
-                            help="a seconds-scale synthetic task (smoke test, not for conclusions)")
+        parser.add_argument(
+            "--set",
+            dest="sweeps",
+            action=FlagAction,
+            repeat=True,
+            default=[],
+            metavar="LOSS.HPARAM=V[,V...]",
+            help="a hyper-parameter of one loss, or a sweep over several values, e.g. --set "
+            "dpo.beta=0.05,0.1,0.5 (repeatable)",
+        )
+        parser.add_argument(
+            "--train",
+            action=FlagAction,
+            repeat=True,
+            default=[],
+            metavar="KEY=VALUE",
+            help="a TrainConfig setting of every offline run, e.g. --train lr=1e-4 (repeatable)",
+        )
+        parser.add_argument(
+            "--online",
+            action=FlagAction,
+            repeat=True,
+            default=[],
+            metavar="KEY=VALUE",
+            help="an OnlineConfig setting of the online algorithms, e.g. --online steps=60 (repeatable)",
+        )
+        parser.add_argument(
+            "--tiny", action="store_true", help="a seconds-scale synthetic task (smoke test, not for conclusions)"
+        )
 
     def values(self, args: argparse.Namespace) -> dict[str, Any]:
         values = super().values(args)

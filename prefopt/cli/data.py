@@ -16,8 +16,14 @@ from prefopt.data.synthetic.task import write_synthetic_task
 __all__ = ["COMMAND", "SynthCommand", "add_data_commands", "main"]
 
 # Flags that set PreferenceConfig fields (the rest are write_synthetic_task's arguments).
-PREFERENCE_FIELDS = ("train_prompts", "eval_prompts", "heldout_prompts", "completions_per_prompt",
-                     "label_temperature", "length_bias")
+PREFERENCE_FIELDS = (
+    "train_prompts",
+    "eval_prompts",
+    "heldout_prompts",
+    "completions_per_prompt",
+    "label_temperature",
+    "length_bias",
+)
 
 
 @dataclass(frozen=True)
@@ -47,22 +53,37 @@ examples:
   prefopt data synth --out synth/
   prefopt data synth --out s2/ --label-temperature 0 --length-bias 0.1 --with-gold"""
     flags = {
-        "--out": Option("out", str, "output folder (must not already hold a model/ folder)", metavar="DIR",
-                        required=True),
+        "--out": Option(
+            "out", str, "output folder (must not already hold a model/ folder)", metavar="DIR", required=True
+        ),
         "--seed": Option("seed", int, "selects weights, prompts, samples and labels (default 0)"),
-        "--train-prompts": Option("train_prompts", int, "prompts of the train split (default "
-                                  f"{PreferenceConfig().train_prompts})"),
-        "--eval-prompts": Option("eval_prompts", int, f"prompts of the eval split (default "
-                                 f"{PreferenceConfig().eval_prompts})"),
-        "--heldout-prompts": Option("heldout_prompts", int, "prompts held out for generation (default "
-                                    f"{PreferenceConfig().heldout_prompts})"),
-        "--completions-per-prompt": Option("completions_per_prompt", int, "completions sampled per prompt "
-                                           f"(default {PreferenceConfig().completions_per_prompt})", aliases=("-k",)),
-        "--label-temperature": Option("label_temperature", float, "Bradley–Terry noise temperature T (0 = labels "
-                                      "always follow the gold reward; default "
-                                      f"{PreferenceConfig().label_temperature})"),
-        "--length-bias": Option("length_bias", float, "labeller's extra utility per completion word (default "
-                                f"{PreferenceConfig().length_bias})"),
+        "--train-prompts": Option(
+            "train_prompts", int, f"prompts of the train split (default {PreferenceConfig().train_prompts})"
+        ),
+        "--eval-prompts": Option(
+            "eval_prompts", int, f"prompts of the eval split (default {PreferenceConfig().eval_prompts})"
+        ),
+        "--heldout-prompts": Option(
+            "heldout_prompts", int, f"prompts held out for generation (default {PreferenceConfig().heldout_prompts})"
+        ),
+        "--completions-per-prompt": Option(
+            "completions_per_prompt",
+            int,
+            f"completions sampled per prompt (default {PreferenceConfig().completions_per_prompt})",
+            aliases=("-k",),
+        ),
+        "--label-temperature": Option(
+            "label_temperature",
+            float,
+            "Bradley–Terry noise temperature T (0 = labels "
+            "always follow the gold reward; default "
+            f"{PreferenceConfig().label_temperature})",
+        ),
+        "--length-bias": Option(
+            "length_bias",
+            float,
+            f"labeller's extra utility per completion word (default {PreferenceConfig().length_bias})",
+        ),
         "--cache-dir": Option("cache_dir", str, "cache root (default $PREFOPT_CACHE or ~/.cache/prefopt)"),
         "--tiny": Switch("tiny", True, "test-size reference policy (seconds, low quality)"),
         "--rebuild": Switch("rebuild", True, "retrain the reference policy even if cached"),
@@ -75,16 +96,27 @@ examples:
         given: dict[str, Any] = given_settings(args, self.flags)
         preferences = PreferenceConfig(**{k: v for k, v in given.items() if k in PREFERENCE_FIELDS})
         return SynthSettings(
-            out=given["out"], seed=given.get("seed", 0),
+            out=given["out"],
+            seed=given.get("seed", 0),
             sft_config=SFTConfig.tiny() if given.get("tiny") else SFTConfig(),
-            preference_config=preferences, cache_dir=given.get("cache_dir"), rebuild=given.get("rebuild", False),
-            progress=given.get("progress", True), with_gold=given.get("with_gold", False))
+            preference_config=preferences,
+            cache_dir=given.get("cache_dir"),
+            rebuild=given.get("rebuild", False),
+            progress=given.get("progress", True),
+            with_gold=given.get("with_gold", False),
+        )
 
     def execute(self, settings: SynthSettings, args: argparse.Namespace) -> int:
         summary = write_synthetic_task(
-            settings.out, seed=settings.seed, sft_config=settings.sft_config,
-            preference_config=settings.preference_config, cache_dir=settings.cache_dir, rebuild=settings.rebuild,
-            progress=settings.progress, with_gold=settings.with_gold)
+            settings.out,
+            seed=settings.seed,
+            sft_config=settings.sft_config,
+            preference_config=settings.preference_config,
+            cache_dir=settings.cache_dir,
+            rebuild=settings.rebuild,
+            progress=settings.progress,
+            with_gold=settings.with_gold,
+        )
         if settings.progress:
             print(json.dumps(summary, indent=2))
         return 0
@@ -95,8 +127,11 @@ COMMAND = SynthCommand()
 
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `data` group, with `data synth`, to an argparse sub-command group."""
-    data = subparsers.add_parser("data", help="data utilities (the built-in synthetic task)",
-                                 description="Data utilities. `prefopt data synth --help` shows the one there is.")
+    data = subparsers.add_parser(
+        "data",
+        help="data utilities (the built-in synthetic task)",
+        description="Data utilities. `prefopt data synth --help` shows the one there is.",
+    )
     COMMAND.add_to(data.add_subparsers(dest="data_command", metavar="DATA_COMMAND"))
     return data
 

@@ -71,16 +71,20 @@ def _detail(spec: LossSpec, format: str) -> str:
     row: dict[str, Any] = next(r for r in catalog.loss_rows() if r["name"] == spec.name)
     if format == "json":
         return json.dumps(row, indent=2)
-    lines = [f"{spec.name}: {spec.summary}\n",
-             f"  formula     {spec.formula}",
-             f"  paper       {spec.paper}",
-             f"  data kind   {spec.kind}" + (" (reward scores)" if spec.scores == "rewards" else ""),
-             f"  reference   {'required' if spec.needs_reference else 'not used'}",
-             f"  lengths     {'required' if spec.needs_lengths else 'optional'}"]
+    lines = [
+        f"{spec.name}: {spec.summary}\n",
+        f"  formula     {spec.formula}",
+        f"  paper       {spec.paper}",
+        f"  data kind   {spec.kind}" + (" (reward scores)" if spec.scores == "rewards" else ""),
+        f"  reference   {'required' if spec.needs_reference else 'not used'}",
+        f"  lengths     {'required' if spec.needs_lengths else 'optional'}",
+    ]
     if spec.batch_dependent:
         lines.append("  batch       loss depends on the whole batch (no gradient accumulation / data parallelism)")
-    lines.append(f"  inputs      {', '.join(spec.inputs)}"
-                 + (f"; extra: {', '.join(spec.extra_inputs)}" if spec.extra_inputs else ""))
+    lines.append(
+        f"  inputs      {', '.join(spec.inputs)}"
+        + (f"; extra: {', '.join(spec.extra_inputs)}" if spec.extra_inputs else "")
+    )
     for h in spec.hparams:
         domain = f" in {h.domain}" if h.domain else (f" in {list(h.choices)}" if h.choices else "")
         lines.append(f"  {h.name:<11} default {h.default!r}{domain} — {h.help}")

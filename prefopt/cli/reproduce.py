@@ -16,12 +16,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+import prefopt.reproduce as reproductions
 from prefopt.cli.command import Command, Option, Switch, given_settings
 from prefopt.cli.settings import deprecation_note, parse_seeds
-import prefopt.reproduce as reproductions
+from prefopt.errors import SettingsError
 from prefopt.reproduce import Reproduction, render_checks
 from prefopt.reproduce.base import silent_progress
-from prefopt.errors import SettingsError
 
 __all__ = ["COMMAND", "ReproduceCommand", "main", "render_listing"]
 
@@ -53,9 +53,14 @@ examples:
     flags = {
         "--out": Option("out", Path, "report folder (default ./reproductions/NAME)", metavar="DIR"),
         "--quick": Switch("quick", True, "the reduced setting used by the test suite"),
-        "--seeds": Option("seeds", str, "the seeds of an experiment with random replicas: 0,1,...,N-1 (default: "
-                          "the paper's count; a bare number N, the old spelling, still means N seeds until the next "
-                          "release)", metavar="SEED,SEED,..."),
+        "--seeds": Option(
+            "seeds",
+            str,
+            "the seeds of an experiment with random replicas: 0,1,...,N-1 (default: "
+            "the paper's count; a bare number N, the old spelling, still means N seeds until the next "
+            "release)",
+            metavar="SEED,SEED,...",
+        ),
         "--quiet": Switch("progress", False, "no progress bar"),
     }
 
@@ -68,8 +73,10 @@ examples:
         # through the module: tests (and plug-ins) may replace prefopt.reproduce.get_reproduction
         reproduction = reproductions.get_reproduction(args.name) if args.name else None
         if reproduction is not None and seeds is not None and not reproduction.seeded:
-            print(f"prefopt reproduce: {reproduction.name} is exact (no random replicas); --seeds is ignored.",
-                  file=sys.stderr)
+            print(
+                f"prefopt reproduce: {reproduction.name} is exact (no random replicas); --seeds is ignored.",
+                file=sys.stderr,
+            )
         out_dir = given.get("out") or Path("reproductions") / (reproduction.name if reproduction else "")
         return ReproduceSettings(reproduction, out_dir, given.get("quick", False), seeds, given.get("progress", True))
 
@@ -80,8 +87,13 @@ examples:
             return 0
         bar = _Bar(reproduction.name) if settings.progress else None
         try:
-            result = reproductions.run_reproduction(reproduction.name, out_dir=settings.out_dir, quick=settings.quick,
-                                      seeds=settings.seeds, progress=bar or silent_progress)
+            result = reproductions.run_reproduction(
+                reproduction.name,
+                out_dir=settings.out_dir,
+                quick=settings.quick,
+                seeds=settings.seeds,
+                progress=bar or silent_progress,
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -101,14 +113,18 @@ def seed_count(text: str) -> int:
     if text.strip().isdigit():
         count = int(text)
         if count < 1:
-            raise SettingsError(f"--seeds {text}: a single number still means a number of seeds (seeds 0..N-1) "
-                                "until the next release, so it must be ≥ 1; give the seeds, e.g. --seeds 0,1,2")
+            raise SettingsError(
+                f"--seeds {text}: a single number still means a number of seeds (seeds 0..N-1) "
+                "until the next release, so it must be ≥ 1; give the seeds, e.g. --seeds 0,1,2"
+            )
         deprecation_note("reproduce", f"--seeds {count} (a number of seeds)", f"--seeds {_listed(count)}")
         return count
     seeds = parse_seeds(text)
     if seeds != tuple(range(len(seeds))):
-        raise SettingsError(f"--seeds {text}: a reproduction draws its replicas in order, seeds 0..N-1; give "
-                            f"--seeds {_listed(len(seeds))}")
+        raise SettingsError(
+            f"--seeds {text}: a reproduction draws its replicas in order, seeds 0..N-1; give "
+            f"--seeds {_listed(len(seeds))}"
+        )
     return len(seeds)
 
 
@@ -122,8 +138,13 @@ def render_listing() -> str:
     width = max(len(r.name) for r in reps)
     lines = []
     for r in reps:
-        lines += [f"{r.name:<{width}}  {r.title}", f"{'':<{width}}  paper:   {r.paper}",
-                  f"{'':<{width}}  checks:  {r.checks}", f"{'':<{width}}  runtime: {r.runtime}", ""]
+        lines += [
+            f"{r.name:<{width}}  {r.title}",
+            f"{'':<{width}}  paper:   {r.paper}",
+            f"{'':<{width}}  checks:  {r.checks}",
+            f"{'':<{width}}  runtime: {r.runtime}",
+            "",
+        ]
     lines.append(f"{len(reps)} reproductions. `prefopt reproduce NAME` runs one (--quick for the reduced setting).")
     return "\n".join(lines)
 

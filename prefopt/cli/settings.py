@@ -27,9 +27,21 @@ import yaml
 
 from prefopt.errors import USER_ERRORS, SettingsError
 
-__all__ = ["check_resume_folder", "data_files_notice", "deprecation_note", "fail", "main_process", "merge_pairs",
-           "parse_assignments", "parse_hparams", "parse_seeds", "parse_sweeps", "parse_value", "read_settings_file",
-           "user_errors"]
+__all__ = [
+    "check_resume_folder",
+    "data_files_notice",
+    "deprecation_note",
+    "fail",
+    "main_process",
+    "merge_pairs",
+    "parse_assignments",
+    "parse_hparams",
+    "parse_seeds",
+    "parse_sweeps",
+    "parse_value",
+    "read_settings_file",
+    "user_errors",
+]
 
 
 def main_process() -> bool:
@@ -40,8 +52,11 @@ def main_process() -> bool:
 def deprecation_note(command: str, old: str, new: str) -> None:
     """Say once, on stderr, that `old` is an old spelling of `new` kept for one more release."""
     if main_process():
-        print(f"prefopt {command}: {old} is deprecated and will be removed in the next release; use {new}",
-              file=sys.stderr, flush=True)
+        print(
+            f"prefopt {command}: {old} is deprecated and will be removed in the next release; use {new}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def fail(command: str, err: BaseException | str) -> int:
@@ -125,8 +140,10 @@ def check_resume_folder(resume: bool, output_dir: str) -> None:
     """`--resume` needs a run to resume: a folder that does not exist is a mistyped --out, not a fresh start
     (a folder whose run was killed before its first checkpoint starts over, as the library does)."""
     if resume and not Path(output_dir).exists():
-        raise SettingsError(f"--resume: {output_dir} does not exist, so there is no run to resume; give the run's "
-                            "folder with --out, or drop --resume to start a fresh run")
+        raise SettingsError(
+            f"--resume: {output_dir} does not exist, so there is no run to resume; give the run's "
+            "folder with --out, or drop --resume to start a fresh run"
+        )
 
 
 def read_settings_file(path: str | Path, what: str) -> dict[str, Any]:
@@ -160,8 +177,10 @@ def _yaml_problem(err: Exception) -> str:
     tag = re.search(r"tag '([^']+)'", problem)
     if tag and "constructor" in problem:
         name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
-        return (f"{where}the tag {name} is not allowed; a settings file holds plain values (numbers, text, "
-                "true/false, lists and mappings)")
+        return (
+            f"{where}the tag {name} is not allowed; a settings file holds plain values (numbers, text, "
+            "true/false, lists and mappings)"
+        )
     context = getattr(err, "context", None)
     return f"not valid YAML at {where}{problem}" + (f" ({context})" if context and context != problem else "")
 
@@ -205,11 +224,15 @@ def parse_hparams(items: Sequence[str], losses: Mapping[str, str], flag: str = "
         name, sep, text = item.partition("=")
         loss, dot, hparam = name.rpartition(".")
         if not sep or not hparam or (dot and not loss):
-            raise SettingsError(f"{flag} {item!r}: write NAME=VALUE or LOSS.NAME=VALUE, e.g. {flag} beta=0.1 "
-                                f"(NAME=VALUE sets a hyper-parameter of {run_loss})")
+            raise SettingsError(
+                f"{flag} {item!r}: write NAME=VALUE or LOSS.NAME=VALUE, e.g. {flag} beta=0.1 "
+                f"(NAME=VALUE sets a hyper-parameter of {run_loss})"
+            )
         if dot and loss not in losses:
-            raise SettingsError(f"{flag} {item!r}: {loss} is not a loss of this run ({', '.join(losses)}); write "
-                                f"{flag} {hparam}={text} for {run_loss}")
+            raise SettingsError(
+                f"{flag} {item!r}: {loss} is not a loss of this run ({', '.join(losses)}); write "
+                f"{flag} {hparam}={text} for {run_loss}"
+            )
         field = losses[loss] if dot else run_field
         out.setdefault(field, {})[hparam] = parse_value(text)
     return out

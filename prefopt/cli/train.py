@@ -36,8 +36,10 @@ from prefopt.train.recipes import list_recipes, load_recipe, smoke_settings
 __all__ = ["COMMAND", "TrainCommand", "config_from_args", "main", "print_recipes"]
 
 MIXED_PRECISION_HELP = "compute: no (bf16 autocast only for a bf16 checkpoint), bf16 or auto"
-MASTER_WEIGHTS_HELP = ("dtype of the trained weights and optimiser state: fp32 (default; bf16 compute where bf16 "
-                       "applies) or bf16 (pure bf16: small updates round away)")
+MASTER_WEIGHTS_HELP = (
+    "dtype of the trained weights and optimiser state: fp32 (default; bf16 compute where bf16 "
+    "applies) or bf16 (pure bf16: small updates round away)"
+)
 SAVE_DTYPE_HELP = "dtype of final/: original (each weight as loaded, default) or fp32"
 
 
@@ -63,57 +65,81 @@ examples:
     config = TrainConfig
     config_name = "TrainConfig"
     flags = {
-        "--loss": Option("loss", str, "the offline loss to train (default dpo; `prefopt losses NAME` describes one)",
-                         choices=OFFLINE.names, explain=OFFLINE.explain, metavar="LOSS"),
+        "--loss": Option(
+            "loss",
+            str,
+            "the offline loss to train (default dpo; `prefopt losses NAME` describes one)",
+            choices=OFFLINE.names,
+            explain=OFFLINE.explain,
+            metavar="LOSS",
+        ),
         "--data": Option("data", str, "preference data: file, folder or Hub name (default: the synthetic task)"),
         "--split": Option("data_split", str, "split of --data to train on (slices like train[:1000] work)"),
         "--data-revision": Option("data_revision", str, "git revision (commit, tag, branch) of a Hub dataset --data"),
-        "--identical": Option("identical", str, "pairs with chosen == rejected: warn (keep, count), drop or error",
-                              choices=IDENTICAL_POLICIES),
+        "--identical": Option(
+            "identical",
+            str,
+            "pairs with chosen == rejected: warn (keep, count), drop or error",
+            choices=IDENTICAL_POLICIES,
+        ),
         "--model": Option("model", str, "causal LM path or Hub name (default: the synthetic task's policy)"),
         "--tokenizer": Option("tokenizer", str, "tokenizer path (default: the model's)"),
         "--reference": Option("reference", str, "separate reference model (default: the initial policy)"),
-        "--model-revision": Option("model_revision", str, "hub revision (branch, tag or commit) of --model and its "
-                                   "tokenizer"),
-        "--reference-revision": Option("reference_revision", str, "hub revision (branch, tag or commit) of "
-                                       "--reference"),
+        "--model-revision": Option(
+            "model_revision", str, "hub revision (branch, tag or commit) of --model and its tokenizer"
+        ),
+        "--reference-revision": Option(
+            "reference_revision", str, "hub revision (branch, tag or commit) of --reference"
+        ),
         "--out": Option("output_dir", str, "run folder (default runs/train)", metavar="DIR"),
         "--batch-size": Option("batch_size", int, "GLOBAL examples per optimiser step"),
-        "--micro-batch-size": Option("micro_batch_size", int, "examples per forward and process (accumulates the "
-                                     "rest)"),
+        "--micro-batch-size": Option(
+            "micro_batch_size", int, "examples per forward and process (accumulates the rest)"
+        ),
         "--epochs": Option("epochs", float, "passes over the data"),
         "--max-steps": Option("max_steps", int, "optimiser steps (overrides --epochs)"),
-        "--preset": Option("preset", str, "optimiser preset: 'synthetic', or a loss name for its paper's settings "
-                           "(DPO's where it published none)", choices=presets, metavar="PRESET"),
+        "--preset": Option(
+            "preset",
+            str,
+            "optimiser preset: 'synthetic', or a loss name for its paper's settings (DPO's where it published none)",
+            choices=presets,
+            metavar="PRESET",
+        ),
         "--optimizer": Option("optimizer", str, "optimiser (overrides the preset)", choices=OPTIMIZERS),
         "--lr": Option("lr", float, "peak learning rate (overrides the preset)"),
         "--weight-decay": Option("weight_decay", float, "weight decay (overrides the preset)"),
-        "--schedule": Option("schedule", str, "learning-rate schedule after the warm-up (overrides the preset)",
-                             choices=SCHEDULES),
+        "--schedule": Option(
+            "schedule", str, "learning-rate schedule after the warm-up (overrides the preset)", choices=SCHEDULES
+        ),
         "--warmup-steps": Option("warmup_steps", int, "warm-up steps (overrides the preset)"),
         "--warmup-ratio": Option("warmup_ratio", float, "warm-up fraction of the steps (overrides the preset)"),
         "--max-grad-norm": Option("max_grad_norm", float, "gradient clipping norm (overrides the preset)"),
         "--max-length": Option("max_length", int, "prompt + completion token cap"),
         "--max-prompt-length": Option("max_prompt_length", int, "prompt token cap"),
-        "--ref-cache-dir": Option("ref_cache_dir", str, "folder of reference caches (shareable between runs on the "
-                                  "same data)"),
-        "--engine-backend": Option("engine_backend", str, "output-head kernel (auto: Triton on CUDA, else chunked)",
-                                   choices=BACKENDS),
+        "--ref-cache-dir": Option(
+            "ref_cache_dir", str, "folder of reference caches (shareable between runs on the same data)"
+        ),
+        "--engine-backend": Option(
+            "engine_backend", str, "output-head kernel (auto: Triton on CUDA, else chunked)", choices=BACKENDS
+        ),
         "--lora-r": Option("lora_r", int, "LoRA rank (0: full fine-tuning)"),
         "--lora-alpha": Option("lora_alpha", float, "LoRA α (default 2r)"),
         "--lora-dropout": Option("lora_dropout", float, "LoRA dropout"),
-        "--quantization": Option("quantization", str, "bitsandbytes loading of the base model (needs --lora-r)",
-                                 choices=QUANTIZATION),
+        "--quantization": Option(
+            "quantization", str, "bitsandbytes loading of the base model (needs --lora-r)", choices=QUANTIZATION
+        ),
         "--mixed-precision": Option("mixed_precision", str, MIXED_PRECISION_HELP, choices=MIXED_PRECISION),
         "--master-weights": Option("master_weights", str, MASTER_WEIGHTS_HELP, choices=MASTER_WEIGHTS),
         "--save-dtype": Option("save_dtype", str, SAVE_DTYPE_HELP, choices=SAVE_DTYPES),
         "--seed": Option("seed", int, "seed of data order, LoRA init and dropout"),
         "--checkpoint-every": Option("checkpoint_every", int, "checkpoint every N steps (0: final only)"),
         "--log-every": Option("log_every", int, "write metrics every N steps"),
-        "--report-to": Option("report_to", str, "also log to this tracker (repeatable)", choices=REPORT_TO,
-                              repeat=True),
-        "--no-ref-cache": Switch("ref_cache", False, "compute reference log-probs on the fly instead of caching them "
-                                 "once"),
+        "--report-to": Option(
+            "report_to", str, "also log to this tracker (repeatable)", choices=REPORT_TO, repeat=True
+        ),
+        "--no-ref-cache": Switch(
+            "ref_cache", False, "compute reference log-probs on the fly instead of caching them once"
+        ),
         "--packed": Switch("packed", True, "pack each micro-batch into one row (no padding)"),
         "--gradient-checkpointing": Switch("gradient_checkpointing", True, "recompute activations in backward"),
         "--resume": Switch("resume", True, "continue from the newest checkpoint in --out"),
@@ -123,11 +149,17 @@ examples:
     deprecated = {"--no-progress": "--quiet", "--hparam": "--set"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--recipe", type=Choice(list_recipes(), "recipe"), metavar="NAME",
-                            help="start from a paper's published settings (--list-recipes shows them); --config and "
-                                 "flags override it")
-        parser.add_argument("--smoke", action="store_true",
-                            help="run --recipe end to end on a tiny model and synthetic data for a few steps (offline)")
+        parser.add_argument(
+            "--recipe",
+            type=Choice(list_recipes(), "recipe"),
+            metavar="NAME",
+            help="start from a paper's published settings (--list-recipes shows them); --config and flags override it",
+        )
+        parser.add_argument(
+            "--smoke",
+            action="store_true",
+            help="run --recipe end to end on a tiny model and synthetic data for a few steps (offline)",
+        )
         parser.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
         super().add_arguments(parser)
 
@@ -176,8 +208,10 @@ def print_recipes() -> None:
     for name in list_recipes():
         recipe = load_recipe(name)
         settings = recipe.train
-        print(f"{name:<20} {recipe.loss:<6} {settings.get('model')}  on  {settings.get('data')}\n"
-              f"{'':<20} {recipe.paper}\n{'':<20} {recipe.launch_command()}")
+        print(
+            f"{name:<20} {recipe.loss:<6} {settings.get('model')}  on  {settings.get('data')}\n"
+            f"{'':<20} {recipe.paper}\n{'':<20} {recipe.launch_command()}"
+        )
 
 
 COMMAND = TrainCommand()

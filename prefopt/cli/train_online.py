@@ -42,15 +42,27 @@ examples:
     config_name = "OnlineConfig"
     loss_field = "algorithm"
     flags = {
-        "--loss": Option("algorithm", str, "the rollout loss to train (default rloo; `prefopt losses NAME` describes "
-                         "one)", choices=ONLINE.names, explain=ONLINE.explain, metavar="LOSS"),
-        "--pair-loss": Option("pair_loss", str, "with --loss online_dpo: the paired loss of each prompt's best/worst "
-                              "pair (default: DPO)", choices=PAIRED.names,
-                              explain=lambda where: PAIRED.explain(where, suggest=False), metavar="LOSS"),
+        "--loss": Option(
+            "algorithm",
+            str,
+            "the rollout loss to train (default rloo; `prefopt losses NAME` describes one)",
+            choices=ONLINE.names,
+            explain=ONLINE.explain,
+            metavar="LOSS",
+        ),
+        "--pair-loss": Option(
+            "pair_loss",
+            str,
+            "with --loss online_dpo: the paired loss of each prompt's best/worst pair (default: DPO)",
+            choices=PAIRED.names,
+            explain=lambda where: PAIRED.explain(where, suggest=False),
+            metavar="LOSS",
+        ),
         "--model": Option("model", str, "policy: causal LM path or Hub name (default: the synthetic task's policy)"),
         "--tokenizer": Option("tokenizer", str, "tokenizer path (default: the model's)"),
-        "--model-revision": Option("model_revision", str, "hub revision (branch, tag or commit) of --model and its "
-                                   "tokenizer"),
+        "--model-revision": Option(
+            "model_revision", str, "hub revision (branch, tag or commit) of --model and its tokenizer"
+        ),
         "--reward": Option("reward", str, "'gold' (the synthetic task's gold reward) or a saved reward model's folder"),
         "--value-model": Option("value_model", str, "PPO: reward model folder to initialise the critic from"),
         "--prompts": Option("prompts", str, "prompt file: .txt one per line, or .jsonl with a `prompt` column"),
@@ -69,19 +81,22 @@ examples:
         "--epochs": Option("epochs", int, "optimisation passes per rollout (default: ppo 4, else 1)"),
         "--num-minibatches": Option("num_minibatches", int, "minibatches per pass (split by prompt)"),
         "--kl-coef": Option("kl_coef", float, "PPO: β of the KL-shaped reward"),
-        "--kl-estimator": Option("kl_estimator", str, "PPO: per-token KL estimator of the shaped reward",
-                                 choices=KL_ESTIMATORS),
+        "--kl-estimator": Option(
+            "kl_estimator", str, "PPO: per-token KL estimator of the shaped reward", choices=KL_ESTIMATORS
+        ),
         "--kl-target": Option("kl_target", float, "PPO: adaptive KL controller target (nats)"),
         "--kl-horizon": Option("kl_horizon", float, "PPO: adaptive KL controller horizon"),
         "--gamma": Option("gamma", float, "PPO: GAE discount γ"),
         "--lam": Option("lam", float, "PPO: GAE λ"),
-        "--missing-eos-penalty": Option("missing_eos_penalty", float, "subtract from the score of unfinished "
-                                        "completions"),
+        "--missing-eos-penalty": Option(
+            "missing_eos_penalty", float, "subtract from the score of unfinished completions"
+        ),
         "--seed": Option("seed", int, "seed of prompt order, sampling and the critic head"),
         "--checkpoint-every": Option("checkpoint_every", int, "checkpoint every N steps (default 20; 0: final only)"),
         "--num-threads": Option("num_threads", int, "torch threads (default: 1 on the synthetic task)"),
-        "--engine-backend": Option("engine_backend", str, "output-head kernel (auto: Triton on CUDA, else chunked)",
-                                   choices=BACKENDS),
+        "--engine-backend": Option(
+            "engine_backend", str, "output-head kernel (auto: Triton on CUDA, else chunked)", choices=BACKENDS
+        ),
         "--mixed-precision": Option("mixed_precision", str, MIXED_PRECISION_HELP, choices=MIXED_PRECISION),
         "--master-weights": Option("master_weights", str, MASTER_WEIGHTS_HELP, choices=MASTER_WEIGHTS),
         "--save-dtype": Option("save_dtype", str, SAVE_DTYPE_HELP, choices=SAVE_DTYPES),
@@ -89,13 +104,24 @@ examples:
         "--resume": Switch("resume", True, "continue from the newest checkpoint in --out"),
         "--quiet": Switch("progress", False, "no progress bar"),
     }
-    deprecated = {"--algorithm": "--loss", "--no-progress": "--quiet", "--hparam": "--set",
-                  "--pair-hparam": "--set PAIR_LOSS.HPARAM=VALUE"}
+    deprecated = {
+        "--algorithm": "--loss",
+        "--no-progress": "--quiet",
+        "--hparam": "--set",
+        "--pair-hparam": "--set PAIR_LOSS.HPARAM=VALUE",
+    }
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--pair-hparam", dest="pair_hparams", action=FlagAction, repeat=True, default=[],
-                            replaced_by=self.deprecated["--pair-hparam"], help=argparse.SUPPRESS)
+        parser.add_argument(
+            "--pair-hparam",
+            dest="pair_hparams",
+            action=FlagAction,
+            repeat=True,
+            default=[],
+            replaced_by=self.deprecated["--pair-hparam"],
+            help=argparse.SUPPRESS,
+        )
 
     def hparam_fields(self, values: Mapping[str, Any]) -> dict[str, str]:
         fields = super().hparam_fields(values)

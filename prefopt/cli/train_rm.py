@@ -39,19 +39,27 @@ examples:
     config = RewardModelConfig
     config_name = "RewardModelConfig"
     flags = {
-        "--loss": Option("loss", str, "the reward-model loss (default bradley_terry, paired data)",
-                         choices=REWARD_MODEL.names, explain=REWARD_MODEL.explain, metavar="LOSS"),
+        "--loss": Option(
+            "loss",
+            str,
+            "the reward-model loss (default bradley_terry, paired data)",
+            choices=REWARD_MODEL.names,
+            explain=REWARD_MODEL.explain,
+            metavar="LOSS",
+        ),
         "--model": Option("model", str, "HF model path or Hub name for the RM body (default: a synthetic-task RM)"),
         "--tokenizer": Option("tokenizer", str, "tokenizer path (default: the model's)"),
-        "--model-revision": Option("model_revision", str, "hub revision (branch, tag or commit) of --model and its "
-                                   "tokenizer"),
+        "--model-revision": Option(
+            "model_revision", str, "hub revision (branch, tag or commit) of --model and its tokenizer"
+        ),
         "--data": Option("data", str, "preference data: file, folder or Hub name (default: the synthetic task)"),
         "--split": Option("data_split", str, "split of --data to train on (default train)"),
         "--eval-split": Option("eval_split", str, "held-out split (default: eval, test or validation; 'none': skip)"),
         "--max-length": Option("max_length", int, "prompt + completion token cap"),
         "--max-prompt-length": Option("max_prompt_length", int, "prompt token cap"),
-        "--init": Option("init", str, "synthetic RM body: policy (copy the reference policy) or scratch",
-                         choices=INITS),
+        "--init": Option(
+            "init", str, "synthetic RM body: policy (copy the reference policy) or scratch", choices=INITS
+        ),
         "--hidden-size": Option("hidden_size", int, "synthetic RM width (needs --init scratch)"),
         "--num-layers": Option("num_layers", int, "synthetic RM depth (needs --init scratch)"),
         "--task-seed": Option("task_seed", int, "seed of the synthetic task (policy and data)"),
@@ -78,8 +86,11 @@ examples:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--tiny", action="store_true",
-                            help="a seconds-scale synthetic task (SFTConfig.tiny(), 96 train prompts): smoke tests")
+        parser.add_argument(
+            "--tiny",
+            action="store_true",
+            help="a seconds-scale synthetic task (SFTConfig.tiny(), 96 train prompts): smoke tests",
+        )
 
     def values(self, args: argparse.Namespace) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -95,12 +106,18 @@ examples:
         if result.eval_accuracy is None:
             held_out = "no eval split"
         else:
-            held_out = (f"eval accuracy {result.eval_accuracy:.3f}, margin {result.eval_margin:+.3f} "
-                        f"on {result.eval_examples} held-out rows")
-        print(f"reward model ({config.loss}, {result.num_parameters:,} parameters, {result.steps} steps, "
-              f"{result.wall_time_s:.1f} s): {held_out}; train accuracy {result.train_accuracy:.3f}")
-        print(f"saved to {result.model_path}  (score with prefopt.online.reward_model.LearnedReward("
-              f"{str(result.model_path)!r}))")
+            held_out = (
+                f"eval accuracy {result.eval_accuracy:.3f}, margin {result.eval_margin:+.3f} "
+                f"on {result.eval_examples} held-out rows"
+            )
+        print(
+            f"reward model ({config.loss}, {result.num_parameters:,} parameters, {result.steps} steps, "
+            f"{result.wall_time_s:.1f} s): {held_out}; train accuracy {result.train_accuracy:.3f}"
+        )
+        print(
+            f"saved to {result.model_path}  (score with prefopt.online.reward_model.LearnedReward("
+            f"{str(result.model_path)!r}))"
+        )
         return 0
 
 

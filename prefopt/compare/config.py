@@ -27,8 +27,16 @@ from prefopt.registry import loss_spec
 from prefopt.settings import Settings, SettingsError, coerce_settings
 from prefopt.train.config import TrainConfig
 
-__all__ = ["DEFAULT_LOSSES", "ONLINE_PER_RUN", "CompareConfig", "RunPlan", "check_online_settings", "online_settings",
-           "run_settings", "tiny_task"]
+__all__ = [
+    "DEFAULT_LOSSES",
+    "ONLINE_PER_RUN",
+    "CompareConfig",
+    "RunPlan",
+    "check_online_settings",
+    "online_settings",
+    "run_settings",
+    "tiny_task",
+]
 
 # The README's main job: the five losses named in the mission, at their paper defaults.
 DEFAULT_LOSSES = ("dpo", "ipo", "kto", "orpo", "simpo")
@@ -36,8 +44,19 @@ DEFAULT_LOSSES = ("dpo", "ipo", "kto", "orpo", "simpo")
 # TrainConfig fields a run sets itself; the shared `train` overrides may not.
 _PER_RUN = ("loss", "loss_hparams", "seed", "output_dir", "data", "model", "model_revision", "resume", "progress")
 # OnlineConfig fields that each run sets itself (or that the synthetic task fixes); `online` may not.
-ONLINE_PER_RUN = ("algorithm", "loss_hparams", "seed", "output_dir", "resume", "progress", "model", "model_revision",
-                  "tokenizer", "reward", "prompts")
+ONLINE_PER_RUN = (
+    "algorithm",
+    "loss_hparams",
+    "seed",
+    "output_dir",
+    "resume",
+    "progress",
+    "model",
+    "model_revision",
+    "tokenizer",
+    "reward",
+    "prompts",
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +72,9 @@ class RunPlan:
         """The table row this run belongs to, e.g. `dpo` or `dpo(beta=0.5)`."""
         if not self.hparams:
             return self.loss
-        return f"{self.loss}({', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in self.hparams)})"
+        return (
+            f"{self.loss}({', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in self.hparams)})"
+        )
 
     @property
     def run_id(self) -> str:
@@ -128,12 +149,16 @@ class CompareConfig(Settings):
         for name in self.losses:
             spec = loss_spec(name)  # unknown names raise, listing the valid ones
             if spec.scores != "logps":
-                raise ValueError(f"compare: {name!r} is a reward-model loss (it scores completions, it does not train "
-                                 "a policy); train reward models with `prefopt train-rm`")
+                raise ValueError(
+                    f"compare: {name!r} is a reward-model loss (it scores completions, it does not train "
+                    "a policy); train reward models with `prefopt train-rm`"
+                )
             if spec.kind == "rollout" and self.reward is None and not (self.data is None and self.model is None):
-                raise ValueError(f"compare: {name!r} is an online algorithm and needs a reward for its samples: "
-                                 "give reward=RM_FOLDER (a reward model saved by `prefopt train-rm`) with your "
-                                 "data and model (the synthetic task uses its gold reward)")
+                raise ValueError(
+                    f"compare: {name!r} is an online algorithm and needs a reward for its samples: "
+                    "give reward=RM_FOLDER (a reward model saved by `prefopt train-rm`) with your "
+                    "data and model (the synthetic task uses its gold reward)"
+                )
         extra = sorted(set(self.hparams) - set(self.losses))
         if extra:
             raise ValueError(f"CompareConfig.hparams names {extra}, which are not in losses={list(self.losses)}")
@@ -151,30 +176,41 @@ class CompareConfig(Settings):
         bad = sorted(set(self.train) & set(_PER_RUN))
         unknown = sorted(set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)})
         if bad or unknown:
-            raise ValueError(f"CompareConfig.train: {bad + unknown} cannot be set there (set per run: {list(_PER_RUN)}; "
-                             f"valid: TrainConfig fields)")
+            raise ValueError(
+                f"CompareConfig.train: {bad + unknown} cannot be set there (set per run: {list(_PER_RUN)}; "
+                f"valid: TrainConfig fields)"
+            )
         object.__setattr__(self, "train", coerce_settings(TrainConfig, self.train, owner="CompareConfig.train"))
         if self.train.get("identical", "warn") not in IDENTICAL_POLICIES:
-            raise SettingsError(f"CompareConfig.train.identical={self.train['identical']!r}: use one of "
-                                f"{IDENTICAL_POLICIES}")
+            raise SettingsError(
+                f"CompareConfig.train.identical={self.train['identical']!r}: use one of {IDENTICAL_POLICIES}"
+            )
         online = check_online_settings(self.online)
         object.__setattr__(self, "online", coerce_settings(OnlineConfig, online, owner="CompareConfig.online"))
         object.__setattr__(self, "bon_n", tuple(int(n) for n in self.bon_n))
         if self.bon_samples < 4:
-            raise SettingsError(f"CompareConfig.bon_samples={self.bon_samples} must be ≥ 4 (best-of-N draws N ≤ "
-                                "bon_samples/4 of them per prompt)")
+            raise SettingsError(
+                f"CompareConfig.bon_samples={self.bon_samples} must be ≥ 4 (best-of-N draws N ≤ "
+                "bon_samples/4 of them per prompt)"
+            )
         if not self.bon_n or min(self.bon_n) < 1 or max(self.bon_n) > self.bon_samples // 4:
-            raise ValueError(f"CompareConfig.bon_n={list(self.bon_n)} must be integers in [1, bon_samples/4 = "
-                             f"{self.bon_samples // 4}] (the measured best-of-N KL needs M ≫ N samples per prompt)")
+            raise ValueError(
+                f"CompareConfig.bon_n={list(self.bon_n)} must be integers in [1, bon_samples/4 = "
+                f"{self.bon_samples // 4}] (the measured best-of-N KL needs M ≫ N samples per prompt)"
+            )
         if (self.data is None) != (self.model is None):
             raise ValueError("CompareConfig: give both data and model, or neither (the built-in synthetic task)")
         if self.reward is not None:
             if self.data is None:
-                raise ValueError("CompareConfig.reward scores samples on your data; the synthetic task uses its gold "
-                                 "reward (drop reward, or give data and model)")
+                raise ValueError(
+                    "CompareConfig.reward scores samples on your data; the synthetic task uses its gold "
+                    "reward (drop reward, or give data and model)"
+                )
             if not Path(self.reward).is_dir():
-                raise ValueError(f"CompareConfig.reward={self.reward!r}: no such folder; give the final/ folder of "
-                                 "a reward model saved by `prefopt train-rm`")
+                raise ValueError(
+                    f"CompareConfig.reward={self.reward!r}: no such folder; give the final/ folder of "
+                    "a reward model saved by `prefopt train-rm`"
+                )
         for name, cls in (("sft_config", SFTConfig), ("preference_config", PreferenceConfig)):
             value = getattr(self, name)
             if isinstance(value, Mapping):  # from YAML
@@ -185,8 +221,10 @@ class CompareConfig(Settings):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CompareConfig.{name} must be ≥ 1")
         if self.model_revision is not None and self.model is None:
-            raise SettingsError(f"CompareConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
-                                "which is not set; give model (and data) or drop model_revision")
+            raise SettingsError(
+                f"CompareConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
+                "which is not set; give model (and data) or drop model_revision"
+            )
         self._check_runs()
 
     def _check_runs(self) -> None:
@@ -217,8 +255,11 @@ class CompareConfig(Settings):
         if self.model is not None:
             check_model_source(self.model, "CompareConfig.model", revision=self.model_revision)
         for owner, settings in (("train", self.train), ("online", self.online)):
-            check_engine_backend(settings.get("engine_backend", "auto"), f"CompareConfig.{owner}.engine_backend",
-                                 cpu=bool(settings.get("cpu", False)))
+            check_engine_backend(
+                settings.get("engine_backend", "auto"),
+                f"CompareConfig.{owner}.engine_backend",
+                cpu=bool(settings.get("cpu", False)),
+            )
 
     @property
     def synthetic(self) -> bool:
@@ -235,22 +276,33 @@ class CompareConfig(Settings):
                     plans.append(RunPlan(name, tuple(zip(keys, values)), seed))
         return plans
 
+
 def check_online_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """`CompareConfig.online` as a dict, or a clear error for keys that are per-run or not OnlineConfig fields."""
     fields = {f.name for f in dataclasses.fields(OnlineConfig)}
     per_run = sorted(set(settings) & set(ONLINE_PER_RUN))
     unknown = sorted(set(settings) - fields)
     if per_run or unknown:
-        raise ValueError(f"CompareConfig.online: {per_run + unknown} cannot be set there (set per run: "
-                         f"{list(ONLINE_PER_RUN)}; valid: OnlineConfig fields {sorted(fields - set(ONLINE_PER_RUN))})")
+        raise ValueError(
+            f"CompareConfig.online: {per_run + unknown} cannot be set there (set per run: "
+            f"{list(ONLINE_PER_RUN)}; valid: OnlineConfig fields {sorted(fields - set(ONLINE_PER_RUN))})"
+        )
     return dict(settings)
 
 
 def online_settings(plan: Any, config: Any, run_dir: Path) -> dict[str, Any]:
     """The OnlineConfig settings of one compare run (`plan`: a `RunPlan`)."""
-    return {"checkpoint_every": 10, "max_new_tokens": config.max_new_tokens, **config.online,
-            "algorithm": plan.loss, "loss_hparams": dict(plan.hparams), "seed": plan.seed,
-            "output_dir": str(run_dir / "train"), "resume": True, "progress": config.progress}
+    return {
+        "checkpoint_every": 10,
+        "max_new_tokens": config.max_new_tokens,
+        **config.online,
+        "algorithm": plan.loss,
+        "loss_hparams": dict(plan.hparams),
+        "seed": plan.seed,
+        "output_dir": str(run_dir / "train"),
+        "resume": True,
+        "progress": config.progress,
+    }
 
 
 def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -263,9 +315,17 @@ def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[s
             settings["model_revision"] = config.model_revision
         return kind, settings
     shared_cache = str(Path(config.output_dir) / "ref_cache")  # reference log-probs are shared by same-kind runs
-    settings = {"checkpoint_every": 50, "ref_cache_dir": shared_cache, **config.train, "loss": plan.loss,
-                "loss_hparams": dict(plan.hparams), "seed": plan.seed, "output_dir": str(run_dir / "train"),
-                "resume": True, "progress": config.progress}
+    settings = {
+        "checkpoint_every": 50,
+        "ref_cache_dir": shared_cache,
+        **config.train,
+        "loss": plan.loss,
+        "loss_hparams": dict(plan.hparams),
+        "seed": plan.seed,
+        "output_dir": str(run_dir / "train"),
+        "resume": True,
+        "progress": config.progress,
+    }
     if not config.synthetic:
         settings.update(model=config.model, data=config.data)
         if config.model_revision is not None:
@@ -276,6 +336,9 @@ def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[s
 def tiny_task() -> dict[str, Any]:
     """CompareConfig settings of a seconds-scale synthetic task (a ≈110k-parameter policy, 64 train prompts):
     for smoke tests and CI, not for conclusions."""
-    return {"sft_config": SFTConfig.tiny(),
-            "preference_config": PreferenceConfig(train_prompts=64, eval_prompts=16, heldout_prompts=16),
-            "eval_prompts": 16, "max_new_tokens": 32}
+    return {
+        "sft_config": SFTConfig.tiny(),
+        "preference_config": PreferenceConfig(train_prompts=64, eval_prompts=16, heldout_prompts=16),
+        "eval_prompts": 16,
+        "max_new_tokens": 32,
+    }

@@ -36,8 +36,13 @@ def train_online_run(task: Any, settings: Mapping[str, Any]) -> Any:
     """Train one online run from the task's starting policy (a copy of the synthetic policy, or your model
     loaded from its path, so that its learning-rate default is the one for real models); returns its
     `OnlineResult`."""
-    common = {"tokenizer": task.tokenizer, "reward": task.reward, "prompts": task.prompts("train"),
-              "reference_model": task.model, **settings}
+    common = {
+        "tokenizer": task.tokenizer,
+        "reward": task.reward,
+        "prompts": task.prompts("train"),
+        "reference_model": task.model,
+        **settings,
+    }
     if task.synthetic is not None:
         return train_online(model=copy.deepcopy(task.model).train().requires_grad_(True), **common)
     return train_online(model=task.config.model, **common)
@@ -66,10 +71,19 @@ def _best_of_n_key(config: Any) -> dict[str, Any]:
     """What the best-of-N points depend on: a cached file with another key is recomputed."""
     sft = config.sft_config.fingerprint() if config.sft_config is not None else "default"
     preferences = dataclasses.asdict(config.preference_config) if config.preference_config is not None else "default"
-    return {"task_seed": config.task_seed, "sft": sft, "preferences": preferences, "data": config.data,
-            "model": config.model, "reward": config.reward, "n": list(config.bon_n),
-            "samples": config.bon_samples, "prompts": config.eval_prompts, "max_new_tokens": config.max_new_tokens,
-            "seed": config.eval_seed}
+    return {
+        "task_seed": config.task_seed,
+        "sft": sft,
+        "preferences": preferences,
+        "data": config.data,
+        "model": config.model,
+        "reward": config.reward,
+        "n": list(config.bon_n),
+        "samples": config.bon_samples,
+        "prompts": config.eval_prompts,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.eval_seed,
+    }
 
 
 def best_of_n_reference(task: Any, path: Path) -> list[dict[str, Any]]:
@@ -82,14 +96,24 @@ def best_of_n_reference(task: Any, path: Path) -> list[dict[str, Any]]:
         if saved.get("key") == key:
             return saved["points"]
     if config.progress:
-        print(f"best-of-N from the reference: N ∈ {list(config.bon_n)}, {config.bon_samples} samples per prompt",
-              flush=True)
+        print(
+            f"best-of-N from the reference: N ∈ {list(config.bon_n)}, {config.bon_samples} samples per prompt",
+            flush=True,
+        )
     prompts = task.prompts("heldout")[: config.eval_prompts]
     if not prompts:
         return []
-    points = evaluate_best_of_n(task.model, task.tokenizer, prompts, task.reward, ns=config.bon_n,
-                                samples=config.bon_samples, max_new_tokens=config.max_new_tokens,
-                                seed=config.eval_seed, progress=config.progress)
+    points = evaluate_best_of_n(
+        task.model,
+        task.tokenizer,
+        prompts,
+        task.reward,
+        ns=config.bon_n,
+        samples=config.bon_samples,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.eval_seed,
+        progress=config.progress,
+    )
     dicts = [p.to_dict() for p in points]
     write_json_atomic(path, {"key": key, "points": dicts})
     return dicts

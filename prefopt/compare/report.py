@@ -41,8 +41,16 @@ from prefopt.eval import (
     plot_training_curves,
 )
 
-__all__ = ["COLUMNS", "REFERENCE_LABEL", "BEST_OF_N_LOSS", "CompareResult", "summarize", "best_of_n_rows",
-           "render_table", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "REFERENCE_LABEL",
+    "BEST_OF_N_LOSS",
+    "CompareResult",
+    "summarize",
+    "best_of_n_rows",
+    "render_table",
+    "write_report",
+]
 
 
 @dataclass
@@ -112,8 +120,12 @@ def summarize(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
     rows = []
     for label in labels:
         runs = [r for r in records if r["label"] == label]
-        row: dict[str, Any] = {"label": label, "loss": runs[0]["loss"], "hparams": runs[0]["hparams"],
-                               "seeds": [r["seed"] for r in runs]}
+        row: dict[str, Any] = {
+            "label": label,
+            "loss": runs[0]["loss"],
+            "hparams": runs[0]["hparams"],
+            "seeds": [r["seed"] for r in runs],
+        }
         for key, _, _ in COLUMNS:
             values = [_metric(r, key) for r in runs]
             if any(v is None for v in values):
@@ -134,10 +146,17 @@ def summarize(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
     first = next((r for r in records if _get(r, "generation", "reference_reward")), None)
     if first is not None:
         # The starting policy's own samples, for scale: every generation column is relative to it.
-        rows.append({"label": REFERENCE_LABEL, "loss": None, "hparams": {}, "seeds": [],
-                     "reward": first["generation"]["reference_reward"],
-                     "kl": {"mean": 0.0, "low": None, "high": None},
-                     "length": first["generation"]["reference_mean_length"]})
+        rows.append(
+            {
+                "label": REFERENCE_LABEL,
+                "loss": None,
+                "hparams": {},
+                "seeds": [],
+                "reward": first["generation"]["reference_reward"],
+                "kl": {"mean": 0.0, "low": None, "high": None},
+                "length": first["generation"]["reference_mean_length"],
+            }
+        )
     if scores and reference:
         scores[REFERENCE_LABEL] = list(reference)
         ratings = bradley_terry_ratings(scores, anchor=REFERENCE_LABEL).to_dict()
@@ -154,9 +173,19 @@ BEST_OF_N_LOSS = "best-of-N (inference)"
 
 def best_of_n_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Table rows of the inference-time best-of-N points (`prefopt.compare.online.best_of_n_reference`)."""
-    return [{"label": f"best-of-N (N={p['n']})", "loss": BEST_OF_N_LOSS, "hparams": {"n": p["n"]}, "seeds": [],
-             "reward": p["reward"], "kl": p["kl"], "win_rate": p["win_rate"],
-             "kl_bound": {"mean": p["kl_bound"], "low": None, "high": None}} for p in points]
+    return [
+        {
+            "label": f"best-of-N (N={p['n']})",
+            "loss": BEST_OF_N_LOSS,
+            "hparams": {"n": p["n"]},
+            "seeds": [],
+            "reward": p["reward"],
+            "kl": p["kl"],
+            "win_rate": p["win_rate"],
+            "kl_bound": {"mean": p["kl_bound"], "low": None, "high": None},
+        }
+        for p in points
+    ]
 
 
 def _cell(value: dict[str, Any] | None, fmt: str) -> str:
@@ -182,7 +211,6 @@ def render_table(rows: list[dict[str, Any]], *, markdown: bool = False) -> str:
     return "\n".join([fmt(header), fmt(["─" * w for w in widths]), *map(fmt, body)])
 
 
-
 def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     keys = [k for k, _, _ in COLUMNS]
@@ -203,25 +231,41 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path,
         return MeanCI(v["mean"], math.nan if low is None else low, math.nan if high is None else high, 1)
 
     files = {}
-    curves = {r["label"]: r["train"]["metrics_path"] for r in records
-              if r["seed"] == records[0]["seed"] and Path(r["train"]["metrics_path"]).exists()}
+    curves = {
+        r["label"]: r["train"]["metrics_path"]
+        for r in records
+        if r["seed"] == records[0]["seed"] and Path(r["train"]["metrics_path"]).exists()
+    }
     if curves:
         files["training_curves"] = str(plot_training_curves(curves, out / "training_curves.png"))
-    points = [FrontierPoint(r["loss"], mean_ci(r["kl"]), mean_ci(r["reward"]),
-                            (f"N={r['hparams']['n']}" if r["loss"] == BEST_OF_N_LOSS else r["label"])
-                            if r["hparams"] else None)
-              for r in rows if "kl" in r and "reward" in r and r["loss"] is not None]
-    points += [FrontierPoint("best-of-N at its KL bound log N − (N−1)/N", r["kl_bound"]["mean"],
-                             mean_ci(r["reward"])) for r in rows if "kl_bound" in r]
+    points = [
+        FrontierPoint(
+            r["loss"],
+            mean_ci(r["kl"]),
+            mean_ci(r["reward"]),
+            (f"N={r['hparams']['n']}" if r["loss"] == BEST_OF_N_LOSS else r["label"]) if r["hparams"] else None,
+        )
+        for r in rows
+        if "kl" in r and "reward" in r and r["loss"] is not None
+    ]
+    points += [
+        FrontierPoint("best-of-N at its KL bound log N − (N−1)/N", r["kl_bound"]["mean"], mean_ci(r["reward"]))
+        for r in rows
+        if "kl_bound" in r
+    ]
     if points:
         ref = next((_get(x, "generation", "reference_reward") for x in records), None)
-        files["frontier"] = str(plot_reward_kl_frontier(points, out / "frontier.png", reward_label=reward_label,
-                                                        reference_reward=mean_ci(ref) if ref else None))
+        files["frontier"] = str(
+            plot_reward_kl_frontier(
+                points, out / "frontier.png", reward_label=reward_label, reference_reward=mean_ci(ref) if ref else None
+            )
+        )
     lengths = {r["label"]: mean_ci(r["length"]) for r in rows if "length" in r and r["loss"] is not None}
     if lengths:
         ref_len = next((_get(x, "generation", "reference_mean_length") for x in records), None)
-        files["length_drift"] = str(plot_length_drift(lengths, out / "length_drift.png",
-                                                      reference_length=mean_ci(ref_len) if ref_len else None))
+        files["length_drift"] = str(
+            plot_length_drift(lengths, out / "length_drift.png", reference_length=mean_ci(ref_len) if ref_len else None)
+        )
     return files
 
 
@@ -239,12 +283,17 @@ def write_report(records: list[dict[str, Any]], config: Any, *, best_of_n: list[
     files = _plots(records, rows, out, "gold reward" if config.synthetic else "reward (reward model)")
     seeds = len(config.seeds)
     settings = sum(1 for r in rows if r["loss"] not in (None, BEST_OF_N_LOSS))
-    note = (f"{settings} settings × {seeds} seed(s); ± is the half-width of a 95% CI "
-            + ("over seeds (Student's t)." if seeds > 1 else "over held-out prompts (bootstrap)."))
+    note = f"{settings} settings × {seeds} seed(s); ± is the half-width of a 95% CI " + (
+        "over seeds (Student's t)." if seeds > 1 else "over held-out prompts (bootstrap)."
+    )
     write_atomic(out / "table.md", "# prefopt compare\n\n" + render_table(rows, markdown=True) + f"\n\n{note}\n")
     write_atomic(out / "table.csv", _csv(rows))
-    payload = {"config": config.to_dict(), "rows": rows, "ratings": ratings,
-               "runs": [{k: v for k, v in r.items() if k != "generation"} for r in records]}
+    payload = {
+        "config": config.to_dict(),
+        "rows": rows,
+        "ratings": ratings,
+        "runs": [{k: v for k, v in r.items() if k != "generation"} for r in records],
+    }
     write_atomic(out / "results.json", json.dumps(payload, indent=2, default=str))
     files.update(table_md=str(out / "table.md"), table_csv=str(out / "table.csv"), results=str(out / "results.json"))
     print("\n" + text + "\n\n" + note)

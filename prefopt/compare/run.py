@@ -48,9 +48,16 @@ def _evaluate(plan: RunPlan, policy: Any, task: SharedTask, eval_batches: list[A
     if task.reward is not None:
         cfg = task.config
         prompts = task.prompts("heldout")[: cfg.eval_prompts]
-        gen = evaluate_generations(policy, task.model, task.tokenizer, prompts, reward=task.reward,
-                                   seed=cfg.eval_seed, max_new_tokens=cfg.max_new_tokens,
-                                   sampler=None if task.synthetic is not None else sample_texts)
+        gen = evaluate_generations(
+            policy,
+            task.model,
+            task.tokenizer,
+            prompts,
+            reward=task.reward,
+            seed=cfg.eval_seed,
+            max_new_tokens=cfg.max_new_tokens,
+            sampler=None if task.synthetic is not None else sample_texts,
+        )
         out["generation"] = gen.to_dict(per_prompt=True)
     return out
 
@@ -75,20 +82,37 @@ def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[s
         return json.loads(done.read_text(encoding="utf-8"))
     run_dir.mkdir(parents=True, exist_ok=True)
     kind, settings = run_settings(plan, config, run_dir)
-    write_json_atomic(run_dir / "config.json", {"plan": dataclasses.asdict(plan), "label": plan.label,
-                                                ("online" if kind == "rollout" else "train"): settings,
-                                                "compare": config.to_dict()})
+    write_json_atomic(
+        run_dir / "config.json",
+        {
+            "plan": dataclasses.asdict(plan),
+            "label": plan.label,
+            ("online" if kind == "rollout" else "train"): settings,
+            "compare": config.to_dict(),
+        },
+    )
     started = time.perf_counter()
     if kind == "rollout":
         result = train_online_run(task, settings)
     elif task.synthetic is not None:
-        result = train(model=copy.deepcopy(task.model).train().requires_grad_(True), tokenizer=task.tokenizer,
-                       dataset=task.train_dataset(kind), **settings)
+        result = train(
+            model=copy.deepcopy(task.model).train().requires_grad_(True),
+            tokenizer=task.tokenizer,
+            dataset=task.train_dataset(kind),
+            **settings,
+        )
     else:
         result = train(**settings)  # model, model_revision and data are in the settings
     policy = _load_trained(Path(str(result.model_path)))
-    record = {"label": plan.label, "loss": plan.loss, "hparams": dict(plan.hparams), "seed": plan.seed,
-              "run_id": plan.run_id, "train": result.to_dict(), **_evaluate(plan, policy, task, eval_batches)}
+    record = {
+        "label": plan.label,
+        "loss": plan.loss,
+        "hparams": dict(plan.hparams),
+        "seed": plan.seed,
+        "run_id": plan.run_id,
+        "train": result.to_dict(),
+        **_evaluate(plan, policy, task, eval_batches),
+    }
     record["wall_time_s"] = time.perf_counter() - started
     write_json_atomic(done, record)
     return record
@@ -101,8 +125,7 @@ def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResu
     """
     config = config if config is not None else CompareConfig(**settings)
     config.preflight()  # output folder, model folder, backends: before anything is built or written
-    with torch_threads(config.num_threads or (1 if config.synthetic else None)), \
-            library_progress_bars(config.progress):
+    with torch_threads(config.num_threads or (1 if config.synthetic else None)), library_progress_bars(config.progress):
         checked = check_user_data(config)  # bad data stops the comparison before the output folder exists
         # one comparison per folder; each run's own train/ folder is locked again by its training
         with claim_run_folder(config.output_dir):

@@ -26,16 +26,22 @@ class SharedTask:
         self.config = config
         self.synthetic = None
         if config.synthetic:
-            self.synthetic = synthetic.synthetic_task(seed=config.task_seed, sft_config=config.sft_config,
-                                            preference_config=config.preference_config, progress=config.progress)
+            self.synthetic = synthetic.synthetic_task(
+                seed=config.task_seed,
+                sft_config=config.sft_config,
+                preference_config=config.preference_config,
+                progress=config.progress,
+            )
             self.model, self.tokenizer = self.synthetic.policy.model, self.synthetic.policy.tokenizer
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: loaded on first use
 
-            self.model = load_pretrained(AutoModelForCausalLM, config.model, "CompareConfig.model",
-                                         revision=config.model_revision)
-            self.tokenizer = load_pretrained(AutoTokenizer, config.model, "CompareConfig.model (its tokenizer)",
-                                             revision=config.model_revision)
+            self.model = load_pretrained(
+                AutoModelForCausalLM, config.model, "CompareConfig.model", revision=config.model_revision
+            )
+            self.tokenizer = load_pretrained(
+                AutoTokenizer, config.model, "CompareConfig.model (its tokenizer)", revision=config.model_revision
+            )
         self.model.eval()
         self._prompts: dict[str, list[str]] = {}
         self.reward: Any = self.synthetic.reward if self.synthetic is not None else None
@@ -50,8 +56,9 @@ class SharedTask:
                 return [group.prompt for group in self.synthetic.preferences.groups if group.split == "train"]
             return list(self.synthetic.preferences.heldout_prompts)
         if split not in self._prompts:  # read and rendered once, not once per run
-            self._prompts[split] = data_prompts(self.config.data, split, self.tokenizer,
-                                                revision=self.config.train.get("data_revision"))
+            self._prompts[split] = data_prompts(
+                self.config.data, split, self.tokenizer, revision=self.config.train.get("data_revision")
+            )
         return list(self._prompts[split])
 
     def train_dataset(self, kind: str) -> Any:
@@ -69,8 +76,13 @@ def _user_eval_rows(config: CompareConfig) -> Any:
     train = config.train
     for split in ("eval", "test", "validation"):
         try:  # bad rows in a split that exists raise: say so rather than skip it
-            return load_preferences(config.data, kind="paired", split=split,
-                                    revision=train.get("data_revision"), identical=train.get("identical", "warn"))
+            return load_preferences(
+                config.data,
+                kind="paired",
+                split=split,
+                revision=train.get("data_revision"),
+                identical=train.get("identical", "warn"),
+            )
         except MissingSplitError:
             continue
     return None  # no held-out split: the table has no held-out preference metrics
@@ -92,8 +104,14 @@ def check_user_data(config: CompareConfig) -> dict[str, Any]:
             if kind == "rollout":
                 load_preferences(config.data, kind="prompt", split="train", revision=train.get("data_revision"))
             else:
-                load_train_rows(config.data, kind=kind, loss=name, split=train.get("data_split"),
-                                revision=train.get("data_revision"), identical=train.get("identical", "warn"))
+                load_train_rows(
+                    config.data,
+                    kind=kind,
+                    loss=name,
+                    split=train.get("data_split"),
+                    revision=train.get("data_revision"),
+                    identical=train.get("identical", "warn"),
+                )
         checked = {"eval_rows": _user_eval_rows(config)}
     log_folder_reads(reads)
     return checked
@@ -104,4 +122,4 @@ def eval_batches(task: SharedTask, rows: Any, batch_size: int = 32) -> list[Any]
     pad = task.tokenizer.pad_token_id if task.tokenizer.pad_token_id is not None else task.tokenizer.eos_token_id
     collate = PreferenceCollator(int(pad))
     items = [tokens[i] for i in range(len(tokens))]
-    return [collate(items[i: i + batch_size]) for i in range(0, len(items), batch_size)]
+    return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]

@@ -101,7 +101,7 @@ def collate_preferences(
         end = start + len(seq)
         input_ids[row, start:end] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, start:end] = 1
-        completion_mask[row, start + prompt_len:end] = True
+        completion_mask[row, start + prompt_len : end] = True
         sequence_ids[row, start:end] = s
         position_ids[row, start:end] = torch.arange(len(seq))
         offset = end
@@ -150,12 +150,15 @@ class PreferenceCollator:
 
     def __post_init__(self) -> None:
         if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) or self.pad_token_id < 0:
-            raise ValueError(f"PreferenceCollator.pad_token_id={self.pad_token_id!r}: must be a token id ≥ 0 "
-                             "(tokenizer.pad_token_id, or eos_token_id when the tokenizer has no pad token)")
+            raise ValueError(
+                f"PreferenceCollator.pad_token_id={self.pad_token_id!r}: must be a token id ≥ 0 "
+                "(tokenizer.pad_token_id, or eos_token_id when the tokenizer has no pad token)"
+            )
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"PreferenceCollator.pad_to_multiple_of={self.pad_to_multiple_of}: must be ≥ 1 or None")
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> TokenBatch:
         """`collate_preferences(rows, ...)` with this collator's settings."""
-        return collate_preferences(rows, pad_token_id=self.pad_token_id, packed=self.packed,
-                                   pad_to_multiple_of=self.pad_to_multiple_of)
+        return collate_preferences(
+            rows, pad_token_id=self.pad_token_id, packed=self.packed, pad_to_multiple_of=self.pad_to_multiple_of
+        )

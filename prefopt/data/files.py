@@ -35,22 +35,41 @@ from prefopt.data.validate import PreferenceDataError
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["FILE_FORMATS", "SPLIT_NAMES", "FileCheck", "check_file", "example_row", "file_format", "folder_splits",
-           "read_files"]
+__all__ = [
+    "FILE_FORMATS",
+    "SPLIT_NAMES",
+    "FileCheck",
+    "check_file",
+    "example_row",
+    "file_format",
+    "folder_splits",
+    "read_files",
+]
 
 FILE_FORMATS: dict[str, str] = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # Split of a file in a folder: the first of these words among its name's parts (or its sub-folder's).
-SPLIT_NAMES: dict[str, str] = {"train": "train", "training": "train", "test": "test", "testing": "test",
-                               "eval": "eval", "evaluation": "eval", "validation": "validation",
-                               "valid": "validation", "val": "validation", "dev": "validation"}
+SPLIT_NAMES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "test": "test",
+    "testing": "test",
+    "eval": "eval",
+    "evaluation": "eval",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+}
 _METADATA = {"dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json"}
 _SHARD = re.compile(r"^(?P<stem>.+?)[-_]\d+(?:[-_]of[-_]\d+)?$")
 _MORE = 5  # further bad lines listed after the first
 _BOM = b"\xef\xbb\xbf"
-_EXAMPLES = {"paired": '{"prompt": "...", "chosen": "...", "rejected": "..."}',
-             "unpaired": '{"prompt": "...", "completion": "...", "label": true}',
-             "ranked": '{"prompt": "...", "completions": ["...", "..."], "ranks": [1, 2]}',
-             "prompt": '{"prompt": "..."}'}
+_EXAMPLES = {
+    "paired": '{"prompt": "...", "chosen": "...", "rejected": "..."}',
+    "unpaired": '{"prompt": "...", "completion": "...", "label": true}',
+    "ranked": '{"prompt": "...", "completions": ["...", "..."], "ranks": [1, 2]}',
+    "prompt": '{"prompt": "..."}',
+}
 
 
 def example_row(kind: str | None) -> str:
@@ -95,7 +114,9 @@ def _json_type(value: Any) -> str:
     return "a JSON number" if isinstance(value, (int, float)) else type(value).__name__
 
 
-def _error(path: Path, line: int | None, what: str, fix: str, more: Sequence[int] = (), extra: int = 0) -> PreferenceDataError:
+def _error(
+    path: Path, line: int | None, what: str, fix: str, more: Sequence[int] = (), extra: int = 0
+) -> PreferenceDataError:
     where = f"{path}, line {line}" if line is not None else str(path)
     tail = ""
     if more:
@@ -109,9 +130,13 @@ def _decode(path: Path, raw: bytes, line: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        column = len(raw[:err.start].decode("utf-8", "replace")) + 1
-        raise _error(path, line, f"byte 0x{raw[err.start]:02x} at column {column} is not UTF-8",
-                     "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+        column = len(raw[: err.start].decode("utf-8", "replace")) + 1
+        raise _error(
+            path,
+            line,
+            f"byte 0x{raw[err.start]:02x} at column {column} is not UTF-8",
+            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+        ) from None
 
 
 def _refuse_utf16(path: Path, start: bytes) -> None:
@@ -124,12 +149,13 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             if number == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]
+                raw = raw[len(_BOM) :]
             if number == 1:
                 _refuse_utf16(path, raw)
             if b"\x00" in raw:
-                raise _error(path, number, "the line holds NUL bytes (a binary or UTF-16 file?)",
-                             "save the data as UTF-8 text")
+                raise _error(
+                    path, number, "the line holds NUL bytes (a binary or UTF-16 file?)", "save the data as UTF-8 text"
+                )
             yield number, _decode(path, raw, number).rstrip("\r\n")
 
 
@@ -176,19 +202,27 @@ def _parse_jsonl_line(text: str, number: int, example: str) -> tuple[dict[str, A
     try:
         value = _DECODER.decode(stripped)
     except _DuplicateKey as err:
-        return None, (f"key {err.args[0]!r} appears twice in one object",
-                      "keep one of them (JSON objects need unique keys)")
+        return None, (
+            f"key {err.args[0]!r} appears twice in one object",
+            "keep one of them (JSON objects need unique keys)",
+        )
     except json.JSONDecodeError as err:
         if number == 1 and stripped in ("[", "{"):
-            return None, ("a JSON value spread over several lines (pretty-printed JSON?)",
-                          "write one object per line (JSON Lines), or save a JSON array of objects as .json")
-        return None, (f"invalid JSON at column {err.colno} ({_json_message(err)})",
-                      f"each line must be one complete JSON object, e.g. {example}")
+            return None, (
+                "a JSON value spread over several lines (pretty-printed JSON?)",
+                "write one object per line (JSON Lines), or save a JSON array of objects as .json",
+            )
+        return None, (
+            f"invalid JSON at column {err.colno} ({_json_message(err)})",
+            f"each line must be one complete JSON object, e.g. {example}",
+        )
     if isinstance(value, dict):
         return value, ("", "")
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return None, ("a JSON array of objects on one line",
-                      "write one object per line (JSON Lines), or save the array as a .json file")
+        return None, (
+            "a JSON array of objects on one line",
+            "write one object per line (JSON Lines), or save the array as a .json file",
+        )
     return None, (f"{_json_type(value)}, not a JSON object", f"each line must be one JSON object, e.g. {example}")
 
 
@@ -206,12 +240,16 @@ def _check_json(path: Path, example: str) -> FileCheck:
     raw = path.read_bytes()
     _refuse_utf16(path, raw)
     for number, line in enumerate(raw.split(b"\n"), 1):  # UTF-8 errors with their line number
-        _decode(path, line[len(_BOM):] if number == 1 and line.startswith(_BOM) else line, number)
+        _decode(path, line[len(_BOM) :] if number == 1 and line.startswith(_BOM) else line, number)
     text = raw.decode("utf-8-sig")
     result = FileCheck(path)
     if not text.strip():
-        raise _error(path, None, "the file is empty" if not raw else "the file holds only whitespace",
-                     f"write a JSON array of row objects, e.g. [{example}]")
+        raise _error(
+            path,
+            None,
+            "the file is empty" if not raw else "the file holds only whitespace",
+            f"write a JSON array of row objects, e.g. [{example}]",
+        )
     ws = re.compile(r"\s*")
     i = ws.match(text, 0).end()
     if text[i] != "[":
@@ -221,11 +259,19 @@ def _check_json(path: Path, example: str) -> FileCheck:
             value, end = None, -1
         after = ws.match(text, end).end() if end >= 0 else -1
         if isinstance(value, dict) and text.startswith("{", after):
-            raise _error(path, _line_at(text, after), "one JSON object per line (JSON Lines) in a .json file",
-                         "rename the file to .jsonl")
+            raise _error(
+                path,
+                _line_at(text, after),
+                "one JSON object per line (JSON Lines) in a .json file",
+                "rename the file to .jsonl",
+            )
         what = f"an object with keys {list(value)}" if isinstance(value, dict) else "not a JSON array"
-        raise _error(path, _line_at(text, i), f"{what}, where a JSON array of row objects is expected",
-                     f"write the rows as [{example}, ...] (or one object per line in a .jsonl file)")
+        raise _error(
+            path,
+            _line_at(text, i),
+            f"{what}, where a JSON array of row objects is expected",
+            f"write the rows as [{example}, ...] (or one object per line in a .jsonl file)",
+        )
     i = ws.match(text, i + 1).end()
     columns: dict[str, None] = {}
     while i < len(text) and text[i] != "]":
@@ -233,14 +279,26 @@ def _check_json(path: Path, example: str) -> FileCheck:
         try:
             value, i = _DECODER.raw_decode(text, i)
         except _DuplicateKey as err:
-            raise _error(path, line, f"the object starting here repeats the key {err.args[0]!r}",
-                         "keep one of them (JSON objects need unique keys)") from None
+            raise _error(
+                path,
+                line,
+                f"the object starting here repeats the key {err.args[0]!r}",
+                "keep one of them (JSON objects need unique keys)",
+            ) from None
         except json.JSONDecodeError as err:
-            raise _error(path, err.lineno, f"invalid JSON at column {err.colno} ({_json_message(err)})",
-                         "fix the JSON (a validator such as `python -m json.tool FILE` shows the spot)") from None
+            raise _error(
+                path,
+                err.lineno,
+                f"invalid JSON at column {err.colno} ({_json_message(err)})",
+                "fix the JSON (a validator such as `python -m json.tool FILE` shows the spot)",
+            ) from None
         if not isinstance(value, dict):
-            raise _error(path, line, f"array item {result.rows + 1} is {_json_type(value)}, not a JSON object",
-                         f"make every item a row object, e.g. {example}")
+            raise _error(
+                path,
+                line,
+                f"array item {result.rows + 1} is {_json_type(value)}, not a JSON object",
+                f"make every item a row object, e.g. {example}",
+            )
         columns.update(dict.fromkeys(value))
         result.rows += 1
         result.lines.append(line)
@@ -248,15 +306,27 @@ def _check_json(path: Path, example: str) -> FileCheck:
         if i < len(text) and text[i] == ",":
             i = ws.match(text, i + 1).end()
         elif i < len(text) and text[i] != "]":
-            raise _error(path, _line_at(text, i), "expected ',' or ']' after an array item",
-                         "separate the row objects with commas")
+            raise _error(
+                path,
+                _line_at(text, i),
+                "expected ',' or ']' after an array item",
+                "separate the row objects with commas",
+            )
     if i >= len(text):
-        raise _error(path, _line_at(text, len(text)), "the JSON array is not closed (the file looks cut off)",
-                     "end it with ']' (or re-create the file)")
+        raise _error(
+            path,
+            _line_at(text, len(text)),
+            "the JSON array is not closed (the file looks cut off)",
+            "end it with ']' (or re-create the file)",
+        )
     rest = ws.match(text, i + 1).end()
     if rest < len(text):
-        raise _error(path, _line_at(text, rest), "text after the closing ']' of the array",
-                     "remove it, or put all rows in the one array")
+        raise _error(
+            path,
+            _line_at(text, rest),
+            "text after the closing ']' of the array",
+            "remove it, or put all rows in the one array",
+        )
     result.columns = list(columns)
     return _require_rows(result, "array item", example)
 
@@ -275,20 +345,31 @@ def _check_csv(path: Path, example: str) -> FileCheck:
                 header = row
                 repeated = sorted({c for c in row if row.count(c) > 1 and c})
                 if repeated:
-                    raise _error(path, start, f"the header names the column(s) {repeated} twice",
-                                 "give every column a unique name")
+                    raise _error(
+                        path,
+                        start,
+                        f"the header names the column(s) {repeated} twice",
+                        "give every column a unique name",
+                    )
                 continue
             if len(row) != len(header):
-                raise _error(path, start, f"{len(row)} fields where the header has {len(header)}",
-                             "quote fields that contain commas or line breaks (\"like, this\")")
+                raise _error(
+                    path,
+                    start,
+                    f"{len(row)} fields where the header has {len(header)}",
+                    'quote fields that contain commas or line breaks ("like, this")',
+                )
             result.rows += 1
             result.lines.append(start)
     except csv.Error as err:
         raise _error(path, reader.line_num, f"unreadable CSV ({err})", "fix the quoting of that line") from None
     if header is None:
-        raise _error(path, None, "the file is empty" if path.stat().st_size == 0 else "the file has no header line",
-                     f"write a header line of column names (e.g. {','.join(json.loads(example))}), then one row "
-                     "per line")
+        raise _error(
+            path,
+            None,
+            "the file is empty" if path.stat().st_size == 0 else "the file has no header line",
+            f"write a header line of column names (e.g. {','.join(json.loads(example))}), then one row per line",
+        )
     result.columns = header
     return _require_rows(result, "row under the header", example)
 
@@ -310,12 +391,19 @@ def _require_rows(result: FileCheck, unit: str, example: str) -> FileCheck:
     if result.rows == 0:
         empty = result.path.stat().st_size == 0
         what = "the file is empty (0 bytes)" if empty else f"no data (not one {unit})"
-        raise _error(result.path, None, what + (", only blank lines" if unit == "line" and not empty else ""),
-                     "add rows, or point to the file that holds them")
+        raise _error(
+            result.path,
+            None,
+            what + (", only blank lines" if unit == "line" and not empty else ""),
+            "add rows, or point to the file that holds them",
+        )
     if not result.columns:
-        raise _error(result.path, result.lines[0] if result.lines else None,
-                     f"every row is an empty object {{}} ({result.rows} rows, no columns)",
-                     f"give each row the data's columns, e.g. {example}")
+        raise _error(
+            result.path,
+            result.lines[0] if result.lines else None,
+            f"every row is an empty object {{}} ({result.rows} rows, no columns)",
+            f"give each row the data's columns, e.g. {example}",
+        )
     return result
 
 
@@ -323,14 +411,18 @@ _CHECKS = {"jsonl": _check_jsonl, "json": _check_json, "csv": _check_csv, "parqu
 
 
 def file_format(path: Path) -> str:
-    """"jsonl" | "json" | "csv" | "parquet" from the suffix; PreferenceDataError for any other."""
+    """ "jsonl" | "json" | "csv" | "parquet" from the suffix; PreferenceDataError for any other."""
     fmt = FILE_FORMATS.get(path.suffix.lower())
     if fmt is None and path.suffix.lower() in (".gz", ".bz2", ".xz", ".zst", ".zip"):
-        raise PreferenceDataError(f"{path}: compressed files are not read; decompress it first (e.g. `gunzip -k "
-                                  f"{path.name}`) and pass the {''.join(path.suffixes[:-1]) or 'data'} file")
+        raise PreferenceDataError(
+            f"{path}: compressed files are not read; decompress it first (e.g. `gunzip -k "
+            f"{path.name}`) and pass the {''.join(path.suffixes[:-1]) or 'data'} file"
+        )
     if fmt is None:
-        raise PreferenceDataError(f"{path}: unsupported file type {path.suffix!r}; use one of "
-                                  f"{sorted(FILE_FORMATS)} (or a folder of them, or a save_to_disk folder)")
+        raise PreferenceDataError(
+            f"{path}: unsupported file type {path.suffix!r}; use one of "
+            f"{sorted(FILE_FORMATS)} (or a folder of them, or a save_to_disk folder)"
+        )
     return fmt
 
 
@@ -342,27 +434,35 @@ def check_file(path: str | Path, kind: str | None = None) -> FileCheck:
     try:
         return check(path, example_row(kind))
     except OSError as err:  # unreadable: permissions, a vanished file, an I/O error
-        raise _error(path, None, f"cannot be read ({err.strerror or err})",
-                     "check that it is a readable file") from None
+        raise _error(
+            path, None, f"cannot be read ({err.strerror or err})", "check that it is a readable file"
+        ) from None
 
 
-def read_files(paths: Sequence[Path], cache_dir: str | None = None,
-               kind: str | None = None) -> tuple[datasets.Dataset, list[FileCheck]]:
+def read_files(
+    paths: Sequence[Path], cache_dir: str | None = None, kind: str | None = None
+) -> tuple[datasets.Dataset, list[FileCheck]]:
     """Check every file, then read them (one format) as one memory-mapped `datasets.Dataset`, in order."""
     import datasets  # heavy: loaded on first use
 
     checks = [check_file(p, kind) for p in paths]
     fmt = file_format(paths[0])
     files = [str(p) for p in paths]
-    reader = {"jsonl": datasets.Dataset.from_json, "json": datasets.Dataset.from_json,
-              "csv": datasets.Dataset.from_csv, "parquet": datasets.Dataset.from_parquet}[fmt]
+    reader = {
+        "jsonl": datasets.Dataset.from_json,
+        "json": datasets.Dataset.from_json,
+        "csv": datasets.Dataset.from_csv,
+        "parquet": datasets.Dataset.from_parquet,
+    }[fmt]
     try:
         dataset = reader(files if len(files) > 1 else files[0], cache_dir=cache_dir)
     except Exception as err:  # the checks passed, so this is a datasets/pyarrow limit, not a syntax error
         cause = err.__cause__ or err
-        raise PreferenceDataError(f"{', '.join(files)}: passed prefopt's checks but datasets could not read it "
-                                  f"({type(cause).__name__}: {cause}); please report this, with the file if "
-                                  "you can") from err
+        raise PreferenceDataError(
+            f"{', '.join(files)}: passed prefopt's checks but datasets could not read it "
+            f"({type(cause).__name__}: {cause}); please report this, with the file if "
+            "you can"
+        ) from err
     return dataset, checks
 
 
@@ -383,31 +483,44 @@ def folder_splits(folder: Path) -> dict[str, list[Path]]:
     (train/training, test/testing, eval/evaluation, validation/valid/val/dev); files that name none are
     the train split when they are a single file or the shards of one (`name-00000-of-00003.jsonl`).
     """
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FILE_FORMATS
-                   and p.name not in _METADATA
-                   and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
+    found = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in FILE_FORMATS
+        and p.name not in _METADATA
+        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+    )
     rel = [str(p.relative_to(folder)) for p in found]
     if not found:
         others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[:10]
-        raise PreferenceDataError(f"{folder}: no data files (.jsonl, .json, .csv or .parquet) in the folder (it "
-                                  f"holds {others or 'nothing'}); pass a data file, or a folder of them")
+        raise PreferenceDataError(
+            f"{folder}: no data files (.jsonl, .json, .csv or .parquet) in the folder (it "
+            f"holds {others or 'nothing'}); pass a data file, or a folder of them"
+        )
     formats = sorted({FILE_FORMATS[p.suffix.lower()] for p in found})
     if len(formats) > 1:
-        raise PreferenceDataError(f"{folder}: mixes file formats ({', '.join(rel)}); keep one format in the "
-                                  f"folder, or pass one file with --data {folder / rel[0]}")
+        raise PreferenceDataError(
+            f"{folder}: mixes file formats ({', '.join(rel)}); keep one format in the "
+            f"folder, or pass one file with --data {folder / rel[0]}"
+        )
     splits: dict[str, list[Path]] = {}
     unnamed = [p for p in found if _split_of(p.relative_to(folder)) is None]
     if unnamed and len(unnamed) < len(found):
         names = ", ".join(str(p.relative_to(folder)) for p in unnamed)
-        raise PreferenceDataError(f"{folder}: {names} name{'s' if len(unnamed) == 1 else ''} no split beside "
-                                  f"split files ({', '.join(rel)}); rename or move {'it' if len(unnamed) == 1 else 'them'}"
-                                  " (train/test/eval/validation in the name), or pass one file")
+        raise PreferenceDataError(
+            f"{folder}: {names} name{'s' if len(unnamed) == 1 else ''} no split beside "
+            f"split files ({', '.join(rel)}); rename or move {'it' if len(unnamed) == 1 else 'them'}"
+            " (train/test/eval/validation in the name), or pass one file"
+        )
     if unnamed:
         stems = {(m.group("stem") if (m := _SHARD.match(p.stem)) else p.stem) for p in unnamed}
         if len(unnamed) > 1 and len(stems) > 1:
-            raise PreferenceDataError(f"{folder}: several data files and none names a split ({', '.join(rel)}); "
-                                      f"pass one file (--data {folder / rel[0]}), or name them train.*, test.* "
-                                      "(eval, validation) to make them splits")
+            raise PreferenceDataError(
+                f"{folder}: several data files and none names a split ({', '.join(rel)}); "
+                f"pass one file (--data {folder / rel[0]}), or name them train.*, test.* "
+                "(eval, validation) to make them splits"
+            )
         splits["train"] = unnamed
     for p in found:
         if p not in unnamed:

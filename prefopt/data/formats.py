@@ -123,8 +123,9 @@ def extract_prompts(dataset: datasets.Dataset) -> datasets.Dataset:
     Rows must have been validated (a row without a common prefix raises ValueError naming it).
     """
     if "prompt" not in dataset.column_names:
-        dataset = dataset.add_column("prompt", [None] * len(dataset), new_fingerprint=derived_fingerprint(
-            dataset._fingerprint, "add-prompt"))
+        dataset = dataset.add_column(
+            "prompt", [None] * len(dataset), new_fingerprint=derived_fingerprint(dataset._fingerprint, "add-prompt")
+        )
 
     def split(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"prompt": [], "chosen": [], "rejected": []}
@@ -139,8 +140,13 @@ def extract_prompts(dataset: datasets.Dataset) -> datasets.Dataset:
             out["rejected"].append(rejected)
         return out
 
-    return dataset.map(split, batched=True, with_indices=True, desc="extract prompts",
-                       new_fingerprint=derived_fingerprint(dataset._fingerprint, "extract-prompts"))
+    return dataset.map(
+        split,
+        batched=True,
+        with_indices=True,
+        desc="extract prompts",
+        new_fingerprint=derived_fingerprint(dataset._fingerprint, "extract-prompts"),
+    )
 
 
 def order_ranked(dataset: datasets.Dataset, ties: str = "error") -> datasets.Dataset:
@@ -156,19 +162,23 @@ def order_ranked(dataset: datasets.Dataset, ties: str = "error") -> datasets.Dat
     if ties == "drop":
         dataset = dataset.filter(
             lambda r: not has_ties(None if by_scores else r["ranks"], r["scores"] if by_scores else None),
-            new_fingerprint=derived_fingerprint(dataset._fingerprint, "drop-ties"), desc="drop tied rows")
+            new_fingerprint=derived_fingerprint(dataset._fingerprint, "drop-ties"),
+            desc="drop tied rows",
+        )
 
     def reorder(row: dict[str, Any]) -> dict[str, Any]:
         values = row["scores"] if by_scores else row["ranks"]
         order = rank_order(None if by_scores else values, values if by_scores else None)
-        out = {"completions": [row["completions"][i] for i in order],
-               "ranks": _dense_ranks(values, order)}
+        out = {"completions": [row["completions"][i] for i in order], "ranks": _dense_ranks(values, order)}
         if by_scores:
             out["scores"] = [float(values[i]) for i in order]
         return out
 
-    return dataset.map(reorder, desc="order completions",
-                       new_fingerprint=derived_fingerprint(dataset._fingerprint, "order-ranked", ties))
+    return dataset.map(
+        reorder,
+        desc="order completions",
+        new_fingerprint=derived_fingerprint(dataset._fingerprint, "order-ranked", ties),
+    )
 
 
 def to_unpaired(dataset: datasets.Dataset) -> datasets.Dataset:
@@ -196,5 +206,11 @@ def to_unpaired(dataset: datasets.Dataset) -> datasets.Dataset:
                     out[c].append(batch[c][j])
         return out
 
-    return dataset.map(split, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                       desc="split pairs", new_fingerprint=derived_fingerprint(dataset._fingerprint, "to-unpaired"))
+    return dataset.map(
+        split,
+        batched=True,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        desc="split pairs",
+        new_fingerprint=derived_fingerprint(dataset._fingerprint, "to-unpaired"),
+    )

@@ -45,8 +45,16 @@ from prefopt.data.validate import (
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["load_preferences", "open_preferences", "OpenedData", "FILE_BUILDERS", "SplitFiles", "record_folder_reads",
-           "describe_folder_reads", "log_folder_reads"]
+__all__ = [
+    "load_preferences",
+    "open_preferences",
+    "OpenedData",
+    "FILE_BUILDERS",
+    "SplitFiles",
+    "record_folder_reads",
+    "describe_folder_reads",
+    "log_folder_reads",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +166,9 @@ def load_preferences(
     import datasets  # heavy: loaded on first use
 
     schema = schema_for(kind)
-    opened = open_preferences(source, split=split, config_name=config_name, revision=revision, cache_dir=cache_dir,
-                              kind=schema.kind)
+    opened = open_preferences(
+        source, split=split, config_name=config_name, revision=revision, cache_dir=cache_dir, kind=schema.kind
+    )
     dataset = _rename(opened.dataset, columns or {})
     _check_some_known_column(dataset.column_names, schema, opened.name)
     report = validate_preferences(dataset, schema.kind, ties=ties, identical=identical)
@@ -168,8 +177,10 @@ def load_preferences(
         warnings.warn(message, PreferenceDataWarning, stacklevel=2)
     if report.identical_rows and identical == "drop":
         drop = set(report.identical_rows)
-        dataset = dataset.select([i for i in range(len(dataset)) if i not in drop],
-                                 new_fingerprint=derived_fingerprint(dataset._fingerprint, "drop-identical"))
+        dataset = dataset.select(
+            [i for i in range(len(dataset)) if i not in drop],
+            new_fingerprint=derived_fingerprint(dataset._fingerprint, "drop-identical"),
+        )
     keep = [c for c in dataset.column_names if c in schema.known_columns]
     dataset = dataset.select_columns(keep)
     if schema.kind == "paired":
@@ -179,8 +190,12 @@ def load_preferences(
     elif schema.kind == "unpaired":
         features = dataset.features.copy()
         features["label"] = datasets.Value("bool")
-        dataset = dataset.map(lambda r: {"label": bool(r["label"])}, features=features, desc="labels to bool",
-                              new_fingerprint=derived_fingerprint(dataset._fingerprint, "bool-labels"))
+        dataset = dataset.map(
+            lambda r: {"label": bool(r["label"])},
+            features=features,
+            desc="labels to bool",
+            new_fingerprint=derived_fingerprint(dataset._fingerprint, "bool-labels"),
+        )
     return dataset
 
 
@@ -192,7 +207,8 @@ def _check_some_known_column(columns: list[str], schema: KindSchema, name: str) 
     raise PreferenceDataError(
         f"{name}: none of its columns {columns} is a column of {schema.kind} data, which needs "
         f"{', '.join(needs)} (optional: {', '.join(schema.optional)}); rename yours in the file, or pass "
-        f"columns={{'<your name>': {schema.required[-1]!r}, ...}} to load_preferences")
+        f"columns={{'<your name>': {schema.required[-1]!r}, ...}} to load_preferences"
+    )
 
 
 def open_preferences(
@@ -229,13 +245,16 @@ def open_preferences(
     if isinstance(source, datasets.DatasetDict):
         return _pick_split(dict(source), split, "the DatasetDict")
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"load_preferences: source must be a path, a Hub name or a datasets.Dataset, "
-                        f"got {type(source).__name__}")
+        raise TypeError(
+            f"load_preferences: source must be a path, a Hub name or a datasets.Dataset, got {type(source).__name__}"
+        )
     path = Path(source).expanduser()
     cache = None if cache_dir is None else str(cache_dir)
     if revision is not None and path.exists():
-        raise PreferenceDataError(f"{path}: revision={revision!r} pins a version of a Hub dataset; a local file or "
-                                  "folder has none (leave the revision out, or give the Hub name)")
+        raise PreferenceDataError(
+            f"{path}: revision={revision!r} pins a version of a Hub dataset; a local file or "
+            "folder has none (leave the revision out, or give the Hub name)"
+        )
     if path.is_file():
         return _open_file(path, split, cache, kind)
     if path.is_dir():
@@ -276,8 +295,9 @@ def _read(files: list[Path], cache: str | None, root: Path | None, name: str, ki
 def _open_file(path: Path, split: str | None, cache: str | None, kind: str | None) -> OpenedData:
     for name, _ in _split_parts(split):
         if name != "train":
-            raise MissingSplitError(f"{path}: a single file has one split, 'train' (slices like 'train[:100]' "
-                                    f"work); got split={split!r}")
+            raise MissingSplitError(
+                f"{path}: a single file has one split, 'train' (slices like 'train[:100]' work); got split={split!r}"
+            )
     return _pick_split({"train": lambda: _read([path], cache, None, str(path), kind)}, split, str(path))
 
 
@@ -292,16 +312,18 @@ def _open_folder(path: Path, split: str | None, cache: str | None, kind: str | N
             opened = _read(files, cache, path, f"{path} ({used})", kind)
             reads = _FOLDER_READS.get()
             if reads is not None:
-                reads.append(SplitFiles(str(path), name, tuple(str(f.relative_to(path)) for f in files),
-                                        len(opened.dataset)))
+                reads.append(
+                    SplitFiles(str(path), name, tuple(str(f.relative_to(path)) for f in files), len(opened.dataset))
+                )
             return opened
+
         return read
 
     return _pick_split({name: opener(name) for name in splits}, split, str(path))
 
 
 def _split_parts(split: str | None) -> list[tuple[str, str]]:
-    """"train[:10]+test" → [("train", "train[:10]"), ("test", "test")]."""
+    """ "train[:10]+test" → [("train", "train[:10]"), ("test", "test")]."""
     if split is None:
         return []
     parts = []
@@ -329,8 +351,9 @@ def _pick_split(splits: Mapping[str, Any], split: str | None, where: str) -> Ope
         if name not in names:
             near = nearest_name(name, names)
             hint = f" Did you mean {near!r}?" if near else ""
-            raise MissingSplitError(f"{where} has no split {name!r}.{hint} Splits: {names}; pass one of them "
-                                    "(split=, prefopt: --split)")
+            raise MissingSplitError(
+                f"{where} has no split {name!r}.{hint} Splits: {names}; pass one of them (split=, prefopt: --split)"
+            )
         value = splits[name]
         value = value() if callable(value) else value
         opened = value if isinstance(value, OpenedData) else OpenedData(value, where)
@@ -349,12 +372,15 @@ def _slice(opened: OpenedData, name: str, spec: str) -> OpenedData:
     try:
         instructions = datasets.ReadInstruction.from_spec(spec).to_absolute({name: len(opened.dataset)})
     except (ValueError, AssertionError, KeyError) as err:
-        raise PreferenceDataError(f"{opened.name}: split={spec!r} is not a valid slice ({err}); write it like "
-                                  f"'{name}[:100]', '{name}[10%:]' or '{name}[:50%]+{name}[-10:]'") from None
+        raise PreferenceDataError(
+            f"{opened.name}: split={spec!r} is not a valid slice ({err}); write it like "
+            f"'{name}[:100]', '{name}[10%:]' or '{name}[:50%]+{name}[-10:]'"
+        ) from None
     indices = [i for ins in instructions for i in range(ins.from_, ins.to)]
     where = opened.where
-    return OpenedData(opened.dataset.select(indices), opened.name,
-                      None if where is None else (lambda row: where(indices[row])))
+    return OpenedData(
+        opened.dataset.select(indices), opened.name, None if where is None else (lambda row: where(indices[row]))
+    )
 
 
 def _offline() -> bool:
@@ -364,8 +390,9 @@ def _offline() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE or huggingface_hub.constants.HF_HUB_OFFLINE)
 
 
-def _from_hub(name: str, split: str | None, config_name: str | None, cache_dir: str | None,
-              revision: str | None = None) -> OpenedData:
+def _from_hub(
+    name: str, split: str | None, config_name: str | None, cache_dir: str | None, revision: str | None = None
+) -> OpenedData:
     """The real `datasets.load_dataset` path, with a clear message when offline and not cached."""
     import datasets  # heavy: loaded on first use
 
@@ -377,9 +404,11 @@ def _from_hub(name: str, split: str | None, config_name: str | None, cache_dir: 
             raise PreferenceDataError(
                 f"dataset {label!r} is not in the local cache and offline mode is on (HF_DATASETS_OFFLINE or "
                 f"HF_HUB_OFFLINE): load it once with network access to cache it, or pass a local file or "
-                f"folder. ({type(err).__name__}: {err})") from err
-        raise PreferenceDataError(f"could not load {label!r} with datasets.load_dataset: {err}. If it is a local "
-                                  f"path, check that it exists.") from err
+                f"folder. ({type(err).__name__}: {err})"
+            ) from err
+        raise PreferenceDataError(
+            f"could not load {label!r} with datasets.load_dataset: {err}. If it is a local path, check that it exists."
+        ) from err
     except ValueError as err:
         if "split" in str(err).lower():
             raise MissingSplitError(f"{label}: {err}") from err
@@ -395,8 +424,9 @@ def _rename(dataset: datasets.Dataset, columns: Mapping[str, str]) -> datasets.D
     if missing:
         hints = {m: nearest_name(m, dataset.column_names) for m in missing}
         detail = "; ".join(f"{m!r}" + (f" (did you mean {h!r}?)" if h else "") for m, h in hints.items())
-        raise ValueError(f"columns= renames {detail}, which the dataset does not have; its columns are "
-                         f"{dataset.column_names}")
+        raise ValueError(
+            f"columns= renames {detail}, which the dataset does not have; its columns are {dataset.column_names}"
+        )
     clashes = [dst for src, dst in columns.items() if dst in dataset.column_names and dst not in columns]
     if clashes:
         raise ValueError(f"columns= renames onto {clashes}, which already exist; drop or rename those first")

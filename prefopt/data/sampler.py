@@ -29,8 +29,9 @@ class LengthGroupedSampler(Sampler[int]):
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, mega_batch_mult: int = 50, seed: int = 0) -> None:
         if batch_size < 1 or mega_batch_mult < 1:
-            raise ValueError(f"LengthGroupedSampler: batch_size={batch_size} and mega_batch_mult={mega_batch_mult} "
-                             "must be ≥ 1")
+            raise ValueError(
+                f"LengthGroupedSampler: batch_size={batch_size} and mega_batch_mult={mega_batch_mult} must be ≥ 1"
+            )
         if len(lengths) == 0:
             raise ValueError("LengthGroupedSampler: lengths is empty (the dataset has no rows)")
         self.lengths = [int(n) for n in lengths]
@@ -52,8 +53,8 @@ class LengthGroupedSampler(Sampler[int]):
         mega = self.batch_size * self.mega_batch_mult
         batches: list[list[int]] = []
         for start in range(0, len(order), mega):
-            chunk = sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         # Only the very last batch can be short; keep it last so DataLoader batches stay aligned with ours.
         tail = batches.pop() if len(batches[-1]) < self.batch_size else []
         for b in torch.randperm(len(batches), generator=gen).tolist():

@@ -88,7 +88,9 @@ def schema_for(kind: str) -> KindSchema:
     if canonical not in _SCHEMAS:
         near = nearest_name(kind, KINDS + tuple(_ALIASES))
         hint = f" Did you mean {near!r}?" if near else ""
-        raise ValueError(f"unknown data kind {kind!r}.{hint} Valid kinds: {', '.join(KINDS)} (and 'rollout' = 'prompt').")
+        raise ValueError(
+            f"unknown data kind {kind!r}.{hint} Valid kinds: {', '.join(KINDS)} (and 'rollout' = 'prompt')."
+        )
     return _SCHEMAS[canonical]
 
 

@@ -89,13 +89,18 @@ class TokenizeConfig:
                 raise ValueError(f"TokenizeConfig.{name}={value!r}: must be a positive integer or None")
         if self.max_length is not None and self.max_prompt_length is not None:
             if self.max_prompt_length >= self.max_length:
-                raise ValueError(f"TokenizeConfig: max_prompt_length={self.max_prompt_length} leaves no room for "
-                                 f"completions within max_length={self.max_length}; make it smaller")
+                raise ValueError(
+                    f"TokenizeConfig: max_prompt_length={self.max_prompt_length} leaves no room for "
+                    f"completions within max_length={self.max_length}; make it smaller"
+                )
         if self.prompt_truncation not in PROMPT_POLICIES:
-            raise ValueError(f"TokenizeConfig.prompt_truncation={self.prompt_truncation!r}: use one of {PROMPT_POLICIES}")
+            raise ValueError(
+                f"TokenizeConfig.prompt_truncation={self.prompt_truncation!r}: use one of {PROMPT_POLICIES}"
+            )
         if self.completion_truncation not in COMPLETION_POLICIES:
-            raise ValueError(f"TokenizeConfig.completion_truncation={self.completion_truncation!r}: "
-                             f"use one of {COMPLETION_POLICIES}")
+            raise ValueError(
+                f"TokenizeConfig.completion_truncation={self.completion_truncation!r}: use one of {COMPLETION_POLICIES}"
+            )
 
     def fingerprint(self) -> str:
         """A stable 16-hex hash of every setting that changes the tokens (not `num_proc`)."""
@@ -131,8 +136,10 @@ class PromptCompletionEncoder:
         self.bos = tokenizer.bos_token_id
         self.eos = tokenizer.eos_token_id
         if config.append_eos and self.eos is None:
-            raise ValueError("tokenizer has no eos_token but append_eos=True: set tokenizer.eos_token, or pass "
-                             "TokenizeConfig(append_eos=False)")
+            raise ValueError(
+                "tokenizer has no eos_token but append_eos=True: set tokenizer.eos_token, or pass "
+                "TokenizeConfig(append_eos=False)"
+            )
         adds_bos = self.bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [self.bos]
         self.add_bos = adds_bos if config.add_bos is None else config.add_bos
         if self.add_bos and self.bos is None:
@@ -143,17 +150,21 @@ class PromptCompletionEncoder:
         if not is_conversation(prompt):
             return prompt, completion
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("conversational data needs a tokenizer with a chat_template; set "
-                             "tokenizer.chat_template, or give prompts and completions as strings")
+            raise ValueError(
+                "conversational data needs a tokenizer with a chat_template; set "
+                "tokenizer.chat_template, or give prompts and completions as strings"
+            )
         template = self.tokenizer.apply_chat_template
         prompt_text = template(prompt, tokenize=False, add_generation_prompt=True)
         if completion is None:
             return prompt_text, None
         full = template(list(prompt) + list(completion), tokenize=False)
         if not full.startswith(prompt_text):
-            raise ValueError("the chat template does not render the prompt (with generation prompt) as a prefix of "
-                             f"prompt + completion: {prompt_text[-80:]!r} vs {full[:len(prompt_text)][-80:]!r}")
-        return prompt_text, full[len(prompt_text):]
+            raise ValueError(
+                "the chat template does not render the prompt (with generation prompt) as a prefix of "
+                f"prompt + completion: {prompt_text[-80:]!r} vs {full[: len(prompt_text)][-80:]!r}"
+            )
+        return prompt_text, full[len(prompt_text) :]
 
     def encode(self, prompt: Any, completions: list[Any]) -> dict[str, Any]:
         """prompt_ids, completion_ids and truncation flags for one row (K = len(completions) ≥ 0)."""
@@ -166,7 +177,7 @@ class PromptCompletionEncoder:
         completion_ids = self._tokenize([text for r, cs in zip(rendered, completions) if cs for _, text in r])
         rows, cursor = [], 0
         for ids, cs in zip(prompt_ids, completions):
-            rows.append(self._assemble(ids, completion_ids[cursor:cursor + len(cs)]))
+            rows.append(self._assemble(ids, completion_ids[cursor : cursor + len(cs)]))
             cursor += len(cs)
         return rows
 
@@ -191,7 +202,7 @@ class PromptCompletionEncoder:
                 if cfg.completion_truncation == "keep_start":
                     ids = ids[:room]
                 elif cfg.completion_truncation == "keep_end":
-                    ids = ids[len(ids) - room:]
+                    ids = ids[len(ids) - room :]
             out_ids.append(ids)
         return {
             "prompt_ids": prompt_ids,
@@ -207,8 +218,8 @@ class PromptCompletionEncoder:
         if self.config.prompt_truncation == "keep_start":
             return ids[:limit]
         if ids[:1] == [self.bos] and self.bos is not None:
-            return [self.bos] + ids[len(ids) - (limit - 1):] if limit > 1 else [self.bos]
-        return ids[len(ids) - limit:]
+            return [self.bos] + ids[len(ids) - (limit - 1) :] if limit > 1 else [self.bos]
+        return ids[len(ids) - limit :]
 
 
 def infer_kind(columns: list[str]) -> str:
@@ -261,14 +272,19 @@ def tokenize_preferences(
         out["row_index"] = list(indices)
         return out
 
-    fingerprint = derived_fingerprint(dataset._fingerprint, "tokenize", kind, config.fingerprint(),
-                                      tokenizer_fingerprint(tokenizer), FORMAT_VERSION)
+    fingerprint = derived_fingerprint(
+        dataset._fingerprint, "tokenize", kind, config.fingerprint(), tokenizer_fingerprint(tokenizer), FORMAT_VERSION
+    )
     num_proc = config.num_proc or (1 if len(dataset) < 4096 else min(os.cpu_count() or 1, 8))
     keep = [c for c in _CARRIED if c in dataset.column_names]
     tokenized = dataset.map(
-        encode, batched=True, with_indices=True, num_proc=num_proc if num_proc > 1 else None,
+        encode,
+        batched=True,
+        with_indices=True,
+        num_proc=num_proc if num_proc > 1 else None,
         remove_columns=[c for c in dataset.column_names if c not in keep],
-        new_fingerprint=fingerprint, desc="tokenize",
+        new_fingerprint=fingerprint,
+        desc="tokenize",
     )
     return _apply_truncation_policy(tokenized, config)
 
@@ -280,27 +296,41 @@ def _apply_truncation_policy(tokenized: datasets.Dataset, config: TokenizeConfig
     if config.prompt_truncation == "error":
         rows = [i for i, f in enumerate(flags["prompt_overflow"]) if f]
         if rows:
-            problems.append(f"{len(rows)} prompt(s) exceed max_prompt_length={config.max_prompt_length} tokens "
-                            f"(rows {format_rows(rows)}); raise it or use prompt_truncation='keep_end'")
+            problems.append(
+                f"{len(rows)} prompt(s) exceed max_prompt_length={config.max_prompt_length} tokens "
+                f"(rows {format_rows(rows)}); raise it or use prompt_truncation='keep_end'"
+            )
     if config.completion_truncation == "error":
         rows = [i for i, f in enumerate(flags["completion_overflow"]) if f]
         if rows:
-            problems.append(f"{len(rows)} row(s) exceed max_length={config.max_length} tokens "
-                            f"(rows {format_rows(rows)}); raise it or use completion_truncation='keep_start'")
+            problems.append(
+                f"{len(rows)} row(s) exceed max_length={config.max_length} tokens "
+                f"(rows {format_rows(rows)}); raise it or use completion_truncation='keep_start'"
+            )
     if problems:
         raise PreferenceDataError("tokenisation: " + "; ".join(problems))
     empty = [i for i, f in enumerate(flags["empty_completion"]) if f]
     tokenized = tokenized.remove_columns(["prompt_overflow", "completion_overflow", "empty_completion"])
     if empty and len(empty) == len(tokenized):
-        raise PreferenceDataError(f"tokenisation: every row ({len(empty)}) has a completion truncated to zero "
-                                  f"tokens; max_length={config.max_length} is too small for the prompts")
+        raise PreferenceDataError(
+            f"tokenisation: every row ({len(empty)}) has a completion truncated to zero "
+            f"tokens; max_length={config.max_length} is too small for the prompts"
+        )
     if empty:
-        warnings.warn(f"dropped {len(empty)} of {len(tokenized)} row(s) whose completion was truncated to zero "
-                      f"tokens (rows {format_rows(empty)}); raise max_length or lower max_prompt_length",
-                      PreferenceDataWarning, stacklevel=3)
+        warnings.warn(
+            f"dropped {len(empty)} of {len(tokenized)} row(s) whose completion was truncated to zero "
+            f"tokens (rows {format_rows(empty)}); raise max_length or lower max_prompt_length",
+            PreferenceDataWarning,
+            stacklevel=3,
+        )
         dropped = set(empty)
-        tokenized = tokenized.select([i for i in range(len(tokenized)) if i not in dropped],
-                                     new_fingerprint=derived_fingerprint(tokenized._fingerprint, "drop-empty"))
+        tokenized = tokenized.select(
+            [i for i in range(len(tokenized)) if i not in dropped],
+            new_fingerprint=derived_fingerprint(tokenized._fingerprint, "drop-empty"),
+        )
     # The position each example will have in the final dataset: what reference caches index by.
-    return tokenized.add_column("example_index", list(range(len(tokenized))),
-                                new_fingerprint=derived_fingerprint(tokenized._fingerprint, "example-index"))
+    return tokenized.add_column(
+        "example_index",
+        list(range(len(tokenized))),
+        new_fingerprint=derived_fingerprint(tokenized._fingerprint, "example-index"),
+    )

@@ -59,16 +59,24 @@ class ValidationReport:
         """True if no problem was found (warnings and identical pairs do not count)."""
         return not self.problems
 
-    def summary(self, max_reported: int = DEFAULT_MAX_REPORTED, source: str = "dataset",
-                where: Callable[[int], str] | None = None) -> str:
+    def summary(
+        self,
+        max_reported: int = DEFAULT_MAX_REPORTED,
+        source: str = "dataset",
+        where: Callable[[int], str] | None = None,
+    ) -> str:
         """Counts per category, then the first `max_reported` problems with row ids (each after `where(row)`,
         e.g. "line 7", when the rows came from a file)."""
         rows = {p.row for p in self.problems if p.row is not None}
         counts = Counter(p.code for p in self.problems)
-        lines = [f"{source} ({self.kind}, {self.num_rows} rows) has {len(self.problems)} problem(s) in "
-                 f"{len(rows)} row(s): " + ", ".join(f"{code} ×{n}" for code, n in counts.most_common())]
-        lines += [f"  {where(p.row)}: {p}" if where is not None and p.row is not None else f"  {p}"
-                  for p in self.problems[:max_reported]]
+        lines = [
+            f"{source} ({self.kind}, {self.num_rows} rows) has {len(self.problems)} problem(s) in "
+            f"{len(rows)} row(s): " + ", ".join(f"{code} ×{n}" for code, n in counts.most_common())
+        ]
+        lines += [
+            f"  {where(p.row)}: {p}" if where is not None and p.row is not None else f"  {p}"
+            for p in self.problems[:max_reported]
+        ]
         if len(self.problems) > max_reported:
             lines.append(f"  … and {len(self.problems) - max_reported} more (pass max_reported= to see more)")
         return "\n".join(lines)
@@ -95,12 +103,17 @@ class ValidationReport:
             listed = ", ".join(map(str, shown[:-1])) + " and " * (len(shown) > 1) + str(shown[-1])
         return f"{head} (also: row{'s' if len(rows) > 1 else ''} {listed})"
 
-    def raise_if_errors(self, max_reported: int = DEFAULT_MAX_REPORTED, source: str = "dataset",
-                        where: Callable[[int], str] | None = None) -> None:
+    def raise_if_errors(
+        self,
+        max_reported: int = DEFAULT_MAX_REPORTED,
+        source: str = "dataset",
+        where: Callable[[int], str] | None = None,
+    ) -> None:
         """Raise PreferenceDataError with `summary()` (and `one_line()`) if any problem was found."""
         if self.problems:
-            raise PreferenceDataError(self.summary(max_reported, source, where), list(self.problems),
-                                      one_line=self.one_line(source, where))
+            raise PreferenceDataError(
+                self.summary(max_reported, source, where), list(self.problems), one_line=self.one_line(source, where)
+            )
 
 
 def format_rows(rows: list[int], limit: int = 10) -> str:
@@ -145,16 +158,25 @@ def validate_preferences(
         for k, rows in sorted(ks.items()):
             if k != common:
                 for i in rows:
-                    report.problems.append(Problem(i, "completions", "inconsistent_k", f"has K={k} completions but "
-                                                   f"{len(ks[common])} rows have K={common}; a ranked dataset needs "
-                                                   "one K (keep the top-K of each row, or split the dataset)"))
+                    report.problems.append(
+                        Problem(
+                            i,
+                            "completions",
+                            "inconsistent_k",
+                            f"has K={k} completions but "
+                            f"{len(ks[common])} rows have K={common}; a ranked dataset needs "
+                            "one K (keep the top-K of each row, or split the dataset)",
+                        )
+                    )
     report.num_completions = next(iter(ks)) if len(ks) == 1 else None
     report.problems.sort(key=lambda p: -1 if p.row is None else p.row)  # column problems first, then by row
     if report.identical_rows and identical == "warn":
-        report.warnings.append(f"{len(report.identical_rows)} pair(s) have chosen identical to rejected (rows "
-                               f"{format_rows(report.identical_rows)}); they carry no preference signal. Pass "
-                               "identical='drop' (prefopt train --identical drop) to remove them or "
-                               "identical='error' (--identical error) to stop.")
+        report.warnings.append(
+            f"{len(report.identical_rows)} pair(s) have chosen identical to rejected (rows "
+            f"{format_rows(report.identical_rows)}); they carry no preference signal. Pass "
+            "identical='drop' (prefopt train --identical drop) to remove them or "
+            "identical='error' (--identical error) to stop."
+        )
     return report
 
 
@@ -173,16 +195,30 @@ def _check_columns(schema: KindSchema, columns: list[str], report: ValidationRep
         if not found:
             hints = [h for h in (nearest_name(c, unknown) for c in group) if h]
             fix = f" (is {hints[0]!r} one of them? pass columns={{{hints[0]!r}: ...}})" if hints else ""
-            report.problems.append(Problem(None, "|".join(group), "missing_column",
-                                           f"needs one of {list(group)}{fix}; dataset columns: {columns}"))
+            report.problems.append(
+                Problem(
+                    None,
+                    "|".join(group),
+                    "missing_column",
+                    f"needs one of {list(group)}{fix}; dataset columns: {columns}",
+                )
+            )
         elif len(found) > 1:
-            report.problems.append(Problem(None, "|".join(found), "ambiguous_column",
-                                           f"has both {found}; keep one (drop the other column or rename it)"))
+            report.problems.append(
+                Problem(
+                    None,
+                    "|".join(found),
+                    "ambiguous_column",
+                    f"has both {found}; keep one (drop the other column or rename it)",
+                )
+            )
     for name in unknown:
         near = nearest_name(name, known)
         if near is not None and near not in columns:
-            report.warnings.append(f"column {name!r} is not used by {schema.kind} data; did you mean {near!r}? "
-                                   f"Pass columns={{{name!r}: {near!r}}}.")
+            report.warnings.append(
+                f"column {name!r} is not used by {schema.kind} data; did you mean {near!r}? "
+                f"Pass columns={{{name!r}: {near!r}}}."
+            )
     return [c for c in columns if c in known]
 
 
@@ -203,8 +239,15 @@ def _rows(dataset: datasets.Dataset, columns: list[str], batch_size: int) -> Ite
             index += 1
 
 
-def _check_row(schema: KindSchema, i: int, row: dict[str, Any], report: ValidationReport, ties: str,
-               identical: str, ks: dict[int, list[int]]) -> None:
+def _check_row(
+    schema: KindSchema,
+    i: int,
+    row: dict[str, Any],
+    report: ValidationReport,
+    ties: str,
+    identical: str,
+    ks: dict[int, list[int]],
+) -> None:
     """All checks of one row; problems are appended to `report`."""
     row_id = row.get("id")
 
@@ -223,8 +266,12 @@ def _check_row(schema: KindSchema, i: int, row: dict[str, Any], report: Validati
         value = row.get(name)
         if name in row and value is None:
             add(name, "missing_value", "is missing (null); an optional column must be set in every row, or dropped")
-        elif name in row and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                and math.isfinite(value) and (name == "margin" or value >= 0)):
+        elif name in row and not (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (name == "margin" or value >= 0)
+        ):
             want = "a finite number" if name == "margin" else "a finite number ≥ 0"
             add(name, f"bad_{name}", f"must be {want}, got {value!r}")
     if "id" in row and (isinstance(row_id, bool) or not isinstance(row_id, (str, int))):
@@ -272,21 +319,36 @@ def _check_pair(row: dict[str, Any], add: AddProblem, report: ValidationReport, 
         return
     if chosen == rejected:
         if identical == "error":
-            add("rejected", "identical", "is identical to chosen; fix the pair or pass identical='drop' "
-                "(--identical drop)")
+            add(
+                "rejected",
+                "identical",
+                "is identical to chosen; fix the pair or pass identical='drop' (--identical drop)",
+            )
         elif identical == "warn" and needs_prompt_extraction(row):
-            add("rejected", "identical", "is identical to chosen and there is no prompt to keep the row by; "
-                "pass identical='drop' (--identical drop) or add a 'prompt' column")
+            add(
+                "rejected",
+                "identical",
+                "is identical to chosen and there is no prompt to keep the row by; "
+                "pass identical='drop' (--identical drop) or add a 'prompt' column",
+            )
         else:
             report.identical_rows.append(i)
         return
     if needs_prompt_extraction(row):
         if split_common_prefix(chosen, rejected) is None:
-            add("chosen", "no_common_prefix", "no prompt given and chosen/rejected share no common prefix "
-                "(whole leading messages, or text up to a word boundary); add a 'prompt' column")
+            add(
+                "chosen",
+                "no_common_prefix",
+                "no prompt given and chosen/rejected share no common prefix "
+                "(whole leading messages, or text up to a word boundary); add a 'prompt' column",
+            )
     elif is_conversation(prompt) and isinstance(chosen, str):
-        add("chosen", "mixed_styles", "prompt is a conversation but chosen/rejected are strings; give "
-            "completions as [{'role': 'assistant', 'content': ...}] lists")
+        add(
+            "chosen",
+            "mixed_styles",
+            "prompt is a conversation but chosen/rejected are strings; give "
+            "completions as [{'role': 'assistant', 'content': ...}] lists",
+        )
 
 
 def _check_ranked(row: dict[str, Any], add: AddProblem, ties: str, ks: dict[int, list[int]], i: int) -> None:
@@ -301,10 +363,14 @@ def _check_ranked(row: dict[str, Any], add: AddProblem, ties: str, ks: dict[int,
         return
     values = row[key]
     numeric = isinstance(values, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
     if not numeric or (key == "ranks" and not all(float(v).is_integer() for v in values)):
-        add(key, "bad_ranking", f"must be a list of finite {'integers' if key == 'ranks' else 'numbers'}, "
-            f"got {values!r}")
+        add(
+            key,
+            "bad_ranking",
+            f"must be a list of finite {'integers' if key == 'ranks' else 'numbers'}, got {values!r}",
+        )
     elif len(values) != len(completions):
         add(key, "length_mismatch", f"has {len(values)} values but completions has {len(completions)}")
     elif ties == "error" and has_ties(values if key == "ranks" else None, values if key == "scores" else None):

@@ -1,8 +1,8 @@
 """The batched log-prob engine: a causal LM + a `TokenBatch` → per-sequence completion log-probs.
 
-    engine = LogProbEngine(model)                 # splits body / lm_head, fused kernel on the head
-    out = engine(batch)                           # SequenceLogProbs: sum [S], count [S], mean [S]
-    ref = ReferenceLogProbs.from_disabled_adapter(peft_model)(batch)
+engine = LogProbEngine(model)                 # splits body / lm_head, fused kernel on the head
+out = engine(batch)                           # SequenceLogProbs: sum [S], count [S], mean [S]
+ref = ReferenceLogProbs.from_disabled_adapter(peft_model)(batch)
 """
 
 from prefopt.engine.cache import CacheKey, ReferenceCache, StaleCacheError, fingerprint, model_identity

@@ -121,7 +121,9 @@ class ReferenceCache:
 
     def __init__(self, key: CacheKey, sums: Tensor, counts: Tensor) -> None:
         if sums.shape != counts.shape or sums.ndim != 2:
-            raise ValueError(f"ReferenceCache: sums {tuple(sums.shape)} and counts {tuple(counts.shape)} must be [E, K]")
+            raise ValueError(
+                f"ReferenceCache: sums {tuple(sums.shape)} and counts {tuple(counts.shape)} must be [E, K]"
+            )
         self.key, self.sums, self.counts = key, sums.float().cpu(), counts.long().cpu()
 
     @property
@@ -181,7 +183,9 @@ class ReferenceCache:
             counts[index] = out.grouped(out.count).cpu()
         if sums is None or counts is None or bool((counts < 0).any()):
             missing = [] if counts is None else (counts[:, 0] < 0).nonzero().flatten()[:10].tolist()
-            raise ValueError(f"reference cache: batches did not cover all {num_examples} examples (missing e.g. {missing})")
+            raise ValueError(
+                f"reference cache: batches did not cover all {num_examples} examples (missing e.g. {missing})"
+            )
         return cls(key, sums, counts)
 
     @classmethod

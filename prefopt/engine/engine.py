@@ -183,8 +183,13 @@ class LogProbEngine:
             tokens = _unflatten(flat.logp, flat.select)
             token_entropy = None if flat.entropy is None else _unflatten(flat.entropy, flat.select)
         return SequenceLogProbs(
-            out.sum, out.count, out.group_size, tokens, batch.sequence_ids if return_tokens else None,
-            entropy, token_entropy,
+            out.sum,
+            out.count,
+            out.group_size,
+            tokens,
+            batch.sequence_ids if return_tokens else None,
+            entropy,
+            token_entropy,
         )
 
 

@@ -90,8 +90,13 @@ class SequenceLogProbs:
         """A copy with every tensor detached (for reference log-probs and logging)."""
         detach = lambda t: None if t is None else t.detach()  # noqa: E731
         return SequenceLogProbs(
-            self.sum.detach(), self.count, self.group_size, detach(self.tokens), self.token_sequence_ids,
-            detach(self.entropy), detach(self.token_entropy),
+            self.sum.detach(),
+            self.count,
+            self.group_size,
+            detach(self.tokens),
+            self.token_sequence_ids,
+            detach(self.entropy),
+            detach(self.token_entropy),
         )
 
     @staticmethod

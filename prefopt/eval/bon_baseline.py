@@ -48,9 +48,15 @@ class BestOfNPoint:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
-        return {"n": self.n, "reward": self.reward.to_dict(), "kl": self.kl.to_dict(), "kl_bound": self.kl_bound,
-                "win_rate": self.win_rate.to_dict(), "num_prompts": self.num_prompts,
-                "samples_per_prompt": self.samples_per_prompt}
+        return {
+            "n": self.n,
+            "reward": self.reward.to_dict(),
+            "kl": self.kl.to_dict(),
+            "kl_bound": self.kl_bound,
+            "win_rate": self.win_rate.to_dict(),
+            "num_prompts": self.num_prompts,
+            "samples_per_prompt": self.samples_per_prompt,
+        }
 
 
 def best_of_n_points(rewards: Tensor, ns: Sequence[int] = DEFAULT_BON_N, *, seed: int = 0) -> list[BestOfNPoint]:
@@ -63,19 +69,24 @@ def best_of_n_points(rewards: Tensor, ns: Sequence[int] = DEFAULT_BON_N, *, seed
     """
     rewards = torch.as_tensor(rewards, dtype=torch.float64)
     if rewards.dim() != 2 or rewards.shape[1] < 4 or not torch.isfinite(rewards).all():
-        raise ValueError(f"best_of_n_points: rewards must be finite [prompts, samples] with ≥ 4 samples per prompt, "
-                         f"got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"best_of_n_points: rewards must be finite [prompts, samples] with ≥ 4 samples per prompt, "
+            f"got shape {tuple(rewards.shape)}"
+        )
     prompts, m = rewards.shape
     bad = [n for n in ns if isinstance(n, bool) or int(n) != n or not 1 <= n <= m // 4]
     if bad or not ns:
-        raise ValueError(f"best_of_n_points: N values {bad or list(ns)} must be integers in [1, M/4 = {m // 4}] "
-                         f"(M = {m} samples per prompt; the plug-in KL needs M ≫ N); draw more samples")
+        raise ValueError(
+            f"best_of_n_points: N values {bad or list(ns)} must be integers in [1, M/4 = {m // 4}] "
+            f"(M = {m} samples per prompt; the plug-in KL needs M ≫ N); draw more samples"
+        )
     uniform = torch.full((m,), 1.0 / m, dtype=torch.float64)
     points = []
     for n in ns:
-        per_prompt = [(best_of_n_expected_reward(uniform, r, n), best_of_n_kl(uniform, r, n),
-                       best_of_n_win_rate(uniform, r, n)) for r in rewards]
+        per_prompt = [
+            (best_of_n_expected_reward(uniform, r, n), best_of_n_kl(uniform, r, n), best_of_n_win_rate(uniform, r, n))
+            for r in rewards
+        ]
         reward, kl, win = (bootstrap_mean([row[i] for row in per_prompt], seed=seed) for i in range(3))
         points.append(BestOfNPoint(int(n), reward, kl, classical_kl_formula(int(n)), win, prompts, m))
     return points
-

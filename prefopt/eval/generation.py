@@ -34,8 +34,14 @@ from prefopt.eval.winrate import length_controlled_win_rate, pairwise_outcomes
 from prefopt.sampling import sample, sequence_kl
 from prefopt.threads import torch_threads
 
-__all__ = ["GenerationMetrics", "kl_estimates", "completion_lengths", "generation_metrics", "evaluate_generations",
-           "EXACT_KL_MAX_VOCAB"]
+__all__ = [
+    "GenerationMetrics",
+    "kl_estimates",
+    "completion_lengths",
+    "generation_metrics",
+    "evaluate_generations",
+    "EXACT_KL_MAX_VOCAB",
+]
 
 # `kl="auto"` computes the exact KL when the vocabulary is at most this large: it materialises
 # (batch, T, V) float32 log-probs for both models (64 × 128 × 4096 × 4 B ≈ 134 MB per model).
@@ -82,14 +88,29 @@ class GenerationMetrics:
     def to_dict(self, *, per_prompt: bool = False) -> dict[str, Any]:
         """JSON-ready dict of the summaries; `per_prompt=True` adds the per-prompt lists and completions."""
         out: dict[str, Any] = {}
-        for name in ("reward", "reference_reward", "win_rate", "lc_win_rate", "kl", "kl_k1", "kl_k3", "kl_exact",
-                     "mean_length", "reference_mean_length"):
+        for name in (
+            "reward",
+            "reference_reward",
+            "win_rate",
+            "lc_win_rate",
+            "kl",
+            "kl_k1",
+            "kl_k3",
+            "kl_exact",
+            "mean_length",
+            "reference_mean_length",
+        ):
             value = getattr(self, name)
             out[name] = None if value is None else value.to_dict()
         out.update(kl_method=self.kl_method, finished_rate=self.finished_rate, num_prompts=self.num_prompts)
         if per_prompt:
-            out.update(rewards=self.rewards, reference_rewards=self.reference_rewards, lengths=self.lengths,
-                       reference_lengths=self.reference_lengths, completions=self.completions)
+            out.update(
+                rewards=self.rewards,
+                reference_rewards=self.reference_rewards,
+                lengths=self.lengths,
+                reference_lengths=self.reference_lengths,
+                completions=self.completions,
+            )
         return out
 
 
@@ -106,9 +127,11 @@ def kl_estimates(policy_token_logps: Tensor, ref_token_logps: Tensor, completion
     """
     same_shape = policy_token_logps.shape == ref_token_logps.shape == completion_mask.shape
     if not same_shape or policy_token_logps.dim() != 2:
-        raise ValueError(f"kl_estimates: policy_token_logps {tuple(policy_token_logps.shape)}, ref_token_logps "
-                         f"{tuple(ref_token_logps.shape)} and completion_mask {tuple(completion_mask.shape)} must "
-                         "share one [S, T] shape")
+        raise ValueError(
+            f"kl_estimates: policy_token_logps {tuple(policy_token_logps.shape)}, ref_token_logps "
+            f"{tuple(ref_token_logps.shape)} and completion_mask {tuple(completion_mask.shape)} must "
+            "share one [S, T] shape"
+        )
     mask = completion_mask.bool()
     zero = torch.zeros((), dtype=torch.float64)
     log_u = torch.where(mask, ref_token_logps.double() - policy_token_logps.double(), zero)
@@ -141,38 +164,63 @@ def generation_metrics(
 ) -> GenerationMetrics:
     """The metrics from per-prompt arrays (pure): rewards [n] and lengths [n] of the policy's samples and of
     the reference's on the same n prompts, optional per-sample KL estimates [n] and `finished` [n] flags."""
-    arrays = {name: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=np.float64).reshape(-1)
-              for name, v in (("rewards", rewards), ("reference_rewards", reference_rewards), ("lengths", lengths),
-                              ("reference_lengths", reference_lengths))}
+    arrays = {
+        name: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=np.float64).reshape(-1)
+        for name, v in (
+            ("rewards", rewards),
+            ("reference_rewards", reference_rewards),
+            ("lengths", lengths),
+            ("reference_lengths", reference_lengths),
+        )
+    }
     n = arrays["rewards"].size
     for name, a in arrays.items():
         if a.size != n or n == 0:
-            raise ValueError(f"generation_metrics: {name} has {a.size} values, rewards {n}; pass one value per "
-                             "prompt for each (same prompts, same order, n ≥ 1)")
+            raise ValueError(
+                f"generation_metrics: {name} has {a.size} values, rewards {n}; pass one value per "
+                "prompt for each (same prompts, same order, n ≥ 1)"
+            )
 
     def summary(values: Any) -> MeanCI:
         values = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
         if values.size != n:
-            raise ValueError(f"generation_metrics: a KL estimate has {values.size} values, expected one per "
-                             f"prompt (n = {n})")
+            raise ValueError(
+                f"generation_metrics: a KL estimate has {values.size} values, expected one per prompt (n = {n})"
+            )
         return bootstrap_mean(values, confidence=confidence, method=method, n_resamples=n_resamples, seed=seed)
 
     def optional(values: Any) -> MeanCI | None:
         return None if values is None else summary(values)
 
     outcomes = pairwise_outcomes(arrays["rewards"], arrays["reference_rewards"])
-    lc = length_controlled_win_rate(outcomes, arrays["lengths"] - arrays["reference_lengths"], confidence=confidence,
-                                    method=method, n_resamples=n_resamples, seed=seed)
+    lc = length_controlled_win_rate(
+        outcomes,
+        arrays["lengths"] - arrays["reference_lengths"],
+        confidence=confidence,
+        method=method,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
     k1, k3, exact = optional(kl_k1), optional(kl_k3), optional(kl_exact)
     headline, kl_method = (exact, "exact") if exact is not None else (k3, "k3") if k3 is not None else (k1, "k1")
     return GenerationMetrics(
-        reward=summary(arrays["rewards"]), reference_reward=summary(arrays["reference_rewards"]),
-        win_rate=lc.win_rate, lc_win_rate=lc.lc_win_rate,
-        kl=headline, kl_method=kl_method if headline is not None else "none", kl_k1=k1, kl_k3=k3, kl_exact=exact,
-        mean_length=summary(arrays["lengths"]), reference_mean_length=summary(arrays["reference_lengths"]),
+        reward=summary(arrays["rewards"]),
+        reference_reward=summary(arrays["reference_rewards"]),
+        win_rate=lc.win_rate,
+        lc_win_rate=lc.lc_win_rate,
+        kl=headline,
+        kl_method=kl_method if headline is not None else "none",
+        kl_k1=k1,
+        kl_k3=k3,
+        kl_exact=exact,
+        mean_length=summary(arrays["lengths"]),
+        reference_mean_length=summary(arrays["reference_lengths"]),
         finished_rate=None if finished is None else float(np.asarray(finished, dtype=np.float64).mean()),
-        num_prompts=n, rewards=arrays["rewards"].tolist(), reference_rewards=arrays["reference_rewards"].tolist(),
-        lengths=arrays["lengths"].tolist(), reference_lengths=arrays["reference_lengths"].tolist(),
+        num_prompts=n,
+        rewards=arrays["rewards"].tolist(),
+        reference_rewards=arrays["reference_rewards"].tolist(),
+        lengths=arrays["lengths"].tolist(),
+        reference_lengths=arrays["reference_lengths"].tolist(),
         completions=list(completions),
     )
 
@@ -226,15 +274,28 @@ def evaluate_generations(
     draw = sampler or sample
     exact = _use_exact_kl(kl, policy)
     with eval_mode(policy), eval_mode(reference), torch_threads(num_threads):
-        mine = draw(policy, tokenizer, list(prompts), generator=torch.Generator().manual_seed(seed),
-                    max_new_tokens=max_new_tokens, temperature=temperature)
+        mine = draw(
+            policy,
+            tokenizer,
+            list(prompts),
+            generator=torch.Generator().manual_seed(seed),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+        )
         if reference_samples is None:
-            reference_samples = draw(reference, tokenizer, list(prompts),
-                                     generator=torch.Generator().manual_seed(seed + 1),
-                                     max_new_tokens=max_new_tokens, temperature=temperature)
+            reference_samples = draw(
+                reference,
+                tokenizer,
+                list(prompts),
+                generator=torch.Generator().manual_seed(seed + 1),
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+            )
         elif list(reference_samples.prompts) != list(prompts):
-            raise ValueError("evaluate_generations: reference_samples were drawn for other prompts; pass the "
-                             "same prompts in the same order")
+            raise ValueError(
+                "evaluate_generations: reference_samples were drawn for other prompts; pass the "
+                "same prompts in the same order"
+            )
         batch = mine.token_batch()
         policy_tokens = LogProbEngine(policy, temperature=temperature)(batch, return_tokens=True).tokens
         ref_tokens = LogProbEngine(reference, temperature=temperature)(batch, return_tokens=True).tokens
@@ -242,14 +303,25 @@ def evaluate_generations(
         kl_exact = None
         if exact:
             if temperature != 1.0:
-                raise ValueError("evaluate_generations: the exact KL compares the models at temperature 1; sample "
-                                 f"at temperature 1 or use kl='sampled' (got temperature={temperature})")
+                raise ValueError(
+                    "evaluate_generations: the exact KL compares the models at temperature 1; sample "
+                    f"at temperature 1 or use kl='sampled' (got temperature={temperature})"
+                )
             kl_exact = sequence_kl(policy, reference, mine.input_ids, mine.attention_mask, mine.completion_mask)
     scores = reward.score(list(prompts), mine.completions)
     ref_scores = reward.score(list(prompts), reference_samples.completions)
     return generation_metrics(
-        scores, ref_scores, completion_lengths(mine.completion_mask, mine.finished),
+        scores,
+        ref_scores,
+        completion_lengths(mine.completion_mask, mine.finished),
         completion_lengths(reference_samples.completion_mask, reference_samples.finished),
-        kl_k1=k1, kl_k3=k3, kl_exact=kl_exact, finished=mine.finished, completions=mine.completions,
-        confidence=confidence, method=method, n_resamples=n_resamples, seed=seed,
+        kl_k1=k1,
+        kl_k3=k3,
+        kl_exact=kl_exact,
+        finished=mine.finished,
+        completions=mine.completions,
+        confidence=confidence,
+        method=method,
+        n_resamples=n_resamples,
+        seed=seed,
     )

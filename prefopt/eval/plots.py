@@ -23,8 +23,14 @@ from typing import Any
 from prefopt.atomic import atomic_path
 from prefopt.eval.stats import MeanCI
 
-__all__ = ["FrontierPoint", "read_metrics_jsonl", "plot_reward_kl_frontier", "plot_training_curves",
-           "plot_length_drift", "DEFAULT_CURVE_METRICS"]
+__all__ = [
+    "FrontierPoint",
+    "read_metrics_jsonl",
+    "plot_reward_kl_frontier",
+    "plot_training_curves",
+    "plot_length_drift",
+    "DEFAULT_CURVE_METRICS",
+]
 
 DEFAULT_CURVE_METRICS: tuple[str, ...] = ("loss", "rewards/accuracies", "rewards/margins")
 
@@ -102,15 +108,32 @@ def plot_reward_kl_frontier(
         xs, ys = [_mean(p.kl) for p in group], [_mean(p.reward) for p in group]
         xerr = [[_err(p.kl)[0] for p in group], [_err(p.kl)[1] for p in group]]
         yerr = [[_err(p.reward)[0] for p in group], [_err(p.reward)[1] for p in group]]
-        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=algorithm,
-                    linestyle="-" if len(group) > 1 else "none")
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=xerr,
+            yerr=yerr,
+            marker="o",
+            capsize=3,
+            label=algorithm,
+            linestyle="-" if len(group) > 1 else "none",
+        )
         for p, x, y in zip(group, xs, ys):
             if p.setting:
                 ax.annotate(p.setting, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if reference_reward is not None:
         low, high = _err(reference_reward)
-        ax.errorbar([0.0], [_mean(reference_reward)], yerr=[[low], [high]], marker="*", markersize=12, color="black",
-                    capsize=3, linestyle="none", label="reference")
+        ax.errorbar(
+            [0.0],
+            [_mean(reference_reward)],
+            yerr=[[low], [high]],
+            marker="*",
+            markersize=12,
+            color="black",
+            capsize=3,
+            linestyle="none",
+            label="reference",
+        )
     ax.set_xlabel("KL(π ‖ π_ref) per sequence (nats)")
     ax.set_ylabel(reward_label)
     ax.set_title(title)
@@ -132,8 +155,9 @@ def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be one JSON "
-                                 "object") from None
+                raise ValueError(
+                    f"{path}:{number}: not valid JSON ({err.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
             records.append(record)
@@ -171,13 +195,16 @@ def plot_training_curves(
     """
     if not runs:
         raise ValueError("plot_training_curves: no runs; pass {name: metrics.jsonl path}")
-    loaded = {name: read_metrics_jsonl(src) if isinstance(src, (str, os.PathLike)) else list(src)
-              for name, src in runs.items()}
+    loaded = {
+        name: read_metrics_jsonl(src) if isinstance(src, (str, os.PathLike)) else list(src)
+        for name, src in runs.items()
+    }
     present = [m for m in metrics if any(_series(recs, m, step_key)[1] for recs in loaded.values())]
     if not present:
         keys = sorted({k for recs in loaded.values() for r in recs for k in r})
-        raise ValueError(f"plot_training_curves: none of the metrics {list(metrics)} appears in the runs; "
-                         f"logged keys: {keys[:30]}")
+        raise ValueError(
+            f"plot_training_curves: none of the metrics {list(metrics)} appears in the runs; logged keys: {keys[:30]}"
+        )
     fig, axes = _new_figure(ncols=len(present), width=4.5, height=3.5)
     for ax, metric in zip(axes, present):
         for name, records in loaded.items():
@@ -204,8 +231,14 @@ def plot_length_drift(
     names = list(lengths)
     fig, (ax,) = _new_figure(width=max(4.0, 1.0 + 0.8 * len(names)))
     errs = [_err(lengths[n]) for n in names]
-    ax.bar(range(len(names)), [_mean(lengths[n]) for n in names], yerr=[[e[0] for e in errs], [e[1] for e in errs]],
-           capsize=4, color="tab:blue", alpha=0.8)
+    ax.bar(
+        range(len(names)),
+        [_mean(lengths[n]) for n in names],
+        yerr=[[e[0] for e in errs], [e[1] for e in errs]],
+        capsize=4,
+        color="tab:blue",
+        alpha=0.8,
+    )
     if reference_length is not None:
         ref = _mean(reference_length)
         ax.axhline(ref, color="black", linestyle="--", label=f"reference ({ref:.3g})")

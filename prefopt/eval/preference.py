@@ -60,11 +60,21 @@ class PreferenceMetrics:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: every metric as `MeanCI.to_dict()`, plus the counts and β."""
         out: dict[str, Any] = {}
-        for name in ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "logp_accuracy",
-                     "logp_accuracy_normalized"):
+        for name in (
+            "reward_accuracy",
+            "reward_margin",
+            "chosen_reward",
+            "rejected_reward",
+            "logp_accuracy",
+            "logp_accuracy_normalized",
+        ):
             out[name] = getattr(self, name).to_dict()
-        out.update(num_examples=self.num_examples, group_size=self.group_size, beta=self.beta,
-                   reference_free=self.reference_free)
+        out.update(
+            num_examples=self.num_examples,
+            group_size=self.group_size,
+            beta=self.beta,
+            reference_free=self.reference_free,
+        )
         return out
 
 
@@ -81,11 +91,14 @@ def resolve_beta(beta: float | None = None, loss: Any = None) -> float:
             hparams = loss_spec(str(loss)).defaults()
         beta = hparams.get("beta")
         if beta is None:
-            raise ValueError(f"resolve_beta: loss {getattr(loss, 'name', loss)!r} has no 'beta' hyper-parameter; "
-                             "pass beta= (the implicit-reward scale, e.g. 0.1)")
+            raise ValueError(
+                f"resolve_beta: loss {getattr(loss, 'name', loss)!r} has no 'beta' hyper-parameter; "
+                "pass beta= (the implicit-reward scale, e.g. 0.1)"
+            )
     if beta is None:
-        raise ValueError("resolve_beta: pass beta= (e.g. 0.1) or loss= (a registered loss with a 'beta' "
-                         "hyper-parameter)")
+        raise ValueError(
+            "resolve_beta: pass beta= (e.g. 0.1) or loss= (a registered loss with a 'beta' hyper-parameter)"
+        )
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
         raise ValueError(f"resolve_beta: beta={beta!r} must be a number > 0")
     return float(beta)
@@ -94,8 +107,10 @@ def resolve_beta(beta: float | None = None, loss: Any = None) -> float:
 def _check_grouped(name: str, t: Tensor | None, shape: torch.Size) -> None:
     if t is not None and (not isinstance(t, Tensor) or t.shape != shape):
         got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"preference_metrics: {name} has shape {got}; expected {tuple(shape)} like policy_logps "
-                         "([B, K], completions of a prompt best first)")
+        raise ValueError(
+            f"preference_metrics: {name} has shape {got}; expected {tuple(shape)} like policy_logps "
+            "([B, K], completions of a prompt best first)"
+        )
 
 
 def _pair_means(values: Tensor, pairs: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
@@ -131,15 +146,16 @@ def preference_metrics(
     is_grouped = isinstance(policy_logps, Tensor) and policy_logps.dim() == 2
     if not is_grouped or policy_logps.shape[1] < 2 or policy_logps.shape[0] == 0:
         got = tuple(policy_logps.shape) if isinstance(policy_logps, Tensor) else type(policy_logps).__name__
-        raise ValueError(f"preference_metrics: policy_logps has shape {got}; expected [B, K] with B ≥ 1, K ≥ 2 "
-                         "(paired data: K = 2, chosen first)")
+        raise ValueError(
+            f"preference_metrics: policy_logps has shape {got}; expected [B, K] with B ≥ 1, K ≥ 2 "
+            "(paired data: K = 2, chosen first)"
+        )
     shape = policy_logps.shape
     for name, t in (("lengths", lengths), ("ref_logps", ref_logps), ("ranks", ranks)):
         _check_grouped(name, t, shape)
     if bool((lengths <= 0).any()):
         rows = (lengths <= 0).any(1).nonzero()[:10, 0].tolist()
-        raise ValueError(f"preference_metrics: lengths ≤ 0 at rows {rows}; an empty completion has no "
-                         "log-probability")
+        raise ValueError(f"preference_metrics: lengths ≤ 0 at rows {rows}; an empty completion has no log-probability")
     beta = resolve_beta(beta)
     policy = policy_logps.detach().double().cpu()
     rewards = beta * (policy - (0.0 if ref_logps is None else ref_logps.detach().double().cpu()))
@@ -165,12 +181,14 @@ def preference_metrics(
         raise ValueError("preference_metrics: every prompt's completions are tied in `ranks`; nothing to rank")
 
     def summary(values: Tensor) -> MeanCI:
-        return bootstrap_mean(np.asarray(values[keep]), confidence=confidence, method=method,
-                              n_resamples=n_resamples, seed=seed)
+        return bootstrap_mean(
+            np.asarray(values[keep]), confidence=confidence, method=method, n_resamples=n_resamples, seed=seed
+        )
 
     stats = {name: summary(v) for name, v in per_example.items()}
-    return PreferenceMetrics(**stats, num_examples=int(keep.sum()), group_size=k, beta=beta,
-                             reference_free=ref_logps is None)
+    return PreferenceMetrics(
+        **stats, num_examples=int(keep.sum()), group_size=k, beta=beta, reference_free=ref_logps is None
+    )
 
 
 @torch.no_grad()
@@ -203,8 +221,10 @@ def evaluate_preferences(
     with eval_mode(engine.model):
         for i, batch in enumerate(batches):
             if batch.group_size < 2:
-                raise ValueError(f"evaluate_preferences: batch {i} has group_size={batch.group_size}; preference "
-                                 "metrics need paired (2) or ranked (K ≥ 2) batches")
+                raise ValueError(
+                    f"evaluate_preferences: batch {i} has group_size={batch.group_size}; preference "
+                    "metrics need paired (2) or ranked (K ≥ 2) batches"
+                )
             batch = batch.to(device)
             out = engine(batch)
             logps.append(out.grouped().cpu())
@@ -218,7 +238,13 @@ def evaluate_preferences(
     if ranks and len(ranks) != len(logps):
         raise ValueError("evaluate_preferences: some batches carry extras['ranks'] and others do not")
     return preference_metrics(
-        torch.cat(logps), torch.cat(counts), torch.cat(refs) if refs else None, beta=beta,
-        ranks=torch.cat(ranks) if ranks else None, confidence=confidence, method=method,
-        n_resamples=n_resamples, seed=seed,
+        torch.cat(logps),
+        torch.cat(counts),
+        torch.cat(refs) if refs else None,
+        beta=beta,
+        ranks=torch.cat(ranks) if ranks else None,
+        confidence=confidence,
+        method=method,
+        n_resamples=n_resamples,
+        seed=seed,
     )

@@ -29,9 +29,16 @@ from typing import Any
 
 import numpy as np
 
-
-__all__ = ["Rating", "Ratings", "prompt_outcomes", "fit_bradley_terry", "bradley_terry_ratings", "rate_generations",
-           "ELO_SCALE", "ELO_BASE"]
+__all__ = [
+    "Rating",
+    "Ratings",
+    "prompt_outcomes",
+    "fit_bradley_terry",
+    "bradley_terry_ratings",
+    "rate_generations",
+    "ELO_SCALE",
+    "ELO_BASE",
+]
 
 ELO_SCALE = 400.0 / math.log(10.0)  # Elo points per unit of θ
 ELO_BASE = 1000.0
@@ -72,8 +79,12 @@ class Ratings:
         raise KeyError(f"no rating for {name!r}; rated: {[e.name for e in self.entries]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"anchor": self.anchor, "num_prompts": self.num_prompts, "confidence": self.confidence,
-                "ratings": [e.to_dict() for e in self.entries]}
+        return {
+            "anchor": self.anchor,
+            "num_prompts": self.num_prompts,
+            "confidence": self.confidence,
+            "ratings": [e.to_dict() for e in self.entries],
+        }
 
 
 def prompt_outcomes(scores: np.ndarray) -> np.ndarray:
@@ -153,11 +164,15 @@ def bradley_terry_ratings(
     num_prompts = matrix[0].size
     for name, row in zip(names, matrix):
         if row.size != num_prompts or row.size == 0:
-            raise ValueError(f"bradley_terry_ratings: {name!r} has {row.size} scores, {names[0]!r} has {num_prompts}; "
-                             "every algorithm needs one score per shared prompt (P ≥ 1)")
+            raise ValueError(
+                f"bradley_terry_ratings: {name!r} has {row.size} scores, {names[0]!r} has {num_prompts}; "
+                "every algorithm needs one score per shared prompt (P ≥ 1)"
+            )
         if not np.all(np.isfinite(row)):
-            raise ValueError(f"bradley_terry_ratings: {name!r} has non-finite scores at prompts "
-                             f"{np.flatnonzero(~np.isfinite(row))[:10].tolist()}")
+            raise ValueError(
+                f"bradley_terry_ratings: {name!r} has non-finite scores at prompts "
+                f"{np.flatnonzero(~np.isfinite(row))[:10].tolist()}"
+            )
     if anchor is not None and anchor not in names:
         raise ValueError(f"bradley_terry_ratings: anchor={anchor!r} is not among the rated names {names}")
     outcomes = prompt_outcomes(np.stack(matrix))  # (P, M, M)
@@ -173,8 +188,10 @@ def bradley_terry_ratings(
         # Percentile bootstrap over prompts, by hand: the statistic is a vector, which older scipy's
         # `bootstrap` does not take.
         if not 0 < confidence < 1 or n_resamples < 1:
-            raise ValueError(f"bradley_terry_ratings: confidence={confidence} must lie in (0, 1) and "
-                             f"n_resamples={n_resamples} be ≥ 1")
+            raise ValueError(
+                f"bradley_terry_ratings: confidence={confidence} must lie in (0, 1) and "
+                f"n_resamples={n_resamples} be ≥ 1"
+            )
         rng = np.random.default_rng(seed)
         draws = np.stack([strengths(rng.integers(0, num_prompts, num_prompts)) for _ in range(n_resamples)])
         low, high = np.percentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)], axis=0)
@@ -183,8 +200,16 @@ def bradley_terry_ratings(
     total = outcomes.sum(0)
     win_rate = total.sum(1) / (total + total.T).sum(1)
     entries = [
-        Rating(name, float(theta[i]), float(low[i]), float(high[i]), ELO_BASE + ELO_SCALE * float(theta[i]),
-               ELO_BASE + ELO_SCALE * float(low[i]), ELO_BASE + ELO_SCALE * float(high[i]), float(win_rate[i]))
+        Rating(
+            name,
+            float(theta[i]),
+            float(low[i]),
+            float(high[i]),
+            ELO_BASE + ELO_SCALE * float(theta[i]),
+            ELO_BASE + ELO_SCALE * float(low[i]),
+            ELO_BASE + ELO_SCALE * float(high[i]),
+            float(win_rate[i]),
+        )
         for i, name in enumerate(names)
     ]
     entries.sort(key=lambda e: -e.strength)
@@ -215,9 +240,12 @@ def rate_generations(
     if reference_name is not None and results:
         references = [list(r.reference_rewards) for r in results.values()]
         if any(ref != references[0] for ref in references[1:]):
-            raise ValueError("rate_generations: the results were compared with different reference samples; pass "
-                             "the same reference_samples= to evaluate_generations for every policy, or "
-                             "reference_name=None to rate the policies only")
+            raise ValueError(
+                "rate_generations: the results were compared with different reference samples; pass "
+                "the same reference_samples= to evaluate_generations for every policy, or "
+                "reference_name=None to rate the policies only"
+            )
         scores[reference_name] = references[0]
-    return bradley_terry_ratings(scores, anchor=reference_name, confidence=confidence, n_resamples=n_resamples,
-                                 seed=seed)
+    return bradley_terry_ratings(
+        scores, anchor=reference_name, confidence=confidence, n_resamples=n_resamples, seed=seed
+    )

@@ -19,8 +19,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["BootstrapMethod", "MeanCI", "bootstrap_mean", "bootstrap_statistic", "aggregate_seeds", "aggregate_records",
-           "finite_or_none"]
+__all__ = [
+    "BootstrapMethod",
+    "MeanCI",
+    "bootstrap_mean",
+    "bootstrap_statistic",
+    "aggregate_seeds",
+    "aggregate_records",
+    "finite_or_none",
+]
 
 BootstrapMethod = Literal["percentile", "BCa"]
 
@@ -60,8 +67,14 @@ class MeanCI:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: `{mean, low, high, n, confidence, method}` with undefined bounds as None."""
-        return {"mean": finite_or_none(self.mean), "low": finite_or_none(self.low), "high": finite_or_none(self.high),
-                "n": self.n, "confidence": self.confidence, "method": self.method}
+        return {
+            "mean": finite_or_none(self.mean),
+            "low": finite_or_none(self.low),
+            "high": finite_or_none(self.high),
+            "n": self.n,
+            "confidence": self.confidence,
+            "method": self.method,
+        }
 
     def __str__(self) -> str:
         if not math.isfinite(self.low):
@@ -115,8 +128,16 @@ def bootstrap_statistic(
         raise ValueError(f"bootstrap_statistic: method={method!r}; use 'percentile' or 'BCa'")
     if n_resamples < 1:
         raise ValueError(f"bootstrap_statistic: n_resamples={n_resamples} must be ≥ 1")
-    result = _scipy_bootstrap(tuple(data), statistic, seed=seed, paired=True, vectorized=False,
-                              confidence_level=confidence, n_resamples=n_resamples, method=method)
+    result = _scipy_bootstrap(
+        tuple(data),
+        statistic,
+        seed=seed,
+        paired=True,
+        vectorized=False,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method=method,
+    )
     return np.asarray(result.confidence_interval.low), np.asarray(result.confidence_interval.high)
 
 
@@ -150,8 +171,15 @@ def bootstrap_mean(
         return MeanCI(mean, mean, mean, int(array.size), confidence, "exact")
     if method not in ("percentile", "BCa"):
         raise ValueError(f"bootstrap_mean: method={method!r}; use 'percentile' or 'BCa'")
-    result = _scipy_bootstrap((array,), np.mean, seed=seed, vectorized=True, confidence_level=confidence,
-                              n_resamples=n_resamples, method=method)
+    result = _scipy_bootstrap(
+        (array,),
+        np.mean,
+        seed=seed,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method=method,
+    )
     ci = result.confidence_interval
     return MeanCI(mean, float(ci.low), float(ci.high), int(array.size), confidence, method)
 

@@ -52,16 +52,30 @@ def pairwise_outcomes(scores: Any, baseline_scores: Any) -> np.ndarray:
     mine = _vector(scores, "pairwise_outcomes: scores")
     theirs = _vector(baseline_scores, "pairwise_outcomes: baseline_scores")
     if mine.shape != theirs.shape or mine.size == 0:
-        raise ValueError(f"pairwise_outcomes: scores has {mine.size} rows and baseline_scores {theirs.size}; "
-                         "pass one score per prompt for each, the same prompts in the same order (n ≥ 1)")
+        raise ValueError(
+            f"pairwise_outcomes: scores has {mine.size} rows and baseline_scores {theirs.size}; "
+            "pass one score per prompt for each, the same prompts in the same order (n ≥ 1)"
+        )
     return (mine > theirs).astype(np.float64) + 0.5 * (mine == theirs)
 
 
-def win_rate(scores: Any, baseline_scores: Any, *, confidence: float = 0.95, method: BootstrapMethod = "percentile",
-             n_resamples: int = 2000, seed: int = 0) -> MeanCI:
+def win_rate(
+    scores: Any,
+    baseline_scores: Any,
+    *,
+    confidence: float = 0.95,
+    method: BootstrapMethod = "percentile",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> MeanCI:
     """Win rate mean(o) of `scores` [n] over `baseline_scores` [n] (ties ½), with a bootstrap CI over prompts."""
-    return bootstrap_mean(pairwise_outcomes(scores, baseline_scores), confidence=confidence, method=method,
-                          n_resamples=n_resamples, seed=seed)
+    return bootstrap_mean(
+        pairwise_outcomes(scores, baseline_scores),
+        confidence=confidence,
+        method=method,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
 
 
 @dataclass(frozen=True)
@@ -106,8 +120,10 @@ def fit_length_controlled(
     o = _vector(outcomes, "fit_length_controlled: outcomes")
     d = _vector(length_diff, "fit_length_controlled: length_diff")
     if o.shape != d.shape or o.size == 0:
-        raise ValueError(f"fit_length_controlled: {o.size} outcomes and {d.size} length differences; pass one of "
-                         "each per prompt (n ≥ 1)")
+        raise ValueError(
+            f"fit_length_controlled: {o.size} outcomes and {d.size} length differences; pass one of "
+            "each per prompt (n ≥ 1)"
+        )
     if np.any((o < 0) | (o > 1)):
         raise ValueError("fit_length_controlled: outcomes must lie in [0, 1] (1 win, 0.5 tie, 0 loss)")
     if ridge < 0:
@@ -152,9 +168,13 @@ class LengthControlledWinRate:
     fit: LengthControlledFit
 
     def to_dict(self) -> dict[str, Any]:
-        return {"win_rate": self.win_rate.to_dict(), "lc_win_rate": self.lc_win_rate.to_dict(),
-                "intercept": finite_or_none(self.fit.intercept), "length_coef": self.fit.length_coef,
-                "length_scale": self.fit.length_scale}
+        return {
+            "win_rate": self.win_rate.to_dict(),
+            "lc_win_rate": self.lc_win_rate.to_dict(),
+            "intercept": finite_or_none(self.fit.intercept),
+            "length_coef": self.fit.length_coef,
+            "length_scale": self.fit.length_scale,
+        }
 
 
 def length_controlled_win_rate(
@@ -186,10 +206,12 @@ def length_controlled_win_rate(
     elif np.all(o == o[0]) and o[0] in (0.0, 1.0):
         lc_ci = MeanCI(lc, lc, lc, int(o.size), confidence, "exact")
     else:
+
         def statistic(o_: np.ndarray, d_: np.ndarray) -> float:
             return fit_length_controlled(o_, d_, ridge=ridge).lc_win_rate
 
-        low, high = bootstrap_statistic((o, d), statistic, confidence=confidence, method=method,
-                                        n_resamples=n_resamples, seed=seed)
+        low, high = bootstrap_statistic(
+            (o, d), statistic, confidence=confidence, method=method, n_resamples=n_resamples, seed=seed
+        )
         lc_ci = MeanCI(lc, float(low), float(high), int(o.size), confidence, method)
     return LengthControlledWinRate(raw, lc_ci, fit)

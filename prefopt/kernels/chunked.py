@@ -43,7 +43,9 @@ _MAX_ROWS = 4096
 _MIN_COLS = 128
 
 
-def tile_shape(num_rows: int, vocab: int, chunk_size: int | None = None, tile_bytes: int | None = None) -> tuple[int, int]:
+def tile_shape(
+    num_rows: int, vocab: int, chunk_size: int | None = None, tile_bytes: int | None = None
+) -> tuple[int, int]:
     """(rows per block R, vocab columns per tile C) with R·C·4 ≈ tile_bytes (default `TILE_BYTES`).
 
     R = chunk_size if given, else min(N, 4096); C = tile_bytes / (4R) rounded down to a multiple of
@@ -65,7 +67,9 @@ def _tile_buffer(storage: Tensor, rows: int, cols: int) -> Tensor:
     return storage[: rows * cols].view(rows, cols)
 
 
-def _logits_tile(hs: Tensor, w: Tensor, b: Tensor | None, v0: int, v1: int, p: LinearLogprobsParams, out: Tensor) -> Tensor:
+def _logits_tile(
+    hs: Tensor, w: Tensor, b: Tensor | None, v0: int, v1: int, p: LinearLogprobsParams, out: Tensor
+) -> Tensor:
     """Z = hs W[v0:v1]^T (+ b[v0:v1]/T), capped: float32 (R, C). `hs` is hidden/T in float32."""
     wv = w[v0:v1].to(hs.dtype)
     if b is None:
@@ -83,8 +87,16 @@ def _labels_in_tile(labels: Tensor, v0: int, v1: int) -> tuple[Tensor, Tensor]:
     return rows, labels[rows] - v0
 
 
-def _forward_block(hs: Tensor, w: Tensor, b: Tensor | None, labels: Tensor, p: LinearLogprobsParams, cols: int,
-                   storage: Tensor, with_jacobian: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def _forward_block(
+    hs: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    labels: Tensor,
+    p: LinearLogprobsParams,
+    cols: int,
+    storage: Tensor,
+    with_jacobian: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """One row block by an online log-sum-exp: (lse [R], z_y [R], μ = Σ_v p_v z_v [R] | None, J [R, D] | None).
 
     J = ∂logp/∂h, only with_jacobian (frozen weight and bias): with u = the logits before the softcap,
@@ -123,8 +135,16 @@ def _forward_block(hs: Tensor, w: Tensor, b: Tensor | None, labels: Tensor, p: L
     return lse, target, (None if sz is None else sz / s), jacobian
 
 
-def _tile_grad(z: Tensor, lse: Tensor, hit: Tensor, col: Tensor, g_lp: Tensor, g_ent: Tensor | None, mu: Tensor | None,
-               softcap: float | None) -> Tensor:
+def _tile_grad(
+    z: Tensor,
+    lse: Tensor,
+    hit: Tensor,
+    col: Tensor,
+    g_lp: Tensor,
+    g_ent: Tensor | None,
+    mu: Tensor | None,
+    softcap: float | None,
+) -> Tensor:
     """General tile gradient dL/du in place of z (float32, (R, C)), u = the logits before the softcap.
 
     With p = e^{z − lse} and μ = Σ p z:  ∂logp/∂z = e_y − p,  ∂H/∂z = −p (z − μ)  (H = lse − μ),
@@ -139,9 +159,22 @@ def _tile_grad(z: Tensor, lse: Tensor, hit: Tensor, col: Tensor, g_lp: Tensor, g
     return dz
 
 
-def _backward_block(h: Tensor, w: Tensor, b: Tensor | None, labels: Tensor, lse: Tensor, g_lp: Tensor,
-                    g_ent: Tensor | None, mu: Tensor | None, p: LinearLogprobsParams, cols: int, storage: Tensor,
-                    grads: tuple[Tensor | None, Tensor | None], need_h: bool, first_block: bool) -> Tensor | None:
+def _backward_block(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    labels: Tensor,
+    lse: Tensor,
+    g_lp: Tensor,
+    g_ent: Tensor | None,
+    mu: Tensor | None,
+    p: LinearLogprobsParams,
+    cols: int,
+    storage: Tensor,
+    grads: tuple[Tensor | None, Tensor | None],
+    need_h: bool,
+    first_block: bool,
+) -> Tensor | None:
     """One row block: returns dL/dh [R, D] float32 (None unless need_h); writes/adds into grads = (dW, db).
 
     With a = h W^T + b and u = a / T, every path writes dL/da = r ⊙ M (r a per-row scale):
@@ -163,7 +196,9 @@ def _backward_block(h: Tensor, w: Tensor, b: Tensor | None, labels: Tensor, lse:
         hit, col = _labels_in_tile(labels, v0, v1)
         if fast:
             m = z.sub_(lse[:, None]).exp_()  # P, in place
-            m.index_put_((hit, col), torch.full(hit.shape, -1.0, device=m.device, dtype=m.dtype), accumulate=True)  # P − E
+            m.index_put_(
+                (hit, col), torch.full(hit.shape, -1.0, device=m.device, dtype=m.dtype), accumulate=True
+            )  # P − E
         else:
             m = _tile_grad(z, lse, hit, col, g_lp, g_ent, mu, p.softcap)
         if rh is not None:
@@ -189,8 +224,9 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
-                params: LinearLogprobsParams) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, params: LinearLogprobsParams
+    ) -> tuple[Tensor, Tensor]:
         n = hidden.shape[0]
         dtype = compute_dtype(hidden.dtype)
         rows, cols = tile_shape(n, weight.shape[0], params.chunk_size)
@@ -207,7 +243,8 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
             hs = hidden[r0:r1].to(dtype)
             hs = hs / params.temperature if params.temperature != 1.0 else hs
             block_lse, target, block_mu, block_jac = _forward_block(
-                hs, weight, bias, labels[r0:r1], params, cols, storage, with_jacobian=early)
+                hs, weight, bias, labels[r0:r1], params, cols, storage, with_jacobian=early
+            )
             lse[r0:r1] = block_lse
             logp[r0:r1] = target - block_lse
             if mu is not None:
@@ -235,7 +272,11 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
                 return None, None, None, None, None
             g = grad_logp.to(jacobian.dtype).masked_fill(labels == params.ignore_index, 0.0)
             return (g[:, None] * jacobian).to(ctx.hidden_dtype), None, None, None, None
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
+        need_h, need_w, need_b = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2],
+        )
         if not (need_h or need_w or need_b):
             return None, None, None, None, None
         n, vocab = hidden.shape[0], weight.shape[0]
@@ -250,9 +291,20 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
         grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_h else None
         for i, (r0, r1) in enumerate(_row_blocks(n, rows)):
             block = _backward_block(
-                hidden[r0:r1], weight, bias, labels[r0:r1], lse[r0:r1], g_lp[r0:r1],
-                None if g_ent is None else g_ent[r0:r1], None if mu is None else mu[r0:r1],
-                params, cols, storage, (grad_w, grad_b), need_h, first_block=i == 0,
+                hidden[r0:r1],
+                weight,
+                bias,
+                labels[r0:r1],
+                lse[r0:r1],
+                g_lp[r0:r1],
+                None if g_ent is None else g_ent[r0:r1],
+                None if mu is None else mu[r0:r1],
+                params,
+                cols,
+                storage,
+                (grad_w, grad_b),
+                need_h,
+                first_block=i == 0,
             )
             if grad_h is not None and block is not None:
                 grad_h[r0:r1] = block
@@ -261,7 +313,8 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None
 
 
-def linear_logprobs_chunked(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None,
-                            params: LinearLogprobsParams) -> tuple[Tensor, Tensor]:
+def linear_logprobs_chunked(
+    hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None, params: LinearLogprobsParams
+) -> tuple[Tensor, Tensor]:
     """Chunked `linear_logprobs` on validated inputs: (logp [N] float32, entropy [N] float32 or empty)."""
     return ChunkedLinearLogprobs.apply(hidden, weight, bias, labels, params)

@@ -73,16 +73,26 @@ def linear_logprobs(
         return_entropy, also entropy [N] float32 (0 at ignored rows), differentiable as well.
     """
     params = LinearLogprobsParams(
-        temperature=float(temperature), softcap=None if softcap is None else float(softcap), ignore_index=ignore_index,
-        return_entropy=return_entropy, backend=backend, chunk_size=chunk_size,
+        temperature=float(temperature),
+        softcap=None if softcap is None else float(softcap),
+        ignore_index=ignore_index,
+        return_entropy=return_entropy,
+        backend=backend,
+        chunk_size=chunk_size,
     )
     check_inputs(hidden, weight, labels, bias, ignore_index)
     labels = labels.long()
     chosen = resolve_backend(params.backend, hidden.device)
     if chosen == "reference" or hidden.shape[0] == 0:  # no rows: nothing to tile or launch
         return linear_logprobs_reference(
-            hidden, weight, labels, bias=bias, temperature=params.temperature, softcap=params.softcap,
-            ignore_index=ignore_index, return_entropy=return_entropy,
+            hidden,
+            weight,
+            labels,
+            bias=bias,
+            temperature=params.temperature,
+            softcap=params.softcap,
+            ignore_index=ignore_index,
+            return_entropy=return_entropy,
         )
     if chosen == "chunked":
         logp, entropy = linear_logprobs_chunked(hidden, weight, labels, bias, params)

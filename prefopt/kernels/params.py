@@ -42,12 +42,16 @@ class LinearLogprobsParams:
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+        if not (
+            isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0
+        ):
             raise ValueError(f"linear_logprobs: temperature must be a finite number > 0, got {self.temperature!r}")
         if self.softcap is not None and not (math.isfinite(self.softcap) and self.softcap > 0):
             raise ValueError(f"linear_logprobs: softcap must be None or a finite number > 0, got {self.softcap!r}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"linear_logprobs: unknown backend {self.backend!r}; valid backends: {', '.join(BACKENDS)}")
+            raise ValueError(
+                f"linear_logprobs: unknown backend {self.backend!r}; valid backends: {', '.join(BACKENDS)}"
+            )
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
             raise ValueError(f"linear_logprobs: chunk_size must be None or a positive int, got {self.chunk_size!r}")
 
@@ -58,17 +62,23 @@ def check_inputs(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | 
     Checking labels syncs with the device once (one reduction over N integers).
     """
     if hidden.dim() != 2:
-        raise ValueError(f"linear_logprobs: hidden must be [N, D], got shape {tuple(hidden.shape)}; flatten (B, T, D) first")
+        raise ValueError(
+            f"linear_logprobs: hidden must be [N, D], got shape {tuple(hidden.shape)}; flatten (B, T, D) first"
+        )
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
         raise ValueError(
             f"linear_logprobs: weight must be [V, D] with D={hidden.shape[1]} (from hidden), got {tuple(weight.shape)}"
         )
     if labels.dim() != 1 or labels.shape[0] != hidden.shape[0]:
-        raise ValueError(f"linear_logprobs: labels must be [N] with N={hidden.shape[0]}, got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"linear_logprobs: labels must be [N] with N={hidden.shape[0]}, got shape {tuple(labels.shape)}"
+        )
     if hidden.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"linear_logprobs: hidden must be a floating tensor, got {hidden.dtype}")
     if weight.dtype != hidden.dtype:
-        raise ValueError(f"linear_logprobs: weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}; cast one")
+        raise ValueError(
+            f"linear_logprobs: weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}; cast one"
+        )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dtype.is_complex:
         raise ValueError(f"linear_logprobs: labels must be an integer tensor, got {labels.dtype}")
     for name, t in (("weight", weight), ("labels", labels), ("bias", bias)):
@@ -76,7 +86,9 @@ def check_inputs(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | 
             raise ValueError(f"linear_logprobs: {name} is on {t.device} but hidden is on {hidden.device}; move it")
     if bias is not None:
         if bias.shape != (weight.shape[0],):
-            raise ValueError(f"linear_logprobs: bias must be [V] with V={weight.shape[0]}, got shape {tuple(bias.shape)}")
+            raise ValueError(
+                f"linear_logprobs: bias must be [V] with V={weight.shape[0]}, got shape {tuple(bias.shape)}"
+            )
         if bias.dtype != weight.dtype:
             raise ValueError(f"linear_logprobs: bias dtype {bias.dtype} differs from weight dtype {weight.dtype}")
     if labels.numel():

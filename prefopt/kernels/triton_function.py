@@ -61,15 +61,25 @@ def _dot_settings(dtype: torch.dtype) -> dict[str, Any]:
 
 def _common(hidden: Tensor, weight: Tensor, params: LinearLogprobsParams) -> dict[str, Any]:
     return {
-        "stride_hn": hidden.stride(0), "stride_hd": hidden.stride(1),
-        "stride_wv": weight.stride(0), "stride_wd": weight.stride(1),
-        "inv_temp": 1.0 / params.temperature, "softcap": params.softcap or 1.0,
-        "HAS_SOFTCAP": params.softcap is not None, **_dot_settings(hidden.dtype),
+        "stride_hn": hidden.stride(0),
+        "stride_hd": hidden.stride(1),
+        "stride_wv": weight.stride(0),
+        "stride_wd": weight.stride(1),
+        "inv_temp": 1.0 / params.temperature,
+        "softcap": params.softcap or 1.0,
+        "HAS_SOFTCAP": params.softcap is not None,
+        **_dot_settings(hidden.dtype),
     }
 
 
-def _forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, params: LinearLogprobsParams,
-             blocks: TritonBlocks) -> tuple[Tensor, Tensor, Tensor | None]:
+def _forward(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    labels: Tensor,
+    params: LinearLogprobsParams,
+    blocks: TritonBlocks,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """(lse [N], target logit [N], μ = Σ p z [N] or None), all float32."""
     (n, d), vocab = hidden.shape, weight.shape[0]
     row_blocks = triton.cdiv(n, blocks.block_n)
@@ -79,10 +89,25 @@ def _forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
     splits = triton.cdiv(vocab, cols_per_split)  # no empty split
     part = torch.empty(4, splits, n, device=hidden.device, dtype=torch.float32)  # m, s, sz, target
     lse_forward_kernel[(row_blocks, splits)](
-        hidden, weight, bias if bias is not None else hidden, labels, part[0], part[1], part[2], part[3],
-        n, vocab, d, cols_per_split, **_common(hidden, weight, params),
-        HAS_BIAS=bias is not None, WITH_ENTROPY=params.return_entropy,
-        BLOCK_N=blocks.block_n, BLOCK_V=blocks.block_v, BLOCK_D=blocks.block_d, num_warps=blocks.num_warps,
+        hidden,
+        weight,
+        bias if bias is not None else hidden,
+        labels,
+        part[0],
+        part[1],
+        part[2],
+        part[3],
+        n,
+        vocab,
+        d,
+        cols_per_split,
+        **_common(hidden, weight, params),
+        HAS_BIAS=bias is not None,
+        WITH_ENTROPY=params.return_entropy,
+        BLOCK_N=blocks.block_n,
+        BLOCK_V=blocks.block_v,
+        BLOCK_D=blocks.block_d,
+        num_warps=blocks.num_warps,
     )
     m, s, sz, target = part
     lse = torch.logsumexp(m + s.log(), dim=0)
@@ -94,8 +119,9 @@ class TritonLinearLogprobs(torch.autograd.Function):
     """autograd.Function: (hidden [N,D], weight [V,D], bias [V] | None, labels [N]) → (logp [N], entropy [N] | [0])."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
-                params: LinearLogprobsParams) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, params: LinearLogprobsParams
+    ) -> tuple[Tensor, Tensor]:
         _check_device(hidden)
         labels = labels.contiguous()
         lse, target, mu = _forward(hidden, weight, bias, labels, params, BLOCKS)
@@ -125,10 +151,30 @@ class TritonLinearLogprobs(torch.autograd.Function):
         db = torch.zeros(vocab, device=hidden.device, dtype=torch.float32) if need_b else g_lp
         b = BLOCKS
         backward_kernel[(triton.cdiv(n, b.block_n), triton.cdiv(vocab, b.block_v))](
-            hidden, weight, bias if bias is not None else hidden, labels, lse, g_lp, g_ent,
-            mu if mu is not None else lse, dh, dw, db, n, vocab, d, **_common(hidden, weight, params),
-            HAS_BIAS=bias is not None, WITH_ENTROPY_GRAD=with_ent, NEED_DH=need_h, NEED_DW=need_w, NEED_DB=need_b,
-            BLOCK_N=b.block_n, BLOCK_V=b.block_v, BLOCK_D=b.block_d, num_warps=b.num_warps,
+            hidden,
+            weight,
+            bias if bias is not None else hidden,
+            labels,
+            lse,
+            g_lp,
+            g_ent,
+            mu if mu is not None else lse,
+            dh,
+            dw,
+            db,
+            n,
+            vocab,
+            d,
+            **_common(hidden, weight, params),
+            HAS_BIAS=bias is not None,
+            WITH_ENTROPY_GRAD=with_ent,
+            NEED_DH=need_h,
+            NEED_DW=need_w,
+            NEED_DB=need_b,
+            BLOCK_N=b.block_n,
+            BLOCK_V=b.block_v,
+            BLOCK_D=b.block_d,
+            num_warps=b.num_warps,
         )
         return (
             dh.to(hidden.dtype) if need_h else None,
@@ -139,7 +185,8 @@ class TritonLinearLogprobs(torch.autograd.Function):
         )
 
 
-def linear_logprobs_triton(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None,
-                           params: LinearLogprobsParams) -> tuple[Tensor, Tensor]:
+def linear_logprobs_triton(
+    hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None, params: LinearLogprobsParams
+) -> tuple[Tensor, Tensor]:
     """Triton `linear_logprobs` on validated inputs: (logp [N] float32, entropy [N] float32 or empty)."""
     return TritonLinearLogprobs.apply(hidden, weight, bias, labels, params)

@@ -26,18 +26,44 @@ def _tanh(x):
 
 
 @triton.jit
-def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, D, stride_hn, stride_hd, stride_wv, stride_wd,
-                 inv_temp, softcap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def _logits_tile(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    rows,
+    cols,
+    row_mask,
+    col_mask,
+    D,
+    stride_hn,
+    stride_hd,
+    stride_wv,
+    stride_wd,
+    inv_temp,
+    softcap,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """z = cap((h W^T + b) / T) for one (BLOCK_N, BLOCK_V) tile, float32; masked rows/cols read zeros."""
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         d_mask = ds < D
-        h = tl.load(h_ptr + rows[:, None] * stride_hn + ds[None, :] * stride_hd,
-                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-        w = tl.load(w_ptr + cols[None, :] * stride_wv + ds[:, None] * stride_wd,
-                    mask=col_mask[None, :] & d_mask[:, None], other=0.0)  # (BLOCK_D, BLOCK_V)
+        h = tl.load(
+            h_ptr + rows[:, None] * stride_hn + ds[None, :] * stride_hd,
+            mask=row_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )  # (BLOCK_N, BLOCK_D)
+        w = tl.load(
+            w_ptr + cols[None, :] * stride_wv + ds[:, None] * stride_wd,
+            mask=col_mask[None, :] & d_mask[:, None],
+            other=0.0,
+        )  # (BLOCK_D, BLOCK_V)
         if DOT_FP32:
             h = h.to(tl.float32)
             w = w.to(tl.float32)
@@ -51,11 +77,34 @@ def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, D, stride_
 
 
 @triton.jit
-def lse_forward_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, max_ptr, sum_ptr, sumz_ptr, target_ptr,
-                       N, V, D, cols_per_split, stride_hn, stride_hd, stride_wv, stride_wd, inv_temp, softcap,
-                       HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, WITH_ENTROPY: tl.constexpr,
-                       DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def lse_forward_kernel(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    labels_ptr,
+    max_ptr,
+    sum_ptr,
+    sumz_ptr,
+    target_ptr,
+    N,
+    V,
+    D,
+    cols_per_split,
+    stride_hn,
+    stride_hd,
+    stride_wv,
+    stride_wd,
+    inv_temp,
+    softcap,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    WITH_ENTROPY: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Grid (⌈N/BLOCK_N⌉, splits). Program (i, k) scans vocab split k for rows of block i and writes
     partial m = max z, s = Σ e^{z−m}, sz = Σ e^{z−m} z and the label's logit (0 if not in the split)
     to [k, row] of max/sum/sumz/target ([splits, N] float32). The launcher combines the splits.
@@ -74,9 +123,29 @@ def lse_forward_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, max_ptr, sum_ptr, sumz_p
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < v_end
-        z = _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, D, stride_hn, stride_hd, stride_wv,
-                         stride_wd, inv_temp, softcap, HAS_BIAS, HAS_SOFTCAP, DOT_FP32, DOT_PRECISION,
-                         BLOCK_N, BLOCK_V, BLOCK_D)
+        z = _logits_tile(
+            h_ptr,
+            w_ptr,
+            b_ptr,
+            rows,
+            cols,
+            row_mask,
+            col_mask,
+            D,
+            stride_hn,
+            stride_hd,
+            stride_wv,
+            stride_wd,
+            inv_temp,
+            softcap,
+            HAS_BIAS,
+            HAS_SOFTCAP,
+            DOT_FP32,
+            DOT_PRECISION,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+        )
         target += tl.sum(tl.where(cols[None, :] == labels[:, None], z, 0.0), axis=1)
         z_masked = tl.where(col_mask[None, :], z, float("-inf"))
         m_new = tl.maximum(m, tl.max(z_masked, axis=1))  # finite: every tile has a valid column
@@ -95,12 +164,39 @@ def lse_forward_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, max_ptr, sum_ptr, sumz_p
 
 
 @triton.jit
-def backward_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, lse_ptr, glp_ptr, gent_ptr, mu_ptr, dh_ptr, dw_ptr, db_ptr,
-                    N, V, D, stride_hn, stride_hd, stride_wv, stride_wd, inv_temp, softcap,
-                    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, WITH_ENTROPY_GRAD: tl.constexpr,
-                    NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-                    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def backward_kernel(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    labels_ptr,
+    lse_ptr,
+    glp_ptr,
+    gent_ptr,
+    mu_ptr,
+    dh_ptr,
+    dw_ptr,
+    db_ptr,
+    N,
+    V,
+    D,
+    stride_hn,
+    stride_hd,
+    stride_wv,
+    stride_wd,
+    inv_temp,
+    softcap,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    WITH_ENTROPY_GRAD: tl.constexpr,
+    NEED_DH: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Grid (⌈N/BLOCK_N⌉, ⌈V/BLOCK_V⌉). Recompute the tile, then with p = e^{z − lse}:
         dL/dz = g (e_y − p) − g_ent p (z − μ);  softcap: × (1 − (z/c)²);  dL/da = dL/du / T
         dH[rows] += (dL/da) W[cols],  dW[cols] += (dL/da)^T H[rows],  db[cols] += Σ_rows dL/da
@@ -112,9 +208,29 @@ def backward_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, lse_ptr, glp_ptr, gent_ptr,
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     row_mask = rows < N
     col_mask = cols < V
-    z = _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, D, stride_hn, stride_hd, stride_wv,
-                     stride_wd, inv_temp, softcap, HAS_BIAS, HAS_SOFTCAP, DOT_FP32, DOT_PRECISION,
-                     BLOCK_N, BLOCK_V, BLOCK_D)
+    z = _logits_tile(
+        h_ptr,
+        w_ptr,
+        b_ptr,
+        rows,
+        cols,
+        row_mask,
+        col_mask,
+        D,
+        stride_hn,
+        stride_hd,
+        stride_wv,
+        stride_wd,
+        inv_temp,
+        softcap,
+        HAS_BIAS,
+        HAS_SOFTCAP,
+        DOT_FP32,
+        DOT_PRECISION,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_D,
+    )
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     g = tl.load(glp_ptr + rows, mask=row_mask, other=0.0)
@@ -135,15 +251,21 @@ def backward_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, lse_ptr, glp_ptr, gent_ptr,
         ds = d0 + tl.arange(0, BLOCK_D)
         d_mask = ds < D
         if NEED_DH:
-            w = tl.load(w_ptr + cols[:, None] * stride_wv + ds[None, :] * stride_wd,
-                        mask=col_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_V, BLOCK_D)
+            w = tl.load(
+                w_ptr + cols[:, None] * stride_wv + ds[None, :] * stride_wd,
+                mask=col_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )  # (BLOCK_V, BLOCK_D)
             if DOT_FP32:
                 w = w.to(tl.float32)
             dh = tl.dot(da_dot, w, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
             tl.atomic_add(dh_ptr + rows[:, None] * D + ds[None, :], dh, mask=row_mask[:, None] & d_mask[None, :])
         if NEED_DW:
-            h = tl.load(h_ptr + rows[:, None] * stride_hn + ds[None, :] * stride_hd,
-                        mask=row_mask[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+            h = tl.load(
+                h_ptr + rows[:, None] * stride_hn + ds[None, :] * stride_hd,
+                mask=row_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )  # (BLOCK_N, BLOCK_D)
             if DOT_FP32:
                 h = h.to(tl.float32)
             dw = tl.dot(tl.trans(da_dot), h, input_precision=DOT_PRECISION)  # (BLOCK_V, BLOCK_D)

@@ -7,15 +7,15 @@ The table of all losses with formulas and papers is docs/losses.md (generated fr
 """
 
 from prefopt.losses.base import LossOutput, log1mexp
-from prefopt.losses.pairwise import *  # noqa: F403
-from prefopt.losses.pairwise_regression import *  # noqa: F403
-from prefopt.losses.pairwise_anchored import *  # noqa: F403
-from prefopt.losses.pairwise_regularized import *  # noqa: F403
-from prefopt.losses.reference_free import *  # noqa: F403
-from prefopt.losses.unpaired import *  # noqa: F403
-from prefopt.losses.ranked import *  # noqa: F403
-from prefopt.losses.reward_model import *  # noqa: F403
-from prefopt.losses.policy_gradient import *  # noqa: F403
 from prefopt.losses.best_of_n import *  # noqa: F403
+from prefopt.losses.pairwise import *  # noqa: F403
+from prefopt.losses.pairwise_anchored import *  # noqa: F403
+from prefopt.losses.pairwise_regression import *  # noqa: F403
+from prefopt.losses.pairwise_regularized import *  # noqa: F403
+from prefopt.losses.policy_gradient import *  # noqa: F403
+from prefopt.losses.ranked import *  # noqa: F403
+from prefopt.losses.reference_free import *  # noqa: F403
+from prefopt.losses.reward_model import *  # noqa: F403
+from prefopt.losses.unpaired import *  # noqa: F403
 
 __all__ = ["LossOutput", "log1mexp"]

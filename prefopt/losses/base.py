@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 
 __all__ = [
     "LossOutput",
@@ -146,4 +146,3 @@ def ranked_reward_metrics(rewards: Tensor) -> dict[str, Tensor]:
         "rewards/margins": (r[:, 0] - r[:, -1]).mean(),
         "rewards/accuracies": correct.sum(dim=(-2, -1)).float().mean() / (k * (k - 1) // 2),
     }
-

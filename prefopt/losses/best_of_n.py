@@ -38,8 +38,15 @@ from prefopt.registry import POSITIVE, HParam, Interval, LossInputError
 from prefopt.rl.baselines import check_grouped_rewards, grouped_to_sequences
 from prefopt.rl.masked import masked_mean, masked_sum
 
-__all__ = ["bon_kl_bound", "select_best_of_n", "kept_sequences_mask", "best_worst_pairs", "rollout_pairs", "best_of_n",
-           "online_dpo"]
+__all__ = [
+    "bon_kl_bound",
+    "select_best_of_n",
+    "kept_sequences_mask",
+    "best_worst_pairs",
+    "rollout_pairs",
+    "best_of_n",
+    "online_dpo",
+]
 
 
 def bon_kl_bound(n: int) -> float:

@@ -60,29 +60,46 @@ def register_body(
     lists them. A parameter annotated without None is required: None raises `LossInputError`. `call_doc` is
     appended to the public docstring (the kind's call). Other arguments as `register_loss`.
     """
-    declaration = LossDeclaration(name, kind, needs_reference, paper, formula, tuple(hparams), needs_lengths,
-                                  scores, batch_dependent, needs_nonpositive_logps, dict(online_defaults or {}),
-                                  state, dict(batch_inputs or {}), accepts_pair_loss)
+    declaration = LossDeclaration(
+        name,
+        kind,
+        needs_reference,
+        paper,
+        formula,
+        tuple(hparams),
+        needs_lengths,
+        scores,
+        batch_dependent,
+        needs_nonpositive_logps,
+        dict(online_defaults or {}),
+        state,
+        dict(batch_inputs or {}),
+        accepts_pair_loss,
+    )
 
     def decorator(body: Callable[..., Any]) -> Callable[..., Any]:
         where = f"loss {name!r}"
         params = list(inspect.signature(body).parameters.values())
         if adapter is not None:
-            if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
-                                                    inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            if not params or params[0].kind not in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            ):
                 raise TypeError(f"{where}: the body's first parameter is the kind's terms object")
             params = params[1:]
             if any(p.kind is not inspect.Parameter.KEYWORD_ONLY for p in params):
-                raise TypeError(f"{where}: after the terms object a body takes keyword-only arguments "
-                                f"(`*, beta: float`)")
+                raise TypeError(
+                    f"{where}: after the terms object a body takes keyword-only arguments (`*, beta: float`)"
+                )
         annotations = {p.name: _annotation(where, p) for p in params}
         _check_body_names(declaration, annotations, terms=adapter is not None)
         names = list(annotations)
         required = [n for n in names if not _optional(annotations[n])]
         hp_names = {h.name for h in hparams}
         lengths = _signature_lengths(kind, scores)
-        extra = tuple(n for n in names if n not in KIND_INPUTS[(kind, scores)] and n not in lengths
-                      and n not in hp_names)
+        extra = tuple(
+            n for n in names if n not in KIND_INPUTS[(kind, scores)] and n not in lengths and n not in hp_names
+        )
         signature = _canonical_signature(declaration, extra, annotations)
 
         def invoke(spec: LossSpec, bound: inspect.BoundArguments) -> Any:
@@ -110,8 +127,10 @@ def _annotation(where: str, p: inspect.Parameter) -> str:
     if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
         raise TypeError(f"{where}: a body declares each argument it reads by name, not *{p.name}")
     if p.default is not inspect.Parameter.empty:
-        raise TypeError(f"{where}: body parameter {p.name!r} has a default; hyper-parameter defaults come from "
-                        f"its HParam and extra inputs default to None")
+        raise TypeError(
+            f"{where}: body parameter {p.name!r} has a default; hyper-parameter defaults come from "
+            f"its HParam and extra inputs default to None"
+        )
     if p.annotation is inspect.Parameter.empty:
         raise TypeError(f"{where}: annotate body parameter {p.name!r} (it becomes the public signature)")
     return p.annotation if isinstance(p.annotation, str) else inspect.formatannotation(p.annotation)
@@ -128,8 +147,10 @@ def _check_body_names(declaration: LossDeclaration, annotations: Mapping[str, st
     where = f"loss {declaration.name!r}"
     unread = [h.name for h in declaration.hparams if h.name not in annotations]
     if unread:
-        raise TypeError(f"{where}: declares hyper-parameter(s) {unread} that its body does not take (they would be "
-                        f"accepted and ignored)")
+        raise TypeError(
+            f"{where}: declares hyper-parameter(s) {unread} that its body does not take (they would be "
+            f"accepted and ignored)"
+        )
     for h in declaration.hparams:
         if h.default is None and not _optional(annotations[h.name]):
             raise TypeError(f"{where}: hyper-parameter {h.name!r} defaults to None, so annotate it `… | None`")
@@ -163,12 +184,19 @@ def _canonical_signature(
     optional = False
     for n in KIND_INPUTS[(declaration.kind, declaration.scores)]:
         optional = optional or n.startswith("ref_") or n == "old_logps"
-        params.append(Parameter(n, Parameter.POSITIONAL_OR_KEYWORD, default=None if optional else Parameter.empty,
-                                annotation="Tensor | None" if optional else "Tensor"))
+        params.append(
+            Parameter(
+                n,
+                Parameter.POSITIONAL_OR_KEYWORD,
+                default=None if optional else Parameter.empty,
+                annotation="Tensor | None" if optional else "Tensor",
+            )
+        )
     for n in extra:
         text = annotations[n]
-        params.append(Parameter(n, Parameter.KEYWORD_ONLY, default=None,
-                                annotation=text if _optional(text) else f"{text} | None"))
+        params.append(
+            Parameter(n, Parameter.KEYWORD_ONLY, default=None, annotation=text if _optional(text) else f"{text} | None")
+        )
     for n in _signature_lengths(declaration.kind, declaration.scores):
         params.append(Parameter(n, Parameter.KEYWORD_ONLY, default=None, annotation="Tensor | None"))
     for h in declaration.hparams:

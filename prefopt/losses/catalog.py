@@ -16,8 +16,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from prefopt.registry import LossSpec, list_losses, loss_spec
 from prefopt.atomic import write_atomic
+from prefopt.registry import LossSpec, list_losses, loss_spec
 
 __all__ = ["loss_rows", "render_text", "render_markdown", "write_markdown"]
 
@@ -110,14 +110,20 @@ def render_markdown() -> str:
         out.append(f"- **{s.kind}{' / reward scores' if s.scores == 'rewards' else ''}**: `f({params}, *, ...)`")
     for s in specs:
         out += ["", f"## {s.name}", "", s.summary, "", f"- formula: `{s.formula}`", f"- paper: {s.paper}"]
-        out.append(f"- data kind: {s.kind}; reference model: {'required' if s.needs_reference else 'not used'}; "
-                   f"completion lengths: {'required' if s.needs_lengths else 'optional'}")
+        out.append(
+            f"- data kind: {s.kind}; reference model: {'required' if s.needs_reference else 'not used'}; "
+            f"completion lengths: {'required' if s.needs_lengths else 'optional'}"
+        )
         if s.needs_nonpositive_logps:
-            out.append("- policy log-probs must be ≤ 0: the loss reads them as probabilities (an NLL, odds or "
-                       "weights), so a positive one is refused")
+            out.append(
+                "- policy log-probs must be ≤ 0: the loss reads them as probabilities (an NLL, odds or "
+                "weights), so a positive one is refused"
+            )
         if s.batch_dependent:
-            out.append("- batch-dependent: one example's loss depends on the rest of the batch, so trainers "
-                       "refuse gradient accumulation and data parallelism for it")
+            out.append(
+                "- batch-dependent: one example's loss depends on the rest of the batch, so trainers "
+                "refuse gradient accumulation and data parallelism for it"
+            )
         if s.extra_inputs:
             out.append(f"- extra inputs: {', '.join(f'`{n}`' for n in s.extra_inputs)}")
         if s.hparams:

@@ -27,6 +27,7 @@ from typing import Any, Concatenate, Literal, Protocol, cast, overload
 from torch import Tensor
 
 from prefopt.loss_inputs import EngineOutput, LossInputError
+from prefopt.loss_state import BatchInput, LossStateSpec
 from prefopt.losses.base import (
     LossOutput,
     detached_mean,
@@ -34,7 +35,6 @@ from prefopt.losses.base import (
     ranked_reward_metrics,
     unpaired_reward_metrics,
 )
-from prefopt.loss_state import BatchInput, LossStateSpec
 from prefopt.losses.bodies import register_body
 from prefopt.registry import HParam, LossSpec
 
@@ -59,8 +59,10 @@ __all__ = [
 
 def _given(loss: str, name: str, value: Tensor | None) -> Tensor:
     if value is None:
-        raise LossInputError(f"{loss} reads {name}: pass the number of completion tokens per sequence "
-                             f"(SequenceLogProbs.count), or the engine outputs themselves.")
+        raise LossInputError(
+            f"{loss} reads {name}: pass the number of completion tokens per sequence "
+            f"(SequenceLogProbs.count), or the engine outputs themselves."
+        )
     return value
 
 
@@ -231,12 +233,19 @@ def _output(per_example: Tensor, standard: dict[str, Tensor], extra: Mapping[str
 
 
 def _paired(spec: LossSpec, values: Mapping[str, Any], run: Callable[[Any], Any]) -> LossOutput:
-    policy = dict(loss=spec.name, chosen_logps=values["policy_chosen_logps"],
-                  rejected_logps=values["policy_rejected_logps"],
-                  given_lengths=(values["chosen_lengths"], values["rejected_lengths"]))
-    terms = (PairedTerms(**policy, ref_chosen_logps=values["ref_chosen_logps"],
-                         ref_rejected_logps=values["ref_rejected_logps"])
-             if spec.needs_reference else PolicyPair(**policy))
+    policy = dict(
+        loss=spec.name,
+        chosen_logps=values["policy_chosen_logps"],
+        rejected_logps=values["policy_rejected_logps"],
+        given_lengths=(values["chosen_lengths"], values["rejected_lengths"]),
+    )
+    terms = (
+        PairedTerms(
+            **policy, ref_chosen_logps=values["ref_chosen_logps"], ref_rejected_logps=values["ref_rejected_logps"]
+        )
+        if spec.needs_reference
+        else PolicyPair(**policy)
+    )
     out = _reported(spec, run(terms), rewards=True)
     if out.rewards is not None:
         rewards = out.rewards
@@ -249,16 +258,22 @@ def _paired(spec: LossSpec, values: Mapping[str, Any], run: Callable[[Any], Any]
 
 
 def _unpaired(spec: LossSpec, values: Mapping[str, Any], run: Callable[[Any], Any]) -> LossOutput:
-    terms = UnpairedTerms(loss=spec.name, logps=values["policy_logps"], ref_logps=values["ref_logps"],
-                          labels=values["labels"], given_length=values["lengths"])
+    terms = UnpairedTerms(
+        loss=spec.name,
+        logps=values["policy_logps"],
+        ref_logps=values["ref_logps"],
+        labels=values["labels"],
+        given_length=values["lengths"],
+    )
     out = _reported(spec, run(terms))
     standard = unpaired_reward_metrics(values["beta"] * terms.ratio, terms.logps, terms.labels)
     return _output(out.per_example, standard, out.metrics)
 
 
 def _ranked(spec: LossSpec, values: Mapping[str, Any], run: Callable[[Any], Any]) -> LossOutput:
-    terms = RankedTerms(loss=spec.name, logps=values["policy_logps"], ref_logps=values["ref_logps"],
-                        given_length=values["lengths"])
+    terms = RankedTerms(
+        loss=spec.name, logps=values["policy_logps"], ref_logps=values["ref_logps"], given_length=values["lengths"]
+    )
     out = _reported(spec, run(terms))
     standard = ranked_reward_metrics(values["beta"] * terms.ratio)
     standard["logps/chosen"] = terms.logps[:, 0].detach().float().mean()
@@ -271,8 +286,7 @@ _PAIRED_CALL = (
     "chosen_lengths=None, rejected_lengths=None, **hyper-parameters) with [B] summed completion log-probs, or "
     "f(policy_out, ref_out) with the engine's outputs of a paired batch."
 )
-_REFERENCE_FREE = (" Reference-free: reference arguments are accepted for the uniform call, checked and not "
-                   "used.")
+_REFERENCE_FREE = " Reference-free: reference arguments are accepted for the uniform call, checked and not used."
 
 
 def _needs_beta(name: str, hparams: Sequence[HParam], what: str) -> None:
@@ -289,10 +303,17 @@ class PairedLoss(Protocol):
     spec: LossSpec
 
     @overload
-    def __call__(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-                 ref_chosen_logps: Tensor | None = None, ref_rejected_logps: Tensor | None = None, *,
-                 chosen_lengths: Tensor | None = None, rejected_lengths: Tensor | None = None,
-                 **hparams: Any) -> LossOutput: ...
+    def __call__(
+        self,
+        policy_chosen_logps: Tensor,
+        policy_rejected_logps: Tensor,
+        ref_chosen_logps: Tensor | None = None,
+        ref_rejected_logps: Tensor | None = None,
+        *,
+        chosen_lengths: Tensor | None = None,
+        rejected_lengths: Tensor | None = None,
+        **hparams: Any,
+    ) -> LossOutput: ...
 
     @overload
     def __call__(self, policy: EngineOutput, reference: EngineOutput | None, /, **hparams: Any) -> LossOutput: ...
@@ -303,8 +324,15 @@ class UnpairedLoss(Protocol):
 
     spec: LossSpec
 
-    def __call__(self, policy_logps: Tensor | EngineOutput, ref_logps: Tensor | EngineOutput | None = None,
-                 labels: Tensor | None = None, *, lengths: Tensor | None = None, **inputs: Any) -> LossOutput: ...
+    def __call__(
+        self,
+        policy_logps: Tensor | EngineOutput,
+        ref_logps: Tensor | EngineOutput | None = None,
+        labels: Tensor | None = None,
+        *,
+        lengths: Tensor | None = None,
+        **inputs: Any,
+    ) -> LossOutput: ...
 
 
 class RankedLoss(Protocol):
@@ -312,8 +340,14 @@ class RankedLoss(Protocol):
 
     spec: LossSpec
 
-    def __call__(self, policy_logps: Tensor | EngineOutput, ref_logps: Tensor | EngineOutput | None = None, *,
-                 lengths: Tensor | None = None, **hparams: Any) -> LossOutput: ...
+    def __call__(
+        self,
+        policy_logps: Tensor | EngineOutput,
+        ref_logps: Tensor | EngineOutput | None = None,
+        *,
+        lengths: Tensor | None = None,
+        **hparams: Any,
+    ) -> LossOutput: ...
 
 
 class RolloutLoss(Protocol):
@@ -321,8 +355,13 @@ class RolloutLoss(Protocol):
 
     spec: LossSpec
 
-    def __call__(self, policy_logps: Tensor, old_logps: Tensor | None = None, completion_mask: Tensor | None = None,
-                 **inputs: Any) -> LossOutput: ...
+    def __call__(
+        self,
+        policy_logps: Tensor,
+        old_logps: Tensor | None = None,
+        completion_mask: Tensor | None = None,
+        **inputs: Any,
+    ) -> LossOutput: ...
 
 
 class RewardModelLoss(Protocol):
@@ -338,24 +377,48 @@ class RewardModelLoss(Protocol):
 
 @overload
 def paired_loss(
-    name: str, *, needs_reference: Literal[True], paper: str, formula: str, hparams: Sequence[HParam] = (),
-    needs_lengths: bool = False, batch_dependent: bool = False, needs_nonpositive_logps: bool = False,
-    state: LossStateSpec | None = None, batch_inputs: Mapping[str, BatchInput] | None = None,
+    name: str,
+    *,
+    needs_reference: Literal[True],
+    paper: str,
+    formula: str,
+    hparams: Sequence[HParam] = (),
+    needs_lengths: bool = False,
+    batch_dependent: bool = False,
+    needs_nonpositive_logps: bool = False,
+    state: LossStateSpec | None = None,
+    batch_inputs: Mapping[str, BatchInput] | None = None,
 ) -> Callable[[Callable[Concatenate[PairedTerms, ...], Tensor | Reported]], PairedLoss]: ...
 
 
 @overload
 def paired_loss(
-    name: str, *, needs_reference: Literal[False], paper: str, formula: str, hparams: Sequence[HParam] = (),
-    needs_lengths: bool = False, batch_dependent: bool = False, needs_nonpositive_logps: bool = False,
-    state: LossStateSpec | None = None, batch_inputs: Mapping[str, BatchInput] | None = None,
+    name: str,
+    *,
+    needs_reference: Literal[False],
+    paper: str,
+    formula: str,
+    hparams: Sequence[HParam] = (),
+    needs_lengths: bool = False,
+    batch_dependent: bool = False,
+    needs_nonpositive_logps: bool = False,
+    state: LossStateSpec | None = None,
+    batch_inputs: Mapping[str, BatchInput] | None = None,
 ) -> Callable[[Callable[Concatenate[PolicyPair, ...], Tensor | Reported]], PairedLoss]: ...
 
 
 def paired_loss(
-    name: str, *, needs_reference: bool, paper: str, formula: str, hparams: Sequence[HParam] = (),
-    needs_lengths: bool = False, batch_dependent: bool = False, needs_nonpositive_logps: bool = False,
-    state: LossStateSpec | None = None, batch_inputs: Mapping[str, BatchInput] | None = None,
+    name: str,
+    *,
+    needs_reference: bool,
+    paper: str,
+    formula: str,
+    hparams: Sequence[HParam] = (),
+    needs_lengths: bool = False,
+    batch_dependent: bool = False,
+    needs_nonpositive_logps: bool = False,
+    state: LossStateSpec | None = None,
+    batch_inputs: Mapping[str, BatchInput] | None = None,
 ) -> Callable[[Callable[..., Tensor | Reported]], PairedLoss]:
     """Register a paired loss from a body `(t, *, hyper-parameters) -> per-example [B] | Reported`.
 
@@ -368,16 +431,33 @@ def paired_loss(
     if needs_reference:
         _needs_beta(name, hparams, "reference-based paired")
     call_doc = _PAIRED_CALL + ("" if needs_reference else _REFERENCE_FREE)
-    register = register_body(name, kind="paired", needs_reference=needs_reference, paper=paper, formula=formula,
-                             hparams=hparams, needs_lengths=needs_lengths, batch_dependent=batch_dependent,
-                             needs_nonpositive_logps=needs_nonpositive_logps, state=state,
-                             batch_inputs=batch_inputs, adapter=_paired, call_doc=call_doc)
+    register = register_body(
+        name,
+        kind="paired",
+        needs_reference=needs_reference,
+        paper=paper,
+        formula=formula,
+        hparams=hparams,
+        needs_lengths=needs_lengths,
+        batch_dependent=batch_dependent,
+        needs_nonpositive_logps=needs_nonpositive_logps,
+        state=state,
+        batch_inputs=batch_inputs,
+        adapter=_paired,
+        call_doc=call_doc,
+    )
     return lambda body: cast(PairedLoss, register(body))
 
 
 def unpaired_loss(
-    name: str, *, paper: str, formula: str, hparams: Sequence[HParam] = (), needs_lengths: bool = False,
-    needs_nonpositive_logps: bool = False, state: LossStateSpec | None = None,
+    name: str,
+    *,
+    paper: str,
+    formula: str,
+    hparams: Sequence[HParam] = (),
+    needs_lengths: bool = False,
+    needs_nonpositive_logps: bool = False,
+    state: LossStateSpec | None = None,
     batch_inputs: Mapping[str, BatchInput] | None = None,
 ) -> Callable[[Callable[Concatenate[UnpairedTerms, ...], Tensor | Reported]], UnpairedLoss]:
     """Register an unpaired loss from a body `(t: UnpairedTerms, *, hyper-parameters, extra inputs)`.
@@ -389,18 +469,33 @@ def unpaired_loss(
     statistic of the global batch, BCO's `state` a running mean kept across steps.
     """
     _needs_beta(name, hparams, "unpaired")
-    register = register_body(name, kind="unpaired", needs_reference=True, paper=paper, formula=formula,
-                             hparams=hparams, needs_lengths=needs_lengths,
-                             needs_nonpositive_logps=needs_nonpositive_logps, state=state,
-                             batch_inputs=batch_inputs, adapter=_unpaired,
-                             call_doc="Call: f(policy_logps, ref_logps, labels, *, lengths=None, **inputs) with [B] "
-                                      "summed log-probs and bool labels, or f(policy_out, ref_out, labels).")
+    register = register_body(
+        name,
+        kind="unpaired",
+        needs_reference=True,
+        paper=paper,
+        formula=formula,
+        hparams=hparams,
+        needs_lengths=needs_lengths,
+        needs_nonpositive_logps=needs_nonpositive_logps,
+        state=state,
+        batch_inputs=batch_inputs,
+        adapter=_unpaired,
+        call_doc="Call: f(policy_logps, ref_logps, labels, *, lengths=None, **inputs) with [B] "
+        "summed log-probs and bool labels, or f(policy_out, ref_out, labels).",
+    )
     return lambda body: cast(UnpairedLoss, register(body))
 
 
 def ranked_loss(
-    name: str, *, paper: str, formula: str, hparams: Sequence[HParam] = (), needs_lengths: bool = False,
-    state: LossStateSpec | None = None, batch_inputs: Mapping[str, BatchInput] | None = None,
+    name: str,
+    *,
+    paper: str,
+    formula: str,
+    hparams: Sequence[HParam] = (),
+    needs_lengths: bool = False,
+    state: LossStateSpec | None = None,
+    batch_inputs: Mapping[str, BatchInput] | None = None,
 ) -> Callable[[Callable[Concatenate[RankedTerms, ...], Tensor | Reported]], RankedLoss]:
     """Register a ranked (K-wise) loss from a body `(t: RankedTerms, *, hyper-parameters)`.
 
@@ -409,17 +504,32 @@ def ranked_loss(
     as `unpaired_loss`.
     """
     _needs_beta(name, hparams, "ranked")
-    register = register_body(name, kind="ranked", needs_reference=True, paper=paper, formula=formula,
-                             hparams=hparams, needs_lengths=needs_lengths, state=state,
-                             batch_inputs=batch_inputs, adapter=_ranked,
-                             call_doc="Call: f(policy_logps, ref_logps, *, lengths=None, **hyper-parameters) with "
-                                      "[B, K] summed log-probs, best first, or f(policy_out, ref_out).")
+    register = register_body(
+        name,
+        kind="ranked",
+        needs_reference=True,
+        paper=paper,
+        formula=formula,
+        hparams=hparams,
+        needs_lengths=needs_lengths,
+        state=state,
+        batch_inputs=batch_inputs,
+        adapter=_ranked,
+        call_doc="Call: f(policy_logps, ref_logps, *, lengths=None, **hyper-parameters) with "
+        "[B, K] summed log-probs, best first, or f(policy_out, ref_out).",
+    )
     return lambda body: cast(RankedLoss, register(body))
 
 
 def rollout_loss(
-    name: str, *, needs_reference: bool, paper: str, formula: str, hparams: Sequence[HParam] = (),
-    needs_nonpositive_logps: bool = False, online_defaults: Mapping[str, int] | None = None,
+    name: str,
+    *,
+    needs_reference: bool,
+    paper: str,
+    formula: str,
+    hparams: Sequence[HParam] = (),
+    needs_nonpositive_logps: bool = False,
+    online_defaults: Mapping[str, int] | None = None,
     accepts_pair_loss: bool = False,
 ) -> Callable[[Callable[..., LossOutput]], RolloutLoss]:
     """Register a rollout (online) loss from a body that names the inputs it reads and returns `LossOutput`.
@@ -431,20 +541,34 @@ def rollout_loss(
     `accepts_pair_loss`: the loss trains on each prompt's best/worst pair, so the online loop may run a paired
     log-prob loss on those pairs in its place (`OnlineConfig.pair_loss`).
     """
-    register = register_body(name, kind="rollout", needs_reference=needs_reference, paper=paper, formula=formula,
-                             hparams=hparams, needs_nonpositive_logps=needs_nonpositive_logps,
-                             online_defaults=online_defaults, accepts_pair_loss=accepts_pair_loss)
+    register = register_body(
+        name,
+        kind="rollout",
+        needs_reference=needs_reference,
+        paper=paper,
+        formula=formula,
+        hparams=hparams,
+        needs_nonpositive_logps=needs_nonpositive_logps,
+        online_defaults=online_defaults,
+        accepts_pair_loss=accepts_pair_loss,
+    )
     return lambda body: cast(RolloutLoss, register(body))
 
 
 def reward_model_loss(
-    name: str, *, kind: Literal["paired", "ranked"], paper: str, formula: str, hparams: Sequence[HParam] = (),
+    name: str,
+    *,
+    kind: Literal["paired", "ranked"],
+    paper: str,
+    formula: str,
+    hparams: Sequence[HParam] = (),
 ) -> Callable[[Callable[..., LossOutput]], RewardModelLoss]:
     """Register a reward-model loss on scalar scores r(x, y) from a body naming the inputs it reads.
 
     paired: chosen_rewards, rejected_rewards [B]; ranked: rewards [B, K] best first (the public signature
     also accepts `lengths`, unused, like every ranked loss). Reward models have no reference.
     """
-    register = register_body(name, kind=kind, scores="rewards", needs_reference=False, paper=paper,
-                             formula=formula, hparams=hparams)
+    register = register_body(
+        name, kind=kind, scores="rewards", needs_reference=False, paper=paper, formula=formula, hparams=hparams
+    )
     return lambda body: cast(RewardModelLoss, register(body))

@@ -126,8 +126,9 @@ def robust_dpo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     formula="σ(β·Δ)·[log σ(β·Δ) − log(1−ε)] + σ(−β·Δ)·[log σ(−β·Δ) − log ε]",
     hparams=[
         BETA,
-        HParam("epsilon", 1e-3, "ε > 0 of the smoothed target Bern(1−ε); ε = 0 makes the KL infinite",
-               Interval(0.0, 0.5)),
+        HParam(
+            "epsilon", 1e-3, "ε > 0 of the smoothed target Bern(1−ε); ε = 0 makes the KL infinite", Interval(0.0, 0.5)
+        ),
     ],
 )
 def exo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
@@ -143,8 +144,9 @@ def exo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     """
     x = beta * t.margin  # [B]
     log_p_chosen, log_p_rejected = F.logsigmoid(x), F.logsigmoid(-x)  # log σ(x), log σ(−x) = log(1 − σ(x))
-    return (log_p_chosen.exp() * (log_p_chosen - math.log1p(-epsilon))
-            + log_p_rejected.exp() * (log_p_rejected - math.log(epsilon)))
+    return log_p_chosen.exp() * (log_p_chosen - math.log1p(-epsilon)) + log_p_rejected.exp() * (
+        log_p_rejected - math.log(epsilon)
+    )
 
 
 @paired_loss(
@@ -157,8 +159,7 @@ def exo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     formula="σ(−β·Δ/τ)·(−log σ(β·Δ)) + σ(β·Δ/τ)·exp(−β·Δ)",
     hparams=[
         HParam("beta", 0.05, "inverse temperature β of the implicit reward β·log π/π_ref", POSITIVE),
-        HParam("tau", 0.05, "temperature τ of the sigmoid that blends the logistic and exponential losses",
-               POSITIVE),
+        HParam("tau", 0.05, "temperature τ of the sigmoid that blends the logistic and exponential losses", POSITIVE),
     ],
 )
 def discopop(t: PairedTerms, *, beta: float, tau: float) -> Tensor:

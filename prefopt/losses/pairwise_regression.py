@@ -135,8 +135,7 @@ def hinge(t: PairedTerms, *, beta: float) -> Tensor:
     ),
     formula="max(0, δ − log π_θ(y_w) + log π_θ(y_l)) − λ·log π_θ(y_w)",
     hparams=[
-        HParam("delta", 1.0, "calibration margin δ between the chosen and rejected sequence log-probs",
-               NON_NEGATIVE),
+        HParam("delta", 1.0, "calibration margin δ between the chosen and rejected sequence log-probs", NON_NEGATIVE),
         HParam("lambda_", 0.1, "weight λ of the sequence NLL of the chosen completion", NON_NEGATIVE),
     ],
     needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w) is ≥ 0 only for a log-probability
@@ -156,5 +155,8 @@ def slic(t: PolicyPair, *, delta: float, lambda_: float) -> Reported:
     """
     calibration = torch.relu(delta - t.chosen_logps + t.rejected_logps)  # [B]
     nll = -t.chosen_logps  # [B]
-    return Reported(calibration + lambda_ * nll, rewards=(t.chosen_logps, t.rejected_logps),
-                    metrics={"calibration_loss": calibration, "nll_loss": nll})
+    return Reported(
+        calibration + lambda_ * nll,
+        rewards=(t.chosen_logps, t.rejected_logps),
+        metrics={"calibration_loss": calibration, "nll_loss": nll},
+    )

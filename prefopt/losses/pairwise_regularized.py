@@ -68,7 +68,9 @@ _LAMBDA_DPOP = HParam(
     "lambda_", 50.0, "λ: weight of the penalty max(0, log π_ref(y_w) − log π_θ(y_w)) (Smaug uses 50)", NON_NEGATIVE
 )
 _ALPHA_RDPO = HParam(
-    "alpha", 0.05, "α: weight of the length margin α(|y_w| − |y_l|) in nats per token; the paper sweeps it",
+    "alpha",
+    0.05,
+    "α: weight of the length margin α(|y_w| − |y_l|) in nats per token; the paper sweeps it",
     NON_NEGATIVE,
 )
 _BETA_NORM = HParam("beta", 5.0, "β on length-normalised log-ratios (Tülu 3 DPO w/ LN uses 5)", POSITIVE)

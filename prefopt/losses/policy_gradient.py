@@ -132,9 +132,20 @@ def _require(name: str, value: Tensor | None, what: str) -> Tensor:
     # One sample per prompt and 4 optimisation passes over each rollout (Ziegler et al. 2019; TRL PPOConfig).
     online_defaults={"num_samples": 1, "min_samples": 1, "epochs": 4},
 )
-def ppo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, advantages: Tensor | None,
-        values: Tensor | None, old_values: Tensor | None, returns: Tensor | None, token_entropy: Tensor | None,
-        clip_range: float, clip_range_value: float, vf_coef: float) -> LossOutput:
+def ppo(
+    policy_logps: Tensor,
+    old_logps: Tensor,
+    completion_mask: Tensor,
+    *,
+    advantages: Tensor | None,
+    values: Tensor | None,
+    old_values: Tensor | None,
+    returns: Tensor | None,
+    token_entropy: Tensor | None,
+    clip_range: float,
+    clip_range_value: float,
+    vf_coef: float,
+) -> LossOutput:
     """PPO for language models: clipped policy loss plus clipped value loss, token means over the batch.
 
     The KL penalty to the reference is not here: it is folded into the per-token rewards before GAE
@@ -225,11 +236,21 @@ def _k3_to_reference(policy_logps: Tensor, ref_logps: Tensor | None, mask: Tenso
         "Feedback in LLMs, arXiv:2402.14740 (RLOO; Kool et al. 2019); β = 0.03 from the TRL RLOO index"
     ),
     formula="mean_i Σ_t max(−A_i·ρ_t, −A_i·clip(ρ_t,1±ε)), A_i = R_i − mean_{j≠i} R_j, R_i = r_i − β·Σ_t k1_t",
-    hparams=[HParam("beta", 0.03, "KL coefficient β of the sequence reward R = r − β·Σ_t k1", NON_NEGATIVE),
-             CLIP_RANGE],
+    hparams=[
+        HParam("beta", 0.03, "KL coefficient β of the sequence reward R = r − β·Σ_t k1", NON_NEGATIVE),
+        CLIP_RANGE,
+    ],
 )
-def rloo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None,
-         ref_logps: Tensor | None, beta: float, clip_range: float) -> LossOutput:
+def rloo(
+    policy_logps: Tensor,
+    old_logps: Tensor,
+    completion_mask: Tensor,
+    *,
+    rewards: Tensor | None,
+    ref_logps: Tensor | None,
+    beta: float,
+    clip_range: float,
+) -> LossOutput:
     """RLOO: REINFORCE on the sequence log-prob with the leave-one-out mean of the other K − 1 samples.
 
     The KL penalty enters the reward, R_i = r_i − β·Σ_t (log π_old − log π_ref), computed from the
@@ -262,11 +283,18 @@ def rloo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, re
         "one update per exploration stage); std + 1e-4 as TRL"
     ),
     formula="mean_i (1/|o_i|) Σ_t [max(−Â_i·ρ_t, −Â_i·clip(ρ_t,1±ε)) + β·k3_t], Â_i = (r_i − mean)/(std + 1e-4)",
-    hparams=[HParam("beta", 0.04, "coefficient β of the per-token k3 KL to the reference", NON_NEGATIVE),
-             CLIP_RANGE],
+    hparams=[HParam("beta", 0.04, "coefficient β of the per-token k3 KL to the reference", NON_NEGATIVE), CLIP_RANGE],
 )
-def grpo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None,
-         ref_logps: Tensor | None, beta: float, clip_range: float) -> LossOutput:
+def grpo(
+    policy_logps: Tensor,
+    old_logps: Tensor,
+    completion_mask: Tensor,
+    *,
+    rewards: Tensor | None,
+    ref_logps: Tensor | None,
+    beta: float,
+    clip_range: float,
+) -> LossOutput:
     """GRPO: PPO's clipped surrogate with group-normalised advantages and a per-token k3 KL, no critic.
 
     Each sequence's token losses are averaged over its own length (1/|o_i|), then over the S
@@ -282,8 +310,14 @@ def grpo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, re
     advantages = grouped_to_sequences(group_normalized_advantages(grouped, eps=GROUP_STD_EPS))
     kl_token = _k3_to_reference(policy_logps, ref_logps, completion_mask, beta=beta)
     per_example, metrics = _group_loss(
-        policy_logps, old_logps, completion_mask, advantages, clip_range,
-        kl_token=kl_token, beta=beta, normaliser="mean",
+        policy_logps,
+        old_logps,
+        completion_mask,
+        advantages,
+        clip_range,
+        kl_token=kl_token,
+        beta=beta,
+        normaliser="mean",
     )
     return LossOutput(per_example.mean(), per_example, {**metrics, **_reward_metrics(grouped)})
 
@@ -299,12 +333,22 @@ def grpo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, re
     hparams=[
         HParam("beta", 0.0, "coefficient β of the per-token k3 KL to the reference (0 = no reference)", NON_NEGATIVE),
         CLIP_RANGE,
-        HParam("max_length", None, "constant L_max dividing each sequence's token sum (None = T of the batch)",
-               POSITIVE),
+        HParam(
+            "max_length", None, "constant L_max dividing each sequence's token sum (None = T of the batch)", POSITIVE
+        ),
     ],
 )
-def dr_grpo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None,
-            ref_logps: Tensor | None, beta: float, clip_range: float, max_length: int | None) -> LossOutput:
+def dr_grpo(
+    policy_logps: Tensor,
+    old_logps: Tensor,
+    completion_mask: Tensor,
+    *,
+    rewards: Tensor | None,
+    ref_logps: Tensor | None,
+    beta: float,
+    clip_range: float,
+    max_length: int | None,
+) -> LossOutput:
     """Dr. GRPO ("GRPO done right"): mean-centred advantages and a length-independent token sum.
 
     Dividing by a constant instead of |o_i| removes GRPO's preference for long wrong answers and short
@@ -328,8 +372,14 @@ def dr_grpo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *,
     advantages = grouped_to_sequences(group_normalized_advantages(grouped, scale_by_std=False))
     kl_token = _k3_to_reference(policy_logps, ref_logps, completion_mask, beta=beta)
     per_example, metrics = _group_loss(
-        policy_logps, old_logps, completion_mask, advantages, clip_range,
-        kl_token=kl_token, beta=beta, normaliser=float(normaliser),
+        policy_logps,
+        old_logps,
+        completion_mask,
+        advantages,
+        clip_range,
+        kl_token=kl_token,
+        beta=beta,
+        normaliser=float(normaliser),
     )
     return LossOutput(per_example.mean(), per_example, {**metrics, **_reward_metrics(grouped)})
 
@@ -345,8 +395,15 @@ def dr_grpo(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *,
     hparams=[CLIP_RANGE],
     online_defaults={"num_samples": 1, "min_samples": 1},  # one sample per prompt (Li et al. 2023)
 )
-def remax(policy_logps: Tensor, old_logps: Tensor, completion_mask: Tensor, *, rewards: Tensor | None,
-          greedy_rewards: Tensor | None, clip_range: float) -> LossOutput:
+def remax(
+    policy_logps: Tensor,
+    old_logps: Tensor,
+    completion_mask: Tensor,
+    *,
+    rewards: Tensor | None,
+    greedy_rewards: Tensor | None,
+    clip_range: float,
+) -> LossOutput:
     """ReMax: REINFORCE whose baseline is the reward of the prompt's greedy decode.
 
     A KL penalty, if wanted, belongs in both rewards (shape the sampled and the greedy reward the same

@@ -116,8 +116,11 @@ def cpo(t: PolicyPair, *, beta: float, alpha: float) -> Reported:
     """
     chosen_nll = -t.chosen_logps / t.chosen_lengths  # [B]
     preference = neg_logsigmoid(beta * t.policy_margin)
-    return Reported(preference + alpha * chosen_nll, rewards=(beta * t.chosen_logps, beta * t.rejected_logps),
-                    metrics={"nll_loss": chosen_nll})
+    return Reported(
+        preference + alpha * chosen_nll,
+        rewards=(beta * t.chosen_logps, beta * t.rejected_logps),
+        metrics={"nll_loss": chosen_nll},
+    )
 
 
 def simpo_gamma(beta: float, gamma: float | None, gamma_beta_ratio: float | None) -> float:
@@ -172,5 +175,6 @@ def simpo(t: PolicyPair, *, beta: float, gamma: float | None, gamma_beta_ratio: 
     chosen_reward = beta * t.chosen_logps / t.chosen_lengths  # β·ℓ_w, [B]
     rejected_reward = beta * t.rejected_logps / t.rejected_lengths
     per_example = neg_logsigmoid(chosen_reward - rejected_reward - margin)
-    return Reported(per_example, rewards=(chosen_reward, rejected_reward),
-                    metrics={"gamma": per_example.new_tensor(margin)})
+    return Reported(
+        per_example, rewards=(chosen_reward, rejected_reward), metrics={"gamma": per_example.new_tensor(margin)}
+    )

@@ -147,8 +147,10 @@ def kto_reference_point(batch: GlobalBatch) -> Tensor:
     """
     rows = batch.rows
     partner = mismatched_indices([tuple(r["prompt_ids"]) for r in rows])
-    pairs = [{"prompt_ids": rows[i]["prompt_ids"], "completion_ids": rows[int(partner[i])]["completion_ids"]}
-             for i in batch.positions]  # (x_i, y_j(i))
+    pairs = [
+        {"prompt_ids": rows[i]["prompt_ids"], "completion_ids": rows[int(partner[i])]["completion_ids"]}
+        for i in batch.positions
+    ]  # (x_i, y_j(i))
     policy, reference = batch.score(pairs)
     diff = policy.sum.float() - reference.sum.float()  # [M] this process's pairs
     totals = batch.all_reduce_sum(torch.stack([diff.sum(), diff.new_tensor(float(diff.numel()))]))

@@ -1,9 +1,9 @@
 """Online algorithms: generation, reward functions and reward models, and the online loop (generate → score → loss).
 
-    generation    GenerationConfig, Rollout, generate (HF `generate`, K samples per prompt; vLLM optional)
-    rewards       RewardFunction, CallableReward, as_reward_function, score_rollout
-    reward_model  RewardModelConfig, train_reward_model, LearnedReward (`prefopt train-rm`)
-    trainer       OnlineConfig, train_online, OnlineResult (`prefopt train-online`): generate → score → loss
+generation    GenerationConfig, Rollout, generate (HF `generate`, K samples per prompt; vLLM optional)
+rewards       RewardFunction, CallableReward, as_reward_function, score_rollout
+reward_model  RewardModelConfig, train_reward_model, LearnedReward (`prefopt train-rm`)
+trainer       OnlineConfig, train_online, OnlineResult (`prefopt train-online`): generate → score → loss
 """
 
 from prefopt.online.config import OnlineConfig

@@ -36,8 +36,16 @@ from prefopt.train.checkpoint import (
 __all__ = ["save_online_checkpoint", "load_online_checkpoint", "latest_checkpoint"]
 
 
-def save_online_checkpoint(output_dir: str | Path, step: int, *, policy: nn.Module, critic: nn.Module | None,
-                           optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], keep: int) -> Path:
+def save_online_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    policy: nn.Module,
+    critic: nn.Module | None,
+    optimizers: dict[str, torch.optim.Optimizer],
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
     """Save the run after `step` rollouts; keeps the newest `keep` checkpoints. Returns the folder."""
     folder = Path(output_dir) / CHECKPOINT_DIR
     final = folder / f"step-{step:06d}"
@@ -62,8 +70,9 @@ def _load_weights(module: nn.Module, path: Path) -> None:
     load_trainable(module, load_file(str(path)), path)
 
 
-def load_online_checkpoint(path: str | Path, *, policy: nn.Module, critic: nn.Module | None,
-                           optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+def load_online_checkpoint(
+    path: str | Path, *, policy: nn.Module, critic: nn.Module | None, optimizers: dict[str, torch.optim.Optimizer]
+) -> dict[str, Any]:
     """Restore weights and optimiser states from `path`; returns state.json (step, kl_coef, …).
 
     optimizers.pt is read with `torch.load(weights_only=True)`: a file holding anything but tensors,
@@ -74,8 +83,10 @@ def load_online_checkpoint(path: str | Path, *, policy: nn.Module, critic: nn.Mo
         _load_weights(critic, path / "critic.safetensors")
     states = load_plain(path / "optimizers.pt")
     if set(states) != set(optimizers):
-        raise RunFolderError(f"checkpoint {path} holds optimisers {sorted(states)}, this run has "
-                             f"{sorted(optimizers)}; resume with the same algorithm, or start a new output_dir")
+        raise RunFolderError(
+            f"checkpoint {path} holds optimisers {sorted(states)}, this run has "
+            f"{sorted(optimizers)}; resume with the same algorithm, or start a new output_dir"
+        )
     for name, opt in optimizers.items():
         opt.load_state_dict(states[name])
     return json.loads((path / "state.json").read_text())

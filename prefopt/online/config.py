@@ -32,8 +32,16 @@ __all__ = ["OnlineConfig", "SYNTHETIC_LR", "DEFAULT_LR", "KL_ESTIMATORS"]
 SYNTHETIC_LR = 2e-4
 DEFAULT_LR = 1e-6
 # Settings that may change between a run and its resumption (they do not change what a step computes).
-RESUMABLE = ("steps", "resume", "progress", "checkpoint_every", "keep_checkpoints", "num_threads", "output_dir",
-             "save_dtype")
+RESUMABLE = (
+    "steps",
+    "resume",
+    "progress",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_threads",
+    "output_dir",
+    "save_dtype",
+)
 
 
 @dataclass(frozen=True)
@@ -134,20 +142,32 @@ class OnlineConfig(Settings):
         for name in ("model", "tokenizer", "reward", "value_model", "prompts", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
         if self.tokenizer is not None and self.model is None:
-            raise SettingsError("OnlineConfig.tokenizer is set but model is None: the synthetic task brings its own "
-                                "tokenizer; give model too, or drop tokenizer")
+            raise SettingsError(
+                "OnlineConfig.tokenizer is set but model is None: the synthetic task brings its own "
+                "tokenizer; give model too, or drop tokenizer"
+            )
         if self.model_revision is not None and self.model is None:
-            raise SettingsError(f"OnlineConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
-                                "which is not set; give model (a hub name) or drop model_revision")
+            raise SettingsError(
+                f"OnlineConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
+                "which is not set; give model (a hub name) or drop model_revision"
+            )
         spec = loss_spec(self.algorithm)  # unknown names raise, listing the valid ones
         if spec.kind != "rollout":
-            raise ValueError(f"OnlineConfig.algorithm={self.algorithm!r} is a {spec.kind} loss; the online loop runs "
-                             f"rollout losses: {', '.join(list_losses('rollout'))} (offline losses: `prefopt train`)")
+            raise ValueError(
+                f"OnlineConfig.algorithm={self.algorithm!r} is a {spec.kind} loss; the online loop runs "
+                f"rollout losses: {', '.join(list_losses('rollout'))} (offline losses: `prefopt train`)"
+            )
         recipe = recipe_for(spec)
         object.__setattr__(self, "loss_hparams", dict(spec.validate_hparams(dict(self.loss_hparams))))
         self._check_pair_loss()
-        for name in ("steps", "prompts_per_step", "max_new_tokens", "generation_batch_size", "num_minibatches",
-                     "keep_checkpoints"):
+        for name in (
+            "steps",
+            "prompts_per_step",
+            "max_new_tokens",
+            "generation_batch_size",
+            "num_minibatches",
+            "keep_checkpoints",
+        ):
             check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=1)
         for name in ("checkpoint_every", "seed"):
             check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=0)
@@ -155,15 +175,21 @@ class OnlineConfig(Settings):
             if getattr(self, name) is not None:
                 check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=1)
         if self.samples < recipe.min_samples:
-            raise ValueError(f"OnlineConfig.num_samples={self.samples}: {self.algorithm} compares samples of the same "
-                             f"prompt and needs at least {recipe.min_samples} per prompt")
+            raise ValueError(
+                f"OnlineConfig.num_samples={self.samples}: {self.algorithm} compares samples of the same "
+                f"prompt and needs at least {recipe.min_samples} per prompt"
+            )
         top_k = self.loss_hparams.get("top_k")
         if top_k is not None and top_k > self.samples:
-            raise ValueError(f"OnlineConfig: loss_hparams top_k={top_k} exceeds num_samples={self.samples}; keep at "
-                             "most K samples per prompt")
+            raise ValueError(
+                f"OnlineConfig: loss_hparams top_k={top_k} exceeds num_samples={self.samples}; keep at "
+                "most K samples per prompt"
+            )
         if self.num_minibatches > self.prompts_per_step:
-            raise ValueError(f"OnlineConfig.num_minibatches={self.num_minibatches} exceeds prompts_per_step="
-                             f"{self.prompts_per_step}: minibatches split the rollout by prompt")
+            raise ValueError(
+                f"OnlineConfig.num_minibatches={self.num_minibatches} exceeds prompts_per_step="
+                f"{self.prompts_per_step}: minibatches split the rollout by prompt"
+            )
         self._check_numbers()
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"OnlineConfig.kl_estimator={self.kl_estimator!r}: use one of {KL_ESTIMATORS}")
@@ -173,13 +199,18 @@ class OnlineConfig(Settings):
 
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"OnlineConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
-        for name, valid in (("master_weights", MASTER_WEIGHTS), ("mixed_precision", MIXED_PRECISION),
-                            ("save_dtype", SAVE_DTYPES)):
+        for name, valid in (
+            ("master_weights", MASTER_WEIGHTS),
+            ("mixed_precision", MIXED_PRECISION),
+            ("save_dtype", SAVE_DTYPES),
+        ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r}: use one of {valid}")
         if self.reward != "gold" and not Path(self.reward).exists():
-            raise ValueError(f"OnlineConfig.reward={self.reward!r}: use 'gold' (the synthetic task's gold reward) or "
-                             "the folder of a saved reward model (prefopt.online.reward_model)")
+            raise ValueError(
+                f"OnlineConfig.reward={self.reward!r}: use 'gold' (the synthetic task's gold reward) or "
+                "the folder of a saved reward model (prefopt.online.reward_model)"
+            )
         for name in ("prompts", "value_model"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
@@ -192,19 +223,28 @@ class OnlineConfig(Settings):
             return
         if not loss_spec(self.algorithm).accepts_pair_loss:  # declared by losses that train on best/worst pairs
             accepting = [n for n in list_losses("rollout") if loss_spec(n).accepts_pair_loss]
-            raise ValueError(f"OnlineConfig.pair_loss={self.pair_loss!r} applies to algorithm "
-                             f"{' or '.join(repr(n) for n in accepting)} only (got {self.algorithm!r})")
+            raise ValueError(
+                f"OnlineConfig.pair_loss={self.pair_loss!r} applies to algorithm "
+                f"{' or '.join(repr(n) for n in accepting)} only (got {self.algorithm!r})"
+            )
         spec = loss_spec(self.pair_loss)
         if spec.kind != "paired" or spec.scores != "logps":
             paired = [n for n in list_losses("paired") if loss_spec(n).scores == "logps"]
-            raise ValueError(f"OnlineConfig.pair_loss={self.pair_loss!r} is not a paired log-prob loss; use one of "
-                             f"{', '.join(paired)}")
+            raise ValueError(
+                f"OnlineConfig.pair_loss={self.pair_loss!r} is not a paired log-prob loss; use one of "
+                f"{', '.join(paired)}"
+            )
         object.__setattr__(self, "pair_loss_hparams", dict(spec.validate_hparams(dict(self.pair_loss_hparams))))
 
     def _check_numbers(self) -> None:
         positive = {"temperature": self.temperature, "kl_horizon": self.kl_horizon, "adam_eps": self.adam_eps}
-        for name, value in {**positive, "lr": self.lr, "value_lr": self.value_lr, "kl_target": self.kl_target,
-                            "max_grad_norm": self.max_grad_norm}.items():
+        for name, value in {
+            **positive,
+            "lr": self.lr,
+            "value_lr": self.value_lr,
+            "kl_target": self.kl_target,
+            "max_grad_norm": self.max_grad_norm,
+        }.items():
             if (value is not None or name in positive) and not (is_finite_number(value) and value > 0):
                 raise ValueError(f"OnlineConfig.{name}={value!r} must be a positive finite number")
         for name in ("kl_coef", "weight_decay"):
@@ -259,8 +299,9 @@ class OnlineConfig(Settings):
         """
         check_output_dir(self.output_dir, "OnlineConfig.output_dir (--out)")
         if self.model is not None:
-            check_model_source(self.model, "OnlineConfig.model", revision=self.model_revision,
-                               tokenizer=self.tokenizer is None)
+            check_model_source(
+                self.model, "OnlineConfig.model", revision=self.model_revision, tokenizer=self.tokenizer is None
+            )
         if self.tokenizer is not None:
             check_tokenizer_source(self.tokenizer, "OnlineConfig.tokenizer")
         for name in ("reward", "value_model"):

@@ -69,8 +69,10 @@ class GenerationConfig:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"GenerationConfig.top_p={self.top_p!r} must be in (0, 1]")
         if not self.do_sample and self.num_samples != 1:
-            raise ValueError(f"GenerationConfig: greedy decoding (do_sample=False) gives one completion per prompt; "
-                             f"num_samples={self.num_samples} must be 1")
+            raise ValueError(
+                f"GenerationConfig: greedy decoding (do_sample=False) gives one completion per prompt; "
+                f"num_samples={self.num_samples} must be 1"
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"GenerationConfig.backend={self.backend!r}: use one of {BACKENDS}")
 
@@ -132,8 +134,10 @@ def vllm_available() -> bool:
 def _special_ids(tokenizer: Any) -> tuple[int, int]:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is None:
-        raise ValueError("generate: the tokenizer has no eos_token_id; completions could never end. Set "
-                         "tokenizer.eos_token (and check the model's generation_config.eos_token_id)")
+        raise ValueError(
+            "generate: the tokenizer has no eos_token_id; completions could never end. Set "
+            "tokenizer.eos_token (and check the model's generation_config.eos_token_id)"
+        )
     return int(eos), int(pad if pad is not None else eos)
 
 
@@ -142,15 +146,19 @@ def _encode(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
     chat template and its generation prompt, and BOS is added once where the tokenizer adds one, so a template
     that already writes BOS is not given a second (what `tokenizer(text)` would do)."""
     if isinstance(prompts, str) or not all(isinstance(p, (str, list)) for p in prompts):
-        raise ValueError("generate: prompts must be a list of prompts, each a string (e.g. rendered with "
-                         "tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True)) or a "
-                         "conversation (a list of {'role', 'content'} messages)")
+        raise ValueError(
+            "generate: prompts must be a list of prompts, each a string (e.g. rendered with "
+            "tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True)) or a "
+            "conversation (a list of {'role', 'content'} messages)"
+        )
     encoder = PromptCompletionEncoder(tokenizer, TokenizeConfig(append_eos=False))
     encoded = [row["prompt_ids"] for row in encoder.encode_batch(list(prompts), [[] for _ in prompts])]
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
-        raise ValueError(f"generate: prompt(s) at index {empty[:5]} tokenise to no tokens; give each prompt some "
-                         "text or a tokenizer that adds BOS")
+        raise ValueError(
+            f"generate: prompt(s) at index {empty[:5]} tokenise to no tokens; give each prompt some "
+            "text or a tokenizer that adds BOS"
+        )
     return encoded
 
 
@@ -159,25 +167,34 @@ def _trim(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
-def _hf_generate(model: Any, encoded: list[list[int]], config: GenerationConfig, eos: int, pad: int,
-                 progress: bool) -> list[list[list[int]]]:
+def _hf_generate(
+    model: Any, encoded: list[list[int]], config: GenerationConfig, eos: int, pad: int, progress: bool
+) -> list[list[list[int]]]:
     """completion tokens [b][k] for every prompt, via `model.generate` on length-grouped batches."""
     device = next(model.parameters()).device
     out: list[list[list[int]]] = [[] for _ in encoded]
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         by_length.setdefault(len(ids), []).append(i)
-    sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0} \
-        if config.do_sample else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    sampling = (
+        {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0}
+        if config.do_sample
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
     bar = tqdm(total=len(encoded) * config.num_samples, desc="generating", unit="sample", disable=not progress)
     for length in sorted(by_length):
         rows = by_length[length]
         for start in range(0, len(rows), config.batch_size):
-            chunk = rows[start:start + config.batch_size]
+            chunk = rows[start : start + config.batch_size]
             prompt_ids = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)
             generated = model.generate(
-                input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=config.max_new_tokens,
-                num_return_sequences=config.num_samples, eos_token_id=eos, pad_token_id=pad, **sampling,
+                input_ids=prompt_ids,
+                attention_mask=torch.ones_like(prompt_ids),
+                max_new_tokens=config.max_new_tokens,
+                num_return_sequences=config.num_samples,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **sampling,
             )
             new = generated[:, length:].cpu().tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
             for j, row in enumerate(chunk):
@@ -187,14 +204,20 @@ def _hf_generate(model: Any, encoded: list[list[int]], config: GenerationConfig,
     return out
 
 
-def _vllm_generate(model: str, encoded: list[list[int]], config: GenerationConfig, eos: int,
-                   seed: int) -> list[list[list[int]]]:
+def _vllm_generate(
+    model: str, encoded: list[list[int]], config: GenerationConfig, eos: int, seed: int
+) -> list[list[list[int]]]:
     """completion tokens [b][k] from vLLM (`model`: a path or Hub name vLLM loads itself)."""
     from vllm import LLM, SamplingParams  # heavy: optional, `pip install prefopt[vllm]`
 
-    params = SamplingParams(n=config.num_samples, max_tokens=config.max_new_tokens, seed=seed, stop_token_ids=[eos],
-                            temperature=config.temperature if config.do_sample else 0.0,
-                            top_p=config.top_p if config.do_sample else 1.0)
+    params = SamplingParams(
+        n=config.num_samples,
+        max_tokens=config.max_new_tokens,
+        seed=seed,
+        stop_token_ids=[eos],
+        temperature=config.temperature if config.do_sample else 0.0,
+        top_p=config.top_p if config.do_sample else 1.0,
+    )
     llm = LLM(model=model, seed=seed)
     results = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params)
     out = []
@@ -212,8 +235,9 @@ def _decode(tokenizer: Any, prompt_ids: list[int], completion_ids: list[int]) ->
     return decode_completion(tokenizer, prompt_ids, completion_ids)
 
 
-def _layout(encoded: list[list[int]], samples: list[list[list[int]]], num_samples: int, eos: int,
-            pad: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[tuple[int, int]]]:
+def _layout(
+    encoded: list[list[int]], samples: list[list[list[int]]], num_samples: int, eos: int, pad: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[tuple[int, int]]]:
     """Right-padded group-major tensors of the rollout and the (prompt, sample) of each row."""
     order = [(b, k) for k in range(num_samples) for b in range(len(encoded))]  # row s = k·B + b
     width = max(len(encoded[b]) + len(samples[b][k]) for b, k in order)
@@ -225,7 +249,7 @@ def _layout(encoded: list[list[int]], samples: list[list[list[int]]], num_sample
         end = len(prompt) + len(completion)
         input_ids[s, :end] = torch.tensor(prompt + completion, dtype=torch.long)
         attention_mask[s, :end] = 1
-        completion_mask[s, len(prompt):end] = True
+        completion_mask[s, len(prompt) : end] = True
     finished = torch.tensor([samples[b][k][-1:] == [eos] for b, k in order], dtype=torch.bool)
     return input_ids, attention_mask, completion_mask, finished, order
 
@@ -235,11 +259,15 @@ def _use_vllm(model: Any, config: GenerationConfig) -> bool:
         return False
     if config.backend == "vllm":
         if not vllm_available():
-            raise ValueError("generate: backend='vllm' needs vLLM installed (`pip install vllm`) and a CUDA device; "
-                             "use backend='hf' or 'auto'")
+            raise ValueError(
+                "generate: backend='vllm' needs vLLM installed (`pip install vllm`) and a CUDA device; "
+                "use backend='hf' or 'auto'"
+            )
         if not isinstance(model, (str, os.PathLike)):
-            raise ValueError("generate: backend='vllm' loads the model itself: pass a path or Hub name, not an "
-                             "in-memory model (a policy being trained samples with backend='hf')")
+            raise ValueError(
+                "generate: backend='vllm' loads the model itself: pass a path or Hub name, not an "
+                "in-memory model (a policy being trained samples with backend='hf')"
+            )
         return True
     return isinstance(model, (str, os.PathLike)) and vllm_available()
 
@@ -290,6 +318,8 @@ def generate(
                 samples = _hf_generate(model, encoded, config, eos, pad, progress)
         finally:
             model.train(was_training)
-    input_ids, attention_mask, completion_mask, finished, order = _layout(encoded, samples, config.num_samples, eos, pad)
+    input_ids, attention_mask, completion_mask, finished, order = _layout(
+        encoded, samples, config.num_samples, eos, pad
+    )
     completions = [_decode(tokenizer, encoded[b], [t for t in samples[b][k] if t != eos]) for b, k in order]
     return Rollout(list(prompts), completions, input_ids, attention_mask, completion_mask, finished, config.num_samples)

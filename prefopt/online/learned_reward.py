@@ -29,11 +29,14 @@ def check_reward_model(model: Any, where: str) -> None:
     """Raise a clear error unless `model` is a sequence-classification model with one output (a reward model)."""
     config = getattr(model, "config", None)
     if config is None or not type(model).__name__.endswith("ForSequenceClassification"):
-        raise TypeError(f"{where}: {type(model).__name__} is not a sequence-classification reward model; build one "
-                        "with AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), or pass the path")
+        raise TypeError(
+            f"{where}: {type(model).__name__} is not a sequence-classification reward model; build one "
+            "with AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), or pass the path"
+        )
     if config.num_labels != 1:
-        raise ValueError(f"{where}: the model has num_labels={config.num_labels}; a reward model outputs one scalar "
-                         "(num_labels=1)")
+        raise ValueError(
+            f"{where}: the model has num_labels={config.num_labels}; a reward model outputs one scalar (num_labels=1)"
+        )
 
 
 def point_pooling_at_pad(model: Any, tokenizer: Any) -> None:
@@ -57,9 +60,16 @@ class LearnedReward:
             the model's max_position_embeddings).
     """
 
-    def __init__(self, model_or_path: Any, tokenizer: Any = None, *, batch_size: int = 64,
-                 device: str | torch.device | None = None, num_threads: int | None = None,
-                 tokenize_config: Any = None) -> None:
+    def __init__(
+        self,
+        model_or_path: Any,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        num_threads: int | None = None,
+        tokenize_config: Any = None,
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"LearnedReward: batch_size={batch_size!r} must be a positive integer")
         metadata: dict[str, Any] = {}
@@ -94,10 +104,13 @@ class LearnedReward:
         try:
             with torch.no_grad(), torch_threads(self.num_threads):
                 for start in range(0, len(order), self.batch_size):
-                    rows = order[start:start + self.batch_size]
+                    rows = order[start : start + self.batch_size]
                     width = int(lengths[rows].max())
-                    chunk = TokenBatch.from_rows(batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
-                                                 batch.completion_mask[rows, :width])
+                    chunk = TokenBatch.from_rows(
+                        batch.input_ids[rows, :width],
+                        batch.attention_mask[rows, :width],
+                        batch.completion_mask[rows, :width],
+                    )
                     scores[rows] = sequence_scores(self.model, chunk.to(device)).cpu()
         finally:
             self.model.train(was_training)
@@ -109,12 +122,16 @@ def _load_saved(path: Path, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # heavy: loaded on first use
 
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a saved reward model (no config.json); pass the `final/` folder "
-                                "that `prefopt train-rm` wrote, or a sequence-classification model folder")
+        raise FileNotFoundError(
+            f"{path} is not a saved reward model (no config.json); pass the `final/` folder "
+            "that `prefopt train-rm` wrote, or a sequence-classification model folder"
+        )
     architectures = AutoConfig.from_pretrained(path).architectures or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ValueError(f"{path} holds a {', '.join(architectures) or 'model of unknown architecture'}, not a "
-                         "sequence-classification reward model; train one with `prefopt train-rm`")
+        raise ValueError(
+            f"{path} holds a {', '.join(architectures) or 'model of unknown architecture'}, not a "
+            "sequence-classification reward model; train one with `prefopt train-rm`"
+        )
     model = AutoModelForSequenceClassification.from_pretrained(path)
     if tokenizer is None:
         try:

@@ -22,8 +22,20 @@ from prefopt.registry import list_losses, loss_spec
 from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
 from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 
-__all__ = ["RewardModelConfig", "resolve_config", "read_data", "load_rows", "synthetic_task_for", "tiny_task", "METADATA_FILE", "INITS",
-           "HF_LR", "SYNTHETIC_LR", "SYNTHETIC_EPOCHS", "EVAL_SPLITS"]
+__all__ = [
+    "RewardModelConfig",
+    "resolve_config",
+    "read_data",
+    "load_rows",
+    "synthetic_task_for",
+    "tiny_task",
+    "METADATA_FILE",
+    "INITS",
+    "HF_LR",
+    "SYNTHETIC_LR",
+    "SYNTHETIC_EPOCHS",
+    "EVAL_SPLITS",
+]
 
 METADATA_FILE = "prefopt_reward_model.json"
 INITS = ("policy", "scratch")
@@ -114,18 +126,25 @@ class RewardModelConfig(Settings):
         for name in ("model", "tokenizer", "data", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
         if self.model_revision is not None and self.model is None:
-            raise SettingsError(f"RewardModelConfig.model_revision={self.model_revision!r} pins a hub revision of "
-                                "model, which is not set; give model (a hub name) or drop model_revision")
+            raise SettingsError(
+                f"RewardModelConfig.model_revision={self.model_revision!r} pins a hub revision of "
+                "model, which is not set; give model (a hub name) or drop model_revision"
+            )
         if not (is_finite_number(self.weight_decay) and is_finite_number(self.warmup_ratio)):
-            raise SettingsError(f"RewardModelConfig: weight_decay={self.weight_decay!r} and warmup_ratio="
-                                f"{self.warmup_ratio!r} must be finite numbers")
+            raise SettingsError(
+                f"RewardModelConfig: weight_decay={self.weight_decay!r} and warmup_ratio="
+                f"{self.warmup_ratio!r} must be finite numbers"
+            )
         spec = loss_spec(self.loss)  # UnknownLossError names the valid losses
         if spec.scores != "rewards":
             rm_losses = [n for n in list_losses() if loss_spec(n).scores == "rewards"]
-            raise ValueError(f"RewardModelConfig.loss={self.loss!r} trains a policy, not a reward model; use one of "
-                             f"{rm_losses}")
+            raise ValueError(
+                f"RewardModelConfig.loss={self.loss!r} trains a policy, not a reward model; use one of {rm_losses}"
+            )
         if not isinstance(self.loss_hparams, Mapping):
-            raise ValueError(f"RewardModelConfig.loss_hparams must be a mapping, got {type(self.loss_hparams).__name__}")
+            raise ValueError(
+                f"RewardModelConfig.loss_hparams must be a mapping, got {type(self.loss_hparams).__name__}"
+            )
         spec.validate_hparams(self.loss_hparams)
         for name in ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
             check_int(f"RewardModelConfig.{name}", getattr(self, name), minimum=1)
@@ -135,13 +154,19 @@ class RewardModelConfig(Settings):
                 check_int(f"RewardModelConfig.{name}", getattr(self, name), minimum=1)
         for name in ("seed", "task_seed"):
             check_int(f"RewardModelConfig.{name}", getattr(self, name), minimum=0)
-        if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
-            raise ValueError(f"RewardModelConfig: max_prompt_length={self.max_prompt_length} must be < "
-                             f"max_length={self.max_length}")
+        if (
+            self.max_length is not None
+            and self.max_prompt_length is not None
+            and self.max_prompt_length >= self.max_length
+        ):
+            raise ValueError(
+                f"RewardModelConfig: max_prompt_length={self.max_prompt_length} must be < max_length={self.max_length}"
+            )
         for name in ("lr", "epochs", "max_grad_norm"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value <= 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+            ):
                 raise ValueError(f"RewardModelConfig.{name}={value!r} must be a positive number or None")
         if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
             raise ValueError(f"RewardModelConfig.weight_decay={self.weight_decay!r} must be ≥ 0")
@@ -152,17 +177,24 @@ class RewardModelConfig(Settings):
     def _check_model_choice(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"RewardModelConfig.init={self.init!r}: use one of {INITS}")
-        for name, valid in (("master_weights", MASTER_WEIGHTS), ("mixed_precision", MIXED_PRECISION),
-                            ("save_dtype", SAVE_DTYPES)):
+        for name, valid in (
+            ("master_weights", MASTER_WEIGHTS),
+            ("mixed_precision", MIXED_PRECISION),
+            ("save_dtype", SAVE_DTYPES),
+        ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"RewardModelConfig.{name}={getattr(self, name)!r}: use one of {valid}")
         resized = [n for n in ("hidden_size", "num_layers") if getattr(self, n) is not None]
         if resized and self.model is not None:
-            raise ValueError(f"RewardModelConfig: {', '.join(resized)} resize a synthetic-task RM; with "
-                             f"model={self.model!r} the model's own shape is used (drop them)")
+            raise ValueError(
+                f"RewardModelConfig: {', '.join(resized)} resize a synthetic-task RM; with "
+                f"model={self.model!r} the model's own shape is used (drop them)"
+            )
         if resized and self.init == "policy":
-            raise ValueError(f"RewardModelConfig: {', '.join(resized)} change the RM's shape, so the policy's weights "
-                             "cannot be copied; set init='scratch'")
+            raise ValueError(
+                f"RewardModelConfig: {', '.join(resized)} change the RM's shape, so the policy's weights "
+                "cannot be copied; set init='scratch'"
+            )
         if self.tokenizer is not None and self.model is None:
             raise ValueError("RewardModelConfig.tokenizer is set but model is None; the synthetic task has its own")
         if not isinstance(self.output_dir, str) or not self.output_dir:
@@ -200,13 +232,12 @@ class RewardModelConfig(Settings):
         """
         check_output_dir(self.output_dir, "RewardModelConfig.output_dir (--out)")
         if self.model is not None:
-            check_model_source(self.model, "RewardModelConfig.model", revision=self.model_revision,
-                               tokenizer=self.tokenizer is None)
+            check_model_source(
+                self.model, "RewardModelConfig.model", revision=self.model_revision, tokenizer=self.tokenizer is None
+            )
         if self.tokenizer is not None:
             check_tokenizer_source(self.tokenizer, "RewardModelConfig.tokenizer")
         check_device(self.device, "RewardModelConfig.device (--device)")
-
-
 
 
 def resolve_config(config: RewardModelConfig | None, settings: Mapping[str, Any]) -> RewardModelConfig:
@@ -222,9 +253,12 @@ def tiny_task() -> dict[str, Any]:
     """Settings of a seconds-scale synthetic task for smoke tests (`prefopt train-rm --tiny`): the
     ≈110k-parameter `SFTConfig.tiny()` policy, 96 train and 32 eval prompts of 4 completions, noiseless
     labels (label_temperature 0: the chosen completion has the higher gold reward)."""
-    return {"sft_config": SFTConfig.tiny(),
-            "preference_config": PreferenceConfig(train_prompts=96, eval_prompts=32, heldout_prompts=0,
-                                                  label_temperature=0.0)}
+    return {
+        "sft_config": SFTConfig.tiny(),
+        "preference_config": PreferenceConfig(
+            train_prompts=96, eval_prompts=32, heldout_prompts=0, label_temperature=0.0
+        ),
+    }
 
 
 def synthetic_task_for(config: RewardModelConfig) -> Any:
@@ -233,14 +267,16 @@ def synthetic_task_for(config: RewardModelConfig) -> Any:
     Kept in memory for the process (the last two tasks): sampling the preference data costs seconds to
     minutes, and RMs of several sizes or seeds (Gao et al.'s proxies) are trained on the same task.
     """
-    return _synthetic_task(config.task_seed, config.sft_config, config.preference_config, str(cache_root()),
-                           config.progress)
+    return _synthetic_task(
+        config.task_seed, config.sft_config, config.preference_config, str(cache_root()), config.progress
+    )
 
 
 @functools.lru_cache(maxsize=2)
 def _synthetic_task(seed: int, sft_config: Any, preference_config: Any, root: str, progress: bool) -> Any:
-    return synthetic.synthetic_task(seed=seed, sft_config=sft_config, preference_config=preference_config, cache_dir=root,
-                          progress=progress)
+    return synthetic.synthetic_task(
+        seed=seed, sft_config=sft_config, preference_config=preference_config, cache_dir=root, progress=progress
+    )
 
 
 def _eval_source(config: RewardModelConfig, kind: str, source: Any, eval_dataset: Any, task: Any) -> Any:
@@ -266,7 +302,9 @@ def _eval_source(config: RewardModelConfig, kind: str, source: Any, eval_dataset
     return None
 
 
-def read_data(config: RewardModelConfig, kind: str, dataset: Any, eval_dataset: Any, task: Any = None) -> tuple[Any, Any]:
+def read_data(
+    config: RewardModelConfig, kind: str, dataset: Any, eval_dataset: Any, task: Any = None
+) -> tuple[Any, Any]:
     """(train rows, held-out rows or None): loaded and validated, not tokenised. `train_reward_model` reads your
     data (`dataset`, else `config.data`) with it before it creates or locks the run folder or loads a model, so
     bad data stops the run with nothing written; the synthetic task's data (no source) needs `task`. The files
@@ -282,9 +320,16 @@ def read_data(config: RewardModelConfig, kind: str, dataset: Any, eval_dataset: 
     return train, held_out
 
 
-def load_rows(config: RewardModelConfig, kind: str, tokenizer: Any, tokenize_config: Any, dataset: Any,
-              eval_dataset: Any, task: Any, data: tuple[Any, Any] | None = None
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+def load_rows(
+    config: RewardModelConfig,
+    kind: str,
+    tokenizer: Any,
+    tokenize_config: Any,
+    dataset: Any,
+    eval_dataset: Any,
+    task: Any,
+    data: tuple[Any, Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """Tokenised train rows and eval rows (None without an eval split) from the configured source, or from
     `data` when `read_data` already read it.
 

@@ -25,8 +25,7 @@ from prefopt.batch import TokenBatch
 from prefopt.data.collate import collate_preferences
 from prefopt.data.tokenize import PromptCompletionEncoder
 
-__all__ = ["RM_KINDS", "encode_completions", "sequence_scores", "loss_arguments", "reward_batches",
-           "pad_token_id"]
+__all__ = ["RM_KINDS", "encode_completions", "sequence_scores", "loss_arguments", "reward_batches", "pad_token_id"]
 
 RM_KINDS = ("paired", "ranked")  # data kinds a reward-model loss (scores="rewards") consumes
 
@@ -39,8 +38,9 @@ def pad_token_id(tokenizer: Any) -> int:
     return int(pad)
 
 
-def encode_completions(tokenizer: Any, tokenize_config: Any, prompts: Sequence[str],
-                       completions: Sequence[str]) -> TokenBatch:
+def encode_completions(
+    tokenizer: Any, tokenize_config: Any, prompts: Sequence[str], completions: Sequence[str]
+) -> TokenBatch:
     """B (prompt, completion) strings → a padded `TokenBatch` of B sequences (group_size 1).
 
     Tokenised by `prefopt.data.PromptCompletionEncoder` under `tokenize_config` (the boundary rule, BOS,
@@ -54,8 +54,10 @@ def encode_completions(tokenizer: Any, tokenize_config: Any, prompts: Sequence[s
     if isinstance(prompts, str) or isinstance(completions, str):
         raise TypeError("prompts and completions must be sequences of strings, not one string")
     if len(prompts) != len(completions):
-        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; row b scores "
-                         "completions[b] for prompts[b], so pass one prompt per completion")
+        raise ValueError(
+            f"got {len(prompts)} prompts but {len(completions)} completions; row b scores "
+            "completions[b] for prompts[b], so pass one prompt per completion"
+        )
     if not prompts:
         raise ValueError("got no (prompt, completion) rows to score")
     encoder = PromptCompletionEncoder(tokenizer, tokenize_config)
@@ -79,8 +81,10 @@ def sequence_scores(model: Any, batch: TokenBatch) -> Tensor:
         raise ValueError("reward models score padded batches (one sequence per row); collate with packed=False")
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (S, 1)
     if logits.dim() != 2 or logits.shape[1] != 1:
-        raise ValueError(f"the reward model returned logits of shape {tuple(logits.shape)}; a reward model has "
-                         "num_labels=1 (AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))")
+        raise ValueError(
+            f"the reward model returned logits of shape {tuple(logits.shape)}; a reward model has "
+            "num_labels=1 (AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))"
+        )
     return logits[:, 0].float()
 
 
@@ -104,8 +108,9 @@ def loss_arguments(kind: str, scores: Tensor, batch: TokenBatch) -> dict[str, Te
     raise ValueError(f"reward models train on {RM_KINDS} data, not {kind!r}")
 
 
-def reward_batches(rows: Sequence[dict[str, Any]], batch_size: int, *, pad: int,
-                   generator: torch.Generator | None = None) -> list[TokenBatch]:
+def reward_batches(
+    rows: Sequence[dict[str, Any]], batch_size: int, *, pad: int, generator: torch.Generator | None = None
+) -> list[TokenBatch]:
     """Split tokenised rows (`tokenize_preferences(...).to_list()`) into collated batches of ≤ `batch_size`.
 
     One pass over the rows (an epoch). Rows are shuffled by `generator` (None: dataset order). Rows with different numbers of completions K
@@ -118,7 +123,7 @@ def reward_batches(rows: Sequence[dict[str, Any]], batch_size: int, *, pad: int,
     buckets: dict[int, list[int]] = {}
     for i in order:
         buckets.setdefault(ks[i], []).append(i)
-    chunks = [idx[j:j + batch_size] for _, idx in sorted(buckets.items()) for j in range(0, len(idx), batch_size)]
+    chunks = [idx[j : j + batch_size] for _, idx in sorted(buckets.items()) for j in range(0, len(idx), batch_size)]
     if generator is not None and len(buckets) > 1:
         chunks = [chunks[j] for j in torch.randperm(len(chunks), generator=generator).tolist()]
     return [collate_preferences([rows[i] for i in chunk], pad_token_id=pad) for chunk in chunks]

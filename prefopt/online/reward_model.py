@@ -62,8 +62,16 @@ from prefopt.train.precision import Precision, resolve_precision
 from prefopt.train.presets import OptimizerSettings, build_optimizer, build_scheduler
 from prefopt.train.run_folder import claim_run_folder
 
-__all__ = ["RewardModelConfig", "RewardModelResult", "train_reward_model", "evaluate_reward_model",
-           "synthetic_reward_model", "LearnedReward", "load_reward_model", "METADATA_FILE"]
+__all__ = [
+    "RewardModelConfig",
+    "RewardModelResult",
+    "train_reward_model",
+    "evaluate_reward_model",
+    "synthetic_reward_model",
+    "LearnedReward",
+    "load_reward_model",
+    "METADATA_FILE",
+]
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,14 @@ class RewardModelResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def synthetic_reward_model(policy_model: Any, *, init: str = "policy", hidden_size: int | None = None,
-                           num_layers: int | None = None, seed: int = 0) -> Any:
+def synthetic_reward_model(
+    policy_model: Any,
+    *,
+    init: str = "policy",
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
+    seed: int = 0,
+) -> Any:
     """A `LlamaForSequenceClassification` (num_labels = 1) shaped like the synthetic reference policy.
 
     Args:
@@ -119,11 +133,14 @@ def synthetic_reward_model(policy_model: Any, *, init: str = "policy", hidden_si
     heads = values["num_attention_heads"]
     if hidden_size is not None:
         if hidden_size % heads or (hidden_size // heads) % 2:
-            raise ValueError(f"RewardModelConfig.hidden_size={hidden_size}: must be a multiple of 2 × the "
-                             f"policy's {heads} attention heads (an even head size), e.g. {heads * 16}")
+            raise ValueError(
+                f"RewardModelConfig.hidden_size={hidden_size}: must be a multiple of 2 × the "
+                f"policy's {heads} attention heads (an even head size), e.g. {heads * 16}"
+            )
         scale = values["intermediate_size"] / values["hidden_size"]
-        values.update(hidden_size=hidden_size, head_dim=hidden_size // heads,
-                      intermediate_size=max(1, round(scale * hidden_size)))
+        values.update(
+            hidden_size=hidden_size, head_dim=hidden_size // heads, intermediate_size=max(1, round(scale * hidden_size))
+        )
     if num_layers is not None:
         values["num_hidden_layers"] = num_layers
     config = type(policy_model.config).from_dict({**values, "num_labels": 1})
@@ -143,18 +160,29 @@ def _load_model(config: RewardModelConfig, model: Any, tokenizer: Any, task: Any
         if tokenizer is None and config.tokenizer is not None:
             tokenizer = load_pretrained(AutoTokenizer, config.tokenizer, "RewardModelConfig.tokenizer")
         elif tokenizer is None:
-            tokenizer = load_pretrained(AutoTokenizer, config.model, "RewardModelConfig.model (its tokenizer)",
-                                        revision=config.model_revision)
+            tokenizer = load_pretrained(
+                AutoTokenizer, config.model, "RewardModelConfig.model (its tokenizer)", revision=config.model_revision
+            )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # the saved tokenizer then pads the way scoring expects
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the score head's random initialisation
-            model = load_pretrained(AutoModelForSequenceClassification, config.model, "RewardModelConfig.model",
-                                    revision=config.model_revision, num_labels=1)
+            model = load_pretrained(
+                AutoModelForSequenceClassification,
+                config.model,
+                "RewardModelConfig.model",
+                revision=config.model_revision,
+                num_labels=1,
+            )
         model.config.pad_token_id = pad_token_id(tokenizer)
     elif model is None:
-        model = synthetic_reward_model(task.policy.model, init=config.init, hidden_size=config.hidden_size,
-                                       num_layers=config.num_layers, seed=config.seed)
+        model = synthetic_reward_model(
+            task.policy.model,
+            init=config.init,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            seed=config.seed,
+        )
         tokenizer = tokenizer or task.policy.tokenizer
     if tokenizer is None:
         raise ValueError("train_reward_model: pass the tokenizer together with an in-memory model")
@@ -197,8 +225,15 @@ def evaluate_reward_model(model: Any, batches: Sequence[Any], loss_fn: Any, kind
     return {**{k: v / rows for k, v in totals.items()}, "examples": rows}
 
 
-def train_reward_model(config: RewardModelConfig | None = None, *, model: Any = None, tokenizer: Any = None,
-                       dataset: Any = None, eval_dataset: Any = None, **settings: Any) -> RewardModelResult:
+def train_reward_model(
+    config: RewardModelConfig | None = None,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    dataset: Any = None,
+    eval_dataset: Any = None,
+    **settings: Any,
+) -> RewardModelResult:
     """Train a reward model with a registered reward loss; save it under `<output_dir>/final`.
 
     Args:
@@ -221,20 +256,22 @@ def train_reward_model(config: RewardModelConfig | None = None, *, model: Any = 
     with torch_threads(threads), library_progress_bars(config.progress):
         data = None
         if dataset is not None or config.data is not None:  # bad data stops the run before the run folder exists
-
             data = read_data(config, loss_spec(config.loss).kind, dataset, eval_dataset)
         # one run per folder (`prefopt.train.run_folder`): a second run on output_dir stops at once
         with claim_run_folder(config.output_dir):
             return _train(config, model, tokenizer, dataset, eval_dataset, data)
 
 
-def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, eval_dataset: Any,
-           data: Any = None) -> RewardModelResult:
+def _train(
+    config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, eval_dataset: Any, data: Any = None
+) -> RewardModelResult:
     started = time.perf_counter()
     kind = loss_spec(config.loss).kind
     loss_fn = get_loss(config.loss, **config.loss_hparams)
-    sources = {"model": config.model or ("in-memory" if model is not None else "synthetic"),
-               "data": config.data or ("in-memory" if dataset is not None else "synthetic")}
+    sources = {
+        "model": config.model or ("in-memory" if model is not None else "synthetic"),
+        "data": config.data or ("in-memory" if dataset is not None else "synthetic"),
+    }
     needs_task = "synthetic" in sources.values()
     task = synthetic_task_for(config) if needs_task else None
     model, tokenizer = _load_model(config, model, tokenizer, task)
@@ -245,12 +282,23 @@ def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, 
     per_epoch = math.ceil(len(train_rows) / config.batch_size)
     total_steps = max(1, math.ceil(config.resolved_epochs * per_epoch))
     device = _device(config)
-    precision = resolve_precision(model, master_weights=config.master_weights, mixed_precision=config.mixed_precision,
-                                  save_dtype=config.save_dtype, device=device)
+    precision = resolve_precision(
+        model,
+        master_weights=config.master_weights,
+        mixed_precision=config.mixed_precision,
+        save_dtype=config.save_dtype,
+        device=device,
+    )
     precision.cast(model).to(device).train()  # trainable weights in the master dtype
-    settings = OptimizerSettings("adamw", lr=config.resolved_lr, weight_decay=config.weight_decay, schedule="linear",
-                                 warmup_ratio=config.warmup_ratio, max_grad_norm=config.max_grad_norm,
-                                 source="prefopt train-rm")
+    settings = OptimizerSettings(
+        "adamw",
+        lr=config.resolved_lr,
+        weight_decay=config.weight_decay,
+        schedule="linear",
+        warmup_ratio=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        source="prefopt train-rm",
+    )
     optimizer = build_optimizer(model.parameters(), settings)
     scheduler = build_scheduler(optimizer, settings, total_steps)
     out = Path(config.output_dir)
@@ -259,30 +307,45 @@ def _train(config: RewardModelConfig, model: Any, tokenizer: Any, dataset: Any, 
     write_json_atomic(out / "config.json", config.to_dict())
     if config.progress:
         print(f"prefopt train-rm: {precision.summary(model)}", file=sys.stderr, flush=True)
-    history = _loop(config, model, loss_fn, kind, train_rows, pad, optimizer, scheduler, total_steps, device, started,
-                    precision)
+    history = _loop(
+        config, model, loss_fn, kind, train_rows, pad, optimizer, scheduler, total_steps, device, started, precision
+    )
     last_pass = history[-per_epoch:]
     train_accuracy = sum(r["accuracy"] * r["examples"] for r in last_pass) / sum(r["examples"] for r in last_pass)
     with precision.autocast_context(device):
         evaluation = evaluate_reward_model(model, eval_batches, loss_fn, kind) if eval_batches else None
-    model_path = _save(config, sources, model, tokenizer, tokenize_config, evaluation, train_accuracy, total_steps,
-                       precision)
+    model_path = _save(
+        config, sources, model, tokenizer, tokenize_config, evaluation, train_accuracy, total_steps, precision
+    )
     result = RewardModelResult(
-        model_path=model_path, metrics_path=out / "metrics.jsonl",
+        model_path=model_path,
+        metrics_path=out / "metrics.jsonl",
         eval_accuracy=evaluation["accuracy"] if evaluation else None,
         eval_margin=evaluation["margin"] if evaluation else None,
         eval_loss=evaluation["loss"] if evaluation else None,
         eval_examples=int(evaluation["examples"]) if evaluation else 0,
-        train_accuracy=train_accuracy, final_metrics=history[-1], steps=total_steps,
-        wall_time_s=time.perf_counter() - started, num_parameters=sum(p.numel() for p in model.parameters()),
-        precision=precision.describe(model))
+        train_accuracy=train_accuracy,
+        final_metrics=history[-1],
+        steps=total_steps,
+        wall_time_s=time.perf_counter() - started,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        precision=precision.describe(model),
+    )
     write_json_atomic(out / "result.json", result.to_dict())
     return result
 
 
 # Settings that may change between a run and its resumption (they do not change what a step computes).
-_RESUMABLE = ("resume", "progress", "checkpoint_every", "keep_checkpoints", "log_every", "num_threads", "device",
-              "save_dtype")
+_RESUMABLE = (
+    "resume",
+    "progress",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "num_threads",
+    "device",
+    "save_dtype",
+)
 
 
 def _check_resumable(config: RewardModelConfig, out: Path) -> None:
@@ -291,9 +354,20 @@ def _check_resumable(config: RewardModelConfig, out: Path) -> None:
         check_same_settings(out, config.to_dict(), _RESUMABLE)
 
 
-def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: list[dict[str, Any]], pad: int,
-          optimizer: Any, scheduler: Any, total_steps: int, device: torch.device, started: float,
-          precision: Precision) -> list[dict[str, Any]]:
+def _loop(
+    config: RewardModelConfig,
+    model: Any,
+    loss_fn: Any,
+    kind: str,
+    rows: list[dict[str, Any]],
+    pad: int,
+    optimizer: Any,
+    scheduler: Any,
+    total_steps: int,
+    device: torch.device,
+    started: float,
+    precision: Precision,
+) -> list[dict[str, Any]]:
     """The training loop: scores → loss → backward → clip → step; returns every step's record.
 
     Resumable: a checkpoint holds the weights, the optimiser and schedule, and the records so far; the data
@@ -317,50 +391,87 @@ def _loop(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, rows: 
         if not batches:
             batches, epoch = reward_batches(rows, config.batch_size, pad=pad, generator=generator), epoch + 1
         batches.pop(0)
-    bar = tqdm(total=total_steps, initial=start, desc=f"train-rm {config.loss}", disable=not config.progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=start,
+        desc=f"train-rm {config.loss}",
+        disable=not config.progress,
+        dynamic_ncols=True,
+    )
     with open_metrics(out / "metrics.jsonl") as log:
         for step in range(start, total_steps):
             if not batches:
                 batches, epoch = reward_batches(rows, config.batch_size, pad=pad, generator=generator), epoch + 1
-            record = _step(config, model, loss_fn, kind, batches.pop(0).to(device), optimizer, scheduler, step,
-                           precision)
+            record = _step(
+                config, model, loss_fn, kind, batches.pop(0).to(device), optimizer, scheduler, step, precision
+            )
             record.update(epoch=epoch, elapsed_s=time.perf_counter() - started)
             history.append(record)
             if (step + 1) % config.log_every == 0 or step + 1 == total_steps:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
-                save_online_checkpoint(out, step + 1, policy=model, critic=None, optimizers=states,
-                                       state={"history": history}, keep=config.keep_checkpoints)
+                save_online_checkpoint(
+                    out,
+                    step + 1,
+                    policy=model,
+                    critic=None,
+                    optimizers=states,
+                    state={"history": history},
+                    keep=config.keep_checkpoints,
+                )
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
             bar.update(1)
     bar.close()
     return history
 
 
-def _step(config: RewardModelConfig, model: Any, loss_fn: Any, kind: str, batch: Any, optimizer: Any, scheduler: Any,
-          step: int, precision: Precision) -> dict[str, Any]:
+def _step(
+    config: RewardModelConfig,
+    model: Any,
+    loss_fn: Any,
+    kind: str,
+    batch: Any,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    precision: Precision,
+) -> dict[str, Any]:
     """One optimiser step on `batch` (the forward under `precision`'s autocast); returns its record (loss,
     accuracy, lr, grad_norm, ...)."""
     with precision.autocast_context(batch.input_ids.device):
         scores = sequence_scores(model, batch)  # [S] float32
     output = loss_fn(**loss_arguments(kind, scores, batch))
     if not torch.isfinite(output.loss):
-        raise FloatingPointError(f"train-rm: non-finite loss {float(output.loss)} at step {step + 1}; "
-                                 f"lower the learning rate (lr={config.resolved_lr:g})")
+        raise FloatingPointError(
+            f"train-rm: non-finite loss {float(output.loss)} at step {step + 1}; "
+            f"lower the learning rate (lr={config.resolved_lr:g})"
+        )
     optimizer.zero_grad(set_to_none=True)
     output.loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
     optimizer.step()
-    record = {"step": step + 1, **_batch_metrics(output, batch.num_groups), "lr": scheduler.get_last_lr()[0],
-              "grad_norm": float(norm)}
+    record = {
+        "step": step + 1,
+        **_batch_metrics(output, batch.num_groups),
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": float(norm),
+    }
     scheduler.step()
     return record
 
 
-def _save(config: RewardModelConfig, sources: dict[str, str], model: Any, tokenizer: Any, tokenize_config: Any,
-          evaluation: dict | None, train_accuracy: float, steps: int, precision: Precision) -> Path:
+def _save(
+    config: RewardModelConfig,
+    sources: dict[str, str],
+    model: Any,
+    tokenizer: Any,
+    tokenize_config: Any,
+    evaluation: dict | None,
+    train_accuracy: float,
+    steps: int,
+    precision: Precision,
+) -> Path:
     """Write the model, tokenizer and metadata to a temporary sibling of `final/`, then rename it into place."""
     out = Path(config.output_dir)
     final = out / "final"
@@ -368,10 +479,17 @@ def _save(config: RewardModelConfig, sources: dict[str, str], model: Any, tokeni
     try:
         precision.save_pretrained(model, tmp)  # in the dtype of `save_dtype`
         tokenizer.save_pretrained(tmp)
-        metadata = {"format": 1, "loss": config.loss, "loss_hparams": dict(config.loss_hparams),
-                    **sources, "precision": precision.describe(model),
-                    "tokenize": dataclasses.asdict(tokenize_config), "steps": steps,
-                    "train_accuracy": train_accuracy, "eval": evaluation}
+        metadata = {
+            "format": 1,
+            "loss": config.loss,
+            "loss_hparams": dict(config.loss_hparams),
+            **sources,
+            "precision": precision.describe(model),
+            "tokenize": dataclasses.asdict(tokenize_config),
+            "steps": steps,
+            "train_accuracy": train_accuracy,
+            "eval": evaluation,
+        }
         write_json_atomic(tmp / METADATA_FILE, metadata)
         if final.exists():
             shutil.rmtree(final)

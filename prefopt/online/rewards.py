@@ -42,22 +42,27 @@ def check_scores(scores: Any, count: int, *, where: str, completions: Sequence[s
         completions: the scored texts, quoted in the message for the first bad row.
     """
     try:
-        values = torch.as_tensor(scores.detach().cpu() if isinstance(scores, Tensor) else scores,
-                                 dtype=torch.float32)
+        values = torch.as_tensor(scores.detach().cpu() if isinstance(scores, Tensor) else scores, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{where}: the reward function returned {type(scores).__name__}, which is not a sequence "
-                         f"of numbers ({err}); return one float per completion") from None
+        raise ValueError(
+            f"{where}: the reward function returned {type(scores).__name__}, which is not a sequence "
+            f"of numbers ({err}); return one float per completion"
+        ) from None
     if values.dim() == 2 and values.shape[1] == 1:
         values = values[:, 0]  # a (B, 1) head output
     if values.shape != (count,):
-        raise ValueError(f"{where}: the reward function returned shape {tuple(values.shape)} for {count} completions; "
-                         f"return one float per completion, shape ({count},)")
+        raise ValueError(
+            f"{where}: the reward function returned shape {tuple(values.shape)} for {count} completions; "
+            f"return one float per completion, shape ({count},)"
+        )
     bad = (~torch.isfinite(values)).nonzero().flatten()
     if len(bad):
         row = int(bad[0])
         text = f" (completion {completions[row][:80]!r})" if completions is not None else ""
-        raise ValueError(f"{where}: reward {float(values[row])} at row {row}{text} is not finite; "
-                         f"{len(bad)} of {count} rewards are non-finite. Fix the reward function")
+        raise ValueError(
+            f"{where}: reward {float(values[row])} at row {row}{text} is not finite; "
+            f"{len(bad)} of {count} rewards are non-finite. Fix the reward function"
+        )
     return values
 
 
@@ -74,8 +79,10 @@ class CallableReward:
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """Rewards [B] float32 of `completions[i]` given `prompts[i]`."""
         if len(prompts) != len(completions):
-            raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(completions)} completions; row i of "
-                             "each is one (prompt, completion) pair")
+            raise ValueError(
+                f"{self.name}: {len(prompts)} prompts but {len(completions)} completions; row i of "
+                "each is one (prompt, completion) pair"
+            )
         with torch.no_grad():
             out = self.fn(list(prompts), list(completions))
         return check_scores(out, len(completions), where=self.name, completions=completions)
@@ -96,17 +103,21 @@ def as_reward_function(reward: Any) -> RewardFunction:
     if isinstance(reward, (str, os.PathLike)):
         path = Path(reward)
         if not path.exists():
-            raise ValueError(f"reward={str(reward)!r}: no such folder. Give 'gold' (the synthetic task's reward), "
-                             "the folder of a reward model saved by `prefopt train-rm` (its final/ folder), or, from "
-                             "Python, a callable fn(prompts, completions) -> rewards")
+            raise ValueError(
+                f"reward={str(reward)!r}: no such folder. Give 'gold' (the synthetic task's reward), "
+                "the folder of a reward model saved by `prefopt train-rm` (its final/ folder), or, from "
+                "Python, a callable fn(prompts, completions) -> rewards"
+            )
         return _saved_reward_model(path)
     if hasattr(reward, "score") and callable(reward.score):
         return reward
     if callable(reward):
         return CallableReward(reward, name=getattr(reward, "__name__", "callable"))
-    raise ValueError(f"reward: {type(reward).__name__} is not a reward. Give a RewardFunction (an object with "
-                     ".score(prompts, completions)), a callable fn(prompts, completions) -> rewards, 'gold', or the "
-                     "folder of a saved reward model")
+    raise ValueError(
+        f"reward: {type(reward).__name__} is not a reward. Give a RewardFunction (an object with "
+        ".score(prompts, completions)), a callable fn(prompts, completions) -> rewards, 'gold', or the "
+        "folder of a saved reward model"
+    )
 
 
 def score_rollout(reward: RewardFunction, rollout: Any) -> Tensor:
@@ -117,6 +128,7 @@ def score_rollout(reward: RewardFunction, rollout: Any) -> Tensor:
         rollout: a `prefopt.online.generation.Rollout` (S = K·B rows, group-major).
     """
     scores = reward.score(rollout.row_prompts(), rollout.completions)
-    values = check_scores(scores, len(rollout.completions), where=f"reward {type(reward).__name__}",
-                          completions=rollout.completions)
+    values = check_scores(
+        scores, len(rollout.completions), where=f"reward {type(reward).__name__}", completions=rollout.completions
+    )
     return values.view(rollout.num_samples, rollout.num_prompts).T.contiguous()

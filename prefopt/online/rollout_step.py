@@ -40,10 +40,22 @@ from prefopt.losses.best_of_n import best_worst_pairs
 from prefopt.registry import LossSpec
 from prefopt.rl import gae, grouped_to_sequences, kl_penalized_rewards, masked_whiten
 
-__all__ = ["Recipe", "recipe_for", "PreparedRollout", "prompt_rows", "prompt_minibatches",
-           "critic_targets", "loss_inputs", "pair_batch", "sequence_scores", "hparams_with_defaults",
-           "completion_layout", "to_completion_layout", "from_completion_layout",
-           "FEEDABLE_INPUTS"]
+__all__ = [
+    "Recipe",
+    "recipe_for",
+    "PreparedRollout",
+    "prompt_rows",
+    "prompt_minibatches",
+    "critic_targets",
+    "loss_inputs",
+    "pair_batch",
+    "sequence_scores",
+    "hparams_with_defaults",
+    "completion_layout",
+    "to_completion_layout",
+    "from_completion_layout",
+    "FEEDABLE_INPUTS",
+]
 
 
 @dataclass(frozen=True)
@@ -68,8 +80,16 @@ class Recipe:
 
 
 # Loss inputs the online loop knows how to make (module table).
-FEEDABLE_INPUTS = ("rewards", "greedy_rewards", "ref_logps", "values", "old_values", "advantages", "returns",
-                   "token_entropy")
+FEEDABLE_INPUTS = (
+    "rewards",
+    "greedy_rewards",
+    "ref_logps",
+    "values",
+    "old_values",
+    "advantages",
+    "returns",
+    "token_entropy",
+)
 
 
 def recipe_for(spec: LossSpec) -> Recipe:
@@ -81,10 +101,16 @@ def recipe_for(spec: LossSpec) -> Recipe:
     """
     missing = [n for n in spec.extra_inputs if n not in FEEDABLE_INPUTS]
     if missing:
-        raise ValueError(f"rollout loss {spec.name!r} takes input(s) {missing} that the online loop cannot make "
-                         f"(it makes {list(FEEDABLE_INPUTS)}); call the loss from your own loop")
-    return dataclasses.replace(Recipe(), **spec.online_defaults, critic="values" in spec.extra_inputs,
-                               greedy_baseline="greedy_rewards" in spec.extra_inputs)
+        raise ValueError(
+            f"rollout loss {spec.name!r} takes input(s) {missing} that the online loop cannot make "
+            f"(it makes {list(FEEDABLE_INPUTS)}); call the loss from your own loop"
+        )
+    return dataclasses.replace(
+        Recipe(),
+        **spec.online_defaults,
+        critic="values" in spec.extra_inputs,
+        greedy_baseline="greedy_rewards" in spec.extra_inputs,
+    )
 
 
 @dataclass
@@ -161,8 +187,11 @@ def critic_targets(
     advantages, returns = gae(rewards, values, shifted, gamma=gamma, lam=lam)
     if whiten:
         advantages = masked_whiten(advantages, shifted)
-    targets = {"advantages": from_completion_layout(advantages, mask, shifted),
-               "returns": from_completion_layout(returns, mask, shifted), "old_values": old_values}
+    targets = {
+        "advantages": from_completion_layout(advantages, mask, shifted),
+        "returns": from_completion_layout(returns, mask, shifted),
+        "old_values": old_values,
+    }
     return targets, from_completion_layout(kl, mask, shifted)
 
 

@@ -36,8 +36,8 @@ def synthetic_prompts(seed: int = 0) -> tuple[list[str], list[str]]:
     config = PreferenceConfig()
     total = config.heldout_prompts + config.train_prompts + config.eval_prompts
     prompts = draw_prompts(total, random.Random(f"synthetic-prompts-{seed}"))
-    heldout = prompts[:config.heldout_prompts]
-    return prompts[config.heldout_prompts:config.heldout_prompts + config.train_prompts], heldout
+    heldout = prompts[: config.heldout_prompts]
+    return prompts[config.heldout_prompts : config.heldout_prompts + config.train_prompts], heldout
 
 
 def load_prompts(path: str | Path) -> list[str]:
@@ -127,8 +127,9 @@ def _policy(config: OnlineConfig, model: Any, tokenizer: Any) -> tuple[nn.Module
     model = load_pretrained(AutoModelForCausalLM, config.model, "OnlineConfig.model", revision=config.model_revision)
     if config.tokenizer is not None:
         return model, load_pretrained(AutoTokenizer, config.tokenizer, "OnlineConfig.tokenizer")
-    return model, load_pretrained(AutoTokenizer, config.model, "OnlineConfig.model (its tokenizer)",
-                                  revision=config.model_revision)
+    return model, load_pretrained(
+        AutoTokenizer, config.model, "OnlineConfig.model (its tokenizer)", revision=config.model_revision
+    )
 
 
 def _critic(config: OnlineConfig, policy: nn.Module, precision: Precision) -> ValueModel:
@@ -144,12 +145,20 @@ def _critic(config: OnlineConfig, policy: nn.Module, precision: Precision) -> Va
 
 
 def _optimizer(params: list[nn.Parameter], lr: float, config: OnlineConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, betas=config.adam_betas, eps=config.adam_eps,
-                             weight_decay=config.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
 
 
-def setup_online_run(config: OnlineConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None,
-                     prompts: Any = None, reference_model: nn.Module | None = None) -> OnlineRun:
+def setup_online_run(
+    config: OnlineConfig,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    reward: Any = None,
+    prompts: Any = None,
+    reference_model: nn.Module | None = None,
+) -> OnlineRun:
     """Build the run: policy (eval mode: no dropout, so π_old = π_θ before the first update, as TRL
     disables dropout) with its master weights (`prefopt.train.precision`), frozen reference (in the
     checkpoint's dtype), critic, reward function, prompt order, optimisers, KL controller."""
@@ -161,10 +170,17 @@ def setup_online_run(config: OnlineConfig, *, model: Any = None, tokenizer: Any 
     reference.requires_grad_(False).eval()
     policy.requires_grad_(True)
     policy.eval()
-    precision = resolve_precision(policy, master_weights=config.master_weights, mixed_precision=config.mixed_precision,
-                                  save_dtype=config.save_dtype, device=next(policy.parameters()).device)
+    precision = resolve_precision(
+        policy,
+        master_weights=config.master_weights,
+        mixed_precision=config.mixed_precision,
+        save_dtype=config.save_dtype,
+        device=next(policy.parameters()).device,
+    )
     precision.cast(policy)  # after the reference copy: π_ref keeps the loaded dtype
-    critic = _critic(config, policy, precision).eval() if recipe.critic else None  # no dropout: V_old = V before updates
+    critic = (
+        _critic(config, policy, precision).eval() if recipe.critic else None
+    )  # no dropout: V_old = V before updates
     if prompts is None:
         prompts = load_prompts(config.prompts) if config.prompts is not None else synthetic_prompts(config.seed)[0]
     optimizers = {"policy": _optimizer([p for p in policy.parameters() if p.requires_grad], lr, config)}
@@ -176,11 +192,19 @@ def setup_online_run(config: OnlineConfig, *, model: Any = None, tokenizer: Any 
     hparams = hparams_with_defaults(spec, config.loss_hparams, config.max_new_tokens)
     pair = get_loss(config.pair_loss, **config.pair_loss_hparams) if config.pair_loss is not None else None
     return OnlineRun(
-        config=config, spec=spec, loss=get_loss(spec.name, **hparams), pair_loss=pair, recipe=recipe, policy=policy,
+        config=config,
+        spec=spec,
+        loss=get_loss(spec.name, **hparams),
+        pair_loss=pair,
+        recipe=recipe,
+        policy=policy,
         tokenizer=tokenizer,
         engine=LogProbEngine(policy, backend=config.engine_backend, temperature=config.temperature),
         ref_engine=LogProbEngine(reference, backend=config.engine_backend, temperature=config.temperature),
-        critic=critic, optimizers=optimizers, reward=as_reward_function(reward if reward is not None else config.reward),
-        prompts=PromptOrder(list(prompts), config.prompts_per_step, config.seed), kl_controller=controller,
+        critic=critic,
+        optimizers=optimizers,
+        reward=as_reward_function(reward if reward is not None else config.reward),
+        prompts=PromptOrder(list(prompts), config.prompts_per_step, config.seed),
+        kl_controller=controller,
         precision=precision,
     )

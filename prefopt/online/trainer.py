@@ -118,9 +118,14 @@ def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str,
     """Sample, score and annotate one rollout; returns it with the rollout-level metrics."""
     config = run.config
     prompts = run.prompts.batch(step)
-    sampling = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                top_p=config.top_p, num_samples=config.samples,
-                                batch_size=config.generation_batch_size, backend="hf")
+    sampling = GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        num_samples=config.samples,
+        batch_size=config.generation_batch_size,
+        backend="hf",
+    )
     with _compute(run):
         rollout = generate(run.policy, run.tokenizer, prompts, sampling, seed=_seed(config, step, 0))
     scores = _scores(run, rollout)
@@ -144,14 +149,27 @@ def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str,
         with _compute(run):
             old_values = run.critic.values(batch)
         prepared.token_inputs, kl = critic_targets(
-            sequence_scores(prepared), old.tokens, ref.tokens, mask, old_values, kl_coef=beta,
-            estimator=config.kl_estimator, gamma=config.gamma, lam=config.lam, whiten=config.whiten_advantages)
+            sequence_scores(prepared),
+            old.tokens,
+            ref.tokens,
+            mask,
+            old_values,
+            kl_coef=beta,
+            estimator=config.kl_estimator,
+            gamma=config.gamma,
+            lam=config.lam,
+            whiten=config.whiten_advantages,
+        )
         run.kl_controller.update(float(kl.sum(1).mean()), n_steps=mask.shape[0])
     kl_mean, score_mean = float(sequence_kl.mean()), float(scores.mean())
     metrics = {
-        "objective/scores": score_mean, "objective/kl": kl_mean, "objective/non_score_reward": -beta * kl_mean,
-        "objective/rlhf_reward": score_mean - beta * kl_mean, "objective/entropy": float(old.entropy.mean()),
-        "kl_coef": beta, "gen/length": float(rollout.lengths().float().mean()),
+        "objective/scores": score_mean,
+        "objective/kl": kl_mean,
+        "objective/non_score_reward": -beta * kl_mean,
+        "objective/rlhf_reward": score_mean - beta * kl_mean,
+        "objective/entropy": float(old.entropy.mean()),
+        "kl_coef": beta,
+        "gen/length": float(rollout.lengths().float().mean()),
         "gen/finished": float(rollout.finished.float().mean()),
     }
     if greedy is not None:
@@ -177,8 +195,9 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
     with _compute(run):
         policy = run.engine(batch, return_tokens=True, return_entropy=entropy)
         values = run.critic.values(batch) if run.critic is not None else None
-    args, kwargs = loss_inputs(run.spec, prepared, prompts, rows, batch.input_ids.shape[1], policy=policy,
-                               values=values)
+    args, kwargs = loss_inputs(
+        run.spec, prepared, prompts, rows, batch.input_ids.shape[1], policy=policy, values=values
+    )
     return run.loss(*args, **kwargs)
 
 
@@ -186,11 +205,12 @@ def _update(run: OnlineRun, step: int, loss: torch.Tensor) -> float:
     """Backward, clip each model's gradient, Adam step; returns the policy's gradient norm."""
     loss.backward()
     max_norm = run.config.max_grad_norm if run.config.max_grad_norm is not None else math.inf
-    norms = {name: float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-             for name, params in run.parameters().items()}
+    norms = {name: float(torch.nn.utils.clip_grad_norm_(params, max_norm)) for name, params in run.parameters().items()}
     if not all(math.isfinite(n) for n in norms.values()):
-        raise OnlineDivergedError(f"non-finite gradient norm {norms} at step {step + 1}; lower lr or max_grad_norm, "
-                                  "or check the reward for extreme values")
+        raise OnlineDivergedError(
+            f"non-finite gradient norm {norms} at step {step + 1}; lower lr or max_grad_norm, "
+            "or check the reward for extreme values"
+        )
     for optimizer in run.optimizers.values():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -244,14 +264,28 @@ def _fresh(out: Path) -> int:
 
 
 def _checkpoint(run: OnlineRun, step: int) -> Path:
-    return save_online_checkpoint(run.config.output_dir, step, policy=run.policy, critic=run.critic,
-                                  optimizers=run.optimizers, state={"kl_coef": run.kl_controller.value},
-                                  keep=run.config.keep_checkpoints)
+    return save_online_checkpoint(
+        run.config.output_dir,
+        step,
+        policy=run.policy,
+        critic=run.critic,
+        optimizers=run.optimizers,
+        state={"kl_coef": run.kl_controller.value},
+        keep=run.config.keep_checkpoints,
+    )
 
 
-def train_online(config: OnlineConfig | None = None, *, model: Any = None, tokenizer: Any = None, reward: Any = None,
-                 prompts: Any = None, reference_model: Any = None, on_step: StepCallback | None = None,
-                 **settings: Any) -> OnlineResult:
+def train_online(
+    config: OnlineConfig | None = None,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    reward: Any = None,
+    prompts: Any = None,
+    reference_model: Any = None,
+    on_step: StepCallback | None = None,
+    **settings: Any,
+) -> OnlineResult:
     """Train a policy online with any registered rollout loss (module docstring).
 
     Args:
@@ -278,27 +312,41 @@ def train_online(config: OnlineConfig | None = None, *, model: Any = None, token
         return _train(config, model, tokenizer, reward, prompts, reference_model, on_step)
 
 
-def _train(config: OnlineConfig, model: Any, tokenizer: Any, reward: Any, prompts: Any, reference_model: Any,
-           on_step: StepCallback | None) -> OnlineResult:
+def _train(
+    config: OnlineConfig,
+    model: Any,
+    tokenizer: Any,
+    reward: Any,
+    prompts: Any,
+    reference_model: Any,
+    on_step: StepCallback | None,
+) -> OnlineResult:
     started = time.perf_counter()
-    run = setup_online_run(config, model=model, tokenizer=tokenizer, reward=reward, prompts=prompts,
-                           reference_model=reference_model)
+    run = setup_online_run(
+        config, model=model, tokenizer=tokenizer, reward=reward, prompts=prompts, reference_model=reference_model
+    )
     out = Path(config.output_dir)
     start = _resume(run) if config.resume else _fresh(out)
     write_json_atomic(out / "config.json", config.to_dict())
     if config.progress:
         print(f"prefopt train-online: {run.precision.summary(run.policy)}", file=sys.stderr, flush=True)
     log = MetricsLog(out, enabled=True)
-    bar = tqdm(total=config.steps, initial=start, desc=f"online {config.algorithm}", dynamic_ncols=True,
-               disable=not config.progress)
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        desc=f"online {config.algorithm}",
+        dynamic_ncols=True,
+        disable=not config.progress,
+    )
     record: dict[str, float] = {}
     checkpoint = None
     try:
         for step in range(start, config.steps):
             record = rollout_step(run, step)
             log.log(record)
-            bar.set_postfix({"reward": f"{record['objective/scores']:.3g}", "kl": f"{record['objective/kl']:.3g}"},
-                            refresh=False)
+            bar.set_postfix(
+                {"reward": f"{record['objective/scores']:.3g}", "kl": f"{record['objective/kl']:.3g}"}, refresh=False
+            )
             bar.update(1)
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                 checkpoint = _checkpoint(run, step + 1)
@@ -313,8 +361,15 @@ def _train(config: OnlineConfig, model: Any, tokenizer: Any, reward: Any, prompt
     if checkpoint is None or not checkpoint.name.endswith(f"{config.steps:06d}"):
         checkpoint = _checkpoint(run, config.steps)
     model_path = _save_final(run, out)
-    result = OnlineResult(record, out / "metrics.jsonl", model_path, checkpoint, config.steps,
-                          time.perf_counter() - started, run.precision.describe(run.policy))
+    result = OnlineResult(
+        record,
+        out / "metrics.jsonl",
+        model_path,
+        checkpoint,
+        config.steps,
+        time.perf_counter() - started,
+        run.precision.describe(run.policy),
+    )
     write_json_atomic(out / "result.json", result.to_dict())
     return result
 

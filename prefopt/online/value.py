@@ -30,8 +30,10 @@ def _backbone(model: nn.Module) -> nn.Module:
     """The transformer body of a transformers model (`model.base_model`), e.g. `LlamaModel`."""
     body = getattr(model, "base_model", None)
     if body is None or body is model:
-        raise ValueError(f"{type(model).__name__} exposes no separate backbone (`base_model`); the critic needs "
-                         "a transformers *ForCausalLM or *ForSequenceClassification model")
+        raise ValueError(
+            f"{type(model).__name__} exposes no separate backbone (`base_model`); the critic needs "
+            "a transformers *ForCausalLM or *ForSequenceClassification model"
+        )
     return body
 
 
@@ -93,8 +95,10 @@ def critic_from_reward_model(reward_model: nn.Module) -> ValueModel:
     its backbone and of its one-output `score` head (`*ForSequenceClassification` with num_labels = 1)."""
     score = getattr(reward_model, "score", None)
     if not isinstance(score, nn.Linear) or score.out_features != 1:
-        raise ValueError(f"{type(reward_model).__name__} has no one-output `score` head; pass a reward model saved by "
-                         "prefopt.online.reward_model (a *ForSequenceClassification with num_labels=1)")
+        raise ValueError(
+            f"{type(reward_model).__name__} has no one-output `score` head; pass a reward model saved by "
+            "prefopt.online.reward_model (a *ForSequenceClassification with num_labels=1)"
+        )
     critic = ValueModel(copy.deepcopy(_backbone(reward_model)), copy.deepcopy(score))
     critic.requires_grad_(True)
     return critic.train()

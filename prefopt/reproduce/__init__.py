@@ -56,8 +56,7 @@ REPRODUCTIONS: tuple[str, ...] = (
 
 def list_reproductions() -> list[Reproduction]:
     """Every registered reproduction's declaration, in listing order."""
-    return [importlib.import_module(f"prefopt.reproduce.experiments.{module}").REPRODUCTION
-            for module in REPRODUCTIONS]
+    return [importlib.import_module(f"prefopt.reproduce.experiments.{module}").REPRODUCTION for module in REPRODUCTIONS]
 
 
 def get_reproduction(name: str) -> Reproduction:

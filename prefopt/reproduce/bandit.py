@@ -93,9 +93,7 @@ def unpaired_bandit_losses(
             f"[P..., B] with P... = {tuple(logps.shape[:-1])} from logps."
         )
     ref = ref_logps.expand_as(logps)
-    out = loss(
-        _gather(logps, actions).reshape(-1), _gather(ref, actions).reshape(-1), labels.reshape(-1), **inputs
-    )
+    out = loss(_gather(logps, actions).reshape(-1), _gather(ref, actions).reshape(-1), labels.reshape(-1), **inputs)
     return out.per_example.view(actions.shape).mean(-1)
 
 

@@ -53,7 +53,9 @@ def write_report(result: RunResult, out_dir: Path) -> None:
         result.files["figure"] = out_dir / "figure.png"
         write_atomic(result.files["figure"], figure_png(result.outcome))
     result.files["report"] = out_dir / "report.md"
-    write_atomic(result.files["report"], render_markdown(result, figure="figure.png" if "figure" in result.files else None))
+    write_atomic(
+        result.files["report"], render_markdown(result, figure="figure.png" if "figure" in result.files else None)
+    )
     result.files["json"] = out_dir / "result.json"
     write_atomic(result.files["json"], json.dumps(_json(result), indent=2, default=_jsonable))
 
@@ -95,8 +97,14 @@ def render_markdown(result: RunResult, figure: str | None = None) -> str:
     """The Markdown report of a run (`figure`: the PNG's path relative to the report, if any)."""
     rep, outcome = result.reproduction, result.outcome
     verdict = "all checks pass" if outcome.passed else f"{sum(not c.passed for c in outcome.checks)} check(s) FAIL"
-    lines = [f"# {rep.name}: {rep.title}", "", f"Paper: {rep.paper}", "",
-             f"**{verdict}** — {'quick' if result.quick else 'full'} run, {result.seconds:.1f} s.", ""]
+    lines = [
+        f"# {rep.name}: {rep.title}",
+        "",
+        f"Paper: {rep.paper}",
+        "",
+        f"**{verdict}** — {'quick' if result.quick else 'full'} run, {result.seconds:.1f} s.",
+        "",
+    ]
     rows = [(c.claim, c.paper, c.ours, c.tolerance, "PASS" if c.passed else "**FAIL**") for c in outcome.checks]
     lines += _md_table(("claim", "paper", "ours", "tolerance", "result"), rows) + [""]
     if figure:
@@ -136,8 +144,16 @@ def _jsonable(obj: Any) -> Any:
 def environment() -> dict[str, str]:
     """Machine and versions for the report: CPU, threads, torch, Python, prefopt, git commit, UTC time."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     return {

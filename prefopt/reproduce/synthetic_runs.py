@@ -32,9 +32,21 @@ from prefopt.engine.reference import eval_mode
 from prefopt.progress import library_progress_bars
 from prefopt.train import train
 
-__all__ = ["Arm", "Curve", "TrainSchedule", "pair_batches", "pair_logps", "preferences_for",
-           "reference_policy_for", "run_arms", "sample_completions", "stack_curves", "stack_final", "train_with_probes",
-           "word_counts"]
+__all__ = [
+    "Arm",
+    "Curve",
+    "TrainSchedule",
+    "pair_batches",
+    "pair_logps",
+    "preferences_for",
+    "reference_policy_for",
+    "run_arms",
+    "sample_completions",
+    "stack_curves",
+    "stack_final",
+    "train_with_probes",
+    "word_counts",
+]
 
 Probe = Callable[[Any], Mapping[str, float]]
 
@@ -114,7 +126,6 @@ def pair_batches(rows: Sequence[Mapping[str, Any]], tokenizer: Any, batch_size: 
     """Paired rows (prompt/chosen/rejected dicts) tokenised and collated into padded `TokenBatch`es."""
     import datasets  # heavy: loaded on first use
 
-
     if not rows:
         raise ValueError("pair_batches: no rows; the preference config must give this split at least one pair")
     canonical = load_preferences(datasets.Dataset.from_list(list(rows)), kind="paired")
@@ -122,7 +133,7 @@ def pair_batches(rows: Sequence[Mapping[str, Any]], tokenizer: Any, batch_size: 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collate = PreferenceCollator(int(pad))
     items = [tokens[i] for i in range(len(tokens))]
-    return [collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
 @torch.no_grad()
@@ -137,12 +148,18 @@ def pair_logps(model: Any, batches: Sequence[Any]) -> Tensor:
 
 
 @torch.no_grad()
-def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, seed: int,
-                       max_new_tokens: int) -> list[str]:
+def sample_completions(
+    model: Any, tokenizer: Any, prompts: Sequence[str], *, seed: int, max_new_tokens: int
+) -> list[str]:
     """One completion per prompt sampled from `model` at temperature 1 with a fixed seed (eval mode for the pass)."""
     with eval_mode(model):
-        drawn = sample(model, tokenizer, list(prompts), generator=torch.Generator().manual_seed(seed),
-                       max_new_tokens=max_new_tokens)
+        drawn = sample(
+            model,
+            tokenizer,
+            list(prompts),
+            generator=torch.Generator().manual_seed(seed),
+            max_new_tokens=max_new_tokens,
+        )
     return drawn.completions
 
 
@@ -152,8 +169,16 @@ def word_counts(completions: Sequence[str]) -> Tensor:
     return torch.tensor([len(c.split()) for c in completions], dtype=torch.float64)
 
 
-def train_with_probes(reference: Any, dataset: Any, *, loss: str, hparams: Mapping[str, Any], seed: int,
-                      schedule: TrainSchedule, probe: Probe) -> Curve:
+def train_with_probes(
+    reference: Any,
+    dataset: Any,
+    *,
+    loss: str,
+    hparams: Mapping[str, Any],
+    seed: int,
+    schedule: TrainSchedule,
+    probe: Probe,
+) -> Curve:
     """Train a copy of `reference.model` with `loss` on `dataset` and probe it every `schedule.probe_every` steps.
 
     Args:
@@ -178,17 +203,33 @@ def train_with_probes(reference: Any, dataset: Any, *, loss: str, hparams: Mappi
         # Pair counts vary by replicate (pairs of two identical samples are dropped), so the trainer warns that a
         # few pairs per epoch do not fill a batch; the runs train on reshuffled epochs either way.
         warnings.filterwarnings("ignore", message=r".* left out of each epoch", category=UserWarning)
-        result = train(model=policy, tokenizer=reference.tokenizer, dataset=dataset, loss=loss,
-                       loss_hparams=dict(hparams), seed=seed, max_steps=schedule.steps, batch_size=schedule.batch_size,
-                       lr=schedule.lr, output_dir=out, progress=False, engine_backend="reference",
-                       on_step=on_step)
+        result = train(
+            model=policy,
+            tokenizer=reference.tokenizer,
+            dataset=dataset,
+            loss=loss,
+            loss_hparams=dict(hparams),
+            seed=seed,
+            max_steps=schedule.steps,
+            batch_size=schedule.batch_size,
+            lr=schedule.lr,
+            output_dir=out,
+            progress=False,
+            engine_backend="reference",
+            on_step=on_step,
+        )
     curve.final_metrics = dict(result.final_metrics)
     return curve
 
 
-def run_arms(reference: Any, arms: Sequence[Arm], seeds: int, schedule: TrainSchedule,
-             replicate: Callable[[int], tuple[Any, Probe]],
-             progress: Callable[[int, int, str], None]) -> dict[str, list[Curve]]:
+def run_arms(
+    reference: Any,
+    arms: Sequence[Arm],
+    seeds: int,
+    schedule: TrainSchedule,
+    replicate: Callable[[int], tuple[Any, Probe]],
+    progress: Callable[[int, int, str], None],
+) -> dict[str, list[Curve]]:
     """Train every arm on every replicate's data: label → [seeds] curves.
 
     Args:
@@ -206,9 +247,17 @@ def run_arms(reference: Any, arms: Sequence[Arm], seeds: int, schedule: TrainSch
             dataset, probe = replicate(r)
             for arm in arms:
                 progress(done, total, f"{arm.label}, seed {r}")
-                curves[arm.label].append(train_with_probes(reference, dataset, loss=arm.loss,
-                                                           hparams=dict(arm.hparams), seed=r, schedule=schedule,
-                                                           probe=probe))
+                curves[arm.label].append(
+                    train_with_probes(
+                        reference,
+                        dataset,
+                        loss=arm.loss,
+                        hparams=dict(arm.hparams),
+                        seed=r,
+                        schedule=schedule,
+                        probe=probe,
+                    )
+                )
                 done += 1
     progress(total, total, "done")
     return curves

@@ -132,7 +132,9 @@ def kl_penalized_rewards(
         raise LossInputError(f"kl_penalized_rewards: beta={beta} must be a finite number ≥ 0.")
     lengths = check_right_padded(mask, "kl_penalized_rewards mask")
     if scores.shape != lengths.shape:
-        raise LossInputError(f"kl_penalized_rewards: scores has shape {tuple(scores.shape)}; expected [{mask.shape[0]}].")
+        raise LossInputError(
+            f"kl_penalized_rewards: scores has shape {tuple(scores.shape)}; expected [{mask.shape[0]}]."
+        )
     empty = (lengths == 0).nonzero().flatten()
     if empty.numel():
         raise LossInputError(

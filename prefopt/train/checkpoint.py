@@ -35,10 +35,20 @@ from prefopt.atomic import write_json_atomic
 from prefopt.train.rng_state import load_rng_state, save_rng_state
 from prefopt.train.run_folder import RunFolderError
 
-__all__ = ["CHECKPOINT_DIR", "RunFolderError", "check_no_earlier_run", "check_same_settings", "load_trainable", "latest_checkpoint", "save_checkpoint", "load_checkpoint", "load_plain", "write_json_atomic"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "RunFolderError",
+    "check_no_earlier_run",
+    "check_same_settings",
+    "load_trainable",
+    "latest_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_plain",
+    "write_json_atomic",
+]
 
 CHECKPOINT_DIR = "checkpoints"
-
 
 
 def _step_dir(root: Path, step: int) -> Path:
@@ -60,8 +70,10 @@ def check_no_earlier_run(output_dir: str | Path) -> None:
     """
     found = latest_checkpoint(output_dir)
     if found is not None:
-        raise RunFolderError(f"{output_dir} holds checkpoints of an earlier run (latest: {found.name}); resume it "
-                         "(resume=True / --resume) or choose another output_dir (or delete that folder)")
+        raise RunFolderError(
+            f"{output_dir} holds checkpoints of an earlier run (latest: {found.name}); resume it "
+            "(resume=True / --resume) or choose another output_dir (or delete that folder)"
+        )
 
 
 def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resumable: Iterable[str]) -> None:
@@ -79,8 +91,10 @@ def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resuma
     allowed = set(resumable) | {"output_dir"}
     changed = sorted(k for k, v in settings.items() if k not in allowed and saved.get(k) != v)
     if changed:
-        raise RunFolderError(f"resume: {output_dir} was trained with different settings {changed}; resume with the same "
-                         "settings or use a new output_dir")
+        raise RunFolderError(
+            f"resume: {output_dir} was trained with different settings {changed}; resume with the same "
+            "settings or use a new output_dir"
+        )
 
 
 def load_trainable(model: nn.Module, saved: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -94,8 +108,10 @@ def load_trainable(model: nn.Module, saved: dict[str, torch.Tensor], source: str
     expected = {n for n, p in params.items() if p.requires_grad}
     if set(saved) != expected:
         diff = sorted(set(saved) ^ expected)[:5]
-        raise RunFolderError(f"checkpoint {source} does not fit this model (parameters differ, e.g. {diff}); resume "
-                             "with the same model, LoRA and quantisation settings, or start a new output_dir")
+        raise RunFolderError(
+            f"checkpoint {source} does not fit this model (parameters differ, e.g. {diff}); resume "
+            "with the same model, LoRA and quantisation settings, or start a new output_dir"
+        )
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
@@ -107,8 +123,10 @@ def _not_ours(path: Path, err: BaseException) -> RunFolderError:
     refused = re.search(r"GLOBAL ([\w.]+)", text)
     why = f"it asks to run {refused.group(1)}" if refused else (text.strip().splitlines() or [type(err).__name__])[0]
     why = why[:200]
-    return RunFolderError(f"checkpoint file {path} is not one prefopt wrote ({why}); it was not loaded. Delete "
-                          f"that checkpoint folder to resume from an earlier one, or start a new output_dir")
+    return RunFolderError(
+        f"checkpoint file {path} is not one prefopt wrote ({why}); it was not loaded. Delete "
+        f"that checkpoint folder to resume from an earlier one, or start a new output_dir"
+    )
 
 
 def load_plain(path: str | Path) -> Any:
@@ -155,8 +173,9 @@ def save_checkpoint(
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step,
-                                                    "world_size": accelerator.num_processes}, indent=2))
+        (tmp / "state.json").write_text(
+            json.dumps({**state, "step": step, "world_size": accelerator.num_processes}, indent=2)
+        )
         if final.exists():  # the same step saved before (a NaN stop after a scheduled save)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -190,12 +209,16 @@ def load_checkpoint(
         raise _not_ours(path / "state.json", err) from None
     rng = path / f"rng-{accelerator.process_index}.json"
     if not rng.exists() and rng.with_suffix(".pt").exists():
-        raise RunFolderError(f"checkpoint {path} holds {rng.with_suffix('.pt').name}, the pickled RNG file of "
-                             "earlier prefopt versions, which is never loaded (a pickle can run code); resume it "
-                             "with the version that wrote it, or start a new output_dir")
+        raise RunFolderError(
+            f"checkpoint {path} holds {rng.with_suffix('.pt').name}, the pickled RNG file of "
+            "earlier prefopt versions, which is never loaded (a pickle can run code); resume it "
+            "with the version that wrote it, or start a new output_dir"
+        )
     if state.get("world_size") != accelerator.num_processes or not rng.exists():
-        raise RunFolderError(f"checkpoint {path} was written by {state.get('world_size')} process(es), this run "
-                             f"has {accelerator.num_processes}; resume with the same number of processes")
+        raise RunFolderError(
+            f"checkpoint {path} was written by {state.get('world_size')} process(es), this run "
+            f"has {accelerator.num_processes}; resume with the same number of processes"
+        )
     try:
         load_rng_state(rng)
     except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as err:

@@ -158,11 +158,14 @@ class TrainConfig(Settings):
                 f"{self.micro_batch_size}; the global batch must split into equal micro-batches"
             )
         if self.identical not in IDENTICAL_POLICIES:
-            raise SettingsError(f"TrainConfig.identical={self.identical!r}: use one of {IDENTICAL_POLICIES} "
-                                "(--identical)")
+            raise SettingsError(
+                f"TrainConfig.identical={self.identical!r}: use one of {IDENTICAL_POLICIES} (--identical)"
+            )
         if self.data_revision is not None and self.data is None:
-            raise SettingsError(f"TrainConfig.data_revision={self.data_revision!r} pins a hub revision of data, which "
-                                "is not set; give data (a hub dataset name, --data) or drop data_revision")
+            raise SettingsError(
+                f"TrainConfig.data_revision={self.data_revision!r} pins a hub revision of data, which "
+                "is not set; give data (a hub dataset name, --data) or drop data_revision"
+            )
 
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"TrainConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
@@ -173,7 +176,9 @@ class TrainConfig(Settings):
             if self.quantization not in QUANTIZATION:
                 raise ValueError(f"TrainConfig.quantization={self.quantization!r}: use one of {QUANTIZATION} or None")
             if self.lora_r == 0:
-                raise ValueError("TrainConfig: quantization needs LoRA (set lora_r > 0): quantised weights are not trainable")
+                raise ValueError(
+                    "TrainConfig: quantization needs LoRA (set lora_r > 0): quantised weights are not trainable"
+                )
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"TrainConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1)")
         bad = [r for r in self.report_to if r not in REPORT_TO]
@@ -206,8 +211,13 @@ class TrainConfig(Settings):
         """The preset (default: "synthetic" on the synthetic task, else the loss's) with this config's overrides."""
         preset = self.preset or ("synthetic" if self.synthetic else self.loss)
         return optimizer_preset(preset).override(
-            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule,
-            warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio, max_grad_norm=self.max_grad_norm,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            warmup_steps=self.warmup_steps,
+            warmup_ratio=self.warmup_ratio,
+            max_grad_norm=self.max_grad_norm,
         )
 
     def _check_sources(self) -> None:
@@ -216,19 +226,28 @@ class TrainConfig(Settings):
         for name in ("data", "model", "tokenizer", "reference", "ref_cache_dir", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
         if self.tokenizer is not None and self.model is None:
-            raise SettingsError("TrainConfig.tokenizer is set but model is None: the synthetic task brings its own "
-                                "tokenizer; give model too, or drop tokenizer")
+            raise SettingsError(
+                "TrainConfig.tokenizer is set but model is None: the synthetic task brings its own "
+                "tokenizer; give model too, or drop tokenizer"
+            )
         for revision, source in (("model_revision", "model"), ("reference_revision", "reference")):
             if getattr(self, revision) is not None and getattr(self, source) is None:
-                raise SettingsError(f"TrainConfig.{revision}={getattr(self, revision)!r} pins a hub revision of "
-                                    f"{source}, which is not set; give {source} (a hub name) or drop {revision}")
+                raise SettingsError(
+                    f"TrainConfig.{revision}={getattr(self, revision)!r} pins a hub revision of "
+                    f"{source}, which is not set; give {source} (a hub name) or drop {revision}"
+                )
         if self.lora_alpha is not None and not (is_finite_number(self.lora_alpha) and self.lora_alpha > 0):
             raise SettingsError(f"TrainConfig.lora_alpha={self.lora_alpha!r} must be a positive finite number or None")
-        if self.max_length is not None and self.max_prompt_length is not None \
-                and self.max_prompt_length >= self.max_length:
-            raise SettingsError(f"TrainConfig: max_prompt_length={self.max_prompt_length} leaves no room for "
-                                f"completions within max_length={self.max_length}; make max_prompt_length smaller "
-                                "than max_length (--max-prompt-length, --max-length)")
+        if (
+            self.max_length is not None
+            and self.max_prompt_length is not None
+            and self.max_prompt_length >= self.max_length
+        ):
+            raise SettingsError(
+                f"TrainConfig: max_prompt_length={self.max_prompt_length} leaves no room for "
+                f"completions within max_length={self.max_length}; make max_prompt_length smaller "
+                "than max_length (--max-prompt-length, --max-length)"
+            )
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise SettingsError(f"TrainConfig.output_dir={self.output_dir!r} must be a folder path")
 
@@ -243,16 +262,16 @@ class TrainConfig(Settings):
         if self.ref_cache_dir is not None:
             check_output_dir(self.ref_cache_dir, "TrainConfig.ref_cache_dir")
         if self.model is not None:
-            check_model_source(self.model, "TrainConfig.model", revision=self.model_revision,
-                               tokenizer=self.tokenizer is None)
+            check_model_source(
+                self.model, "TrainConfig.model", revision=self.model_revision, tokenizer=self.tokenizer is None
+            )
         if self.tokenizer is not None:
             check_tokenizer_source(self.tokenizer, "TrainConfig.tokenizer")
         if self.reference is not None:
-            check_model_source(self.reference, "TrainConfig.reference", revision=self.reference_revision,
-                               tokenizer=False)
+            check_model_source(
+                self.reference, "TrainConfig.reference", revision=self.reference_revision, tokenizer=False
+            )
         check_engine_backend(self.engine_backend, "TrainConfig.engine_backend", cpu=self.cpu)
-
-
 
 
 def _offline_losses() -> list[str]:

@@ -44,8 +44,9 @@ def kind_of_columns(columns: list[str]) -> str | None:
     return None
 
 
-def load_train_rows(source: Any, *, kind: str, loss: str, split: str | None = None, revision: str | None = None,
-                    identical: str = "warn") -> datasets.Dataset:
+def load_train_rows(
+    source: Any, *, kind: str, loss: str, split: str | None = None, revision: str | None = None, identical: str = "warn"
+) -> datasets.Dataset:
     """Load and validate preference rows for a loss of data kind `kind`.
 
     Paired data given to an unpaired loss (KTO, BCO, …) is split into desirable/undesirable rows
@@ -104,8 +105,11 @@ class BatchPlan:
         self._orders: dict[int, list[int]] = {}
         dropped = len(self.tokens) % self.batch_size
         if dropped:
-            warnings.warn(f"{dropped} of {len(self.tokens)} examples left out of each epoch (not a multiple of "
-                          f"batch_size={self.batch_size}); the order changes per epoch", stacklevel=2)
+            warnings.warn(
+                f"{dropped} of {len(self.tokens)} examples left out of each epoch (not a multiple of "
+                f"batch_size={self.batch_size}); the order changes per epoch",
+                stacklevel=2,
+            )
 
     @property
     def accumulation_steps(self) -> int:
@@ -127,14 +131,14 @@ class BatchPlan:
     def global_indices(self, step: int) -> list[int]:
         """The G dataset indices of optimiser step `step` (0-based), the same on every process."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        return self._order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        return self._order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
 
     def local_chunks(self, step: int, process_index: int) -> list[list[int]]:
         """The A micro-batches (dataset indices) of `process_index` at `step`."""
         indices = self.global_indices(step)
         m, a = self.micro_batch_size, self.accumulation_steps
         first = process_index * a
-        return [indices[(first + j) * m:(first + j + 1) * m] for j in range(a)]
+        return [indices[(first + j) * m : (first + j + 1) * m] for j in range(a)]
 
     def rows(self, indices: list[int]) -> list[Mapping[str, Any]]:
         """Tokenised rows at `indices`, in that order."""

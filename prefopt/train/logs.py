@@ -58,8 +58,14 @@ class MetricsLog:
         run_config: the run's settings (sent to W&B).
     """
 
-    def __init__(self, output_dir: str | Path, *, enabled: bool, report_to: tuple[str, ...] = (),
-                 run_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        enabled: bool,
+        report_to: tuple[str, ...] = (),
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(output_dir) / "metrics.jsonl"
         self.enabled = enabled
         self._tensorboard: Any = None
@@ -74,16 +80,21 @@ class MetricsLog:
 
                 self._tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"))
             except ImportError:
-                warnings.warn("report_to tensorboard: the tensorboard package is not installed "
-                              "(pip install tensorboard); logging to metrics.jsonl only", stacklevel=2)
+                warnings.warn(
+                    "report_to tensorboard: the tensorboard package is not installed "
+                    "(pip install tensorboard); logging to metrics.jsonl only",
+                    stacklevel=2,
+                )
         if "wandb" in report_to:
             try:
                 import wandb  # heavy: loaded on first use
 
                 self._wandb = wandb.init(project="prefopt", dir=str(output_dir), config=run_config or {})
             except ImportError:
-                warnings.warn("report_to wandb: wandb is not installed (pip install wandb); logging to "
-                              "metrics.jsonl only", stacklevel=2)
+                warnings.warn(
+                    "report_to wandb: wandb is not installed (pip install wandb); logging to metrics.jsonl only",
+                    stacklevel=2,
+                )
 
     def log(self, record: dict[str, Any]) -> None:
         """Write one step's record (a flat dict of numbers with a `step` key)."""

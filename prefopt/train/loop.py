@@ -56,8 +56,18 @@ __all__ = ["TrainResult", "TrainingDivergedError", "train"]
 
 StepCallback = Callable[[int, dict[str, float]], None]
 # Settings that may change between a run and its resumption (they do not change what a step computes).
-_RESUMABLE = {"resume", "progress", "max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_every",
-              "report_to", "ref_cache_dir", "save_dtype"}
+_RESUMABLE = {
+    "resume",
+    "progress",
+    "max_steps",
+    "epochs",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "report_to",
+    "ref_cache_dir",
+    "save_dtype",
+}
 
 
 @dataclass(frozen=True)
@@ -113,9 +123,13 @@ def _loss_context(run: Run, step: int, state: LossState | None) -> dict[str, Any
         batch = PlannedBatch(
             rows=plan.rows(plan.global_indices(step)),
             positions=list(range(acc.process_index * local, (acc.process_index + 1) * local)),
-            hparams=_hparams(run), collate=plan.collate, policy_logps=run.policy_logps,  # with its autocast
+            hparams=_hparams(run),
+            collate=plan.collate,
+            policy_logps=run.policy_logps,  # with its autocast
             reference_logps=run.reference.live if run.reference is not None else None,  # kept live by setup_run
-            reduce_sum=lambda t: acc.reduce(t, reduction="sum"), device=acc.device)
+            reduce_sum=lambda t: acc.reduce(t, reduction="sum"),
+            device=acc.device,
+        )
         context.update({name: provide(batch) for name, provide in run.spec.batch_inputs.items()})
     return context
 
@@ -153,9 +167,16 @@ def _forward_backward(run: Run, step: int, state: LossState | None) -> tuple[dic
 
 def _stop_diverged(run: Run, step: int, record: dict[str, float], state: LossState | None, why: str) -> None:
     run.optimizer.zero_grad(set_to_none=True)
-    path = save_checkpoint(run.config.output_dir, step, accelerator=run.accelerator, model=run.policy,
-                           optimizer=run.optimizer, scheduler=run.scheduler, state=_saved_state(run, state),
-                           keep=run.config.keep_checkpoints + 1)
+    path = save_checkpoint(
+        run.config.output_dir,
+        step,
+        accelerator=run.accelerator,
+        model=run.policy,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        state=_saved_state(run, state),
+        keep=run.config.keep_checkpoints + 1,
+    )
     ids = run.plan.example_ids(run.plan.global_indices(step))
     raise TrainingDivergedError(
         f"{why} at step {step + 1} (loss {record.get('loss')}); the batch's examples: {ids}. The weights before "
@@ -184,8 +205,14 @@ def _optimizer_step(run: Run, step: int, state: LossState | None, started: float
     run.optimizer.zero_grad(set_to_none=True)
     if state is not None and stats:  # the next step's state includes this global batch, in global order everywhere
         state.update(run.accelerator.gather(torch.cat(stats)))
-    record.update(step=step + 1, epoch=(step + 1) / run.plan.steps_per_epoch, lr=lr, grad_norm=grad_norm,
-                  examples=(step + 1) * run.plan.batch_size, elapsed_s=time.perf_counter() - started)
+    record.update(
+        step=step + 1,
+        epoch=(step + 1) / run.plan.steps_per_epoch,
+        lr=lr,
+        grad_norm=grad_norm,
+        examples=(step + 1) * run.plan.batch_size,
+        elapsed_s=time.perf_counter() - started,
+    )
     return record
 
 
@@ -196,8 +223,9 @@ def _resume(run: Run, state: LossState | None) -> int:
     if path is None:  # killed before its first checkpoint: start over, with an empty log
         _clear_metrics(run)
         return 0
-    saved = load_checkpoint(path, accelerator=run.accelerator, model=run.policy, optimizer=run.optimizer,
-                            scheduler=run.scheduler)
+    saved = load_checkpoint(
+        path, accelerator=run.accelerator, model=run.policy, optimizer=run.optimizer, scheduler=run.scheduler
+    )
     if state is not None and saved.get(run.spec.name) is not None:
         state.load_state_dict(saved[run.spec.name])
     if run.accelerator.is_main_process:
@@ -236,8 +264,16 @@ def _initial_state(run: Run) -> LossState | None:
     return run.spec.state.init(_hparams(run)) if run.spec.state is not None else None
 
 
-def train(config: TrainConfig | None = None, *, model: Any = None, tokenizer: Any = None, dataset: Any = None,
-          reference_model: Any = None, on_step: StepCallback | None = None, **settings: Any) -> TrainResult:
+def train(
+    config: TrainConfig | None = None,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    dataset: Any = None,
+    reference_model: Any = None,
+    on_step: StepCallback | None = None,
+    **settings: Any,
+) -> TrainResult:
     """Train a policy with any offline loss of the registry (see the module docstring for the step).
 
     Args:
@@ -277,8 +313,15 @@ def train(config: TrainConfig | None = None, *, model: Any = None, tokenizer: An
     with _claim(Path(config.output_dir), accelerator):  # one run per folder, until this one ends
         _check_folder(config)  # before the model loads: these refusals come at once
         set_seed(config.seed)
-        run = setup_run(config, accelerator, model=model, tokenizer=tokenizer, dataset=dataset,
-                        reference_model=reference_model, rows=rows)
+        run = setup_run(
+            config,
+            accelerator,
+            model=model,
+            tokenizer=tokenizer,
+            dataset=dataset,
+            reference_model=reference_model,
+            rows=rows,
+        )
         return _train(run, on_step, started)
 
 
@@ -298,8 +341,12 @@ def _train(run: Run, on_step: StepCallback | None, started: float) -> TrainResul
         _clear_metrics(run)
     start = _resume(run, state) if config.resume else 0  # before the log opens: it may truncate the file
     precision = run.precision.describe(run.policy)
-    log = MetricsLog(out, enabled=accelerator.is_main_process, report_to=config.report_to,
-                     run_config={**config.to_dict(), "precision": precision})
+    log = MetricsLog(
+        out,
+        enabled=accelerator.is_main_process,
+        report_to=config.report_to,
+        run_config={**config.to_dict(), "precision": precision},
+    )
     if accelerator.is_main_process and config.progress:
         print(f"prefopt train: {run.precision.summary(run.policy)}", file=sys.stderr, flush=True)
     if accelerator.is_main_process:
@@ -313,11 +360,17 @@ def _train(run: Run, on_step: StepCallback | None, started: float) -> TrainResul
     return _finish(run, record, tokens / loop_time if loop_time > 0 else 0.0, state, started)
 
 
-def _loop(run: Run, start: int, state: LossState | None, log: MetricsLog, on_step: StepCallback | None,
-          started: float) -> tuple[dict[str, float], float]:
+def _loop(
+    run: Run, start: int, state: LossState | None, log: MetricsLog, on_step: StepCallback | None, started: float
+) -> tuple[dict[str, float], float]:
     config, acc = run.config, run.accelerator
-    bar = tqdm(total=run.total_steps, initial=start, desc=f"train {config.loss}", dynamic_ncols=True,
-               disable=not (config.progress and acc.is_main_process))
+    bar = tqdm(
+        total=run.total_steps,
+        initial=start,
+        desc=f"train {config.loss}",
+        dynamic_ncols=True,
+        disable=not (config.progress and acc.is_main_process),
+    )
     record: dict[str, float] = {}
     tokens = 0.0
     for step in range(start, run.total_steps):
@@ -325,34 +378,55 @@ def _loop(run: Run, start: int, state: LossState | None, log: MetricsLog, on_ste
         tokens += record["tokens"]
         if (step + 1) % config.log_every == 0 or step + 1 == run.total_steps:
             log.log(record)
-        shown = {k.split("/")[-1]: f"{record[k]:.4g}" for k in ("loss", "rewards/accuracies", "rewards/margins")
-                 if k in record}
+        shown = {
+            k.split("/")[-1]: f"{record[k]:.4g}"
+            for k in ("loss", "rewards/accuracies", "rewards/margins")
+            if k in record
+        }
         bar.set_postfix(shown, refresh=False)
         bar.update(1)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < run.total_steps:
-            save_checkpoint(config.output_dir, step + 1, accelerator=acc, model=run.policy, optimizer=run.optimizer,
-                            scheduler=run.scheduler, state=_saved_state(run, state), keep=config.keep_checkpoints)
+            save_checkpoint(
+                config.output_dir,
+                step + 1,
+                accelerator=acc,
+                model=run.policy,
+                optimizer=run.optimizer,
+                scheduler=run.scheduler,
+                state=_saved_state(run, state),
+                keep=config.keep_checkpoints,
+            )
         if on_step is not None:
             on_step(step + 1, record)
     bar.close()
     return record, tokens
 
 
-def _finish(run: Run, record: dict[str, float], tokens_per_s: float, state: LossState | None,
-            started: float) -> TrainResult:
+def _finish(
+    run: Run, record: dict[str, float], tokens_per_s: float, state: LossState | None, started: float
+) -> TrainResult:
     """Final checkpoint, the model (or adapter) with its tokenizer, and result.json, all atomic."""
     config, acc = run.config, run.accelerator
     out = Path(config.output_dir)
     if not record:  # resumed a finished run: the last logged record is the final one
         lines = (out / "metrics.jsonl").read_text().splitlines()
         record = json.loads(lines[-1]) if lines else {}
-    checkpoint = save_checkpoint(config.output_dir, run.total_steps, accelerator=acc, model=run.policy,
-                                 optimizer=run.optimizer, scheduler=run.scheduler, state=_saved_state(run, state),
-                                 keep=config.keep_checkpoints)
+    checkpoint = save_checkpoint(
+        config.output_dir,
+        run.total_steps,
+        accelerator=acc,
+        model=run.policy,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        state=_saved_state(run, state),
+        keep=config.keep_checkpoints,
+    )
     model_path = out / "final"
     if acc.is_main_process:
         tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-        run.precision.save_pretrained(acc.unwrap_model(run.wrapped_policy_logps).model, tmp)  # in the dtype of `save_dtype`
+        run.precision.save_pretrained(
+            acc.unwrap_model(run.wrapped_policy_logps).model, tmp
+        )  # in the dtype of `save_dtype`
         run.tokenizer.save_pretrained(tmp)
         if model_path.exists():
             shutil.rmtree(model_path)
@@ -360,8 +434,18 @@ def _finish(run: Run, record: dict[str, float], tokens_per_s: float, state: Loss
     acc.wait_for_everyone()
     wall = time.perf_counter() - started
     peak, kind = _peak_memory(acc.device)
-    result = TrainResult(record, out / "metrics.jsonl", checkpoint, model_path, run.total_steps, wall,
-                         tokens_per_s, peak, kind, run.precision.describe(run.policy))
+    result = TrainResult(
+        record,
+        out / "metrics.jsonl",
+        checkpoint,
+        model_path,
+        run.total_steps,
+        wall,
+        tokens_per_s,
+        peak,
+        kind,
+        run.precision.describe(run.policy),
+    )
     if acc.is_main_process:
         write_json_atomic(out / "result.json", result.to_dict())
     return result

@@ -25,8 +25,17 @@ from prefopt.hf_compat import enable_checkpointing
 from prefopt.preflight import load_pretrained
 from prefopt.train.config import TrainConfig
 
-__all__ = ["ScoringModule", "Reference", "load_model_and_tokenizer", "apply_lora", "prepare_policy", "live_reference",
-           "frozen_copy", "cache_path", "build_reference"]
+__all__ = [
+    "ScoringModule",
+    "Reference",
+    "load_model_and_tokenizer",
+    "apply_lora",
+    "prepare_policy",
+    "live_reference",
+    "frozen_copy",
+    "cache_path",
+    "build_reference",
+]
 
 
 class ScoringModule(nn.Module):
@@ -71,18 +80,26 @@ def load_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:
         raise ValueError("load_model_and_tokenizer: config.model is None (the synthetic task supplies its own)")
     quant = _quantization_config(config.quantization)
     try:
-        model = load_pretrained(AutoModelForCausalLM, config.model, "TrainConfig.model", revision=config.model_revision,
-                                quantization_config=quant)
+        model = load_pretrained(
+            AutoModelForCausalLM,
+            config.model,
+            "TrainConfig.model",
+            revision=config.model_revision,
+            quantization_config=quant,
+        )
     except (ImportError, RuntimeError) as err:
         if quant is None:
             raise
-        raise RuntimeError(f"{config.quantization} loading of {config.model!r} failed ({err}); bitsandbytes must "
-                           "support this device; train without quantization or on a supported GPU") from err
+        raise RuntimeError(
+            f"{config.quantization} loading of {config.model!r} failed ({err}); bitsandbytes must "
+            "support this device; train without quantization or on a supported GPU"
+        ) from err
     if config.tokenizer is not None:
         tokenizer = load_pretrained(AutoTokenizer, config.tokenizer, "TrainConfig.tokenizer")
     else:
-        tokenizer = load_pretrained(AutoTokenizer, config.model, "TrainConfig.model (its tokenizer)",
-                                    revision=config.model_revision)
+        tokenizer = load_pretrained(
+            AutoTokenizer, config.model, "TrainConfig.model (its tokenizer)", revision=config.model_revision
+        )
     return model, tokenizer
 
 
@@ -91,8 +108,11 @@ def apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model  # heavy: loaded on first use
 
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha or 2 * config.lora_r, lora_dropout=config.lora_dropout,
-        target_modules=list(config.lora_targets) if config.lora_targets else "all-linear", task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha or 2 * config.lora_r,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_targets) if config.lora_targets else "all-linear",
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
 
@@ -123,8 +143,13 @@ class Reference:
         self.logps, self.live, self.source = logps, live, source
 
 
-def live_reference(policy: nn.Module, policy_engine: LogProbEngine, reference_model: nn.Module | None,
-                   device: torch.device, backend: str = "auto") -> ReferenceLogProbs:
+def live_reference(
+    policy: nn.Module,
+    policy_engine: LogProbEngine,
+    reference_model: nn.Module | None,
+    device: torch.device,
+    backend: str = "auto",
+) -> ReferenceLogProbs:
     """π_ref computed by a model: the separate one, or the PEFT policy with its adapter disabled."""
     if reference_model is not None:
         return ReferenceLogProbs.from_model(reference_model.to(device), backend=backend)

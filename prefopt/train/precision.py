@@ -38,8 +38,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MASTER_WEIGHTS", "MIXED_PRECISION", "SAVE_DTYPES", "Precision", "checkpoint_dtype", "resolve_precision",
-           "dtype_name"]
+__all__ = [
+    "MASTER_WEIGHTS",
+    "MIXED_PRECISION",
+    "SAVE_DTYPES",
+    "Precision",
+    "checkpoint_dtype",
+    "resolve_precision",
+    "dtype_name",
+]
 
 MASTER_WEIGHTS = ("fp32", "bf16")
 MIXED_PRECISION = ("no", "bf16", "auto")  # fp16 would need a loss scaler; bf16 does not
@@ -48,7 +55,7 @@ _MASTER = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:
-    """"bfloat16" for torch.bfloat16 (the spelling of transformers' config.json); "none" for None."""
+    """ "bfloat16" for torch.bfloat16 (the spelling of transformers' config.json); "none" for None."""
     return "none" if dtype is None else str(dtype).removeprefix("torch.")
 
 
@@ -115,15 +122,21 @@ class Precision:
                 if p.requires_grad and p.is_floating_point():
                     counts[self.saved_dtype(name, p.dtype)] += p.numel()
             saved = counts.most_common(1)[0][0] if counts else saved
-        return {"checkpoint_dtype": dtype_name(self.checkpoint), "master_weights_dtype": dtype_name(self.master),
-                "compute_dtype": dtype_name(self.autocast or self.master), "saved_dtype": dtype_name(saved)}
+        return {
+            "checkpoint_dtype": dtype_name(self.checkpoint),
+            "master_weights_dtype": dtype_name(self.master),
+            "compute_dtype": dtype_name(self.autocast or self.master),
+            "saved_dtype": dtype_name(saved),
+        }
 
     def summary(self, model: nn.Module | None = None) -> str:
         """One line for the log: e.g. "weights float32 (master; checkpoint bfloat16), compute bfloat16,
         final/ bfloat16"."""
         d = self.describe(model)
-        return (f"weights {d['master_weights_dtype']} (master; checkpoint {d['checkpoint_dtype']}), compute "
-                f"{d['compute_dtype']}{' autocast' if self.autocast is not None else ''}, final/ {d['saved_dtype']}")
+        return (
+            f"weights {d['master_weights_dtype']} (master; checkpoint {d['checkpoint_dtype']}), compute "
+            f"{d['compute_dtype']}{' autocast' if self.autocast is not None else ''}, final/ {d['saved_dtype']}"
+        )
 
     def save_pretrained(self, model: Any, folder: str | Path) -> None:
         """`model.save_pretrained(folder)` with each weight in `saved_dtype` (config.json's dtype to match).
@@ -175,8 +188,14 @@ def _fix_config_dtype(folder: Path, dtype: torch.dtype) -> None:
     path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def resolve_precision(model: nn.Module, *, master_weights: str = "fp32", mixed_precision: str = "no",
-                      save_dtype: str = "original", device: torch.device | str | None = None) -> Precision:
+def resolve_precision(
+    model: nn.Module,
+    *,
+    master_weights: str = "fp32",
+    mixed_precision: str = "no",
+    save_dtype: str = "original",
+    device: torch.device | str | None = None,
+) -> Precision:
     """The `Precision` of training `model` (as loaded, before `cast`) with these settings (module docstring).
 
     bf16 autocast applies when `mixed_precision` is "bf16", or "auto" on a CUDA `device` with bf16 support,
@@ -190,6 +209,10 @@ def resolve_precision(model: nn.Module, *, master_weights: str = "fp32", mixed_p
     master = _MASTER[master_weights]
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     cuda_bf16 = kind == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    bf16 = (mixed_precision == "bf16" or (mixed_precision == "auto" and cuda_bf16) or loaded == torch.bfloat16
-            or master == torch.bfloat16)
+    bf16 = (
+        mixed_precision == "bf16"
+        or (mixed_precision == "auto" and cuda_bf16)
+        or loaded == torch.bfloat16
+        or master == torch.bfloat16
+    )
     return Precision(loaded, master, torch.bfloat16 if bf16 else None, save_dtype)

@@ -115,29 +115,80 @@ class OptimizerSettings:
 _DPO_REPO = "DPO paper App. B (RMSprop, lr 1e-6, batch 64, 150 linear warm-up steps); max_grad_norm 10 from its repo"
 PRESETS: dict[str, OptimizerSettings] = {
     "synthetic": OptimizerSettings(
-        "adamw", 1e-4, schedule="constant", warmup_steps=0, max_grad_norm=1.0, batch_size=16,
-        source="prefopt synthetic task (docs/synthetic.md: DPO sanity check, AdamW lr 1e-4, batch 16)"),
+        "adamw",
+        1e-4,
+        schedule="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        batch_size=16,
+        source="prefopt synthetic task (docs/synthetic.md: DPO sanity check, AdamW lr 1e-4, batch 16)",
+    ),
     "dpo": OptimizerSettings("rmsprop", 1e-6, warmup_steps=150, max_grad_norm=10.0, batch_size=64, source=_DPO_REPO),
-    "cdpo": OptimizerSettings("rmsprop", 1e-6, warmup_steps=150, max_grad_norm=10.0, batch_size=64,
-                              source=_DPO_REPO + " (the cDPO note gives no settings of its own)"),
-    "ipo": OptimizerSettings("rmsprop", 1e-6, warmup_steps=150, max_grad_norm=10.0, batch_size=64,
-                             source=_DPO_REPO + " (the IPO paper has no LLM experiments)"),
-    "robust_dpo": OptimizerSettings("adamw", 1e-3, batch_size=16, source="TRL paper index for Chowdhury 2024: lr 1e-3, batch 16"),
-    "kto": OptimizerSettings("adamw", 1e-6, warmup_ratio=0.1, schedule="linear", batch_size=32,
-                             source="KTO (Ethayarajh 2024) with TRL's advice: lr ≤ 1e-6 at β = 0.1, effective batch 16–128"),
+    "cdpo": OptimizerSettings(
+        "rmsprop",
+        1e-6,
+        warmup_steps=150,
+        max_grad_norm=10.0,
+        batch_size=64,
+        source=_DPO_REPO + " (the cDPO note gives no settings of its own)",
+    ),
+    "ipo": OptimizerSettings(
+        "rmsprop",
+        1e-6,
+        warmup_steps=150,
+        max_grad_norm=10.0,
+        batch_size=64,
+        source=_DPO_REPO + " (the IPO paper has no LLM experiments)",
+    ),
+    "robust_dpo": OptimizerSettings(
+        "adamw", 1e-3, batch_size=16, source="TRL paper index for Chowdhury 2024: lr 1e-3, batch 16"
+    ),
+    "kto": OptimizerSettings(
+        "adamw",
+        1e-6,
+        warmup_ratio=0.1,
+        schedule="linear",
+        batch_size=32,
+        source="KTO (Ethayarajh 2024) with TRL's advice: lr ≤ 1e-6 at β = 0.1, effective batch 16–128",
+    ),
     "bco": OptimizerSettings("adamw", 5e-7, batch_size=128, source="TRL paper index for Jung 2024: lr 5e-7, batch 128"),
-    "apo_zero": OptimizerSettings("adamw", 2e-7, batch_size=64, source="TRL paper index for D'Oosterlinck 2024: lr 2e-7, batch 64"),
-    "apo_down": OptimizerSettings("adamw", 2e-7, batch_size=64, source="TRL paper index for D'Oosterlinck 2024: lr 2e-7, batch 64"),
+    "apo_zero": OptimizerSettings(
+        "adamw", 2e-7, batch_size=64, source="TRL paper index for D'Oosterlinck 2024: lr 2e-7, batch 64"
+    ),
+    "apo_down": OptimizerSettings(
+        "adamw", 2e-7, batch_size=64, source="TRL paper index for D'Oosterlinck 2024: lr 2e-7, batch 64"
+    ),
     "nca": OptimizerSettings("adamw", 5e-6, batch_size=32, source="TRL paper index for Chen 2024: lr 5e-6, batch 32"),
-    "sppo_hard": OptimizerSettings("adamw", 5e-7, batch_size=64, source="TRL paper index for Wu 2024: lr 5e-7, batch 64"),
-    "slic": OptimizerSettings("adamw", 1e-4, batch_size=512, source="TRL paper index for Zhao 2023: lr 1e-4, batch 512"),
-    "cpo": OptimizerSettings("adamw", 1e-4, schedule="linear", warmup_ratio=0.01, batch_size=None,
-                             source="CPO (Xu 2024) via TRL CPOConfig/index: lr 1e-4, 1 epoch, warm-up ratio 0.01"),
-    "simpo": OptimizerSettings("adamw", 6e-7, schedule="cosine", warmup_ratio=0.1, batch_size=128,
-                               source="SimPO (Meng 2024): Adam, cosine, warm-up 0.1, batch 128; lr per setting "
-                                      "(3e-7 – 1e-6), 6e-7 taken here"),
-    "orpo": OptimizerSettings("adamw", 8e-6, schedule="linear", warmup_steps=100, batch_size=None,
-                              source="ORPO (Hong 2024): AdamW lr 8e-6 with 100 warm-up steps (Mistral-ORPO)"),
+    "sppo_hard": OptimizerSettings(
+        "adamw", 5e-7, batch_size=64, source="TRL paper index for Wu 2024: lr 5e-7, batch 64"
+    ),
+    "slic": OptimizerSettings(
+        "adamw", 1e-4, batch_size=512, source="TRL paper index for Zhao 2023: lr 1e-4, batch 512"
+    ),
+    "cpo": OptimizerSettings(
+        "adamw",
+        1e-4,
+        schedule="linear",
+        warmup_ratio=0.01,
+        batch_size=None,
+        source="CPO (Xu 2024) via TRL CPOConfig/index: lr 1e-4, 1 epoch, warm-up ratio 0.01",
+    ),
+    "simpo": OptimizerSettings(
+        "adamw",
+        6e-7,
+        schedule="cosine",
+        warmup_ratio=0.1,
+        batch_size=128,
+        source="SimPO (Meng 2024): Adam, cosine, warm-up 0.1, batch 128; lr per setting (3e-7 – 1e-6), 6e-7 taken here",
+    ),
+    "orpo": OptimizerSettings(
+        "adamw",
+        8e-6,
+        schedule="linear",
+        warmup_steps=100,
+        batch_size=None,
+        source="ORPO (Hong 2024): AdamW lr 8e-6 with 100 warm-up steps (Mistral-ORPO)",
+    ),
 }
 
 
@@ -157,8 +208,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], settings: OptimizerSet
     if not trainable:
         raise ValueError("build_optimizer: the model has no trainable parameters (all requires_grad=False)")
     if settings.optimizer == "adamw":
-        return torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.betas, eps=settings.eps,
-                                 weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(
+            trainable, lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay
+        )
     if settings.optimizer == "rmsprop":
         return torch.optim.RMSprop(trainable, lr=settings.lr, eps=settings.eps, weight_decay=settings.weight_decay)
     return torch.optim.SGD(trainable, lr=settings.lr, weight_decay=settings.weight_decay)

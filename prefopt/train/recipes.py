@@ -40,15 +40,36 @@ from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
 from prefopt.registry import loss_spec
 from prefopt.train.config import TrainConfig
 
-__all__ = ["PaperResult", "Recipe", "list_recipes", "load_recipe", "parse_recipe", "smoke_settings", "smoke_config",
-           "write_smoke_task", "SMOKE_BATCH_SIZE", "SMOKE_MAX_LENGTH", "SMOKE_STEPS"]
+__all__ = [
+    "PaperResult",
+    "Recipe",
+    "list_recipes",
+    "load_recipe",
+    "parse_recipe",
+    "smoke_settings",
+    "smoke_config",
+    "write_smoke_task",
+    "SMOKE_BATCH_SIZE",
+    "SMOKE_MAX_LENGTH",
+    "SMOKE_STEPS",
+]
 
-SMOKE_BATCH_SIZE = 8    # global examples per step of a smoke run
-SMOKE_MAX_LENGTH = 64   # token cap of a smoke run (synthetic reviews are ≈ 15-45 tokens)
-SMOKE_STEPS = 3         # optimiser steps of a smoke run
-_SMOKE_PAIRS = 16       # paired rows written for the smoke task (two epochs of 8 per step; unpaired: 32 rows)
-_RECIPE_KEYS = {"name", "title", "paper", "source", "num_processes", "notes", "deviations", "results",
-                "results_note", "train"}
+SMOKE_BATCH_SIZE = 8  # global examples per step of a smoke run
+SMOKE_MAX_LENGTH = 64  # token cap of a smoke run (synthetic reviews are ≈ 15-45 tokens)
+SMOKE_STEPS = 3  # optimiser steps of a smoke run
+_SMOKE_PAIRS = 16  # paired rows written for the smoke task (two epochs of 8 per step; unpaired: 32 rows)
+_RECIPE_KEYS = {
+    "name",
+    "title",
+    "paper",
+    "source",
+    "num_processes",
+    "notes",
+    "deviations",
+    "results",
+    "results_note",
+    "train",
+}
 _RESULT_KEYS = {"benchmark", "metric", "value", "source"}
 
 
@@ -116,14 +137,16 @@ class Recipe:
         micro = config.micro_batch_size or config.batch_size // processes
         per_step = micro * processes
         if config.batch_size % per_step:
-            raise ValueError(f"recipe {self.name!r}: batch_size={config.batch_size} is not a multiple of "
-                             f"micro_batch_size × processes = {micro} × {processes}; pass --micro-batch-size")
+            raise ValueError(
+                f"recipe {self.name!r}: batch_size={config.batch_size} is not a multiple of "
+                f"micro_batch_size × processes = {micro} × {processes}; pass --micro-batch-size"
+            )
         return config.batch_size // per_step
 
 
 def _recipe_files() -> dict[str, Any]:
     folder = resources.files("prefopt.train").joinpath("recipes")
-    return {entry.name[:-len(".yaml")]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+    return {entry.name[: -len(".yaml")]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
 def list_recipes() -> list[str]:
@@ -152,7 +175,9 @@ def parse_recipe(name: str, text: str) -> Recipe:
         raise ValueError(f"recipe {name!r}: expected a YAML mapping, got {type(raw).__name__}")
     unknown, missing = sorted(set(raw) - _RECIPE_KEYS), sorted({"title", "paper", "source", "train"} - set(raw))
     if unknown or missing:
-        raise ValueError(f"recipe {name!r}: unknown keys {unknown}, missing keys {missing}; valid: {sorted(_RECIPE_KEYS)}")
+        raise ValueError(
+            f"recipe {name!r}: unknown keys {unknown}, missing keys {missing}; valid: {sorted(_RECIPE_KEYS)}"
+        )
     if raw.get("name", name) != name:
         raise ValueError(f"recipe file {name}.yaml declares name {raw['name']!r}; they must match")
     train = raw["train"]
@@ -161,17 +186,27 @@ def parse_recipe(name: str, text: str) -> Recipe:
     results = _parse_results(name, raw.get("results") or [])
     if not results and not raw.get("results_note"):
         raise ValueError(f"recipe {name!r}: record the paper's headline `results` or a `results_note` saying why not")
-    return Recipe(name=name, title=str(raw["title"]), paper=str(raw["paper"]), source=str(raw["source"]),
-                  train=dict(train), num_processes=int(raw.get("num_processes", 1)), results=results,
-                  results_note=str(raw.get("results_note") or ""), notes=tuple(raw.get("notes") or ()),
-                  deviations=tuple(raw.get("deviations") or ()))
+    return Recipe(
+        name=name,
+        title=str(raw["title"]),
+        paper=str(raw["paper"]),
+        source=str(raw["source"]),
+        train=dict(train),
+        num_processes=int(raw.get("num_processes", 1)),
+        results=results,
+        results_note=str(raw.get("results_note") or ""),
+        notes=tuple(raw.get("notes") or ()),
+        deviations=tuple(raw.get("deviations") or ()),
+    )
 
 
 def load_recipe(name: str) -> Recipe:
     """The shipped recipe `name`; an unknown name raises ValueError listing the valid ones."""
     files = _recipe_files()
     if name not in files:
-        raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(sorted(files))} (prefopt train --list-recipes)")
+        raise ValueError(
+            f"unknown recipe {name!r}; valid recipes: {', '.join(sorted(files))} (prefopt train --list-recipes)"
+        )
     return parse_recipe(name, files[name].read_text(encoding="utf-8"))
 
 
@@ -197,15 +232,24 @@ def smoke_settings(recipe: Recipe, task_dir: str | Path) -> dict[str, Any]:
     """
     train = dict(recipe.train)
     paths = write_smoke_task(task_dir, kind=loss_spec(recipe.loss).kind)
-    settings = {k: v for k, v in train.items() if k not in ("model", "tokenizer", "reference", "data", "data_split",
-                                                           "quantization", "epochs", "output_dir")}
+    settings = {
+        k: v
+        for k, v in train.items()
+        if k not in ("model", "tokenizer", "reference", "data", "data_split", "quantization", "epochs", "output_dir")
+    }
     max_length, prompt = train.get("max_length"), train.get("max_prompt_length")
     settings["max_length"] = SMOKE_MAX_LENGTH
-    settings["max_prompt_length"] = (max(4, round(SMOKE_MAX_LENGTH * prompt / max_length))
-                                     if max_length and prompt else None)
-    settings.update(model=str(paths["model"]), data=str(paths["data"]), batch_size=SMOKE_BATCH_SIZE,
-                    micro_batch_size=_smoke_micro_batch(train, recipe.num_processes), max_steps=SMOKE_STEPS,
-                    progress=False)
+    settings["max_prompt_length"] = (
+        max(4, round(SMOKE_MAX_LENGTH * prompt / max_length)) if max_length and prompt else None
+    )
+    settings.update(
+        model=str(paths["model"]),
+        data=str(paths["data"]),
+        batch_size=SMOKE_BATCH_SIZE,
+        micro_batch_size=_smoke_micro_batch(train, recipe.num_processes),
+        max_steps=SMOKE_STEPS,
+        progress=False,
+    )
     if train.get("warmup_steps"):
         settings["warmup_steps"] = 1
     if train.get("mixed_precision") == "bf16":
@@ -251,12 +295,20 @@ def write_smoke_task(task_dir: str | Path, *, kind: str, seed: int = 0) -> dict[
 def _write_tiny_model(model_dir: Path, seed: int) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig  # heavy: loaded on first use
 
-
     tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2 * SMOKE_MAX_LENGTH,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2 * SMOKE_MAX_LENGTH,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(model_dir)
@@ -274,8 +326,10 @@ def _smoke_rows(kind: str, seed: int) -> list[dict[str, Any]]:
         if kind == "paired":
             rows.append({"id": f"p{i}", "prompt": first.prompt, "chosen": ordered[0], "rejected": ordered[-1]})
         elif kind == "unpaired":
-            rows += [{"id": f"u{i}-1", "prompt": first.prompt, "completion": ordered[0], "label": True},
-                     {"id": f"u{i}-0", "prompt": first.prompt, "completion": ordered[-1], "label": False}]
+            rows += [
+                {"id": f"u{i}-1", "prompt": first.prompt, "completion": ordered[0], "label": True},
+                {"id": f"u{i}-0", "prompt": first.prompt, "completion": ordered[-1], "label": False},
+            ]
         else:
             rows.append({"id": f"r{i}", "prompt": first.prompt, "completions": ordered, "ranks": [1, 2, 3]})
     return rows

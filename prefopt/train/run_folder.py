@@ -32,12 +32,28 @@ except ImportError:  # Windows: no flock; runs there are not protected against a
 
 from prefopt.errors import RunFolderError
 
-__all__ = ["LOCK_FILE", "RUN_ENTRIES", "RunFolderError", "RunFolderLock", "check_no_links", "claim_run_folder", "open_no_follow"]
+__all__ = [
+    "LOCK_FILE",
+    "RUN_ENTRIES",
+    "RunFolderError",
+    "RunFolderLock",
+    "check_no_links",
+    "claim_run_folder",
+    "open_no_follow",
+]
 
 LOCK_FILE = ".lock"
 # The entries of a run folder that prefopt writes, appends to or deletes.
-RUN_ENTRIES = ("metrics.jsonl", "config.json", "result.json", "checkpoints", "final", "ref_cache", "tensorboard",
-               LOCK_FILE)
+RUN_ENTRIES = (
+    "metrics.jsonl",
+    "config.json",
+    "result.json",
+    "checkpoints",
+    "final",
+    "ref_cache",
+    "tensorboard",
+    LOCK_FILE,
+)
 
 
 def _link_error(path: Path) -> RunFolderError:
@@ -45,8 +61,10 @@ def _link_error(path: Path) -> RunFolderError:
         target = f" (to {os.readlink(path)})"
     except OSError:
         target = ""
-    return RunFolderError(f"{path} is a symbolic link{target}; prefopt writes only real files and folders inside "
-                          "a run folder, so that nothing outside it is changed: remove the link, or pass another --out")
+    return RunFolderError(
+        f"{path} is a symbolic link{target}; prefopt writes only real files and folders inside "
+        "a run folder, so that nothing outside it is changed: remove the link, or pass another --out"
+    )
 
 
 def check_no_links(folder: str | Path, names: tuple[str, ...] = RUN_ENTRIES) -> None:
@@ -106,8 +124,9 @@ class RunFolderLock:
     def __enter__(self) -> RunFolderLock:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.release()
 
 
@@ -137,8 +156,9 @@ def claim_run_folder(output_dir: str | Path) -> RunFolderLock:
         except BlockingIOError:
             pid = os.read(fd, 32).decode("ascii", errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunFolderError(f"{folder} is in use by another prefopt run (pid {pid}); wait for it or pass "
-                                 "another --out") from None
+            raise RunFolderError(
+                f"{folder} is in use by another prefopt run (pid {pid}); wait for it or pass another --out"
+            ) from None
         try:
             current = os.stat(folder / LOCK_FILE, follow_symlinks=False).st_ino
         except FileNotFoundError:

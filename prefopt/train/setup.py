@@ -109,12 +109,19 @@ def load_user_rows(config: TrainConfig, dataset: Any = None) -> Any:
     if source is None:
         return None
     spec = loss_spec(config.loss)
-    return load_train_rows(source, kind=spec.kind, loss=spec.name, split=config.data_split,
-                           revision=config.data_revision, identical=config.identical)
+    return load_train_rows(
+        source,
+        kind=spec.kind,
+        loss=spec.name,
+        split=config.data_split,
+        revision=config.data_revision,
+        identical=config.identical,
+    )
 
 
-def _training_rows(config: TrainConfig, spec: LossSpec, model: Any, tokenizer: Any, dataset: Any,
-                   rows: Any) -> tuple[Any, Any, Any]:
+def _training_rows(
+    config: TrainConfig, spec: LossSpec, model: Any, tokenizer: Any, dataset: Any, rows: Any
+) -> tuple[Any, Any, Any]:
     """(model, tokenizer, rows): given objects, the configured paths, or the synthetic task. The data is
     loaded (and checked) first: a bad file should stop the run before any model is loaded."""
     if rows is None:
@@ -125,8 +132,13 @@ def _training_rows(config: TrainConfig, spec: LossSpec, model: Any, tokenizer: A
         task = synthetic.synthetic_task(seed=config.seed, progress=config.progress)
         model, tokenizer = (task.policy.model, task.policy.tokenizer) if model is None else (model, tokenizer)
         if rows is None:
-            rows = load_train_rows(task.preferences.dataset(spec.kind), kind=spec.kind, loss=spec.name,
-                                   split=config.data_split, identical=config.identical)
+            rows = load_train_rows(
+                task.preferences.dataset(spec.kind),
+                kind=spec.kind,
+                loss=spec.name,
+                split=config.data_split,
+                identical=config.identical,
+            )
     if tokenizer is None:
         raise ValueError("train: pass the tokenizer together with an in-memory model")
     return model, tokenizer, rows
@@ -135,8 +147,9 @@ def _training_rows(config: TrainConfig, spec: LossSpec, model: Any, tokenizer: A
 def _plan(config: TrainConfig, tokenizer: Any, rows: Any, num_processes: int) -> BatchPlan:
     if config.batch_size % num_processes:
         raise DistributedSetupError(f"batch_size={config.batch_size} is not divisible by the {num_processes} processes")
-    tokens = tokenize_preferences(rows, tokenizer, TokenizeConfig(max_length=config.max_length,
-                                                                  max_prompt_length=config.max_prompt_length))
+    tokens = tokenize_preferences(
+        rows, tokenizer, TokenizeConfig(max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     micro = config.micro_batch_size or config.batch_size // num_processes
     return BatchPlan(tokens, config.batch_size, micro, num_processes, config.seed, int(pad), config.packed)
@@ -152,8 +165,16 @@ def _check_splittable(spec: LossSpec, plan: BatchPlan) -> None:
         )
 
 
-def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, tokenizer: Any = None,
-              dataset: Any = None, reference_model: nn.Module | None = None, rows: Any = None) -> Run:
+def setup_run(
+    config: TrainConfig,
+    accelerator: Any,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    dataset: Any = None,
+    reference_model: nn.Module | None = None,
+    rows: Any = None,
+) -> Run:
     """Build the run: data plan, policy (+LoRA) with its master weights (`prefopt.train.precision`),
     reference (+cache, in the checkpoint's dtype), optimiser and scheduler. `rows`: the training rows
     already loaded by `load_user_rows` (else they are loaded here)."""
@@ -165,13 +186,19 @@ def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, token
     if reference_model is None and config.reference is not None and spec.needs_reference:
         from transformers import AutoModelForCausalLM  # heavy: loaded on first use
 
-        reference_model = load_pretrained(AutoModelForCausalLM, config.reference, "TrainConfig.reference",
-                                          revision=config.reference_revision)
+        reference_model = load_pretrained(
+            AutoModelForCausalLM, config.reference, "TrainConfig.reference", revision=config.reference_revision
+        )
     if reference_model is None and not config.lora_r and spec.needs_reference:
         reference_model = frozen_copy(model)  # π_ref = the initial policy
     identity = model_identity(reference_model if reference_model is not None else model) if spec.needs_reference else ""
-    precision = resolve_precision(model, master_weights=config.master_weights, mixed_precision=config.mixed_precision,
-                                  save_dtype=config.save_dtype, device=accelerator.device)
+    precision = resolve_precision(
+        model,
+        master_weights=config.master_weights,
+        mixed_precision=config.mixed_precision,
+        save_dtype=config.save_dtype,
+        device=accelerator.device,
+    )
     policy = precision.cast(prepare_policy(model, config))  # after the reference copy: π_ref keeps the loaded dtype
     policy_logps = ScoringModule(policy, compute_dtype=precision.autocast, backend=config.engine_backend)
     wrapped_policy_logps = accelerator.prepare(policy_logps)
@@ -179,8 +206,12 @@ def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, token
     if spec.needs_reference:
         live = live_reference(policy, policy_logps.engine, reference_model, accelerator.device, config.engine_backend)
         reference = build_reference(
-            accelerator=accelerator, live=live, use_cache=config.ref_cache, keep_live=bool(spec.batch_inputs),
-            identity=identity, key_parts=(plan.tokens._fingerprint, _tokenization_key(config, tokenizer)),
+            accelerator=accelerator,
+            live=live,
+            use_cache=config.ref_cache,
+            keep_live=bool(spec.batch_inputs),
+            identity=identity,
+            key_parts=(plan.tokens._fingerprint, _tokenization_key(config, tokenizer)),
             cache_dir=config.ref_cache_dir or os.path.join(config.output_dir, "ref_cache"),
             num_examples=len(plan.tokens),
             batches=lambda: _all_batches(plan, accelerator.device),
@@ -189,15 +220,29 @@ def setup_run(config: TrainConfig, accelerator: Any, *, model: Any = None, token
     optimizer = build_optimizer(policy.parameters(), settings)
     total = config.max_steps or max(1, int(config.epochs * plan.steps_per_epoch))
     scheduler = build_scheduler(optimizer, settings, total)
-    return Run(config=config, spec=spec, loss=get_loss(spec.name, **config.loss_hparams), accelerator=accelerator,
-               policy=policy, policy_logps=policy_logps, wrapped_policy_logps=wrapped_policy_logps,
-               tokenizer=tokenizer, plan=plan, reference=reference, optimizer=optimizer, scheduler=scheduler,
-               settings=settings, total_steps=total, precision=precision)
+    return Run(
+        config=config,
+        spec=spec,
+        loss=get_loss(spec.name, **config.loss_hparams),
+        accelerator=accelerator,
+        policy=policy,
+        policy_logps=policy_logps,
+        wrapped_policy_logps=wrapped_policy_logps,
+        tokenizer=tokenizer,
+        plan=plan,
+        reference=reference,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        settings=settings,
+        total_steps=total,
+        precision=precision,
+    )
 
 
 def _tokenization_key(config: TrainConfig, tokenizer: Any) -> str:
-    return tokenization_fingerprint(tokenizer, TokenizeConfig(max_length=config.max_length,
-                                                              max_prompt_length=config.max_prompt_length))
+    return tokenization_fingerprint(
+        tokenizer, TokenizeConfig(max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    )
 
 
 def _all_batches(plan: BatchPlan, device: torch.device) -> Any:

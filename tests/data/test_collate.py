@@ -71,13 +71,15 @@ def test_pad_to_multiple_leaves_padding_unscored():
 
 
 def test_ranked_unpaired_and_prompt_only_layouts():
-    ranked = collate_preferences([_row([1], [2], [3], [4], ranks=[0, 1, 1]), _row([1], [5], [6], [7], ranks=[0, 1, 2])],
-                                 pad_token_id=PAD)
+    ranked = collate_preferences(
+        [_row([1], [2], [3], [4], ranks=[0, 1, 1]), _row([1], [5], [6], [7], ranks=[0, 1, 2])], pad_token_id=PAD
+    )
     assert ranked.group_size == 3 and ranked.num_sequences == 6
     assert ranked.input_ids[:, 1].tolist() == [2, 5, 3, 6, 4, 7]  # K blocks of B, best first
     assert ranked.extras["ranks"].tolist() == [[0, 1, 1], [0, 1, 2]]
-    unpaired = collate_preferences([_row([1], [2], label=True, pair_id=0), _row([1], [3], label=False, pair_id=0)],
-                                   pad_token_id=PAD)
+    unpaired = collate_preferences(
+        [_row([1], [2], label=True, pair_id=0), _row([1], [3], label=False, pair_id=0)], pad_token_id=PAD
+    )
     assert unpaired.group_size == 1 and unpaired.extras["labels"].tolist() == [True, False]
     assert unpaired.extras["pair_ids"].tolist() == [0, 0]
     prompts = collate_preferences([_row([1, 2]), _row([1])], pad_token_id=PAD)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-
-import datasets
 import socket
 
+import datasets
 import pytest
 
 from prefopt.data import PreferenceDataError, PreferenceDataWarning, load_preferences, to_unpaired
@@ -21,14 +20,21 @@ def _load(name: str, kind: str, cache_dir, **kw):
 def test_paired_strings_keep_rows_and_ids(cache_dir):
     ds = _load("paired_strings", "paired", cache_dir)
     assert ds.column_names == ["prompt", "chosen", "rejected", "id"]
-    assert ds[0] == {"prompt": "What is the capital of France?", "chosen": " The capital of France is Paris.",
-                     "rejected": " It is Lyon.", "id": "p0"}
+    assert ds[0] == {
+        "prompt": "What is the capital of France?",
+        "chosen": " The capital of France is Paris.",
+        "rejected": " It is Lyon.",
+        "id": "p0",
+    }
     assert len(ds) == 4
 
 
 def test_conversational_prompt_is_kept_as_messages(cache_dir):
     ds = _load("paired_conversational", "paired", cache_dir)
-    assert ds[0]["prompt"] == [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}]
+    assert ds[0]["prompt"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
     assert ds[0]["chosen"] == [{"role": "assistant", "content": "4."}]
 
 
@@ -52,9 +58,12 @@ def test_implicit_conversation_with_string_prompt_extracts_messages(cache_dir):
 
 
 def test_unpaired_labels_are_bool_and_ints_accepted():
-    ds = load_preferences(datasets.Dataset.from_list(
-        [{"prompt": "q", "completion": " a", "label": 1}, {"prompt": "q", "completion": " b", "label": 0}]),
-        kind="unpaired")
+    ds = load_preferences(
+        datasets.Dataset.from_list(
+            [{"prompt": "q", "completion": " a", "label": 1}, {"prompt": "q", "completion": " b", "label": 0}]
+        ),
+        kind="unpaired",
+    )
     assert ds.features["label"].dtype == "bool" and ds["label"] == [True, False]
 
 
@@ -121,15 +130,17 @@ def test_column_mapping_and_bad_mapping(cache_dir):
 
 
 def test_identical_pairs_warn_drop_or_error():
-    raw = datasets.Dataset.from_list([{"prompt": "q", "chosen": " a", "rejected": " b"},
-                                      {"prompt": "q", "chosen": " same", "rejected": " same"}])
+    raw = datasets.Dataset.from_list(
+        [{"prompt": "q", "chosen": " a", "rejected": " b"}, {"prompt": "q", "chosen": " same", "rejected": " same"}]
+    )
     with pytest.warns(PreferenceDataWarning, match=r"1 pair\(s\) have chosen identical to rejected \(rows \[1\]\)"):
         assert len(load_preferences(raw, kind="paired")) == 2
     assert load_preferences(raw, kind="paired", identical="drop")["chosen"] == [" a"]
     with pytest.raises(PreferenceDataError, match=r"row 1, field 'rejected': is identical to chosen"):
         load_preferences(raw, kind="paired", identical="error")
-    implicit = datasets.Dataset.from_list([{"chosen": "Q: x A: yes", "rejected": "Q: x A: no"},
-                                           {"chosen": "Q: x A: yes", "rejected": "Q: x A: yes"}])
+    implicit = datasets.Dataset.from_list(
+        [{"chosen": "Q: x A: yes", "rejected": "Q: x A: no"}, {"chosen": "Q: x A: yes", "rejected": "Q: x A: yes"}]
+    )
     with pytest.raises(PreferenceDataError, match=r"row 1, field 'rejected': is identical to chosen and there is no"):
         load_preferences(implicit, kind="paired")
     assert load_preferences(implicit, kind="paired", identical="drop")["prompt"] == ["Q: x A:"]

@@ -16,10 +16,10 @@ import datasets
 import pytest
 
 from prefopt.cli import main
-from prefopt.data import MissingSplitError, PreferenceDataError, PreferenceDataWarning, load_preferences
-from prefopt.data.validate import DataNotFoundError
 from prefopt.cli.train import COMMAND as TRAIN
 from prefopt.cli.train import config_from_args
+from prefopt.data import MissingSplitError, PreferenceDataError, PreferenceDataWarning, load_preferences
+from prefopt.data.validate import DataNotFoundError
 from prefopt.train.config import TrainConfig
 from prefopt.train.data import load_train_rows
 from prefopt.train.setup import load_user_rows
@@ -36,62 +36,134 @@ def _csv_parquet(rows: list[dict]) -> bytes:
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("prompt", pa.string()), ("chosen", pa.string()),
-                                                                  ("rejected", pa.string())])), buffer)
+    pq.write_table(
+        pa.Table.from_pylist(
+            rows, schema=pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())])
+        ),
+        buffer,
+    )
     return buffer.getvalue()
 
 
 # (id, files {relative path: bytes}, the path to load, substrings of the message). Every message must also
 # hold the path and be a single line.
 MALFORMED = [
-    ("jsonl-broken-line", {"d.jsonl": GOOD + b'\n{"prompt": "q", "chosen": " a"\n' + GOOD + b"\n"}, "d.jsonl",
-     ["d.jsonl, line 2", "invalid JSON at column 31", "one complete JSON object"]),
-    ("jsonl-truncated-last-line", {"d.jsonl": GOOD + b"\n" + GOOD[:20]}, "d.jsonl",
-     ["d.jsonl, line 2", "invalid JSON", "looks cut off"]),
-    ("jsonl-bare-string", {"d.jsonl": GOOD + b'\n"hello"\n'}, "d.jsonl",
-     ["line 2", "a JSON string, not a JSON object", "each line must be one JSON object"]),
+    (
+        "jsonl-broken-line",
+        {"d.jsonl": GOOD + b'\n{"prompt": "q", "chosen": " a"\n' + GOOD + b"\n"},
+        "d.jsonl",
+        ["d.jsonl, line 2", "invalid JSON at column 31", "one complete JSON object"],
+    ),
+    (
+        "jsonl-truncated-last-line",
+        {"d.jsonl": GOOD + b"\n" + GOOD[:20]},
+        "d.jsonl",
+        ["d.jsonl, line 2", "invalid JSON", "looks cut off"],
+    ),
+    (
+        "jsonl-bare-string",
+        {"d.jsonl": GOOD + b'\n"hello"\n'},
+        "d.jsonl",
+        ["line 2", "a JSON string, not a JSON object", "each line must be one JSON object"],
+    ),
     ("jsonl-number", {"d.jsonl": b"42\n" + GOOD + b"\n"}, "d.jsonl", ["line 1", "a JSON number, not a JSON object"]),
     ("jsonl-null", {"d.jsonl": GOOD + b"\nnull\n"}, "d.jsonl", ["line 2", "JSON null, not a JSON object"]),
     ("jsonl-array-line", {"d.jsonl": GOOD + b"\n[1, 2]\n"}, "d.jsonl", ["line 2", "a JSON array, not a JSON object"]),
-    ("jsonl-array-of-objects", {"d.jsonl": b"[" + GOOD + b", " + GOOD + b"]\n"}, "d.jsonl",
-     ["line 1", "array of objects on one line", ".json file"]),
-    ("jsonl-pretty-printed", {"d.jsonl": json.dumps([ROW, ROW], indent=2).encode()}, "d.jsonl",
-     ["line 1", "spread over several lines", "one object per line"]),
-    ("jsonl-duplicate-key", {"d.jsonl": GOOD + b'\n{"prompt": "q", "chosen": " a", "chosen": " c", "rejected": " b"}\n'},
-     "d.jsonl", ["line 2", "key 'chosen' appears twice", "keep one"]),
-    ("jsonl-nested-duplicate-key", {"d.jsonl": b'{"chosen": [{"role": "user", "role": "assistant", "content": "x"}]}\n'},
-     "d.jsonl", ["line 1", "key 'role' appears twice"]),
+    (
+        "jsonl-array-of-objects",
+        {"d.jsonl": b"[" + GOOD + b", " + GOOD + b"]\n"},
+        "d.jsonl",
+        ["line 1", "array of objects on one line", ".json file"],
+    ),
+    (
+        "jsonl-pretty-printed",
+        {"d.jsonl": json.dumps([ROW, ROW], indent=2).encode()},
+        "d.jsonl",
+        ["line 1", "spread over several lines", "one object per line"],
+    ),
+    (
+        "jsonl-duplicate-key",
+        {"d.jsonl": GOOD + b'\n{"prompt": "q", "chosen": " a", "chosen": " c", "rejected": " b"}\n'},
+        "d.jsonl",
+        ["line 2", "key 'chosen' appears twice", "keep one"],
+    ),
+    (
+        "jsonl-nested-duplicate-key",
+        {"d.jsonl": b'{"chosen": [{"role": "user", "role": "assistant", "content": "x"}]}\n'},
+        "d.jsonl",
+        ["line 1", "key 'role' appears twice"],
+    ),
     ("jsonl-empty-file", {"d.jsonl": b""}, "d.jsonl", ["the file is empty (0 bytes)", "add rows"]),
     ("jsonl-blank-lines-only", {"d.jsonl": b"\n  \n\r\n"}, "d.jsonl", ["no data", "only blank lines"]),
-    ("jsonl-empty-objects", {"d.jsonl": b"{}\n{}\n"}, "d.jsonl",
-     ["line 1", "every row is an empty object {}", '"chosen"']),
-    ("jsonl-not-utf8", {"d.jsonl": GOOD + b'\n{"prompt": "q\xff", "chosen": " a", "rejected": " b"}\n'}, "d.jsonl",
-     ["line 2", "byte 0xff at column 14 is not UTF-8", "save the file as UTF-8"]),
+    (
+        "jsonl-empty-objects",
+        {"d.jsonl": b"{}\n{}\n"},
+        "d.jsonl",
+        ["line 1", "every row is an empty object {}", '"chosen"'],
+    ),
+    (
+        "jsonl-not-utf8",
+        {"d.jsonl": GOOD + b'\n{"prompt": "q\xff", "chosen": " a", "rejected": " b"}\n'},
+        "d.jsonl",
+        ["line 2", "byte 0xff at column 14 is not UTF-8", "save the file as UTF-8"],
+    ),
     ("jsonl-utf16", {"d.jsonl": (json.dumps(ROW) + "\n").encode("utf-16")}, "d.jsonl", ["line 1", "UTF-16"]),
     ("jsonl-nul-bytes", {"d.jsonl": GOOD + b"\n\x00\x00\n"}, "d.jsonl", ["line 2", "NUL bytes"]),
-    ("jsonl-several-bad-lines", {"d.jsonl": GOOD + b"\n{\n" + GOOD + b"\n[\n}\n"}, "d.jsonl",
-     ["line 2", "also bad: lines 4, 5"]),
-    ("jsonl-no-known-column", {"d.jsonl": b'{"text": "a"}\n{"text": "b"}\n'}, "d.jsonl",
-     ["none of its columns ['text']", "needs prompt, chosen, rejected", "rename yours"]),
+    (
+        "jsonl-several-bad-lines",
+        {"d.jsonl": GOOD + b"\n{\n" + GOOD + b"\n[\n}\n"},
+        "d.jsonl",
+        ["line 2", "also bad: lines 4, 5"],
+    ),
+    (
+        "jsonl-no-known-column",
+        {"d.jsonl": b'{"text": "a"}\n{"text": "b"}\n'},
+        "d.jsonl",
+        ["none of its columns ['text']", "needs prompt, chosen, rejected", "rename yours"],
+    ),
     ("json-empty-file", {"d.json": b""}, "d.json", ["the file is empty", "JSON array of row objects"]),
     ("json-empty-array", {"d.json": b"[]"}, "d.json", ["no data (not one array item)"]),
-    ("json-single-object", {"d.json": GOOD}, "d.json",
-     ["line 1", "an object with keys ['prompt', 'chosen', 'rejected']", "JSON array of row objects"]),
-    ("json-holding-json-lines", {"d.json": GOOD + b"\n" + GOOD + b"\n"}, "d.json",
-     ["line 2", "one JSON object per line", "rename the file to .jsonl"]),
-    ("json-item-not-object", {"d.json": b"[\n  " + GOOD + b",\n  7\n]"}, "d.json",
-     ["line 3", "array item 2 is a JSON number"]),
-    ("json-duplicate-key", {"d.json": b"[\n  " + GOOD + b',\n  {"prompt": "q", "prompt": "r"}\n]'}, "d.json",
-     ["line 3", "repeats the key 'prompt'"]),
+    (
+        "json-single-object",
+        {"d.json": GOOD},
+        "d.json",
+        ["line 1", "an object with keys ['prompt', 'chosen', 'rejected']", "JSON array of row objects"],
+    ),
+    (
+        "json-holding-json-lines",
+        {"d.json": GOOD + b"\n" + GOOD + b"\n"},
+        "d.json",
+        ["line 2", "one JSON object per line", "rename the file to .jsonl"],
+    ),
+    (
+        "json-item-not-object",
+        {"d.json": b"[\n  " + GOOD + b",\n  7\n]"},
+        "d.json",
+        ["line 3", "array item 2 is a JSON number"],
+    ),
+    (
+        "json-duplicate-key",
+        {"d.json": b"[\n  " + GOOD + b',\n  {"prompt": "q", "prompt": "r"}\n]'},
+        "d.json",
+        ["line 3", "repeats the key 'prompt'"],
+    ),
     ("json-invalid", {"d.json": b"[\n  " + GOOD + b',\n  {"prompt": q}\n]'}, "d.json", ["line 3", "invalid JSON"]),
     ("json-unclosed", {"d.json": b"[\n  " + GOOD + b",\n  " + GOOD}, "d.json", ["not closed", "cut off"]),
-    ("json-text-after-array", {"d.json": b"[" + GOOD + b"]\n[" + GOOD + b"]"}, "d.json",
-     ["line 2", "after the closing ']'"]),
+    (
+        "json-text-after-array",
+        {"d.json": b"[" + GOOD + b"]\n[" + GOOD + b"]"},
+        "d.json",
+        ["line 2", "after the closing ']'"],
+    ),
     ("json-not-utf8", {"d.json": b"[\n" + GOOD + b',\n{"prompt": "\xe9"}\n]'}, "d.json", ["line 3", "not UTF-8"]),
     ("csv-empty-file", {"d.csv": b""}, "d.csv", ["the file is empty", "header line", "prompt,chosen,rejected"]),
     ("csv-header-only", {"d.csv": b"prompt,chosen,rejected\n"}, "d.csv", ["no data (not one row under the header)"]),
-    ("csv-extra-field", {"d.csv": b"prompt,chosen,rejected\nq,a,b\nq,a, b,c\n"}, "d.csv",
-     ["line 3", "4 fields where the header has 3", "quote fields"]),
+    (
+        "csv-extra-field",
+        {"d.csv": b"prompt,chosen,rejected\nq,a,b\nq,a, b,c\n"},
+        "d.csv",
+        ["line 3", "4 fields where the header has 3", "quote fields"],
+    ),
     ("csv-duplicate-column", {"d.csv": b"prompt,chosen,chosen\nq,a,b\n"}, "d.csv", ["line 1", "['chosen'] twice"]),
     ("csv-not-utf8", {"d.csv": b"prompt,chosen,rejected\nq,caf\xe9,b\n"}, "d.csv", ["line 2", "not UTF-8"]),
     ("parquet-empty-file", {"d.parquet": b""}, "d.parquet", ["the file is empty (0 bytes)"]),
@@ -100,15 +172,31 @@ MALFORMED = [
     ("unsupported-suffix", {"d.txt": GOOD}, "d.txt", ["unsupported file type '.txt'", ".jsonl"]),
     ("compressed", {"d.jsonl.gz": b"\x1f\x8b\x08\x00"}, "d.jsonl.gz", ["compressed files are not read", "gunzip"]),
     ("missing-file", {}, "nope.jsonl", ["no such file or folder", "check the path"]),
-    ("folder-mixed-formats", {"f/train.jsonl": PAIRED, "f/test.csv": b"prompt,chosen,rejected\nq,a,b\n"}, "f",
-     ["mixes file formats", "test.csv, train.jsonl", "keep one format"]),
-    ("folder-unnamed-files", {"f/a.jsonl": PAIRED, "f/b.jsonl": PAIRED}, "f",
-     ["none names a split", "a.jsonl, b.jsonl", "pass one file"]),
-    ("folder-stray-file", {"f/train.jsonl": PAIRED, "f/notes.jsonl": PAIRED}, "f",
-     ["notes.jsonl names no split", "train.jsonl"]),
+    (
+        "folder-mixed-formats",
+        {"f/train.jsonl": PAIRED, "f/test.csv": b"prompt,chosen,rejected\nq,a,b\n"},
+        "f",
+        ["mixes file formats", "test.csv, train.jsonl", "keep one format"],
+    ),
+    (
+        "folder-unnamed-files",
+        {"f/a.jsonl": PAIRED, "f/b.jsonl": PAIRED},
+        "f",
+        ["none names a split", "a.jsonl, b.jsonl", "pass one file"],
+    ),
+    (
+        "folder-stray-file",
+        {"f/train.jsonl": PAIRED, "f/notes.jsonl": PAIRED},
+        "f",
+        ["notes.jsonl names no split", "train.jsonl"],
+    ),
     ("folder-no-data-files", {"f/README.md": b"# data\n"}, "f", ["no data files", "README.md"]),
-    ("folder-bad-train-file", {"f/train.jsonl": GOOD + b"\n{oops\n", "f/test.jsonl": PAIRED}, "f",
-     ["train.jsonl, line 2", "invalid JSON"]),
+    (
+        "folder-bad-train-file",
+        {"f/train.jsonl": GOOD + b"\n{oops\n", "f/test.jsonl": PAIRED},
+        "f",
+        ["train.jsonl, line 2", "invalid JSON"],
+    ),
 ]
 
 
@@ -158,7 +246,9 @@ def test_cli_names_the_file_not_dataset_in_validation_and_kind_errors(tmp_path, 
     bad_rows.write_text(json.dumps(ROW) + "\n\n" + json.dumps({**ROW, "prompt": ""}) + "\n")
     assert main(["train", "--data", str(bad_rows), "--out", str(tmp_path / "a"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"prefopt train: {bad_rows}, line 3: row 1, field 'prompt': is an empty string\n" == err  # blank line 2 counts
+    assert (
+        f"prefopt train: {bad_rows}, line 3: row 1, field 'prompt': is an empty string\n" == err
+    )  # blank line 2 counts
     assert "Dataset" not in err
     ranked = tmp_path / "ranked.jsonl"
     ranked.write_text(json.dumps({"prompt": "q", "completions": ["a", "b"], "ranks": [1, 2]}) + "\n")
@@ -168,12 +258,16 @@ def test_cli_names_the_file_not_dataset_in_validation_and_kind_errors(tmp_path, 
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("text", [
-    GOOD + b"\r\n" + GOOD + b"\r\n",                       # Windows line endings
-    b"\xef\xbb\xbf" + GOOD + b"\n" + GOOD + b"\n",          # a UTF-8 byte-order mark
-    b"\n" + GOOD + b"\n\n   \n" + GOOD,                     # blank lines anywhere, no final newline
-    b"  " + GOOD + b"  \t\n" + GOOD + b" \n",              # whitespace around the object
-], ids=["crlf", "bom", "blank-lines", "whitespace"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD + b"\r\n" + GOOD + b"\r\n",  # Windows line endings
+        b"\xef\xbb\xbf" + GOOD + b"\n" + GOOD + b"\n",  # a UTF-8 byte-order mark
+        b"\n" + GOOD + b"\n\n   \n" + GOOD,  # blank lines anywhere, no final newline
+        b"  " + GOOD + b"  \t\n" + GOOD + b" \n",  # whitespace around the object
+    ],
+    ids=["crlf", "bom", "blank-lines", "whitespace"],
+)
 def test_harmless_variants_load(text, tmp_path, cache_dir):
     (tmp_path / "d.jsonl").write_bytes(text)
     rows = load_preferences(tmp_path / "d.jsonl", kind="paired", cache_dir=cache_dir)
@@ -198,8 +292,16 @@ def test_validation_problems_carry_line_numbers_through_slices(tmp_path, cache_d
 
 def test_folder_splits_by_name_and_logs_the_files(tmp_path, cache_dir, caplog):
     folder = tmp_path / "f"
-    _write(tmp_path, {"f/train-00000-of-00002.jsonl": PAIRED, "f/train-00001-of-00002.jsonl": PAIRED,
-                      "f/eval.jsonl": PAIRED[:len(PAIRED) // 2], "f/README.md": b"notes", "f/.hidden.jsonl": b"{"})
+    _write(
+        tmp_path,
+        {
+            "f/train-00000-of-00002.jsonl": PAIRED,
+            "f/train-00001-of-00002.jsonl": PAIRED,
+            "f/eval.jsonl": PAIRED[: len(PAIRED) // 2],
+            "f/README.md": b"notes",
+            "f/.hidden.jsonl": b"{",
+        },
+    )
     with caplog.at_level("INFO", logger="prefopt.data.loading"):
         train = load_preferences(folder, kind="paired", cache_dir=cache_dir)
     assert len(train) == 8
@@ -211,8 +313,15 @@ def test_folder_splits_by_name_and_logs_the_files(tmp_path, cache_dir, caplog):
 
 
 def test_folder_of_one_unnamed_file_or_a_split_subfolder(tmp_path, cache_dir):
-    _write(tmp_path, {"one/prefs.jsonl": PAIRED, "hub/data/train-0000.jsonl": PAIRED, "hub/data/test-0000.jsonl": PAIRED,
-                      "hub/dataset_info.json": b"{}"})
+    _write(
+        tmp_path,
+        {
+            "one/prefs.jsonl": PAIRED,
+            "hub/data/train-0000.jsonl": PAIRED,
+            "hub/data/test-0000.jsonl": PAIRED,
+            "hub/dataset_info.json": b"{}",
+        },
+    )
     assert len(load_preferences(tmp_path / "one", kind="paired", cache_dir=cache_dir)) == 4
     assert len(load_preferences(tmp_path / "hub", kind="paired", split="test", cache_dir=cache_dir)) == 4
 
@@ -261,8 +370,17 @@ def test_local_files_make_no_network_request(tmp_path, monkeypatch, cache_dir):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    _write(tmp_path, {"d.jsonl": PAIRED, "d.json": json.dumps([ROW]).encode(), "d.csv": b"prompt,chosen,rejected\nq,a,b\n",
-                      "d.parquet": _csv_parquet([ROW]), "f/train.jsonl": PAIRED, "f/test.jsonl": PAIRED})
+    _write(
+        tmp_path,
+        {
+            "d.jsonl": PAIRED,
+            "d.json": json.dumps([ROW]).encode(),
+            "d.csv": b"prompt,chosen,rejected\nq,a,b\n",
+            "d.parquet": _csv_parquet([ROW]),
+            "f/train.jsonl": PAIRED,
+            "f/test.jsonl": PAIRED,
+        },
+    )
     for name in ("d.jsonl", "d.json", "d.csv", "d.parquet", "f"):
         load_preferences(tmp_path / name, kind="paired", cache_dir=cache_dir)
     assert load_train_rows(str(tmp_path / "d.jsonl"), kind="paired", loss="dpo")["prompt"] == ["Q?"] * 4

@@ -24,18 +24,38 @@ def _sequence_logps(model, input_ids, attention_mask, completion_mask, sequence_
 
 def test_padded_batch_scores_each_sequence_as_if_alone(chat_tokenizer, cache_dir):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=len(chat_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     rows = load_preferences(FIXTURES / "paired_strings.jsonl", kind="paired", cache_dir=cache_dir)
     batch = PreferenceCollator(chat_tokenizer.pad_token_id)(list(tokenize_preferences(rows, chat_tokenizer)))
     assert batch.num_sequences == 8 and batch.attention_mask.min() == 0  # padding is really exercised
     with torch.no_grad():
-        together = _sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                                   batch.sequence_ids, batch.position_ids, batch.num_sequences)
+        together = _sequence_logps(
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.completion_mask,
+            batch.sequence_ids,
+            batch.position_ids,
+            batch.num_sequences,
+        )
         for s in range(batch.num_sequences):
             real = batch.sequence_ids[s] == s
-            alone = _sequence_logps(model, batch.input_ids[s:s + 1, real], batch.attention_mask[s:s + 1, real],
-                                    batch.completion_mask[s:s + 1, real], torch.zeros_like(batch.input_ids[s:s + 1, real]),
-                                    batch.position_ids[s:s + 1, real], 1)
+            alone = _sequence_logps(
+                model,
+                batch.input_ids[s : s + 1, real],
+                batch.attention_mask[s : s + 1, real],
+                batch.completion_mask[s : s + 1, real],
+                torch.zeros_like(batch.input_ids[s : s + 1, real]),
+                batch.position_ids[s : s + 1, real],
+                1,
+            )
             torch.testing.assert_close(together[s], alone[0], rtol=1e-5, atol=1e-5)

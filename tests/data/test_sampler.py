@@ -13,7 +13,7 @@ def _padding_fraction(order: list[int], lengths: list[int], batch_size: int) -> 
     """Padded tokens / total tokens when consecutive runs of `batch_size` are right-padded to their max."""
     padded = real = 0
     for start in range(0, len(order), batch_size):
-        batch = [lengths[i] for i in order[start:start + batch_size]]
+        batch = [lengths[i] for i in order[start : start + batch_size]]
         padded += max(batch) * len(batch)
         real += sum(batch)
     return 1 - real / padded
@@ -39,7 +39,7 @@ def test_groups_lengths_and_keeps_short_batch_last():
     assert grouped < 0.1 < 0.3 < baseline  # measured ≈ 0.02 vs ≈ 0.45
     # 1003 = 125·8 + 3: the one short batch is last, so every aligned run of 8 is one of the sampler's batches
     # (each a slice of a length-sorted mega-batch, hence non-increasing in length).
-    runs = [order[i:i + 8] for i in range(0, len(order), 8)]
+    runs = [order[i : i + 8] for i in range(0, len(order), 8)]
     assert len(runs[-1]) == 3
     assert all([lengths[i] for i in run] == sorted((lengths[i] for i in run), reverse=True) for run in runs)
 

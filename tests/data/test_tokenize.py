@@ -79,8 +79,9 @@ def test_truncation_keep_end_prompt_keeps_bos_and_keep_start_completion(chat_tok
     assert out["prompt_ids"] == [tok.bos_token_id] + full_p[-4:]
     assert out["completion_ids"] == [full_c[:7]]
     assert out["prompt_overflow"] and out["completion_overflow"] and not out["empty_completion"]
-    keep_start = TokenizeConfig(max_prompt_length=5, prompt_truncation="keep_start", completion_truncation="keep_end",
-                                max_length=12)
+    keep_start = TokenizeConfig(
+        max_prompt_length=5, prompt_truncation="keep_start", completion_truncation="keep_end", max_length=12
+    )
     out = PromptCompletionEncoder(tok, keep_start).encode(prompt, [completion])
     assert out["prompt_ids"] == full_p[:5] and out["completion_ids"] == [full_c[-7:]]
 
@@ -113,13 +114,16 @@ def test_error_policies_report_every_row(byte_tokenizer):
         tokenize_preferences(_rows(2), byte_tokenizer, TokenizeConfig(max_length=20, completion_truncation="error"))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"max_length": 0}, "max_length=0"),
-    ({"max_prompt_length": 8, "max_length": 8}, "leaves no room"),
-    ({"prompt_truncation": "left"}, "prompt_truncation='left'"),
-    ({"completion_truncation": "keep_end_"}, "completion_truncation='keep_end_'"),
-    ({"num_proc": True}, "num_proc=True"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_length": 0}, "max_length=0"),
+        ({"max_prompt_length": 8, "max_length": 8}, "leaves no room"),
+        ({"prompt_truncation": "left"}, "prompt_truncation='left'"),
+        ({"completion_truncation": "keep_end_"}, "completion_truncation='keep_end_'"),
+        ({"num_proc": True}, "num_proc=True"),
+    ],
+)
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TokenizeConfig(**kwargs)
@@ -155,11 +159,16 @@ def test_map_is_cached_by_fingerprint(chat_tokenizer, cache_dir, monkeypatch):
 
 
 def test_every_kind_tokenises(chat_tokenizer, cache_dir):
-    cases = {"ranked_ranks": ("ranked", 3), "unpaired_conversational": ("unpaired", 1), "prompt_only": ("prompt", 0),
-             "paired_implicit_text": ("paired", 2)}
+    cases = {
+        "ranked_ranks": ("ranked", 3),
+        "unpaired_conversational": ("unpaired", 1),
+        "prompt_only": ("prompt", 0),
+        "paired_implicit_text": ("paired", 2),
+    }
     for name, (kind, k) in cases.items():
-        ds = tokenize_preferences(load_preferences(FIXTURES / f"{name}.jsonl", kind=kind, cache_dir=cache_dir),
-                                  chat_tokenizer)
+        ds = tokenize_preferences(
+            load_preferences(FIXTURES / f"{name}.jsonl", kind=kind, cache_dir=cache_dir), chat_tokenizer
+        )
         assert {len(c) for c in ds["completion_ids"]} == {k}, name
         row = ds[0]
         assert row["num_tokens"] == len(row["prompt_ids"]) * max(k, 1) + sum(map(len, row["completion_ids"]))
@@ -169,8 +178,12 @@ def test_every_kind_tokenises(chat_tokenizer, cache_dir):
 
 
 def test_parallel_map_matches_serial(byte_tokenizer):
-    rows = load_preferences(datasets.Dataset.from_list(
-        [{"prompt": f"Question {i}?", "chosen": f" answer {i}", "rejected": " no"} for i in range(8)]), kind="paired")
+    rows = load_preferences(
+        datasets.Dataset.from_list(
+            [{"prompt": f"Question {i}?", "chosen": f" answer {i}", "rejected": " no"} for i in range(8)]
+        ),
+        kind="paired",
+    )
     serial = tokenize_preferences(rows, byte_tokenizer, TokenizeConfig(num_proc=1))
     parallel = tokenize_preferences(rows, byte_tokenizer, TokenizeConfig(num_proc=2))
     assert parallel.to_list() == serial.to_list()

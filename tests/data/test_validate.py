@@ -47,11 +47,16 @@ def test_paired_rows_all_reported_at_once(cache_dir):
 
 
 def test_optional_column_must_be_set_in_every_row():
-    raw = datasets.Dataset.from_list([{"prompt": "q", "chosen": " a", "rejected": " b", "weight": 2.0},
-                                      {"prompt": "q", "chosen": " a", "rejected": " c"}])
+    raw = datasets.Dataset.from_list(
+        [
+            {"prompt": "q", "chosen": " a", "rejected": " b", "weight": 2.0},
+            {"prompt": "q", "chosen": " a", "rejected": " c"},
+        ]
+    )
     report = validate_preferences(raw, "paired")
     assert [str(p) for p in report.problems] == [
-        "row 1, field 'weight': is missing (null); an optional column must be set in every row, or dropped"]
+        "row 1, field 'weight': is missing (null); an optional column must be set in every row, or dropped"
+    ]
 
 
 def test_bad_id_and_pair_id():
@@ -70,8 +75,12 @@ def test_wrong_types(cache_dir):
 
 def test_conversation_problems(cache_dir):
     err = _errors("broken_conversational", "paired", cache_dir)
-    assert _found(err) == {(0, "prompt", "bad_message"), (1, "chosen", "bad_message"),
-                           (2, "rejected", "mixed_styles"), (3, "chosen", "bad_message")}
+    assert _found(err) == {
+        (0, "prompt", "bad_message"),
+        (1, "chosen", "bad_message"),
+        (2, "rejected", "mixed_styles"),
+        (3, "chosen", "bad_message"),
+    }
     text = str(err)
     assert "row 0, field 'prompt': message 0 has no 'role'" in text
     assert "row 1, field 'chosen': message 0 has role 'robot'" in text
@@ -115,8 +124,9 @@ def test_ranked_needs_ranks_or_scores_not_both():
     neither = datasets.Dataset.from_list([{"prompt": "q", "completions": [" a", " b"], "rank": [1, 2]}])
     report = validate_preferences(neither, "ranked")
     assert report.problems[0].code == "missing_column" and "is 'rank' one of them?" in report.problems[0].message
-    both = datasets.Dataset.from_list([{"prompt": "q", "completions": [" a", " b"], "ranks": [1, 2],
-                                        "scores": [1.0, 0.0]}])
+    both = datasets.Dataset.from_list(
+        [{"prompt": "q", "completions": [" a", " b"], "ranks": [1, 2], "scores": [1.0, 0.0]}]
+    )
     assert [p.code for p in validate_preferences(both, "ranked").problems] == ["ambiguous_column"]
 
 

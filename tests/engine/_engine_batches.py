@@ -86,9 +86,7 @@ def naive_sequence_logps(model: torch.nn.Module, batch: TokenBatch, temperature:
     return sums, tokens
 
 
-def tiny_model(
-    config: PretrainedConfig, seed: int = 0, head_gain: float = 1.0, attn: str = "sdpa"
-) -> torch.nn.Module:
+def tiny_model(config: PretrainedConfig, seed: int = 0, head_gain: float = 1.0, attn: str = "sdpa") -> torch.nn.Module:
     """A float32 model from `config` with seeded weights; `head_gain` scales the output head so that
     logit soft-capping and scaling actually bite."""
     torch.manual_seed(seed)

@@ -9,7 +9,6 @@ import warnings
 
 import pytest
 import torch
-from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
 from transformers import (
     CohereConfig,
     Gemma2Config,
@@ -25,6 +24,8 @@ from transformers import (
 from prefopt.engine import LogitTransform, LogProbEngine, SequenceLogProbs
 from prefopt.engine.head import KNOWN_HEADS
 
+from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
+
 ATOL = 1e-5
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
@@ -34,7 +35,9 @@ def llama(**kw):
 
 
 def gpt2(**kw):  # tied input/output embeddings, biased layer norms, learned positions
-    return tiny_model(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=1), **kw)
+    return tiny_model(
+        GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=1), **kw
+    )
 
 
 def qwen2(**kw):  # tied embeddings, biased q/k/v
@@ -46,16 +49,12 @@ def gemma(**kw):  # embeddings scaled by √D inside the body, tied head
 
 
 def gemma2(**kw):  # final-logit soft-capping, attention soft-capping, sliding window < sequence length
-    config = Gemma2Config(
-        **SMALL, num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0, sliding_window=4
-    )
+    config = Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0, sliding_window=4)
     return tiny_model(config, head_gain=30.0, attn="eager", **kw)
 
 
 def gemma3(**kw):  # Gemma3ForCausalLM (model_type "gemma3_text"): soft-capping, sliding window
-    config = Gemma3TextConfig(
-        **SMALL, num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0, sliding_window=4
-    )
+    config = Gemma3TextConfig(**SMALL, num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0, sliding_window=4)
     return tiny_model(config, head_gain=30.0, attn="eager", **kw)
 
 
@@ -75,8 +74,15 @@ def granite(**kw):  # logits / logits_scaling
 
 
 MODELS = {
-    "llama": llama, "gpt2": gpt2, "qwen2": qwen2, "gemma": gemma, "gemma2": gemma2, "gemma3": gemma3, "phi": phi,
-    "cohere": cohere, "granite": granite,
+    "llama": llama,
+    "gpt2": gpt2,
+    "qwen2": qwen2,
+    "gemma": gemma,
+    "gemma2": gemma2,
+    "gemma3": gemma3,
+    "phi": phi,
+    "cohere": cohere,
+    "granite": granite,
 }
 
 
@@ -99,7 +105,9 @@ def test_engine_matches_logits_path(model, packed):
     if not packed:  # per-token values sit under the tokens they score
         torch.testing.assert_close(out.tokens, expected_tokens, atol=ATOL, rtol=0)
     else:
-        torch.testing.assert_close(out.tokens[batch.completion_mask], expected_tokens[expected_tokens != 0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            out.tokens[batch.completion_mask], expected_tokens[expected_tokens != 0], atol=ATOL, rtol=0
+        )
 
 
 @pytest.mark.parametrize("temperature", [0.5])
@@ -149,7 +157,9 @@ def test_packing_mask_and_position_ids_agree_with_padding():
     padded = LogProbEngine(m)(make_batch(examples)).sum
     for packing in ("position_ids", "mask"):
         for capacity in (None, 20):
-            packed = LogProbEngine(m, packing=packing)(make_batch(examples, packed=True, row_capacity=capacity, pad_to=40))
+            packed = LogProbEngine(m, packing=packing)(
+                make_batch(examples, packed=True, row_capacity=capacity, pad_to=40)
+            )
             torch.testing.assert_close(packed.sum, padded, atol=ATOL, rtol=0)
 
 

@@ -6,20 +6,26 @@ import os
 
 import pytest
 import torch
-from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig
 
 from prefopt.engine import CacheKey, LogProbEngine, ReferenceCache, ReferenceLogProbs, StaleCacheError, model_identity
 from prefopt.engine.cache import EXAMPLE_INDEX, fingerprint
 
+from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
+
 ATOL = 1e-5
 
 
 def base_llama():
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
     )
     return tiny_model(config)
 

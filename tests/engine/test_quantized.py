@@ -10,10 +10,11 @@ import importlib.metadata
 
 import pytest
 import torch
-from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from prefopt.engine import LogProbEngine
+
+from ._engine_batches import VOCAB, make_batch, naive_sequence_logps, ragged_examples, tiny_model
 
 ATOL = 1e-5
 QUANTS = ["4bit", "8bit"]
@@ -22,8 +23,13 @@ QUANTS = ["4bit", "8bit"]
 @pytest.fixture(scope="module")
 def saved_llama(tmp_path_factory):
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
     )
     path = tmp_path_factory.mktemp("tiny_llama")
     tiny_model(config).save_pretrained(path)
@@ -51,9 +57,10 @@ def load_quantized(path, bits: str):
 @pytest.mark.parametrize("bits", QUANTS)
 def test_quantized_model_goes_through_the_fused_engine(saved_llama, bits):
     model = load_quantized(saved_llama, bits)
-    assert "Linear" in type(model.model.layers[0].self_attn.q_proj).__name__ and type(
-        model.model.layers[0].self_attn.q_proj
-    ) is not torch.nn.Linear  # the body really is quantised
+    assert (
+        "Linear" in type(model.model.layers[0].self_attn.q_proj).__name__
+        and type(model.model.layers[0].self_attn.q_proj) is not torch.nn.Linear
+    )  # the body really is quantised
     engine = LogProbEngine(model)
     assert engine.fused
     examples = ragged_examples(5, seed=12)

@@ -8,8 +8,19 @@ from prefopt.data.synthetic import ReferencePolicy, SFTConfig, train_reference_p
 
 # The synthetic task's model and recipe at micro size: the end-to-end checks (a model against itself)
 # hold for any weights, so a few steps suffice.
-MICRO = SFTConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32, steps=6,
-                  batch_size=8, warmup_steps=2, eval_reviews=4, eval_samples=4, max_new_tokens=8)
+MICRO = SFTConfig(
+    hidden_size=16,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=32,
+    steps=6,
+    batch_size=8,
+    warmup_steps=2,
+    eval_reviews=4,
+    eval_samples=4,
+    max_new_tokens=8,
+)
 
 
 @pytest.fixture(scope="session")

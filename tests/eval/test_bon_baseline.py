@@ -42,4 +42,3 @@ def test_all_equal_rewards_give_zero_kl() -> None:
 def test_bad_n_is_a_clear_error(ns: tuple, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         best_of_n_points(torch.zeros(2, 16), ns)
-

@@ -19,7 +19,9 @@ def test_two_outcomes_by_hand() -> None:
     strict win = q_top·½ = 0.375; expected reward = ¾.
     """
     probs, rewards = [0.5, 0.5], [0.0, 1.0]
-    assert bon_math.best_of_n_kl(probs, rewards, 2) == pytest.approx(0.75 * math.log(1.5) - 0.25 * math.log(2), abs=1e-15)
+    assert bon_math.best_of_n_kl(probs, rewards, 2) == pytest.approx(
+        0.75 * math.log(1.5) - 0.25 * math.log(2), abs=1e-15
+    )
     assert bon_math.best_of_n_win_rate(probs, rewards, 2) == pytest.approx(0.625, abs=1e-15)
     assert bon_math.best_of_n_win_rate(probs, rewards, 2, ties="strict") == pytest.approx(0.375, abs=1e-15)
     assert bon_math.best_of_n_win_rate(probs, rewards, 2, ties="win") == pytest.approx(0.875, abs=1e-15)
@@ -94,7 +96,8 @@ def test_large_n_and_tiny_masses_stay_finite() -> None:
     assert float(q[2]) == pytest.approx(-math.expm1(10**6 * math.log1p(-1e-12)), rel=1e-12)
     assert float(q[2]) == pytest.approx(9.999995000006667e-07, rel=1e-12)
     assert bon_math.best_of_n_kl([0.5, 0.0, 0.5], [0.0, 1.0, 2.0], 3) == pytest.approx(
-        bon_math.best_of_n_kl([0.5, 0.5], [0.0, 2.0], 3))  # a zero-mass level is harmless
+        bon_math.best_of_n_kl([0.5, 0.5], [0.0, 2.0], 3)
+    )  # a zero-mass level is harmless
 
 
 @pytest.mark.parametrize(

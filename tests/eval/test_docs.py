@@ -22,7 +22,13 @@ def test_examples_run_and_print_what_the_page_says() -> None:
         for block in blocks:
             exec(compile(block, str(DOC), "exec"), namespace)  # noqa: S102 - the documentation's own examples
     printed = stdout.getvalue()
-    for line in ("0.5 0.25 0.5", "0.7153 [0.6986, 0.7297]", "0.4975 [0.4678, 0.5258]", "2 [-0.4841, 4.484]",
-                 "0.58 [0.5055, 0.6545] t", "algo3  θ=2.01 [1.93, 2.11]  elo=1349",
-                 "algo0  θ=0.00 [0.00, 0.00]  elo=1000"):
+    for line in (
+        "0.5 0.25 0.5",
+        "0.7153 [0.6986, 0.7297]",
+        "0.4975 [0.4678, 0.5258]",
+        "2 [-0.4841, 4.484]",
+        "0.58 [0.5055, 0.6545] t",
+        "algo3  θ=2.01 [1.93, 2.11]  elo=1349",
+        "algo0  θ=0.00 [0.00, 0.00]  elo=1000",
+    ):
         assert line in printed, f"docs/evaluation.md promises {line!r}; the examples printed:\n{printed}"

@@ -34,9 +34,17 @@ def test_completion_lengths_drop_the_eos() -> None:
 def test_generation_metrics_by_hand() -> None:
     """Rewards (1, 0, 2, 2) against (0, 0, 3, 1): outcomes (1, ½, 0, 1) → win rate 0.625; equal lengths
     → LC win rate 0.625; mean reward 1.25 vs 1.0; mean length 3; the exact KL is the headline."""
-    m = generation_metrics([1.0, 0.0, 2.0, 2.0], [0.0, 0.0, 3.0, 1.0], [3, 3, 3, 3], [2, 4, 3, 3],
-                           kl_k1=[0.1, -0.1, 0.2, 0.0], kl_k3=[0.2, 0.1, 0.3, 0.2], kl_exact=[0.2, 0.2, 0.2, 0.2],
-                           finished=[True, True, False, True], n_resamples=200)
+    m = generation_metrics(
+        [1.0, 0.0, 2.0, 2.0],
+        [0.0, 0.0, 3.0, 1.0],
+        [3, 3, 3, 3],
+        [2, 4, 3, 3],
+        kl_k1=[0.1, -0.1, 0.2, 0.0],
+        kl_k3=[0.2, 0.1, 0.3, 0.2],
+        kl_exact=[0.2, 0.2, 0.2, 0.2],
+        finished=[True, True, False, True],
+        n_resamples=200,
+    )
     assert m.win_rate.mean == 0.625 and m.reward.mean == 1.25 and m.reference_reward.mean == 1.0
     assert m.mean_length.mean == 3.0 and m.reference_mean_length.mean == 3.0 and m.finished_rate == 0.75
     assert m.kl_method == "exact" and m.kl.mean == pytest.approx(0.2) and m.kl_k3.mean == pytest.approx(0.2)
@@ -60,10 +68,19 @@ def test_reference_against_itself_end_to_end(micro_policy) -> None:
     rng = random.Random(7)
     prompts = [synthetic.sample_prompt(rng) for _ in range(48)]
     reference = copy.deepcopy(model)
-    ref_samples = synthetic.sample(reference, tok, prompts, generator=torch.Generator().manual_seed(1),
-                                   max_new_tokens=12)
-    m = evaluate_generations(model, reference, tok, prompts, reward=synthetic.GoldReward(), max_new_tokens=12,
-                             reference_samples=ref_samples, n_resamples=300)
+    ref_samples = synthetic.sample(
+        reference, tok, prompts, generator=torch.Generator().manual_seed(1), max_new_tokens=12
+    )
+    m = evaluate_generations(
+        model,
+        reference,
+        tok,
+        prompts,
+        reward=synthetic.GoldReward(),
+        max_new_tokens=12,
+        reference_samples=ref_samples,
+        n_resamples=300,
+    )
     assert m.kl_method == "exact" and m.num_prompts == 48
     assert m.kl.mean == pytest.approx(0.0, abs=1e-6)
     assert m.kl_k1.mean == pytest.approx(0.0, abs=1e-6) and m.kl_k3.mean == pytest.approx(0.0, abs=1e-6)
@@ -85,15 +102,16 @@ def test_a_different_policy_has_positive_kl(micro_policy) -> None:
         for p in policy.parameters():
             p.add_(0.5 * torch.randn_like(p))
     prompts = [synthetic.sample_prompt(random.Random(i)) for i in range(16)]
-    m = evaluate_generations(policy, reference, tok, prompts, reward=synthetic.GoldReward(), max_new_tokens=8,
-                             n_resamples=100)
+    m = evaluate_generations(
+        policy, reference, tok, prompts, reward=synthetic.GoldReward(), max_new_tokens=8, n_resamples=100
+    )
     assert m.kl_exact.mean > 0.05 and m.kl_k3.low >= 0 and math.isfinite(m.kl_k1.mean)
-    sampled = evaluate_generations(policy, reference, tok, prompts, reward=synthetic.GoldReward(), max_new_tokens=8,
-                                   kl="sampled", n_resamples=100)
+    sampled = evaluate_generations(
+        policy, reference, tok, prompts, reward=synthetic.GoldReward(), max_new_tokens=8, kl="sampled", n_resamples=100
+    )
     assert sampled.kl_exact is None and sampled.kl_method == "k3" and sampled.kl_k3.mean == pytest.approx(m.kl_k3.mean)
     with pytest.raises(ValueError, match="kl='bogus'"):
-        evaluate_generations(policy, reference, tok, prompts, reward=synthetic.GoldReward(),
-                             kl="bogus")  # type: ignore[arg-type]
+        evaluate_generations(policy, reference, tok, prompts, reward=synthetic.GoldReward(), kl="bogus")  # type: ignore[arg-type]
 
 
 class _CharacterCount:
@@ -115,20 +133,41 @@ def test_any_tokenizer_with_sample_texts() -> None:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(["the capital of France is Paris and the answer is yes"] * 10, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    bpe.train_from_iterator(
+        ["the capital of France is Paris and the answer is yes"] * 10,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<pad>", "<eos>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<pad>")
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1))
+    model = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     prompts = ["the capital of", "Paris is", "the answer", "France"] * 3
     samples = sample_texts(model, tok, prompts, generator=torch.Generator().manual_seed(0), max_new_tokens=6)
     for prompt, completion, ids in zip(prompts, samples.completions, samples.input_ids):
         assert prompt + completion == tok.decode(ids, skip_special_tokens=True)
-    m = evaluate_generations(model, copy.deepcopy(model), tok, prompts, reward=_CharacterCount(), max_new_tokens=6,
-                             sampler=sample_texts, n_resamples=100)
+    m = evaluate_generations(
+        model,
+        copy.deepcopy(model),
+        tok,
+        prompts,
+        reward=_CharacterCount(),
+        max_new_tokens=6,
+        sampler=sample_texts,
+        n_resamples=100,
+    )
     assert m.kl_method == "exact" and m.kl.mean == pytest.approx(0.0, abs=1e-6)
     assert m.reward.mean == pytest.approx(sum(len(c) for c in m.completions) / len(prompts))
     tok.pad_token = None

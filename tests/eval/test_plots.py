@@ -29,11 +29,14 @@ def _no_temporaries(folder: Path) -> bool:
 
 
 def test_frontier_png(tmp_path: Path) -> None:
-    points = [FrontierPoint("dpo", MeanCI(0.4, 0.3, 0.5, 64), MeanCI(0.55, 0.5, 0.6, 64), "β=0.5"),
-              FrontierPoint("dpo", MeanCI(3.9, 3.5, 4.3, 64), MeanCI(0.64, 0.6, 0.7, 64), "β=0.1"),
-              FrontierPoint("ipo", 1.2, 0.58)]
-    out = plot_reward_kl_frontier(points, tmp_path / "plots" / "frontier.png",
-                                  reference_reward=MeanCI(0.43, 0.4, 0.46, 64))
+    points = [
+        FrontierPoint("dpo", MeanCI(0.4, 0.3, 0.5, 64), MeanCI(0.55, 0.5, 0.6, 64), "β=0.5"),
+        FrontierPoint("dpo", MeanCI(3.9, 3.5, 4.3, 64), MeanCI(0.64, 0.6, 0.7, 64), "β=0.1"),
+        FrontierPoint("ipo", 1.2, 0.58),
+    ]
+    out = plot_reward_kl_frontier(
+        points, tmp_path / "plots" / "frontier.png", reference_reward=MeanCI(0.43, 0.4, 0.46, 64)
+    )
     assert out == tmp_path / "plots" / "frontier.png" and _is_png(out) and _no_temporaries(out.parent)
     with pytest.raises(ValueError, match="no points"):
         plot_reward_kl_frontier([], tmp_path / "x.png")
@@ -42,8 +45,9 @@ def test_frontier_png(tmp_path: Path) -> None:
 def test_frontier_point_from_generation_metrics(tmp_path: Path) -> None:
     from prefopt.eval.generation import generation_metrics
 
-    m = generation_metrics([1.0, 2.0, 0.5], [0.0, 1.0, 1.0], [3, 4, 5], [3, 3, 3], kl_k3=[0.1, 0.3, 0.2],
-                           n_resamples=50)
+    m = generation_metrics(
+        [1.0, 2.0, 0.5], [0.0, 1.0, 1.0], [3, 4, 5], [3, 3, 3], kl_k3=[0.1, 0.3, 0.2], n_resamples=50
+    )
     point = FrontierPoint.from_metrics("dpo", m, "β=0.1")
     assert point.kl is m.kl and point.reward is m.reward and point.kl.mean == pytest.approx(0.2)
     assert _is_png(plot_reward_kl_frontier([point], tmp_path / "one.png"))
@@ -54,13 +58,23 @@ def test_frontier_point_from_generation_metrics(tmp_path: Path) -> None:
 
 def test_training_curves_from_jsonl(tmp_path: Path) -> None:
     for name, slope in (("dpo", 0.01), ("ipo", 0.02)):
-        lines = [json.dumps({"step": s, "loss": 0.69 - slope * s, "rewards/accuracies": 0.5 + slope * s,
-                             "rewards/margins": slope * s}) for s in range(10)]
+        lines = [
+            json.dumps(
+                {
+                    "step": s,
+                    "loss": 0.69 - slope * s,
+                    "rewards/accuracies": 0.5 + slope * s,
+                    "rewards/margins": slope * s,
+                }
+            )
+            for s in range(10)
+        ]
         lines.append(json.dumps({"step": 10, "eval/accuracy": 0.7}))  # an eval-only record is skipped
         (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n\n")
     assert len(read_metrics_jsonl(tmp_path / "dpo.jsonl")) == 11
-    out = plot_training_curves({"dpo": tmp_path / "dpo.jsonl", "ipo": str(tmp_path / "ipo.jsonl")},
-                               tmp_path / "curves.png")
+    out = plot_training_curves(
+        {"dpo": tmp_path / "dpo.jsonl", "ipo": str(tmp_path / "ipo.jsonl")}, tmp_path / "curves.png"
+    )
     assert _is_png(out)
     records = [{"step": 0, "train/loss": 1.0}, {"step": 1, "train/loss": 0.5}]
     assert _is_png(plot_training_curves({"run": records}, tmp_path / "prefixed.png"))

@@ -15,13 +15,17 @@ from prefopt.eval.preference import evaluate_preferences, preference_metrics, re
 
 def test_paired_metrics_by_hand() -> None:
     """β = 0.5, two pairs (chosen first):
-        policy [[−1, −3], [−2, −1]], reference [[−2, −2], [−1, −1]], lengths [[1, 3], [4, 1]]
-        ρ = [[1, −1], [−1, 0]] → r̂ = βρ = [[0.5, −0.5], [−0.5, 0]]
-        reward accuracy (1 + 0)/2 = 0.5; margin (1 + (−0.5))/2 = 0.25; chosen r̂ 0, rejected r̂ −0.25
-        log-prob accuracy: −1 > −3 yes, −2 > −1 no → 0.5
-        normalised: −1/1 > −3/3 tie → no; −2/4 > −1/1 yes → 0.5"""
-    m = preference_metrics(torch.tensor([[-1.0, -3.0], [-2.0, -1.0]]), torch.tensor([[1, 3], [4, 1]]),
-                           torch.tensor([[-2.0, -2.0], [-1.0, -1.0]]), beta=0.5)
+    policy [[−1, −3], [−2, −1]], reference [[−2, −2], [−1, −1]], lengths [[1, 3], [4, 1]]
+    ρ = [[1, −1], [−1, 0]] → r̂ = βρ = [[0.5, −0.5], [−0.5, 0]]
+    reward accuracy (1 + 0)/2 = 0.5; margin (1 + (−0.5))/2 = 0.25; chosen r̂ 0, rejected r̂ −0.25
+    log-prob accuracy: −1 > −3 yes, −2 > −1 no → 0.5
+    normalised: −1/1 > −3/3 tie → no; −2/4 > −1/1 yes → 0.5"""
+    m = preference_metrics(
+        torch.tensor([[-1.0, -3.0], [-2.0, -1.0]]),
+        torch.tensor([[1, 3], [4, 1]]),
+        torch.tensor([[-2.0, -2.0], [-1.0, -1.0]]),
+        beta=0.5,
+    )
     assert m.reward_accuracy.mean == 0.5 and m.reward_margin.mean == pytest.approx(0.25)
     assert m.chosen_reward.mean == pytest.approx(0.0) and m.rejected_reward.mean == pytest.approx(-0.25)
     assert m.logp_accuracy.mean == 0.5 and m.logp_accuracy_normalized.mean == 0.5
@@ -95,20 +99,25 @@ def test_engine_path_matches_the_naive_computation(micro_policy) -> None:
         for p in reference.parameters():
             p.add_(0.3 * torch.randn_like(p))
     rows = _rows(tok, PAIRS)
-    batches = [collate_preferences(rows[:2], pad_token_id=tok.pad_token_id),
-               collate_preferences(rows[2:], pad_token_id=tok.pad_token_id, packed=True)]
-    got = evaluate_preferences(policy, batches, reference=ReferenceLogProbs.from_model(reference), loss="dpo",
-                               n_resamples=200)
+    batches = [
+        collate_preferences(rows[:2], pad_token_id=tok.pad_token_id),
+        collate_preferences(rows[2:], pad_token_id=tok.pad_token_id, packed=True),
+    ]
+    got = evaluate_preferences(
+        policy, batches, reference=ReferenceLogProbs.from_model(reference), loss="dpo", n_resamples=200
+    )
     full = collate_preferences(rows, pad_token_id=tok.pad_token_id)
     pol, ref = _manual_logps(policy, full), _manual_logps(reference, full)
     counts = full.completion_mask.sum(1)
-    want = preference_metrics(pol.reshape(2, 4).T, counts.reshape(2, 4).T, ref.reshape(2, 4).T, beta=0.1,
-                              n_resamples=200)
+    want = preference_metrics(
+        pol.reshape(2, 4).T, counts.reshape(2, 4).T, ref.reshape(2, 4).T, beta=0.1, n_resamples=200
+    )
     for name in ("reward_accuracy", "reward_margin", "logp_accuracy", "logp_accuracy_normalized", "chosen_reward"):
         assert getattr(got, name).mean == pytest.approx(getattr(want, name).mean, abs=1e-5), name
     assert got.num_examples == 4 and got.beta == 0.1
-    single = evaluate_preferences(LogProbEngine(policy), [full], reference=ReferenceLogProbs.from_model(reference),
-                                  beta=0.1, n_resamples=200)
+    single = evaluate_preferences(
+        LogProbEngine(policy), [full], reference=ReferenceLogProbs.from_model(reference), beta=0.1, n_resamples=200
+    )
     assert single.reward_margin.mean == pytest.approx(got.reward_margin.mean, abs=1e-5)
 
 
@@ -117,11 +126,13 @@ def test_policy_equal_to_reference_has_zero_margin(micro_policy) -> None:
     as wrong)."""
     tok, policy = micro_policy.tokenizer, micro_policy.model
     batch = collate_preferences(_rows(tok, PAIRS), pad_token_id=tok.pad_token_id)
-    m = evaluate_preferences(policy, [batch], reference=ReferenceLogProbs.from_model(copy.deepcopy(policy)),
-                             beta=0.1, n_resamples=100)
+    m = evaluate_preferences(
+        policy, [batch], reference=ReferenceLogProbs.from_model(copy.deepcopy(policy)), beta=0.1, n_resamples=100
+    )
     assert m.reward_margin.mean == 0.0 and m.reward_accuracy.mean == 0.0 and m.chosen_reward.mean == 0.0
     with pytest.raises(ValueError, match="group_size=1"):
-        evaluate_preferences(policy, [collate_preferences([{"prompt_ids": [1, 5], "completion_ids": [[6]]}],
-                                                           pad_token_id=0)], beta=0.1)
+        evaluate_preferences(
+            policy, [collate_preferences([{"prompt_ids": [1, 5], "completion_ids": [[6]]}], pad_token_id=0)], beta=0.1
+        )
     with pytest.raises(ValueError, match="empty"):
         evaluate_preferences(policy, [], beta=0.1)

@@ -30,8 +30,10 @@ def test_bootstrap_coverage_is_near_nominal() -> None:
     the mean in 0.80–0.97 of them (binomial sd of the coverage ≈ 0.02; the percentile method under-covers
     skewed data a little)."""
     rng = np.random.default_rng(1)
-    hits = sum(bootstrap_mean(rng.exponential(1.0, size=60), confidence=0.9, n_resamples=500, seed=i).covers(1.0)
-               for i in range(200))
+    hits = sum(
+        bootstrap_mean(rng.exponential(1.0, size=60), confidence=0.9, n_resamples=500, seed=i).covers(1.0)
+        for i in range(200)
+    )
     assert 0.80 <= hits / 200 <= 0.97
 
 
@@ -62,8 +64,10 @@ def test_aggregate_seeds_t_interval_by_hand() -> None:
 
 
 def test_aggregate_records_takes_numbers_and_nested_means() -> None:
-    records = [{"acc": 0.5, "kl": {"mean": 1.0, "low": 0.9}, "name": "dpo", "flag": True},
-               {"acc": 0.7, "kl": {"mean": 3.0, "low": 2.0}, "name": "dpo", "flag": False}]
+    records = [
+        {"acc": 0.5, "kl": {"mean": 1.0, "low": 0.9}, "name": "dpo", "flag": True},
+        {"acc": 0.7, "kl": {"mean": 3.0, "low": 2.0}, "name": "dpo", "flag": False},
+    ]
     out = aggregate_records(records)
     assert sorted(out) == ["acc", "kl"]
     assert out["acc"].mean == pytest.approx(0.6) and out["kl"].mean == pytest.approx(2.0)

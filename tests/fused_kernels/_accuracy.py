@@ -51,13 +51,20 @@ def make_inputs(case: Case, dtype: torch.dtype, seed: int = 0) -> tuple[Tensor, 
     return hidden, weight, bias, labels
 
 
-def _results(case: Case, backend: str, hidden: Tensor, weight: Tensor, bias: Tensor | None,
-             labels: Tensor) -> dict[str, Tensor]:
+def _results(
+    case: Case, backend: str, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
+) -> dict[str, Tensor]:
     """logp, entropy and the gradients of a fixed weighted sum of them, all as float64."""
     leaves = [t.detach().clone().requires_grad_() for t in (hidden, weight) + ((bias,) if bias is not None else ())]
     out = linear_logprobs(
-        leaves[0], leaves[1], labels, bias=leaves[2] if bias is not None else None, temperature=case.temperature,
-        softcap=case.softcap, return_entropy=case.entropy, backend=backend,
+        leaves[0],
+        leaves[1],
+        labels,
+        bias=leaves[2] if bias is not None else None,
+        temperature=case.temperature,
+        softcap=case.softcap,
+        return_entropy=case.entropy,
+        backend=backend,
     )
     logp, entropy = out if case.entropy else (out, None)
     row_w = torch.linspace(-1.0, 2.0, case.n, dtype=logp.dtype)
@@ -74,7 +81,9 @@ def _results(case: Case, backend: str, hidden: Tensor, weight: Tensor, bias: Ten
 def accuracy_report(case: Case, backend: str, dtype: torch.dtype) -> dict[str, tuple[float, float, float]]:
     """{quantity: (err_backend, err_reference, allowed)} with errors = max |x − truth| against float64."""
     hidden, weight, bias, labels = make_inputs(case, dtype)
-    truth = _results(case, "reference", hidden.double(), weight.double(), None if bias is None else bias.double(), labels)
+    truth = _results(
+        case, "reference", hidden.double(), weight.double(), None if bias is None else bias.double(), labels
+    )
     ref = _results(case, "reference", hidden, weight, bias, labels)
     got = _results(case, backend, hidden, weight, bias, labels)
     report = {}
@@ -83,8 +92,11 @@ def accuracy_report(case: Case, backend: str, dtype: torch.dtype) -> dict[str, t
         err_got = (got[key] - true).abs().max().item()
         report[key] = (err_got, err_ref, err_ref + TOLERANCE[dtype] * (1.0 + true.abs().max().item()))
     ignored = labels == -100
-    report["ignored_rows_zero"] = (got["logp"][ignored].abs().sum().item() + got["grad_hidden"][ignored].abs().sum().item(),
-                                   0.0, 0.0)
+    report["ignored_rows_zero"] = (
+        got["logp"][ignored].abs().sum().item() + got["grad_hidden"][ignored].abs().sum().item(),
+        0.0,
+        0.0,
+    )
     return report
 
 

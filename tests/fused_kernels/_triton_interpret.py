@@ -14,10 +14,10 @@ os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import torch  # noqa: E402
-from tests.fused_kernels._accuracy import CASES, Case, accuracy_report, make_inputs  # noqa: E402
 
 import prefopt.kernels.triton_function as triton_function  # noqa: E402
 from prefopt.kernels import linear_logprobs  # noqa: E402
+from tests.fused_kernels._accuracy import CASES, Case, accuracy_report, make_inputs  # noqa: E402
 
 # Small tiles so that every shape has partial row, vocab and D blocks and several vocab splits.
 triton_function.BLOCKS = triton_function.TritonBlocks(block_n=16, block_v=64, block_d=16, num_warps=1, min_programs=8)
@@ -35,9 +35,14 @@ def mask_report(case: Case) -> dict[str, list[float]]:
     """Triton on NaN-padded strided views vs the reference on clean tensors: errors must be finite and small."""
     hidden, weight, bias, labels = make_inputs(case, torch.float32)
     out = {}
-    for name, (h, w, b) in {"ref": (hidden, weight, bias), "tri": tuple(map(_nan_padded, (hidden, weight, bias)))}.items():
+    for name, (h, w, b) in {
+        "ref": (hidden, weight, bias),
+        "tri": tuple(map(_nan_padded, (hidden, weight, bias))),
+    }.items():
         leaves = [t.clone().requires_grad_() if name == "ref" else t.requires_grad_() for t in (h, w, b)]
-        logp = linear_logprobs(leaves[0], leaves[1], labels, bias=leaves[2], backend="reference" if name == "ref" else "triton")
+        logp = linear_logprobs(
+            leaves[0], leaves[1], labels, bias=leaves[2], backend="reference" if name == "ref" else "triton"
+        )
         logp.sum().backward()
         out[name] = [logp.detach()] + [t.grad for t in leaves]
     return {k: [(a - b).abs().max().item()] for k, a, b in zip(["logp", "dh", "dw", "db"], out["ref"], out["tri"])}

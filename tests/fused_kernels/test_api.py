@@ -29,7 +29,17 @@ def _ok():
         (lambda h, w, y: (h, w, torch.tensor([0, 3, -100, 11, 2])), r"labels\[3\] = 11 is outside \[0, 11\)"),
         (lambda h, w, y: (h, w, torch.tensor([0, -1, -100, 1, 2])), r"labels\[1\] = -1"),
     ],
-    ids=["hidden-3d", "weight-d", "labels-n", "dtype", "labels-float", "int-hidden", "device", "label-high", "label-neg"],
+    ids=[
+        "hidden-3d",
+        "weight-d",
+        "labels-n",
+        "dtype",
+        "labels-float",
+        "int-hidden",
+        "device",
+        "label-high",
+        "label-neg",
+    ],
 )
 def test_bad_inputs_name_the_argument(mutate, match: str) -> None:
     h, w, y = mutate(*_ok())

@@ -111,7 +111,9 @@ def test_partial_gradient_needs(need: str) -> None:
     hidden, weight, bias, labels = _inputs(17, 8, 300, torch.float32)
     full = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
     linear_logprobs(full[0], full[1], labels, bias=full[2], backend="chunked").sum().backward()
-    part = [t.clone().requires_grad_(name == need) for t, name in zip((hidden, weight, bias), ("hidden", "weight", "bias"))]
+    part = [
+        t.clone().requires_grad_(name == need) for t, name in zip((hidden, weight, bias), ("hidden", "weight", "bias"))
+    ]
     linear_logprobs(part[0], part[1], labels, bias=part[2], backend="chunked").sum().backward()
     for f, p, name in zip(full, part, ("hidden", "weight", "bias")):
         if name == need:
@@ -132,8 +134,9 @@ def test_all_rows_ignored_gives_zeros() -> None:
 def test_entropy_of_uniform_logits_is_log_v() -> None:
     """Zero weight → uniform softmax: logp = −log V and entropy = log V for every row (hand value)."""
     v = 640
-    logp, entropy = linear_logprobs(torch.randn(6, 4), torch.zeros(v, 4), torch.arange(6), return_entropy=True,
-                                    backend="chunked")
+    logp, entropy = linear_logprobs(
+        torch.randn(6, 4), torch.zeros(v, 4), torch.arange(6), return_entropy=True, backend="chunked"
+    )
     expected = torch.full((6,), torch.log(torch.tensor(float(v))).item())
     torch.testing.assert_close(entropy, expected)
     torch.testing.assert_close(logp, -expected)

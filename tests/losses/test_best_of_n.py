@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import prefopt
-
 from prefopt.losses import best_of_n, best_worst_pairs, bon_kl_bound, kept_sequences_mask, select_best_of_n
 from prefopt.registry import LossInputError
 

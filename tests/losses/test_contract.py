@@ -58,7 +58,10 @@ def make_inputs(spec: LossSpec, dtype: torch.dtype, *, adversarial: bool, with_r
                 kwargs[names[3]] = _tensor(values(GRID_A[::-1]), dtype, True)
         lengths = {"chosen_lengths": torch.tensor(LENGTHS), "rejected_lengths": torch.tensor(LENGTHS[::-1])}
     elif spec.kind == "unpaired":
-        kwargs = {"policy_logps": _tensor(values(GRID_A), dtype, True), "labels": torch.tensor([True, False] * (B // 2))}
+        kwargs = {
+            "policy_logps": _tensor(values(GRID_A), dtype, True),
+            "labels": torch.tensor([True, False] * (B // 2)),
+        }
         if with_ref:
             kwargs["ref_logps"] = _tensor(values(GRID_B), dtype, True)
         lengths = {"lengths": torch.tensor(LENGTHS)}
@@ -76,7 +79,9 @@ def make_inputs(spec: LossSpec, dtype: torch.dtype, *, adversarial: bool, with_r
         kwargs.update({n: lengths[n].to(dtype) for n in LENGTH_INPUTS[spec.kind]})
     if "kl" in spec.extra_inputs:
         kwargs["kl"] = torch.tensor(0.5, dtype=dtype)
-    policy = [v for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.requires_grad and not k.startswith("ref_")]
+    policy = [
+        v for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.requires_grad and not k.startswith("ref_")
+    ]
     refs = [v for k, v in kwargs.items() if k.startswith("ref_")]
     return policy, refs, kwargs
 
@@ -103,7 +108,9 @@ def test_batch_dependent_losses_are_declared() -> None:
         whole = spec.fn(**kwargs).per_example
         half = {k: (v[:3] if isinstance(v, torch.Tensor) and v.dim() >= 1 else v) for k, v in kwargs.items()}
         separable = torch.allclose(spec.fn(**half).per_example, whole[:3], rtol=1e-9, atol=1e-12)
-        assert separable != spec.batch_dependent, f"{name}: batch_dependent={spec.batch_dependent} but separable={separable}"
+        assert separable != spec.batch_dependent, (
+            f"{name}: batch_dependent={spec.batch_dependent} but separable={separable}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -48,14 +48,23 @@ def test_built_in_declarations() -> None:
 
 def test_a_served_input_must_be_a_body_input(scratch_registry) -> None:
     with pytest.raises(TypeError, match=r"serve \['delta'\], which the loss does not take"):
-        @unpaired_loss("bad_state", paper="p", formula="f", hparams=BETA,
-                       state=LossStateSpec(inputs=("delta",), init=_state))
+
+        @unpaired_loss(
+            "bad_state", paper="p", formula="f", hparams=BETA, state=LossStateSpec(inputs=("delta",), init=_state)
+        )
         def bad_state(t: UnpairedTerms, *, beta: float) -> Tensor:
             return t.ratio
 
     with pytest.raises(ValueError, match="declared twice"):
-        @unpaired_loss("twice", paper="p", formula="f", hparams=BETA,
-                       state=LossStateSpec(inputs=("x",), init=_state), batch_inputs={"x": lambda b: 0})
+
+        @unpaired_loss(
+            "twice",
+            paper="p",
+            formula="f",
+            hparams=BETA,
+            state=LossStateSpec(inputs=("x",), init=_state),
+            batch_inputs={"x": lambda b: 0},
+        )
         def twice(t: UnpairedTerms, *, x: float | None, beta: float) -> Tensor:
             return t.ratio
 
@@ -109,8 +118,11 @@ def test_kto_reference_point_over_mismatched_pairs() -> None:
     """Rows (prompt, completion lengths): (1, 2), (1, 3) share prompt [7], (2, 1) has [8, 9]. Mismatched partners:
     0 → 2, 1 → 2, 2 → 0. Pairs (|x|, |y|) = (1, 1), (1, 1), (2, 2): log-ratios −|x||y| + |y| = 0, 0, −2; the
     mean −2/3 is clamped to z₀ = 0. With π_θ scoring +|x||y| instead it is (2 + 2 + 6)/3 = 10/3."""
-    rows = [{"prompt_ids": [7], "completion_ids": [1, 2]}, {"prompt_ids": [7], "completion_ids": [1, 2, 3]},
-            {"prompt_ids": [8, 9], "completion_ids": [4]}]
+    rows = [
+        {"prompt_ids": [7], "completion_ids": [1, 2]},
+        {"prompt_ids": [7], "completion_ids": [1, 2, 3]},
+        {"prompt_ids": [8, 9], "completion_ids": [4]},
+    ]
     batch = _FakeBatch(rows, [0, 1, 2], {})
     assert float(kto_reference_point(batch)) == 0.0
 

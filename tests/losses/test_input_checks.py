@@ -28,11 +28,12 @@ from prefopt.losses.unpaired import kto_weight_check
 from prefopt.registry import LossInputError, LossSpec, loss_spec
 from prefopt.rl import LOG_RATIO_CLAMP, kl_k3, kl_penalized_rewards
 
-from .test_rollout_contract import S, TRAINABLE, _mask, rollout_inputs
+from .test_rollout_contract import TRAINABLE, S, _mask, rollout_inputs
 
 SEQUENCE_KINDS = ("paired", "unpaired", "ranked")
-SEQUENCE_LOSSES = [n for n in prefopt.list_losses() if loss_spec(n).kind in SEQUENCE_KINDS
-                   and loss_spec(n).scores == "logps"]
+SEQUENCE_LOSSES = [
+    n for n in prefopt.list_losses() if loss_spec(n).kind in SEQUENCE_KINDS and loss_spec(n).scores == "logps"
+]
 ROLLOUT = prefopt.list_losses("rollout")
 GROUP = {"paired": 2, "unpaired": 1, "ranked": 3}
 B = 3
@@ -43,8 +44,9 @@ def _extras(spec: LossSpec) -> dict[str, object]:
     return {"kl": torch.tensor(0.2, dtype=torch.float64)} if "kl" in spec.extra_inputs else {}
 
 
-def engine_outputs(spec: LossSpec, *, empty: int | None = None, empty_ref: int | None = None,
-                   seed: int = 0) -> tuple[SequenceLogProbs, SequenceLogProbs]:
+def engine_outputs(
+    spec: LossSpec, *, empty: int | None = None, empty_ref: int | None = None, seed: int = 0
+) -> tuple[SequenceLogProbs, SequenceLogProbs]:
     """Policy and reference outputs of one batch of `spec`'s kind (group-major, K = GROUP[kind]); the
     sequence `empty` (or only the reference's `empty_ref`) has no tokens: count 0 and sum 0."""
     g = torch.Generator().manual_seed(seed)
@@ -98,8 +100,11 @@ def test_zero_count_in_an_engine_output_is_a_clear_error(name: str) -> None:
     spec = loss_spec(name)
     empty = 4 if spec.kind != "unpaired" else 1
     where = "policy_rejected_logps" if spec.kind == "paired" else "policy_logps"
-    with pytest.raises(LossInputError, match=rf"{name}: {where} comes from an engine output whose completions "
-                                             rf"have no tokens at rows \[1\].*raise max_length"):
+    with pytest.raises(
+        LossInputError,
+        match=rf"{name}: {where} comes from an engine output whose completions "
+        rf"have no tokens at rows \[1\].*raise max_length",
+    ):
         _call_with_outputs(spec, *engine_outputs(spec, empty=empty))
 
 
@@ -107,8 +112,11 @@ def test_zero_count_in_an_engine_output_is_a_clear_error(name: str) -> None:
 def test_zero_count_in_the_reference_output_alone_is_a_clear_error(name: str) -> None:
     spec = loss_spec(name)
     where = "ref_chosen_logps" if spec.kind == "paired" else "ref_logps"
-    with pytest.raises(LossInputError, match=rf"{where} comes from an engine output whose completions have no "
-                                             rf"tokens at rows \[2\]"):
+    with pytest.raises(
+        LossInputError,
+        match=rf"{where} comes from an engine output whose completions have no "
+        rf"tokens at rows \[2\]",
+    ):
         _call_with_outputs(spec, *engine_outputs(spec, empty_ref=2))
 
 
@@ -120,8 +128,11 @@ def test_engine_output_misuse_is_a_clear_error() -> None:
         dpo(paired, paired_ref, paired_ref.chosen(), paired_ref.rejected())
     with pytest.raises(LossInputError, match=r"policy_rejected_logps is an engine output with group_size=2"):
         dpo(paired.chosen(), paired)
-    with pytest.raises(LossInputError, match=r"the reference \(second argument\) is an engine output with "
-                                             r"group_size=1"):
+    with pytest.raises(
+        LossInputError,
+        match=r"the reference \(second argument\) is an engine output with "
+        r"group_size=1",
+    ):
         dpo(paired, single)
     with pytest.raises(LossInputError, match=r"kto: policy_logps is an engine output with group_size=2"):
         prefopt.get_loss("kto")(paired, paired_ref, torch.tensor([True] * 6), kl=0.0)
@@ -132,8 +143,11 @@ def test_engine_output_misuse_is_a_clear_error() -> None:
 def test_policy_and_reference_outputs_must_count_the_same_tokens() -> None:
     policy, ref = engine_outputs(loss_spec("ipo"))
     longer = SequenceLogProbs(ref.sum, ref.count + (torch.arange(6) == 3).long(), 2)  # pair 0's rejected
-    with pytest.raises(LossInputError, match=r"ipo: ref_rejected_logps and policy_rejected_logps count different "
-                                             r"tokens at rows \[0\]"):
+    with pytest.raises(
+        LossInputError,
+        match=r"ipo: ref_rejected_logps and policy_rejected_logps count different "
+        r"tokens at rows \[0\]",
+    ):
         prefopt.get_loss("ipo")(policy, longer)
     with pytest.raises(LossInputError, match=r"chosen_lengths and policy_chosen_logps count different tokens"):
         prefopt.get_loss("ipo")(policy, ref, chosen_lengths=policy.chosen(policy.count) + 1)
@@ -145,8 +159,9 @@ def test_policy_and_reference_outputs_must_count_the_same_tokens() -> None:
 LABELLED = [n for n in prefopt.list_losses() if "labels" in inspect.signature(loss_spec(n).fn).parameters]
 
 
-@pytest.mark.parametrize("bad", [[2, 0, 1], [1, -1, 0], [0.5, 1.0, 0.0], [1.0, 0.0, 1.0]],
-                         ids=["two", "minus-one", "half", "float-ones"])
+@pytest.mark.parametrize(
+    "bad", [[2, 0, 1], [1, -1, 0], [0.5, 1.0, 0.0], [1.0, 0.0, 1.0]], ids=["two", "minus-one", "half", "float-ones"]
+)
 @pytest.mark.parametrize("name", LABELLED)
 def test_labels_other_than_bool_or_zero_one_are_refused(name: str, bad: list[float]) -> None:
     spec = loss_spec(name)
@@ -201,8 +216,11 @@ def test_positive_policy_logps_are_refused(name: str, argument: str) -> None:
     inputs = _paired_tensors([-3.0, -5.0, -1.0], [2, 3, 4])
     inputs[argument] = inputs[argument].clone()
     inputs[argument][1] = 0.5 * 3
-    with pytest.raises(LossInputError, match=rf"{name}: {argument} is above 0 at rows \[1\] \(largest 0.5 per "
-                                             rf"token\).*not a negative log-likelihood"):
+    with pytest.raises(
+        LossInputError,
+        match=rf"{name}: {argument} is above 0 at rows \[1\] \(largest 0.5 per "
+        rf"token\).*not a negative log-likelihood",
+    ):
         loss_spec(name).fn(**inputs)
     inputs[argument][1] = 0.5 * LOGP_TOLERANCE * 3
     assert torch.isfinite(loss_spec(name).fn(**inputs).loss)
@@ -210,8 +228,12 @@ def test_positive_policy_logps_are_refused(name: str, argument: str) -> None:
 
 def test_orpo_refuses_a_positive_log_prob_instead_of_returning_a_negative_loss() -> None:
     with pytest.raises(LossInputError, match=r"orpo: policy_chosen_logps is above 0 at rows \[0\]"):
-        prefopt.get_loss("orpo")(torch.tensor([2.0]), torch.tensor([-3.0]),
-                                 chosen_lengths=torch.tensor([4]), rejected_lengths=torch.tensor([4]))
+        prefopt.get_loss("orpo")(
+            torch.tensor([2.0]),
+            torch.tensor([-3.0]),
+            chosen_lengths=torch.tensor([4]),
+            rejected_lengths=torch.tensor([4]),
+        )
 
 
 def test_slic_without_lengths_checks_the_sequence_log_prob() -> None:
@@ -227,8 +249,11 @@ def test_rollout_losses_refuse_positive_token_log_probs_but_not_padding(name: st
     policy[~_mask()] = 5.0  # padding holds anything
     assert torch.isfinite(spec.fn(**{**kwargs, "policy_logps": policy}).loss)
     policy[2, 0] = 0.7
-    with pytest.raises(LossInputError, match=rf"{name}: policy_logps is above 0 at rows \[2\] \(largest 0.7 per "
-                                             rf"token\).*SequenceLogProbs.tokens"):
+    with pytest.raises(
+        LossInputError,
+        match=rf"{name}: policy_logps is above 0 at rows \[2\] \(largest 0.7 per "
+        rf"token\).*SequenceLogProbs.tokens",
+    ):
         spec.fn(**{**kwargs, "policy_logps": policy})
 
 
@@ -320,4 +345,3 @@ def test_k3_and_the_ratio_are_clamped_at_twenty() -> None:
     assert torch.isfinite(loss).all() and log_ratio.item() == 100.0, "the metrics see the unclamped log-ratio"
     loss.sum().backward()
     assert policy.grad is not None and policy.grad.item() == 0.0
-

@@ -22,9 +22,9 @@ from torch import Tensor
 
 import prefopt
 import prefopt.registry as registry
+from prefopt.losses.bodies import register_body
 from prefopt.losses.kinds import PairedTerms, PolicyPair, Reported, paired_loss, rollout_loss
 from prefopt.online.rollout_step import Recipe, recipe_for
-from prefopt.losses.bodies import register_body
 from prefopt.registry import POSITIVE, HParam, LossInputError, loss_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,21 +136,25 @@ def _declare(**overrides):
 
 def test_bodies_that_would_repeat_or_ignore_declarations_are_refused(scratch_registry) -> None:
     with pytest.raises(TypeError, match="has a default"):
+
         @_declare()
         def with_default(t: PairedTerms, *, beta: float = 0.1) -> Tensor:
             return beta * t.margin
 
     with pytest.raises(TypeError, match="does not take"):
+
         @_declare()
         def ignores_beta(t: PairedTerms) -> Tensor:
             return t.margin
 
     with pytest.raises(TypeError, match="come in the terms object"):
+
         @_declare()
         def reads_directly(t: PairedTerms, *, beta: float, chosen_lengths: Tensor) -> Tensor:
             return beta * t.margin
 
     with pytest.raises(TypeError, match="keyword-only"):
+
         @_declare()
         def positional(t: PairedTerms, beta: float) -> Tensor:
             return beta * t.margin
@@ -159,6 +163,7 @@ def test_bodies_that_would_repeat_or_ignore_declarations_are_refused(scratch_reg
         _declare(hparams=[])
 
     with pytest.raises(TypeError, match="cannot take ref_logps"):
+
         @register_body("probe_bad", kind="ranked", needs_reference=False, paper="p", formula="f")
         def reads_reference(policy_logps: Tensor, ref_logps: Tensor) -> Tensor:
             return policy_logps - ref_logps
@@ -188,7 +193,8 @@ def test_online_defaults_live_in_the_spec(scratch_registry) -> None:
     assert recipe_for(loss_spec("best_of_n")).min_samples == 1
     assert recipe_for(loss_spec("grpo")) == Recipe()
     with pytest.raises(ValueError, match="online_defaults are for rollout losses"):
-        register_body("probe_bad", kind="paired", needs_reference=False, paper="p", formula="f",
-                      online_defaults={"epochs": 2})
+        register_body(
+            "probe_bad", kind="paired", needs_reference=False, paper="p", formula="f", online_defaults={"epochs": 2}
+        )
     with pytest.raises(ValueError, match="keys are"):
         rollout_loss("probe_bad", needs_reference=False, paper="p", formula="f", online_defaults={"epoch": 2})

@@ -56,8 +56,9 @@ def test_nca_default_beta_value() -> None:
     L = softplus(−1) + ½·softplus(1) + ½·softplus(−0.5) = 0.313262 + 0.656631 + 0.237039 = 1.206931.
     """
     out = nca(t(-1.0), t(-60.0), t(-101.0), t(-10.0))
-    torch.testing.assert_close(out.loss, torch.tensor(softplus(-1) + 0.5 * softplus(1) + 0.5 * softplus(-0.5),
-                                                      dtype=torch.float64))
+    torch.testing.assert_close(
+        out.loss, torch.tensor(softplus(-1) + 0.5 * softplus(1) + 0.5 * softplus(-0.5), dtype=torch.float64)
+    )
 
 
 def test_bco_pair_hand_values() -> None:

@@ -77,8 +77,10 @@ def test_ipo_optimum_is_one_over_two_tau(tau: float) -> None:
     target = 1.0 / (2.0 * tau)
     chosen = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     zeros = torch.zeros(1, dtype=torch.float64)
-    lengths = dict(chosen_lengths=torch.tensor([4.0], dtype=torch.float64),
-                   rejected_lengths=torch.tensor([2.0], dtype=torch.float64))
+    lengths = dict(
+        chosen_lengths=torch.tensor([4.0], dtype=torch.float64),
+        rejected_lengths=torch.tensor([2.0], dtype=torch.float64),
+    )
     opt = torch.optim.SGD([chosen], lr=4.0)
     for _ in range(80):
         opt.zero_grad()
@@ -119,10 +121,12 @@ def test_sppo_hard_moves_each_likelihood_not_only_the_margin() -> None:
     ρ_w = +1/(2β), ρ_l = −1/(2β) (loss 0), not a line Δ = const. β = 0.5: ρ = (1, −1) → 0; (3, 1) → 8.
     """
     zero = torch.zeros(1, dtype=torch.float64)
-    at = sppo_hard(torch.tensor([1.0], dtype=torch.float64), torch.tensor([-1.0], dtype=torch.float64),
-                   zero, zero, beta=0.5)
-    shifted = sppo_hard(torch.tensor([3.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64),
-                        zero, zero, beta=0.5)
+    at = sppo_hard(
+        torch.tensor([1.0], dtype=torch.float64), torch.tensor([-1.0], dtype=torch.float64), zero, zero, beta=0.5
+    )
+    shifted = sppo_hard(
+        torch.tensor([3.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64), zero, zero, beta=0.5
+    )
     assert float(at.loss) == 0.0
     assert float(shifted.loss) == pytest.approx(8.0, rel=1e-12)  # (3 − 1)² + (1 + 1)²
 

@@ -68,8 +68,9 @@ def test_dpop_equals_dpo_when_chosen_is_above_reference_and_exceeds_it_otherwise
     softplus(−x) is strictly decreasing, so DPOP > DPO row by row."""
     pc, pr, rc, rr = random_pairs(64, seed=0)
     above = torch.maximum(pc, rc)  # chosen log-prob at or above the reference on every row
-    torch.testing.assert_close(dpop(above, pr, rc, rr, beta=0.3, lambda_=50.0).per_example,
-                               dpo(above, pr, rc, rr, beta=0.3))
+    torch.testing.assert_close(
+        dpop(above, pr, rc, rr, beta=0.3, lambda_=50.0).per_example, dpo(above, pr, rc, rr, beta=0.3)
+    )
     below = rc - torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 0.01
     assert (dpop(below, pr, rc, rr, beta=0.3, lambda_=50.0).per_example > dpo(below, pr, rc, rr, beta=0.3)).all()
 
@@ -93,18 +94,29 @@ def test_rdpo_hand_values() -> None:
     Row 0: |y_w| = 10, |y_l| = 5 → logit 0.5·2 + 0.1·5 = 1.5 → softplus(−1.5) = 0.201413.
     Row 1: |y_w| = 3, |y_l| = 8 → logit 1 − 0.5 = 0.5 → softplus(−0.5) = 0.474077.
     """
-    out = rdpo(t(-2.0, -2.0), t(-5.0, -5.0), t(-3.0, -3.0), t(-4.0, -4.0),
-               chosen_lengths=t(10.0, 3.0), rejected_lengths=t(5.0, 8.0), beta=0.5, alpha=0.1)
+    out = rdpo(
+        t(-2.0, -2.0),
+        t(-5.0, -5.0),
+        t(-3.0, -3.0),
+        t(-4.0, -4.0),
+        chosen_lengths=t(10.0, 3.0),
+        rejected_lengths=t(5.0, 8.0),
+        beta=0.5,
+        alpha=0.1,
+    )
     torch.testing.assert_close(out.per_example, t(softplus(-1.5), softplus(-0.5)))
     torch.testing.assert_close(out.metrics["length_margin"], torch.tensor(0.0))  # mean(0.5, −0.5)
 
 
 def test_rdpo_with_alpha_zero_is_dpo() -> None:
     pc, pr, rc, rr = random_pairs(32, seed=2)
-    lengths = {"chosen_lengths": torch.arange(1.0, 33.0, dtype=torch.float64),
-               "rejected_lengths": torch.arange(32.0, 0.0, -1.0, dtype=torch.float64)}
-    torch.testing.assert_close(rdpo(pc, pr, rc, rr, **lengths, beta=0.2, alpha=0.0).per_example,
-                               dpo(pc, pr, rc, rr, beta=0.2))
+    lengths = {
+        "chosen_lengths": torch.arange(1.0, 33.0, dtype=torch.float64),
+        "rejected_lengths": torch.arange(32.0, 0.0, -1.0, dtype=torch.float64),
+    }
+    torch.testing.assert_close(
+        rdpo(pc, pr, rc, rr, **lengths, beta=0.2, alpha=0.0).per_example, dpo(pc, pr, rc, rr, beta=0.2)
+    )
 
 
 def test_rdpo_length_term_has_the_papers_sign() -> None:
@@ -129,8 +141,15 @@ def test_dpo_norm_hand_values() -> None:
     """β = 2. Row 0: ρ_w = 4 over 4 tokens, ρ_l = −3 over 6 tokens → 1 − (−0.5) = 1.5 → softplus(−3) = 0.048587.
     Row 1: ρ_w = 1 over 2, ρ_l = 1 over 1 → 0.5 − 1 = −0.5 → softplus(1) = 1.313262.
     """
-    out = dpo_norm(t(-1.0, -2.0), t(-8.0, -2.0), t(-5.0, -3.0), t(-5.0, -3.0),
-                   chosen_lengths=t(4.0, 2.0), rejected_lengths=t(6.0, 1.0), beta=2.0)
+    out = dpo_norm(
+        t(-1.0, -2.0),
+        t(-8.0, -2.0),
+        t(-5.0, -3.0),
+        t(-5.0, -3.0),
+        chosen_lengths=t(4.0, 2.0),
+        rejected_lengths=t(6.0, 1.0),
+        beta=2.0,
+    )
     torch.testing.assert_close(out.per_example, t(softplus(-3.0), softplus(1.0)))
     torch.testing.assert_close(out.metrics["normalized_margin"], torch.tensor(0.5))  # mean(1.5, −0.5)
     torch.testing.assert_close(out.metrics["rewards/chosen"], torch.tensor(5.0))  # β·Σρ: 2·mean(4, 1)
@@ -139,8 +158,10 @@ def test_dpo_norm_hand_values() -> None:
 def test_dpo_norm_equals_dpo_when_both_lengths_are_one() -> None:
     pc, pr, rc, rr = random_pairs(16, seed=4)
     ones = torch.ones(16, dtype=torch.float64)
-    torch.testing.assert_close(dpo_norm(pc, pr, rc, rr, chosen_lengths=ones, rejected_lengths=ones, beta=0.7).per_example,
-                               dpo(pc, pr, rc, rr, beta=0.7))
+    torch.testing.assert_close(
+        dpo_norm(pc, pr, rc, rr, chosen_lengths=ones, rejected_lengths=ones, beta=0.7).per_example,
+        dpo(pc, pr, rc, rr, beta=0.7),
+    )
 
 
 # ---------------------------------------------------------------- RPO
@@ -156,14 +177,17 @@ def test_rpo_hand_values() -> None:
     out = rpo(*args, **lengths, beta=0.5)
     torch.testing.assert_close(out.loss, torch.tensor(softplus(-1.0) + 2.0, dtype=torch.float64))
     torch.testing.assert_close(out.metrics["nll_loss"], torch.tensor(2.0))
-    torch.testing.assert_close(rpo(*args, **lengths, beta=0.5, alpha=0.5).loss,
-                               torch.tensor(softplus(-1.0) + 1.0, dtype=torch.float64))
+    torch.testing.assert_close(
+        rpo(*args, **lengths, beta=0.5, alpha=0.5).loss, torch.tensor(softplus(-1.0) + 1.0, dtype=torch.float64)
+    )
 
 
 def test_rpo_with_alpha_zero_is_dpo_and_ignores_rejected_length() -> None:
     pc, pr, rc, rr = random_pairs(8, seed=5)
-    lengths = {"chosen_lengths": torch.full((8,), 4.0, dtype=torch.float64),
-               "rejected_lengths": torch.full((8,), 99.0, dtype=torch.float64)}
+    lengths = {
+        "chosen_lengths": torch.full((8,), 4.0, dtype=torch.float64),
+        "rejected_lengths": torch.full((8,), 99.0, dtype=torch.float64),
+    }
     torch.testing.assert_close(rpo(pc, pr, rc, rr, **lengths, alpha=0.0).per_example, dpo(pc, pr, rc, rr))
 
 

@@ -56,9 +56,16 @@ def test_ppo_value_loss_hand_computed() -> None:
     mask = torch.ones(1, 3, dtype=torch.bool)
     policy = torch.zeros(1, 3, requires_grad=True)
     values = torch.tensor([[1.0, 1.0, 0.6]], requires_grad=True)
-    out = ppo(policy, None, mask, advantages=torch.zeros(1, 3), values=values,
-              old_values=torch.tensor([[0.5, 0.5, 0.5]]), returns=torch.tensor([[0.0, 2.0, 0.6]]),
-              token_entropy=torch.tensor([[1.0, 2.0, 3.0]]))
+    out = ppo(
+        policy,
+        None,
+        mask,
+        advantages=torch.zeros(1, 3),
+        values=values,
+        old_values=torch.tensor([[0.5, 0.5, 0.5]]),
+        returns=torch.tensor([[0.0, 2.0, 0.6]]),
+        token_entropy=torch.tensor([[1.0, 2.0, 3.0]]),
+    )
     assert out.metrics["loss/value"].item() == pytest.approx(1.345 / 3)
     assert out.metrics["val/clipfrac"].item() == pytest.approx(1 / 3)
     assert out.metrics["entropy"].item() == pytest.approx(2.0)
@@ -92,7 +99,9 @@ def test_grpo_hand_computed() -> None:
     assert out.loss.item() == pytest.approx(beta * (1 - LN2) / 4, rel=1e-9)
     assert out.metrics["kl"].item() == pytest.approx((1 - LN2) / 3, rel=1e-6)
     out.loss.backward()
-    torch.testing.assert_close(policy.grad, torch.tensor([[(-a - beta) / 4, -a / 4], [a / 2, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        policy.grad, torch.tensor([[(-a - beta) / 4, -a / 4], [a / 2, 0.0]], dtype=torch.float64)
+    )
 
 
 def test_dr_grpo_hand_computed_and_length_bias() -> None:

@@ -67,8 +67,11 @@ def rollout_inputs(spec: LossSpec, dtype: torch.dtype, *, adversarial: bool, see
             kwargs[name] = values[name].to(dtype).requires_grad_(True)
         elif name == "rewards":
             rewards = torch.tensor([[1.0, 0.0], [0.5, 0.5], [-2.0, 3.0]], dtype=torch.float64)
-            kwargs[name] = (rewards if adversarial else torch.randn(B, K, generator=g, dtype=torch.float64)).to(
-                dtype).requires_grad_(True)
+            kwargs[name] = (
+                (rewards if adversarial else torch.randn(B, K, generator=g, dtype=torch.float64))
+                .to(dtype)
+                .requires_grad_(True)
+            )
         elif name == "greedy_rewards":
             kwargs[name] = torch.randn(B, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
         else:

@@ -16,10 +16,18 @@ PROMPTS = ["the soup was", "i liked the", "the service was truly", "it"]
 def lm() -> tuple[LlamaForCausalLM, object]:
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # make EOS likely so that some rows finish inside max_new_tokens
         model.lm_head.weight[tokenizer.eos_token_id] += 0.5 * model.lm_head.weight.std() * 8
@@ -44,7 +52,7 @@ def test_layout_is_group_major_and_masks_match_tokens(lm: tuple) -> None:
         ids = rollout.input_ids[s][rollout.attention_mask[s].bool()].tolist()
         assert ids[: len(prompt_ids)] == prompt_ids, "row s holds a sample of prompt s % B"
         completion = rollout.input_ids[s][rollout.completion_mask[s]].tolist()
-        assert ids[len(prompt_ids):] == completion and 1 <= len(completion) <= 6
+        assert ids[len(prompt_ids) :] == completion and 1 <= len(completion) <= 6
         assert bool(rollout.finished[s]) == (completion[-1] == eos)
         assert eos not in completion[:-1], "nothing after the first EOS"
         words = tokenizer.decode([t for t in completion if t != eos], skip_special_tokens=True)
@@ -102,8 +110,13 @@ def test_training_mode_is_restored(lm: tuple) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"num_samples": 0}, "num_samples"), ({"temperature": 0.0}, "temperature"), ({"top_p": 1.5}, "top_p"),
-     ({"do_sample": False, "num_samples": 2}, "greedy"), ({"backend": "tgi"}, "backend")],
+    [
+        ({"num_samples": 0}, "num_samples"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"do_sample": False, "num_samples": 2}, "greedy"),
+        ({"backend": "tgi"}, "backend"),
+    ],
 )
 def test_bad_config_is_a_clear_error(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -120,7 +133,10 @@ def test_bad_prompts_and_missing_vllm_are_clear_errors(lm: tuple) -> None:
         with pytest.raises(ValueError, match="vLLM"):
             generate("some/model", tokenizer, PROMPTS, GenerationConfig(backend="vllm"))
     # "auto" with an in-memory model is the transformers path, vLLM or not
-    assert len(generate(model, tokenizer, PROMPTS[:1], GenerationConfig(backend="auto", max_new_tokens=2)).completions) == 1
+    assert (
+        len(generate(model, tokenizer, PROMPTS[:1], GenerationConfig(backend="auto", max_new_tokens=2)).completions)
+        == 1
+    )
 
 
 def test_model_path_loads_with_transformers(lm: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -153,14 +169,24 @@ def test_vllm_backend_lays_out_its_samples_like_generate(lm: tuple, monkeypatch,
         def generate(self, prompts, params):  # type: ignore[no-untyped-def]
             word = tokenizer("soup")["input_ids"][-1]
             out = types.SimpleNamespace
-            return [out(outputs=[out(token_ids=[word], finish_reason="stop"),             # stopped on EOS
-                                 out(token_ids=[word, word], finish_reason="length")])   # cut by max_tokens
-                    for _ in prompts]
+            return [
+                out(
+                    outputs=[
+                        out(token_ids=[word], finish_reason="stop"),  # stopped on EOS
+                        out(token_ids=[word, word], finish_reason="length"),
+                    ]
+                )  # cut by max_tokens
+                for _ in prompts
+            ]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     monkeypatch.setattr(generation, "vllm_available", lambda: True)
-    rollout = generate(str(tmp_path), tokenizer, PROMPTS[:2], GenerationConfig(num_samples=2, max_new_tokens=2,
-                                                                               top_p=0.9, backend="vllm"))
+    rollout = generate(
+        str(tmp_path),
+        tokenizer,
+        PROMPTS[:2],
+        GenerationConfig(num_samples=2, max_new_tokens=2, top_p=0.9, backend="vllm"),
+    )
     assert calls["model"] == str(tmp_path)
     assert calls["params"]["n"] == 2 and calls["params"]["max_tokens"] == 2 and calls["params"]["top_p"] == 0.9
     assert calls["params"]["stop_token_ids"] == [eos]

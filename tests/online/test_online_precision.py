@@ -21,8 +21,12 @@ from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-EXPECTED = {"checkpoint_dtype": "bfloat16", "master_weights_dtype": "float32", "compute_dtype": "bfloat16",
-            "saved_dtype": "bfloat16"}
+EXPECTED = {
+    "checkpoint_dtype": "bfloat16",
+    "master_weights_dtype": "float32",
+    "compute_dtype": "bfloat16",
+    "saved_dtype": "bfloat16",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -37,10 +41,19 @@ def _llama(tokenizer: Any) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(config).to(torch.bfloat16)
 
 
@@ -48,9 +61,20 @@ def _online(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     tokenizer = build_tokenizer()
     rng = random.Random(0)
     prompts = [sample_review(rng).prompt for _ in range(4)]
-    return {"model": _llama(tokenizer), "tokenizer": tokenizer, "prompts": prompts, "steps": 1,
-            "prompts_per_step": 2, "max_new_tokens": 6, "output_dir": str(tmp_path), "progress": False,
-            "num_threads": 1, "lr": 1e-5, "reward": lambda ps, cs: [float(len(c.split())) for c in cs], **overrides}
+    return {
+        "model": _llama(tokenizer),
+        "tokenizer": tokenizer,
+        "prompts": prompts,
+        "steps": 1,
+        "prompts_per_step": 2,
+        "max_new_tokens": 6,
+        "output_dir": str(tmp_path),
+        "progress": False,
+        "num_threads": 1,
+        "lr": 1e-5,
+        "reward": lambda ps, cs: [float(len(c.split())) for c in cs],
+        **overrides,
+    }
 
 
 def test_online_policy_and_critic_train_fp32_master_weights(tmp_path) -> None:
@@ -108,8 +132,15 @@ def test_reward_model_from_a_bf16_checkpoint(tmp_path) -> None:
             rows.append({"prompt": first.prompt, "chosen": texts[best], "rejected": texts[1 - best]})
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = train_reward_model(model=str(tmp_path / "llama"), data=str(data), eval_split="none", batch_size=8,
-                                output_dir=str(tmp_path / "rm"), progress=False, num_threads=1)
+    result = train_reward_model(
+        model=str(tmp_path / "llama"),
+        data=str(data),
+        eval_split="none",
+        batch_size=8,
+        output_dir=str(tmp_path / "rm"),
+        progress=False,
+        num_threads=1,
+    )
     assert result.precision == EXPECTED
     saved = load_file(str(result.model_path / "model.safetensors"))
     assert {t.dtype for t in saved.values()} == {torch.bfloat16}

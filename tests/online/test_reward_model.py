@@ -73,10 +73,13 @@ def test_in_memory_rm_from_the_policy_scores_like_its_saved_copy(task, tmp_path)
     from prefopt.online.reward_config import RewardModelConfig
 
     model = synthetic_reward_model(task.policy.model, init="policy", seed=5)
-    torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight, task.policy.model.model.layers[0].mlp.up_proj.weight)
+    torch.testing.assert_close(
+        model.model.layers[0].mlp.up_proj.weight, task.policy.model.model.layers[0].mlp.up_proj.weight
+    )
     result = train_reward_model(model=model, tokenizer=task.policy.tokenizer, **_settings(tmp_path, epochs=0.25))
-    assert result.steps == 3 and not torch.equal(model.model.embed_tokens.weight,
-                                                 task.policy.model.model.embed_tokens.weight)  # trained in place
+    assert result.steps == 3 and not torch.equal(
+        model.model.embed_tokens.weight, task.policy.model.model.embed_tokens.weight
+    )  # trained in place
     rows = task.preferences.rows("paired", "eval")[:20]
     prompts, texts = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
     in_memory = LearnedReward(model, task.policy.tokenizer, tokenize_config=RewardModelConfig().tokenize_config(model))
@@ -116,8 +119,9 @@ def test_resume_matches_an_uninterrupted_run(task, tmp_path) -> None:
         train_reward_model(**_settings(cut_dir, **{**common, "lr": 2e-3}, resume=True))
     resumed = train_reward_model(**_settings(cut_dir, **common, resume=True))
     timing = {"elapsed_s"}
-    assert ({k: v for k, v in resumed.final_metrics.items() if k not in timing}
-            == pytest.approx({k: v for k, v in full.final_metrics.items() if k not in timing}, rel=1e-5, abs=1e-7))
+    assert {k: v for k, v in resumed.final_metrics.items() if k not in timing} == pytest.approx(
+        {k: v for k, v in full.final_metrics.items() if k not in timing}, rel=1e-5, abs=1e-7
+    )
     assert resumed.train_accuracy == full.train_accuracy
     steps = [json.loads(line)["step"] for line in (cut_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, full.steps + 1))

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from prefopt.cli.train_rm import COMMAND as TRAIN_RM
 from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
 from prefopt.online.reward_config import RewardModelConfig
 from prefopt.online.reward_data import encode_completions, loss_arguments
 from prefopt.online.reward_model import LearnedReward, load_reward_model, train_reward_model
-from prefopt.cli.train_rm import COMMAND as TRAIN_RM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -45,10 +45,17 @@ def _rows(count: int, seed: int) -> tuple[list[dict], list[dict]]:
         order = sorted(range(3), key=lambda k: -gold[k])
         if gold[order[0]] == gold[order[-1]]:
             continue
-        paired.append({"prompt": first.prompt, "chosen": texts[order[0]], "rejected": texts[order[-1]],
-                       "margin": round(gold[order[0]] - gold[order[-1]], 3)})
-        ranked.append({"prompt": first.prompt, "completions": [texts[k] for k in order],
-                       "scores": [gold[k] for k in order]})
+        paired.append(
+            {
+                "prompt": first.prompt,
+                "chosen": texts[order[0]],
+                "rejected": texts[order[-1]],
+                "margin": round(gold[order[0]] - gold[order[-1]], 3),
+            }
+        )
+        ranked.append(
+            {"prompt": first.prompt, "completions": [texts[k] for k in order], "scores": [gold[k] for k in order]}
+        )
     return paired, ranked
 
 
@@ -65,14 +72,33 @@ def hf_task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rm-hf")
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     llama.save_pretrained(root / "llama")
     tokenizer.save_pretrained(root / "llama")
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128,
-                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            n_positions=128,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     gpt2.save_pretrained(root / "gpt2")
     no_pad = build_tokenizer()
     no_pad.pad_token = None
@@ -82,13 +108,26 @@ def hf_task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data.mkdir()
     _write_jsonl(data / "train.jsonl", paired[:32])
     _write_jsonl(data / "eval.jsonl", paired[32:])
-    return {"root": root, "llama": root / "llama", "gpt2": root / "gpt2", "data": data,
-            "ranked": _write_jsonl(root / "ranked.jsonl", ranked), "paired_file": data / "train.jsonl"}
+    return {
+        "root": root,
+        "llama": root / "llama",
+        "gpt2": root / "gpt2",
+        "data": data,
+        "ranked": _write_jsonl(root / "ranked.jsonl", ranked),
+        "paired_file": data / "train.jsonl",
+    }
 
 
 def _config(hf_task: dict[str, Path], out: Path, **settings) -> dict:
-    return {"model": str(hf_task["llama"]), "data": str(hf_task["data"]), "output_dir": str(out),
-            "progress": False, "batch_size": 8, "epochs": 1.0, **settings}
+    return {
+        "model": str(hf_task["llama"]),
+        "data": str(hf_task["data"]),
+        "output_dir": str(out),
+        "progress": False,
+        "batch_size": 8,
+        "epochs": 1.0,
+        **settings,
+    }
 
 
 def test_margin_column_enters_the_bradley_terry_loss_as_the_formula_says(hf_task, tmp_path) -> None:
@@ -123,16 +162,20 @@ def test_loss_arguments_pass_the_margin_and_lay_out_ranked_scores_best_first(hf_
     from prefopt.data import TokenizeConfig, collate_preferences, load_preferences, tokenize_preferences
 
     tokenizer = build_tokenizer()
-    paired = tokenize_preferences(load_preferences(str(hf_task["paired_file"]), kind="paired"), tokenizer,
-                                  TokenizeConfig(), kind="paired").to_list()[:3]
+    paired = tokenize_preferences(
+        load_preferences(str(hf_task["paired_file"]), kind="paired"), tokenizer, TokenizeConfig(), kind="paired"
+    ).to_list()[:3]
     batch = collate_preferences(paired, pad_token_id=0)
     scores = torch.arange(6, dtype=torch.float32)  # chosen block 0,1,2 then rejected block 3,4,5
     args = loss_arguments("paired", scores, batch)
     assert args["chosen_rewards"].tolist() == [0, 1, 2] and args["rejected_rewards"].tolist() == [3, 4, 5]
     assert args["margin"].tolist() == pytest.approx([r["margin"] for r in paired])
-    ranked = tokenize_preferences(load_preferences(str(hf_task["ranked"]), kind="ranked"), tokenizer,
-                                  TokenizeConfig(), kind="ranked").to_list()[:2]
-    rewards = loss_arguments("ranked", torch.arange(6, dtype=torch.float32), collate_preferences(ranked, pad_token_id=0))
+    ranked = tokenize_preferences(
+        load_preferences(str(hf_task["ranked"]), kind="ranked"), tokenizer, TokenizeConfig(), kind="ranked"
+    ).to_list()[:2]
+    rewards = loss_arguments(
+        "ranked", torch.arange(6, dtype=torch.float32), collate_preferences(ranked, pad_token_id=0)
+    )
     assert rewards["rewards"].tolist() == [[0, 2, 4], [1, 3, 5]]  # row b, rank k = scores[k·B + b]
 
 
@@ -164,8 +207,16 @@ def test_hf_llama_folder_trains_saves_and_loads_with_the_same_scores(hf_task, tm
 
 
 def test_gpt2_without_pad_token_pools_on_eos_padding_and_ranked_data_trains_plackett_luce(hf_task, tmp_path) -> None:
-    result = train_reward_model(model=str(hf_task["gpt2"]), loss="plackett_luce_rm", data=str(hf_task["ranked"]),
-                                output_dir=str(tmp_path), progress=False, batch_size=8, lr=1e-3, seed=3)
+    result = train_reward_model(
+        model=str(hf_task["gpt2"]),
+        loss="plackett_luce_rm",
+        data=str(hf_task["ranked"]),
+        output_dir=str(tmp_path),
+        progress=False,
+        batch_size=8,
+        lr=1e-3,
+        seed=3,
+    )
     assert result.eval_accuracy is None  # one file: no eval split
     assert 0.0 <= result.train_accuracy <= 1.0 and result.steps == 6
     reward = LearnedReward(result.model_path)
@@ -179,8 +230,22 @@ def test_cli_trains_and_prints_where_the_model_went(hf_task, tmp_path, capsys) -
     TRAIN_RM.add_to(parser.add_subparsers())
     config = tmp_path / "rm.yaml"
     config.write_text(f"model: {hf_task['llama']}\nbatch_size: 8\nloss_hparams: {{center_coef: 0.5}}\n")
-    args = parser.parse_args(["train-rm", "--config", str(config), "--data", str(hf_task["data"]), "--epochs", "0.5",
-                              "--set", "center_coef=0.01", "--out", str(tmp_path / "run"), "--quiet"])
+    args = parser.parse_args(
+        [
+            "train-rm",
+            "--config",
+            str(config),
+            "--data",
+            str(hf_task["data"]),
+            "--epochs",
+            "0.5",
+            "--set",
+            "center_coef=0.01",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "eval accuracy" in printed and str(tmp_path / "run" / "final") in printed
@@ -190,17 +255,20 @@ def test_cli_trains_and_prints_where_the_model_went(hf_task, tmp_path, capsys) -
     assert "dpo" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"loss": "dpo"}, "not a reward model"),
-    ({"loss": "bradley_terry", "loss_hparams": {"beta": 0.1}}, "center_coef"),
-    ({"init": "pretrained"}, "init='pretrained'"),
-    ({"hidden_size": 32, "init": "policy"}, "init='scratch'"),
-    ({"model": "gpt2", "num_layers": 2}, "synthetic-task RM"),
-    ({"lr": -1.0}, "lr=-1.0"),
-    ({"batch_size": 0}, "batch_size=0"),
-    ({"max_length": 64, "max_prompt_length": 64}, "max_prompt_length=64"),
-    ({"learning_rate": 1e-3}, "unknown setting"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"loss": "dpo"}, "not a reward model"),
+        ({"loss": "bradley_terry", "loss_hparams": {"beta": 0.1}}, "center_coef"),
+        ({"init": "pretrained"}, "init='pretrained'"),
+        ({"hidden_size": 32, "init": "policy"}, "init='scratch'"),
+        ({"model": "gpt2", "num_layers": 2}, "synthetic-task RM"),
+        ({"lr": -1.0}, "lr=-1.0"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"max_length": 64, "max_prompt_length": 64}, "max_prompt_length=64"),
+        ({"learning_rate": 1e-3}, "unknown setting"),
+    ],
+)
 def test_bad_settings_raise_errors_naming_the_field(settings, message) -> None:
     with pytest.raises(ValueError, match=message):
         RewardModelConfig.from_dict(settings)
@@ -211,8 +279,16 @@ def test_a_synthetic_rm_width_must_fit_the_policy_heads() -> None:
 
     from prefopt.online.reward_model import synthetic_reward_model
 
-    policy = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                          num_attention_heads=4, num_key_value_heads=2))
+    policy = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=16,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     with pytest.raises(ValueError, match="hidden_size=30"):
         synthetic_reward_model(policy, init="scratch", hidden_size=30)
     small = synthetic_reward_model(policy, init="scratch", hidden_size=8, num_layers=2)
@@ -240,8 +316,9 @@ def test_in_memory_dataset_dict_uses_its_eval_split(hf_task, tmp_path) -> None:
     import datasets
 
     rows = [json.loads(line) for line in hf_task["paired_file"].read_text().splitlines()]
-    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:24]),
-                                   "eval": datasets.Dataset.from_list(rows[24:])})
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:24]), "eval": datasets.Dataset.from_list(rows[24:])}
+    )
     result = train_reward_model(**_config(hf_task, tmp_path, data=None), dataset=splits)
     assert result.eval_examples == len(rows) - 24 and result.steps == 3
     assert json.loads((result.model_path / "prefopt_reward_model.json").read_text())["data"] == "in-memory"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from prefopt.data.synthetic.reward import GoldReward
-from prefopt.reward_function import RewardFunction
 from prefopt.online.generation import Rollout
 from prefopt.online.rewards import CallableReward, as_reward_function, check_scores, score_rollout
+from prefopt.reward_function import RewardFunction
 
 
 def _rollout(completions: list[str], prompts: list[str], k: int) -> Rollout:
@@ -46,8 +46,12 @@ def test_gold_and_objects_pass_through() -> None:
 
 @pytest.mark.parametrize(
     ("returned", "match"),
-    [([1.0], r"shape \(1,\) for 2 completions"), ([1.0, float("nan")], "row 1"), ("high", "not a sequence"),
-     ([[1.0, 2.0]], "shape")],
+    [
+        ([1.0], r"shape \(1,\) for 2 completions"),
+        ([1.0, float("nan")], "row 1"),
+        ("high", "not a sequence"),
+        ([[1.0, 2.0]], "shape"),
+    ],
 )
 def test_bad_scores_are_clear_errors(returned: object, match: str) -> None:
     reward = CallableReward(lambda ps, cs: returned, name="mine")

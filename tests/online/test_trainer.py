@@ -17,8 +17,19 @@ from prefopt.registry import list_losses
 from .tiny_online import online_settings, tiny_policy, tiny_prompts
 
 ALGORITHMS = list_losses("rollout")
-REQUIRED = {"objective/scores", "objective/kl", "objective/non_score_reward", "objective/rlhf_reward",
-            "objective/entropy", "kl_coef", "gen/length", "gen/finished", "grad_norm", "loss", "time/step_s"}
+REQUIRED = {
+    "objective/scores",
+    "objective/kl",
+    "objective/non_score_reward",
+    "objective/rlhf_reward",
+    "objective/entropy",
+    "kl_coef",
+    "gen/length",
+    "gen/finished",
+    "grad_norm",
+    "loss",
+    "time/step_s",
+}
 
 
 def test_every_builtin_algorithm_is_covered():
@@ -28,8 +39,9 @@ def test_every_builtin_algorithm_is_covered():
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_algorithm_runs_end_to_end(algorithm, tmp_path):
     records = []
-    result = train_online(algorithm=algorithm, on_step=lambda step, record: records.append(record),
-                          **online_settings(tmp_path))
+    result = train_online(
+        algorithm=algorithm, on_step=lambda step, record: records.append(record), **online_settings(tmp_path)
+    )
     assert [r["step"] for r in records] == [1, 2]
     for record in records:
         assert REQUIRED <= set(record), REQUIRED - set(record)
@@ -47,8 +59,12 @@ def test_algorithm_runs_end_to_end(algorithm, tmp_path):
 
 
 def test_online_dpo_with_any_paired_loss(tmp_path):
-    result = train_online(algorithm="online_dpo", pair_loss="ipo", pair_loss_hparams={"beta": 0.5},
-                          **online_settings(tmp_path, prompts_per_step=6))
+    result = train_online(
+        algorithm="online_dpo",
+        pair_loss="ipo",
+        pair_loss_hparams={"beta": 0.5},
+        **online_settings(tmp_path, prompts_per_step=6),
+    )
     assert "rewards/margins" in result.final_metrics
     assert all(math.isfinite(v) for v in result.final_metrics.values())
 
@@ -165,8 +181,10 @@ def test_grpo_raises_the_gold_reward(tmp_path):
     heldout = tiny_prompts()[1]
     torch.set_num_threads(1)
     before = _gold_reward(model, tokenizer, heldout)
-    result = train_online(algorithm="grpo", **online_settings(tmp_path, model=model, tokenizer=tokenizer, steps=15,
-                                                             prompts_per_step=8, lr=5e-4))
+    result = train_online(
+        algorithm="grpo",
+        **online_settings(tmp_path, model=model, tokenizer=tokenizer, steps=15, prompts_per_step=8, lr=5e-4),
+    )
     after = _gold_reward(model, tokenizer, heldout)
     assert after > before + 0.2, (before, after)
     assert result.final_metrics["objective/kl"] > 0
@@ -174,8 +192,12 @@ def test_grpo_raises_the_gold_reward(tmp_path):
 
 def test_missing_eos_penalty_lowers_unfinished_scores(tmp_path):
     """A zero reward and 3-token completions (mostly cut before EOS): score = −penalty·1[no EOS] per row."""
-    result = train_online(algorithm="rloo", reward=lambda ps, cs: [0.0] * len(cs), missing_eos_penalty=1.5,
-                          **online_settings(tmp_path, steps=1, max_new_tokens=3))
+    result = train_online(
+        algorithm="rloo",
+        reward=lambda ps, cs: [0.0] * len(cs),
+        missing_eos_penalty=1.5,
+        **online_settings(tmp_path, steps=1, max_new_tokens=3),
+    )
     metrics = result.final_metrics
     assert metrics["gen/finished"] < 1.0
     assert metrics["objective/scores"] == pytest.approx(-1.5 * (1.0 - metrics["gen/finished"]))

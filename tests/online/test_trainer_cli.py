@@ -25,14 +25,16 @@ def test_yaml_then_flags_override(tmp_path):
     path.write_text("algorithm: grpo\nsteps: 7\nloss_hparams: {beta: 0.1}\nkl_coef: 0.2\n")
     args = _parse(["--config", str(path), "--steps", "9", "--set", "clip_range=0.3", "--no-whiten-advantages"])
     config = online_config_from_args(args)
-    assert config == OnlineConfig(algorithm="grpo", steps=9, loss_hparams={"beta": 0.1, "clip_range": 0.3},
-                                  kl_coef=0.2, whiten_advantages=False)
+    assert config == OnlineConfig(
+        algorithm="grpo", steps=9, loss_hparams={"beta": 0.1, "clip_range": 0.3}, kl_coef=0.2, whiten_advantages=False
+    )
     assert args.func == COMMAND.run
 
 
 def test_pair_loss_flags():
-    config = online_config_from_args(_parse(["--loss", "online_dpo", "--pair-loss", "ipo", "--set", "ipo.beta=0.5",
-                                             "--set", "beta=0.2"]))
+    config = online_config_from_args(
+        _parse(["--loss", "online_dpo", "--pair-loss", "ipo", "--set", "ipo.beta=0.5", "--set", "beta=0.2"])
+    )
     assert config.pair_loss == "ipo" and config.pair_loss_hparams == {"beta": 0.5}
     assert config.algorithm == "online_dpo" and config.loss_hparams == {"beta": 0.2}
 
@@ -48,15 +50,48 @@ def test_command_line_run(tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in tiny_prompts()[0][:8]))
     out = tmp_path / "run"
-    code = main(["--model", str(tiny_model_path()), "--prompts", str(prompts), "--loss", "remax",
-                 "--steps", "1", "--prompts-per-step", "4", "--max-new-tokens", "16", "--out", str(out),
-                 "--num-threads", "1", "--quiet", "--lr", "1e-4"])
+    code = main(
+        [
+            "--model",
+            str(tiny_model_path()),
+            "--prompts",
+            str(prompts),
+            "--loss",
+            "remax",
+            "--steps",
+            "1",
+            "--prompts-per-step",
+            "4",
+            "--max-new-tokens",
+            "16",
+            "--out",
+            str(out),
+            "--num-threads",
+            "1",
+            "--quiet",
+            "--lr",
+            "1e-4",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["steps"] == 1 and "objective/greedy_scores" in result["final_metrics"]
     assert json.loads((out / "config.json").read_text())["algorithm"] == "remax"
-    again = main(["--model", str(tiny_model_path()), "--prompts", str(prompts), "--loss", "remax",
-                  "--steps", "1", "--out", str(out), "--quiet"])
+    again = main(
+        [
+            "--model",
+            str(tiny_model_path()),
+            "--prompts",
+            str(prompts),
+            "--loss",
+            "remax",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert again == 2, "a second fresh run into the same folder is refused, not a traceback"
     assert "earlier run" in capsys.readouterr().err
 

@@ -24,9 +24,17 @@ def _tiny_llama(cls_name: str = "LlamaForCausalLM", **extra):
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                                      pad_token_id=0, **extra)
+    config = transformers.LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        **extra,
+    )
     return getattr(transformers, cls_name)(config).eval()
 
 
@@ -38,9 +46,9 @@ def _batch() -> TokenBatch:
     attention = torch.zeros(3, 7, dtype=torch.long)
     completion = torch.zeros(3, 7, dtype=torch.bool)
     for r, (p, c) in enumerate(zip(prompt_lengths, completion_lengths)):
-        attention[r, :p + c] = 1
-        completion[r, p:p + c] = True
-        input_ids[r, p + c:] = 0
+        attention[r, : p + c] = 1
+        completion[r, p : p + c] = True
+        input_ids[r, p + c :] = 0
     sequence_ids = torch.where(attention.bool(), torch.arange(3)[:, None].expand(3, 7), -1)
     return TokenBatch(input_ids, attention, completion, sequence_ids, num_sequences=3)
 
@@ -49,7 +57,7 @@ def _brute_force_values(backbone, head, batch: TokenBatch) -> torch.Tensor:
     """V at completion token t = head(last hidden state of the prefix input_ids[:t]), one forward per prefix."""
     out = torch.zeros(batch.input_ids.shape)
     for r, t in batch.completion_mask.nonzero().tolist():
-        hidden = backbone(input_ids=batch.input_ids[r:r + 1, :t]).last_hidden_state[0, -1]
+        hidden = backbone(input_ids=batch.input_ids[r : r + 1, :t]).last_hidden_state[0, -1]
         out[r, t] = head(hidden).squeeze()
     return out
 
@@ -89,7 +97,7 @@ def test_critic_from_reward_model_reads_the_reward_head_per_prefix():
     with torch.no_grad():
         values = critic.values(batch)
         for r, t in batch.completion_mask.nonzero().tolist():
-            score = reward_model(input_ids=batch.input_ids[r:r + 1, :t]).logits[0, 0]
+            score = reward_model(input_ids=batch.input_ids[r : r + 1, :t]).logits[0, 0]
             assert values[r, t] == pytest.approx(float(score), rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="score"):
         critic_from_reward_model(_tiny_llama())
@@ -125,10 +133,12 @@ def test_critic_targets_match_brute_force_gae(estimator):
     old, ref = old - 2.0, ref - 2.0
     values = torch.where(mask, values, 0.0)
     scores = torch.tensor([1.5, -0.5, 0.25])
-    targets, kl = critic_targets(scores, old, ref, mask, values, kl_coef=0.1, estimator=estimator, gamma=0.9,
-                                 lam=0.8, whiten=True)
-    expected_advantages, expected_returns = _brute_force_targets(scores, old, ref, mask, values, 0.1, 0.9, 0.8,
-                                                                 estimator)
+    targets, kl = critic_targets(
+        scores, old, ref, mask, values, kl_coef=0.1, estimator=estimator, gamma=0.9, lam=0.8, whiten=True
+    )
+    expected_advantages, expected_returns = _brute_force_targets(
+        scores, old, ref, mask, values, 0.1, 0.9, 0.8, estimator
+    )
     torch.testing.assert_close(targets["advantages"], expected_advantages, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(targets["returns"], expected_returns, rtol=1e-5, atol=1e-5)
     assert (kl[~mask] == 0).all() and (targets["advantages"][~mask] == 0).all()
@@ -170,8 +180,9 @@ def test_ppo_rollout_wiring_matches_brute_force(tmp_path):
         values = _brute_force_values(run.critic.backbone, run.critic.head, batch)
     torch.testing.assert_close(prepared.token_inputs["old_values"], values, rtol=1e-4, atol=1e-5)
     scores = prepared.scores[:, 0]  # K = 1
-    advantages, returns = _brute_force_targets(scores, prepared.old_logps, prepared.ref_logps, batch.completion_mask,
-                                               values, 0.2, 0.95, 0.9)
+    advantages, returns = _brute_force_targets(
+        scores, prepared.old_logps, prepared.ref_logps, batch.completion_mask, values, 0.2, 0.95, 0.9
+    )
     torch.testing.assert_close(prepared.token_inputs["advantages"], advantages, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(prepared.token_inputs["returns"], returns, rtol=1e-4, atol=1e-4)
     assert metrics["kl_coef"] == 0.2 and metrics["objective/scores"] == pytest.approx(float(scores.mean()))

@@ -17,8 +17,8 @@ def _tiny() -> tuple[Any, Any, list[str], list[str], Any]:
     import torch
 
     from prefopt.data.synthetic import SFTConfig, reference_policy
-    from prefopt.threads import torch_threads
     from prefopt.online.setup import synthetic_prompts
+    from prefopt.threads import torch_threads
 
     cache = os.environ.get("PREFOPT_CACHE") or tempfile.mkdtemp(prefix="prefopt-online-tests-")
     with torch_threads(1):
@@ -48,8 +48,17 @@ def tiny_model_path() -> Any:
 def online_settings(tmp_path: Any, **overrides: Any) -> dict[str, Any]:
     """train_online keyword arguments of a seconds-scale run on the tiny policy."""
     model, tokenizer = tiny_policy()
-    settings = {"model": model, "tokenizer": tokenizer, "prompts": tiny_prompts()[0], "steps": 2,
-                "prompts_per_step": 4, "max_new_tokens": 24, "output_dir": str(tmp_path / "run"), "progress": False,
-                "num_threads": 1, "lr": 2e-4}
+    settings = {
+        "model": model,
+        "tokenizer": tokenizer,
+        "prompts": tiny_prompts()[0],
+        "steps": 2,
+        "prompts_per_step": 4,
+        "max_new_tokens": 24,
+        "output_dir": str(tmp_path / "run"),
+        "progress": False,
+        "num_threads": 1,
+        "lr": 2e-4,
+    }
     settings.update(overrides)
     return settings

@@ -52,8 +52,13 @@ def test_quick_run_trains_evaluates_and_reports() -> None:
     result = df.run(config, lambda done, total, stage: seen.append(stage))
     assert len(seen) == 2 + len(config.dpo_betas) + len(config.ppo_kl_coefs)
     points = {(p["algorithm"], p["setting"]): p for p in result.data["points"]}
-    assert set(points) == {("DPO", "β=0.1"), ("DPO", "β=5"), ("PPO", "kl_coef=0.1"), ("best-of-N", "N=1"),
-                           ("best-of-N", "N=2")}
+    assert set(points) == {
+        ("DPO", "β=0.1"),
+        ("DPO", "β=5"),
+        ("PPO", "kl_coef=0.1"),
+        ("best-of-N", "N=1"),
+        ("best-of-N", "N=2"),
+    }
     for key in (("DPO", "β=0.1"), ("PPO", "kl_coef=0.1")):  # trained policies moved away from the reference
         assert points[key]["kl"] > 0 and math.isfinite(points[key]["reward"])
     # Best-of-2 by the gold reward beats the reference's mean reward on every prompt (it is a max).

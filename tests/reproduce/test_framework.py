@@ -9,11 +9,18 @@ from pathlib import Path
 import pytest
 
 import prefopt.reproduce as reproduce
-from prefopt.reproduce import Check, Outcome, Reproduction, Table, UnknownReproductionError, render_checks
-from prefopt.reproduce.base import check_at_least, check_at_most, check_close, fmt, mean_ci
-from prefopt.cli.reproduce import COMMAND
 from prefopt.atomic import write_atomic
-from prefopt.reproduce import run_reproduction
+from prefopt.cli.reproduce import COMMAND
+from prefopt.reproduce import (
+    Check,
+    Outcome,
+    Reproduction,
+    Table,
+    UnknownReproductionError,
+    render_checks,
+    run_reproduction,
+)
+from prefopt.reproduce.base import check_at_least, check_at_most, check_close, fmt, mean_ci
 
 
 def _main(argv: list[str]) -> int:
@@ -42,9 +49,14 @@ def test_unknown_name_suggests_and_lists(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert "'ipo-bandits'" in err and "single-pair" in err
     assert _main(["reproduce", "single-pair", "--seeds", "0"]) == 2
-    assert [r.name for r in reproduce.list_reproductions() if r.seeded] == ["ipo-bandits", "dpo-optimum", "likelihood-displacement",
-                                                                     "length-exploitation", "dpo-frontier",
-                                                                     "rm-overoptimization"]
+    assert [r.name for r in reproduce.list_reproductions() if r.seeded] == [
+        "ipo-bandits",
+        "dpo-optimum",
+        "likelihood-displacement",
+        "length-exploitation",
+        "dpo-frontier",
+        "rm-overoptimization",
+    ]
     with pytest.raises(ValueError, match="seeds"):
         run_reproduction("single-pair", seeds=0)
 
@@ -54,7 +66,9 @@ def test_check_helpers_and_table() -> None:
     assert not check_close("c", "p", float("nan"), 1.0, 1e-3).passed
     assert check_at_most("c", "p", 0.5, 0.5).passed and not check_at_least("c", "p", 0.49, 0.5).passed
     assert fmt(0.0) == "0" and fmt(1234.5678) == "1235" and fmt(1.5e-7) == "1.500e-07"
-    text = render_checks([Check("first claim", "paper says", "1", "± 0.1", True), Check("second", "x", "2", "≤ 1", False)])
+    text = render_checks(
+        [Check("first claim", "paper says", "1", "± 0.1", True), Check("second", "x", "2", "≤ 1", False)]
+    )
     lines = text.splitlines()
     assert lines[0].split() == ["claim", "paper", "ours", "tolerance", "result"]
     assert lines[2].endswith("PASS") and lines[3].endswith("FAIL")
@@ -81,8 +95,9 @@ def _fake(passed: bool) -> Reproduction:
 
         return Outcome([check], [Table("detail table", ["a"], [["1 | 2"]])], draw, (3, 2), ["a note"], {"x": [1, 2]})
 
-    return Reproduction("fake", "a fake", "Nobody 2024, arXiv:0000.00000", "nothing", "0 s",
-                        lambda quick, seeds: {"quick": quick}, run)
+    return Reproduction(
+        "fake", "a fake", "Nobody 2024, arXiv:0000.00000", "nothing", "0 s", lambda quick, seeds: {"quick": quick}, run
+    )
 
 
 @pytest.mark.parametrize("passed, status", [(True, 0), (False, 1)])

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from prefopt.reproduce.experiments import likelihood_displacement as ld
 from prefopt.reproduce.base import silent_progress, single_thread
+from prefopt.reproduce.experiments import likelihood_displacement as ld
 from prefopt.reproduce.report import RunResult, environment, figure_png, render_markdown
 from prefopt.reproduce.synthetic_runs import Curve, TrainSchedule, stack_final
 
@@ -48,9 +48,15 @@ def test_report_and_figure(quick: RunResult) -> None:
     assert "arXiv:2402.13228" in text and "DPOP" in text and text.count("| DPO") >= ld.QUICK.seeds
 
 
-def _curves(dpo_eval: list[float], dpo_rejected: list[float], dpop_train: list[float],
-            dpop_eval: list[float], dpo_train: list[float] | None = None) -> dict[str, list[Curve]]:
+def _curves(
+    dpo_eval: list[float],
+    dpo_rejected: list[float],
+    dpop_train: list[float],
+    dpop_eval: list[float],
+    dpo_train: list[float] | None = None,
+) -> dict[str, list[Curve]]:
     """Two-point curves (step 0 at 0, then the given final values) for each replicate."""
+
     def curve(values: dict[str, float]) -> Curve:
         c = Curve()
         c.record(0, {name: 0.0 for name in ld.PROBES})
@@ -58,8 +64,10 @@ def _curves(dpo_eval: list[float], dpo_rejected: list[float], dpop_train: list[f
         return c
 
     dpo_train = dpo_eval if dpo_train is None else dpo_train
-    dpo = [curve({"eval_chosen": w, "eval_rejected": lo, "train_chosen": t})
-           for w, lo, t in zip(dpo_eval, dpo_rejected, dpo_train)]
+    dpo = [
+        curve({"eval_chosen": w, "eval_rejected": lo, "train_chosen": t})
+        for w, lo, t in zip(dpo_eval, dpo_rejected, dpo_train)
+    ]
     dpop = [curve({"train_chosen": t, "eval_chosen": e}) for t, e in zip(dpop_train, dpop_eval)]
     return {"DPO": dpo, "DPOP": dpop}
 
@@ -71,8 +79,9 @@ def test_checks_pass_on_the_claimed_pattern_and_fail_on_its_opposite() -> None:
     opposite = _curves([0.5, 0.6, 0.55], [1.0, 1.2, 1.1], [-0.3, -0.2, -0.4], [0.0, 0.1, 0.2])
     assert [c.passed for c in ld.checks_from_curves(opposite, ld.CONFIG)] == [False] * 5
     # Displaced only on held-out pairs: the training-pair check alone fails.
-    held_out_only = _curves([-0.5, -0.6, -0.55], [-1.0, -1.2, -1.1], [0.1, 0.05, 0.08], [0.0, 0.02, -0.01],
-                            dpo_train=[0.2, 0.1, 0.3])
+    held_out_only = _curves(
+        [-0.5, -0.6, -0.55], [-1.0, -1.2, -1.1], [0.1, 0.05, 0.08], [0.0, 0.02, -0.01], dpo_train=[0.2, 0.1, 0.3]
+    )
     assert [c.passed for c in ld.checks_from_curves(held_out_only, ld.CONFIG)] == [True, False, True, True, True]
 
 

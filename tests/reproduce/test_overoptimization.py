@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-from prefopt.reproduce.experiments import overoptimization as oo
 from prefopt.reproduce.bon_sampling import (
     GaoFit,
     best_of_n_from_pool,
@@ -19,6 +18,7 @@ from prefopt.reproduce.bon_sampling import (
     subset_max_weights,
     tie_averaged,
 )
+from prefopt.reproduce.experiments import overoptimization as oo
 from prefopt.reproduce.report import figure_png, render_markdown
 
 
@@ -54,7 +54,9 @@ def test_pool_estimator_equals_brute_force_enumeration_with_ties() -> None:
     estimate = best_of_n_from_pool(proxy, gold, ns)  # [J, P]
     for p in range(3):
         for j, n in enumerate(ns):
-            assert float(estimate[j, p]) == pytest.approx(_brute_force(proxy[p].tolist(), gold[p].tolist(), n), abs=1e-12)
+            assert float(estimate[j, p]) == pytest.approx(
+                _brute_force(proxy[p].tolist(), gold[p].tolist(), n), abs=1e-12
+            )
     assert torch.allclose(estimate[0], gold.mean(1))  # N = 1: the reference's mean
     same = best_of_n_from_pool(gold, gold, [m])
     assert torch.allclose(same[0], gold.max(1).values)  # N = M by the gold itself: the best sample
@@ -114,11 +116,16 @@ def _curves(config: oo.OveroptimizationConfig, params: list[tuple[float, float]]
     gen = torch.Generator().manual_seed(0)
     out = []
     for (alpha, beta), size in zip(params, config.proxy_sizes):
-        gold = (d * (alpha - beta * d) + 0.3)[:, None] + 0.01 * torch.randn(len(d), 20, generator=gen, dtype=torch.float64)
+        gold = (d * (alpha - beta * d) + 0.3)[:, None] + 0.01 * torch.randn(
+            len(d), 20, generator=gen, dtype=torch.float64
+        )
         proxy = (d * alpha + 0.3)[:, None].expand(-1, 20)
         mean = gold.mean(1)
-        out.append(oo.ProxyCurves(size, gold, proxy, 0.7, fit_gao_bon(d, mean - mean[0]),
-                                  fit_gao_bon(d, proxy.mean(1) - proxy.mean(1)[0])))
+        out.append(
+            oo.ProxyCurves(
+                size, gold, proxy, 0.7, fit_gao_bon(d, mean - mean[0]), fit_gao_bon(d, proxy.mean(1) - proxy.mean(1)[0])
+            )
+        )
     return out
 
 
@@ -149,11 +156,24 @@ def test_quick_run_with_learned_proxies() -> None:
     proxies = result.data["proxies"]
     assert len(proxies) == 2 and all(0.0 <= p["eval_accuracy"] <= 1.0 for p in proxies)
     # N = 1 is the reference's mean gold reward on the shared pool, whatever the proxy.
-    assert proxies[0]["gold"][0] == pytest.approx(proxies[1]["gold"][0]) == pytest.approx(
-        result.data["info"]["reference_gold"])
+    assert (
+        proxies[0]["gold"][0]
+        == pytest.approx(proxies[1]["gold"][0])
+        == pytest.approx(result.data["info"]["reference_gold"])
+    )
     for p in proxies:  # best-of-N by a reward never lowers that reward's expectation as N grows
         assert all(b >= a - 1e-9 for a, b in zip(p["proxy"], p["proxy"][1:]))
     assert len(result.checks) == 2 * 2 + 1 and all(c.paper and c.tolerance for c in result.checks)
-    fake_run = type("R", (), {"reproduction": oo.REPRODUCTION, "quick": True, "seconds": 1.0, "config": oo.QUICK,
-                              "outcome": result, "environment": {"machine": "test"}})()
+    fake_run = type(
+        "R",
+        (),
+        {
+            "reproduction": oo.REPRODUCTION,
+            "quick": True,
+            "seconds": 1.0,
+            "config": oo.QUICK,
+            "outcome": result,
+            "environment": {"machine": "test"},
+        },
+    )()
     assert "rm-overoptimization" in render_markdown(fake_run) and figure_png(result)[:4] == b"\x89PNG"

@@ -68,9 +68,13 @@ def test_ipo_least_squares_optimum_by_hand() -> None:
     """Total order: the normal equations give θ_a − θ_b = θ_b − θ_c = 1/(3τ); chain a≻b≻c: 1/(2τ) each."""
     for tau in (0.1, 0.5, 2.0):
         p = ipo_bandits.ipo_least_squares_optimum(ipo_bandits.DATASETS["total order"], 3, tau)
-        assert np.log(p[0] / p[1]) == pytest.approx(1 / (3 * tau)) and np.log(p[1] / p[2]) == pytest.approx(1 / (3 * tau))
+        assert np.log(p[0] / p[1]) == pytest.approx(1 / (3 * tau)) and np.log(p[1] / p[2]) == pytest.approx(
+            1 / (3 * tau)
+        )
         p = ipo_bandits.ipo_least_squares_optimum(ipo_bandits.DATASETS["(a,c) unobserved"], 3, tau)
-        assert np.log(p[0] / p[1]) == pytest.approx(1 / (2 * tau)) and np.log(p[1] / p[2]) == pytest.approx(1 / (2 * tau))
+        assert np.log(p[0] / p[1]) == pytest.approx(1 / (2 * tau)) and np.log(p[1] / p[2]) == pytest.approx(
+            1 / (2 * tau)
+        )
     ref = np.log([0.5, 0.3, 0.2])  # a non-uniform reference shifts each log-ratio target by ref_w − ref_l
     p = ipo_bandits.ipo_least_squares_optimum(((0, 1), (1, 2)), 3, 1.0, ref)
     assert np.log(p[0] / p[1]) - (ref[0] - ref[1]) == pytest.approx(0.5)
@@ -83,8 +87,13 @@ def test_ipo_least_squares_optimum_is_where_the_registered_loss_is_flat() -> Non
     p = torch.tensor(ipo_bandits.ipo_least_squares_optimum(pairs, 3, 0.5))
     theta = p.log().clone().requires_grad_(True)
     chosen, rejected = torch.tensor([[w for w, _ in pairs]]), torch.tensor([[lo for _, lo in pairs]])
-    loss = paired_bandit_losses(get_loss("ipo_sum", beta=0.5), torch.log_softmax(theta, -1).unsqueeze(0),
-                                torch.full((3,), -math.log(3), dtype=torch.float64), chosen, rejected)
+    loss = paired_bandit_losses(
+        get_loss("ipo_sum", beta=0.5),
+        torch.log_softmax(theta, -1).unsqueeze(0),
+        torch.full((3,), -math.log(3), dtype=torch.float64),
+        chosen,
+        rejected,
+    )
     (grad,) = torch.autograd.grad(loss.sum(), theta)
     assert grad.abs().max() < 1e-12
 
@@ -142,8 +151,9 @@ def test_weighted_pairs_equal_repeated_pairs() -> None:
     loss = get_loss("cdpo", beta=0.2, epsilon=0.1)
     logps = torch.log_softmax(torch.randn(1, 3, generator=torch.Generator().manual_seed(1)), -1)
     ref = torch.full((3,), -math.log(3))
-    weighted = paired_bandit_losses(loss, logps, ref, torch.tensor([[0, 1]]), torch.tensor([[1, 2]]),
-                                    torch.tensor([[3.0, 1.0]]))
+    weighted = paired_bandit_losses(
+        loss, logps, ref, torch.tensor([[0, 1]]), torch.tensor([[1, 2]]), torch.tensor([[3.0, 1.0]])
+    )
     repeated = paired_bandit_losses(loss, logps, ref, torch.tensor([[0, 0, 0, 1]]), torch.tensor([[1, 1, 1, 2]]))
     torch.testing.assert_close(weighted, repeated)
 

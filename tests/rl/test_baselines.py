@@ -20,8 +20,9 @@ from prefopt.rl import (
 
 def test_leave_one_out_hand_computed() -> None:
     """r = (1, 2, 6): baselines (2+6)/2 = 4, (1+6)/2 = 3.5, (1+2)/2 = 1.5 → A = (−3, −1.5, 4.5)."""
-    torch.testing.assert_close(leave_one_out_advantages(torch.tensor([[1.0, 2.0, 6.0]])),
-                               torch.tensor([[-3.0, -1.5, 4.5]]))
+    torch.testing.assert_close(
+        leave_one_out_advantages(torch.tensor([[1.0, 2.0, 6.0]])), torch.tensor([[-3.0, -1.5, 4.5]])
+    )
 
 
 def test_leave_one_out_is_a_scaled_centring() -> None:
@@ -37,16 +38,20 @@ def test_group_normalized_hand_computed() -> None:
     equal rewards (3, 3) give 0; without std scaling (Dr. GRPO) A = ±0.5."""
     rewards = torch.tensor([[1.0, 0.0], [3.0, 3.0]], dtype=torch.float64)
     a = 0.5 / (math.sqrt(0.5) + 1e-4)
-    torch.testing.assert_close(group_normalized_advantages(rewards),
-                               torch.tensor([[a, -a], [0.0, 0.0]], dtype=torch.float64))
-    torch.testing.assert_close(group_normalized_advantages(rewards, scale_by_std=False),
-                               torch.tensor([[0.5, -0.5], [0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        group_normalized_advantages(rewards), torch.tensor([[a, -a], [0.0, 0.0]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        group_normalized_advantages(rewards, scale_by_std=False),
+        torch.tensor([[0.5, -0.5], [0.0, 0.0]], dtype=torch.float64),
+    )
 
 
 def test_greedy_baseline_hand_computed() -> None:
     rewards = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
-    torch.testing.assert_close(greedy_baseline_advantages(rewards, torch.tensor([0.5, -2.0])),
-                               torch.tensor([[0.5, 1.5], [2.0, 1.0]]))
+    torch.testing.assert_close(
+        greedy_baseline_advantages(rewards, torch.tensor([0.5, -2.0])), torch.tensor([[0.5, 1.5], [2.0, 1.0]])
+    )
     with pytest.raises(LossInputError, match=r"greedy_rewards has shape \(3,\); expected \[2\]"):
         greedy_baseline_advantages(rewards, torch.zeros(3))
 

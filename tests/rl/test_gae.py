@@ -9,7 +9,9 @@ from prefopt.registry import LossInputError
 from prefopt.rl import gae
 
 
-def brute_force_gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
+def brute_force_gae(
+    rewards: list[float], values: list[float], gamma: float, lam: float
+) -> tuple[list[float], list[float]]:
     """A_t = Σ_{l=0}^{L−1−t} (γλ)^l δ_{t+l}, δ_t = r_t + γV_{t+1} − V_t, V_L = 0, written as the explicit sum."""
     n = len(rewards)
     deltas = [rewards[t] + gamma * (values[t + 1] if t + 1 < n else 0.0) - values[t] for t in range(n)]

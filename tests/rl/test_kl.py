@@ -80,8 +80,9 @@ def test_eos_detection_and_penalty() -> None:
     has_eos = contains_eos(ids, mask, torch.tensor([2, 3]))
     assert has_eos.tolist() == [True, False, True]
     assert contains_eos(ids, mask, 2).tolist() == [True, False, False]
-    torch.testing.assert_close(apply_eos_penalty(torch.tensor([1.0, 0.5, 2.0]), has_eos, 1.5),
-                               torch.tensor([1.0, -1.0, 2.0]))
+    torch.testing.assert_close(
+        apply_eos_penalty(torch.tensor([1.0, 0.5, 2.0]), has_eos, 1.5), torch.tensor([1.0, -1.0, 2.0])
+    )
     with pytest.raises(LossInputError, match="bool"):
         apply_eos_penalty(torch.zeros(3), torch.ones(3), 1.0)
 

@@ -55,8 +55,10 @@ def _group_step(name: str, policy: ToyPolicy, g: torch.Generator, loss_fn) -> No
     if name in ("grpo", "rloo"):
         kwargs["ref_logps"] = torch.full((S, T), -torch.log(torch.tensor(float(V))))
     if name == "remax":
-        kwargs = {"rewards": rewards, "greedy_rewards": torch.full((B,), float(reward(
-            policy.logits.argmax(-1).unsqueeze(0))[0]))}
+        kwargs = {
+            "rewards": rewards,
+            "greedy_rewards": torch.full((B,), float(reward(policy.logits.argmax(-1).unsqueeze(0))[0])),
+        }
     loss_fn(policy.logps(tokens), None, mask, **kwargs).loss.backward()
 
 
@@ -95,8 +97,15 @@ def test_ppo_recipe_raises_the_reward_with_adaptive_kl() -> None:
         kl_ctl.update(float(kl.sum(1).mean()), n_steps=S)
         for _epoch in range(4):
             optimizer.zero_grad()
-            out = loss_fn(policy.logps(tokens), old_logps, mask, advantages=advantages,
-                          values=policy.value.expand(S, T), old_values=old_values, returns=returns)
+            out = loss_fn(
+                policy.logps(tokens),
+                old_logps,
+                mask,
+                advantages=advantages,
+                values=policy.value.expand(S, T),
+                old_values=old_values,
+                returns=returns,
+            )
             out.loss.backward()
             optimizer.step()
         assert 0.0 <= float(out.metrics["policy/clipfrac"]) <= 1.0

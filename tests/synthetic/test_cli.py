@@ -8,8 +8,8 @@ from pathlib import Path
 
 import datasets
 
-from prefopt.data.synthetic import load_reference_policy
 from prefopt.cli.data import COMMAND
+from prefopt.data.synthetic import load_reference_policy
 from prefopt.data.validate import validate_preferences
 
 
@@ -21,8 +21,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_synth_writes_a_loadable_task(tmp_path: Path, synth_cache: Path, tiny_policy, capsys) -> None:
     out = tmp_path / "synth"
-    small = ["--tiny", "--cache-dir", str(synth_cache), "--train-prompts", "6", "--eval-prompts", "2",
-             "--heldout-prompts", "3", "--label-temperature", "0.5"]
+    small = [
+        "--tiny",
+        "--cache-dir",
+        str(synth_cache),
+        "--train-prompts",
+        "6",
+        "--eval-prompts",
+        "2",
+        "--heldout-prompts",
+        "3",
+        "--label-temperature",
+        "0.5",
+    ]
     args = parse(["synth", "--out", str(out), *small, "--quiet"])
     assert args.func(args) == 0
     for kind in ("paired", "unpaired", "ranked"):

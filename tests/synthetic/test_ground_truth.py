@@ -16,8 +16,15 @@ def tiny_lm(seed: int, vocab: int = 4):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # sharpen the random init so the two models differ visibly
         model.lm_head.weight.mul_(30)
@@ -80,9 +87,15 @@ def test_win_rate_counts_ties_half_and_means() -> None:
 
 def test_evaluate_against_reference_on_itself(tiny_policy) -> None:
     prompts = [PIZZA, "film review of the movie :", "hotel review of the hotel : i"] * 4
-    report = evaluate_against_reference(tiny_policy.model, tiny_policy.model, tiny_policy.tokenizer, prompts,
-                                        seed=3)
+    report = evaluate_against_reference(tiny_policy.model, tiny_policy.model, tiny_policy.tokenizer, prompts, seed=3)
     assert report["kl"] == 0.0
     assert 0.0 <= report["win_rate"] <= 1.0 and 0.0 <= report["acceptance_rate"] <= 1.0
-    assert set(report) == {"gold_reward", "reference_gold_reward", "win_rate", "kl", "mean_words",
-                           "reference_mean_words", "acceptance_rate"}
+    assert set(report) == {
+        "gold_reward",
+        "reference_gold_reward",
+        "win_rate",
+        "kl",
+        "mean_words",
+        "reference_mean_words",
+        "acceptance_rate",
+    }

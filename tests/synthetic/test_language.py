@@ -30,30 +30,36 @@ def test_sampler_is_deterministic_for_a_seed() -> None:
     assert first == again
 
 
-@pytest.mark.parametrize("prompt, completion", [
-    (PIZZA, " it was good ."),
-    (PIZZA, " the taste was not very good ."),
-    (PIZZA, " honestly , i did not really love it and the price was awful ."),
-    (PIZZA, " to be fair , i bought it last week . it was fine ."),
-    ("food review of the pizza : the taste", " was superb ."),
-    ("film review of the movie : i", " truly hated it ."),
-])
+@pytest.mark.parametrize(
+    "prompt, completion",
+    [
+        (PIZZA, " it was good ."),
+        (PIZZA, " the taste was not very good ."),
+        (PIZZA, " honestly , i did not really love it and the price was awful ."),
+        (PIZZA, " to be fair , i bought it last week . it was fine ."),
+        ("food review of the pizza : the taste", " was superb ."),
+        ("film review of the movie : i", " truly hated it ."),
+    ],
+)
 def test_acceptor_accepts_grammatical_reviews(prompt: str, completion: str) -> None:
     assert accepts(prompt, completion)
 
 
-@pytest.mark.parametrize("prompt, completion, why", [
-    (PIZZA, " the story was good .", "aspect of another category"),
-    (PIZZA, " it was good", "no full stop"),
-    (PIZZA, " it was very not good .", "modifiers out of order"),
-    (PIZZA, " i loved it and .", "dangling conjunction"),
-    (PIZZA, " i did not loved it .", "negated verb must be the base form"),
-    (PIZZA, "", "empty completion"),
-    (PIZZA, " it was good ." * (MAX_SENTENCES + 1), "too many sentences"),
-    ("food review of the spaceship :", " it was good .", "unknown item"),
-    ("the pizza :", " it was good .", "bad prompt header"),
-    ("film review of the pizza :", " it was good .", "item of another category"),
-])
+@pytest.mark.parametrize(
+    "prompt, completion, why",
+    [
+        (PIZZA, " the story was good .", "aspect of another category"),
+        (PIZZA, " it was good", "no full stop"),
+        (PIZZA, " it was very not good .", "modifiers out of order"),
+        (PIZZA, " i loved it and .", "dangling conjunction"),
+        (PIZZA, " i did not loved it .", "negated verb must be the base form"),
+        (PIZZA, "", "empty completion"),
+        (PIZZA, " it was good ." * (MAX_SENTENCES + 1), "too many sentences"),
+        ("food review of the spaceship :", " it was good .", "unknown item"),
+        ("the pizza :", " it was good .", "bad prompt header"),
+        ("film review of the pizza :", " it was good .", "item of another category"),
+    ],
+)
 def test_acceptor_rejects(prompt: str, completion: str, why: str) -> None:
     assert not accepts(prompt, completion), why
 
@@ -76,8 +82,10 @@ def test_tokenizer_round_trip_and_specials(tmp_path) -> None:
     assert tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True) == text
     # whitespace is not a token: prompt + completion tokenise like their halves, so masks are exact
-    assert tok(PIZZA)["input_ids"] + tok(" it was good .", add_special_tokens=False)["input_ids"] == \
-        tok(PIZZA + " it was good .")["input_ids"]
+    assert (
+        tok(PIZZA)["input_ids"] + tok(" it was good .", add_special_tokens=False)["input_ids"]
+        == tok(PIZZA + " it was good .")["input_ids"]
+    )
     tok.save_pretrained(tmp_path)
     from transformers import AutoTokenizer
 

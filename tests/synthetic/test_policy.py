@@ -18,8 +18,19 @@ from prefopt.data.synthetic import (
 )
 from prefopt.data.synthetic import policy as policy_module
 
-MICRO = SFTConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32, steps=6,
-                  batch_size=8, warmup_steps=2, eval_reviews=4, eval_samples=4, max_new_tokens=8)
+MICRO = SFTConfig(
+    hidden_size=16,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=32,
+    steps=6,
+    batch_size=8,
+    warmup_steps=2,
+    eval_reviews=4,
+    eval_samples=4,
+    max_new_tokens=8,
+)
 # The test-size model (≈110k parameters, 300 steps of 32 reviews; 0.78 measured on the 2-core dev box) must
 # have at least this share of its 64 samples accepted by the grammar (the default model: 0.86).
 TINY_ACCEPTANCE_THRESHOLD = 0.6

@@ -12,8 +12,14 @@ from prefopt.data.synthetic import PreferenceConfig, build_preferences
 from prefopt.data.synthetic.preferences import label_pairs, label_rankings
 from prefopt.data.validate import validate_preferences
 
-SMALL = PreferenceConfig(train_prompts=12, eval_prompts=4, heldout_prompts=4, completions_per_prompt=4,
-                         label_temperature=0.0, max_new_tokens=40)
+SMALL = PreferenceConfig(
+    train_prompts=12,
+    eval_prompts=4,
+    heldout_prompts=4,
+    completions_per_prompt=4,
+    label_temperature=0.0,
+    max_new_tokens=40,
+)
 
 
 def test_noiseless_labels_follow_the_utility_and_ties_are_fair() -> None:
@@ -28,8 +34,8 @@ def test_noiseless_labels_follow_the_utility_and_ties_are_fair() -> None:
 def test_label_temperature_moves_agreement_from_bt_to_a_coin() -> None:
     g = torch.Generator().manual_seed(1)
     a, b = torch.ones(20000), torch.zeros(20000)
-    assert float(label_pairs(a, b, 1.0, g).double().mean()) == pytest.approx(1 / (1 + torch.e ** -1), abs=0.015)
-    assert float(label_pairs(a, b, 0.25, g).double().mean()) == pytest.approx(1 / (1 + torch.e ** -4), abs=0.01)
+    assert float(label_pairs(a, b, 1.0, g).double().mean()) == pytest.approx(1 / (1 + torch.e**-1), abs=0.015)
+    assert float(label_pairs(a, b, 0.25, g).double().mean()) == pytest.approx(1 / (1 + torch.e**-4), abs=0.01)
     assert float(label_pairs(a, b, 1e6, g).double().mean()) == pytest.approx(0.5, abs=0.015)
 
 
@@ -124,8 +130,13 @@ def test_exports_tokenise_with_an_exact_boundary(data, tiny_policy) -> None:
 def test_samples_convert_to_a_token_batch(tiny_policy) -> None:
     from prefopt.data.synthetic import sample
 
-    drawn = sample(tiny_policy.model, tiny_policy.tokenizer, ["food review of the pizza :"] * 3,
-                   generator=torch.Generator().manual_seed(0), max_new_tokens=12)
+    drawn = sample(
+        tiny_policy.model,
+        tiny_policy.tokenizer,
+        ["food review of the pizza :"] * 3,
+        generator=torch.Generator().manual_seed(0),
+        max_new_tokens=12,
+    )
     batch = drawn.token_batch()
     assert batch.num_sequences == 3 and batch.input_ids.shape == drawn.input_ids.shape
     assert torch.equal(batch.sequence_ids >= 0, drawn.attention_mask.bool())

@@ -21,30 +21,41 @@ def content(completion: str, prompt: str = PIZZA) -> float:
     return float(gold_reward_components([prompt], [completion])["content"][0])
 
 
-@pytest.mark.parametrize("completion, expected", [
-    (" it was good .", 1.0),
-    (" it was not good .", -0.5),             # negation flips and halves
-    (" it was not awful .", 1.0),             # −2 · −1/2
-    (" it was very good .", 1.5),
-    (" it was extremely good .", 2.0),
-    (" it was slightly good .", 0.5),
-    (" it was not very good .", -0.75),       # −1/2 · 1.5 · 1
-    (" it was extremely awful .", -4.0),
-    (" the taste was good .", 1.5),           # aspect weight 1.5 for food
-    (" the price was good .", 0.75),
-    (" the service was good .", 1.0),
-    (" i really loved it .", 3.0),            # 1.5 · 2
-    (" i did not really love it .", -1.5),    # −1/2 · 1.5 · 2
-    (" it was not good and it was good .", 0.25),  # the conjunction ends the negation's scope: (−0.5 + 1)/2
-    (" i bought it last week .", 0.0),        # no sentiment word
-])
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        (" it was good .", 1.0),
+        (" it was not good .", -0.5),  # negation flips and halves
+        (" it was not awful .", 1.0),  # −2 · −1/2
+        (" it was very good .", 1.5),
+        (" it was extremely good .", 2.0),
+        (" it was slightly good .", 0.5),
+        (" it was not very good .", -0.75),  # −1/2 · 1.5 · 1
+        (" it was extremely awful .", -4.0),
+        (" the taste was good .", 1.5),  # aspect weight 1.5 for food
+        (" the price was good .", 0.75),
+        (" the service was good .", 1.0),
+        (" i really loved it .", 3.0),  # 1.5 · 2
+        (" i did not really love it .", -1.5),  # −1/2 · 1.5 · 2
+        (" it was not good and it was good .", 0.25),  # the conjunction ends the negation's scope: (−0.5 + 1)/2
+        (" i bought it last week .", 0.0),  # no sentiment word
+    ],
+)
 def test_content_hand_values(completion: str, expected: float) -> None:
     assert content(completion) == pytest.approx(expected)
 
 
 def test_negation_and_intensity_order() -> None:
-    ladder = [" it was extremely awful .", " it was awful .", " it was bad .", " it was not good .",
-              " it was slightly good .", " it was good .", " it was very good .", " it was extremely good ."]
+    ladder = [
+        " it was extremely awful .",
+        " it was awful .",
+        " it was bad .",
+        " it was not good .",
+        " it was slightly good .",
+        " it was good .",
+        " it was very good .",
+        " it was extremely good .",
+    ]
     values = [content(c) for c in ladder]
     assert values == sorted(values) and len(set(values)) == len(values)
 
@@ -80,7 +91,7 @@ def test_batch_equals_rows_and_reward_object() -> None:
     assert batch.dtype == torch.float32 and batch.shape == (3,)
     torch.testing.assert_close(batch, rows)
     assert float(batch[1]) == pytest.approx(-1 * 2 * 1.5 + 0.25 * math.log(5))  # location weighs 1.5
-    assert float(batch[2]) == pytest.approx(1 * 1.5 * 0.5 + 0.25 * math.log(7))     # a book's cover weighs 0.5
+    assert float(batch[2]) == pytest.approx(1 * 1.5 * 0.5 + 0.25 * math.log(7))  # a book's cover weighs 0.5
     model = GoldReward()
     assert isinstance(model, RewardFunction)
     torch.testing.assert_close(model.score(prompts, completions), batch)

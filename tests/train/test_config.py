@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from prefopt.cli.train import COMMAND, config_from_args
 from prefopt.registry import LossInputError, UnknownLossError
 from prefopt.train import PRESETS, TrainConfig, optimizer_preset
-from prefopt.cli.train import COMMAND, config_from_args
 from prefopt.train.presets import build_optimizer, build_scheduler, schedule_factor
 
 
@@ -49,7 +49,13 @@ def test_from_dict_names_unknown_keys() -> None:
 
 def test_paper_presets_and_overrides() -> None:
     dpo = optimizer_preset("dpo")  # DPO paper App. B: RMSprop, lr 1e-6, 150 warm-up steps; repo clip 10
-    assert (dpo.optimizer, dpo.lr, dpo.warmup_steps, dpo.max_grad_norm, dpo.batch_size) == ("rmsprop", 1e-6, 150, 10.0, 64)
+    assert (dpo.optimizer, dpo.lr, dpo.warmup_steps, dpo.max_grad_norm, dpo.batch_size) == (
+        "rmsprop",
+        1e-6,
+        150,
+        10.0,
+        64,
+    )
     assert optimizer_preset("wpo").source.startswith("no published setting for wpo")  # falls back to DPO's
     simpo = optimizer_preset("simpo")
     assert (simpo.schedule, simpo.warmup_ratio) == ("cosine", 0.1)
@@ -66,7 +72,9 @@ def test_schedule_factors_by_hand() -> None:
     assert [schedule_factor(s, schedule="constant", warmup=4, total_steps=12) for s in (0, 3, 4, 11)] == [0.25, 1, 1, 1]
     assert schedule_factor(8, schedule="linear", warmup=4, total_steps=12) == pytest.approx(0.5)
     assert schedule_factor(8, schedule="cosine", warmup=4, total_steps=12) == pytest.approx(0.5)
-    assert schedule_factor(6, schedule="cosine", warmup=4, total_steps=12) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert schedule_factor(6, schedule="cosine", warmup=4, total_steps=12) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi / 4))
+    )
     # inverse_sqrt: 1 at the end of the warm-up, then √(w/s); without warm-up the time scale is 10⁴
     assert schedule_factor(3, schedule="inverse_sqrt", warmup=4, total_steps=12) == 1.0
     assert schedule_factor(16, schedule="inverse_sqrt", warmup=4, total_steps=12) == pytest.approx(0.5)
@@ -90,8 +98,20 @@ def test_cli_merges_yaml_then_flags(tmp_path) -> None:
     COMMAND.add_to(parser.add_subparsers(dest="command"))
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("loss: kto\nbatch_size: 32\nlr: 1.0e-5\nloss_hparams: {beta: 0.2}\n")
-    args = parser.parse_args(["train", "--config", str(yaml_file), "--lr", "3e-4", "--set", "desirable_weight=1.33",
-                              "--no-ref-cache", "--lora-r", "8"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--config",
+            str(yaml_file),
+            "--lr",
+            "3e-4",
+            "--set",
+            "desirable_weight=1.33",
+            "--no-ref-cache",
+            "--lora-r",
+            "8",
+        ]
+    )
     config = config_from_args(args)
     assert (config.loss, config.batch_size, config.lr, config.ref_cache, config.lora_r) == ("kto", 32, 3e-4, False, 8)
     assert config.loss_hparams == {"beta": 0.2, "desirable_weight": 1.33}

@@ -20,8 +20,17 @@ from prefopt.train.setup import DistributedSetupError
 
 
 def settings(task: dict[str, Path], out: Path, **changes: Any) -> dict[str, Any]:
-    base = dict(loss="dpo", data=str(task["paired"]), model=str(task["model"]), output_dir=str(out), batch_size=8,
-                max_steps=3, preset="synthetic", lr=1e-3, progress=False)
+    base = dict(
+        loss="dpo",
+        data=str(task["paired"]),
+        model=str(task["model"]),
+        output_dir=str(out),
+        batch_size=8,
+        max_steps=3,
+        preset="synthetic",
+        lr=1e-3,
+        progress=False,
+    )
     return {k: v for k, v in {**base, **changes}.items() if v is not None}  # model=None: pass one in memory
 
 
@@ -45,8 +54,13 @@ def test_first_sgd_step_is_the_full_batch_gradient(tiny_task, tmp_path) -> None:
 
     model, tokenizer = _load_tiny(tiny_task)
     initial = copy.deepcopy(model)
-    result = train(model=model, tokenizer=tokenizer, **settings(tiny_task, tmp_path, model=None, max_steps=1,
-                   micro_batch_size=2, optimizer="sgd", lr=1.0, max_grad_norm=1e9))
+    result = train(
+        model=model,
+        tokenizer=tokenizer,
+        **settings(
+            tiny_task, tmp_path, model=None, max_steps=1, micro_batch_size=2, optimizer="sgd", lr=1.0, max_grad_norm=1e9
+        ),
+    )
     assert result.steps == 1
     rows = load_train_rows(str(tiny_task["paired"]), kind="paired", loss="dpo")
     tokens = tokenize_preferences(rows, tokenizer, TokenizeConfig(max_length=512, max_prompt_length=256))
@@ -93,12 +107,15 @@ def test_lora_reference_is_the_disabled_adapter(tiny_task, tmp_path) -> None:
     assert "adapter_config.json" in saved and "model.safetensors" not in saved
 
 
-@pytest.mark.parametrize(("loss", "data", "metric"), [
-    ("kto", "paired", "kl"),              # paired data split into unpaired rows; z₀ from mismatched pairs
-    ("bco", "unpaired", "delta"),         # running reward mean kept by the loop
-    ("plackett_luce", "ranked", "rewards/accuracies"),
-    ("orpo", "paired", "nll_loss"),       # reference-free: no reference at all
-])
+@pytest.mark.parametrize(
+    ("loss", "data", "metric"),
+    [
+        ("kto", "paired", "kl"),  # paired data split into unpaired rows; z₀ from mismatched pairs
+        ("bco", "unpaired", "delta"),  # running reward mean kept by the loop
+        ("plackett_luce", "ranked", "rewards/accuracies"),
+        ("orpo", "paired", "nll_loss"),  # reference-free: no reference at all
+    ],
+)
 def test_every_data_kind_and_loop_input(tiny_task, tmp_path, loss: str, data: str, metric: str) -> None:
     result = train(**settings(tiny_task, tmp_path, loss=loss, data=str(tiny_task[data])))
     records = [json.loads(line) for line in Path(result.metrics_path).read_text().splitlines()]
@@ -117,8 +134,9 @@ def test_resume_restores_the_loss_state_exactly(tiny_task, tmp_path) -> None:
     """BCO's running δ (the state the loss declares, `LossSpec.state`) is saved in every checkpoint and restored
     on resume: a run stopped after step 3 and resumed from its step-2 checkpoint logs exactly the records of the
     uninterrupted run. Without the restore, step 3 would read δ = 0 (a fresh state) instead of step 2's mean."""
-    run = settings(tiny_task, tmp_path / "stopped", loss="bco", data=str(tiny_task["unpaired"]), max_steps=5,
-                   checkpoint_every=2)
+    run = settings(
+        tiny_task, tmp_path / "stopped", loss="bco", data=str(tiny_task["unpaired"]), max_steps=5, checkpoint_every=2
+    )
 
     def stop_after_step_3(step: int, record: dict[str, float]) -> None:
         if step == 3:
@@ -187,8 +205,25 @@ def test_world_size_mismatch_is_refused(monkeypatch) -> None:
 def test_cli_trains_and_prints_the_result(tiny_task, tmp_path, capsys) -> None:
     from prefopt.cli.train import main
 
-    code = main(["--loss", "ipo", "--data", str(tiny_task["paired"]), "--model", str(tiny_task["model"]), "--out",
-                 str(tmp_path), "--batch-size", "8", "--max-steps", "2", "--quiet", "--preset", "synthetic"])
+    code = main(
+        [
+            "--loss",
+            "ipo",
+            "--data",
+            str(tiny_task["paired"]),
+            "--model",
+            str(tiny_task["model"]),
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "2",
+            "--quiet",
+            "--preset",
+            "synthetic",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["steps"] == 2 and Path(printed["model_path"]).is_dir()

@@ -53,8 +53,16 @@ def test_the_documented_state_trains_through_the_loop(tiny_task, tmp_path, scrat
     exec(compile(_documented_example(), "architecture.md", "exec"), namespace)  # noqa: S102 - our own docs
     spec = prefopt.loss_spec("shifted_bco")
     assert spec.loop_inputs == ("shift",) and spec.extra_inputs == ("shift",)
-    result = train(**settings(tiny_task, tmp_path, loss="shifted_bco", data=str(tiny_task["unpaired"]),
-                              micro_batch_size=4, checkpoint_every=2))
+    result = train(
+        **settings(
+            tiny_task,
+            tmp_path,
+            loss="shifted_bco",
+            data=str(tiny_task["unpaired"]),
+            micro_batch_size=4,
+            checkpoint_every=2,
+        )
+    )
     shifts = [r["shift"] for r in _records(result)]
     assert shifts[0] == shifts[1] == 0.0 and shifts[2] != 0.0
     saved = json.loads((tmp_path / "checkpoints" / "step-000002" / "state.json").read_text())
@@ -73,16 +81,31 @@ def test_a_batch_input_sees_the_global_batch(tiny_task, tmp_path, scratch_regist
         local = torch.stack([(policy.sum - reference.sum).sum(), policy.sum.new_tensor(float(len(batch.positions)))])
         return batch.all_reduce_sum(local)  # [Σ ratio, rows]
 
-    @unpaired_loss("probe_batch_input", paper="test", formula="−log σ(±βρ)",
-                   hparams=[HParam("beta", 0.1, "β", POSITIVE)], batch_inputs={"probe": rows_and_ratio})
+    @unpaired_loss(
+        "probe_batch_input",
+        paper="test",
+        formula="−log σ(±βρ)",
+        hparams=[HParam("beta", 0.1, "β", POSITIVE)],
+        batch_inputs={"probe": rows_and_ratio},
+    )
     def probe(t: UnpairedTerms, *, probe: Tensor | None, beta: float) -> Reported:
         logits = beta * t.ratio
         assert probe is not None
-        return Reported(torch.nn.functional.softplus(torch.where(t.labels, -logits, logits)),
-                        metrics={"probe/rows": probe[1], "probe/ratio": probe[0]})
+        return Reported(
+            torch.nn.functional.softplus(torch.where(t.labels, -logits, logits)),
+            metrics={"probe/rows": probe[1], "probe/ratio": probe[0]},
+        )
 
-    result = train(**settings(tiny_task, tmp_path, loss="probe_batch_input", data=str(tiny_task["unpaired"]),
-                              micro_batch_size=4, max_steps=2))
+    result = train(
+        **settings(
+            tiny_task,
+            tmp_path,
+            loss="probe_batch_input",
+            data=str(tiny_task["unpaired"]),
+            micro_batch_size=4,
+            max_steps=2,
+        )
+    )
     records = _records(result)
     assert calls == [8, 8]
     assert [r["probe/rows"] for r in records] == [8.0, 8.0]

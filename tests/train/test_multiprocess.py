@@ -24,8 +24,13 @@ SCRIPT = Path(__file__).with_name("train_script.py")
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _run(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -42,11 +47,24 @@ def _write(path: Path, payload: Any) -> Path:
 def test_two_processes_match_one(tiny_task, tmp_path) -> None:
     """Global batch 8: one process with one micro-batch of 8 against 2 processes × 2 accumulation steps × 2.
     KTO's reference point z₀ (a global-batch mean of mismatched pairs) must agree too."""
-    runs = [settings(tiny_task, tmp_path / f"two-{loss}", loss=loss, max_steps=4, micro_batch_size=2, cpu=True)
-            for loss in ("dpo", "kto")]
+    runs = [
+        settings(tiny_task, tmp_path / f"two-{loss}", loss=loss, max_steps=4, micro_batch_size=2, cpu=True)
+        for loss in ("dpo", "kto")
+    ]
     env = {**_env(), "ACCELERATE_USE_CPU": "1"}
-    done = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
-                 str(_write(tmp_path / "two.json", runs))], env=env)
+    done = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(SCRIPT),
+            str(_write(tmp_path / "two.json", runs)),
+        ],
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 2  # printed by rank 0 only
@@ -75,4 +93,6 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tiny_task, tmp_path) 
         if key != "elapsed_s":
             assert final[key] == pytest.approx(value, abs=1e-6), key
     assert trajectory(uninterrupted) == pytest.approx(
-        [json.loads(line)["loss"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()], abs=1e-6)
+        [json.loads(line)["loss"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()],
+        abs=1e-6,
+    )

@@ -42,8 +42,17 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def settings(task: dict[str, Path], out: Path, model: str | None = "bf16", **changes: Any) -> dict[str, Any]:
-    base = dict(loss="dpo", data=str(task["paired"]), output_dir=str(out), batch_size=8, max_steps=3,
-                preset="synthetic", lr=1e-5, progress=False, engine_backend="reference")
+    base = dict(
+        loss="dpo",
+        data=str(task["paired"]),
+        output_dir=str(out),
+        batch_size=8,
+        max_steps=3,
+        preset="synthetic",
+        lr=1e-5,
+        progress=False,
+        engine_backend="reference",
+    )
     if model is not None:  # None: the model is passed in memory
         base["model"] = str(task[model])
     return {**base, **changes}
@@ -77,11 +86,19 @@ def test_bf16_checkpoint_learns_like_its_fp32_twin(twins, tmp_path) -> None:
         assert float((wdef[name] - w).abs().mean()) < 0.05 * update, name
         assert float((wpure[name].float() - w).abs().mean()) > 0.5 * update, name
     assert default.final_metrics["loss"] == pytest.approx(fp32.final_metrics["loss"], abs=2e-3)
-    assert default.precision == {"checkpoint_dtype": "bfloat16", "master_weights_dtype": "float32",
-                                 "compute_dtype": "bfloat16", "saved_dtype": "bfloat16"}
+    assert default.precision == {
+        "checkpoint_dtype": "bfloat16",
+        "master_weights_dtype": "float32",
+        "compute_dtype": "bfloat16",
+        "saved_dtype": "bfloat16",
+    }
     assert pure.precision["master_weights_dtype"] == "bfloat16"
-    assert fp32.precision == {"checkpoint_dtype": "float32", "master_weights_dtype": "float32",
-                              "compute_dtype": "float32", "saved_dtype": "float32"}
+    assert fp32.precision == {
+        "checkpoint_dtype": "float32",
+        "master_weights_dtype": "float32",
+        "compute_dtype": "float32",
+        "saved_dtype": "float32",
+    }
 
 
 def test_final_is_saved_in_the_original_dtype_or_fp32(twins, tmp_path) -> None:
@@ -139,8 +156,11 @@ def test_frozen_weights_keep_the_checkpoint_dtype(twins, tmp_path, monkeypatch) 
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # trained in place, as master weights
 
     model = AutoModelForCausalLM.from_pretrained(twins["bf16"])
-    lora = train(model=model, tokenizer=tokenizer, **settings(twins, tmp_path / "lora", max_steps=1, model=None,
-                                                              lora_r=4, lr=1e-3))
+    lora = train(
+        model=model,
+        tokenizer=tokenizer,
+        **settings(twins, tmp_path / "lora", max_steps=1, model=None, lora_r=4, lr=1e-3),
+    )
     dtypes = {("lora_" in n, p.dtype) for n, p in model.named_parameters()}
     assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
     assert lora.precision["master_weights_dtype"] == "float32" and lora.precision["checkpoint_dtype"] == "bfloat16"
@@ -153,11 +173,22 @@ def test_resolve_precision_rules() -> None:
     """bf16 autocast iff bf16 is asked for, or the checkpoint or the master weights are bf16."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=16,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     fp32, bf16 = LlamaForCausalLM(config), LlamaForCausalLM(config).to(torch.bfloat16)
-    cases = [(fp32, "fp32", "no", None), (fp32, "fp32", "bf16", torch.bfloat16), (bf16, "fp32", "no", torch.bfloat16),
-             (fp32, "bf16", "no", torch.bfloat16), (fp32, "fp32", "auto", None)]
+    cases = [
+        (fp32, "fp32", "no", None),
+        (fp32, "fp32", "bf16", torch.bfloat16),
+        (bf16, "fp32", "no", torch.bfloat16),
+        (fp32, "bf16", "no", torch.bfloat16),
+        (fp32, "fp32", "auto", None),
+    ]
     for model, master, mixed, autocast in cases:
         precision = resolve_precision(model, master_weights=master, mixed_precision=mixed, device="cpu")
         assert precision.autocast == autocast, (master, mixed)
@@ -179,12 +210,36 @@ def test_precision_settings_are_validated() -> None:
 def test_cli_flags_reach_the_config(twins, tmp_path, capsys) -> None:
     from prefopt.cli.train import main
 
-    code = main(["--data", str(twins["paired"]), "--model", str(twins["fp32"]), "--out", str(tmp_path),
-                 "--batch-size", "8", "--max-steps", "1", "--quiet", "--preset", "synthetic",
-                 "--master-weights", "bf16", "--save-dtype", "fp32", "--engine-backend", "reference"])
+    code = main(
+        [
+            "--data",
+            str(twins["paired"]),
+            "--model",
+            str(twins["fp32"]),
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "1",
+            "--quiet",
+            "--preset",
+            "synthetic",
+            "--master-weights",
+            "bf16",
+            "--save-dtype",
+            "fp32",
+            "--engine-backend",
+            "reference",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["precision"] == {"checkpoint_dtype": "float32", "master_weights_dtype": "bfloat16",
-                                    "compute_dtype": "bfloat16", "saved_dtype": "float32"}
+    assert printed["precision"] == {
+        "checkpoint_dtype": "float32",
+        "master_weights_dtype": "bfloat16",
+        "compute_dtype": "bfloat16",
+        "saved_dtype": "float32",
+    }
     saved = json.loads((tmp_path / "config.json").read_text())
     assert (saved["master_weights"], saved["save_dtype"]) == ("bf16", "fp32")

@@ -26,8 +26,14 @@ from prefopt.train.recipes import (
     smoke_config,
 )
 
-RECIPES = ["dpo-hh-pythia28", "kto-zephyr-sft", "mistral-orpo-beta", "simpo-llama3-base", "simpo-mistral-base",
-           "zephyr-7b-beta"]
+RECIPES = [
+    "dpo-hh-pythia28",
+    "kto-zephyr-sft",
+    "mistral-orpo-beta",
+    "simpo-llama3-base",
+    "simpo-mistral-base",
+    "zephyr-7b-beta",
+]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,7 +54,8 @@ def test_setup_cfg_puts_the_recipes_in_the_wheel() -> None:
     parser.read(ROOT / "setup.cfg")
     globs = parser["options.package_data"].get("prefopt.train", "").split()
     assert any(fnmatch.fnmatch(f"recipes/{name}.yaml", g) for name in RECIPES for g in globs), (
-        "add `prefopt.train = recipes/*.yaml` to [options.package_data] in setup.cfg")
+        "add `prefopt.train = recipes/*.yaml` to [options.package_data] in setup.cfg"
+    )
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -84,11 +91,21 @@ def test_recipes_hold_the_published_numbers() -> None:
     β 2, γ/β 0.5, lr 6e-7) and v0.1 scores; Zephyr Table 1 (MT-Bench 7.34)."""
     dpo = load_recipe("dpo-hh-pythia28").config()
     assert (dpo.loss_hparams["beta"], dpo.optimizer, dpo.lr, dpo.batch_size, dpo.warmup_steps) == (
-        0.1, "rmsprop", 1e-6, 64, 150)
+        0.1,
+        "rmsprop",
+        1e-6,
+        64,
+        150,
+    )
     zephyr = load_recipe("zephyr-7b-beta")
     config = zephyr.config()
     assert (config.loss_hparams["beta"], config.lr, config.batch_size, config.schedule, config.warmup_ratio) == (
-        0.01, 5e-7, 128, "cosine", 0.1)
+        0.01,
+        5e-7,
+        128,
+        "cosine",
+        0.1,
+    )
     assert zephyr.accumulation_steps() == 2 and zephyr.accumulation_steps(4) == 4
     assert {r.benchmark: r.value for r in zephyr.results}["MT-Bench"] == 7.34
     kto = load_recipe("kto-zephyr-sft").config()
@@ -111,8 +128,16 @@ def test_smoke_runs_end_to_end_from_the_cli(name: str, tmp_path: Path) -> None:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, SMOKE_STEPS + 1))
     saved, recipe = json.loads((out / "config.json").read_text()), load_recipe(name).config()
-    for key in ("loss", "loss_hparams", "optimizer", "lr", "schedule", "weight_decay", "max_grad_norm",
-                "gradient_checkpointing"):
+    for key in (
+        "loss",
+        "loss_hparams",
+        "optimizer",
+        "lr",
+        "schedule",
+        "weight_decay",
+        "max_grad_norm",
+        "gradient_checkpointing",
+    ):
         assert saved[key] == getattr(recipe, key), key
     assert saved["model"] == str(out / "smoke-task" / "model") and saved["batch_size"] == SMOKE_BATCH_SIZE
     assert saved["max_length"] == SMOKE_MAX_LENGTH and saved["max_prompt_length"] < SMOKE_MAX_LENGTH
@@ -133,10 +158,15 @@ def test_smoke_keeps_the_recipe_ratios(tmp_path: Path) -> None:
 
 
 def test_explicit_flags_override_the_recipe() -> None:
-    config = cli.config_from_args(parse(["--recipe", "zephyr-7b-beta", "--lr", "1e-6", "--epochs", "3",
-                                         "--set", "beta=0.1", "--out", "runs/z"]))
+    config = cli.config_from_args(
+        parse(["--recipe", "zephyr-7b-beta", "--lr", "1e-6", "--epochs", "3", "--set", "beta=0.1", "--out", "runs/z"])
+    )
     assert (config.lr, config.epochs, config.loss_hparams["beta"], config.output_dir) == (1e-6, 3.0, 0.1, "runs/z")
-    assert (config.batch_size, config.schedule, config.model) == (128, "cosine", "alignment-handbook/zephyr-7b-sft-full")
+    assert (config.batch_size, config.schedule, config.model) == (
+        128,
+        "cosine",
+        "alignment-handbook/zephyr-7b-sft-full",
+    )
     default_out = cli.config_from_args(parse(["--recipe", "simpo-llama3-base"]))
     assert default_out.output_dir == "runs/simpo-llama3-base"
     other_loss = cli.config_from_args(parse(["--recipe", "simpo-llama3-base", "--loss", "dpo"]))
@@ -144,8 +174,21 @@ def test_explicit_flags_override_the_recipe() -> None:
 
 
 def test_explicit_flags_override_the_smoke_settings(tmp_path: Path) -> None:
-    config = cli.config_from_args(parse(["--recipe", "mistral-orpo-beta", "--smoke", "--out", str(tmp_path),
-                                         "--max-steps", "2", "--set", "lambda_=0.5"]))
+    config = cli.config_from_args(
+        parse(
+            [
+                "--recipe",
+                "mistral-orpo-beta",
+                "--smoke",
+                "--out",
+                str(tmp_path),
+                "--max-steps",
+                "2",
+                "--set",
+                "lambda_=0.5",
+            ]
+        )
+    )
     assert (config.max_steps, config.loss_hparams["lambda_"], config.lr) == (2, 0.5, 5e-6)
     assert config.data == str(tmp_path / "smoke-task" / "paired.jsonl")
 

@@ -63,9 +63,25 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 
 def _train_argv(task: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(task["paired"]), "--model", str(task["model"]), "--out", str(out),
-            "--batch-size", "8", "--max-steps", "3", "--preset", "synthetic", "--lr", "1e-3", "--quiet",
-            *extra]
+    return [
+        "train",
+        "--data",
+        str(task["paired"]),
+        "--model",
+        str(task["model"]),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "3",
+        "--preset",
+        "synthetic",
+        "--lr",
+        "1e-3",
+        "--quiet",
+        *extra,
+    ]
 
 
 class _Stop(Exception):
@@ -76,10 +92,12 @@ def _stop_at(step: int):
     def on_step(done: int, record: dict[str, float]) -> None:
         if done == step:
             raise _Stop
+
     return on_step
 
 
 # --- no pickle ------------------------------------------------------------------------------------------------
+
 
 def test_rng_state_round_trips_exactly_as_json(tmp_path) -> None:
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
@@ -88,8 +106,12 @@ def test_rng_state_round_trips_exactly_as_json(tmp_path) -> None:
     json.loads((tmp_path / "rng-0.json").read_text())  # plain JSON
     expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
     load_rng_state(tmp_path / "rng-0.json")
-    assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
-            torch.rand(3).tolist()) == expected
+    assert (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.standard_normal(3).tolist(),
+        torch.rand(3).tolist(),
+    ) == expected
 
 
 def test_cuda_rng_states_are_saved_and_restored(tmp_path, monkeypatch) -> None:
@@ -150,6 +172,7 @@ def test_a_crafted_online_optimizer_file_is_never_run(tmp_path) -> None:
 
 # --- nothing written outside the folder -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("entry", ["metrics.jsonl", ".lock", "checkpoints"])
 def test_a_symlink_in_the_run_folder_is_refused(tiny_task, tmp_path, capsys, entry) -> None:
     outside = tmp_path / "outside"
@@ -178,6 +201,7 @@ def test_metrics_are_never_written_through_a_link(tmp_path) -> None:
 
 # --- one step per line ---------------------------------------------------------------------------------------------
 
+
 def test_offline_restart_before_a_checkpoint_does_not_repeat_steps(tiny_task, tmp_path) -> None:
     out = tmp_path / "run"
     with pytest.raises(_Stop):
@@ -202,9 +226,19 @@ def test_offline_resume_truncates_to_the_checkpoint(tiny_task, tmp_path) -> None
 
 def _online(task: dict[str, Path], out: Path, **changes: Any) -> dict[str, Any]:
     prompts = [json.loads(line)["prompt"] for line in task["paired"].read_text().splitlines()]
-    return {"model": str(task["model"]), "prompts": prompts, "output_dir": str(out), "steps": 3,
-            "prompts_per_step": 2, "max_new_tokens": 8, "lr": 1e-3, "checkpoint_every": 0, "progress": False,
-            "num_threads": 1, **changes}
+    return {
+        "model": str(task["model"]),
+        "prompts": prompts,
+        "output_dir": str(out),
+        "steps": 3,
+        "prompts_per_step": 2,
+        "max_new_tokens": 8,
+        "lr": 1e-3,
+        "checkpoint_every": 0,
+        "progress": False,
+        "num_threads": 1,
+        **changes,
+    }
 
 
 def test_online_restart_before_a_checkpoint_does_not_repeat_steps(tiny_task, tmp_path) -> None:
@@ -219,8 +253,18 @@ def test_online_restart_before_a_checkpoint_does_not_repeat_steps(tiny_task, tmp
 
 
 def _rm(task: dict[str, Path], out: Path, **changes: Any) -> dict[str, Any]:
-    return {"model": str(task["model"]), "data": str(task["paired"]), "output_dir": str(out), "epochs": 1,
-            "batch_size": 8, "lr": 1e-3, "eval_split": "none", "progress": False, "num_threads": 1, **changes}
+    return {
+        "model": str(task["model"]),
+        "data": str(task["paired"]),
+        "output_dir": str(out),
+        "epochs": 1,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "eval_split": "none",
+        "progress": False,
+        "num_threads": 1,
+        **changes,
+    }
 
 
 def test_reward_model_restart_before_a_checkpoint_does_not_repeat_steps(tiny_task, tmp_path, monkeypatch) -> None:
@@ -247,14 +291,14 @@ def test_reward_model_restart_before_a_checkpoint_does_not_repeat_steps(tiny_tas
 
 # --- one run per folder ----------------------------------------------------------------------------------------------
 
+
 def _argv_of(command: str, task: dict[str, Path], out: Path) -> list[str]:
     if command == "train":
         return _train_argv(task, out)
     if command == "train-online":
         return ["train-online", "--model", str(task["model"]), "--out", str(out), "--quiet"]
     if command == "train-rm":
-        return ["train-rm", "--model", str(task["model"]), "--data", str(task["paired"]), "--out", str(out),
-                "--quiet"]
+        return ["train-rm", "--model", str(task["model"]), "--data", str(task["paired"]), "--out", str(out), "--quiet"]
     return ["compare", "--losses", "dpo", "--tiny", "--out", str(out), "--quiet"]
 
 
@@ -266,8 +310,9 @@ def test_a_second_run_on_a_held_folder_refuses_and_writes_nothing(tiny_task, tmp
         code, err = _cli(_argv_of(command, tiny_task, out), capsys)
         assert _files(out) == before
     assert code == 2, err
-    assert err.endswith(f"{out} is in use by another prefopt run (pid {os.getpid()}); wait for it or pass another "
-                        "--out"), err
+    assert err.endswith(
+        f"{out} is in use by another prefopt run (pid {os.getpid()}); wait for it or pass another --out"
+    ), err
 
 
 def test_the_lock_lasts_the_run_and_goes_with_it(tiny_task, tmp_path) -> None:
@@ -297,10 +342,13 @@ def test_a_run_stopped_before_writing_anything_leaves_no_folder(tiny_task, tmp_p
 
 
 def test_kill_9_releases_the_lock(tmp_path) -> None:
-    code = ("import sys, time; from prefopt.train.run_folder import claim_run_folder; "
-            f"lock = claim_run_folder({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, time; from prefopt.train.run_folder import claim_run_folder; "
+        f"lock = claim_run_folder({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2]
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderError, match=f"pid {holder.pid}"):
@@ -319,6 +367,7 @@ def test_kill_9_releases_the_lock(tmp_path) -> None:
 
 
 # --- any spelling of the folder --------------------------------------------------------------------------------------
+
 
 def test_resume_accepts_any_spelling_of_the_folder_and_a_moved_one(tiny_task, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -340,7 +389,9 @@ def test_online_and_reward_model_resume_accept_another_spelling(tiny_task, tmp_p
 
     monkeypatch.chdir(tmp_path)
     train_online(**_online(tiny_task, Path("online"), steps=2))
-    assert train_online(**_online(tiny_task, Path("."), output_dir=f"{tmp_path / 'online'}/", steps=2,
-                                  resume=True)).steps == 2
+    assert (
+        train_online(**_online(tiny_task, Path("."), output_dir=f"{tmp_path / 'online'}/", steps=2, resume=True)).steps
+        == 2
+    )
     train_reward_model(**_rm(tiny_task, Path("rm")))
     assert train_reward_model(**_rm(tiny_task, Path("."), output_dir="./rm/", resume=True)).steps == 4

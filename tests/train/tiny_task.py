@@ -20,10 +20,19 @@ def write_tiny_task(root: Path, *, pairs: int = 32, seed: int = 0) -> dict[str, 
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     model_dir = root / "model"
     model.save_pretrained(model_dir)
@@ -38,10 +47,13 @@ def write_tiny_task(root: Path, *, pairs: int = 32, seed: int = 0) -> dict[str, 
         order = sorted(range(3), key=lambda k: -scores[k])
         chosen, rejected = completions[order[0]], completions[order[-1]]
         paired.append({"id": f"p{i}", "prompt": first.prompt, "chosen": chosen, "rejected": rejected})
-        unpaired += [{"id": f"u{i}-1", "prompt": first.prompt, "completion": chosen, "label": True},
-                     {"id": f"u{i}-0", "prompt": first.prompt, "completion": rejected, "label": False}]
-        ranked.append({"id": f"r{i}", "prompt": first.prompt, "completions": [completions[k] for k in order],
-                       "ranks": [1, 2, 3]})
+        unpaired += [
+            {"id": f"u{i}-1", "prompt": first.prompt, "completion": chosen, "label": True},
+            {"id": f"u{i}-0", "prompt": first.prompt, "completion": rejected, "label": False},
+        ]
+        ranked.append(
+            {"id": f"r{i}", "prompt": first.prompt, "completions": [completions[k] for k in order], "ranks": [1, 2, 3]}
+        )
     paths = {"model": model_dir}
     for name, rows in (("paired", paired), ("unpaired", unpaired), ("ranked", ranked)):
         path = root / f"{name}.jsonl"

@@ -19,19 +19,24 @@ from prefopt.threads import torch_threads
 __all__ = ["mean_gold_reward", "win_rate", "mean_length", "evaluate_against_reference"]
 
 
-def mean_gold_reward(prompts: Sequence[str], completions: Sequence[str],
-                     reward: RewardFunction | None = None) -> float:
+def mean_gold_reward(prompts: Sequence[str], completions: Sequence[str], reward: RewardFunction | None = None) -> float:
     """Mean of r*(x_i, y_i) over B rows (reward: default `GoldReward()`)."""
     return float((reward or GoldReward()).score(prompts, completions).double().mean())
 
 
-def win_rate(prompts: Sequence[str], completions: Sequence[str], reference_completions: Sequence[str],
-             reward: RewardFunction | None = None) -> float:
+def win_rate(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    reference_completions: Sequence[str],
+    reward: RewardFunction | None = None,
+) -> float:
     """Share of prompts where `completions[i]` beats `reference_completions[i]` under the reward, ties
     counting 1/2: mean(1[r_i > r_ref,i] + ½·1[r_i = r_ref,i]) (the win rate of the DPO paper, Sec. 6)."""
     if not (len(prompts) == len(completions) == len(reference_completions)):
-        raise ValueError(f"win_rate: {len(prompts)} prompts, {len(completions)} completions and "
-                         f"{len(reference_completions)} reference completions must be equally many")
+        raise ValueError(
+            f"win_rate: {len(prompts)} prompts, {len(completions)} completions and "
+            f"{len(reference_completions)} reference completions must be equally many"
+        )
     scorer = reward or GoldReward()
     mine, theirs = scorer.score(prompts, completions), scorer.score(prompts, reference_completions)
     return float(((mine > theirs).double() + 0.5 * (mine == theirs).double()).mean())
@@ -44,9 +49,17 @@ def mean_length(completions: Sequence[str]) -> float:
     return sum(len(c.split()) for c in completions) / len(completions)
 
 
-def evaluate_against_reference(policy: Any, reference: Any, tokenizer: Any, prompts: Sequence[str], *,
-                               seed: int = 0, reward: RewardFunction | None = None,
-                               max_new_tokens: int = 64, num_threads: int | None = 1) -> dict[str, float]:
+def evaluate_against_reference(
+    policy: Any,
+    reference: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    seed: int = 0,
+    reward: RewardFunction | None = None,
+    max_new_tokens: int = 64,
+    num_threads: int | None = 1,
+) -> dict[str, float]:
     """Sample one completion per prompt from `policy` and from `reference` and report the ground truth:
     gold_reward, reference_gold_reward, win_rate (policy vs reference), kl (mean exact sequence KL on the
     policy's samples), mean_words, reference_mean_words and acceptance_rate (policy samples).
@@ -55,10 +68,16 @@ def evaluate_against_reference(policy: Any, reference: Any, tokenizer: Any, prom
     policy.eval()
     try:
         with torch_threads(num_threads):
-            mine = sample(policy, tokenizer, prompts, generator=torch.Generator().manual_seed(seed),
-                          max_new_tokens=max_new_tokens)
-            ref = sample(reference, tokenizer, prompts, generator=torch.Generator().manual_seed(seed + 1),
-                         max_new_tokens=max_new_tokens)
+            mine = sample(
+                policy, tokenizer, prompts, generator=torch.Generator().manual_seed(seed), max_new_tokens=max_new_tokens
+            )
+            ref = sample(
+                reference,
+                tokenizer,
+                prompts,
+                generator=torch.Generator().manual_seed(seed + 1),
+                max_new_tokens=max_new_tokens,
+            )
             kl = sequence_kl(policy, reference, mine.input_ids, mine.attention_mask, mine.completion_mask)
     finally:
         policy.train(was_training)

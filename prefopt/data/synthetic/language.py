@@ -53,16 +53,52 @@ PROMPT_HEAD = ("review", "of", "the")  # after the category word
 
 # category -> (items, aspects); an aspect is grammatical only for items of its category.
 CATEGORIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "food": (("pizza", "burger", "pasta", "salad", "soup", "curry", "sandwich", "taco", "sushi", "cake", "steak",
-              "omelette"), ("taste", "portion", "price", "service", "texture", "smell")),
-    "film": (("movie", "film", "show", "series", "documentary", "cartoon", "musical", "thriller", "comedy",
-              "drama"), ("story", "acting", "music", "ending", "pacing", "dialogue")),
-    "gadget": (("phone", "laptop", "camera", "tablet", "watch", "speaker", "headset", "charger", "keyboard",
-                "monitor", "printer", "mouse"), ("battery", "screen", "design", "price", "sound", "software")),
-    "hotel": (("hotel", "hostel", "resort", "apartment", "cabin", "motel", "inn", "lodge"),
-              ("room", "staff", "location", "breakfast", "bed", "view")),
-    "book": (("book", "novel", "cookbook", "biography", "comic", "memoir", "textbook", "guide"),
-             ("plot", "writing", "characters", "cover", "ending", "pacing")),
+    "food": (
+        (
+            "pizza",
+            "burger",
+            "pasta",
+            "salad",
+            "soup",
+            "curry",
+            "sandwich",
+            "taco",
+            "sushi",
+            "cake",
+            "steak",
+            "omelette",
+        ),
+        ("taste", "portion", "price", "service", "texture", "smell"),
+    ),
+    "film": (
+        ("movie", "film", "show", "series", "documentary", "cartoon", "musical", "thriller", "comedy", "drama"),
+        ("story", "acting", "music", "ending", "pacing", "dialogue"),
+    ),
+    "gadget": (
+        (
+            "phone",
+            "laptop",
+            "camera",
+            "tablet",
+            "watch",
+            "speaker",
+            "headset",
+            "charger",
+            "keyboard",
+            "monitor",
+            "printer",
+            "mouse",
+        ),
+        ("battery", "screen", "design", "price", "sound", "software"),
+    ),
+    "hotel": (
+        ("hotel", "hostel", "resort", "apartment", "cabin", "motel", "inn", "lodge"),
+        ("room", "staff", "location", "breakfast", "bed", "view"),
+    ),
+    "book": (
+        ("book", "novel", "cookbook", "biography", "comic", "memoir", "textbook", "guide"),
+        ("plot", "writing", "characters", "cover", "ending", "pacing"),
+    ),
 }
 
 # Gold weight of a clause about an aspect (a clause about "it" weighs 1): what a reader of the category
@@ -77,17 +113,26 @@ ASPECT_WEIGHTS: dict[str, dict[str, float]] = {
 
 # valence of each adjective: ±2 strong, ±1 mild
 ADJECTIVES: dict[str, int] = {
-    **dict.fromkeys(("amazing", "wonderful", "excellent", "superb", "fantastic", "brilliant", "outstanding",
-                     "perfect"), 2),
+    **dict.fromkeys(
+        ("amazing", "wonderful", "excellent", "superb", "fantastic", "brilliant", "outstanding", "perfect"), 2
+    ),
     **dict.fromkeys(("good", "nice", "fine", "pleasant", "decent", "solid", "enjoyable", "charming"), 1),
     **dict.fromkeys(("bad", "dull", "bland", "poor", "mediocre", "boring", "weak", "disappointing"), -1),
-    **dict.fromkeys(("awful", "terrible", "horrible", "dreadful", "atrocious", "disgusting", "abysmal",
-                     "unbearable"), -2),
+    **dict.fromkeys(
+        ("awful", "terrible", "horrible", "dreadful", "atrocious", "disgusting", "abysmal", "unbearable"), -2
+    ),
 }
 # intensity multipliers of the adjective that follows
 INTENSIFIERS: dict[str, float] = {
-    "very": 1.5, "really": 1.5, "truly": 1.5, "quite": 1.25, "extremely": 2.0, "incredibly": 2.0,
-    "fairly": 0.75, "somewhat": 0.5, "slightly": 0.5,
+    "very": 1.5,
+    "really": 1.5,
+    "truly": 1.5,
+    "quite": 1.25,
+    "extremely": 2.0,
+    "incredibly": 2.0,
+    "fairly": 0.75,
+    "somewhat": 0.5,
+    "slightly": 0.5,
 }
 VERB_INTENSIFIERS: dict[str, float] = {"really": 1.5, "truly": 1.5}
 # negation multiplies the sentiment that follows in its clause by −1/2: "not good" is mildly negative,
@@ -95,18 +140,43 @@ VERB_INTENSIFIERS: dict[str, float] = {"really": 1.5, "truly": 1.5}
 NEGATIONS: dict[str, float] = {"not": -0.5, "never": -0.5}
 # past form -> (base form, valence)
 VERBS: dict[str, tuple[str, int]] = {
-    "loved": ("love", 2), "adored": ("adore", 2), "liked": ("like", 1), "enjoyed": ("enjoy", 1),
-    "disliked": ("dislike", -1), "regretted": ("regret", -1), "hated": ("hate", -2), "despised": ("despise", -2),
+    "loved": ("love", 2),
+    "adored": ("adore", 2),
+    "liked": ("like", 1),
+    "enjoyed": ("enjoy", 1),
+    "disliked": ("dislike", -1),
+    "regretted": ("regret", -1),
+    "hated": ("hate", -2),
+    "despised": ("despise", -2),
 }
 OPENERS: tuple[tuple[str, ...], ...] = (
-    ("honestly",), ("overall",), ("frankly",), ("well",), ("anyway",), ("basically",), ("personally",),
-    ("also",), ("in", "short"), ("to", "be", "fair"), ("all", "in", "all"), ("to", "be", "honest"),
+    ("honestly",),
+    ("overall",),
+    ("frankly",),
+    ("well",),
+    ("anyway",),
+    ("basically",),
+    ("personally",),
+    ("also",),
+    ("in", "short"),
+    ("to", "be", "fair"),
+    ("all", "in", "all"),
+    ("to", "be", "honest"),
 )
 CONJUNCTIONS: tuple[str, ...] = ("and", "but")
 NEUTRAL_VERBS: tuple[str, ...] = ("bought", "tried", "found", "got", "ordered", "picked", "chose", "used")
 TIMES: tuple[tuple[str, ...], ...] = (
-    ("last", "week"), ("yesterday",), ("on", "monday"), ("on", "friday"), ("this", "morning"), ("last", "month"),
-    ("with", "my", "family"), ("with", "friends"), ("for", "a", "friend"), ("on", "sale"), ("last", "year"),
+    ("last", "week"),
+    ("yesterday",),
+    ("on", "monday"),
+    ("on", "friday"),
+    ("this", "morning"),
+    ("last", "month"),
+    ("with", "my", "family"),
+    ("with", "friends"),
+    ("for", "a", "friend"),
+    ("on", "sale"),
+    ("last", "year"),
 )
 # words that end the scope of a negation or intensifier (used by the gold reward)
 BOUNDARY_WORDS: tuple[str, ...] = (",", ".", ":") + CONJUNCTIONS
@@ -217,12 +287,12 @@ def sample_prompt(rng: random.Random, *, max_opening: int = 3) -> str:
 
 
 def _match(words: Sequence[str], i: int, phrase: Sequence[str]) -> int | None:
-    return i + len(phrase) if tuple(words[i:i + len(phrase)]) == tuple(phrase) else None
+    return i + len(phrase) if tuple(words[i : i + len(phrase)]) == tuple(phrase) else None
 
 
 def _parse_clause(words: Sequence[str], i: int, aspects: tuple[str, ...]) -> int | None:
     """End index of a CLAUSE starting at i, or None."""
-    w = words[i:i + 2]
+    w = words[i : i + 2]
     if w[:1] == ["it"] or (w[:1] == ["the"] and len(w) == 2 and w[1] in aspects):
         j = i + (1 if w[0] == "it" else 2)
         if _match(words, j, ("was",)) is None:

@@ -36,8 +36,17 @@ from prefopt.data.synthetic.tokenizer import build_tokenizer
 from prefopt.sampling import sample
 from prefopt.threads import torch_threads
 
-__all__ = ["VERSION", "SFTConfig", "ReferencePolicy", "cache_root", "build_model", "train_reference_policy",
-           "reference_policy", "load_reference_policy", "evaluate_policy_language"]
+__all__ = [
+    "VERSION",
+    "SFTConfig",
+    "ReferencePolicy",
+    "cache_root",
+    "build_model",
+    "train_reference_policy",
+    "reference_policy",
+    "load_reference_policy",
+    "evaluate_policy_language",
+]
 
 VERSION = 1  # bump when the language, tokenizer or training recipe changes: old caches are then ignored
 
@@ -79,14 +88,27 @@ class SFTConfig:
             if not ok:
                 raise ValueError(f"SFTConfig.{f.name}={value!r} is out of range (positive integers; lr > 0)")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError(f"SFTConfig: hidden_size={self.hidden_size} must divide by num_heads={self.num_heads}, "
-                             f"and num_heads by num_kv_heads={self.num_kv_heads}")
+            raise ValueError(
+                f"SFTConfig: hidden_size={self.hidden_size} must divide by num_heads={self.num_heads}, "
+                f"and num_heads by num_kv_heads={self.num_kv_heads}"
+            )
 
     @classmethod
     def tiny(cls) -> "SFTConfig":
         """A test-size model (≈110k parameters, 300 steps of 32 reviews: ≈11 s of one CPU core)."""
-        return cls(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192, steps=300,
-                   batch_size=32, learning_rate=1e-2, warmup_steps=10, eval_reviews=64, eval_samples=64)
+        return cls(
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=192,
+            steps=300,
+            batch_size=32,
+            learning_rate=1e-2,
+            warmup_steps=10,
+            eval_reviews=64,
+            eval_samples=64,
+        )
 
     def fingerprint(self) -> str:
         """12-hex hash of every field (part of the cache key)."""
@@ -116,17 +138,25 @@ def build_model(config: SFTConfig, vocab_size: int, tokenizer: Any) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM  # heavy: loaded on first use
 
     llama = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads, max_position_embeddings=128, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, attention_dropout=0.0,
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attention_dropout=0.0,
     )
     return LlamaForCausalLM(llama)
 
 
-def _review_batches(tokenizer: Any, rng: random.Random, batch_size: int,
-                    buckets: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _review_batches(
+    tokenizer: Any, rng: random.Random, batch_size: int, buckets: int = 8
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`buckets` batches of `batch_size` fresh reviews, grouped by length to cut padding (reviews vary from
     ≈8 to ≈60 tokens), in random order. Each batch: input_ids [n, T] (right-padded `<s> prompt completion
     </s>`) and labels (−100 on padding)."""
@@ -137,7 +167,7 @@ def _review_batches(tokenizer: Any, rng: random.Random, batch_size: int,
     rows.sort(key=len)
     batches = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         width = len(chunk[-1])
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((len(chunk), width), -100, dtype=torch.long)
@@ -155,8 +185,9 @@ def _lr_factor(step: int, config: SFTConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_reference_policy(config: SFTConfig, seed: int, *, progress: bool = True,
-                           num_threads: int = 1) -> ReferencePolicy:
+def train_reference_policy(
+    config: SFTConfig, seed: int, *, progress: bool = True, num_threads: int = 1
+) -> ReferencePolicy:
     """Train the reference policy from scratch (no cache). Deterministic for (config, seed, machine).
 
     `num_threads` torch threads are used while training and evaluating (restored afterwards). One
@@ -175,8 +206,10 @@ def _train(config: SFTConfig, seed: int, progress: bool) -> ReferencePolicy:
         model = build_model(config, len(tokenizer), tokenizer)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     rng = random.Random(seed)
     model.train()
@@ -194,8 +227,13 @@ def _train(config: SFTConfig, seed: int, progress: bool) -> ReferencePolicy:
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     report = evaluate_policy_language(model, tokenizer, config, seed)
-    report.update(seed=seed, version=VERSION, config=dataclasses.asdict(config),
-                  final_train_loss=float(loss.detach()), parameters=sum(p.numel() for p in model.parameters()))
+    report.update(
+        seed=seed,
+        version=VERSION,
+        config=dataclasses.asdict(config),
+        final_train_loss=float(loss.detach()),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
     return ReferencePolicy(model, tokenizer, None, report)
 
 
@@ -208,11 +246,12 @@ def evaluate_policy_language(model: Any, tokenizer: Any, config: SFTConfig, seed
     nll, tokens = 0.0, 0
     for review in reviews:
         prompt = tokenizer(review.prompt)["input_ids"]
-        ids = torch.tensor([prompt + tokenizer(review.completion, add_special_tokens=False)["input_ids"]
-                            + [tokenizer.eos_token_id]])
+        ids = torch.tensor(
+            [prompt + tokenizer(review.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+        )
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)  # (T-1, V)
         target = ids[0, 1:]
-        picked = logp.gather(-1, target[:, None]).squeeze(-1)[len(prompt) - 1:]
+        picked = logp.gather(-1, target[:, None]).squeeze(-1)[len(prompt) - 1 :]
         nll, tokens = nll - float(picked.sum()), tokens + picked.numel()
     prompts = [sample_review(rng).prompt for _ in range(config.eval_samples)]
     generator = torch.Generator().manual_seed(seed)
@@ -255,15 +294,23 @@ def load_reference_policy(path: str | Path) -> ReferencePolicy:
 
     path = Path(path)
     if not (path / "report.json").exists():
-        raise FileNotFoundError(f"{path} holds no synthetic reference policy (no report.json); build one with "
-                                "prefopt.data.synthetic.reference_policy() or `prefopt data synth --out DIR`")
+        raise FileNotFoundError(
+            f"{path} holds no synthetic reference policy (no report.json); build one with "
+            "prefopt.data.synthetic.reference_policy() or `prefopt data synth --out DIR`"
+        )
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return ReferencePolicy(model, tokenizer, path, json.loads((path / "report.json").read_text()))
 
 
-def reference_policy(seed: int = 0, config: SFTConfig | None = None, *, cache_dir: str | Path | None = None,
-                     rebuild: bool = False, progress: bool = True) -> ReferencePolicy:
+def reference_policy(
+    seed: int = 0,
+    config: SFTConfig | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> ReferencePolicy:
     """The reference policy for `seed`: loaded from the cache, or trained (with a progress bar) and cached.
 
     Args:

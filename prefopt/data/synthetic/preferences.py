@@ -34,8 +34,15 @@ from prefopt.reward_function import RewardFunction
 from prefopt.sampling import sample
 from prefopt.threads import torch_threads
 
-__all__ = ["PreferenceConfig", "PromptGroup", "SyntheticPreferences", "draw_prompts", "label_pairs",
-           "label_rankings", "build_preferences"]
+__all__ = [
+    "PreferenceConfig",
+    "PromptGroup",
+    "SyntheticPreferences",
+    "draw_prompts",
+    "label_pairs",
+    "label_rankings",
+    "build_preferences",
+]
 
 SPLITS = ("train", "eval")
 KINDS = ("paired", "unpaired", "ranked")
@@ -67,11 +74,15 @@ class PreferenceConfig:
         for name in ("train_prompts", "eval_prompts", "heldout_prompts", "max_new_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (1 if name in ("train_prompts", "max_new_tokens") else 0):
-                raise ValueError(f"PreferenceConfig.{name}={value!r} must be a non-negative integer "
-                                 "(train_prompts and max_new_tokens ≥ 1)")
+                raise ValueError(
+                    f"PreferenceConfig.{name}={value!r} must be a non-negative integer "
+                    "(train_prompts and max_new_tokens ≥ 1)"
+                )
         if not isinstance(self.completions_per_prompt, int) or self.completions_per_prompt < 2:
-            raise ValueError(f"PreferenceConfig.completions_per_prompt={self.completions_per_prompt!r} must be an "
-                             "integer ≥ 2 (a preference needs two completions)")
+            raise ValueError(
+                f"PreferenceConfig.completions_per_prompt={self.completions_per_prompt!r} must be an "
+                "integer ≥ 2 (a preference needs two completions)"
+            )
         if not self.label_temperature >= 0 or not math.isfinite(self.label_temperature):
             raise ValueError(f"PreferenceConfig.label_temperature={self.label_temperature} must be finite and ≥ 0")
         if not math.isfinite(self.length_bias):
@@ -108,8 +119,9 @@ def draw_prompts(n: int, rng: random.Random) -> list[str]:
     return list(seen)
 
 
-def label_pairs(utility_a: torch.Tensor, utility_b: torch.Tensor, temperature: float,
-                generator: torch.Generator) -> torch.Tensor:
+def label_pairs(
+    utility_a: torch.Tensor, utility_b: torch.Tensor, temperature: float, generator: torch.Generator
+) -> torch.Tensor:
     """Bradley–Terry draws: bool [N], True where a ≻ b, with P(a ≻ b) = σ((u_a − u_b)/T).
 
     T = 0: the larger utility wins; exact ties are a fair coin.
@@ -167,9 +179,12 @@ class SyntheticPreferences:
             if g.split != split:
                 continue
             if kind == "ranked":
-                row: dict[str, Any] = {"id": f"{split}-{g_index}", "prompt": g.prompt,
-                                       "completions": [g.completions[k] for k in g.ranking],
-                                       "scores": [g.scores[k] for k in g.ranking]}
+                row: dict[str, Any] = {
+                    "id": f"{split}-{g_index}",
+                    "prompt": g.prompt,
+                    "completions": [g.completions[k] for k in g.ranking],
+                    "scores": [g.scores[k] for k in g.ranking],
+                }
                 if with_gold:
                     row["gold_rewards"] = [g.rewards[k] for k in g.ranking]
                 out.append(row)
@@ -185,8 +200,13 @@ class SyntheticPreferences:
                     out.append(row)
                 else:
                     for k, label in ((c, True), (r, False)):
-                        row = {"id": f"{ident}-{int(label)}", "prompt": g.prompt, "completion": g.completions[k],
-                               "label": label, "pair_id": pair_index}
+                        row = {
+                            "id": f"{ident}-{int(label)}",
+                            "prompt": g.prompt,
+                            "completion": g.completions[k],
+                            "label": label,
+                            "pair_id": pair_index,
+                        }
                         if with_gold:
                             row["gold"] = g.rewards[k]
                         out.append(row)
@@ -213,8 +233,8 @@ class SyntheticPreferences:
         return {
             "seed": self.seed,
             "config": dataclasses.asdict(self.config),
-            "prompts": {s: sum(g.split == s for g in self.groups) for s in SPLITS} | {
-                "heldout": len(self.heldout_prompts)},
+            "prompts": {s: sum(g.split == s for g in self.groups) for s in SPLITS}
+            | {"heldout": len(self.heldout_prompts)},
             "pairs": {s: sum(len(g.pairs) for g in self.groups if g.split == s) for s in SPLITS},
             "dropped_prompts": self.dropped_prompts,
             "mean_gold_reward": sum(rewards) / max(len(rewards), 1),
@@ -242,9 +262,17 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def build_preferences(policy: Any, tokenizer: Any, *, seed: int = 0, config: PreferenceConfig | None = None,
-                      reward: RewardFunction | None = None, batch_size: int = 256, progress: bool = False,
-                      num_threads: int | None = 1) -> SyntheticPreferences:
+def build_preferences(
+    policy: Any,
+    tokenizer: Any,
+    *,
+    seed: int = 0,
+    config: PreferenceConfig | None = None,
+    reward: RewardFunction | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+    num_threads: int | None = 1,
+) -> SyntheticPreferences:
     """Sample, score and label synthetic preference data (see the module docstring for the model).
 
     Args:
@@ -260,31 +288,48 @@ def build_preferences(policy: Any, tokenizer: Any, *, seed: int = 0, config: Pre
     reward = reward or GoldReward()
     n_labelled = config.train_prompts + config.eval_prompts
     prompts = draw_prompts(n_labelled + config.heldout_prompts, random.Random(f"synthetic-prompts-{seed}"))
-    heldout, labelled = prompts[:config.heldout_prompts], prompts[config.heldout_prompts:]
+    heldout, labelled = prompts[: config.heldout_prompts], prompts[config.heldout_prompts :]
     k = config.completions_per_prompt
     repeated = [p for p in labelled for _ in range(k)]
     generator = torch.Generator().manual_seed(seed)
     with torch_threads(num_threads):
-        drawn = sample(policy, tokenizer, repeated, generator=generator, max_new_tokens=config.max_new_tokens,
-                       temperature=config.sampling_temperature, batch_size=batch_size, progress=progress)
+        drawn = sample(
+            policy,
+            tokenizer,
+            repeated,
+            generator=generator,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.sampling_temperature,
+            batch_size=batch_size,
+            progress=progress,
+        )
     rewards = reward.score(repeated, drawn.completions).double()  # (N·K,)
     lengths = torch.tensor([len(c.split()) for c in drawn.completions], dtype=torch.float64)
     utility = (rewards + config.length_bias * lengths).view(-1, k)  # (N, K)
     labels = torch.Generator().manual_seed(seed + 1_000_003)
     n_pairs = k // 2
-    a_wins = label_pairs(utility[:, 0:2 * n_pairs:2], utility[:, 1:2 * n_pairs:2], config.label_temperature,
-                         labels)  # (N, K//2)
+    a_wins = label_pairs(
+        utility[:, 0 : 2 * n_pairs : 2], utility[:, 1 : 2 * n_pairs : 2], config.label_temperature, labels
+    )  # (N, K//2)
     scores = label_rankings(utility, config.label_temperature, labels)  # (N, K)
     groups, dropped = [], 0
     for i, prompt in enumerate(labelled):
-        texts = drawn.completions[i * k:(i + 1) * k]
+        texts = drawn.completions[i * k : (i + 1) * k]
         if any(not t.strip() for t in texts):
             dropped += 1
             continue
         pairs = [(2 * j, 2 * j + 1) if a_wins[i, j] else (2 * j + 1, 2 * j) for j in range(n_pairs)]
-        groups.append(PromptGroup(
-            prompt=prompt, split="train" if i < config.train_prompts else "eval", completions=texts,
-            rewards=rewards[i * k:(i + 1) * k].tolist(), lengths=[int(n) for n in lengths[i * k:(i + 1) * k]],
-            grammatical=[accepts(prompt, t) for t in texts], pairs=pairs,
-            ranking=scores[i].argsort(descending=True).tolist(), scores=scores[i].tolist()))
+        groups.append(
+            PromptGroup(
+                prompt=prompt,
+                split="train" if i < config.train_prompts else "eval",
+                completions=texts,
+                rewards=rewards[i * k : (i + 1) * k].tolist(),
+                lengths=[int(n) for n in lengths[i * k : (i + 1) * k]],
+                grammatical=[accepts(prompt, t) for t in texts],
+                pairs=pairs,
+                ranking=scores[i].argsort(descending=True).tolist(),
+                scores=scores[i].tolist(),
+            )
+        )
     return SyntheticPreferences(groups, heldout, config, seed, dropped)

@@ -101,16 +101,20 @@ def gold_reward_components(prompts: Sequence[str], completions: Sequence[str]) -
     """The parts of r*: `content` [B] float32, `length` [B] (completion words, float32) and
     `grammatical` [B] bool. Raises ValueError naming the row whose prompt is not "CATEGORY review of the ITEM : …"."""
     if len(prompts) != len(completions):
-        raise ValueError(f"gold_reward: {len(prompts)} prompts but {len(completions)} completions; pass one "
-                         "completion per prompt (repeat a prompt for several completions)")
+        raise ValueError(
+            f"gold_reward: {len(prompts)} prompts but {len(completions)} completions; pass one "
+            "completion per prompt (repeat a prompt for several completions)"
+        )
     tables = _tables()
     rows, categories = [], []
     for i, prompt in enumerate(prompts):
         parsed = split_prompt(prompt)
         if parsed is None:
-            raise ValueError(f"gold_reward: prompt of row {i} ({prompt[:60]!r}) is not a prompt of the synthetic "
-                             "language; it must read 'CATEGORY review of the ITEM : [opening words]' (an item of that "
-                             "category, e.g. 'food review of the pizza :')")
+            raise ValueError(
+                f"gold_reward: prompt of row {i} ({prompt[:60]!r}) is not a prompt of the synthetic "
+                "language; it must read 'CATEGORY review of the ITEM : [opening words]' (an item of that "
+                "category, e.g. 'food review of the pizza :')"
+            )
         item, opening = parsed
         categories.append(tables.categories.index(item_category(item)))
         rows.append([tables.index.get(w, tables.unknown) for w in opening + completions[i].split()])
@@ -150,11 +154,16 @@ def gold_reward(
         ungrammatical_penalty: c_bad ≥ 0 subtracted when prompt + completion is not in the language.
     """
     if length_weight < 0 or ungrammatical_penalty < 0:
-        raise ValueError(f"gold_reward: length_weight={length_weight} and ungrammatical_penalty="
-                         f"{ungrammatical_penalty} must both be ≥ 0")
+        raise ValueError(
+            f"gold_reward: length_weight={length_weight} and ungrammatical_penalty="
+            f"{ungrammatical_penalty} must both be ≥ 0"
+        )
     parts = gold_reward_components(prompts, completions)
-    return (parts["content"] + length_weight * torch.log1p(parts["length"])
-            - ungrammatical_penalty * (~parts["grammatical"]).float())
+    return (
+        parts["content"]
+        + length_weight * torch.log1p(parts["length"])
+        - ungrammatical_penalty * (~parts["grammatical"]).float()
+    )
 
 
 @dataclass(frozen=True)
@@ -169,10 +178,13 @@ class GoldReward:
 
     def __post_init__(self) -> None:
         if self.length_weight < 0 or self.ungrammatical_penalty < 0:
-            raise ValueError(f"GoldReward: length_weight={self.length_weight} and ungrammatical_penalty="
-                             f"{self.ungrammatical_penalty} must both be ≥ 0")
+            raise ValueError(
+                f"GoldReward: length_weight={self.length_weight} and ungrammatical_penalty="
+                f"{self.ungrammatical_penalty} must both be ≥ 0"
+            )
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """Rewards [B] (float32) of `completions[i]` as a continuation of `prompts[i]`."""
-        return gold_reward(prompts, completions, length_weight=self.length_weight,
-                           ungrammatical_penalty=self.ungrammatical_penalty)
+        return gold_reward(
+            prompts, completions, length_weight=self.length_weight, ungrammatical_penalty=self.ungrammatical_penalty
+        )

@@ -1,8 +1,8 @@
 """The whole synthetic task in one call: reference policy + preference data, optionally written to a folder.
 
-    task = synthetic_task(seed=0)                      # cached policy, fresh data (seconds after first build)
-    task.preferences.dataset("paired")                 # prompt / chosen / rejected
-    write_synthetic_task("synth/", seed=0)             # what `prefopt data synth --out synth/` does
+task = synthetic_task(seed=0)                      # cached policy, fresh data (seconds after first build)
+task.preferences.dataset("paired")                 # prompt / chosen / rejected
+write_synthetic_task("synth/", seed=0)             # what `prefopt data synth --out synth/` does
 """
 
 from __future__ import annotations
@@ -30,10 +30,16 @@ class SyntheticTask:
     reward: GoldReward
 
 
-def synthetic_task(seed: int = 0, *, sft_config: SFTConfig | None = None,
-                   preference_config: PreferenceConfig | None = None, reward: GoldReward | None = None,
-                   cache_dir: str | Path | None = None, rebuild: bool = False,
-                   progress: bool = True) -> SyntheticTask:
+def synthetic_task(
+    seed: int = 0,
+    *,
+    sft_config: SFTConfig | None = None,
+    preference_config: PreferenceConfig | None = None,
+    reward: GoldReward | None = None,
+    cache_dir: str | Path | None = None,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> SyntheticTask:
     """Load (or train and cache) the reference policy for `seed` and sample its preference data.
 
     Args:
@@ -45,14 +51,23 @@ def synthetic_task(seed: int = 0, *, sft_config: SFTConfig | None = None,
     """
     reward = reward or GoldReward()
     policy = reference_policy(seed, sft_config, cache_dir=cache_dir, rebuild=rebuild, progress=progress)
-    preferences = build_preferences(policy.model, policy.tokenizer, seed=seed, config=preference_config,
-                                    reward=reward, progress=progress)
+    preferences = build_preferences(
+        policy.model, policy.tokenizer, seed=seed, config=preference_config, reward=reward, progress=progress
+    )
     return SyntheticTask(policy, preferences, reward)
 
 
-def write_synthetic_task(out_dir: str | Path, *, seed: int = 0, sft_config: SFTConfig | None = None,
-                         preference_config: PreferenceConfig | None = None, cache_dir: str | Path | None = None,
-                         rebuild: bool = False, progress: bool = True, with_gold: bool = False) -> dict[str, Any]:
+def write_synthetic_task(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    sft_config: SFTConfig | None = None,
+    preference_config: PreferenceConfig | None = None,
+    cache_dir: str | Path | None = None,
+    rebuild: bool = False,
+    progress: bool = True,
+    with_gold: bool = False,
+) -> dict[str, Any]:
     """Write the synthetic task to `out_dir` and return its summary.
 
     Layout: `model/` (safetensors weights, config, tokenizer with chat template, report.json),
@@ -69,14 +84,22 @@ def write_synthetic_task(out_dir: str | Path, *, seed: int = 0, sft_config: SFTC
     model_dir = out / "model"
     if model_dir.exists():
         raise FileExistsError(f"{model_dir} already exists; choose an empty --out folder or remove it")
-    task = synthetic_task(seed, sft_config=sft_config, preference_config=preference_config, cache_dir=cache_dir,
-                          rebuild=rebuild, progress=progress)
+    task = synthetic_task(
+        seed,
+        sft_config=sft_config,
+        preference_config=preference_config,
+        cache_dir=cache_dir,
+        rebuild=rebuild,
+        progress=progress,
+    )
     copy = ReferencePolicy(task.policy.model, task.policy.tokenizer, None, task.policy.report)
     save_reference_policy(copy, model_dir)
     task.preferences.save(out, with_gold=with_gold)
     summary = task.preferences.summary()
     summary["reference_policy"] = {k: v for k, v in task.policy.report.items() if k != "examples"}
-    summary["gold_reward"] = {"length_weight": task.reward.length_weight,
-                              "ungrammatical_penalty": task.reward.ungrammatical_penalty}
+    summary["gold_reward"] = {
+        "length_weight": task.reward.length_weight,
+        "ungrammatical_penalty": task.reward.ungrammatical_penalty,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

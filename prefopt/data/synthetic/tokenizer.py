@@ -45,6 +45,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  # heavy: loaded on first use
     from transformers import PreTrainedTokenizerFast  # heavy: transformers is slow to import
+
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for word in vocabulary():
         vocab.setdefault(word, len(vocab))

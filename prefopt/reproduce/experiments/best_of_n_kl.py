@@ -118,7 +118,9 @@ def _run(config: BestOfNConfig, progress: Progress) -> Outcome:
             res["beirami"].append(bon_math.beirami_kl_estimate(n, top_mass))
             res["win"].append(bon_math.best_of_n_win_rate(probs, rewards, n))
             res["bound"].append(bon_math.win_rate_bound(n))
-            rows.append([name, str(n), *(fmt(res[k][-1], 5) for k in ("exact", "classical", "beirami", "win", "bound"))])
+            rows.append(
+                [name, str(n), *(fmt(res[k][-1], 5) for k in ("exact", "classical", "beirami", "win", "bound"))]
+            )
         results[name] = res
         progress(i + 1, len(refs) + 1, "exact best-of-N")
     mc_probs, mc_rewards = refs["tied"]
@@ -132,20 +134,48 @@ def _run(config: BestOfNConfig, progress: Progress) -> Outcome:
 
     big = config.ns.index(max(config.ns))
     checks = [
-        check_at_most("exact KL − classical formula, max over N and references", PAPER["bound"],
-                      worst(None, lambda r, j: r["exact"][j] - r["classical"][j]), 1e-9),
-        check_at_most("many distinct: |classical − exact KL|, max over N", PAPER["tight"],
-                      worst("many distinct", lambda r, j: abs(r["classical"][j] - r["exact"][j])), config.tight_atol),
-        check_at_least(f"few distinct: classical − exact KL at N = {max(config.ns)} (nats)", PAPER["loose"],
-                       results["few distinct"]["classical"][big] - results["few distinct"]["exact"][big], 1.0),
-        check_at_most("|Beirami estimate − exact KL|, max over N and references", PAPER["estimator"],
-                      worst(None, lambda r, j: abs(r["beirami"][j] - r["exact"][j])), config.estimator_atol),
-        check_at_most("win rate − N/(N+1), max over N and references", PAPER["win"],
-                      worst(None, lambda r, j: r["win"][j] - r["bound"][j]), 1e-12),
-        check_at_most("many distinct: N/(N+1) − win rate, max over N", PAPER["win_tight"],
-                      worst("many distinct", lambda r, j: r["bound"][j] - r["win"][j]), config.tight_atol),
-        check_at_most(f"tied: TV(Monte-Carlo best-of-{config.mc_n}, exact PMF)", "π_N(y) = F(y)^N − F⁻(y)^N per level (§2)",
-                      mc_tv, config.mc_tv_atol),
+        check_at_most(
+            "exact KL − classical formula, max over N and references",
+            PAPER["bound"],
+            worst(None, lambda r, j: r["exact"][j] - r["classical"][j]),
+            1e-9,
+        ),
+        check_at_most(
+            "many distinct: |classical − exact KL|, max over N",
+            PAPER["tight"],
+            worst("many distinct", lambda r, j: abs(r["classical"][j] - r["exact"][j])),
+            config.tight_atol,
+        ),
+        check_at_least(
+            f"few distinct: classical − exact KL at N = {max(config.ns)} (nats)",
+            PAPER["loose"],
+            results["few distinct"]["classical"][big] - results["few distinct"]["exact"][big],
+            1.0,
+        ),
+        check_at_most(
+            "|Beirami estimate − exact KL|, max over N and references",
+            PAPER["estimator"],
+            worst(None, lambda r, j: abs(r["beirami"][j] - r["exact"][j])),
+            config.estimator_atol,
+        ),
+        check_at_most(
+            "win rate − N/(N+1), max over N and references",
+            PAPER["win"],
+            worst(None, lambda r, j: r["win"][j] - r["bound"][j]),
+            1e-12,
+        ),
+        check_at_most(
+            "many distinct: N/(N+1) − win rate, max over N",
+            PAPER["win_tight"],
+            worst("many distinct", lambda r, j: r["bound"][j] - r["win"][j]),
+            config.tight_atol,
+        ),
+        check_at_most(
+            f"tied: TV(Monte-Carlo best-of-{config.mc_n}, exact PMF)",
+            "π_N(y) = F(y)^N − F⁻(y)^N per level (§2)",
+            mc_tv,
+            config.mc_tv_atol,
+        ),
     ]
     notes = [
         "Exact values from `prefopt.eval.bon_math` (float64). Win rates count ties as ½. The Beirami estimate "
@@ -153,8 +183,11 @@ def _run(config: BestOfNConfig, progress: Progress) -> Outcome:
         "(exact for an atom of mass ε on top of a continuous remainder).",
         f"Monte-Carlo: {config.mc_samples} best-of-{config.mc_n} draws from the tied reference, ties broken uniformly.",
     ]
-    table = Table("KL (nats) and win rate", ["reference", "N", "exact KL", "log N − (N−1)/N", "Beirami est.",
-                                             "win rate", "N/(N+1)"], rows)
+    table = Table(
+        "KL (nats) and win rate",
+        ["reference", "N", "exact KL", "log N − (N−1)/N", "Beirami est.", "win rate", "N/(N+1)"],
+        rows,
+    )
 
     def draw(fig: Any) -> None:
         ax_kl, ax_win = fig.subplots(1, 2)

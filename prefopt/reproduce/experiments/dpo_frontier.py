@@ -40,8 +40,18 @@ from prefopt.reproduce.base import Check, Outcome, Progress, Reproduction, Table
 from prefopt.threads import torch_threads
 from prefopt.train import train
 
-__all__ = ["DPOFrontierConfig", "CONFIG", "QUICK", "PAPER", "Point", "frontier", "frontier_at", "dominated_share",
-           "mean_frontier_gap", "run"]
+__all__ = [
+    "DPOFrontierConfig",
+    "CONFIG",
+    "QUICK",
+    "PAPER",
+    "Point",
+    "frontier",
+    "frontier_at",
+    "dominated_share",
+    "mean_frontier_gap",
+    "run",
+]
 
 PAPER = {
     "source": "Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290 (§6.1, Fig. 2 left)",
@@ -99,20 +109,36 @@ class DPOFrontierConfig:
         if not self.dpo_betas or min(self.dpo_betas) <= 0 or not self.ppo_kl_coefs or min(self.ppo_kl_coefs) < 0:
             raise ValueError("DPOFrontierConfig: dpo_betas must be > 0 and ppo_kl_coefs ≥ 0 (at least one each).")
         if not 1 <= self.eval_prompts_used <= self.heldout_prompts:
-            raise ValueError(f"DPOFrontierConfig.eval_prompts_used={self.eval_prompts_used} must lie in [1, "
-                             f"heldout_prompts={self.heldout_prompts}].")
+            raise ValueError(
+                f"DPOFrontierConfig.eval_prompts_used={self.eval_prompts_used} must lie in [1, "
+                f"heldout_prompts={self.heldout_prompts}]."
+            )
         if 1 not in self.bon_ns or min(self.bon_ns) < 1 or 4 * max(self.bon_ns) > self.bon_samples:
-            raise ValueError(f"DPOFrontierConfig.bon_ns={self.bon_ns}: integers ≥ 1, including 1 (the reference's "
-                             f"reward), with 4·max N ≤ bon_samples={self.bon_samples} (the measured best-of-N needs "
-                             "M ≫ N).")
+            raise ValueError(
+                f"DPOFrontierConfig.bon_ns={self.bon_ns}: integers ≥ 1, including 1 (the reference's "
+                f"reward), with 4·max N ≤ bon_samples={self.bon_samples} (the measured best-of-N needs "
+                "M ≫ N)."
+            )
         if self.seeds < 1 or self.ppo_steps < 1 or self.dpo_epochs <= 0:
             raise ValueError("DPOFrontierConfig: seeds ≥ 1, ppo_steps ≥ 1 and dpo_epochs > 0 are required.")
 
 
 CONFIG = DPOFrontierConfig()
-QUICK = DPOFrontierConfig(sft="tiny", train_prompts=32, eval_prompts=8, heldout_prompts=12, dpo_betas=(0.1, 5.0),
-                          ppo_kl_coefs=(0.1,), ppo_steps=1, ppo_prompts_per_step=8, bon_ns=(1, 2), bon_samples=8,
-                          eval_prompts_used=12, max_new_tokens=32, seeds=1)
+QUICK = DPOFrontierConfig(
+    sft="tiny",
+    train_prompts=32,
+    eval_prompts=8,
+    heldout_prompts=12,
+    dpo_betas=(0.1, 5.0),
+    ppo_kl_coefs=(0.1,),
+    ppo_steps=1,
+    ppo_prompts_per_step=8,
+    bon_ns=(1, 2),
+    bon_samples=8,
+    eval_prompts_used=12,
+    max_new_tokens=32,
+    seeds=1,
+)
 
 
 @dataclass(frozen=True)
@@ -164,8 +190,9 @@ def dominated_share(vertices: Sequence[tuple[float, float]], others: Sequence[Po
     return sum(p.reward <= frontier_at(vertices, p.kl) + atol for p in others) / len(others)
 
 
-def mean_frontier_gap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]], up_to: float,
-                      grid: int = 512) -> float:
+def mean_frontier_gap(
+    a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]], up_to: float, grid: int = 512
+) -> float:
     """(1/K) ∫₀^K (F_a(k) − F_b(k)) dk with K = `up_to`: a's average reward advantage per KL budget (trapezoid rule)."""
     ks = torch.linspace(0.0, up_to, grid, dtype=torch.float64)
     gap = torch.tensor([frontier_at(a, float(k)) - frontier_at(b, float(k)) for k in ks], dtype=torch.float64)
@@ -187,11 +214,18 @@ class _Runner:
 
     def __init__(self, config: DPOFrontierConfig) -> None:
         self.config = config
-        self.task = synthetic.synthetic_task(config.task_seed, sft_config=_sft_config(config.sft), progress=False,
-                                   preference_config=PreferenceConfig(
-                                       train_prompts=config.train_prompts, eval_prompts=config.eval_prompts,
-                                       heldout_prompts=config.heldout_prompts, max_new_tokens=config.max_new_tokens,
-                                       label_temperature=config.label_temperature))
+        self.task = synthetic.synthetic_task(
+            config.task_seed,
+            sft_config=_sft_config(config.sft),
+            progress=False,
+            preference_config=PreferenceConfig(
+                train_prompts=config.train_prompts,
+                eval_prompts=config.eval_prompts,
+                heldout_prompts=config.heldout_prompts,
+                max_new_tokens=config.max_new_tokens,
+                label_temperature=config.label_temperature,
+            ),
+        )
         self.reference, self.tokenizer = self.task.policy.model.eval(), self.task.policy.tokenizer
         self.prompts = list(self.task.preferences.heldout_prompts)[: config.eval_prompts_used]
         self.train_prompts = [g.prompt for g in self.task.preferences.groups if g.split == "train"]
@@ -201,34 +235,69 @@ class _Runner:
         """Gold reward and exact KL of one sample per held-out prompt (the reference's samples drawn once per seed)."""
         eval_seed = 1000 + seed
         if seed not in self._reference_samples:  # what evaluate_generations would draw, drawn once per seed
-            self._reference_samples[seed] = sample(self.reference, self.tokenizer, self.prompts,
-                                                   generator=torch.Generator().manual_seed(eval_seed + 1),
-                                                   max_new_tokens=self.config.max_new_tokens)
-        metrics = evaluate_generations(policy, self.reference, self.tokenizer, self.prompts, reward=self.task.reward,
-                                       seed=eval_seed, max_new_tokens=self.config.max_new_tokens, kl="exact",
-                                       reference_samples=self._reference_samples[seed], n_resamples=200)
+            self._reference_samples[seed] = sample(
+                self.reference,
+                self.tokenizer,
+                self.prompts,
+                generator=torch.Generator().manual_seed(eval_seed + 1),
+                max_new_tokens=self.config.max_new_tokens,
+            )
+        metrics = evaluate_generations(
+            policy,
+            self.reference,
+            self.tokenizer,
+            self.prompts,
+            reward=self.task.reward,
+            seed=eval_seed,
+            max_new_tokens=self.config.max_new_tokens,
+            kl="exact",
+            reference_samples=self._reference_samples[seed],
+            n_resamples=200,
+        )
         return {"kl": metrics.kl.mean, "reward": metrics.reward.mean, "mean_length": metrics.mean_length.mean}
 
     def dpo(self, beta: float, seed: int) -> dict[str, float]:
         c = self.config
         with tempfile.TemporaryDirectory(prefix="prefopt-frontier-dpo-") as folder:
-            result = train(model=copy.deepcopy(self.reference).train().requires_grad_(True), tokenizer=self.tokenizer,
-                           dataset=self.task.preferences.dataset("paired"), loss="dpo", loss_hparams={"beta": beta},
-                           seed=seed, epochs=c.dpo_epochs, batch_size=c.dpo_batch_size, lr=c.dpo_lr,
-                           output_dir=folder, progress=False, ref_cache=False, engine_backend="reference")
+            result = train(
+                model=copy.deepcopy(self.reference).train().requires_grad_(True),
+                tokenizer=self.tokenizer,
+                dataset=self.task.preferences.dataset("paired"),
+                loss="dpo",
+                loss_hparams={"beta": beta},
+                seed=seed,
+                epochs=c.dpo_epochs,
+                batch_size=c.dpo_batch_size,
+                lr=c.dpo_lr,
+                output_dir=folder,
+                progress=False,
+                ref_cache=False,
+                engine_backend="reference",
+            )
             policy = _load_policy(result.model_path)
         return self.evaluate(policy, seed)
 
     def ppo(self, kl_coef: float, seed: int) -> dict[str, float]:
         c = self.config
         with tempfile.TemporaryDirectory(prefix="prefopt-frontier-ppo-") as folder:
-            result = train_online(model=copy.deepcopy(self.reference).train().requires_grad_(True),
-                                  tokenizer=self.tokenizer, reward=self.task.reward, prompts=self.train_prompts,
-                                  reference_model=self.reference, algorithm="ppo", kl_coef=kl_coef,
-                                  steps=c.ppo_steps, prompts_per_step=c.ppo_prompts_per_step,
-                                  num_samples=c.ppo_samples, lr=c.ppo_lr if c.ppo_lr is not None else SYNTHETIC_LR,
-                                  max_new_tokens=c.max_new_tokens, seed=seed, output_dir=folder, progress=False,
-                                  num_threads=1)
+            result = train_online(
+                model=copy.deepcopy(self.reference).train().requires_grad_(True),
+                tokenizer=self.tokenizer,
+                reward=self.task.reward,
+                prompts=self.train_prompts,
+                reference_model=self.reference,
+                algorithm="ppo",
+                kl_coef=kl_coef,
+                steps=c.ppo_steps,
+                prompts_per_step=c.ppo_prompts_per_step,
+                num_samples=c.ppo_samples,
+                lr=c.ppo_lr if c.ppo_lr is not None else SYNTHETIC_LR,
+                max_new_tokens=c.max_new_tokens,
+                seed=seed,
+                output_dir=folder,
+                progress=False,
+                num_threads=1,
+            )
             policy = _load_policy(result.model_path)
         return self.evaluate(policy, seed)
 
@@ -236,10 +305,20 @@ class _Runner:
         """Best-of-N by the gold reward from one pool of reference samples (the reference is not trained, so
         seeds would only redraw the pool): reward with its bootstrap CI over prompts, KL = the analytic bound."""
         c = self.config
-        points = evaluate_best_of_n(self.reference, self.tokenizer, self.prompts, self.task.reward, ns=c.bon_ns,
-                                    samples=c.bon_samples, max_new_tokens=c.max_new_tokens, seed=2000)
-        return [Point("best-of-N", f"N={p.n}", p.kl_bound, p.reward.mean, 0.0, (p.reward.high - p.reward.low) / 2)
-                for p in points]
+        points = evaluate_best_of_n(
+            self.reference,
+            self.tokenizer,
+            self.prompts,
+            self.task.reward,
+            ns=c.bon_ns,
+            samples=c.bon_samples,
+            max_new_tokens=c.max_new_tokens,
+            seed=2000,
+        )
+        return [
+            Point("best-of-N", f"N={p.n}", p.kl_bound, p.reward.mean, 0.0, (p.reward.high - p.reward.low) / 2)
+            for p in points
+        ]
 
 
 def _aggregate(algorithm: str, setting: str, runs: list[dict[str, float]]) -> Point:
@@ -269,8 +348,10 @@ def measure(config: DPOFrontierConfig, progress: Progress) -> tuple[list[Point],
     progress(total, total, "best-of-N")
     points = [_aggregate(algorithm, setting, runs) for (algorithm, setting), runs in raw.items()] + best_of_n
     # The reference's expected reward: best-of-1, the mean over bon_samples samples of every prompt.
-    info = {"reference_reward": best_of_n[config.bon_ns.index(1)].reward,
-            "raw": {f"{a} {s}": runs for (a, s), runs in raw.items()}}
+    info = {
+        "reference_reward": best_of_n[config.bon_ns.index(1)].reward,
+        "raw": {f"{a} {s}": runs for (a, s), runs in raw.items()},
+    }
     return points, info
 
 
@@ -296,19 +377,48 @@ def outcome(config: DPOFrontierConfig, points: list[Point], info: dict[str, Any]
     share = dominated_share(fronts["DPO"], _by(points, "PPO"))
     gap = mean_frontier_gap(fronts["DPO"], fronts["PPO"], budget)
     checks = [
-        Check("DPO: KL falls as β grows (β ascending)", PAPER["beta"], " > ".join(fmt(k, 3) for k in kls),
-              "strictly decreasing", monotone, float(monotone)),
-        Check("share of PPO points on or under DPO's frontier", PAPER["dominates"], fmt(share, 3), "= 1",
-              share >= 1.0, share),
-        Check(f"mean reward gap F_DPO − F_PPO over KL budgets [0, {fmt(budget, 3)}]", PAPER["area"], fmt(gap, 3),
-              "≥ 0", gap >= 0, gap),
+        Check(
+            "DPO: KL falls as β grows (β ascending)",
+            PAPER["beta"],
+            " > ".join(fmt(k, 3) for k in kls),
+            "strictly decreasing",
+            monotone,
+            float(monotone),
+        ),
+        Check(
+            "share of PPO points on or under DPO's frontier",
+            PAPER["dominates"],
+            fmt(share, 3),
+            "= 1",
+            share >= 1.0,
+            share,
+        ),
+        Check(
+            f"mean reward gap F_DPO − F_PPO over KL budgets [0, {fmt(budget, 3)}]",
+            PAPER["area"],
+            fmt(gap, 3),
+            "≥ 0",
+            gap >= 0,
+            gap,
+        ),
     ]
     bon_gap = mean_frontier_gap(fronts["DPO"], fronts["best-of-N"], budget)
-    rows = [[p.algorithm, p.setting, f"{fmt(p.kl, 3)} ± {fmt(p.kl_ci, 2)}", f"{fmt(p.reward)} ± {fmt(p.reward_ci, 2)}",
-             fmt(frontier_at(fronts["DPO"], p.kl))] for p in points]
-    table = Table(f"Policies (mean ± 95% CI over {config.seeds} seed(s); best-of-N: over prompts); reference "
-                  f"reward {fmt(origin[1])}",
-                  ["algorithm", "setting", "KL (nats)", "gold reward", "F_DPO at this KL"], rows)
+    rows = [
+        [
+            p.algorithm,
+            p.setting,
+            f"{fmt(p.kl, 3)} ± {fmt(p.kl_ci, 2)}",
+            f"{fmt(p.reward)} ± {fmt(p.reward_ci, 2)}",
+            fmt(frontier_at(fronts["DPO"], p.kl)),
+        ]
+        for p in points
+    ]
+    table = Table(
+        f"Policies (mean ± 95% CI over {config.seeds} seed(s); best-of-N: over prompts); reference "
+        f"reward {fmt(origin[1])}",
+        ["algorithm", "setting", "KL (nats)", "gold reward", "F_DPO at this KL"],
+        rows,
+    )
     notes = [
         f"Synthetic task (SFT '{config.sft}', task seed {config.task_seed}): {config.train_prompts} training prompts × 2 "
         f"pairs; DPO {config.dpo_epochs} epoch(s), batch {config.dpo_batch_size}; PPO on the gold reward "
@@ -326,10 +436,16 @@ def outcome(config: DPOFrontierConfig, points: list[Point], info: dict[str, Any]
         colours = {"DPO": "tab:blue", "PPO": "tab:orange", "best-of-N": "tab:green"}
         for algorithm, colour in colours.items():
             group = sorted(_by(points, algorithm), key=lambda p: p.kl)
-            ax.errorbar([p.kl for p in group], [p.reward for p in group],
-                        xerr=[0 if p.kl_ci != p.kl_ci else p.kl_ci for p in group],
-                        yerr=[0 if p.reward_ci != p.reward_ci else p.reward_ci for p in group],
-                        fmt="o", color=colour, capsize=3, label=algorithm)
+            ax.errorbar(
+                [p.kl for p in group],
+                [p.reward for p in group],
+                xerr=[0 if p.kl_ci != p.kl_ci else p.kl_ci for p in group],
+                yerr=[0 if p.reward_ci != p.reward_ci else p.reward_ci for p in group],
+                fmt="o",
+                color=colour,
+                capsize=3,
+                label=algorithm,
+            )
             for p in group:
                 ax.annotate(p.setting, (p.kl, p.reward), textcoords="offset points", xytext=(4, 4), fontsize=7)
             front = fronts[algorithm] + [(right, fronts[algorithm][-1][1])] * (right > fronts[algorithm][-1][0])
@@ -347,8 +463,15 @@ def outcome(config: DPOFrontierConfig, points: list[Point], info: dict[str, Any]
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
 
-    data = {"config": dataclasses.asdict(config), "points": [dataclasses.asdict(p) for p in points],
-            "frontiers": fronts, "dominated_share": share, "gap_dpo_ppo": gap, "gap_dpo_bon": bon_gap, **info}
+    data = {
+        "config": dataclasses.asdict(config),
+        "points": [dataclasses.asdict(p) for p in points],
+        "frontiers": fronts,
+        "dominated_share": share,
+        "gap_dpo_ppo": gap,
+        "gap_dpo_bon": bon_gap,
+        **info,
+    }
     return Outcome(checks, [table], draw, (8.0, 6.0), notes, data)
 
 

@@ -89,8 +89,12 @@ def _win_counts(config: DPOOptimumConfig, gen: torch.Generator) -> tuple[Tensor,
     p_win = torch.sigmoid(r[:, None] - r[None, :])[upper]  # Bradley–Terry P(i ≻ j) for i < j
     counts = torch.zeros(len(config.sizes) + 1, config.seeds, k, k, dtype=torch.float64)
     for s, n in enumerate(config.sizes):
-        per_pair = torch.stack([torch.multinomial(pair_prob, n, replacement=True, generator=gen).bincount(
-            minlength=pair_prob.numel()) for _ in range(config.seeds)]).double()  # [seeds, pairs]
+        per_pair = torch.stack(
+            [
+                torch.multinomial(pair_prob, n, replacement=True, generator=gen).bincount(minlength=pair_prob.numel())
+                for _ in range(config.seeds)
+            ]
+        ).double()  # [seeds, pairs]
         wins = torch.binomial(per_pair, p_win.expand_as(per_pair), generator=gen)
         counts[s][:, upper] = wins
         counts[s].transpose(-1, -2)[:, upper] = per_pair - wins
@@ -119,14 +123,22 @@ def _fit(config: DPOOptimumConfig, counts: Tensor) -> tuple[Tensor, float]:
     loss = get_loss("dpo", beta=config.beta)
     batch = counts.shape[:2]
     theta = ref_logps.expand(*batch, k).clone().requires_grad_(True)  # start at the reference
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=config.max_iter, tolerance_grad=1e-12,
-                            tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=config.max_iter,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
         logps = torch.log_softmax(theta, -1)
-        value = paired_bandit_losses(loss, logps, ref_logps, chosen.expand(*batch, -1), rejected.expand(*batch, -1),
-                                     weights).sum()
+        value = paired_bandit_losses(
+            loss, logps, ref_logps, chosen.expand(*batch, -1), rejected.expand(*batch, -1), weights
+        ).sum()
         value.backward()
         return value
 
@@ -151,22 +163,36 @@ def run(config: DPOOptimumConfig, progress: Progress) -> Outcome:
     kl_mean, kl_half = mean_ci(kl[:-1], dim=1)
     tv_mean, tv_half = mean_ci(tv[:-1], dim=1)
     log_n = torch.tensor([math.log(n) for n in config.sizes], dtype=torch.float64)
-    slope = float(torch.linalg.lstsq(torch.stack([log_n, torch.ones_like(log_n)], 1),
-                                     kl_mean.log().unsqueeze(1)).solution[0, 0])
+    slope = float(
+        torch.linalg.lstsq(torch.stack([log_n, torch.ones_like(log_n)], 1), kl_mean.log().unsqueeze(1)).solution[0, 0]
+    )
     decreases = bool((kl_mean[1:] < kl_mean[:-1]).all())
     population_tv = float(tv[-1].max())
     checks = [
         check_at_most("population data (n → ∞): TV(π_DPO, π*)", PAPER["optimum"], population_tv, 1e-6),
         check_close("log-log slope of mean KL(π* ‖ π_DPO) against n", PAPER["rate"], slope, -1.0, config.slope_atol, 3),
-        check_at_most(f"mean TV(π_DPO, π*) at n = {max(config.sizes)}", "→ 0 as n grows",
-                      float(tv_mean[-1]), 0.05),
+        check_at_most(f"mean TV(π_DPO, π*) at n = {max(config.sizes)}", "→ 0 as n grows", float(tv_mean[-1]), 0.05),
     ]
-    checks.append(dataclasses.replace(
-        checks[-1], claim="mean KL decreases at every step of n", paper="distance decreases with data",
-        ours="yes" if decreases else "no", tolerance="monotone", passed=decreases, value=float(decreases)))
-    rows = [[str(n), f"{fmt(float(kl_mean[i]))} ± {fmt(float(kl_half[i]), 2)}",
-             f"{fmt(float(tv_mean[i]))} ± {fmt(float(tv_half[i]), 2)}", str(int((~exists[i]).sum()))]
-            for i, n in enumerate(config.sizes)]
+    checks.append(
+        dataclasses.replace(
+            checks[-1],
+            claim="mean KL decreases at every step of n",
+            paper="distance decreases with data",
+            ours="yes" if decreases else "no",
+            tolerance="monotone",
+            passed=decreases,
+            value=float(decreases),
+        )
+    )
+    rows = [
+        [
+            str(n),
+            f"{fmt(float(kl_mean[i]))} ± {fmt(float(kl_half[i]), 2)}",
+            f"{fmt(float(tv_mean[i]))} ± {fmt(float(tv_half[i]), 2)}",
+            str(int((~exists[i]).sum())),
+        ]
+        for i, n in enumerate(config.sizes)
+    ]
     rows.append(["∞ (population)", fmt(float(kl[-1].max())), fmt(population_tv), "0"])
     progress(3, 3, "done")
     notes = [
@@ -176,8 +202,11 @@ def run(config: DPOOptimumConfig, progress: Progress) -> Outcome:
         f"{fmt(grad_max, 2)}.",
         "The last column counts datasets whose win graph is not strongly connected (no finite DPO optimum).",
     ]
-    table = Table("Distance of the DPO policy to π* (mean ± 95% CI over datasets)",
-                  ["pairs n", "KL(π* ‖ π_DPO)", "TV", "no finite optimum"], rows)
+    table = Table(
+        "Distance of the DPO policy to π* (mean ± 95% CI over datasets)",
+        ["pairs n", "KL(π* ‖ π_DPO)", "TV", "no finite optimum"],
+        rows,
+    )
 
     def draw(fig: Any) -> None:
         ax_d, ax_p = fig.subplots(1, 2)
@@ -198,9 +227,16 @@ def run(config: DPOOptimumConfig, progress: Progress) -> Outcome:
         ax_p.legend(fontsize=8)
         fig.suptitle("DPO converges to its closed-form optimum (Rafailov et al. 2023, Eq. 4)")
 
-    data = {"config": dataclasses.asdict(config), "kl_mean": kl_mean.tolist(), "kl_ci95": kl_half.tolist(),
-            "tv_mean": tv_mean.tolist(), "tv_ci95": tv_half.tolist(), "slope": slope,
-            "population_tv": population_tv, "target": target.tolist()}
+    data = {
+        "config": dataclasses.asdict(config),
+        "kl_mean": kl_mean.tolist(),
+        "kl_ci95": kl_half.tolist(),
+        "tv_mean": tv_mean.tolist(),
+        "tv_ci95": tv_half.tolist(),
+        "slope": slope,
+        "population_tv": population_tv,
+        "target": target.tolist(),
+    }
     return Outcome(checks, [table], draw, (12.0, 4.5), notes, data)
 
 

@@ -181,23 +181,27 @@ def run(config: IPOBanditConfig, progress: Progress) -> Outcome:
     rows: list[list[str]] = []
     for d, name in enumerate(names):
         dpo_top = float(mean[0, :, d, 0].min())
-        checks.append(check_at_least(
-            f"DPO, {name}: π(a) after training, lowest over τ", PAPER["dpo"], dpo_top, config.dpo_min_top_prob, 6
-        ))
+        checks.append(
+            check_at_least(
+                f"DPO, {name}: π(a) after training, lowest over τ", PAPER["dpo"], dpo_top, config.dpo_min_top_prob, 6
+            )
+        )
         err = float((mean[1, :, d] - optimum[:, d].float()).abs().max())
-        checks.append(check_at_most(
-            f"IPO, {name}: max |π − π*_LS| over τ and actions",
-            "IPO's optimum (closed form, least squares)", err, config.ipo_prob_atol,
-        ))
+        checks.append(
+            check_at_most(
+                f"IPO, {name}: max |π − π*_LS| over τ and actions",
+                "IPO's optimum (closed form, least squares)",
+                err,
+                config.ipo_prob_atol,
+            )
+        )
         for t, tau in enumerate(config.taus):
             for li, loss in enumerate(("DPO", "IPO")):
                 cells = [f"{fmt(float(mean[li, t, d, k]), 4)} ± {fmt(float(half[li, t, d, k]), 2)}" for k in range(3)]
                 star = ", ".join(fmt(float(v), 4) for v in optimum[t, d]) if loss == "IPO" else "π(a) = 1"
                 rows.append([name, fmt(tau), loss, *cells, star])
     spread = float(mean[1, :, :, 0].max() - mean[1, :, :, 0].min())
-    checks.append(check_at_least(
-        "IPO: spread of π(a) across τ (τ matters)", PAPER["ipo"], spread, 0.1
-    ))
+    checks.append(check_at_least("IPO: spread of π(a) across τ (τ matters)", PAPER["ipo"], spread, 0.1))
     data: dict[str, Any] = {
         "config": dataclasses.asdict(config),
         "final_mean": mean.tolist(),

@@ -106,13 +106,27 @@ def _losses(
     return problem_losses
 
 
-def _train(kind: str, loss: BoundLoss, start: Tensor, ref: Tensor, chosen: Tensor, rejected: Tensor,
-           config: KTOContradictionConfig, progress: Progress, stage: str) -> tuple[Tensor, float]:
+def _train(
+    kind: str,
+    loss: BoundLoss,
+    start: Tensor,
+    ref: Tensor,
+    chosen: Tensor,
+    rejected: Tensor,
+    config: KTOContradictionConfig,
+    progress: Progress,
+    stage: str,
+) -> tuple[Tensor, float]:
     """Full-batch Adam; returns the final logits and the largest |gradient| seen at any step."""
     largest: list[Tensor] = []
-    final = train_adam(start.log().unsqueeze(0), _losses(kind, loss, ref, chosen, rejected), steps=config.steps,
-                       lr=config.lr, on_grad=lambda grad: largest.append(grad.abs().max()),
-                       progress=lambda done, total: progress(done, total, stage))
+    final = train_adam(
+        start.log().unsqueeze(0),
+        _losses(kind, loss, ref, chosen, rejected),
+        steps=config.steps,
+        lr=config.lr,
+        on_grad=lambda grad: largest.append(grad.abs().max()),
+        progress=lambda done, total: progress(done, total, stage),
+    )
     return final[0], float(torch.stack(largest).max())
 
 
@@ -136,21 +150,38 @@ def run(config: KTOContradictionConfig, progress: Progress) -> Outcome:
         t_dpo, t_kto = (get_loss(k, beta=config.theorem_beta) for k in ("dpo", "kto"))
         dpo_t, _ = _train("dpo", t_dpo, t_ref, t_ref.log(), chosen, rejected, config, progress, "DPO, theorem")
         kto_t, _ = _train("kto", t_kto, t_ref, t_ref.log(), chosen, rejected, config, progress, "KTO, theorem")
-    pi = {k: torch.softmax(v, -1) for k, v in
-          {"kto": kto_final, "dpo": dpo_final, "dpo_t": dpo_t, "kto_t": kto_t}.items()}
+    pi = {
+        k: torch.softmax(v, -1) for k, v in {"kto": kto_final, "dpo": dpo_final, "dpo_t": dpo_t, "kto_t": kto_t}.items()
+    }
     ratio = dpo_optimum_ratio(config.theorem_p, config.theorem_beta, config.theorem_reference)
     dpo_target = ratio / (1 + ratio)
     moved = float(total_variation(pi["dpo"], start))
     kto_moved = float((kto_final - start.log()).abs().max())
     checks = [
-        Check("equal weights, {a≻b, b≻a}: max |∇KTO| over training and random policies", PAPER["zero"],
-              fmt(max(kto_grad, random_grad)), "= 0 (exact)", max(kto_grad, random_grad) == 0.0,
-              max(kto_grad, random_grad)),
-        Check("KTO: max |θ_T − θ_0| after training", "the policy does not move", fmt(kto_moved), "= 0 (exact)",
-              kto_moved == 0.0, kto_moved),
+        Check(
+            "equal weights, {a≻b, b≻a}: max |∇KTO| over training and random policies",
+            PAPER["zero"],
+            fmt(max(kto_grad, random_grad)),
+            "= 0 (exact)",
+            max(kto_grad, random_grad) == 0.0,
+            max(kto_grad, random_grad),
+        ),
+        Check(
+            "KTO: max |θ_T − θ_0| after training",
+            "the policy does not move",
+            fmt(kto_moved),
+            "= 0 (exact)",
+            kto_moved == 0.0,
+            kto_moved,
+        ),
         check_at_least("DPO on the same pairs: TV(π_T, π_0)", PAPER["moves"], moved, 0.25),
-        check_close(f"p = {config.theorem_p}, β = {config.theorem_beta}: DPO's final π(a)",
-                    f"{PAPER['dpo_minority']}; closed form {fmt(dpo_target)}", float(pi["dpo_t"][0]), dpo_target, 1e-3),
+        check_close(
+            f"p = {config.theorem_p}, β = {config.theorem_beta}: DPO's final π(a)",
+            f"{PAPER['dpo_minority']}; closed form {fmt(dpo_target)}",
+            float(pi["dpo_t"][0]),
+            dpo_target,
+            1e-3,
+        ),
         check_at_least(f"p = {config.theorem_p}: KTO's final π(a)", PAPER["kto_majority"], float(pi["kto_t"][0]), 0.9),
     ]
     rows = [
@@ -172,21 +203,31 @@ def run(config: KTOContradictionConfig, progress: Progress) -> Outcome:
 
     def draw(fig: Any) -> None:
         ax1, ax2 = fig.subplots(1, 2)
-        ax1.bar(["start", "KTO", "DPO"], [config.start[0], float(pi["kto"][0]), float(pi["dpo"][0])],
-                color=["grey", "tab:green", "tab:blue"])
+        ax1.bar(
+            ["start", "KTO", "DPO"],
+            [config.start[0], float(pi["kto"][0]), float(pi["dpo"][0])],
+            color=["grey", "tab:green", "tab:blue"],
+        )
         ax1.axhline(config.reference[0], color="k", ls=":", label="DPO's optimum (π_ref ratio)")
         ax1.set_title("{a ≻ b, b ≻ a}: π(a) after training", fontsize=9)
         ax1.legend(fontsize=8)
-        ax2.bar(["π_ref", "KTO", "DPO"], [config.theorem_reference[0], float(pi["kto_t"][0]), float(pi["dpo_t"][0])],
-                color=["grey", "tab:green", "tab:blue"])
+        ax2.bar(
+            ["π_ref", "KTO", "DPO"],
+            [config.theorem_reference[0], float(pi["kto_t"][0]), float(pi["dpo_t"][0])],
+            color=["grey", "tab:green", "tab:blue"],
+        )
         ax2.axhline(0.5, color="k", ls=":", lw=1)
         ax2.axhline(dpo_target, color="tab:blue", ls="--", lw=1, label="DPO closed form")
         ax2.set_title(f"{config.theorem_p:.0%} a ≻ b: π(a) after training", fontsize=9)
         ax2.legend(fontsize=8)
         fig.suptitle("KTO vs DPO on contradictory preferences (Ethayarajh et al. 2024, §4)")
 
-    data = {"config": dataclasses.asdict(config), "final_pi_a": {k: float(v[0]) for k, v in pi.items()},
-            "kto_max_grad": max(kto_grad, random_grad), "dpo_target": dpo_target}
+    data = {
+        "config": dataclasses.asdict(config),
+        "final_pi_a": {k: float(v[0]) for k, v in pi.items()},
+        "kto_max_grad": max(kto_grad, random_grad),
+        "dpo_target": dpo_target,
+    }
     return Outcome(checks, [table], draw, (10.0, 4.0), notes, data)
 
 

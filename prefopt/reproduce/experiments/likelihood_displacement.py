@@ -49,7 +49,7 @@ __all__ = ["DisplacementConfig", "CONFIG", "QUICK", "PAPER", "run", "make_config
 
 PAPER = {
     "source": "Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive, "
-              "arXiv:2402.13228 (abstract: DPO can reduce the preferred likelihood, DPOP avoids it; Eq. 3: DPOP)",
+    "arXiv:2402.13228 (abstract: DPO can reduce the preferred likelihood, DPOP avoids it; Eq. 3: DPOP)",
     "dpo_drops": "DPO can reduce the likelihood of the preferred completion: Δ log π(y_w) < 0",
     "dpo_learns": "… while the relative probability of y_w over y_l increases: ρ_w − ρ_l > 0",
     "dpop_keeps": "DPOP's penalty keeps log π_θ(y_w) ≥ log π_ref(y_w) on its training pairs",
@@ -106,23 +106,27 @@ class DisplacementConfig:
 
     def arms(self) -> tuple[Arm, Arm]:
         """DPO and DPOP at the same β."""
-        return (Arm("DPO", "dpo", (("beta", self.beta),)),
-                Arm("DPOP", "dpop", (("beta", self.beta), ("lambda_", self.dpop_lambda))))
+        return (
+            Arm("DPO", "dpo", (("beta", self.beta),)),
+            Arm("DPOP", "dpop", (("beta", self.beta), ("lambda_", self.dpop_lambda))),
+        )
 
 
 CONFIG = DisplacementConfig()
-QUICK = DisplacementConfig(model_size="tiny", train_prompts=128, eval_prompts=32, probe_pairs=64, seeds=3, steps=60,
-                           lr=3e-4, probe_every=20)
+QUICK = DisplacementConfig(
+    model_size="tiny", train_prompts=128, eval_prompts=32, probe_pairs=64, seeds=3, steps=60, lr=3e-4, probe_every=20
+)
 
 
 def _replicate(reference: Any, config: DisplacementConfig) -> Any:
     """r → (training data, probe of ρ_w and ρ_l on fixed training and held-out pairs) for `run_arms`."""
-    prefs_config = PreferenceConfig(train_prompts=config.train_prompts, eval_prompts=config.eval_prompts,
-                                    heldout_prompts=0)
+    prefs_config = PreferenceConfig(
+        train_prompts=config.train_prompts, eval_prompts=config.eval_prompts, heldout_prompts=0
+    )
 
     def replicate(r: int) -> tuple[Any, Any]:
         prefs = preferences_for(reference, r, prefs_config)
-        train_batches = pair_batches(prefs.rows("paired")[:config.probe_pairs], reference.tokenizer)
+        train_batches = pair_batches(prefs.rows("paired")[: config.probe_pairs], reference.tokenizer)
         eval_batches = pair_batches(prefs.rows("paired", "eval"), reference.tokenizer)
         ref_train, ref_eval = pair_logps(reference.model, train_batches), pair_logps(reference.model, eval_batches)
 
@@ -152,21 +156,60 @@ def checks_from_curves(curves: dict[str, list[Curve]], config: DisplacementConfi
     gap = stack_final(dpop, "eval_chosen") - dpo_eval
     checks = []
     cell, _, high = _ci_cell(dpo_eval)
-    checks.append(Check("DPO: held-out Δ log π(y_w) at the end (nats, mean ± 95% CI)", PAPER["dpo_drops"], cell,
-                        "CI upper end < 0", high < 0, float(dpo_eval.mean())))
+    checks.append(
+        Check(
+            "DPO: held-out Δ log π(y_w) at the end (nats, mean ± 95% CI)",
+            PAPER["dpo_drops"],
+            cell,
+            "CI upper end < 0",
+            high < 0,
+            float(dpo_eval.mean()),
+        )
+    )
     cell, _, high = _ci_cell(dpo_train)
-    checks.append(Check("DPO: training-pair Δ log π(y_w) at the end", PAPER["dpo_drops"], cell, "CI upper end < 0",
-                        high < 0, float(dpo_train.mean())))
+    checks.append(
+        Check(
+            "DPO: training-pair Δ log π(y_w) at the end",
+            PAPER["dpo_drops"],
+            cell,
+            "CI upper end < 0",
+            high < 0,
+            float(dpo_train.mean()),
+        )
+    )
     cell, low, _ = _ci_cell(dpo_margin)
-    checks.append(Check("DPO: held-out margin ρ_w − ρ_l at the end", PAPER["dpo_learns"], cell, "CI lower end > 0",
-                        low > 0, float(dpo_margin.mean())))
+    checks.append(
+        Check(
+            "DPO: held-out margin ρ_w − ρ_l at the end",
+            PAPER["dpo_learns"],
+            cell,
+            "CI lower end > 0",
+            low > 0,
+            float(dpo_margin.mean()),
+        )
+    )
     cell, low, _ = _ci_cell(dpop_train)
-    checks.append(Check("DPOP: training-pair Δ log π(y_w) at the end", PAPER["dpop_keeps"], cell,
-                        f"CI lower end ≥ −{fmt(config.dpop_tolerance, 2)}", low >= -config.dpop_tolerance,
-                        float(dpop_train.mean())))
+    checks.append(
+        Check(
+            "DPOP: training-pair Δ log π(y_w) at the end",
+            PAPER["dpop_keeps"],
+            cell,
+            f"CI lower end ≥ −{fmt(config.dpop_tolerance, 2)}",
+            low >= -config.dpop_tolerance,
+            float(dpop_train.mean()),
+        )
+    )
     cell, low, _ = _ci_cell(gap)
-    checks.append(Check("DPOP − DPO: held-out Δ log π(y_w) at the end (paired by seed)", PAPER["dpop_less"], cell,
-                        "CI lower end > 0", low > 0, float(gap.mean())))
+    checks.append(
+        Check(
+            "DPOP − DPO: held-out Δ log π(y_w) at the end (paired by seed)",
+            PAPER["dpop_less"],
+            cell,
+            "CI lower end > 0",
+            low > 0,
+            float(gap.mean()),
+        )
+    )
     return checks
 
 
@@ -175,18 +218,27 @@ def run(config: DisplacementConfig, progress: Progress) -> Outcome:
     with single_thread():
         sft = SFTConfig() if config.model_size == "default" else SFTConfig.tiny()
         reference = reference_policy_for(config.task_seed, sft)
-        curves = run_arms(reference, config.arms(), config.seeds, config.schedule(), _replicate(reference, config),
-                          progress)
+        curves = run_arms(
+            reference, config.arms(), config.seeds, config.schedule(), _replicate(reference, config), progress
+        )
     checks = checks_from_curves(curves, config)
     rows = []
     for label, runs in curves.items():
         for r, curve in enumerate(runs):
             final = {name: curve.values[name][-1] for name in PROBES}
-            rows.append([label, str(r), *(fmt(final[name], 3) for name in PROBES),
-                         fmt(curve.final_metrics.get("rewards/accuracies", float("nan")), 3)])
-    table = Table("Final mean ρ = log π_θ(y|x) − log π_ref(y|x) per replicate (nats)",
-                  ["loss", "seed", "train ρ_w", "train ρ_l", "held-out ρ_w", "held-out ρ_l", "last-batch accuracy"],
-                  rows)
+            rows.append(
+                [
+                    label,
+                    str(r),
+                    *(fmt(final[name], 3) for name in PROBES),
+                    fmt(curve.final_metrics.get("rewards/accuracies", float("nan")), 3),
+                ]
+            )
+    table = Table(
+        "Final mean ρ = log π_θ(y|x) − log π_ref(y|x) per replicate (nats)",
+        ["loss", "seed", "train ρ_w", "train ρ_l", "held-out ρ_w", "held-out ρ_l", "last-batch accuracy"],
+        rows,
+    )
     steps = curves["DPO"][0].steps
     notes = [
         f"Synthetic task, {config.model_size} reference policy (task seed {config.task_seed}); each of "
@@ -198,9 +250,13 @@ def run(config: DisplacementConfig, progress: Progress) -> Outcome:
         "The paper fine-tunes 7B–72B LLMs on MetaMath/ARC/HellaSwag pairs and reports the effect qualitatively; "
         "there is no number to match, so the checks test the direction of each claim with 95% CIs over replicates.",
     ]
-    data = {"config": dataclasses.asdict(config), "steps": steps,
-            "curves": {label: {name: stack_curves(runs, name).tolist() for name in PROBES}
-                       for label, runs in curves.items()}}
+    data = {
+        "config": dataclasses.asdict(config),
+        "steps": steps,
+        "curves": {
+            label: {name: stack_curves(runs, name).tolist() for name in PROBES} for label, runs in curves.items()
+        },
+    }
 
     def draw(fig: Any) -> None:
         axes = fig.subplots(1, 2, sharey=True)
@@ -233,7 +289,7 @@ REPRODUCTION = Reproduction(
     title="Likelihood displacement: DPO lowers log π(y_w) on the synthetic task, DPOP keeps it",
     paper=PAPER["source"],
     checks="DPO's chosen log-ratio ends below 0 while its margin grows; DPOP's stays ≥ 0 on its training pairs "
-           "and above DPO's on held-out pairs",
+    "and above DPO's on held-out pairs",
     runtime="≈ 7 min (2-core CPU shared with other jobs, load ≈ 5); --quick ≈ 25 s of CPU",
     make_config=make_config,
     run=run,

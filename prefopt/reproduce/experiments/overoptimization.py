@@ -39,7 +39,7 @@ __all__ = ["OveroptimizationConfig", "CONFIG", "QUICK", "PAPER", "ProxyTrainer",
 
 PAPER = {
     "source": "Gao, Schulman & Hilton 2022, Scaling Laws for Reward Model Overoptimization, arXiv:2210.10760 "
-              "(§3 Eq. 1, Fig. 1a, Fig. 3; App. I estimator)",
+    "(§3 Eq. 1, Fig. 1a, Fig. 3; App. I estimator)",
     "form": "R_bon(d) = d(α − β d) fits the gold curve (§3, Eq. 1)",
     "overopt": "gold rises then falls: α > 0, β > 0 (Fig. 1a)",
     "peak": "peak d* = α/(2β) moves out as the proxy grows (Fig. 3: α ↑, β ↓)",
@@ -93,11 +93,15 @@ class OveroptimizationConfig:
         if self.proxy_init not in ("sft", "scratch"):
             raise ValueError(f"OveroptimizationConfig.proxy_init={self.proxy_init!r}: use 'sft' or 'scratch'.")
         if len(self.proxy_sizes) < 2 or any(h < 1 or n < 1 for h, n in self.proxy_sizes):
-            raise ValueError(f"OveroptimizationConfig.proxy_sizes={self.proxy_sizes}: give ≥ 2 (hidden_size, "
-                             "num_layers) pairs of positive integers, smallest first.")
+            raise ValueError(
+                f"OveroptimizationConfig.proxy_sizes={self.proxy_sizes}: give ≥ 2 (hidden_size, "
+                "num_layers) pairs of positive integers, smallest first."
+            )
         if not self.ns or min(self.ns) < 1 or max(self.ns) > self.pool or 1 not in self.ns:
-            raise ValueError(f"OveroptimizationConfig.ns={self.ns}: integers in [1, pool={self.pool}], including 1 "
-                             "(the reference point the gains are measured from).")
+            raise ValueError(
+                f"OveroptimizationConfig.ns={self.ns}: integers in [1, pool={self.pool}], including 1 "
+                "(the reference point the gains are measured from)."
+            )
         if len(set(self.ns)) < 3:
             raise ValueError("OveroptimizationConfig.ns: at least three distinct N (two beyond N = 1) to fit α and β.")
         if self.heldout_prompts < 2 or self.seeds < 1 or self.rm_epochs <= 0 or self.rm_lr <= 0:
@@ -105,9 +109,18 @@ class OveroptimizationConfig:
 
 
 CONFIG = OveroptimizationConfig()
-QUICK = OveroptimizationConfig(sft="tiny", train_prompts=96, eval_prompts=16, proxy_sizes=((8, 1), (32, 1)),
-                               proxy_init="scratch",
-                               rm_epochs=2.0, heldout_prompts=12, pool=32, ns=(1, 2, 4, 8, 16, 32), r2_min=0.5)
+QUICK = OveroptimizationConfig(
+    sft="tiny",
+    train_prompts=96,
+    eval_prompts=16,
+    proxy_sizes=((8, 1), (32, 1)),
+    proxy_init="scratch",
+    rm_epochs=2.0,
+    heldout_prompts=12,
+    pool=32,
+    ns=(1, 2, 4, 8, 16, 32),
+    r2_min=0.5,
+)
 
 
 def _sft_config(name: str) -> Any:
@@ -124,8 +137,16 @@ def proxy_sft_config(hidden_size: int, num_layers: int) -> Any:
     return SFTConfig(hidden_size=hidden_size, num_layers=num_layers, intermediate_size=round(2.8 * hidden_size))
 
 
-def train_proxy_reward_model(policy: Any, hidden_size: int, num_layers: int, train_rows: Any, eval_rows: Any,
-                             seed: int, *, config: OveroptimizationConfig) -> tuple[Any, float]:
+def train_proxy_reward_model(
+    policy: Any,
+    hidden_size: int,
+    num_layers: int,
+    train_rows: Any,
+    eval_rows: Any,
+    seed: int,
+    *,
+    config: OveroptimizationConfig,
+) -> tuple[Any, float]:
     """Train one proxy reward model on gold-labelled pairs → (LearnedReward, held-out accuracy).
 
     The proxy is a `LlamaForSequenceClassification` (`prefopt.online.reward_model.synthetic_reward_model`)
@@ -137,13 +158,24 @@ def train_proxy_reward_model(policy: Any, hidden_size: int, num_layers: int, tra
         body = synthetic.reference_policy(config.seed, proxy_sft_config(hidden_size, num_layers), progress=False)
         model = synthetic_reward_model(body.model, init="policy", seed=seed)
     else:
-        model = synthetic_reward_model(policy.model, init="scratch", hidden_size=hidden_size, num_layers=num_layers,
-                                       seed=seed)
+        model = synthetic_reward_model(
+            policy.model, init="scratch", hidden_size=hidden_size, num_layers=num_layers, seed=seed
+        )
     with tempfile.TemporaryDirectory(prefix="prefopt-proxy-rm-") as folder:
-        result = train_reward_model(model=model, tokenizer=policy.tokenizer, dataset=train_rows,
-                                    eval_dataset=eval_rows, epochs=config.rm_epochs, lr=config.rm_lr,
-                                    batch_size=config.rm_batch_size, seed=seed, output_dir=folder, progress=False,
-                                    device="cpu", num_threads=1)
+        result = train_reward_model(
+            model=model,
+            tokenizer=policy.tokenizer,
+            dataset=train_rows,
+            eval_dataset=eval_rows,
+            epochs=config.rm_epochs,
+            lr=config.rm_lr,
+            batch_size=config.rm_batch_size,
+            seed=seed,
+            output_dir=folder,
+            progress=False,
+            device="cpu",
+            num_threads=1,
+        )
     reward = LearnedReward(model, policy.tokenizer, batch_size=256, device="cpu")
     return reward, float(result.eval_accuracy if result.eval_accuracy is not None else math.nan)
 
@@ -167,20 +199,35 @@ def _score_pool(reward: Any, prompts: Sequence[str], completions: Sequence[str],
     return scores
 
 
-def measure(config: OveroptimizationConfig, progress: Progress,
-            train_proxy: ProxyTrainer) -> tuple[list[ProxyCurves], dict[str, Any]]:
+def measure(
+    config: OveroptimizationConfig, progress: Progress, train_proxy: ProxyTrainer
+) -> tuple[list[ProxyCurves], dict[str, Any]]:
     """Build the task, train every proxy with `train_proxy`, draw the pool and compute the best-of-N curves."""
     total = 2 + len(config.proxy_sizes) * config.seeds
     policy = synthetic.reference_policy(config.seed, _sft_config(config.sft), progress=False)
-    prefs = build_preferences(policy.model, policy.tokenizer, seed=config.seed, config=PreferenceConfig(
-        train_prompts=config.train_prompts, eval_prompts=config.eval_prompts, heldout_prompts=config.heldout_prompts,
-        completions_per_prompt=config.completions_per_prompt, label_temperature=config.label_temperature,
-        max_new_tokens=config.max_new_tokens))
+    prefs = build_preferences(
+        policy.model,
+        policy.tokenizer,
+        seed=config.seed,
+        config=PreferenceConfig(
+            train_prompts=config.train_prompts,
+            eval_prompts=config.eval_prompts,
+            heldout_prompts=config.heldout_prompts,
+            completions_per_prompt=config.completions_per_prompt,
+            label_temperature=config.label_temperature,
+            max_new_tokens=config.max_new_tokens,
+        ),
+    )
     progress(1, total, "gold-labelled preference data")
     prompts = prefs.heldout_prompts
     repeated = [p for p in prompts for _ in range(config.pool)]  # prompt-major: row p·M + m
-    drawn = sample(policy.model, policy.tokenizer, repeated, generator=torch.Generator().manual_seed(config.seed + 7),
-                   max_new_tokens=config.max_new_tokens)
+    drawn = sample(
+        policy.model,
+        policy.tokenizer,
+        repeated,
+        generator=torch.Generator().manual_seed(config.seed + 7),
+        max_new_tokens=config.max_new_tokens,
+    )
     shape = (len(prompts), config.pool)
     gold = _score_pool(GoldReward(), repeated, drawn.completions, shape)
     progress(2, total, f"best-of-N pool ({shape[0]} prompts × {shape[1]} samples)")
@@ -200,25 +247,35 @@ def measure(config: OveroptimizationConfig, progress: Progress,
             progress(done, total, f"proxy RM hidden={hidden} layers={layers}, replica {replica + 1}")
         gold_curve, proxy_curve = torch.stack(gold_runs).mean(0), torch.stack(proxy_runs).mean(0)
         base = config.ns.index(1)
-        curves.append(ProxyCurves(
-            (hidden, layers), gold_curve, proxy_curve, sum(accuracies) / len(accuracies),
-            fit_gao_bon(d, gold_curve.mean(1) - gold_curve.mean(1)[base]),
-            fit_gao_bon(d, proxy_curve.mean(1) - proxy_curve.mean(1)[base])))
-    info = {"reference_gold": float(gold.mean()), "pool_finished_rate": float(drawn.finished.double().mean()),
-            "preferences": prefs.summary(), "policy": {k: v for k, v in policy.report.items() if k != "examples"}}
+        curves.append(
+            ProxyCurves(
+                (hidden, layers),
+                gold_curve,
+                proxy_curve,
+                sum(accuracies) / len(accuracies),
+                fit_gao_bon(d, gold_curve.mean(1) - gold_curve.mean(1)[base]),
+                fit_gao_bon(d, proxy_curve.mean(1) - proxy_curve.mean(1)[base]),
+            )
+        )
+    info = {
+        "reference_gold": float(gold.mean()),
+        "pool_finished_rate": float(drawn.finished.double().mean()),
+        "preferences": prefs.summary(),
+        "policy": {k: v for k, v in policy.report.items() if k != "examples"},
+    }
     return curves, info
 
 
 def run(config: OveroptimizationConfig, progress: Progress) -> Outcome:
     """Train the proxies, measure best-of-N against each, fit Gao et al.'s form and check the claims."""
     with torch_threads(1):
-        curves, info = measure(config, progress,
-                               lambda *args: train_proxy_reward_model(*args, config=config))
+        curves, info = measure(config, progress, lambda *args: train_proxy_reward_model(*args, config=config))
     return outcome(config, curves, info)
 
 
-def bootstrap_fit(d: Tensor, curve: Tensor, base: int, *, resamples: int = 1000, seed: int = 0,
-                  level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap_fit(
+    d: Tensor, curve: Tensor, base: int, *, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap over prompts of the gold fit: (low, high) of α, β and the peak d* = α/(2β).
 
     Args:
@@ -253,9 +310,11 @@ def _interval(bounds: tuple[float, float]) -> str:
 def _init_note(config: OveroptimizationConfig) -> str:
     if config.proxy_init == "scratch":
         return "randomly initialised (the reference architecture resized)"
-    return ("initialised from synthetic SFT policies of their shape (seed "
-            f"{config.seed}; the (160, 4) body is the reference policy itself, as Gao et al. initialise RMs from the "
-            "pretrained models of the policy's family)")
+    return (
+        "initialised from synthetic SFT policies of their shape (seed "
+        f"{config.seed}; the (160, 4) body is the reference policy itself, as Gao et al. initialise RMs from the "
+        "pretrained models of the policy's family)"
+    )
 
 
 def _json_number(x: float) -> float | None:
@@ -267,8 +326,14 @@ def _peak_check(curves: list[ProxyCurves]) -> Check:
     peaks = [c.gold_fit.peak_d for c in curves]
     increasing = all(b > a for a, b in zip(peaks, peaks[1:]))
     ours = " < ".join("∞" if math.isinf(p) else fmt(p, 3) for p in peaks)
-    return Check("fitted gold peak d* = α/(2β), smallest → largest proxy", PAPER["peak"], ours,
-                 "strictly increasing", increasing, float(increasing))
+    return Check(
+        "fitted gold peak d* = α/(2β), smallest → largest proxy",
+        PAPER["peak"],
+        ours,
+        "strictly increasing",
+        increasing,
+        float(increasing),
+    )
 
 
 def outcome(config: OveroptimizationConfig, curves: list[ProxyCurves], info: dict[str, Any]) -> Outcome:
@@ -279,31 +344,72 @@ def outcome(config: OveroptimizationConfig, curves: list[ProxyCurves], info: dic
         label = f"proxy h={c.size[0]} L={c.size[1]}"
         checks.append(check_at_least(f"{label}: R² of the gold fit", PAPER["form"], c.gold_fit.r2, config.r2_min, 3))
         both = min(c.gold_fit.alpha, c.gold_fit.beta)
-        checks.append(Check(f"{label}: gold fit α, β", PAPER["overopt"],
-                            f"α = {fmt(c.gold_fit.alpha, 3)}, β = {fmt(c.gold_fit.beta, 3)}", "both > 0", both > 0,
-                            both))
+        checks.append(
+            Check(
+                f"{label}: gold fit α, β",
+                PAPER["overopt"],
+                f"α = {fmt(c.gold_fit.alpha, 3)}, β = {fmt(c.gold_fit.beta, 3)}",
+                "both > 0",
+                both > 0,
+                both,
+            )
+        )
     checks.append(_peak_check(curves))
     rows = []
     for c in curves:
         gold_mean, gold_half = mean_ci(c.gold.T)
         proxy_mean, _ = mean_ci(c.proxy.T)
         for j, n in enumerate(config.ns):
-            rows.append([f"{c.size[0]}×{c.size[1]}", str(n), fmt(float(d[j] ** 2), 3), fmt(float(d[j]), 3),
-                         f"{fmt(float(gold_mean[j]))} ± {fmt(float(gold_half[j]), 2)}", fmt(float(proxy_mean[j]))])
+            rows.append(
+                [
+                    f"{c.size[0]}×{c.size[1]}",
+                    str(n),
+                    fmt(float(d[j] ** 2), 3),
+                    fmt(float(d[j]), 3),
+                    f"{fmt(float(gold_mean[j]))} ± {fmt(float(gold_half[j]), 2)}",
+                    fmt(float(proxy_mean[j])),
+                ]
+            )
     base = config.ns.index(1)
     intervals = [bootstrap_fit(d, c.gold, base, seed=config.seed) for c in curves]
-    fits = [[f"{c.size[0]}×{c.size[1]}", fmt(c.accuracy, 3),
-             f"{fmt(c.gold_fit.alpha, 3)} {_interval(ci['alpha'])}", f"{fmt(c.gold_fit.beta, 3)} {_interval(ci['beta'])}",
-             fmt(c.gold_fit.r2, 3),
-             f"{'∞' if math.isinf(c.gold_fit.peak_d) else fmt(c.gold_fit.peak_d, 3)} {_interval(ci['peak_d'])}",
-             str(config.ns[int(c.gold.mean(1).argmax())]),
-             fmt(c.proxy_fit.alpha, 3), fmt(c.proxy_fit.beta, 3), fmt(c.proxy_fit.r2, 3)]
-            for c, ci in zip(curves, intervals)]
-    tables = [Table("Gao fits per proxy (gain over N = 1 against d = √KL_bon; gold: [95% bootstrap CI over prompts])",
-                    ["proxy hidden×layers", "eval acc.", "gold α", "gold β", "gold R²", "gold peak d*",
-                     "best N (measured)", "proxy α", "proxy β", "proxy R²"], fits),
-              Table("Best-of-N by proxy: mean gold (± 95% CI over prompts) and proxy reward",
-                    ["proxy", "N", "KL_bon", "d", "gold", "proxy"], rows)]
+    fits = [
+        [
+            f"{c.size[0]}×{c.size[1]}",
+            fmt(c.accuracy, 3),
+            f"{fmt(c.gold_fit.alpha, 3)} {_interval(ci['alpha'])}",
+            f"{fmt(c.gold_fit.beta, 3)} {_interval(ci['beta'])}",
+            fmt(c.gold_fit.r2, 3),
+            f"{'∞' if math.isinf(c.gold_fit.peak_d) else fmt(c.gold_fit.peak_d, 3)} {_interval(ci['peak_d'])}",
+            str(config.ns[int(c.gold.mean(1).argmax())]),
+            fmt(c.proxy_fit.alpha, 3),
+            fmt(c.proxy_fit.beta, 3),
+            fmt(c.proxy_fit.r2, 3),
+        ]
+        for c, ci in zip(curves, intervals)
+    ]
+    tables = [
+        Table(
+            "Gao fits per proxy (gain over N = 1 against d = √KL_bon; gold: [95% bootstrap CI over prompts])",
+            [
+                "proxy hidden×layers",
+                "eval acc.",
+                "gold α",
+                "gold β",
+                "gold R²",
+                "gold peak d*",
+                "best N (measured)",
+                "proxy α",
+                "proxy β",
+                "proxy R²",
+            ],
+            fits,
+        ),
+        Table(
+            "Best-of-N by proxy: mean gold (± 95% CI over prompts) and proxy reward",
+            ["proxy", "N", "KL_bon", "d", "gold", "proxy"],
+            rows,
+        ),
+    ]
     notes = [
         f"Synthetic task (SFT '{config.sft}', seed {config.seed}); {config.train_prompts} training prompts × "
         f"{config.completions_per_prompt // 2} Bradley–Terry pairs labelled by the gold reward at temperature "
@@ -322,11 +428,25 @@ def outcome(config: OveroptimizationConfig, curves: list[ProxyCurves], info: dic
         for ax, c in zip(axes, curves):
             base_gold, base_proxy = float(c.gold.mean(1)[base]), float(c.proxy.mean(1)[base])
             gold_mean, gold_half = mean_ci(c.gold.T)
-            ax.errorbar(d.tolist(), (gold_mean - base_gold).tolist(), yerr=gold_half.tolist(), fmt="o", color="tab:orange",
-                        label="gold (measured)", capsize=2)
-            ax.plot(dense.tolist(), c.gold_fit.predict(dense).tolist(), "-", color="tab:orange",
-                    label=f"gold fit α={c.gold_fit.alpha:.2f} β={c.gold_fit.beta:.2f}")
-            ax.plot(d.tolist(), (c.proxy.mean(1) - base_proxy).tolist(), "s", color="tab:blue", label="proxy (measured)")
+            ax.errorbar(
+                d.tolist(),
+                (gold_mean - base_gold).tolist(),
+                yerr=gold_half.tolist(),
+                fmt="o",
+                color="tab:orange",
+                label="gold (measured)",
+                capsize=2,
+            )
+            ax.plot(
+                dense.tolist(),
+                c.gold_fit.predict(dense).tolist(),
+                "-",
+                color="tab:orange",
+                label=f"gold fit α={c.gold_fit.alpha:.2f} β={c.gold_fit.beta:.2f}",
+            )
+            ax.plot(
+                d.tolist(), (c.proxy.mean(1) - base_proxy).tolist(), "s", color="tab:blue", label="proxy (measured)"
+            )
             ax.plot(dense.tolist(), c.proxy_fit.predict(dense).tolist(), "--", color="tab:blue", label="proxy fit")
             ax.set_title(f"proxy hidden {c.size[0]}, {c.size[1]} layer(s)", fontsize=9)
             ax.set_xlabel("d = √KL_bon (nats^½)")
@@ -334,11 +454,24 @@ def outcome(config: OveroptimizationConfig, curves: list[ProxyCurves], info: dic
             ax.legend(fontsize=7)
         fig.suptitle("Best-of-N against proxy reward models of growing size (Gao et al. 2022, Fig. 1a form)")
 
-    data = {"config": dataclasses.asdict(config), "d": d.tolist(), "info": info,
-            "proxies": [{"size": list(c.size), "eval_accuracy": c.accuracy, "gold": c.gold.mean(1).tolist(),
-                         "proxy": c.proxy.mean(1).tolist(), "gold_fit": dataclasses.asdict(c.gold_fit),
-                         "proxy_fit": dataclasses.asdict(c.proxy_fit), "gold_peak_d": _json_number(c.gold_fit.peak_d),
-                         "gold_fit_ci95": {k: [_json_number(v) for v in b] for k, b in ci.items()}} for c, ci in zip(curves, intervals)]}
+    data = {
+        "config": dataclasses.asdict(config),
+        "d": d.tolist(),
+        "info": info,
+        "proxies": [
+            {
+                "size": list(c.size),
+                "eval_accuracy": c.accuracy,
+                "gold": c.gold.mean(1).tolist(),
+                "proxy": c.proxy.mean(1).tolist(),
+                "gold_fit": dataclasses.asdict(c.gold_fit),
+                "proxy_fit": dataclasses.asdict(c.proxy_fit),
+                "gold_peak_d": _json_number(c.gold_fit.peak_d),
+                "gold_fit_ci95": {k: [_json_number(v) for v in b] for k, b in ci.items()},
+            }
+            for c, ci in zip(curves, intervals)
+        ],
+    }
     return Outcome(checks, tables, draw, (5.0 * len(curves), 4.5), notes, data)
 
 

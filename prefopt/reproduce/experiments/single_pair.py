@@ -90,8 +90,9 @@ def run(config: SinglePairConfig, progress: Progress) -> Outcome:
 
     def problem_losses(theta: Tensor, step: int) -> Tensor:
         logps = torch.log_softmax(theta, -1)  # [4, 2]: one bandit per loss
-        return torch.cat([paired_bandit_losses(loss, logps[i : i + 1], ref, chosen, rejected)
-                          for i, loss in enumerate(losses)])
+        return torch.cat(
+            [paired_bandit_losses(loss, logps[i : i + 1], ref, chosen, rejected) for i, loss in enumerate(losses)]
+        )
 
     steps: list[int] = []
     margins: list[Tensor] = []
@@ -104,9 +105,15 @@ def run(config: SinglePairConfig, progress: Progress) -> Outcome:
             values.append(problem_losses(theta, step))
 
     with single_thread():
-        train_adam(torch.zeros(len(LOSSES), 2), problem_losses, steps=config.steps, lr=config.lr,
-                   record_every=max(config.steps // 100, 1), on_record=on_record,
-                   progress=lambda done, total: progress(done, total, "Adam on the single pair"))
+        train_adam(
+            torch.zeros(len(LOSSES), 2),
+            problem_losses,
+            steps=config.steps,
+            lr=config.lr,
+            record_every=max(config.steps // 100, 1),
+            on_record=on_record,
+            progress=lambda done, total: progress(done, total, "Adam on the single pair"),
+        )
     delta = torch.stack(margins)  # [R, 4]
     loss_values = torch.stack(values)  # [R, 4]
     half = min(range(len(steps)), key=lambda i: abs(steps[i] - config.steps // 2))
@@ -118,13 +125,26 @@ def run(config: SinglePairConfig, progress: Progress) -> Outcome:
     slope_target = -config.epsilon * config.beta / (1 - 2 * config.epsilon)
     checks = [
         check_at_least("DPO: margin gained over the second half of training", PAPER["dpo"], float(growth[0]), 1.0),
-        check_close("cDPO: final βΔ", f"{PAPER['cdpo']} = {fmt(cdpo_target)}", config.beta * float(final[1]),
-                    cdpo_target, config.margin_atol, 6),
-        check_close("IPO: final Δ", f"{PAPER['ipo']} = {fmt(ipo_target)}", float(final[2]), ipo_target,
-                    config.margin_atol, 6),
+        check_close(
+            "cDPO: final βΔ",
+            f"{PAPER['cdpo']} = {fmt(cdpo_target)}",
+            config.beta * float(final[1]),
+            cdpo_target,
+            config.margin_atol,
+            6,
+        ),
+        check_close(
+            "IPO: final Δ", f"{PAPER['ipo']} = {fmt(ipo_target)}", float(final[2]), ipo_target, config.margin_atol, 6
+        ),
         check_at_least("robust DPO: margin gained over the second half", PAPER["robust"], float(growth[3]), 1.0),
-        check_close("robust DPO: slope of the loss in Δ over the second half",
-                    f"−εβ/(1−2ε) = {fmt(slope_target)}", slope, slope_target, abs(slope_target) * config.slope_rtol, 5),
+        check_close(
+            "robust DPO: slope of the loss in Δ over the second half",
+            f"−εβ/(1−2ε) = {fmt(slope_target)}",
+            slope,
+            slope_target,
+            abs(slope_target) * config.slope_rtol,
+            5,
+        ),
     ]
     closed = ["→ ∞", f"{fmt(cdpo_target / config.beta)}", f"{fmt(ipo_target)}", "→ ∞"]
     rows = [[name, fmt(float(delta[half, i]), 6), fmt(float(final[i]), 6), closed[i]] for i, name in enumerate(LOSSES)]
@@ -132,8 +152,9 @@ def run(config: SinglePairConfig, progress: Progress) -> Outcome:
         f"β = τ = {config.beta}, ε = {config.epsilon} (cDPO and robust DPO); full-batch Adam, lr {config.lr}, "
         f"{config.steps} steps from Δ = 0. Adam's normalised steps make a diverging margin grow about linearly.",
     ]
-    table = Table("Margin Δ = θ_a − θ_b", ["loss", f"Δ at step {steps[half]}", f"Δ at step {steps[-1]}", "closed form"],
-                  rows)
+    table = Table(
+        "Margin Δ = θ_a − θ_b", ["loss", f"Δ at step {steps[half]}", f"Δ at step {steps[-1]}", "closed form"], rows
+    )
 
     def draw(fig: Any) -> None:
         ax_m, ax_l = fig.subplots(1, 2)
@@ -152,9 +173,12 @@ def run(config: SinglePairConfig, progress: Progress) -> Outcome:
         ax_l.legend(fontsize=8)
         fig.suptitle("One deterministic pair: finite optima for cDPO and IPO, divergence for DPO and robust DPO")
 
-    data = {"config": dataclasses.asdict(config), "final_margin": dict(zip(LOSSES, final.tolist())),
-            "robust_slope": slope, "targets": {"cdpo_beta_delta": cdpo_target, "ipo_delta": ipo_target,
-                                               "robust_slope": slope_target}}
+    data = {
+        "config": dataclasses.asdict(config),
+        "final_margin": dict(zip(LOSSES, final.tolist())),
+        "robust_slope": slope,
+        "targets": {"cdpo_beta_delta": cdpo_target, "ipo_delta": ipo_target, "robust_slope": slope_target},
+    }
     return Outcome(checks, [table], draw, (11.0, 4.2), notes, data)
 
 
