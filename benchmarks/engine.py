@@ -177,7 +177,10 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     base = next(r for r in results if r["case"] == "naive/padded")
-    header = f"{'case':<20}{'rows×len':>10}{'tokens':>8}{'head rows':>10}{'time s':>9}{'×naive':>8}{'peak MB':>9}{'×naive':>8}"
+    header = (
+        f"{'case':<20}{'rows×len':>10}{'tokens':>8}{'head rows':>10}"
+        f"{'time s':>9}{'×naive':>8}{'peak MB':>9}{'×naive':>8}"
+    )
     print(header + "\n" + "-" * len(header))
     for r in results:
         print(

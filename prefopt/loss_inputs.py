@@ -116,9 +116,20 @@ def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[
         return
     if spec.scores == "logps":
         _unpack_engine_outputs(spec, values)
-    inputs = spec.inputs
-    ranked = spec.kind == "ranked"
-    ref_names = [n for n in inputs if n.startswith("ref_")]
+    ref_names = [n for n in spec.inputs if n.startswith("ref_")]
+    _check_reference_given(spec, values, ref_names, reference_free)
+    shape = _check_kind_tensors(spec, values, ref_names)
+    _check_lengths(spec, values, shape)
+    if spec.needs_nonpositive_logps:
+        for n in spec.inputs:
+            if n.startswith("policy_"):
+                _refuse_positive_logps(spec.name, n, values[n], lengths=values.get(_length_of(spec.kind, n)))
+
+
+def _check_reference_given(
+    spec: Any, values: dict[str, Any], ref_names: list[str], reference_free: Callable[[str], list[str]]
+) -> None:
+    """All reference inputs or none; all of them when the loss needs a reference."""
     given_refs = [n for n in ref_names if values.get(n) is not None]
     if spec.needs_reference and len(given_refs) < len(ref_names):
         missing = [n for n in ref_names if n not in given_refs]
@@ -128,21 +139,19 @@ def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[
         )
     if 0 < len(given_refs) < len(ref_names):
         raise LossInputError(f"{spec.name}: pass all of {ref_names} or none of them; got only {given_refs}.")
+
+
+def _check_kind_tensors(spec: Any, values: dict[str, Any], ref_names: list[str]) -> Any:
+    """The kind's inputs present (the reference may be absent), tensors of one shape ([B] or ranked [B, K]);
+    labels checked, the reference detached, floats upcast to ≥ float32. Returns the shape (None: none given)."""
     shape = None
-    for n in inputs:
+    for n in spec.inputs:
         t = values.get(n)
         if t is None:
             if n in ref_names:
                 continue
             raise LossInputError(f"{spec.name}: {n} is required (a tensor of per-sequence values).")
-        if not isinstance(t, Tensor):
-            raise LossInputError(f"{spec.name}: {n} must be a torch.Tensor, got {type(t).__name__}.")
-        want = 2 if ranked else 1
-        if t.dim() != want or t.shape[0] == 0 or (ranked and t.shape[1] < 2):
-            layout = "[B, K] with K ≥ 2 completions ordered best first" if ranked else "[B] per-sequence values"
-            raise LossInputError(f"{spec.name}: {n} has shape {tuple(t.shape)}; expected {layout}, B ≥ 1.")
-        if shape is not None and t.shape != shape:
-            raise LossInputError(f"{spec.name}: {n} has shape {tuple(t.shape)} but {inputs[0]} has {tuple(shape)}.")
+        _check_kind_shape(spec, n, t, shape)
         shape = t.shape
         if n == "labels":
             values[n] = check_labels(spec.name, t)
@@ -152,6 +161,25 @@ def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[
             t = values[n] = t.detach()
         if t.dtype.is_floating_point and t.element_size() < 4:
             values[n] = t.float()
+    return shape
+
+
+def _check_kind_shape(spec: Any, n: str, t: Any, shape: Any) -> None:
+    """`t` is a tensor in the kind's layout, of the same shape as the inputs before it (`shape`)."""
+    ranked = spec.kind == "ranked"
+    if not isinstance(t, Tensor):
+        raise LossInputError(f"{spec.name}: {n} must be a torch.Tensor, got {type(t).__name__}.")
+    want = 2 if ranked else 1
+    if t.dim() != want or t.shape[0] == 0 or (ranked and t.shape[1] < 2):
+        layout = "[B, K] with K ≥ 2 completions ordered best first" if ranked else "[B] per-sequence values"
+        raise LossInputError(f"{spec.name}: {n} has shape {tuple(t.shape)}; expected {layout}, B ≥ 1.")
+    if shape is not None and t.shape != shape:
+        raise LossInputError(f"{spec.name}: {n} has shape {tuple(t.shape)} but {spec.inputs[0]} has {tuple(shape)}.")
+
+
+def _check_lengths(spec: Any, values: dict[str, Any], shape: Any) -> None:
+    """Length inputs: given if needed, of the inputs' shape, all > 0; cast to the first input's dtype."""
+    inputs = spec.inputs
     for n in LENGTH_INPUTS.get(spec.kind, ()):
         t = values.get(n)
         if t is None:
@@ -172,10 +200,6 @@ def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[
                 f"Drop such rows (the data layer does) or raise max_length."
             )
         values[n] = t.to(values[inputs[0]].dtype)
-    if spec.needs_nonpositive_logps:
-        for n in inputs:
-            if n.startswith("policy_"):
-                _refuse_positive_logps(spec.name, n, values[n], lengths=values.get(_length_of(spec.kind, n)))
 
 
 def _length_of(kind: str, name: str) -> str:
@@ -216,36 +240,10 @@ def _unpack_engine_outputs(spec: Any, values: dict[str, Any]) -> None:
     if not any(isinstance(values.get(n), EngineOutput) for n in names):
         return
     first = values.get(names[0])
-    pieces: dict[str, tuple[Tensor, Tensor]] = {}  # input name → (log-prob sums, token counts)
     if spec.kind == "paired" and isinstance(first, EngineOutput) and first.group_size == 2:
-        # loss(policy, reference): each a whole paired batch, chosen block then rejected block.
-        reference = values.get(names[1])
-        others = [n for n in names[2:] if values.get(n) is not None]
-        if others or not (reference is None or isinstance(reference, EngineOutput)):
-            got = ", ".join(others) if others else f"{names[1]} = {type(reference).__name__}"
-            raise LossInputError(
-                f"{spec.name}: the first argument is the engine output of a paired batch, so the call is "
-                f"{spec.name}(policy, reference) with the reference's engine output (or None) second and no other "
-                f"log-prob argument; got {got}. Or pass four [B] tensors."
-            )
-        values[names[1]] = None
-        for side, out in (("policy", first), ("ref", reference)):
-            if out is None:
-                continue
-            _check_group_size(spec, "the reference (second argument)" if side == "ref" else names[0], out, 2)
-            for k, block in enumerate(("chosen", "rejected")):
-                pieces[f"{side}_{block}_logps"] = (out.grouped()[:, k], out.grouped(out.count)[:, k])
+        pieces = _paired_batch_pieces(spec, values, names, first)
     else:
-        for n in names:
-            out = values.get(n)
-            if not isinstance(out, EngineOutput):
-                continue
-            if spec.kind == "ranked":
-                _check_group_size(spec, n, out, None)
-                pieces[n] = (out.grouped(), out.grouped(out.count))
-            else:
-                _check_group_size(spec, n, out, 1)
-                pieces[n] = (out.sum, out.count)
+        pieces = _per_input_pieces(spec, values, names)
     for n, (logps, counts) in pieces.items():
         empty = (counts <= 0).reshape(counts.shape[0], -1).any(1).nonzero().flatten()
         if empty.numel():
@@ -256,6 +254,42 @@ def _unpack_engine_outputs(spec: Any, values: dict[str, Any]) -> None:
             )
         values[n] = logps
     _counts_as_lengths(spec, values, {n: c for n, (_, c) in pieces.items()})
+
+
+def _paired_batch_pieces(
+    spec: Any, values: dict[str, Any], names: list[str], first: EngineOutput
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """loss(policy, reference), each a paired batch (chosen block, rejected block): name → (sums, counts)."""
+    reference = values.get(names[1])
+    others = [n for n in names[2:] if values.get(n) is not None]
+    if others or not (reference is None or isinstance(reference, EngineOutput)):
+        got = ", ".join(others) if others else f"{names[1]} = {type(reference).__name__}"
+        raise LossInputError(
+            f"{spec.name}: the first argument is the engine output of a paired batch, so the call is "
+            f"{spec.name}(policy, reference) with the reference's engine output (or None) second and no other "
+            f"log-prob argument; got {got}. Or pass four [B] tensors."
+        )
+    values[names[1]] = None
+    pieces: dict[str, tuple[Tensor, Tensor]] = {}
+    for side, out in (("policy", first), ("ref", reference)):
+        if out is None:
+            continue
+        _check_group_size(spec, "the reference (second argument)" if side == "ref" else names[0], out, 2)
+        for k, block in enumerate(("chosen", "rejected")):
+            pieces[f"{side}_{block}_logps"] = (out.grouped()[:, k], out.grouped(out.count)[:, k])
+    return pieces
+
+
+def _per_input_pieces(spec: Any, values: dict[str, Any], names: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+    """One engine output per log-prob input: input name → (log-prob sums, token counts) in the kind's layout."""
+    pieces: dict[str, tuple[Tensor, Tensor]] = {}
+    for n in names:
+        out = values.get(n)
+        if isinstance(out, EngineOutput):
+            ranked = spec.kind == "ranked"
+            _check_group_size(spec, n, out, None if ranked else 1)
+            pieces[n] = (out.grouped(), out.grouped(out.count)) if ranked else (out.sum, out.count)
+    return pieces
 
 
 def _counts_as_lengths(spec: Any, values: dict[str, Any], counts: dict[str, Tensor]) -> None:
@@ -311,6 +345,17 @@ def _check_rollout_inputs(spec: Any, values: dict[str, Any]) -> None:
             f"completions (right-padded, S ≥ 1, T ≥ 1), e.g. SequenceLogProbs.tokens."
         )
     shape = policy.shape
+    _check_rollout_mask(spec, values, shape)
+    if values.get("old_logps") is None:
+        values["old_logps"] = policy.detach()
+    _check_rollout_reference(spec, values)
+    _check_rollout_tensors(spec, values, shape)
+    if spec.needs_nonpositive_logps:
+        _refuse_positive_logps(spec.name, "policy_logps", values["policy_logps"], mask=values["completion_mask"])
+
+
+def _check_rollout_mask(spec: Any, values: dict[str, Any], shape: Any) -> None:
+    """completion_mask: bool (or 0/1 integers) of policy_logps's shape, stored as bool."""
     mask = values.get("completion_mask")
     if not isinstance(mask, Tensor) or mask.shape != shape:
         got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
@@ -324,8 +369,10 @@ def _check_rollout_inputs(spec: Any, values: dict[str, Any]) -> None:
     ):
         raise LossInputError(f"{spec.name}: completion_mask must be bool (or 0/1 integers), True at completion tokens.")
     values["completion_mask"] = mask.bool()
-    if values.get("old_logps") is None:
-        values["old_logps"] = policy.detach()
+
+
+def _check_rollout_reference(spec: Any, values: dict[str, Any]) -> None:
+    """ref_logps given when the KL coefficient `beta` is > 0 (without `beta`: when the loss needs a reference)."""
     beta = values.get("beta", spec.defaults().get("beta"))
     needs_ref = spec.needs_reference if beta is None else beta > 0
     if needs_ref and values.get("ref_logps") is None:
@@ -333,6 +380,10 @@ def _check_rollout_inputs(spec: Any, values: dict[str, Any]) -> None:
             f"{spec.name} needs reference log-probs for its KL term: pass ref_logps [S, T] (per-token log-probs "
             f"of the sampled tokens under the frozen reference), or set beta=0 to train without the KL term."
         )
+
+
+def _check_rollout_tensors(spec: Any, values: dict[str, Any], shape: Any) -> None:
+    """Every per-token tensor of policy_logps's shape; targets detached, floats upcast to ≥ float32."""
     for n in ("policy_logps", "old_logps", *ROLLOUT_TOKEN_INPUTS):
         t = values.get(n)
         if t is None:
@@ -345,5 +396,3 @@ def _check_rollout_inputs(spec: Any, values: dict[str, Any]) -> None:
         if t.dtype.is_floating_point and t.element_size() < 4:
             t = t.float()
         values[n] = t
-    if spec.needs_nonpositive_logps:
-        _refuse_positive_logps(spec.name, "policy_logps", values["policy_logps"], mask=values["completion_mask"])

@@ -106,6 +106,17 @@ def check_tokenizer_source(name: str, what: str, *, revision: str | None = None)
 def _check_model_folder(path: Path, name: str, what: str, tokenizer: bool) -> None:
     if not path.is_dir():
         raise SettingsError(f"{what}={name!r} is a file; give {_MODEL_HINT}")
+    _check_model_config(path, name, what)
+    _check_weights(path, name, what)
+    if tokenizer and not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise SettingsError(
+            f"{what}={name!r} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); give the "
+            "tokenizer's folder with --tokenizer (the `tokenizer` setting)"
+        )
+
+
+def _check_model_config(path: Path, name: str, what: str) -> None:
+    """A config.json or adapter_config.json, each present one readable JSON."""
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         raise SettingsError(f"{what}={name!r} is not a model folder (no config.json); give {_MODEL_HINT}")
     for meta in ("config.json", "adapter_config.json"):
@@ -116,6 +127,10 @@ def _check_model_folder(path: Path, name: str, what: str, tokenizer: bool) -> No
                 raise SettingsError(
                     f"{what}={name!r}: {meta} is unreadable ({_first_line(err)}); re-save the model"
                 ) from None
+
+
+def _check_weights(path: Path, name: str, what: str) -> None:
+    """Weight files or a shard index, each sound (shard indexes, safetensors headers, zip checkpoints)."""
     weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not weights and not any(p.name.endswith(".index.json") for p in path.iterdir()):
         raise SettingsError(
@@ -128,11 +143,6 @@ def _check_model_folder(path: Path, name: str, what: str, tokenizer: bool) -> No
             _check_safetensors(file, what)
         elif file.suffix in (".bin", ".pt", ".pth"):
             _check_zip_checkpoint(file, what)
-    if tokenizer and not any((path / f).exists() for f in TOKENIZER_FILES):
-        raise SettingsError(
-            f"{what}={name!r} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); give the "
-            "tokenizer's folder with --tokenizer (the `tokenizer` setting)"
-        )
 
 
 def _check_safetensors(file: Path, what: str) -> None:

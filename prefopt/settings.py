@@ -31,7 +31,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from prefopt.errors import SettingsError
@@ -159,47 +159,50 @@ def coerce_value(where: str, kind: Any, value: Any) -> Any:
         return value
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if value is None:
-            if len(options) < len(args):
-                return None
-            raise SettingsError(f"{where} must be set (it cannot be null)")
-        if (
-            isinstance(value, str)
-            and value.strip().lower() in _NONE
-            and len(options) < len(args)
-            and str not in options
-        ):
-            return None
-        if len(options) == 1:
-            return coerce_value(where, options[0], value)
-        return value
+        return _to_union(where, args, value)
     if value is None:
         raise SettingsError(f"{where} cannot be null; give a value ({_type_name(kind)})")
-    if kind is bool:
-        return _to_bool(where, value)
-    if kind is int:
-        return _to_int(where, value)
-    if kind is float:
-        return _to_float(where, value)
-    if kind is str:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise SettingsError(f"{where}={value!r} must be text (a string), got {type(value).__name__}")
-        return value
+    for scalar, convert in _SCALARS:
+        if kind is scalar:
+            return convert(where, value)
     if origin is tuple or origin is list or kind in (tuple, list) or origin is Sequence:
         return _to_sequence(where, kind, origin, args, value)
     if origin is Mapping or origin is dict or kind in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise SettingsError(
-                f"{where}={value!r} must be a mapping of name: value (e.g. {{beta: 0.1}}), got {type(value).__name__}"
-            )
-        inner = args[1] if len(args) == 2 else Any
-        if inner is Any:
-            return {k: _numbers(v) for k, v in value.items()}
-        return {k: coerce_value(f"{where}[{k!r}]", inner, v) for k, v in value.items()}
+        return _to_mapping(where, args, value)
     return value
+
+
+def _to_union(where: str, args: tuple[Any, ...], value: Any) -> Any:
+    """An optional (`X | None`) or union field: None where admitted, else the one non-None type's value."""
+    options = [a for a in args if a is not type(None)]
+    if value is None:
+        if len(options) < len(args):
+            return None
+        raise SettingsError(f"{where} must be set (it cannot be null)")
+    if isinstance(value, str) and value.strip().lower() in _NONE and len(options) < len(args) and str not in options:
+        return None
+    if len(options) == 1:
+        return coerce_value(where, options[0], value)
+    return value
+
+
+def _to_str(where: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise SettingsError(f"{where}={value!r} must be text (a string), got {type(value).__name__}")
+    return value
+
+
+def _to_mapping(where: str, args: tuple[Any, ...], value: Any) -> dict[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise SettingsError(
+            f"{where}={value!r} must be a mapping of name: value (e.g. {{beta: 0.1}}), got {type(value).__name__}"
+        )
+    inner = args[1] if len(args) == 2 else Any
+    if inner is Any:
+        return {k: _numbers(v) for k, v in value.items()}
+    return {k: coerce_value(f"{where}[{k!r}]", inner, v) for k, v in value.items()}
 
 
 def _type_name(kind: Any) -> str:
@@ -278,3 +281,12 @@ def _numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [_numbers(v) for v in value]
     return value
+
+
+# The scalar field types and their converters (`coerce_value`), matched by identity.
+_SCALARS: tuple[tuple[type, Callable[[str, Any], Any]], ...] = (
+    (bool, _to_bool),
+    (int, _to_int),
+    (float, _to_float),
+    (str, _to_str),
+)

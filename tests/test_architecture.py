@@ -177,46 +177,68 @@ def test_no_import_goes_up_a_layer() -> None:
     assert upward == [], "imports against the layer order (docs/architecture.md):\n" + "\n".join(upward)
 
 
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one node (Tarjan, iterative)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    out: list[list[str]] = []
-    for root in graph:
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph[root])))]
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on_stack.add(root)
+class _Tarjan:
+    """Tarjan's strongly connected components, iterative: `run` each unvisited root, then read `out`."""
+
+    def __init__(self, graph: dict[str, set[str]]) -> None:
+        self.graph = graph
+        self.index: dict[str, int] = {}
+        self.low: dict[str, int] = {}
+        self.stack: list[str] = []
+        self.on_stack: set[str] = set()
+        self.out: list[list[str]] = []
+
+    def visit(self, node: str) -> tuple[str, Iterator[str]]:
+        """Number `node`, push it, and return its work item (the node, its successors left to explore)."""
+        self.index[node] = self.low[node] = len(self.index)
+        self.stack.append(node)
+        self.on_stack.add(node)
+        return node, iter(sorted(self.graph[node]))
+
+    def run(self, root: str) -> None:
+        work = [self.visit(root)]
         while work:
             node, edges = work[-1]
-            for nxt in edges:
-                if nxt not in index:
-                    index[nxt] = low[nxt] = len(index)
-                    stack.append(nxt)
-                    on_stack.add(nxt)
-                    work.append((nxt, iter(sorted(graph[nxt]))))
-                    break
-                if nxt in on_stack:
-                    low[node] = min(low[node], index[nxt])
-            else:
-                work.pop()
-                if work:
-                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
-                if low[node] == index[node]:
-                    component = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.append(member)
-                        if member == node:
-                            break
-                    if len(component) > 1:
-                        out.append(sorted(component))
-    return out
+            nxt = self.unvisited(node, edges)
+            if nxt is not None:
+                work.append(self.visit(nxt))
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                self.low[parent] = min(self.low[parent], self.low[node])
+            if self.low[node] == self.index[node]:
+                self.pop_component(node)
+
+    def unvisited(self, node: str, edges: Iterator[str]) -> str | None:
+        """The next successor of `node` not yet numbered (None when done); ones on the stack lower its low."""
+        for nxt in edges:
+            if nxt not in self.index:
+                return nxt
+            if nxt in self.on_stack:
+                self.low[node] = min(self.low[node], self.index[nxt])
+        return None
+
+    def pop_component(self, node: str) -> None:
+        """Pop the component rooted at `node`; keep it when it has more than one node."""
+        component = []
+        while True:
+            member = self.stack.pop()
+            self.on_stack.discard(member)
+            component.append(member)
+            if member == node:
+                break
+        if len(component) > 1:
+            self.out.append(sorted(component))
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan, iterative)."""
+    tarjan = _Tarjan(graph)
+    for root in graph:
+        if root not in tarjan.index:
+            tarjan.run(root)
+    return tarjan.out
 
 
 def test_no_import_cycle_between_modules() -> None:

@@ -3,8 +3,9 @@
 
 Scanned with ast (docstrings and comments left out, nothing imported from the scanned files): every string
 constant (f-string parts included) and every identifier (names, attributes, functions, classes, arguments,
-keywords, names bound by imports; not the module paths imported from) of prefopt/train/ and prefopt/online/. A string that holds a registered loss name as a
-word, or an identifier whose `_`-separated parts contain one (`kto_reference_point`, `state["bco"]`), fails.
+keywords, names bound by imports; not the module paths imported from) of prefopt/train/ and prefopt/online/.
+A string that holds a registered loss name as a word, or an identifier whose `_`-separated parts contain one
+(`kto_reference_point`, `state["bco"]`), fails.
 `ALLOWED` lists the few places that hold a name as data rather than dispatch, each with its reason.
 """
 

@@ -2,10 +2,10 @@
 
 pytest's default ("prepend") import mode puts the first folder above each test file that has no
 `__init__.py` on `sys.path`. A test package named like a distribution then wins over it: once
-transformers began importing the `kernels` distribution, a `tests/kernels/__init__.py` on the path (now `tests/fused_kernels`) broke
-`from transformers import LlamaConfig`. Every test folder is therefore a package under `tests`, so the only
-top-level name the tree adds is `tests`, and this test fails if any name it adds is an installed
-distribution's top-level module or a standard-library module.
+transformers began importing the `kernels` distribution, a `tests/kernels/__init__.py` on the path (now
+`tests/fused_kernels`) broke `from transformers import LlamaConfig`. Every test folder is therefore a
+package under `tests`, so the only top-level name the tree adds is `tests`, and this test fails if any name
+it adds is an installed distribution's top-level module or a standard-library module.
 """
 
 from __future__ import annotations

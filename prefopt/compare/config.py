@@ -140,12 +140,27 @@ class CompareConfig(Settings):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
         object.__setattr__(self, "losses", tuple(self.losses))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        self._check_names()
+        self._check_losses()
+        self._check_hparams()
+        self._check_shared_settings()
+        self._check_best_of_n()
+        self._check_sources()
+        self._check_stage_configs()
+        self._check_evaluation()
+        self._check_runs()
+
+    def _check_names(self) -> None:
+        """At least one loss, no loss twice, distinct seeds."""
         if not self.losses:
             raise ValueError("CompareConfig.losses is empty; name at least one loss (see `prefopt losses`)")
         if len(set(self.losses)) != len(self.losses):
             raise ValueError(f"CompareConfig.losses repeats a name: {list(self.losses)}; use hparams sweeps instead")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"CompareConfig.seeds={list(self.seeds)} must be distinct and non-empty")
+
+    def _check_losses(self) -> None:
+        """Every loss trains a policy; an online one on your data needs a reward."""
         for name in self.losses:
             spec = loss_spec(name)  # unknown names raise, listing the valid ones
             if spec.scores != "logps":
@@ -159,6 +174,9 @@ class CompareConfig(Settings):
                     "give reward=RM_FOLDER (a reward model saved by `prefopt train-rm`) with your "
                     "data and model (the synthetic task uses its gold reward)"
                 )
+
+    def _check_hparams(self) -> None:
+        """Sweeps only of compared losses, none empty, every value valid; kept as lists."""
         extra = sorted(set(self.hparams) - set(self.losses))
         if extra:
             raise ValueError(f"CompareConfig.hparams names {extra}, which are not in losses={list(self.losses)}")
@@ -173,6 +191,9 @@ class CompareConfig(Settings):
                     spec.validate_hparams({key: value})
             hparams[name] = grid
         object.__setattr__(self, "hparams", hparams)
+
+    def _check_shared_settings(self) -> None:
+        """`train` and `online`: settings every run shares, coerced to the trainers' field types."""
         bad = sorted(set(self.train) & set(_PER_RUN))
         unknown = sorted(set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)})
         if bad or unknown:
@@ -187,6 +208,8 @@ class CompareConfig(Settings):
             )
         online = check_online_settings(self.online)
         object.__setattr__(self, "online", coerce_settings(OnlineConfig, online, owner="CompareConfig.online"))
+
+    def _check_best_of_n(self) -> None:
         object.__setattr__(self, "bon_n", tuple(int(n) for n in self.bon_n))
         if self.bon_samples < 4:
             raise SettingsError(
@@ -198,6 +221,9 @@ class CompareConfig(Settings):
                 f"CompareConfig.bon_n={list(self.bon_n)} must be integers in [1, bon_samples/4 = "
                 f"{self.bon_samples // 4}] (the measured best-of-N KL needs M ≫ N samples per prompt)"
             )
+
+    def _check_sources(self) -> None:
+        """Data and model together (or neither); a reward only with data, and a folder."""
         if (self.data is None) != (self.model is None):
             raise ValueError("CompareConfig: give both data and model, or neither (the built-in synthetic task)")
         if self.reward is not None:
@@ -211,12 +237,18 @@ class CompareConfig(Settings):
                     f"CompareConfig.reward={self.reward!r}: no such folder; give the final/ folder of "
                     "a reward model saved by `prefopt train-rm`"
                 )
+
+    def _check_stage_configs(self) -> None:
+        """The SFT and preference stages' configs, from YAML mappings or given as objects."""
         for name, cls in (("sft_config", SFTConfig), ("preference_config", PreferenceConfig)):
             value = getattr(self, name)
             if isinstance(value, Mapping):  # from YAML
                 object.__setattr__(self, name, cls(**coerce_settings(cls, value, owner=f"CompareConfig.{name}")))
             elif value is not None and not isinstance(value, cls):
                 raise ValueError(f"CompareConfig.{name} must be a {cls.__name__} or a mapping of its fields")
+
+    def _check_evaluation(self) -> None:
+        """Evaluation counts ≥ 1, and a model revision only with a model."""
         for name in ("eval_prompts", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CompareConfig.{name} must be ≥ 1")
@@ -225,7 +257,6 @@ class CompareConfig(Settings):
                 f"CompareConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
                 "which is not set; give model (and data) or drop model_revision"
             )
-        self._check_runs()
 
     def _check_runs(self) -> None:
         """Build every run's TrainConfig / OnlineConfig now: a bad shared setting (`train`, `online`, a sweep

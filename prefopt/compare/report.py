@@ -114,57 +114,76 @@ def _metric(record: dict[str, Any], key: str) -> dict[str, Any] | None:
     return None if value is None else {"mean": float(value), "low": None, "high": None}
 
 
-def summarize(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Aggregate runs into one row per label (over seeds) and rate the labels against each other."""
-    labels = list(dict.fromkeys(r["label"] for r in records))
-    rows = []
-    for label in labels:
-        runs = [r for r in records if r["label"] == label]
-        row: dict[str, Any] = {
-            "label": label,
-            "loss": runs[0]["loss"],
-            "hparams": runs[0]["hparams"],
-            "seeds": [r["seed"] for r in runs],
-        }
-        for key, _, _ in COLUMNS:
-            values = [_metric(r, key) for r in runs]
-            if any(v is None for v in values):
-                continue
-            if len(values) == 1:
-                row[key] = values[0]
-            else:
-                ci = aggregate_seeds([v["mean"] for v in values])
-                row[key] = {"mean": ci.mean, "low": ci.low, "high": ci.high}
-        rows.append(row)
-    ratings = None
+def _label_row(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One label's row: its metrics, a seed's value as is or several seeds' mean with a CI."""
+    row: dict[str, Any] = {
+        "label": label,
+        "loss": runs[0]["loss"],
+        "hparams": runs[0]["hparams"],
+        "seeds": [r["seed"] for r in runs],
+    }
+    for key, _, _ in COLUMNS:
+        values = [_metric(r, key) for r in runs]
+        if any(v is None for v in values):
+            continue
+        if len(values) == 1:
+            row[key] = values[0]
+        else:
+            ci = aggregate_seeds([v["mean"] for v in values])
+            row[key] = {"mean": ci.mean, "low": ci.low, "high": ci.high}
+    return row
+
+
+def _label_scores(records: list[dict[str, Any]], labels: list[str]) -> dict[str, list[float]]:
+    """Per-prompt rewards of each label whose every run has them, averaged over seeds."""
     scores = {}
     for label in labels:
         per_seed = [_get(r, "generation", "rewards") for r in records if r["label"] == label]
         if per_seed and all(per_seed):
             scores[label] = [sum(v) / len(v) for v in zip(*per_seed)]  # per-prompt mean over seeds
-    reference = next((_get(r, "generation", "reference_rewards") for r in records), None)
+    return scores
+
+
+def _reference_row(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The starting policy's own samples, for scale: every generation column is relative to it."""
     first = next((r for r in records if _get(r, "generation", "reference_reward")), None)
-    if first is not None:
-        # The starting policy's own samples, for scale: every generation column is relative to it.
-        rows.append(
-            {
-                "label": REFERENCE_LABEL,
-                "loss": None,
-                "hparams": {},
-                "seeds": [],
-                "reward": first["generation"]["reference_reward"],
-                "kl": {"mean": 0.0, "low": None, "high": None},
-                "length": first["generation"]["reference_mean_length"],
-            }
-        )
+    if first is None:
+        return None
+    return {
+        "label": REFERENCE_LABEL,
+        "loss": None,
+        "hparams": {},
+        "seeds": [],
+        "reward": first["generation"]["reference_reward"],
+        "kl": {"mean": 0.0, "low": None, "high": None},
+        "length": first["generation"]["reference_mean_length"],
+    }
+
+
+def _rate(rows: list[dict[str, Any]], scores: dict[str, list[float]], reference: Any) -> dict[str, Any]:
+    """Bradley–Terry ratings of the labels against the reference; each rated row gets its `elo`."""
+    scores[REFERENCE_LABEL] = list(reference)
+    ratings = bradley_terry_ratings(scores, anchor=REFERENCE_LABEL).to_dict()
+    elo = {e["name"]: e for e in ratings["ratings"]}
+    for row in rows:
+        if row["label"] in elo:
+            e = elo[row["label"]]
+            row["elo"] = {"mean": e["elo"], "low": e["elo_low"], "high": e["elo_high"]}
+    return ratings
+
+
+def summarize(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Aggregate runs into one row per label (over seeds) and rate the labels against each other."""
+    labels = list(dict.fromkeys(r["label"] for r in records))
+    rows = [_label_row(label, [r for r in records if r["label"] == label]) for label in labels]
+    ratings = None
+    scores = _label_scores(records, labels)
+    reference = next((_get(r, "generation", "reference_rewards") for r in records), None)
+    reference_row = _reference_row(records)
+    if reference_row is not None:
+        rows.append(reference_row)
     if scores and reference:
-        scores[REFERENCE_LABEL] = list(reference)
-        ratings = bradley_terry_ratings(scores, anchor=REFERENCE_LABEL).to_dict()
-        elo = {e["name"]: e for e in ratings["ratings"]}
-        for row in rows:
-            if row["label"] in elo:
-                e = elo[row["label"]]
-                row["elo"] = {"mean": e["elo"], "low": e["elo_low"], "high": e["elo_high"]}
+        ratings = _rate(rows, scores, reference)
     return rows, ratings
 
 

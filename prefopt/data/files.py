@@ -3,7 +3,9 @@
 
     check_file("prefs.jsonl")            # FileCheck(rows, columns, lines) or PreferenceDataError
     read_files([Path("prefs.jsonl")])    # checked, then a memory-mapped datasets.Dataset
-    folder_splits(Path("data/"))         # {"train": [train.jsonl], "test": [test.jsonl]} or an error
+
+JSON syntax (duplicate keys, one object per line, one array of objects) is read by `prefopt.data.json_text`;
+a folder's files are grouped into splits by `prefopt.data.folders`.
 
 Why not `datasets.load_dataset("json", ...)` directly: a broken line surfaces as a bare
 `DatasetGenerationError` (the cause only in a log line, with a 0-based row), an empty file as
@@ -22,13 +24,13 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from prefopt.data.json_text import JsonProblem, array_rows, parse_jsonl_line
 from prefopt.data.schema import schema_for
 from prefopt.data.validate import PreferenceDataError
 
@@ -37,31 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILE_FORMATS",
-    "SPLIT_NAMES",
     "FileCheck",
     "check_file",
     "example_row",
     "file_format",
-    "folder_splits",
     "read_files",
 ]
 
 FILE_FORMATS: dict[str, str] = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-# Split of a file in a folder: the first of these words among its name's parts (or its sub-folder's).
-SPLIT_NAMES: dict[str, str] = {
-    "train": "train",
-    "training": "train",
-    "test": "test",
-    "testing": "test",
-    "eval": "eval",
-    "evaluation": "eval",
-    "validation": "validation",
-    "valid": "validation",
-    "val": "validation",
-    "dev": "validation",
-}
-_METADATA = {"dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json"}
-_SHARD = re.compile(r"^(?P<stem>.+?)[-_]\d+(?:[-_]of[-_]\d+)?$")
 _MORE = 5  # further bad lines listed after the first
 _BOM = b"\xef\xbb\xbf"
 _EXAMPLES = {
@@ -86,32 +71,6 @@ class FileCheck:
     rows: int = 0
     columns: list[str] = field(default_factory=list)
     lines: array = field(default_factory=lambda: array("I"))  # 4 bytes a row
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "a JSON array"
-    if isinstance(value, str):
-        return "a JSON string"
-    if isinstance(value, bool) or value is None:
-        return f"JSON {json.dumps(value)}"
-    return "a JSON number" if isinstance(value, (int, float)) else type(value).__name__
 
 
 def _error(
@@ -169,7 +128,7 @@ def _check_jsonl(path: Path, example: str) -> FileCheck:
         if not text.strip():
             continue
         last = number
-        row, problem = _parse_jsonl_line(text, number, example)
+        row, problem = parse_jsonl_line(text, number, example)
         if row is not None:
             columns.update(dict.fromkeys(row))
             result.rows += 1
@@ -196,53 +155,29 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def _parse_jsonl_line(text: str, number: int, example: str) -> tuple[dict[str, Any] | None, tuple[str, str]]:
-    """(the row, ()) if the line is one JSON object without repeated keys, else (None, (what is wrong, what to do))."""
-    stripped = text.strip()
-    try:
-        value = _DECODER.decode(stripped)
-    except _DuplicateKey as err:
-        return None, (
-            f"key {err.args[0]!r} appears twice in one object",
-            "keep one of them (JSON objects need unique keys)",
-        )
-    except json.JSONDecodeError as err:
-        if number == 1 and stripped in ("[", "{"):
-            return None, (
-                "a JSON value spread over several lines (pretty-printed JSON?)",
-                "write one object per line (JSON Lines), or save a JSON array of objects as .json",
-            )
-        return None, (
-            f"invalid JSON at column {err.colno} ({_json_message(err)})",
-            f"each line must be one complete JSON object, e.g. {example}",
-        )
-    if isinstance(value, dict):
-        return value, ("", "")
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return None, (
-            "a JSON array of objects on one line",
-            "write one object per line (JSON Lines), or save the array as a .json file",
-        )
-    return None, (f"{_json_type(value)}, not a JSON object", f"each line must be one JSON object, e.g. {example}")
-
-
-def _json_message(err: json.JSONDecodeError) -> str:
-    """json's message without its dangling " at" ("Unterminated string starting at" → "... starting here")."""
-    return err.msg[:-3] + " here" if err.msg.endswith(" at") else err.msg
-
-
-def _line_at(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
 def _check_json(path: Path, example: str) -> FileCheck:
     """A .json file: one array of row objects (`[{...}, {...}]`); each row's line is where its object starts."""
+    text = _json_text(path, example)
+    result = FileCheck(path)
+    columns: dict[str, None] = {}
+    try:
+        for line, row in array_rows(text, example):
+            columns.update(dict.fromkeys(row))
+            result.rows += 1
+            result.lines.append(line)
+    except JsonProblem as problem:
+        raise _error(path, *problem.args) from None
+    result.columns = list(columns)
+    return _require_rows(result, "array item", example)
+
+
+def _json_text(path: Path, example: str) -> str:
+    """The file's text: UTF-8 (a bad byte reported with its line), a byte-order mark dropped, not blank."""
     raw = path.read_bytes()
     _refuse_utf16(path, raw)
     for number, line in enumerate(raw.split(b"\n"), 1):  # UTF-8 errors with their line number
         _decode(path, line[len(_BOM) :] if number == 1 and line.startswith(_BOM) else line, number)
     text = raw.decode("utf-8-sig")
-    result = FileCheck(path)
     if not text.strip():
         raise _error(
             path,
@@ -250,85 +185,7 @@ def _check_json(path: Path, example: str) -> FileCheck:
             "the file is empty" if not raw else "the file holds only whitespace",
             f"write a JSON array of row objects, e.g. [{example}]",
         )
-    ws = re.compile(r"\s*")
-    i = ws.match(text, 0).end()
-    if text[i] != "[":
-        try:
-            value, end = _DECODER.raw_decode(text, i)
-        except (json.JSONDecodeError, _DuplicateKey):
-            value, end = None, -1
-        after = ws.match(text, end).end() if end >= 0 else -1
-        if isinstance(value, dict) and text.startswith("{", after):
-            raise _error(
-                path,
-                _line_at(text, after),
-                "one JSON object per line (JSON Lines) in a .json file",
-                "rename the file to .jsonl",
-            )
-        what = f"an object with keys {list(value)}" if isinstance(value, dict) else "not a JSON array"
-        raise _error(
-            path,
-            _line_at(text, i),
-            f"{what}, where a JSON array of row objects is expected",
-            f"write the rows as [{example}, ...] (or one object per line in a .jsonl file)",
-        )
-    i = ws.match(text, i + 1).end()
-    columns: dict[str, None] = {}
-    while i < len(text) and text[i] != "]":
-        line = _line_at(text, i)
-        try:
-            value, i = _DECODER.raw_decode(text, i)
-        except _DuplicateKey as err:
-            raise _error(
-                path,
-                line,
-                f"the object starting here repeats the key {err.args[0]!r}",
-                "keep one of them (JSON objects need unique keys)",
-            ) from None
-        except json.JSONDecodeError as err:
-            raise _error(
-                path,
-                err.lineno,
-                f"invalid JSON at column {err.colno} ({_json_message(err)})",
-                "fix the JSON (a validator such as `python -m json.tool FILE` shows the spot)",
-            ) from None
-        if not isinstance(value, dict):
-            raise _error(
-                path,
-                line,
-                f"array item {result.rows + 1} is {_json_type(value)}, not a JSON object",
-                f"make every item a row object, e.g. {example}",
-            )
-        columns.update(dict.fromkeys(value))
-        result.rows += 1
-        result.lines.append(line)
-        i = ws.match(text, i).end()
-        if i < len(text) and text[i] == ",":
-            i = ws.match(text, i + 1).end()
-        elif i < len(text) and text[i] != "]":
-            raise _error(
-                path,
-                _line_at(text, i),
-                "expected ',' or ']' after an array item",
-                "separate the row objects with commas",
-            )
-    if i >= len(text):
-        raise _error(
-            path,
-            _line_at(text, len(text)),
-            "the JSON array is not closed (the file looks cut off)",
-            "end it with ']' (or re-create the file)",
-        )
-    rest = ws.match(text, i + 1).end()
-    if rest < len(text):
-        raise _error(
-            path,
-            _line_at(text, rest),
-            "text after the closing ']' of the array",
-            "remove it, or put all rows in the one array",
-        )
-    result.columns = list(columns)
-    return _require_rows(result, "array item", example)
+    return text
 
 
 def _check_csv(path: Path, example: str) -> FileCheck:
@@ -464,65 +321,3 @@ def read_files(
             "you can"
         ) from err
     return dataset, checks
-
-
-def _split_of(relative: Path) -> str | None:
-    """The split a file's name (or one of its folders) names, e.g. train-00000-of-00002.parquet → train."""
-    for part in (relative.stem, *reversed(relative.parts[:-1])):
-        for word in re.split(r"[^A-Za-z]+", part.lower()):
-            if word in SPLIT_NAMES:
-                return SPLIT_NAMES[word]
-    return None
-
-
-def folder_splits(folder: Path) -> dict[str, list[Path]]:
-    """The data files of a folder grouped by split; PreferenceDataError when the folder is ambiguous.
-
-    Files are the supported ones anywhere below `folder` (hidden files and folders and datasets' metadata
-    files left out). One format only. Each file's split is the first split word in its name or folders
-    (train/training, test/testing, eval/evaluation, validation/valid/val/dev); files that name none are
-    the train split when they are a single file or the shards of one (`name-00000-of-00003.jsonl`).
-    """
-    found = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in FILE_FORMATS
-        and p.name not in _METADATA
-        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
-    )
-    rel = [str(p.relative_to(folder)) for p in found]
-    if not found:
-        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[:10]
-        raise PreferenceDataError(
-            f"{folder}: no data files (.jsonl, .json, .csv or .parquet) in the folder (it "
-            f"holds {others or 'nothing'}); pass a data file, or a folder of them"
-        )
-    formats = sorted({FILE_FORMATS[p.suffix.lower()] for p in found})
-    if len(formats) > 1:
-        raise PreferenceDataError(
-            f"{folder}: mixes file formats ({', '.join(rel)}); keep one format in the "
-            f"folder, or pass one file with --data {folder / rel[0]}"
-        )
-    splits: dict[str, list[Path]] = {}
-    unnamed = [p for p in found if _split_of(p.relative_to(folder)) is None]
-    if unnamed and len(unnamed) < len(found):
-        names = ", ".join(str(p.relative_to(folder)) for p in unnamed)
-        raise PreferenceDataError(
-            f"{folder}: {names} name{'s' if len(unnamed) == 1 else ''} no split beside "
-            f"split files ({', '.join(rel)}); rename or move {'it' if len(unnamed) == 1 else 'them'}"
-            " (train/test/eval/validation in the name), or pass one file"
-        )
-    if unnamed:
-        stems = {(m.group("stem") if (m := _SHARD.match(p.stem)) else p.stem) for p in unnamed}
-        if len(unnamed) > 1 and len(stems) > 1:
-            raise PreferenceDataError(
-                f"{folder}: several data files and none names a split ({', '.join(rel)}); "
-                f"pass one file (--data {folder / rel[0]}), or name them train.*, test.* "
-                "(eval, validation) to make them splits"
-            )
-        splits["train"] = unnamed
-    for p in found:
-        if p not in unnamed:
-            splits.setdefault(_split_of(p.relative_to(folder)) or "train", []).append(p)
-    return splits

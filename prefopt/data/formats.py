@@ -59,31 +59,45 @@ def split_common_prefix(chosen: Any, rejected: Any) -> tuple[Any, Any, Any] | No
     non-empty prompt exists or a remainder would be empty.
     """
     if is_conversation(chosen) and is_conversation(rejected):
-        n = 0
-        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-            n += 1
-        if n == 0 or n == len(chosen) or n == len(rejected):
-            return None
-        return chosen[:n], chosen[n:], rejected[n:]
+        return _split_conversations(chosen, rejected)
     if isinstance(chosen, str) and isinstance(rejected, str):
-        n = 0
-        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-            n += 1
-        if n == len(chosen) == len(rejected):
-            return None  # identical texts: nothing to prefer
-        cut = n
-        # Keep the prefix whole only if it ends right before whitespace in both texts; otherwise back off
-        # to the last whitespace inside it, so no word (and no whole completion) lands in the prompt.
-        at_word_end = n < len(chosen) and n < len(rejected) and chosen[n].isspace() and rejected[n].isspace()
-        if not at_word_end:
-            while cut > 0 and not chosen[cut - 1].isspace():
-                cut -= 1
-        while cut > 0 and chosen[cut - 1].isspace():
-            cut -= 1  # the whitespace run belongs to the completions
-        if cut == 0 or not chosen[cut:] or not rejected[cut:]:
-            return None
-        return chosen[:cut], chosen[cut:], rejected[cut:]
+        return _split_texts(chosen, rejected)
     return None
+
+
+def _common_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """The length of the longest common prefix of `a` and `b` (items compared with ==)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _split_conversations(chosen: list[Any], rejected: list[Any]) -> tuple[Any, Any, Any] | None:
+    """Two conversations split after their longest run of equal leading messages."""
+    n = _common_length(chosen, rejected)
+    if n == 0 or n == len(chosen) or n == len(rejected):
+        return None
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _split_texts(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """Two texts split at the last whitespace inside their longest common character prefix."""
+    n = _common_length(chosen, rejected)
+    if n == len(chosen) == len(rejected):
+        return None  # identical texts: nothing to prefer
+    cut = n
+    # Keep the prefix whole only if it ends right before whitespace in both texts; otherwise back off
+    # to the last whitespace inside it, so no word (and no whole completion) lands in the prompt.
+    at_word_end = n < len(chosen) and n < len(rejected) and chosen[n].isspace() and rejected[n].isspace()
+    if not at_word_end:
+        while cut > 0 and not chosen[cut - 1].isspace():
+            cut -= 1
+    while cut > 0 and chosen[cut - 1].isspace():
+        cut -= 1  # the whitespace run belongs to the completions
+    if cut == 0 or not chosen[cut:] or not rejected[cut:]:
+        return None
+    return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
 def needs_prompt_extraction(row: dict[str, Any]) -> bool:

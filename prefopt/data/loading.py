@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefopt.data.files import FILE_FORMATS, FileCheck, folder_splits, read_files
+from prefopt.data.files import FILE_FORMATS, FileCheck, read_files
+from prefopt.data.folders import folder_splits
 from prefopt.data.formats import derived_fingerprint, extract_prompts, order_ranked
 from prefopt.data.schema import KindSchema, nearest_name, schema_for
 from prefopt.data.validate import (
@@ -223,7 +224,7 @@ def open_preferences(
     """Any supported source → one split, not yet validated (`load_preferences` validates it).
 
     Local files are checked line by line first and read without any network request; a folder's files
-    are split by name (`prefopt.data.files.folder_splits`) and the files used are logged. `split` may
+    are split by name (`prefopt.data.folders.folder_splits`) and the files used are logged. `split` may
     slice ("train[:100]", "train[10%:]") and join ("train+test"). `kind` only shapes the example row that
     messages about a malformed file show.
 
@@ -238,18 +239,37 @@ def open_preferences(
         return source
     if revision is not None and not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"revision={revision!r} pins a Hub dataset; a {type(source).__name__} has none")
-    if isinstance(source, datasets.Dataset):
-        if split is not None:
-            raise ValueError(f"split={split!r} given but source is already a single Dataset; leave split out")
-        return OpenedData(source, type(source).__name__)
-    if isinstance(source, datasets.DatasetDict):
-        return _pick_split(dict(source), split, "the DatasetDict")
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        return _open_in_memory(source, split)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"load_preferences: source must be a path, a Hub name or a datasets.Dataset, got {type(source).__name__}"
         )
-    path = Path(source).expanduser()
     cache = None if cache_dir is None else str(cache_dir)
+    return _open_path(source, split, config_name, cache, revision, kind)
+
+
+def _open_in_memory(source: datasets.Dataset | datasets.DatasetDict, split: str | None) -> OpenedData:
+    """A Dataset as it is (no split to pick), or the split of a DatasetDict."""
+    import datasets  # heavy: loaded on first use
+
+    if isinstance(source, datasets.Dataset):
+        if split is not None:
+            raise ValueError(f"split={split!r} given but source is already a single Dataset; leave split out")
+        return OpenedData(source, type(source).__name__)
+    return _pick_split(dict(source), split, "the DatasetDict")
+
+
+def _open_path(
+    source: str | os.PathLike[str],
+    split: str | None,
+    config_name: str | None,
+    cache: str | None,
+    revision: str | None,
+    kind: str | None,
+) -> OpenedData:
+    """A local file or folder, or else a Hub dataset when `source` does not look like a path."""
+    path = Path(source).expanduser()
     if revision is not None and path.exists():
         raise PreferenceDataError(
             f"{path}: revision={revision!r} pins a version of a Hub dataset; a local file or "
@@ -258,15 +278,22 @@ def open_preferences(
     if path.is_file():
         return _open_file(path, split, cache, kind)
     if path.is_dir():
-        if any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
-            saved = datasets.load_from_disk(str(path))
-            if isinstance(saved, datasets.DatasetDict):
-                return _pick_split(dict(saved), split, str(path))
-            return _pick_split({"train": saved}, split, str(path))
-        return _open_folder(path, split, cache, kind)
+        return _open_dir(path, split, cache, kind)
     if path.suffix.lower() in FILE_BUILDERS or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
         raise DataNotFoundError(f"{source}: no such file or folder (relative to {Path.cwd()}); check the path")
     return _from_hub(str(source), split, config_name, cache, revision)
+
+
+def _open_dir(path: Path, split: str | None, cache: str | None, kind: str | None) -> OpenedData:
+    """A `save_to_disk` folder (a Dataset or a DatasetDict), or a folder of data files."""
+    import datasets  # heavy: loaded on first use
+
+    if any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
+        saved = datasets.load_from_disk(str(path))
+        if isinstance(saved, datasets.DatasetDict):
+            return _pick_split(dict(saved), split, str(path))
+        return _pick_split({"train": saved}, split, str(path))
+    return _open_folder(path, split, cache, kind)
 
 
 class _RowOrigin:

@@ -254,9 +254,10 @@ def tokenize_preferences(
 
     Output columns: `prompt_ids` [P], `completion_ids` [K][C_k] (paired: chosen, rejected; ranked: best
     first; unpaired: K = 1; prompt-only: K = 0), `num_tokens` (P·max(K,1) + Σ C_k, the row's packed size),
-    `longest_sequence` (P + max_k C_k, what sets its padded width), `row_index` (position in `dataset`), and the carried columns label / pair_id / ranks /
-    margin / weight / id. The map is fingerprinted with `derived_fingerprint(dataset, config, tokenizer)`,
-    so re-running on a cached on-disk dataset reuses the cache file.
+    `longest_sequence` (P + max_k C_k, what sets its padded width), `row_index` (position in `dataset`),
+    and the carried columns label / pair_id / ranks / margin / weight / id. The map is fingerprinted with
+    `derived_fingerprint(dataset, config, tokenizer)`, so re-running on a cached on-disk dataset reuses the
+    cache file.
 
     Raises:
         PreferenceDataError: a "error" truncation policy was violated (every such row listed), or

@@ -262,6 +262,15 @@ def _check_row(
             add("label", "bad_label", f"must be a boolean (true = desirable; 0/1 accepted), got {row['label']!r}")
     elif schema.kind == "ranked" and "completions" in row:
         _check_ranked(row, add, ties, ks, i)
+    _check_numbers(row, add)
+    if "id" in row and (isinstance(row_id, bool) or not isinstance(row_id, (str, int))):
+        add("id", "bad_id", f"must be a string or an integer, got {row_id!r}")
+    if "pair_id" in row and (isinstance(row["pair_id"], bool) or not isinstance(row["pair_id"], int)):
+        add("pair_id", "bad_pair_id", f"must be an integer (the index of the source pair), got {row['pair_id']!r}")
+
+
+def _check_numbers(row: dict[str, Any], add: AddProblem) -> None:
+    """The optional numeric columns: `margin` a finite number, `weight` a finite number ≥ 0, neither null."""
     for name in ("margin", "weight"):
         value = row.get(name)
         if name in row and value is None:
@@ -274,10 +283,6 @@ def _check_row(
         ):
             want = "a finite number" if name == "margin" else "a finite number ≥ 0"
             add(name, f"bad_{name}", f"must be {want}, got {value!r}")
-    if "id" in row and (isinstance(row_id, bool) or not isinstance(row_id, (str, int))):
-        add("id", "bad_id", f"must be a string or an integer, got {row_id!r}")
-    if "pair_id" in row and (isinstance(row["pair_id"], bool) or not isinstance(row["pair_id"], int)):
-        add("pair_id", "bad_pair_id", f"must be an integer (the index of the source pair), got {row['pair_id']!r}")
 
 
 def _check_text(value: Any, name: str, add: AddProblem) -> bool:

@@ -61,6 +61,19 @@ def check_inputs(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | 
 
     Checking labels syncs with the device once (one reduction over N integers).
     """
+    _check_shapes(hidden, weight, labels)
+    _check_dtypes(hidden, weight, labels)
+    for name, t in (("weight", weight), ("labels", labels), ("bias", bias)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"linear_logprobs: {name} is on {t.device} but hidden is on {hidden.device}; move it")
+    if bias is not None:
+        _check_bias(bias, weight)
+    if labels.numel():
+        _check_label_values(labels, weight.shape[0], ignore_index)
+
+
+def _check_shapes(hidden: Tensor, weight: Tensor, labels: Tensor) -> None:
+    """hidden [N, D], weight [V, D], labels [N]."""
     if hidden.dim() != 2:
         raise ValueError(
             f"linear_logprobs: hidden must be [N, D], got shape {tuple(hidden.shape)}; flatten (B, T, D) first"
@@ -73,6 +86,10 @@ def check_inputs(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | 
         raise ValueError(
             f"linear_logprobs: labels must be [N] with N={hidden.shape[0]}, got shape {tuple(labels.shape)}"
         )
+
+
+def _check_dtypes(hidden: Tensor, weight: Tensor, labels: Tensor) -> None:
+    """hidden floating, weight of hidden's dtype, labels integer."""
     if hidden.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"linear_logprobs: hidden must be a floating tensor, got {hidden.dtype}")
     if weight.dtype != hidden.dtype:
@@ -81,22 +98,22 @@ def check_inputs(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | 
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dtype.is_complex:
         raise ValueError(f"linear_logprobs: labels must be an integer tensor, got {labels.dtype}")
-    for name, t in (("weight", weight), ("labels", labels), ("bias", bias)):
-        if t is not None and t.device != hidden.device:
-            raise ValueError(f"linear_logprobs: {name} is on {t.device} but hidden is on {hidden.device}; move it")
-    if bias is not None:
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(
-                f"linear_logprobs: bias must be [V] with V={weight.shape[0]}, got shape {tuple(bias.shape)}"
-            )
-        if bias.dtype != weight.dtype:
-            raise ValueError(f"linear_logprobs: bias dtype {bias.dtype} differs from weight dtype {weight.dtype}")
-    if labels.numel():
-        vocab = weight.shape[0]
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"linear_logprobs: labels[{row}] = {int(labels[row])} is outside [0, {vocab}) and is not "
-                f"ignore_index={ignore_index}; fix the labels or pass the ignore_index your data uses"
-            )
+
+
+def _check_bias(bias: Tensor, weight: Tensor) -> None:
+    """bias [V], of weight's dtype."""
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear_logprobs: bias must be [V] with V={weight.shape[0]}, got shape {tuple(bias.shape)}")
+    if bias.dtype != weight.dtype:
+        raise ValueError(f"linear_logprobs: bias dtype {bias.dtype} differs from weight dtype {weight.dtype}")
+
+
+def _check_label_values(labels: Tensor, vocab: int, ignore_index: int) -> None:
+    """Every label in [0, vocab) or ignore_index (one device sync)."""
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"linear_logprobs: labels[{row}] = {int(labels[row])} is outside [0, {vocab}) and is not "
+            f"ignore_index={ignore_index}; fix the labels or pass the ignore_index your data uses"
+        )

@@ -9,7 +9,8 @@ Its KL to π_ref is at most (and, for distinct outcomes of negligible probabilit
     KL(π_BoN ‖ π_ref) ≤ log N − (N − 1)/N
 
 (the expression used since Stiennon et al. 2020, arXiv:2009.01325, as the BoN KL; Beirami et al. 2024,
-arXiv:2401.01879, show that it is an upper bound, tight when no outcome has much probability). Exact best-of-N distributions and reward curves live in `prefopt.reproduce`.
+arXiv:2401.01879, show that it is an upper bound, tight when no outcome has much probability). Exact
+best-of-N distributions and reward curves live in `prefopt.reproduce`.
 
 RAFT / rejection-sampling fine-tuning (Dong et al. 2023, arXiv:2304.06767): per prompt keep
 the top-k samples by reward and take a supervised step on them,

@@ -20,8 +20,7 @@ from typing import Any
 
 from prefopt.errors import LossInputError
 from prefopt.loss_inputs import KIND_INPUTS, LENGTH_INPUTS
-from prefopt.loss_state import BatchInput, LossStateSpec
-from prefopt.registry import HParam, LossDeclaration, LossSpec
+from prefopt.registry import LossDeclaration, LossSpec
 
 __all__ = ["Adapter", "register_body"]
 
@@ -34,21 +33,9 @@ Adapter = Callable[[LossSpec, Mapping[str, Any], Callable[[Any], Any]], Any]
 def register_body(
     name: str,
     *,
-    kind: str,
-    needs_reference: bool,
-    paper: str,
-    formula: str,
-    hparams: Sequence[HParam] = (),
-    needs_lengths: bool = False,
-    scores: str = "logps",
-    batch_dependent: bool = False,
-    needs_nonpositive_logps: bool = False,
-    online_defaults: Mapping[str, int] | None = None,
-    state: LossStateSpec | None = None,
-    batch_inputs: Mapping[str, BatchInput] | None = None,
-    accepts_pair_loss: bool = False,
     adapter: Adapter | None = None,
     call_doc: str = "",
+    **declared: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a loss *body* and return its public function, which has the kind's canonical signature.
 
@@ -58,24 +45,11 @@ def register_body(
     builds, and the rest are keyword-only hyper-parameters and extra inputs. Every declared `HParam` must be
     a body parameter. Any other keyword is an extra input: keyword-only, default None, in the order the body
     lists them. A parameter annotated without None is required: None raises `LossInputError`. `call_doc` is
-    appended to the public docstring (the kind's call). Other arguments as `register_loss`.
+    appended to the public docstring (the kind's call). `declared`: the other arguments of `register_loss`
+    (`kind`, `needs_reference`, `paper`, `formula`, `hparams`, ...), the fields of `LossDeclaration`.
     """
-    declaration = LossDeclaration(
-        name,
-        kind,
-        needs_reference,
-        paper,
-        formula,
-        tuple(hparams),
-        needs_lengths,
-        scores,
-        batch_dependent,
-        needs_nonpositive_logps,
-        dict(online_defaults or {}),
-        state,
-        dict(batch_inputs or {}),
-        accepts_pair_loss,
-    )
+    declaration = LossDeclaration(name, **declared)
+    kind, scores, hparams = declaration.kind, declaration.scores, declaration.hparams
 
     def decorator(body: Callable[..., Any]) -> Callable[..., Any]:
         where = f"loss {name!r}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.kernels import BACKENDS
-from prefopt.online.rollout_step import recipe_for
+from prefopt.online.rollout_step import Recipe, recipe_for
 from prefopt.preflight import (
     check_engine_backend,
     check_model_source,
@@ -20,7 +20,7 @@ from prefopt.preflight import (
     check_tokenizer_source,
     expand_user,
 )
-from prefopt.registry import list_losses, loss_spec
+from prefopt.registry import LossSpec, list_losses, loss_spec
 from prefopt.rl.kl import KL_ESTIMATORS  # the estimators token_kl implements
 from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
 from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
@@ -141,6 +141,19 @@ class OnlineConfig(Settings):
     def __post_init__(self) -> None:
         for name in ("model", "tokenizer", "reward", "value_model", "prompts", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
+        self._check_model()
+        spec = self._check_algorithm()
+        recipe = recipe_for(spec)
+        object.__setattr__(self, "loss_hparams", dict(spec.validate_hparams(dict(self.loss_hparams))))
+        self._check_pair_loss()
+        self._check_counts()
+        self._check_sampling(recipe)
+        self._check_numbers()
+        self._check_optimizer()
+        self._check_backend()
+        self._check_paths()
+
+    def _check_model(self) -> None:
         if self.tokenizer is not None and self.model is None:
             raise SettingsError(
                 "OnlineConfig.tokenizer is set but model is None: the synthetic task brings its own "
@@ -151,15 +164,18 @@ class OnlineConfig(Settings):
                 f"OnlineConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
                 "which is not set; give model (a hub name) or drop model_revision"
             )
+
+    def _check_algorithm(self) -> LossSpec:
+        """The algorithm's spec: a rollout loss."""
         spec = loss_spec(self.algorithm)  # unknown names raise, listing the valid ones
         if spec.kind != "rollout":
             raise ValueError(
                 f"OnlineConfig.algorithm={self.algorithm!r} is a {spec.kind} loss; the online loop runs "
                 f"rollout losses: {', '.join(list_losses('rollout'))} (offline losses: `prefopt train`)"
             )
-        recipe = recipe_for(spec)
-        object.__setattr__(self, "loss_hparams", dict(spec.validate_hparams(dict(self.loss_hparams))))
-        self._check_pair_loss()
+        return spec
+
+    def _check_counts(self) -> None:
         for name in (
             "steps",
             "prompts_per_step",
@@ -174,6 +190,9 @@ class OnlineConfig(Settings):
         for name in ("num_samples", "epochs", "num_threads"):
             if getattr(self, name) is not None:
                 check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=1)
+
+    def _check_sampling(self, recipe: Recipe) -> None:
+        """Enough samples per prompt for the algorithm (and its top_k), and minibatches that split the prompts."""
         if self.samples < recipe.min_samples:
             raise ValueError(
                 f"OnlineConfig.num_samples={self.samples}: {self.algorithm} compares samples of the same "
@@ -190,13 +209,15 @@ class OnlineConfig(Settings):
                 f"OnlineConfig.num_minibatches={self.num_minibatches} exceeds prompts_per_step="
                 f"{self.prompts_per_step}: minibatches split the rollout by prompt"
             )
-        self._check_numbers()
+
+    def _check_optimizer(self) -> None:
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"OnlineConfig.kl_estimator={self.kl_estimator!r}: use one of {KL_ESTIMATORS}")
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"OnlineConfig.adam_betas={self.adam_betas!r} must be two numbers in [0, 1)")
 
+    def _check_backend(self) -> None:
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"OnlineConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
         for name, valid in (
@@ -206,6 +227,9 @@ class OnlineConfig(Settings):
         ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r}: use one of {valid}")
+
+    def _check_paths(self) -> None:
+        """The reward ('gold' or a saved reward model), prompts and value model exist."""
         if self.reward != "gold" and not Path(self.reward).exists():
             raise ValueError(
                 f"OnlineConfig.reward={self.reward!r}: use 'gold' (the synthetic task's gold reward) or "

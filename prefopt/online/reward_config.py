@@ -125,6 +125,14 @@ class RewardModelConfig(Settings):
     def __post_init__(self) -> None:
         for name in ("model", "tokenizer", "data", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
+        self._check_revision_and_finite()
+        self._check_loss()
+        self._check_counts()
+        self._check_optimizer_numbers()
+        self._check_model_choice()
+
+    def _check_revision_and_finite(self) -> None:
+        """A model revision only with a model; finite weight decay and warm-up ratio."""
         if self.model_revision is not None and self.model is None:
             raise SettingsError(
                 f"RewardModelConfig.model_revision={self.model_revision!r} pins a hub revision of "
@@ -135,6 +143,9 @@ class RewardModelConfig(Settings):
                 f"RewardModelConfig: weight_decay={self.weight_decay!r} and warmup_ratio="
                 f"{self.warmup_ratio!r} must be finite numbers"
             )
+
+    def _check_loss(self) -> None:
+        """A reward-model loss (reward scores), with valid hyper-parameters."""
         spec = loss_spec(self.loss)  # UnknownLossError names the valid losses
         if spec.scores != "rewards":
             rm_losses = [n for n in list_losses() if loss_spec(n).scores == "rewards"]
@@ -146,6 +157,8 @@ class RewardModelConfig(Settings):
                 f"RewardModelConfig.loss_hparams must be a mapping, got {type(self.loss_hparams).__name__}"
             )
         spec.validate_hparams(self.loss_hparams)
+
+    def _check_counts(self) -> None:
         for name in ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
             check_int(f"RewardModelConfig.{name}", getattr(self, name), minimum=1)
         check_int("RewardModelConfig.checkpoint_every", self.checkpoint_every, minimum=0)
@@ -162,6 +175,8 @@ class RewardModelConfig(Settings):
             raise ValueError(
                 f"RewardModelConfig: max_prompt_length={self.max_prompt_length} must be < max_length={self.max_length}"
             )
+
+    def _check_optimizer_numbers(self) -> None:
         for name in ("lr", "epochs", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and (
@@ -172,7 +187,6 @@ class RewardModelConfig(Settings):
             raise ValueError(f"RewardModelConfig.weight_decay={self.weight_decay!r} must be ≥ 0")
         if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"RewardModelConfig.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
-        self._check_model_choice()
 
     def _check_model_choice(self) -> None:
         if self.init not in INITS:

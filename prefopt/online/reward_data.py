@@ -113,9 +113,9 @@ def reward_batches(
 ) -> list[TokenBatch]:
     """Split tokenised rows (`tokenize_preferences(...).to_list()`) into collated batches of ≤ `batch_size`.
 
-    One pass over the rows (an epoch). Rows are shuffled by `generator` (None: dataset order). Rows with different numbers of completions K
-    (ranked data may mix them) never share a batch: rows are bucketed by K, cut into batches, and the
-    batches shuffled, so every batch has one K as `collate_preferences` requires.
+    One pass over the rows (an epoch). Rows are shuffled by `generator` (None: dataset order). Rows with
+    different numbers of completions K (ranked data may mix them) never share a batch: rows are bucketed by
+    K, cut into batches, and the batches shuffled, so every batch has one K as `collate_preferences` requires.
     """
     count = len(rows)
     order = torch.randperm(count, generator=generator).tolist() if generator is not None else list(range(count))

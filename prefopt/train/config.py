@@ -135,6 +135,18 @@ class TrainConfig(Settings):
     cpu: bool = False
 
     def __post_init__(self) -> None:
+        self._check_loss()
+        self._check_counts()
+        self._check_data_plan()
+        self._check_backend()
+        self._check_precision()
+        self._check_lora()
+        self._check_reporting()
+        self._check_sources()
+        self.optimizer_settings()  # validates preset name and overrides now, not at step 0
+
+    def _check_loss(self) -> None:
+        """An offline log-prob loss, with its hyper-parameters validated (and copied)."""
         spec = loss_spec(self.loss)  # unknown names raise, listing the valid ones
         if spec.kind == "rollout" or spec.scores != "logps":
             what = "an online (rollout) loss" if spec.kind == "rollout" else "a reward-model loss (reward scores)"
@@ -143,6 +155,8 @@ class TrainConfig(Settings):
                 f"preference data. Offline losses: {', '.join(_offline_losses())}."
             )
         object.__setattr__(self, "loss_hparams", dict(spec.validate_hparams(dict(self.loss_hparams))))
+
+    def _check_counts(self) -> None:
         for name in ("batch_size", "log_every", "keep_checkpoints"):
             check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
         for name in ("micro_batch_size", "max_steps", "max_length", "max_prompt_length"):
@@ -152,6 +166,9 @@ class TrainConfig(Settings):
             check_int(f"TrainConfig.{name}", getattr(self, name), minimum=0)
         if not (self.epochs > 0 and math.isfinite(self.epochs)):
             raise ValueError(f"TrainConfig.epochs={self.epochs!r} must be a positive number")
+
+    def _check_data_plan(self) -> None:
+        """Micro-batches that split the batch, the identical-pair policy, and a data revision only with data."""
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"TrainConfig: batch_size={self.batch_size} is not a multiple of micro_batch_size="
@@ -167,11 +184,14 @@ class TrainConfig(Settings):
                 "is not set; give data (a hub dataset name, --data) or drop data_revision"
             )
 
+    def _check_backend(self) -> None:
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"TrainConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"TrainConfig.mixed_precision={self.mixed_precision!r}: use one of {MIXED_PRECISION}")
-        self._check_precision()
+
+    def _check_lora(self) -> None:
+        """Quantisation (which needs LoRA) and the LoRA dropout."""
         if self.quantization is not None:
             if self.quantization not in QUANTIZATION:
                 raise ValueError(f"TrainConfig.quantization={self.quantization!r}: use one of {QUANTIZATION} or None")
@@ -181,14 +201,15 @@ class TrainConfig(Settings):
                 )
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"TrainConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1)")
+
+    def _check_reporting(self) -> None:
+        """Known report_to targets; report_to and lora_targets kept as tuples."""
         bad = [r for r in self.report_to if r not in REPORT_TO]
         if bad:
             raise ValueError(f"TrainConfig.report_to has {bad}; valid: {REPORT_TO}")
         object.__setattr__(self, "report_to", tuple(self.report_to))
         if self.lora_targets is not None:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        self._check_sources()
-        self.optimizer_settings()  # validates preset name and overrides now, not at step 0
 
     def _check_precision(self) -> None:
         if self.master_weights not in MASTER_WEIGHTS:

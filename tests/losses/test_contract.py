@@ -37,6 +37,41 @@ def _tensor(values, dtype, grad: bool) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype).requires_grad_(grad)
 
 
+def _paired_inputs(spec: LossSpec, dtype: torch.dtype, values, with_ref: bool):
+    names = spec.inputs
+    kwargs: dict[str, object] = {
+        names[0]: _tensor(values(GRID_A), dtype, True),
+        names[1]: _tensor(values(GRID_B), dtype, True),
+    }
+    if spec.scores != "rewards" and with_ref:
+        kwargs[names[2]] = _tensor(values(GRID_C), dtype, True)
+        kwargs[names[3]] = _tensor(values(GRID_A[::-1]), dtype, True)
+    lengths = {"chosen_lengths": torch.tensor(LENGTHS), "rejected_lengths": torch.tensor(LENGTHS[::-1])}
+    return kwargs, lengths
+
+
+def _unpaired_inputs(spec: LossSpec, dtype: torch.dtype, values, with_ref: bool):
+    kwargs: dict[str, object] = {
+        "policy_logps": _tensor(values(GRID_A), dtype, True),
+        "labels": torch.tensor([True, False] * (B // 2)),
+    }
+    if with_ref:
+        kwargs["ref_logps"] = _tensor(values(GRID_B), dtype, True)
+    return kwargs, {"lengths": torch.tensor(LENGTHS)}
+
+
+def _ranked_inputs(spec: LossSpec, dtype: torch.dtype, values, with_ref: bool):
+    rows = [values(GRID_A), values(GRID_B), values(GRID_C)]
+    grid = torch.tensor(rows, dtype=torch.float64).T.contiguous()  # (B, K)
+    kwargs: dict[str, object] = {spec.inputs[0]: grid.to(dtype).requires_grad_(True)}
+    if spec.scores == "logps" and with_ref:
+        kwargs["ref_logps"] = grid.flip(1).to(dtype).requires_grad_(True)
+    return kwargs, {"lengths": torch.tensor([LENGTHS] * K).T.contiguous()}
+
+
+_INPUTS = {"paired": _paired_inputs, "unpaired": _unpaired_inputs, "ranked": _ranked_inputs}
+
+
 def make_inputs(spec: LossSpec, dtype: torch.dtype, *, adversarial: bool, with_ref: bool = True, seed: int = 0):
     """Canonical inputs for `spec`'s kind: (policy tensors that need gradients, kwargs for the call)."""
     g = torch.Generator().manual_seed(seed)
@@ -46,35 +81,9 @@ def make_inputs(spec: LossSpec, dtype: torch.dtype, *, adversarial: bool, with_r
             return grid
         return (-torch.rand(B, generator=g, dtype=torch.float64) * 8 - 0.1).tolist()
 
-    kwargs: dict[str, object] = {}
-    if spec.kind == "paired":
-        names = spec.inputs
-        if spec.scores == "rewards":
-            kwargs = {names[0]: _tensor(values(GRID_A), dtype, True), names[1]: _tensor(values(GRID_B), dtype, True)}
-        else:
-            kwargs = {names[0]: _tensor(values(GRID_A), dtype, True), names[1]: _tensor(values(GRID_B), dtype, True)}
-            if with_ref:
-                kwargs[names[2]] = _tensor(values(GRID_C), dtype, True)
-                kwargs[names[3]] = _tensor(values(GRID_A[::-1]), dtype, True)
-        lengths = {"chosen_lengths": torch.tensor(LENGTHS), "rejected_lengths": torch.tensor(LENGTHS[::-1])}
-    elif spec.kind == "unpaired":
-        kwargs = {
-            "policy_logps": _tensor(values(GRID_A), dtype, True),
-            "labels": torch.tensor([True, False] * (B // 2)),
-        }
-        if with_ref:
-            kwargs["ref_logps"] = _tensor(values(GRID_B), dtype, True)
-        lengths = {"lengths": torch.tensor(LENGTHS)}
-    elif spec.kind == "ranked":
-        rows = [values(GRID_A), values(GRID_B), values(GRID_C)]
-        grid = torch.tensor(rows, dtype=torch.float64).T.contiguous()  # (B, K)
-        first = spec.inputs[0]
-        kwargs = {first: grid.to(dtype).requires_grad_(True)}
-        if spec.scores == "logps" and with_ref:
-            kwargs["ref_logps"] = grid.flip(1).to(dtype).requires_grad_(True)
-        lengths = {"lengths": torch.tensor([LENGTHS] * K).T.contiguous()}
-    else:
+    if spec.kind not in _INPUTS:
         pytest.skip(f"kind {spec.kind!r} has its own contract tests")
+    kwargs, lengths = _INPUTS[spec.kind](spec, dtype, values, with_ref)
     if spec.scores == "logps":
         kwargs.update({n: lengths[n].to(dtype) for n in LENGTH_INPUTS[spec.kind]})
     if "kl" in spec.extra_inputs:

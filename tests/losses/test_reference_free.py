@@ -46,11 +46,11 @@ def test_orpo_hand_values() -> None:
     """
     out = orpo(t(-2.0, -1e-8), t(-6.0, -1.0), chosen_lengths=t(4, 1), rejected_lengths=t(3, 1))
     rows = [(-0.5, -2.0), (-1e-8, -1.0)]
-    expected = [-w + 0.1 * softplus(-(math_log_odds(w) - math_log_odds(l))) for w, l in rows]
+    expected = [-w + 0.1 * softplus(-(math_log_odds(w) - math_log_odds(lo))) for w, lo in rows]
     assert expected[0] == pytest.approx(0.50967, abs=1e-5)
     torch.testing.assert_close(out.per_example, t(*expected), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out.loss, torch.tensor(sum(expected) / 2, dtype=F64), rtol=1e-12, atol=0)
-    diffs = [math_log_odds(w) - math_log_odds(l) for w, l in rows]
+    diffs = [math_log_odds(w) - math_log_odds(lo) for w, lo in rows]
     assert float(out.metrics["log_odds_chosen"]) == pytest.approx(sum(diffs) / 2, rel=1e-6)
     assert float(out.metrics["log_odds_ratio"]) == pytest.approx(-sum(softplus(-d) for d in diffs) / 2, rel=1e-6)
     assert float(out.metrics["nll_loss"]) == pytest.approx((0.5 + 1e-8) / 2, rel=1e-6)

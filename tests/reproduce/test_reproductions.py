@@ -1,4 +1,5 @@
-"""Every tabular reproduction, in its quick setting, reproduces its paper's claims; plus the closed forms behind them."""
+"""Every tabular reproduction, in its quick setting, reproduces its paper's claims; plus the closed forms behind
+them."""
 
 from __future__ import annotations
 

@@ -107,6 +107,46 @@ class PromptGroup:
     scores: list[float] = field(default_factory=list)
 
 
+def _ranked_row(g: PromptGroup, ident: str, with_gold: bool) -> dict[str, Any]:
+    """The group's ranked row: its completions and scores best first (and their gold rewards)."""
+    row: dict[str, Any] = {
+        "id": ident,
+        "prompt": g.prompt,
+        "completions": [g.completions[k] for k in g.ranking],
+        "scores": [g.scores[k] for k in g.ranking],
+    }
+    if with_gold:
+        row["gold_rewards"] = [g.rewards[k] for k in g.ranking]
+    return row
+
+
+def _paired_row(g: PromptGroup, ident: str, c: int, r: int, with_gold: bool) -> dict[str, Any]:
+    """The pair (chosen index `c`, rejected index `r`) as one paired row."""
+    row: dict[str, Any] = {"id": ident, "prompt": g.prompt, "chosen": g.completions[c], "rejected": g.completions[r]}
+    if with_gold:
+        row.update(chosen_gold=g.rewards[c], rejected_gold=g.rewards[r])
+    return row
+
+
+def _unpaired_rows(
+    g: PromptGroup, ident: str, c: int, r: int, pair_index: int, with_gold: bool
+) -> list[dict[str, Any]]:
+    """The pair (chosen index `c`, rejected index `r`) as two unpaired rows, desirable first, sharing `pair_id`."""
+    rows = []
+    for k, label in ((c, True), (r, False)):
+        row: dict[str, Any] = {
+            "id": f"{ident}-{int(label)}",
+            "prompt": g.prompt,
+            "completion": g.completions[k],
+            "label": label,
+            "pair_id": pair_index,
+        }
+        if with_gold:
+            row["gold"] = g.rewards[k]
+        rows.append(row)
+    return rows
+
+
 def draw_prompts(n: int, rng: random.Random) -> list[str]:
     """n distinct prompts of the language in random order; ValueError if the language cannot supply n."""
     seen: dict[str, None] = {}
@@ -165,9 +205,10 @@ class SyntheticPreferences:
     def rows(self, kind: str, split: str = "train", *, with_gold: bool = False) -> list[dict[str, Any]]:
         """Rows of `kind` ("paired" | "unpaired" | "ranked") for `split` ("train" | "eval") as dicts.
 
-        Pairs whose two samples are the same text are left out. Columns: paired prompt/chosen/rejected; unpaired prompt/completion/label/pair_id; ranked
-        prompt/completions/scores (best first). Every row has an `id`. `with_gold` adds the gold rewards
-        (`chosen_gold`/`rejected_gold`, `gold`, `gold_rewards`), which training must not use.
+        Pairs whose two samples are the same text are left out. Columns: paired prompt/chosen/rejected;
+        unpaired prompt/completion/label/pair_id; ranked prompt/completions/scores (best first). Every row has
+        an `id`. `with_gold` adds the gold rewards (`chosen_gold`/`rejected_gold`, `gold`, `gold_rewards`),
+        which training must not use.
         """
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}: synthetic data exports one of {KINDS}")
@@ -179,37 +220,16 @@ class SyntheticPreferences:
             if g.split != split:
                 continue
             if kind == "ranked":
-                row: dict[str, Any] = {
-                    "id": f"{split}-{g_index}",
-                    "prompt": g.prompt,
-                    "completions": [g.completions[k] for k in g.ranking],
-                    "scores": [g.scores[k] for k in g.ranking],
-                }
-                if with_gold:
-                    row["gold_rewards"] = [g.rewards[k] for k in g.ranking]
-                out.append(row)
+                out.append(_ranked_row(g, f"{split}-{g_index}", with_gold))
                 continue
             for c, r in g.pairs:
                 if g.completions[c] == g.completions[r]:
                     continue  # two identical samples carry no preference (the data layer would warn)
                 ident = f"{split}-{g_index}-{c}-{r}"
                 if kind == "paired":
-                    row = {"id": ident, "prompt": g.prompt, "chosen": g.completions[c], "rejected": g.completions[r]}
-                    if with_gold:
-                        row.update(chosen_gold=g.rewards[c], rejected_gold=g.rewards[r])
-                    out.append(row)
+                    out.append(_paired_row(g, ident, c, r, with_gold))
                 else:
-                    for k, label in ((c, True), (r, False)):
-                        row = {
-                            "id": f"{ident}-{int(label)}",
-                            "prompt": g.prompt,
-                            "completion": g.completions[k],
-                            "label": label,
-                            "pair_id": pair_index,
-                        }
-                        if with_gold:
-                            row["gold"] = g.rewards[k]
-                        out.append(row)
+                    out.extend(_unpaired_rows(g, ident, c, r, pair_index, with_gold))
                 pair_index += 1
         return out
 

@@ -35,7 +35,10 @@ from prefopt.reproduce.base import (
 __all__ = ["BestOfNConfig", "CONFIG", "QUICK", "PAPER", "reference_distributions", "run"]
 
 PAPER = {
-    "source": "Stiennon et al. 2020, arXiv:2009.01325; Beirami et al. 2024, arXiv:2401.01879 (§3 KL, §4 estimator, §5 win rate)",
+    "source": (
+        "Stiennon et al. 2020, arXiv:2009.01325; "
+        "Beirami et al. 2024, arXiv:2401.01879 (§3 KL, §4 estimator, §5 win rate)"
+    ),
     "bound": "KL ≤ log N − (N−1)/N (§3)",
     "tight": "tight when no outcome has sizeable mass (§3)",
     "loose": "loose with few outcomes: KL saturates at log 1/ε (§3)",

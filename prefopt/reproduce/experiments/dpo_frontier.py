@@ -143,7 +143,8 @@ QUICK = DPOFrontierConfig(
 
 @dataclass(frozen=True)
 class Point:
-    """One policy on the reward–KL plane: algorithm, setting label, mean KL and reward over seeds with CI half-widths."""
+    """One policy on the reward–KL plane: algorithm, setting label, mean KL and reward over seeds with CI
+    half-widths."""
 
     algorithm: str
     setting: str
@@ -420,8 +421,9 @@ def outcome(config: DPOFrontierConfig, points: list[Point], info: dict[str, Any]
         rows,
     )
     notes = [
-        f"Synthetic task (SFT '{config.sft}', task seed {config.task_seed}): {config.train_prompts} training prompts × 2 "
-        f"pairs; DPO {config.dpo_epochs} epoch(s), batch {config.dpo_batch_size}; PPO on the gold reward "
+        f"Synthetic task (SFT '{config.sft}', task seed {config.task_seed}): "
+        f"{config.train_prompts} training prompts × 2 pairs; DPO {config.dpo_epochs} epoch(s), "
+        f"batch {config.dpo_batch_size}; PPO on the gold reward "
         f"(the paper's PPO-GT) for {config.ppo_steps} rollouts of {config.ppo_prompts_per_step} prompts × "
         f"{config.ppo_samples} samples; evaluation on {config.eval_prompts_used} held-out prompts, exact KL.",
         "Best-of-N by the gold reward is placed at KL = log N − (N−1)/N (an upper bound on its KL; Beirami et al. "

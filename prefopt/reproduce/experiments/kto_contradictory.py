@@ -250,7 +250,9 @@ REPRODUCTION = Reproduction(
     name="kto-contradictory",
     title="KTO on contradictory preferences: exactly zero gradient with equal weights; the majority wins with p > ½",
     paper=PAPER["source"],
-    checks="KTO's gradient is exactly 0 and its policy unchanged while DPO moves; DPO picks the minority, KTO the majority",
+    checks=(
+        "KTO's gradient is exactly 0 and its policy unchanged while DPO moves; DPO picks the minority, KTO the majority"
+    ),
     runtime="≈ 6 s (shared 2-core CPU)",
     make_config=make_config,
     run=run,

@@ -67,16 +67,12 @@ the global batch, e.g. KTO's z₀), see `prefopt.loss_state`.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal, ParamSpec, TypeVar
-
-from torch import Tensor
+from typing import Any, ParamSpec, TypeVar
 
 from prefopt.errors import UnknownLossError
 from prefopt.loss_inputs import (
@@ -87,6 +83,20 @@ from prefopt.loss_inputs import (
     check_inputs,
 )
 from prefopt.loss_state import BatchInput, LossStateSpec
+from prefopt.registry.spec import (
+    HALF_OPEN,
+    NON_NEGATIVE,
+    ONLINE_DEFAULT_KEYS,
+    POSITIVE,
+    UNIT_OPEN,
+    BoundLoss,
+    HParam,
+    Interval,
+    Kind,
+    LossSpec,
+    Scores,
+    _unknown,
+)
 
 __all__ = [
     "HParam",
@@ -109,164 +119,18 @@ __all__ = [
     "NON_NEGATIVE",
     "UNIT_OPEN",
     "HALF_OPEN",
+    "Kind",
+    "Scores",
 ]
 
-Kind = Literal["paired", "unpaired", "ranked", "rollout"]
-Scores = Literal["logps", "rewards"]
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# What a rollout loss may set in `online_defaults`: the online loop's per-algorithm defaults (samples per
-# prompt, the smallest K the loss accepts, optimisation passes over each rollout; prefopt.online.rollout_step).
-ONLINE_DEFAULT_KEYS = ("num_samples", "min_samples", "epochs")
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A real interval used as a hyper-parameter domain, e.g. `Interval(0, 0.5)` is (0, 0.5)."""
-
-    lo: float = -math.inf
-    hi: float = math.inf
-    lo_closed: bool = False
-    hi_closed: bool = False
-
-    def __contains__(self, x: float) -> bool:
-        above = x >= self.lo if self.lo_closed else x > self.lo
-        below = x <= self.hi if self.hi_closed else x < self.hi
-        return above and below
-
-    def __str__(self) -> str:
-        lo = f"[{self.lo:g}" if self.lo_closed else f"({self.lo:g}"
-        hi = f"{self.hi:g}]" if self.hi_closed else f"{self.hi:g})"
-        return f"{lo}, {hi}".replace("inf", "∞")
-
-
-POSITIVE = Interval(0.0, math.inf)
-NON_NEGATIVE = Interval(0.0, math.inf, lo_closed=True)
-UNIT_OPEN = Interval(0.0, 1.0)
-HALF_OPEN = Interval(0.0, 0.5)
-
-
-@dataclass(frozen=True)
-class HParam:
-    """One hyper-parameter: name, the paper's default, a one-line meaning and its valid domain.
-
-    `default=None` marks an optional hyper-parameter (None is then always accepted).
-    """
-
-    name: str
-    default: Any
-    help: str
-    domain: Interval | None = None
-    choices: tuple[Any, ...] | None = None
-
-    def validate(self, loss: str, value: Any) -> Any:
-        if value is None and self.default is None:
-            return None
-        if self.choices is not None:
-            if value not in self.choices:
-                raise LossInputError(f"{loss}: {self.name}={value!r} is not one of {list(self.choices)}; {self.help}")
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, Tensor) and value.numel() == 1:
-                value = float(value)
-            else:
-                raise LossInputError(f"{loss}: {self.name} must be a number, got {value!r}; {self.help}")
-        if not math.isfinite(value) or (self.domain is not None and value not in self.domain):
-            raise LossInputError(
-                f"{loss}: {self.name}={value!r} is outside its domain {self.domain}; {self.help} "
-                f"(paper default: {self.default})"
-            )
-        return value
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """The declaration of a registered loss: data that trainers, the CLI and the docs read."""
-
-    name: str
-    kind: str
-    needs_reference: bool
-    paper: str
-    formula: str
-    hparams: tuple[HParam, ...]
-    needs_lengths: bool
-    scores: str
-    summary: str
-    extra_inputs: tuple[str, ...]
-    fn: Callable[..., Any] = field(repr=False, compare=False)
-    # True when one example's loss depends on the others in the batch (e.g. AOT sorts over the batch):
-    # such a loss is not separable, so micro-batched gradient accumulation or data parallelism changes it.
-    batch_dependent: bool = False
-    # True when the loss reads the policy's log-probs as probabilities (an NLL, odds, exp as a weight), so a
-    # positive "log-prob" would silently give a wrong loss: the wrapper refuses one (loss_inputs.LOGP_TOLERANCE).
-    needs_nonpositive_logps: bool = False
-    # Rollout losses: the online loop's defaults for this algorithm where they differ from its generic ones
-    # (keys ONLINE_DEFAULT_KEYS, e.g. PPO samples once per prompt and makes 4 passes over each rollout).
-    online_defaults: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), compare=False)
-    # Inputs from beyond one micro-batch, served by the training loop (`prefopt.loss_state`): running state kept
-    # across steps and saved in checkpoints (BCO's δ), and statistics of the global batch (KTO's z₀).
-    state: LossStateSpec | None = field(default=None, compare=False)
-    batch_inputs: Mapping[str, BatchInput] = field(default_factory=lambda: MappingProxyType({}), compare=False)
-    # Rollout losses that train on each prompt's best/worst pair of samples (online DPO): the online loop may run
-    # any paired log-prob loss on those pairs in place of this one (`OnlineConfig.pair_loss`).
-    accepts_pair_loss: bool = False
-
-    @property
-    def loop_inputs(self) -> tuple[str, ...]:
-        """The extra inputs a training loop serves from `state` and `batch_inputs` (not from the batch)."""
-        return (*(self.state.inputs if self.state is not None else ()), *self.batch_inputs)
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return KIND_INPUTS[(self.kind, self.scores)]
-
-    def defaults(self) -> dict[str, Any]:
-        return {h.name: h.default for h in self.hparams}
-
-    def validate_hparams(self, hparams: Mapping[str, Any]) -> dict[str, Any]:
-        """Check names and values; unknown names raise an error listing the valid ones."""
-        known = {h.name: h for h in self.hparams}
-        out = {}
-        for key, value in hparams.items():
-            if key not in known:
-                raise UnknownLossError(_unknown(f"hyper-parameter of loss '{self.name}'", key, list(known)))
-            out[key] = known[key].validate(self.name, value)
-        return out
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-
-@dataclass(frozen=True)
-class BoundLoss:
-    """A registered loss with its hyper-parameters fixed: `get_loss("kto", beta=0.1)(...)`."""
-
-    spec: LossSpec
-    hparams: Mapping[str, Any]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.spec.fn(*args, **{**self.hparams, **kwargs})
-
-    def __repr__(self) -> str:
-        merged = {**self.spec.defaults(), **self.hparams}
-        return f"{self.spec.name}({', '.join(f'{k}={v!r}' for k, v in merged.items())})"
 
 
 # Filled by the family modules' @register_loss. Importing any prefopt module first runs prefopt/__init__.py,
 # which imports prefopt.losses, so the registry is complete before anyone can query it (and this module,
 # a layer below the losses, never imports them).
 _REGISTRY: dict[str, LossSpec] = {}
-
-
-def _unknown(what: str, name: str, valid: Sequence[str]) -> str:
-    near = difflib.get_close_matches(name, valid, n=3)
-    hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-    return f"unknown {what}: {name!r}.{hint} Valid: {', '.join(sorted(valid)) or '(none)'}."
 
 
 def list_losses(kind: str | None = None) -> list[str]:
@@ -289,25 +153,30 @@ def get_loss(name: str, **hparams: Any) -> BoundLoss:
 
 @dataclass(frozen=True)
 class LossDeclaration:
-    """A loss's declaration (the arguments of `register_loss`), checked on creation; `publish` registers the
-    checked public function of a given signature (`register_loss`, `prefopt.losses.bodies.register_body`)."""
+    """A loss's declaration (the arguments of `register_loss`, with its defaults), checked on creation; `publish`
+    registers the checked public function of a given signature. The one place both `register_loss` and
+    `prefopt.losses.bodies.register_body` turn their arguments into a declaration: `hparams` is kept as a tuple,
+    `online_defaults` and `batch_inputs` as dicts (None for none)."""
 
     name: str
     kind: str
     needs_reference: bool
     paper: str
     formula: str
-    hparams: tuple[HParam, ...]
-    needs_lengths: bool
-    scores: str
-    batch_dependent: bool
-    needs_nonpositive_logps: bool
-    online_defaults: Mapping[str, int]
+    hparams: Sequence[HParam] = ()
+    needs_lengths: bool = False
+    scores: str = "logps"
+    batch_dependent: bool = False
+    needs_nonpositive_logps: bool = False
+    online_defaults: Mapping[str, int] | None = None
     state: LossStateSpec | None = None
-    batch_inputs: Mapping[str, BatchInput] = field(default_factory=dict)
+    batch_inputs: Mapping[str, BatchInput] | None = None
     accepts_pair_loss: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "hparams", tuple(self.hparams))
+        object.__setattr__(self, "online_defaults", dict(self.online_defaults or {}))
+        object.__setattr__(self, "batch_inputs", dict(self.batch_inputs or {}))
         where = f"loss {self.name!r}"
         if (self.kind, self.scores) not in KIND_INPUTS:
             raise ValueError(f"{where}: unknown kind/scores {(self.kind, self.scores)}; known: {list(KIND_INPUTS)}")
@@ -351,7 +220,7 @@ class LossDeclaration:
     ) -> Callable[..., Any]:
         """Register the checked public function of `signature`; each call is validated, then `invoke`d."""
         self._check_served(extra_inputs)
-        name, hparams = self.name, self.hparams
+        name, hparams = self.name, tuple(self.hparams)
         valid = list(signature.parameters)
 
         def checked(*args: Any, **kwargs: Any) -> Any:
@@ -433,14 +302,14 @@ def register_loss(
         needs_reference,
         paper,
         formula,
-        tuple(hparams),
+        hparams,
         needs_lengths,
         scores,
         batch_dependent,
         needs_nonpositive_logps,
-        dict(online_defaults or {}),
+        online_defaults,
         state,
-        dict(batch_inputs or {}),
+        batch_inputs,
         accepts_pair_loss,
     )
 
