@@ -24,16 +24,11 @@ loss, data, tokenisation, accuracies), `metrics.jsonl` (one line per logged step
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +47,7 @@ from prefopt.online.reward_config import (
     synthetic_task_for,
 )
 from prefopt.online.reward_data import loss_arguments, pad_token_id, reward_batches, sequence_scores
+from prefopt.online.reward_eval import RewardModelResult, _batch_metrics, _save, evaluate_reward_model
 from prefopt.preflight import load_pretrained
 from prefopt.progress import library_progress_bars
 from prefopt.registry import get_loss, loss_spec
@@ -72,40 +68,6 @@ __all__ = [
     "load_reward_model",
     "METADATA_FILE",
 ]
-
-
-@dataclass(frozen=True)
-class RewardModelResult:
-    """What `train_reward_model` returns (also written to `<output_dir>/result.json`).
-
-    Attributes:
-        model_path: `<output_dir>/final` (load with `LearnedReward(path)`); metrics_path: metrics.jsonl.
-        eval_accuracy: held-out share of pairs ordered right, r(x, y_w) > r(x, y_l) (ranked data: of all
-            pairs j < k within a ranking); None without an eval split. eval_margin: mean r_w − r_l
-            (ranked: best − worst); eval_loss: the loss on the eval split; eval_examples: its rows.
-        train_accuracy: the same accuracy over the last pass of training batches (as trained).
-        final_metrics: the last logged step's record. steps: optimiser steps; wall_time_s: this call's
-            wall time; num_parameters: the reward model's parameter count.
-        precision: dtypes of the checkpoint, the master weights, the compute and final/
-            (`prefopt.train.precision`).
-    """
-
-    model_path: Path
-    metrics_path: Path
-    eval_accuracy: float | None
-    eval_margin: float | None
-    eval_loss: float | None
-    eval_examples: int
-    train_accuracy: float
-    final_metrics: dict[str, float]
-    steps: int
-    wall_time_s: float
-    num_parameters: int
-    precision: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
 def synthetic_reward_model(
@@ -193,36 +155,6 @@ def _load_model(config: RewardModelConfig, model: Any, tokenizer: Any, task: Any
 
 def _device(config: RewardModelConfig) -> torch.device:
     return torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _batch_metrics(output: Any, groups: int) -> dict[str, float]:
-    return {"loss": float(output.loss.detach()), **{k: float(v) for k, v in output.metrics.items()}, "examples": groups}
-
-
-def evaluate_reward_model(model: Any, batches: Sequence[Any], loss_fn: Any, kind: str) -> dict[str, float]:
-    """Mean loss, accuracy and margin of `model` over collated batches (weighted by rows), without gradients.
-
-    Returns `{"loss", "accuracy", "margin", "examples"}`: accuracy is the loss's `accuracy` metric (paired:
-    1[r_w > r_l]; ranked: the share of correctly ordered pairs), margin its `rewards/margins`.
-    """
-    if not batches:
-        raise ValueError("evaluate_reward_model: no batches to evaluate")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-    rows = 0
-    with torch.no_grad():
-        for batch in batches:
-            batch = batch.to(device)
-            output = loss_fn(**loss_arguments(kind, sequence_scores(model, batch), batch))
-            n = batch.num_groups
-            totals["loss"] += float(output.loss) * n
-            totals["accuracy"] += float(output.metrics["accuracy"]) * n
-            totals["margin"] += float(output.metrics["rewards/margins"]) * n
-            rows += n
-    model.train(was_training)
-    return {**{k: v / rows for k, v in totals.items()}, "examples": rows}
 
 
 def train_reward_model(
@@ -459,42 +391,3 @@ def _step(
     }
     scheduler.step()
     return record
-
-
-def _save(
-    config: RewardModelConfig,
-    sources: dict[str, str],
-    model: Any,
-    tokenizer: Any,
-    tokenize_config: Any,
-    evaluation: dict | None,
-    train_accuracy: float,
-    steps: int,
-    precision: Precision,
-) -> Path:
-    """Write the model, tokenizer and metadata to a temporary sibling of `final/`, then rename it into place."""
-    out = Path(config.output_dir)
-    final = out / "final"
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    try:
-        precision.save_pretrained(model, tmp)  # in the dtype of `save_dtype`
-        tokenizer.save_pretrained(tmp)
-        metadata = {
-            "format": 1,
-            "loss": config.loss,
-            "loss_hparams": dict(config.loss_hparams),
-            **sources,
-            "precision": precision.describe(model),
-            "tokenize": dataclasses.asdict(tokenize_config),
-            "steps": steps,
-            "train_accuracy": train_accuracy,
-            "eval": evaluation,
-        }
-        write_json_atomic(tmp / METADATA_FILE, metadata)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return final
