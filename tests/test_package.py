@@ -92,16 +92,6 @@ def test_docs_losses_md_is_generated_and_fresh() -> None:
     )
 
 
-def test_readme_python_examples_run() -> None:
-    import re
-
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks, "README.md has Python examples"
-    namespace: dict = {}
-    exec(compile("\n".join(blocks), "README.md", "exec"), namespace)  # noqa: S102 - our own README
-
-
 def test_stated_loss_counts_are_the_registry_size() -> None:
     """README and docs name no count of losses that the registry does not have (they need not name one:
     adding a loss then touches only its module and its test)."""

@@ -131,7 +131,7 @@ def render_markdown() -> str:
             for h in s.hparams:
                 domain = str(h.domain) if h.domain else (str(list(h.choices)) if h.choices else "—")
                 out.append(f"| `{h.name}` | {h.default!r} | {domain} | {_cell(h.help)} |")
-        out += ["", "```python", f"prefopt.losses.{s.name}{_signature(s)}", "```"]
+        out += ["", "```text", f"prefopt.losses.{s.name}{_signature(s)}", "```"]
     return "\n".join(out) + "\n"
 
 

@@ -65,8 +65,9 @@ def make_accelerator(config: TrainConfig) -> Any:
         raise DistributedSetupError(
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but Accelerate runs "
             f"{accelerator.num_processes}: they would train unsynchronised copies. On CPU set ACCELERATE_USE_CPU=1 "
-            "(or TrainConfig(cpu=True) / `prefopt train --cpu`) under torchrun, or use `accelerate launch "
-            "--multi_gpu --num_processes N` (`accelerate launch --cpu` and MULTI_CPU configs start one process)"
+            "(or TrainConfig(cpu=True) / `prefopt train --cpu`) under torchrun, or pass prefopt's --cpu under "
+            "`accelerate launch --multi_gpu --num_processes N -m prefopt.train --cpu ...` (`accelerate launch --cpu` "
+            "and MULTI_CPU configs start one process)"
         )
     return accelerator
 
