@@ -145,3 +145,12 @@ def test_samples_convert_to_a_token_batch(tiny_policy) -> None:
         words = tiny_policy.tokenizer.decode([t for t in ids if t != tiny_policy.tokenizer.eos_token_id])
         assert words == drawn.completions[i].strip()
         assert bool(drawn.finished[i]) == (ids[-1] == tiny_policy.tokenizer.eos_token_id)
+
+
+def test_summary_counts_the_exported_pairs(data) -> None:
+    """summary.json's pair counts are the rows the paired files hold; identical pairs are counted apart."""
+    summary = data.summary()
+    for split in ("train", "eval"):
+        assert summary["pairs"][split] == len(data.rows("paired", split))
+        total = sum(len(g.pairs) for g in data.groups if g.split == split)
+        assert summary["pairs"][split] + summary["identical_pairs"][split] == total

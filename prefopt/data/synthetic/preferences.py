@@ -205,10 +205,10 @@ class SyntheticPreferences:
     def rows(self, kind: str, split: str = "train", *, with_gold: bool = False) -> list[dict[str, Any]]:
         """Rows of `kind` ("paired" | "unpaired" | "ranked") for `split` ("train" | "eval") as dicts.
 
-        Pairs whose two samples are the same text are left out. Columns: paired prompt/chosen/rejected;
-        unpaired prompt/completion/label/pair_id; ranked prompt/completions/scores (best first). Every row has
-        an `id`. `with_gold` adds the gold rewards (`chosen_gold`/`rejected_gold`, `gold`, `gold_rewards`),
-        which training must not use.
+        Pairs whose two samples are the same text are left out (`summary()` counts them as identical_pairs).
+        Columns: paired prompt/chosen/rejected; unpaired prompt/completion/label/pair_id; ranked
+        prompt/completions/scores (best first). Every row has an `id`. `with_gold` adds the gold rewards
+        (`chosen_gold`/`rejected_gold`, `gold`, `gold_rewards`), which training must not use.
         """
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}: synthetic data exports one of {KINDS}")
@@ -255,7 +255,11 @@ class SyntheticPreferences:
             "config": dataclasses.asdict(self.config),
             "prompts": {s: sum(g.split == s for g in self.groups) for s in SPLITS}
             | {"heldout": len(self.heldout_prompts)},
-            "pairs": {s: sum(len(g.pairs) for g in self.groups if g.split == s) for s in SPLITS},
+            # the pairs the exported files hold: a pair of two identical samples carries no preference
+            "pairs": {s: sum(_distinct_pairs(g) for g in self.groups if g.split == s) for s in SPLITS},
+            "identical_pairs": {
+                s: sum(len(g.pairs) - _distinct_pairs(g) for g in self.groups if g.split == s) for s in SPLITS
+            },
             "dropped_prompts": self.dropped_prompts,
             "mean_gold_reward": sum(rewards) / max(len(rewards), 1),
             "mean_words": sum(n for g in self.groups for n in g.lengths) / max(len(rewards), 1),
@@ -276,6 +280,11 @@ class SyntheticPreferences:
         _write_jsonl(out / "samples.jsonl", [dataclasses.asdict(g) for g in self.groups])
         (out / "summary.json").write_text(json.dumps(self.summary(), indent=2))
         return out
+
+
+def _distinct_pairs(group: Any) -> int:
+    """How many of a prompt's pairs have two different completions (the pairs `rows` exports)."""
+    return sum(group.completions[c] != group.completions[r] for c, r in group.pairs)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
