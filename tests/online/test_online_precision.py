@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
+from tests.train.tiny_task import tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -38,23 +39,7 @@ def one_torch_thread():
 
 
 def _llama(tokenizer: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).to(torch.bfloat16)
+    return tiny_llama(tokenizer, seed=0).to(torch.bfloat16)
 
 
 def _online(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

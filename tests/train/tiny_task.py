@@ -11,14 +11,11 @@ import random
 from pathlib import Path
 
 
-def write_tiny_task(root: Path, *, pairs: int = 32, seed: int = 0) -> dict[str, Path]:
-    """Write `root/model` (weights + tokenizer), `root/paired.jsonl`, `root/unpaired.jsonl`, `root/ranked.jsonl`."""
+def tiny_llama(tokenizer, *, seed: int = 0):
+    """A 2-layer, 32-wide Llama (fp32, random init from `seed`) sized to `tokenizer`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
-
-    tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -33,7 +30,16 @@ def write_tiny_task(root: Path, *, pairs: int = 32, seed: int = 0) -> dict[str, 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
+    return LlamaForCausalLM(config)
+
+
+def write_tiny_task(root: Path, *, pairs: int = 32, seed: int = 0) -> dict[str, Path]:
+    """Write `root/model` (weights + tokenizer), `root/paired.jsonl`, `root/unpaired.jsonl`, `root/ranked.jsonl`."""
+
+    from prefopt.data.synthetic import build_tokenizer, gold_reward, sample_review
+
+    tokenizer = build_tokenizer()
+    model = tiny_llama(tokenizer, seed=seed)
     model_dir = root / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
