@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import gc
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -50,6 +51,15 @@ def versions(packages: tuple[str, ...] = ("torch", "triton", "liger-kernel", "cu
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def versions_in(python: str | None, packages: tuple[str, ...]) -> dict[str, str] | None:
+    """Installed versions of `packages` in another interpreter (e.g. a side venv's); None when it cannot say."""
+    if python is None:
+        return None
+    code = f"import json, importlib.metadata as m; print(json.dumps({{p: m.version(p) for p in {packages!r}}}))"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return json.loads(done.stdout) if done.returncode == 0 else None
 
 
 def git_commit(root: Path) -> str:

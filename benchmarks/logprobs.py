@@ -3,6 +3,7 @@
     python benchmarks/logprobs.py                       # the issue's grid (long on a CPU)
     python benchmarks/logprobs.py --quick               # small sizes, a minute or two
     python benchmarks/logprobs.py --sizes 4096x1024x128256 --impls naive,cce_compile,prefopt_chunked,floor
+    python benchmarks/logprobs.py --sizes 4096x1024x128256 --impls cce_compile,prefopt_fused --completion-tokens 128
 
 Each (implementation, size) runs in a fresh subprocess (`--rounds` times, interleaved with the other
 implementations, so that a drift in machine load hits all of them): build inputs, one warm-up forward+backward
@@ -10,7 +11,8 @@ implementations, so that a drift in machine load hits all of them): build inputs
 is reported: the least disturbed by other load), then one call under the peak-memory probe of
 `_common.peak_extra_bytes` (it counts everything the call allocates, the gradients of hidden and weight
 included). Forward+backward = logp = op(hidden, weight, labels); (logp · g).sum().backward() with a
-fixed random g, gradients for hidden and weight.
+fixed random g, gradients for hidden and weight. Each record also keeps the process CPU time of the timed
+calls (`cpu_s`, all threads): on a machine shared with other jobs it moves less than the wall time.
 
 Implementations:
     naive            fp32 logits = h Wᵀ, log_softmax, gather
@@ -24,6 +26,11 @@ Implementations:
     cce              Cut Cross-Entropy's Triton kernels (CUDA only)
     prefopt_chunked  prefopt.kernels.linear_logprobs(backend="chunked")
     prefopt_triton   prefopt.kernels.linear_logprobs(backend="triton") (CUDA only)
+    prefopt_fused    the loss-fused head, prefopt.kernels.linear_logprobs_with_grad: the N rows are S = N / L
+                     completions of L = --completion-tokens tokens, S/2 pairs (chosen s, rejected s + S/2), and
+                     the upstream is DPO's loss on the per-sequence sums (fixed random reference sums, β = 0.1);
+                     its gradients of hidden and weight are formed in the one call (three matmuls) and stored
+                     as h.grad, w.grad. The others see per-row weights g: the same matmul work, another loss
     floor            the three lm_head matmuls of forward+backward alone (h Wᵀ, G W, Gᵀ h), no grad tracking
 
 Writes JSON (device, dtype, threads, versions, commit, one record per case) and prints a table with
@@ -56,6 +63,7 @@ IMPLS = (
     "cce",
     "prefopt_chunked",
     "prefopt_triton",
+    "prefopt_fused",
     "floor",
 )
 CUDA_ONLY = {"liger_flce", "cce", "prefopt_triton"}
@@ -120,8 +128,34 @@ OPS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 }
 
 
-def _step(impl: str, h: Tensor, w: Tensor, y: Tensor, g: Tensor) -> None:
+def _fused(h: Tensor, w: Tensor, y: Tensor, completion_tokens: int) -> None:
+    """The loss-fused head on S = N / L completions in S/2 pairs under DPO: log-probs, loss and gradients."""
+    from prefopt.kernels import linear_logprobs_with_grad
+
+    n = h.shape[0]
+    seq = torch.arange(n, device=h.device) // completion_tokens  # [N] sequence of each row
+    num_seq = int(seq[-1]) + 1
+    pairs = max(num_seq // 2, 1)
+    ref = torch.linspace(-2.0, 2.0, num_seq, device=h.device) - 1.5 * completion_tokens  # fixed reference sums
+
+    def grad_fn(sums: Tensor, done: Tensor, _stats: object) -> Tensor:
+        sums = sums.detach().requires_grad_()
+        with torch.enable_grad():
+            rho = sums - ref  # [S]
+            margin = rho[:pairs] - rho[pairs : 2 * pairs]  # chosen − rejected
+            loss = torch.nn.functional.softplus(-0.1 * margin).mean()  # DPO
+            return torch.autograd.grad(loss, sums)[0]
+
+    result = linear_logprobs_with_grad(h, w, y, seq, num_seq, seq % pairs, grad_fn)
+    h.grad, w.grad = result.grad_hidden, result.grad_weight
+
+
+def _step(impl: str, h: Tensor, w: Tensor, y: Tensor, g: Tensor, completion_tokens: int = 128) -> None:
     """One forward+backward (or, for the floor, the three matmuls) with results discarded."""
+    if impl == "prefopt_fused":
+        h.grad = w.grad = None
+        _fused(h, w, y, completion_tokens)
+        return
     if impl == "floor":
         with torch.no_grad():
             z = h @ w.T  # (N, V)
@@ -139,7 +173,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def worker(impl: str, n: int, d: int, v: int, dtype: torch.dtype, repeats: int, device: torch.device) -> dict:
+def worker(
+    impl: str, n: int, d: int, v: int, dtype: torch.dtype, repeats: int, device: torch.device, completion_tokens: int
+) -> dict:
     """Measure one case in this process; returns the record."""
     gen = torch.Generator(device=device).manual_seed(0)
     h = torch.randn(n, d, generator=gen, device=device, dtype=dtype).requires_grad_()
@@ -147,16 +183,17 @@ def worker(impl: str, n: int, d: int, v: int, dtype: torch.dtype, repeats: int, 
     y = torch.randint(0, v, (n,), generator=gen, device=device)
     g = torch.randn(n, generator=gen, device=device)
     start = time.perf_counter()
-    _step(impl, h, w, y, g)  # warm-up (and compile)
+    _step(impl, h, w, y, g, completion_tokens)  # warm-up (and compile)
     _sync(device)
     warmup_s = time.perf_counter() - start
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        _step(impl, h, w, y, g)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        _step(impl, h, w, y, g, completion_tokens)
         _sync(device)
         times.append(time.perf_counter() - start)
-    peak = peak_extra_bytes(lambda: _step(impl, h, w, y, g), device)
+        cpu_times.append(time.process_time() - cpu_start)
+    peak = peak_extra_bytes(lambda: _step(impl, h, w, y, g, completion_tokens), device)
     return {
         "impl": impl,
         "n": n,
@@ -164,6 +201,8 @@ def worker(impl: str, n: int, d: int, v: int, dtype: torch.dtype, repeats: int, 
         "v": v,
         "time_s": min(times),
         "times_s": times,
+        "cpu_s": min(cpu_times),
+        "cpu_times_s": cpu_times,
         "warmup_s": warmup_s,
         "peak_extra_bytes": peak,
         "status": "ok",
@@ -191,6 +230,8 @@ def run_case(impl: str, size: tuple[int, int, int], args: argparse.Namespace) ->
         args.device,
         "--threads",
         str(args.threads),
+        "--completion-tokens",
+        str(args.completion_tokens),
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -208,37 +249,44 @@ def _merge(rounds: list[dict]) -> dict:
     if not ok:
         return rounds[-1]
     times = [t for r in ok for t in r["times_s"]]
+    cpu_times = [t for r in ok for t in r.get("cpu_times_s", [])]
     return {
         **ok[0],
         "time_s": min(times),
         "times_s": times,
+        "cpu_s": min(cpu_times, default=None),
+        "cpu_times_s": cpu_times,
         "peak_extra_bytes": max(r["peak_extra_bytes"] for r in ok),
         "rounds": len(rounds),
     }
 
 
 def _table(records: list[dict]) -> str:
-    """Rows per size: time, peak extra memory, and ratios to prefopt and to the matmul floor."""
+    """Rows per size: time, peak extra memory, and ratios to prefopt, to the matmul floor and to Cut
+    Cross-Entropy's compiled path (the fastest peer on CPU)."""
     lines = [
         f"{'N×D×V':>18} {'impl':>16} {'time s':>8} {'peak GB':>8} {'t/prefopt':>9} {'mem/prefopt':>11} "
-        f"{'t/floor':>8}  status"
+        f"{'t/floor':>8} {'t/cce':>6} {'mem/cce':>7}  status"
     ]
     for size in sorted({(r["n"], r["d"], r["v"]) for r in records}):
         rows = [r for r in records if (r["n"], r["d"], r["v"]) == size]
         ok = {r["impl"]: r for r in rows if r["status"] == "ok"}
         ours = ok.get("prefopt_triton") or ok.get("prefopt_chunked")
         floor = ok.get("floor")
+        cce = ok.get("cce_compile")
         for r in rows:
             name = "x".join(map(str, size))
             if r["status"] != "ok":
-                lines.append(f"{name:>18} {r['impl']:>16} {'':>8} {'':>8} {'':>9} {'':>11} {'':>8}  {r['status']}")
+                lines.append(f"{name:>18} {r['impl']:>16} {'':>59}  {r['status']}")
                 continue
             t_ours = f"{r['time_s'] / ours['time_s']:.2f}" if ours else "-"
             m_ours = f"{r['peak_extra_bytes'] / max(ours['peak_extra_bytes'], 1):.2f}" if ours else "-"
             t_floor = f"{r['time_s'] / floor['time_s']:.2f}" if floor else "-"
+            t_cce = f"{r['time_s'] / cce['time_s']:.2f}" if cce else "-"
+            m_cce = f"{r['peak_extra_bytes'] / max(cce['peak_extra_bytes'], 1):.3f}" if cce else "-"
             lines.append(
                 f"{name:>18} {r['impl']:>16} {r['time_s']:8.2f} {r['peak_extra_bytes'] / 1e9:8.2f} "
-                f"{t_ours:>9} {m_ours:>11} {t_floor:>8}  ok"
+                f"{t_ours:>9} {m_ours:>11} {t_floor:>8} {t_cce:>6} {m_cce:>7}  ok"
             )
     return "\n".join(lines)
 
@@ -258,13 +306,18 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per case")
+    parser.add_argument(
+        "--completion-tokens", type=int, default=128, help="prefopt_fused: tokens per completion (two per pair)"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "logprobs.json")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = QUICK_SIZES if args.quick else (_sizes(args.sizes) if args.sizes else FULL_SIZES)
     if args.worker:
-        record = worker(args.worker, *sizes[0], DTYPES[args.dtype], args.repeats, torch.device(args.device))
+        record = worker(
+            args.worker, *sizes[0], DTYPES[args.dtype], args.repeats, torch.device(args.device), args.completion_tokens
+        )
         print(json.dumps(record))
         return
     impls = [i for i in args.impls.split(",") if i]
@@ -290,6 +343,7 @@ def main() -> None:
         "threads": args.threads,
         "repeats": args.repeats,
         "rounds": args.rounds,
+        "completion_tokens": args.completion_tokens,
         "versions": versions(),
         "commit": git_commit(ROOT),
         "records": records,

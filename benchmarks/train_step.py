@@ -2,23 +2,36 @@
 
     python benchmarks/train_step.py                    # table + benchmarks/results/train_step.json
     python benchmarks/train_step.py --steps 12 --batch-size 8 --threads 1
+    python benchmarks/train_step.py --ratios 1:1,4:1,16:1 --completion-words 16 \
+        --trl-python /tmp/trlvenv10/bin/python           # prompt sharing at three prompt:completion ratios
 
 Each case runs in a fresh subprocess (so memory high-water marks do not mix):
 
-    prefopt           `prefopt.train.train`, defaults: reference log-probs cached once (then the copy is freed)
-    prefopt-live      the same with `ref_cache=False`: a frozen reference model runs every step, as TRL does
+    prefopt           `prefopt.train.train`, defaults: reference log-probs cached once (then the copy is freed),
+                      prompts shared where that saves a fifth of the positions (`share_prompt="auto"`)
+    prefopt-unshared  defaults with `share_prompt="off"`: each sequence with its own copy of the prompt, padded
+    prefopt-packed    `packed=True, share_prompt="off"`: the padding-free packed path without sharing
+    prefopt-shared    `share_prompt="on"`: each prompt once per pair, behind a block mask, one pair per row
+    prefopt-shared-packed  `packed=True, share_prompt="on"`: every pair in one row
+    prefopt-live      defaults with `ref_cache=False`: a frozen reference model runs every step, as TRL does
     prefopt-torch-head  default, but the output head on the plain-torch kernel (`engine_backend="reference"`)
                       instead of the chunked one that recomputes logits in backward to save memory
     trl               `trl.DPOTrainer`, defaults (a frozen reference copy, passed as `ref_model`, runs every step)
     trl-precompute    `trl.DPOTrainer` with `precompute_ref_log_probs=True`
 
+TRL is not a prefopt dependency: the TRL cases run under `--trl-python` (an interpreter of a venv with TRL,
+torch and transformers; this checkout is put on its path), else under this one if it has TRL, else they
+are skipped and recorded as such. `--ratios P:C,...` runs every case at each prompt:completion length ratio,
+with completions of `--completion-words` and prompts of P/C times as many (Wang et al. 2024,
+arXiv:2410.20305, measure prompt sharing for DPO the same way). `--rounds K` repeats every case K times,
+interleaved, and keeps each case's fastest round (the least disturbed by other load on a shared machine).
+
 Model: a random-init Llama (vocabulary 32,000, hidden 256, 4 layers, MLP 688, tied embeddings, float32,
 sdpa attention; 11.4M parameters). Data: pairs built from the synthetic task's words with a prompt of P
 and completions of C words exactly (one token per word), so every batch of every framework has the same
 shapes and the same token count: tokens/step = batch · 2 · (P + C + 2) (BOS and EOS; TRL's `num_tokens`
-log counts the same). Hyper-parameters, identical: DPO
-β = 0.1, AdamW lr 1e-4, constant schedule, no warm-up, no weight decay, max_grad_norm 1, no gradient
-accumulation, no gradient checkpointing.
+log counts the same). Hyper-parameters, identical: DPO β = 0.1, AdamW lr 1e-4, constant schedule, no
+warm-up, no weight decay, max_grad_norm 1, no gradient accumulation, no gradient checkpointing.
 
 Measured: tokens/s over steps 2..S (step 1 is warm-up; timestamps from each framework's step-end callback)
 and the peak extra memory of building the trainer and running all steps (`benchmarks/_common.py`: on CPU
@@ -30,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -44,7 +58,27 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CASES = ("prefopt", "prefopt-live", "prefopt-torch-head", "trl", "trl-precompute")
+CASES = (
+    "prefopt",
+    "prefopt-unshared",
+    "prefopt-packed",
+    "prefopt-shared",
+    "prefopt-shared-packed",
+    "prefopt-live",
+    "prefopt-torch-head",
+    "trl",
+    "trl-precompute",
+)
+# The prefopt cases' settings beyond the defaults.
+PREFOPT_SETTINGS: dict[str, dict[str, Any]] = {
+    "prefopt": {},
+    "prefopt-unshared": {"share_prompt": "off"},
+    "prefopt-packed": {"packed": True, "share_prompt": "off"},
+    "prefopt-shared": {"share_prompt": "on"},
+    "prefopt-shared-packed": {"packed": True, "share_prompt": "on"},
+    "prefopt-live": {"ref_cache": False},
+    "prefopt-torch-head": {"engine_backend": "reference"},
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,6 +105,11 @@ def build_pairs(n: int, prompt_words: int, completion_words: int, seed: int = 0)
     ]
 
 
+def max_lengths(args: argparse.Namespace) -> tuple[int, int]:
+    """(max_length, max_prompt_length) that keep every pair whole: BOS + prompt + completion + EOS, with room."""
+    return args.prompt_words + args.completion_words + 8, args.prompt_words + 4
+
+
 def build_model() -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -86,7 +125,7 @@ def build_model() -> Any:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=256,
+        max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -113,6 +152,7 @@ def run_prefopt(
         losses.append(record["loss"])
         tokens.append(record["tokens"])
 
+    max_length, max_prompt_length = max_lengths(args)
     with tempfile.TemporaryDirectory() as out:
         train(
             model=model,
@@ -129,14 +169,13 @@ def run_prefopt(
             warmup_steps=0,
             schedule="constant",
             max_grad_norm=1.0,
-            max_length=128,
-            max_prompt_length=64,
-            ref_cache=case != "prefopt-live",
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
             progress=False,
             seed=0,
             cpu=True,
             on_step=on_step,
-            engine_backend="reference" if case == "prefopt-torch-head" else "auto",
+            **PREFOPT_SETTINGS[case],
         )
 
 
@@ -172,7 +211,7 @@ def run_trl(
             weight_decay=0.0,
             max_grad_norm=1.0,
             beta=0.1,
-            max_length=128,
+            max_length=max_lengths(args)[0],
             use_cpu=True,
             report_to=[],
             save_strategy="no",
@@ -244,8 +283,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompt-words", type=int, default=16)
     parser.add_argument("--completion-words", type=int, default=48)
+    parser.add_argument("--ratios", help="prompt:completion length ratios, e.g. 1:1,4:1,16:1 (prompts scaled)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--trl-python", type=Path, help="the Python of a venv with TRL, for the TRL cases")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_step.json")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # internal: run one case here
     args = parser.parse_args()
@@ -255,12 +297,28 @@ def main() -> int:
     return drive(args)
 
 
-def drive(args: argparse.Namespace) -> int:
-    """Run every case in its own subprocess, print the table, write the JSON."""
-    import torch
-    from _common import device_name, git_commit, versions
+def ratio_sizes(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(prompt words, completion words) per ratio: completions of --completion-words, prompts P/C of that."""
+    if not args.ratios:
+        return [(args.prompt_words, args.completion_words)]
+    sizes = []
+    for ratio in args.ratios.split(","):
+        p, c = (float(x) for x in ratio.split(":"))
+        sizes.append((round(args.completion_words * p / c), args.completion_words))
+    return sizes
 
-    torch.set_num_threads(args.threads)  # what the cases use; recorded by device_name
+
+def interpreter(case: str, args: argparse.Namespace) -> str | None:
+    """The Python that runs `case`: --trl-python for TRL, else this one (None: TRL is not installed)."""
+    if not case.startswith("trl"):
+        return sys.executable
+    if args.trl_python is not None:
+        return str(args.trl_python)
+    return sys.executable if importlib.util.find_spec("trl") is not None else None
+
+
+def run_subprocess(python: str, case: str, args: argparse.Namespace, sizes: tuple[int, int]) -> dict[str, Any]:
+    """One case in a fresh process; its result record, or {"error": stderr's tail}."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -268,49 +326,70 @@ def drive(args: argparse.Namespace) -> int:
         "OMP_NUM_THREADS": str(args.threads),
         "TOKENIZERS_PARALLELISM": "false",
     }
-    rows, failures = [], {}
-    common = [
-        "--steps",
-        str(args.steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--threads",
-        str(args.threads),
-        "--prompt-words",
-        str(args.prompt_words),
-        "--completion-words",
-        str(args.completion_words),
-    ]
-    for case in args.cases:
-        done = subprocess.run(
-            [sys.executable, __file__, "--case", case, *common], capture_output=True, text=True, env=env
-        )
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode or not lines:
-            failures[case] = done.stderr[-2000:]
-            print(f"{case}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(lines[-1]))
-    base = next((r for r in rows if r["case"] == "trl"), None)
-    print(f"{'case':<20}{'tokens/s':>10}{'s/step':>9}{'× trl':>8}{'peak MB':>10}{'× trl':>8}{'loss@1':>9}")
+    flags = {"--steps": args.steps, "--batch-size": args.batch_size, "--threads": args.threads}
+    flags |= {"--prompt-words": sizes[0], "--completion-words": sizes[1]}
+    command = [python, __file__, "--case", case, *(str(x) for kv in flags.items() for x in kv)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        return {"error": done.stderr[-2000:]}
+    return json.loads(lines[-1])
+
+
+def print_table(sizes: tuple[int, int], rows: list[dict[str, Any]]) -> None:
+    by_case = {r["case"]: r for r in rows}
+    trl, unshared = by_case.get("trl"), by_case.get("prefopt-unshared")
+    print(f"\nprompt {sizes[0]} : completion {sizes[1]} words")
+    print(f"{'case':<24}{'tokens/s':>10}{'s/step':>9}{'× unshared':>12}{'× trl':>8}{'peak MB':>10}{'loss@1':>9}")
     for r in rows:
-        speed = r["tokens_per_s"] / base["tokens_per_s"] if base else math.nan
-        memory = r["peak_extra_mb"] / base["peak_extra_mb"] if base else math.nan
+        vs_unshared = r["tokens_per_s"] / unshared["tokens_per_s"] if unshared else math.nan
+        vs_trl = r["tokens_per_s"] / trl["tokens_per_s"] if trl else math.nan
         print(
-            f"{r['case']:<20}{r['tokens_per_s']:>10.0f}{r['seconds_per_step']:>9.3f}{speed:>8.2f}"
-            f"{r['peak_extra_mb']:>10.0f}{memory:>8.2f}{r['first_loss']:>9.4f}"
+            f"{r['case']:<24}{r['tokens_per_s']:>10.0f}{r['seconds_per_step']:>9.3f}{vs_unshared:>12.2f}"
+            f"{vs_trl:>8.2f}{r['peak_extra_mb']:>10.0f}{r['first_loss']:>9.4f}"
         )
+
+
+def drive(args: argparse.Namespace) -> int:
+    """Run every (ratio, case) in its own subprocess, `--rounds` times interleaved; print tables, write the JSON."""
+    import torch
+    from _common import device_name, git_commit, versions, versions_in
+
+    torch.set_num_threads(args.threads)  # what the cases use; recorded by device_name
+    cases = [c for c in args.cases if interpreter(c, args) is not None]
+    skipped = {c: "TRL is not installed here; give --trl-python" for c in args.cases if c not in cases}
+    best: dict[tuple[int, int], dict[str, dict[str, Any]]] = {sizes: {} for sizes in ratio_sizes(args)}
+    failures: dict[str, str] = {}
+    loads = []
+    for _ in range(args.rounds):
+        for sizes, results in best.items():
+            for case in cases:
+                loads.append(os.getloadavg()[0])
+                record = run_subprocess(str(interpreter(case, args)), case, args, sizes)
+                if "error" in record:
+                    failures[f"{case} {sizes[0]}:{sizes[1]}"] = record["error"]
+                    print(f"{case} at {sizes}: failed\n{record['error']}", file=sys.stderr)
+                elif case not in results or record["tokens_per_s"] > results[case]["tokens_per_s"]:
+                    results[case] = record
+    ratios = []
+    for sizes, results in best.items():
+        rows = [results[c] for c in cases if c in results]
+        print_table(sizes, rows)
+        ratios.append({"prompt_words": sizes[0], "completion_words": sizes[1], "results": rows})
     payload = {
         "benchmark": "train_step",
         "device": device_name(torch.device("cpu")),
         "dtype": "float32",
         "threads": args.threads,
         "load_average": os.getloadavg(),
-        "settings": vars(args) | {"out": str(args.out)},
-        "versions": versions(("torch", "transformers", "accelerate", "trl", "prefopt")),
+        "load_average_1min_per_case": [min(loads, default=0.0), max(loads, default=0.0)],
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "versions": versions(("torch", "transformers", "accelerate", "prefopt")),
+        "trl_versions": versions_in(interpreter("trl", args), ("trl", "torch", "transformers", "accelerate")),
         "commit": git_commit(ROOT),
-        "results": rows,
+        "ratios": ratios,
         "failures": failures,
+        "skipped": skipped,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2))

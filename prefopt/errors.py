@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "BatchError",
     "DataNotFoundError",
     "DistributedSetupError",
     "LossInputError",
@@ -21,6 +22,7 @@ __all__ = [
     "PreferenceDataError",
     "PreferenceDataWarning",
     "Problem",
+    "RewardError",
     "RunFolderError",
     "SettingsError",
     "StaleCacheError",
@@ -42,6 +44,11 @@ class LossInputError(ValueError):
 
 class UnknownLossError(ValueError):
     """An unknown loss or hyper-parameter name; the message lists the valid ones."""
+
+
+class BatchError(ValueError):
+    """A batch the engine cannot read: a mapping with a missing, unknown or mismatched key (`TokenBatch.from_dict`,
+    `prefopt.data.from_trl_batch`). The message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,12 @@ class OnlineDivergedError(RuntimeError):
     """A step produced a non-finite loss or gradient; the message names the step and the fix."""
 
 
+class RewardError(ValueError):
+    """A reward function that cannot score: a reference (`module:function`) that does not import, or a
+    function that returned the wrong number of values, a non-finite value, or raised. The message names the
+    function (`module:qualname`), the row and the fix; an exception raised inside is chained."""
+
+
 class UnknownReproductionError(ValueError):
     """An unknown reproduction name; the message lists the valid ones."""
 
@@ -125,4 +138,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DistributedSetupError,
     TrainingDivergedError,
     OnlineDivergedError,
+    RewardError,
 )

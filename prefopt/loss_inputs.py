@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from prefopt.batch import TokenBatch
 from prefopt.errors import LossInputError
 
 __all__ = [
@@ -55,9 +56,13 @@ LENGTH_INPUTS: dict[str, tuple[str, ...]] = {
     "ranked": ("lengths",),
     "rollout": (),
 }
-# Per-token keyword inputs of rollout losses: checked to be [S, T] like completion_mask. Only `values`
-# (the value head's current output) carries gradient; the others are targets and are detached.
-ROLLOUT_TOKEN_INPUTS: tuple[str, ...] = ("ref_logps", "advantages", "values", "old_values", "returns", "token_entropy")
+# Per-token keyword inputs of rollout losses: checked to be [S, T] like completion_mask. The heads' current
+# outputs (critic, ILQL's Q heads) and NLPO's mask mass carry gradient; the others are targets, detached.
+ROLLOUT_TOKEN_INPUTS: tuple[str, ...] = (
+    *("ref_logps", "advantages", "values", "old_values", "returns", "token_entropy", "next_values", "target_q_values"),
+    *("q_values", "q2_values", "q_logps", "q2_logps", "mask_log_mass", "old_mask_log_mass"),
+)
+_TRAINABLE = ("policy_logps", "values", "q_values", "q2_values", "q_logps", "q2_logps", "mask_log_mass")
 
 
 # How far above 0 a log-prob may lie, in nats per token (per sequence when no lengths are given), before a
@@ -111,6 +116,9 @@ def check_inputs(spec: Any, values: dict[str, Any], *, reference_free: Callable[
     unpacked (module docstring), shapes, presence, lengths > 0, labels bool or 0/1, policy log-probs ≤ 0
     where the loss declares `needs_nonpositive_logps`; detach reference inputs and upcast to ≥ float32.
     `reference_free(kind)` names the losses to suggest when a reference is missing."""
+    if (batch := next((n for n, v in values.items() if isinstance(v, TokenBatch)), None)) is not None:
+        got = f"{spec.name}: {batch} is a TokenBatch; run the engine on it, or call prefopt.LossCall({spec.name!r}, "
+        raise LossInputError(got + "engine=..., reference=...)(batch), which runs it and builds every input.")
     if spec.kind == "rollout":
         _check_rollout_inputs(spec, values)
         return
@@ -333,10 +341,9 @@ def _check_group_size(spec: Any, name: str, out: EngineOutput, want: int | None)
 
 
 def _check_rollout_inputs(spec: Any, values: dict[str, Any]) -> None:
-    """Rollout tensors: policy_logps [S, T]; old_logps and every ROLLOUT_TOKEN_INPUTS tensor of the same
-    shape; completion_mask bool [S, T]. old_logps=None means one update per rollout (old = policy,
-    detached). ref_logps is required when the loss's KL coefficient `beta` is > 0, or, for a loss without
-    `beta`, when it declares needs_reference. Targets are detached; floats are upcast to ≥ float32."""
+    """Rollout tensors: policy_logps [S, T], old_logps and each ROLLOUT_TOKEN_INPUTS of its shape; completion_mask
+    bool [S, T]. old_logps=None: one update per rollout (old = policy, detached). ref_logps is required when the KL
+    coefficient `beta` is > 0 (without `beta`: if needs_reference). Targets detached; floats upcast to ≥ float32."""
     policy = values.get("policy_logps")
     if not isinstance(policy, Tensor) or policy.dim() != 2 or 0 in policy.shape:
         got = tuple(policy.shape) if isinstance(policy, Tensor) else type(policy).__name__
@@ -359,14 +366,9 @@ def _check_rollout_mask(spec: Any, values: dict[str, Any], shape: Any) -> None:
     mask = values.get("completion_mask")
     if not isinstance(mask, Tensor) or mask.shape != shape:
         got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-        raise LossInputError(
-            f"{spec.name}: completion_mask has shape {got}; expected {tuple(shape)} like policy_logps."
-        )
-    if (
-        mask.dtype.is_floating_point
-        or mask.is_complex()
-        or (mask.dtype != torch.bool and ((mask != 0) & (mask != 1)).any())
-    ):
+        raise LossInputError(f"{spec.name}: completion_mask has shape {got}; expected {tuple(shape)} like policy_logps")
+    not_binary = mask.dtype.is_floating_point or mask.is_complex() or ((mask != 0) & (mask != 1)).any()
+    if mask.dtype != torch.bool and not_binary:
         raise LossInputError(f"{spec.name}: completion_mask must be bool (or 0/1 integers), True at completion tokens.")
     values["completion_mask"] = mask.bool()
 
@@ -391,7 +393,7 @@ def _check_rollout_tensors(spec: Any, values: dict[str, Any], shape: Any) -> Non
         if not isinstance(t, Tensor) or t.shape != shape:
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise LossInputError(f"{spec.name}: {n} has shape {got}; expected {tuple(shape)} like policy_logps.")
-        if n not in ("policy_logps", "values"):
+        if n not in _TRAINABLE:
             t = t.detach()  # behaviour policy, reference and GAE targets are fixed
         if t.dtype.is_floating_point and t.element_size() < 4:
             t = t.float()

@@ -253,13 +253,18 @@ def sequence_kl(
             "position to predict it; a sequence must start with at least one prompt token (BOS)"
         )
     p_device, q_device = next(policy.parameters()).device, next(reference.parameters()).device
-    out = []
+    # rows by where their last real token is, so that each batch is cut to its own longest row (less padding)
+    ends = (attention_mask.long() * torch.arange(1, input_ids.shape[1] + 1)).amax(1)
+    order = ends.argsort(stable=True)
+    out = torch.empty(input_ids.shape[0])
     for start in range(0, input_ids.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        p_in = {"input_ids": input_ids[rows].to(p_device), "attention_mask": attention_mask[rows].to(p_device)}
-        q_in = {"input_ids": input_ids[rows].to(q_device), "attention_mask": attention_mask[rows].to(q_device)}
+        rows = order[start : start + batch_size]
+        end = max(int(ends[rows].max()), 2)
+        ids, mask = input_ids[rows, :end], attention_mask[rows, :end]
+        p_in = {"input_ids": ids.to(p_device), "attention_mask": mask.to(p_device)}
+        q_in = {"input_ids": ids.to(q_device), "attention_mask": mask.to(q_device)}
         logp = torch.log_softmax(policy(**p_in).logits[:, :-1].float(), -1)  # (b, T-1, V)
         logq = torch.log_softmax(reference(**q_in).logits[:, :-1].float(), -1).to(p_device)
         per_position = (logp.exp() * (logp - logq)).sum(-1)  # (b, T-1)
-        out.append((per_position * completion_mask[rows, 1:].to(p_device).float()).sum(-1).cpu())
-    return torch.cat(out)
+        out[rows] = (per_position * completion_mask[rows, 1:end].to(p_device).float()).sum(-1).cpu()
+    return out

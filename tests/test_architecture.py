@@ -40,7 +40,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "engine": ("prefopt.engine",),
     "registry": ("prefopt.registry", "prefopt.loss_inputs", "prefopt.loss_state"),
     "rl": ("prefopt.rl",),
-    "losses": ("prefopt.losses", "prefopt"),
+    "losses": ("prefopt.losses", "prefopt", "prefopt.trl_config"),
+    "loss call": ("prefopt.loss_call",),
     "eval": ("prefopt.eval",),
     "train": ("prefopt.train",),
     "online": ("prefopt.online",),
@@ -66,6 +67,9 @@ HEAVY = (
     "pyarrow",
     "wandb",
     "torch.utils.tensorboard",
+    "rouge_score",  # the `lexical` extra (prefopt.online.lexical_rewards)
+    "sacrebleu",
+    "nltk",
 )
 HEAVY_MARK = re.compile(r"#\s*heavy\b")
 

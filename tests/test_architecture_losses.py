@@ -26,6 +26,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("prefopt/train/config.py", "dpo"): "TrainConfig.loss's default value (a setting, not dispatch)",
     ("prefopt/online/config.py", "rloo"): "OnlineConfig.algorithm's default value (a setting, not dispatch)",
     ("prefopt/online/reward_config.py", "bradley_terry"): "RewardModelConfig.loss's default value",
+    ("prefopt/online/reward_config.py", "sft"): "`sft_config`, the synthetic task's SFT stage (a setting of the "
+    "task that trains the reference policy), not the `sft` loss",
     ("prefopt/online/best_of_n_reference.py", "best_of_n"): "best-of-N sampling measured as an inference-time "
     "baseline (prefopt.eval.bon_baseline), not the loss",
     **{

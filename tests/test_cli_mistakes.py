@@ -140,6 +140,9 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("train --set bogus=1", ("bogus",)),
     ("train --set beta", ("--set", "NAME=VALUE")),
     ("train --set ipo.beta=0.1", ("--set", "ipo", "not a loss of this run")),
+    ("train --loss dpo:1+sft:1 --set gamma=1", ("dpo:1+sft:1", "no part takes", "gamma", "dpo: beta")),
+    ("train --loss dpo:1+sft:1 --set ipo.beta=1", ("--set", "ipo", "not a loss of this run", "parts are dpo, sft")),
+    ("train --loss dpo:1+sft:1 --set dpo.beta=-2", ("dpo.beta=-2", "domain")),
     ("train-online --steps -3", ("OnlineConfig.steps",)),
     ("train-online --steps 0", ("OnlineConfig.steps",)),
     ("train-online --temperature nan", ("--temperature", "finite")),
@@ -170,6 +173,9 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("compare --train lr", ("--train", "NAME=VALUE")),
     ("compare --online steps=-3", ("CompareConfig.online", "steps")),
     ("compare --online steps=x", ("CompareConfig.online.steps", "integer")),
+    ('compare --losses nlpo --online action_mask={{"top":1}}', ("OnlineConfig.action_mask", "top_p")),
+    ('compare --losses ilql --online q_learning={{"alpha":2}}', ("OnlineConfig.q_learning.alpha", "(0, 1]")),
+    ("compare --losses nlpo --online action_mask=5", ("OnlineConfig.action_mask", "mapping", "JSON")),
     ("compare --losses dpo,rloo --online steps=-3", ("steps",)),
     ("compare --eval-prompts 0", ("eval_prompts",)),
     ("compare --max-new-tokens -1", ("max_new_tokens",)),
@@ -186,7 +192,15 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     # names, choices, unknown keys and flags, conflicts
     ("train --loss bogus", ("unknown loss", "bogus")),
     ("train --loss ppo", ("TrainConfig.loss", "online", "prefopt train-online --loss ppo")),
+    ("train --loss dpo:0.8+kto:1", ("TrainConfig.loss", "different data kinds", "dpo: paired", "kto: unpaired")),
+    ("train --loss dpoo:0.8+sft:1", ("TrainConfig.loss", "unknown loss", "'dpoo'", "Did you mean 'dpo'")),
+    ("train --loss dpo:-1+sft:1", ("TrainConfig.loss", "weight of dpo is -1", "≥ 0")),
+    ("train --loss dpo:x+sft:1", ("TrainConfig.loss", "weight of dpo is 'x'", "not a number")),
+    ("train --loss dpo:1+dpo:2", ("TrainConfig.loss", "listed twice")),
+    ("train --loss ppo:1+grpo:1", ("TrainConfig.loss", "rollout", "offline log-prob")),
     ("train --engine-backend bogus", ("engine_backend",)),
+    ("train --share-prompt yes", ("share_prompt", "'auto', 'on', 'off'")),
+    ("compare --train share_prompt=yes", ("TrainConfig.share_prompt", "'auto', 'on', 'off'")),
     ("train --mixed-precision fp16", ("mixed_precision",)),
     ("train --quantization 4bit", ("quantization", "lora_r")),
     ("train --optimizer bogus", ("optimizer",)),
@@ -202,7 +216,33 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("train-online --pair-loss ipo", ("pair_loss", "online_dpo")),
     ("train-online --reward /nonexistent/rm", ("OnlineConfig.reward",)),
     ("train-online --prompts /nonexistent/p.txt", ("OnlineConfig.prompts",)),
+    # --reward module:function (tests.online.reward_callables holds the functions named here)
+    ("train-online --reward no_such_module_xyz:f", ("OnlineConfig.reward", "no module named 'no_such_module_xyz'")),
+    (
+        "train-online --reward tests.online.reward_callables:lenght_reward",
+        ("no attribute", "did you mean length_reward"),
+    ),
+    ("train-online --reward tests.online.reward_callables:NOT_CALLABLE", ("NOT_CALLABLE", "not callable")),
+    ("train-online --reward prefopt.online.lexical_rewards:rouge_l", ("rouge_l", "needs the column 'references'")),
+    ("train-online --reward tests.online.reward_callables:LengthReward", ("LengthReward", "is a class")),
+    ("train-online --reward tests.online.reward_callables:takes_one", ("takes_one(completion)", "takes neither")),
+    ("train-online --reward mod:", ("OnlineConfig.reward='mod:'", "module:function")),
+    ("train-online --reward tests.online.reward_callables:topic_reward", ("topic_reward", "needs the column 'topic'")),
+    ("train-online --reward gold --reward-weights 1,2", ("reward_weights has 2", "one weight per function")),
+    ("train-online --reward-weights 1,x", ("OnlineConfig.reward_weights[1]", "number")),
+    ("compare --reward no_such_module_xyz:f --losses rloo", ("CompareConfig.reward", "no module named")),
+    ("compare --reward tests.online.reward_callables:topic_reward", ("CompareConfig.reward", "needs the column")),
+    ("compare --online reward_weights=1", ("CompareConfig.online", "reward_weights")),
     ("train-online --tokenizer {model}", ("OnlineConfig.tokenizer", "model is None")),
+    ("train-online --loss ppo --dynamic-sampling", ("OnlineConfig.dynamic_sampling", "num_samples ≥ 2")),
+    (
+        "train-online --loss dapo --max-new-tokens 8 --overlong-buffer 9",
+        ("OnlineConfig.overlong_buffer", "max_new_tokens"),
+    ),
+    ("train-online --overlong-factor -1", ("OnlineConfig.overlong_factor", "≥ 0")),
+    ("train-online --max-sampling-rounds 0", ("OnlineConfig.max_sampling_rounds",)),
+    ("train-online --loss dapo --set epsilon_high=0.3", ("epsilon_high", "clip_high")),
+    ("train-online --loss reinforce_pp --set baseline=mean", ("baseline", "none", "group")),
     ("train-rm --loss dpo", ("RewardModelConfig.loss",)),
     ("train-rm --init bogus", ("RewardModelConfig.init",)),
     ("train-rm --device tpu", ("RewardModelConfig.device", "tpu")),
@@ -210,6 +250,9 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("compare --losses ,", ("CompareConfig.losses", "empty")),
     ("compare --losses dpo,bogus", ("unknown loss", "bogus")),
     ("compare --losses dpo,dpo", ("repeats",)),
+    ("compare --losses dpo,dpo:1+kto:1", ("dpo:1+kto:1", "different data kinds")),
+    ("compare --losses dpo:1+sft:1 --set dpo:1+sft:1.gamma=1", ("no part takes", "gamma")),
+    ("compare --losses dpo:1+sft:1 --set dpo:1+sft:1.ipo.beta=1", ("unknown part", "'ipo'")),
     ("compare --losses bradley_terry", ("bradley_terry", "train-rm")),
     ("compare --data {data}", ("data and model",)),
     ("compare --train bogus=1", ("CompareConfig.train", "bogus")),
@@ -217,6 +260,10 @@ CASES: list[tuple[str, tuple[str, ...]]] = [
     ("compare --online bogus=1", ("CompareConfig.online", "bogus")),
     ("compare --set ipo.beta=1 --losses dpo", ("hparams", "ipo")),
     ("compare --model-revision v1", ("model_revision",)),
+    ("compare --losses dpo --out {stale}", ("made with other settings", "dpo-seed0", "--out", "--overwrite")),
+    ("report {dir}/no-such-run", ("no such folder", "--out")),
+    ("report {dir}", ("no compare_config.json", "prefopt compare")),
+    ("report", ("RUN_DIR",)),
     ("reproduce bogus", ("unknown reproduction", "bogus")),
     ("data synth", ("--out", "required")),
     ("losses bogus", ("unknown loss", "bogus")),
@@ -266,6 +313,9 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ro.chmod(0o555)
     for name, text in YAML.items():
         (root / name).write_text(text)
+    stale = root / "stale"  # a comparison folder whose dpo run recorded other settings
+    (stale / "dpo-seed0").mkdir(parents=True)
+    (stale / "dpo-seed0" / "result.json").write_text('{"settings": {"format": 1, "loss": "dpo"}}')
     return {
         "dir": str(root),
         "model": str(model),
@@ -276,6 +326,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "nomodelweights": str(nomodelweights),
         "file": str(afile),
         "ro": str(ro),
+        "stale": str(stale),
     }
 
 

@@ -124,10 +124,11 @@ def test_tiny_compare_end_to_end_writes_report_and_resumes(tmp_path, tiny_cache,
         **settings,
     )
     result = compare(config)
-    assert [r["label"] for r in result.rows] == ["dpo", "orpo", "reference"]
-    reference = result.rows[-1]
+    assert [r["label"] for r in result.rows] == ["dpo", "orpo", "reference", "gold reward (labels)"]
+    reference, ceiling = result.rows[-2:]
+    assert 0 < ceiling["eval_accuracy"]["mean"] < 1 and "reward" not in ceiling  # the label-noise ceiling
     assert reference["kl"]["mean"] == 0.0 and reference["elo"]["mean"] == 1000.0
-    for row in result.rows[:-1]:
+    for row in result.rows[:-2]:
         for key in ("train_loss", "eval_accuracy", "reward", "kl", "win_rate", "lc_win_rate", "length", "elo"):
             assert key in row and math.isfinite(row[key]["mean"]), (row["label"], key)
     out = tmp_path / "cmp"
@@ -159,7 +160,7 @@ def test_tiny_compare_with_online_algorithms_and_best_of_n(tmp_path, tiny_cache)
     )
     result = compare(config)
     labels = [r["label"] for r in result.rows]
-    assert labels == ["dpo", "rloo", "best_of_n", "best-of-N (N=1)", "best-of-N (N=4)", "reference"]
+    assert labels[:-1] == ["dpo", "rloo", "best_of_n", "best-of-N (N=1)", "best-of-N (N=4)", "reference"]
     for row in result.rows[:3]:
         for key in ("eval_accuracy", "reward", "kl", "win_rate", "length", "elo"):
             assert math.isfinite(row[key]["mean"]), (row["label"], key)
@@ -252,8 +253,9 @@ def test_compare_on_user_data_with_a_reward_model_runs_online_algorithms(tmp_pat
     assert saved["model"] == str(task / "model") and saved["lr"] is None  # a real model: the 1e-6 default
 
 
-def test_reward_needs_user_data_and_a_folder(tmp_path) -> None:
-    with pytest.raises(ValueError, match="synthetic task uses its gold reward"):
-        CompareConfig(losses=("dpo",), reward=str(tmp_path))
+def test_reward_is_a_folder_or_a_function(tmp_path) -> None:
+    """--reward replaces the gold reward on the synthetic task too (tests/online/test_reward_cli.py runs one)."""
+    assert CompareConfig(losses=("dpo",), reward=str(tmp_path)).reward_label == "reward (reward model)"
+    assert CompareConfig(losses=("dpo",)).reward_label == "gold reward"
     with pytest.raises(ValueError, match="no such folder"):
         CompareConfig(losses=("dpo",), data="x.jsonl", model="m", reward=str(tmp_path / "missing"))

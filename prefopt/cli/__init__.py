@@ -5,6 +5,7 @@ flag table → settings → validate → run → exit code, with one vocabulary 
     prefopt data synth --out DIR   # write the synthetic task's data, model, tokenizer  (cli/data.py)
     prefopt reproduce [NAME]       # list, or re-run, a published result                (cli/reproduce.py)
     prefopt compare                # several losses on the same data, model and seeds   (cli/compare.py)
+    prefopt report RUN_DIR         # a comparison's report again, from its folder        (cli/report.py)
     prefopt train --loss dpo       # one offline run                                    (cli/train.py)
     prefopt train-online --loss ppo  # one online run                                   (cli/train_online.py)
     prefopt train-rm               # a reward model                                     (cli/train_rm.py)
@@ -19,7 +20,7 @@ import argparse
 from collections.abc import Sequence
 
 from prefopt import __version__
-from prefopt.cli import compare, losses, reproduce, train, train_online, train_rm
+from prefopt.cli import compare, losses, report, reproduce, train, train_online, train_rm
 from prefopt.cli.command import CommandParser
 from prefopt.cli.data import add_data_commands
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_rm.COMMAND.add_to(sub)
     train_online.COMMAND.add_to(sub)
     compare.COMMAND.add_to(sub)
+    report.COMMAND.add_to(sub)
     return parser
 
 

@@ -16,10 +16,11 @@ from typing import get_args
 
 from prefopt.data.schema import IDENTICAL_POLICIES
 from prefopt.kernels.params import BACKENDS
+from prefopt.losses.combine import is_combination
 from prefopt.online.reward_config import INITS
-from prefopt.registry import Kind, UnknownLossError, list_losses, loss_spec
+from prefopt.registry import Kind, LossInputError, UnknownLossError, list_losses, loss_spec
 from prefopt.rl.kl import KL_ESTIMATORS
-from prefopt.train.config import QUANTIZATION, REPORT_TO
+from prefopt.train.config import QUANTIZATION, REPORT_TO, SHARE_PROMPT
 from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 from prefopt.train.presets import OPTIMIZERS, PRESETS, SCHEDULES
 
@@ -35,6 +36,7 @@ __all__ = [
     "REPORT_TO",
     "SAVE_DTYPES",
     "SCHEDULES",
+    "SHARE_PROMPT",
     "Choice",
     "LossGroup",
     "OFFLINE",
@@ -62,12 +64,27 @@ class LossGroup:
     def names(self) -> list[str]:
         return [n for n in list_losses() if self.accepts(loss_spec(n).kind, loss_spec(n).scores)]
 
+    def combination(self, name: str) -> bool:
+        """Whether `name` spells a valid weighted sum of this group's losses ("dpo:0.8+sft:1", MPO)."""
+        if not is_combination(name):
+            return False
+        try:
+            spec = loss_spec(name)
+        except (UnknownLossError, LossInputError):
+            return False
+        return self.accepts(spec.kind, spec.scores)
+
     def explain(self, where: str, *, suggest: bool = True) -> Callable[[str], str]:
-        """The one line for a name outside this group: unknown (with a did-you-mean), or of another group
-        (with the command that trains it when `suggest`)."""
+        """The one line for a name outside this group: unknown (with a did-you-mean), a combination's mistake, or
+        of another group (with the command that trains it when `suggest`)."""
 
         def message(name: str) -> str:
             valid = self.names()
+            if is_combination(name):
+                try:
+                    loss_spec(name)
+                except (UnknownLossError, LossInputError) as err:
+                    return f"{where}: {err}"
             try:
                 spec = loss_spec(name)
             except UnknownLossError:
@@ -107,14 +124,21 @@ class Choice:
     line names the setting (`where`, e.g. TrainConfig.engine_backend) as the config's own check does, lists
     the valid values and suggests a near miss; `explain` may word it instead (losses do)."""
 
-    def __init__(self, values: Sequence[str], where: str, explain: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        values: Sequence[str],
+        where: str,
+        explain: Callable[[str], str] | None = None,
+        accept: Callable[[str], bool] | None = None,
+    ) -> None:
         self.values = tuple(values)
         self.where = where
         self.explain = explain
+        self.accept = accept  # valid values outside `values` (a combination of losses)
         self.__name__ = where  # argparse names the type in some messages
 
     def __call__(self, text: str) -> str:
-        if text in self.values:
+        if text in self.values or (self.accept is not None and self.accept(text)):
             return text
         if self.explain is not None:
             raise argparse.ArgumentTypeError(self.explain(text))

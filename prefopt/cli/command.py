@@ -39,6 +39,7 @@ from prefopt.cli.settings import (
     read_settings_file,
     user_errors,
 )
+from prefopt.progress import progress_scope
 
 __all__ = [
     "Command",
@@ -59,7 +60,8 @@ class Option:
     """A flag that takes a value for one setting (`field`).
 
     `choices` are its valid values (a tuple, or a function of none that reads them from a registry when the
-    parser is built); `explain` words the error for a value outside them (default: `Choice`'s). `repeat`:
+    parser is built), `accept` says which values outside them are valid too; `explain` words the error for a
+    value outside them (default: `Choice`'s). `repeat`:
     the flag may be given several times and the values form a list.
     """
 
@@ -68,6 +70,7 @@ class Option:
     help: str
     choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
     explain: Callable[[str], Callable[[str], str]] | None = None  # where → (value → message)
+    accept: Callable[[str], bool] | None = None  # valid values outside `choices` (e.g. a combination of losses)
     metavar: str | None = None
     repeat: bool = False
     required: bool = False
@@ -233,7 +236,8 @@ class Command(ABC):
         except (ValueError, TypeError, *user_errors(), *self.errors) as err:
             return fail(self.name, err)
         try:
-            with data_files_notice(self.name, self.shows_progress(settings)):
+            shows = self.shows_progress(settings)  # the library's data calls draw their bars too, unless --quiet
+            with data_files_notice(self.name, shows), progress_scope(shows):
                 return self.execute(settings, args)
         except (*user_errors(), *self.errors) as err:
             return fail(self.name, err)
@@ -272,7 +276,7 @@ class Command(ABC):
         choices = spec.choices() if callable(spec.choices) else spec.choices
         if choices is not None:
             where = f"{self.config_name}.{spec.field}" if self.config_name else spec.field
-            kind = Choice(choices, where, spec.explain(where) if spec.explain else None)
+            kind = Choice(choices, where, spec.explain(where) if spec.explain else None, spec.accept)
             if spec.metavar is None:
                 metavar = "{" + ",".join(choices) + "}"
             else:  # a long list: in the help text rather than the usage line

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefopt.cli.command import ConfigCommand, FlagAction, Option, Switch
-from prefopt.cli.settings import parse_assignments, parse_sweeps
+from prefopt.cli.settings import join_rewards, parse_assignments, parse_sweeps
 from prefopt.compare import DEFAULT_LOSSES, CompareConfig, compare, tiny_task
 
 __all__ = ["COMMAND", "CompareCommand", "config_from_args", "main"]
@@ -30,7 +30,8 @@ class CompareCommand(ConfigCommand):
         "way, and write a table (mean ± CI over seeds), plots and results.json to --out. With no arguments: "
         f"{', '.join(DEFAULT_LOSSES)} at their paper defaults on the built-in synthetic task. Online algorithms "
         "(`prefopt losses --kind rollout`) join the same table and the reward-versus-KL frontier. Re-running with the "
-        "same --out resumes: finished runs are loaded, not trained again."
+        "same --out resumes: finished runs made with the same settings are loaded, not trained again; runs made with "
+        "other settings are refused (--overwrite retrains them). `prefopt report DIR` renders the report again."
     )
     examples = """\
 examples:
@@ -64,8 +65,13 @@ examples:
         "--reward": Option(
             "reward",
             str,
-            "with --data/--model: a reward model folder (`prefopt train-rm`) that scores "
-            "samples, for online algorithms and the generation columns",
+            "what scores samples, for online algorithms and the generation columns: a reward model folder "
+            "(`prefopt train-rm`) or a Python function module:function (several: comma-separated or the flag "
+            "repeated); default: the gold reward on the synthetic task",
+            repeat=True,
+        ),
+        "--reward-weights": Option(
+            "reward_weights", str, "one weight per --reward function, e.g. 1.0,0.5 (default 1 each)", metavar="W,W,..."
         ),
         "--lr": Option("lr", float, "peak learning rate of every offline run (default: each loss's preset)"),
         "--epochs": Option("epochs", float, "passes over the training data of every offline run"),
@@ -77,11 +83,22 @@ examples:
         "--bon-samples": Option(
             "bon_samples", int, "reference samples per held-out prompt for best-of-N (default 64, ≥ 4·max N)"
         ),
-        "--eval-prompts": Option("eval_prompts", int, "held-out prompts to sample (default 128)"),
+        "--eval-prompts": Option("eval_prompts", int, "held-out prompts to sample (default 512)"),
+        "--holdout": Option(
+            "holdout",
+            float,
+            "with --data that has no eval split: the share of its prompts held out for evaluation, not trained on "
+            "(default 0.1; 0: none)",
+        ),
         "--max-new-tokens": Option(
             "max_new_tokens", int, "completion length cap when sampling held-out prompts (default 64)"
         ),
         "--quiet": Switch("progress", False, "no progress bars, no note of the data files read"),
+        "--overwrite": Switch(
+            "overwrite",
+            True,
+            "retrain the runs of --out made with other settings (default: refuse, naming them and what differs)",
+        ),
     }
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -126,6 +143,7 @@ examples:
             values["hparams"] = _with_sweeps(values.get("hparams"), parse_sweeps(args.sweeps))
         values["train"] = _merged(values.get("train"), {**flags, **train_pairs})
         values["online"] = _merged(values.get("online"), online_pairs)
+        join_rewards(values)
         return {**tiny_task(), **values} if args.tiny else values
 
     def execute(self, config: Any, args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ from typing import Any
 
 from prefopt.cli.choices import loss_kinds
 from prefopt.cli.command import Command, Option, given_settings
+from prefopt.loss_call.fused import fused_head_reason
 from prefopt.losses import catalog
+from prefopt.losses.combined import CombinedSpec, weight_text
 from prefopt.registry import LossSpec, loss_spec
 
 __all__ = ["COMMAND", "LossesCommand", "main"]
@@ -39,6 +41,7 @@ class LossesCommand(Command):
 examples:
   prefopt losses                       # every loss
   prefopt losses kto                   # one loss in detail
+  prefopt losses dpo:0.8+sft:1         # a weighted sum of losses (MPO): its parts and hyper-parameters
   prefopt losses --kind paired --format json"""
     flags = {
         "--kind": Option("kind", str, "only losses of this data kind", choices=loss_kinds),
@@ -57,30 +60,52 @@ examples:
         if query.spec is not None:
             print(_detail(query.spec, query.format))
         elif query.format == "json":
-            print(json.dumps(catalog.loss_rows(query.kind), indent=2))
+            rows = [{**row, "head": head_path(loss_spec(row["name"]))} for row in catalog.loss_rows(query.kind)]
+            print(json.dumps(rows, indent=2))
         elif query.format == "markdown":
             print(catalog.render_markdown(), end="")
         else:
-            print(catalog.render_text(query.kind))
-            print(f"\n{len(catalog.loss_rows(query.kind))} losses. `prefopt losses NAME` shows one in detail.")
+            print(catalog.render_text(query.kind, columns={"head": head_path}))
+            print(
+                f"\n{len(catalog.loss_rows(query.kind))} losses. `prefopt losses NAME` shows one in detail. A weighted "
+                "sum of losses of one kind, e.g. dpo:0.8+bco_pair:0.2+sft:1 (MPO), goes wherever a loss name does "
+                "(docs/losses.md, 'Combining losses')."
+            )
         return 0
+
+
+def head_path(spec: LossSpec) -> str:
+    """How training runs the loss's output head: "fused" (the loss-fused head: the head forms the hidden and
+    weight gradients in its forward, a separable loss), "unfused" (forward, then backward), "—" (per-token and
+    reward-model losses, which the head does not reduce to sequence sums)."""
+    if spec.kind == "rollout" or spec.scores != "logps":
+        return "—"
+    return "fused" if fused_head_reason(spec) is None else "unfused"
 
 
 def _detail(spec: LossSpec, format: str) -> str:
     """One loss: its catalog row as JSON, else formula, paper, data kind, inputs and hyper-parameter domains."""
-    row: dict[str, Any] = next(r for r in catalog.loss_rows() if r["name"] == spec.name)
+    row: dict[str, Any] = {**catalog.loss_row(spec), "head": head_path(spec)}
     if format == "json":
         return json.dumps(row, indent=2)
     lines = [
         f"{spec.name}: {spec.summary}\n",
         f"  formula     {spec.formula}",
         f"  paper       {spec.paper}",
+        *[f"  part        {weight_text(weight)} × {part.name}: {part.formula}" for part, weight in _parts(spec)],
         f"  data kind   {spec.kind}" + (" (reward scores)" if spec.scores == "rewards" else ""),
         f"  reference   {'required' if spec.needs_reference else 'not used'}",
         f"  lengths     {'required' if spec.needs_lengths else 'optional'}",
     ]
     if spec.batch_dependent:
         lines.append("  batch       loss depends on the whole batch (no gradient accumulation / data parallelism)")
+    if row["head"] != "—":
+        reason = fused_head_reason(spec)
+        lines.append(
+            "  head        fused: the head forms the gradients in its forward (--no-fused-loss turns it off)"
+            if reason is None
+            else f"  head        unfused: {reason}"
+        )
     lines.append(
         f"  inputs      {', '.join(spec.inputs)}"
         + (f"; extra: {', '.join(spec.extra_inputs)}" if spec.extra_inputs else "")
@@ -89,6 +114,11 @@ def _detail(spec: LossSpec, format: str) -> str:
         domain = f" in {h.domain}" if h.domain else (f" in {list(h.choices)}" if h.choices else "")
         lines.append(f"  {h.name:<11} default {h.default!r}{domain} — {h.help}")
     return "\n".join(lines)
+
+
+def _parts(spec: LossSpec) -> tuple[tuple[LossSpec, float], ...]:
+    """A combination's (part, weight) pairs; none for a registered loss."""
+    return spec.parts if isinstance(spec, CombinedSpec) else ()
 
 
 COMMAND = LossesCommand()

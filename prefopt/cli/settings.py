@@ -26,12 +26,14 @@ from typing import Any
 import yaml
 
 from prefopt.errors import USER_ERRORS, SettingsError
+from prefopt.losses.combine import is_combination, parse_combination
 
 __all__ = [
     "check_resume_folder",
     "data_files_notice",
     "deprecation_note",
     "fail",
+    "join_rewards",
     "main_process",
     "merge_pairs",
     "parse_assignments",
@@ -126,6 +128,14 @@ def parse_assignments(items: Sequence[str] | None, flag: str, example: str = "be
     return out
 
 
+def join_rewards(values: dict[str, Any]) -> dict[str, Any]:
+    """`--reward` given several times (a list) as the one comma-separated string the configs read
+    (`prefopt.online.reward_spec`); `values` changed in place and returned."""
+    if isinstance(values.get("reward"), list):
+        values["reward"] = ",".join(values["reward"])
+    return values
+
+
 def merge_pairs(values: dict[str, Any], field: str, pairs: Mapping[str, Any]) -> None:
     """`values[field]` (a mapping setting, e.g. loss_hparams from a YAML file) with `pairs` (its flag's
     NAME=VALUE pairs) on top; a value that is not a mapping is left for the config to report by name."""
@@ -191,11 +201,17 @@ def user_errors() -> tuple[type[Exception], ...]:
     return USER_ERRORS
 
 
+# LOSS.HPARAM=V[,V...] of `compare --set`: LOSS a loss name or a combination's spelling ("dpo:0.8+sft:1", whose
+# weights may hold dots), HPARAM a name or a combination's PART.NAME (both start with a letter).
+_SWEEP = re.compile(r"([A-Za-z0-9_]+|[A-Za-z0-9_.:+-]+?)\.((?:[A-Za-z_]\w*\.)?[A-Za-z_]\w*)=(.+)")
+
+
 def parse_sweeps(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """`["dpo.beta=0.05,0.1", "kto.desirable_weight=1.33"]` → {"dpo": {"beta": [0.05, 0.1]}, ...}."""
+    """`["dpo.beta=0.05,0.1", "kto.desirable_weight=1.33"]` → {"dpo": {"beta": [0.05, 0.1]}, ...}; a combination
+    of losses takes its shared or its parts' hyper-parameters: `dpo:0.8+sft:1.beta=0.1`, `….dpo.beta=0.1`."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
-        match = re.fullmatch(r"([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)=(.+)", item.strip())
+        match = _SWEEP.fullmatch(item.strip())
         if not match:
             raise SettingsError(f"--set {item!r}: expected LOSS.HPARAM=VALUE[,VALUE...], e.g. --set dpo.beta=0.05,0.1")
         loss, key, values = match.groups()
@@ -216,7 +232,8 @@ def parse_hparams(items: Sequence[str], losses: Mapping[str, str], flag: str = "
 
     `losses` maps each loss of the run to the config field of its hyper-parameters, the run's own loss first
     (e.g. {"online_dpo": "loss_hparams", "ipo": "pair_loss_hparams"}). `HPARAM=VALUE` is a hyper-parameter of
-    the run's loss; `LOSS.HPARAM=VALUE` one of the loss named, which must be one of `losses`.
+    the run's loss; `LOSS.HPARAM=VALUE` one of the loss named, which must be one of `losses` or a part of one
+    that is a combination ("dpo:0.8+sft:1": `dpo.beta=0.2` stays `dpo.beta`, the combination's name for it).
     """
     run_loss, run_field = next(iter(losses.items()))
     out: dict[str, dict[str, Any]] = {}
@@ -228,14 +245,36 @@ def parse_hparams(items: Sequence[str], losses: Mapping[str, str], flag: str = "
                 f"{flag} {item!r}: write NAME=VALUE or LOSS.NAME=VALUE, e.g. {flag} beta=0.1 "
                 f"(NAME=VALUE sets a hyper-parameter of {run_loss})"
             )
+        combination = _combination_of(losses, loss) if dot and loss not in losses else None
+        if combination is not None:
+            out.setdefault(losses[combination], {})[name] = parse_value(text)
+            continue
         if dot and loss not in losses:
             raise SettingsError(
-                f"{flag} {item!r}: {loss} is not a loss of this run ({', '.join(losses)}); write "
-                f"{flag} {hparam}={text} for {run_loss}"
+                f"{flag} {item!r}: {loss} is not a loss of this run ({', '.join(losses)}{_parts_text(losses)}); "
+                f"write {flag} {hparam}={text} for {run_loss}"
             )
         field = losses[loss] if dot else run_field
         out.setdefault(field, {})[hparam] = parse_value(text)
     return out
+
+
+def _combination_of(losses: Mapping[str, str], part: str) -> str | None:
+    """The loss of the run that is a combination with `part` among its parts ("dpo:0.8+sft:1" for dpo), if any."""
+    return next((loss for loss in losses if is_combination(loss) and part in dict(_parsed(loss))), None)
+
+
+def _parts_text(losses: Mapping[str, str]) -> str:
+    """ ", whose parts are dpo, sft" for a run whose losses include combinations ("" otherwise)."""
+    parts = [name for loss in losses if is_combination(loss) for name, _ in _parsed(loss)]
+    return f", whose parts are {', '.join(parts)}" if parts else ""
+
+
+def _parsed(loss: str) -> tuple[tuple[str, float], ...]:
+    try:
+        return parse_combination(loss)
+    except ValueError:  # a misspelt combination: the config names the mistake
+        return ()
 
 
 def parse_seeds(text: str, flag: str = "--seeds") -> tuple[int, ...]:

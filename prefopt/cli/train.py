@@ -24,6 +24,7 @@ from prefopt.cli.choices import (
     REPORT_TO,
     SAVE_DTYPES,
     SCHEDULES,
+    SHARE_PROMPT,
     Choice,
     presets,
 )
@@ -58,6 +59,7 @@ examples:
   prefopt train                                   # DPO on the built-in synthetic task
   prefopt train --loss kto --data prefs.jsonl --model path/to/sft --lr 5e-7 --out runs/kto
   prefopt train --config run.yaml --set beta=0.05 --lora-r 16 --no-ref-cache
+  prefopt train --loss dpo:0.8+bco_pair:0.2+sft:1 --set beta=0.1   # MPO: a weighted sum of losses
   ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m prefopt.train --loss dpo --batch-size 16
   prefopt train --list-recipes                    # the papers' published settings (docs/recipes.md)
   prefopt train --recipe simpo-llama3-base --smoke --out runs/smoke    # that recipe on a tiny model, offline
@@ -68,9 +70,12 @@ examples:
         "--loss": Option(
             "loss",
             str,
-            "the offline loss to train (default dpo; `prefopt losses NAME` describes one)",
+            "the offline loss to train (default dpo; `prefopt losses NAME` describes one), or a weighted sum of "
+            "losses of one data kind such as dpo:0.8+bco_pair:0.2+sft:1 (MPO; --set beta=0.1 sets every part's "
+            "beta, --set dpo.beta=0.2 one part's)",
             choices=OFFLINE.names,
             explain=OFFLINE.explain,
+            accept=OFFLINE.combination,
             metavar="LOSS",
         ),
         "--data": Option("data", str, "preference data: file, folder or Hub name (default: the synthetic task)"),
@@ -141,6 +146,16 @@ examples:
             "ref_cache", False, "compute reference log-probs on the fly instead of caching them once"
         ),
         "--packed": Switch("packed", True, "pack each micro-batch into one row (no padding)"),
+        "--no-fused-loss": Switch(
+            "fused_loss", False, "head's usual forward and backward, not the loss-fused head (separable losses)"
+        ),
+        "--share-prompt": Option(
+            "share_prompt",
+            str,
+            "read each prompt once for its chosen and rejected (or ranked) completions, behind a block mask "
+            "(auto: where it saves a fifth of the positions, on models that take the mask)",
+            choices=SHARE_PROMPT,
+        ),
         "--gradient-checkpointing": Switch("gradient_checkpointing", True, "recompute activations in backward"),
         "--resume": Switch("resume", True, "continue from the newest checkpoint in --out"),
         "--quiet": Switch("progress", False, "no progress bar, no note of the data files read"),

@@ -14,9 +14,11 @@ from typing import Any
 
 from prefopt.cli.choices import BACKENDS, KL_ESTIMATORS, MASTER_WEIGHTS, MIXED_PRECISION, ONLINE, PAIRED, SAVE_DTYPES
 from prefopt.cli.command import ConfigCommand, FlagAction, Option, Switch, print_result
-from prefopt.cli.settings import merge_pairs, parse_assignments
+from prefopt.cli.settings import join_rewards, merge_pairs, parse_assignments
 from prefopt.cli.train import MASTER_WEIGHTS_HELP, MIXED_PRECISION_HELP, SAVE_DTYPE_HELP
 from prefopt.online.config import OnlineConfig
+from prefopt.online.reward_spec import check_reward_columns
+from prefopt.online.setup import load_prompt_rows
 from prefopt.online.trainer import train_online
 
 __all__ = ["COMMAND", "TrainOnlineCommand", "config_from_args", "main"]
@@ -27,9 +29,9 @@ class TrainOnlineCommand(ConfigCommand):
     help = "train a policy online: generate → score → rollout loss"
     description = (
         "Train a policy online: each step samples completions for a batch of prompts, scores them (the synthetic "
-        "task's gold reward, or a reward model from `prefopt train-rm`) and takes a rollout loss. With no model "
-        "it trains the synthetic task's policy. Settings, later winning: the defaults, the --config file, the "
-        "flags. Prints the result as JSON."
+        "task's gold reward, a reward model from `prefopt train-rm`, or Python functions) and takes a rollout "
+        "loss. With no model it trains the synthetic task's policy. Settings, later winning: the defaults, the "
+        "--config file, the flags. Prints the result as JSON."
     )
     examples = """\
 examples:
@@ -37,6 +39,9 @@ examples:
   prefopt train-online --loss ppo --steps 60 --kl-coef 0.05 --out runs/ppo
   prefopt train-online --loss online_dpo --pair-loss ipo --set ipo.beta=0.5
   prefopt train-online --model path/to/sft --reward runs/rm/final --prompts prompts.jsonl --lr 1e-6
+  prefopt train-online --loss grpo --reward my_rewards:format_reward,my_rewards:accuracy --reward-weights 0.2,1
+  prefopt train-online --loss dapo --overlong-buffer 16 --no-dynamic-sampling
+  prefopt train-online --loss reinforce_pp --set baseline=group --num-minibatches 4
   prefopt train-online --config online.yaml --set beta=0.0 --resume"""
     config = OnlineConfig
     config_name = "OnlineConfig"
@@ -63,7 +68,16 @@ examples:
         "--model-revision": Option(
             "model_revision", str, "hub revision (branch, tag or commit) of --model and its tokenizer"
         ),
-        "--reward": Option("reward", str, "'gold' (the synthetic task's gold reward) or a saved reward model's folder"),
+        "--reward": Option(
+            "reward",
+            str,
+            "'gold' (the synthetic task's gold reward), a saved reward model's folder, or a Python function "
+            "module:function (TRL's reward-function convention); several: comma-separated or the flag repeated",
+            repeat=True,
+        ),
+        "--reward-weights": Option(
+            "reward_weights", str, "one weight per --reward function, e.g. 1.0,0.5 (default 1 each)", metavar="W,W,..."
+        ),
         "--value-model": Option("value_model", str, "PPO: reward model folder to initialise the critic from"),
         "--prompts": Option("prompts", str, "prompt file: .txt one per line, or .jsonl with a `prompt` column"),
         "--out": Option("output_dir", str, "run folder (default runs/online)", metavar="DIR"),
@@ -91,6 +105,21 @@ examples:
         "--missing-eos-penalty": Option(
             "missing_eos_penalty", float, "subtract from the score of unfinished completions"
         ),
+        "--dynamic-sampling": Switch(
+            "dynamic_sampling", True, "drop prompts whose samples all score the same; sample more to refill (DAPO)"
+        ),
+        "--no-dynamic-sampling": Switch("dynamic_sampling", False, "keep every prompt (default but for dapo)"),
+        "--max-sampling-rounds": Option(
+            "max_sampling_rounds", int, "dynamic sampling: most generation rounds per step (default 10)"
+        ),
+        "--overlong-shaping": Switch(
+            "overlong_shaping", True, "add DAPO's soft overlong penalty to the scores (on by default for dapo)"
+        ),
+        "--no-overlong-shaping": Switch("overlong_shaping", False, "no overlong penalty"),
+        "--overlong-buffer": Option(
+            "overlong_buffer", int, "overlong penalty: the last N tokens before --max-new-tokens (default: a fifth)"
+        ),
+        "--overlong-factor": Option("overlong_factor", float, "overlong penalty at the limit (default 1)"),
         "--seed": Option("seed", int, "seed of prompt order, sampling and the critic head"),
         "--checkpoint-every": Option("checkpoint_every", int, "checkpoint every N steps (default 20; 0: final only)"),
         "--num-threads": Option("num_threads", int, "torch threads (default: 1 on the synthetic task)"),
@@ -132,7 +161,13 @@ examples:
     def values(self, args: argparse.Namespace) -> dict[str, Any]:
         values = super().values(args)
         merge_pairs(values, "pair_loss_hparams", parse_assignments(args.pair_hparams, "--pair-hparam"))
-        return values
+        return join_rewards(values)
+
+    def validate(self, config: Any) -> None:
+        super().validate(config)
+        columns = load_prompt_rows(config.prompts)[1] if config.prompts is not None else {}
+        source = config.prompts if config.prompts is not None else "the synthetic task's prompts"
+        check_reward_columns(config.reward, columns, "OnlineConfig.reward", source)
 
     def execute(self, config: Any, args: argparse.Namespace) -> int:
         result = train_online(config)

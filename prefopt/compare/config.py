@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefopt.compare.defaults import COMPARE_EVAL_PROMPTS, check_holdout, compare_preferences, train_defaults
+from prefopt.compare.heldout import HOLDOUT_DEFAULT
 from prefopt.data.schema import IDENTICAL_POLICIES
 from prefopt.data.synthetic import PreferenceConfig, SFTConfig
 from prefopt.online.config import OnlineConfig
+from prefopt.online.reward_spec import check_reward_columns, reward_folders, reward_parts
 from prefopt.preflight import check_engine_backend, check_model_source, check_output_dir, expand_user
 from prefopt.registry import loss_spec
 from prefopt.settings import Settings, SettingsError, coerce_settings
@@ -55,6 +58,7 @@ ONLINE_PER_RUN = (
     "model_revision",
     "tokenizer",
     "reward",
+    "reward_weights",
     "prompts",
 )
 
@@ -90,28 +94,36 @@ class CompareConfig(Settings):
         losses: registered policy losses to compare (`prefopt losses`): offline ones, and online ones on
             the synthetic task.
         hparams: per-loss hyper-parameters; a list value is a sweep, e.g. {"dpo": {"beta": [0.05, 0.5]}}.
-        seeds: training seeds; several seeds give mean ± CI (Student's t over seeds) in the table.
+        seeds: training seeds; several seeds give mean ± CI over seeds and prompts in the table.
         data, model: a preference dataset and a causal LM (path or hub name); None and None = the
             built-in synthetic task (same data and reference policy for every run).
         model_revision: with a hub name for `model`, the branch, tag or commit to load.
         output_dir: results folder; re-running with it resumes.
-        train: TrainConfig settings shared by every run (lr, epochs, batch_size, lora_r, ...).
+        train: TrainConfig settings shared by every run (lr, epochs, batch_size, lora_r, ...); on the synthetic
+            task each default loss starts from its own lr and epochs (`prefopt.compare.defaults`).
         task_seed: seed of the synthetic task (its data and reference policy), fixed across runs.
         eval_prompts, max_new_tokens, eval_seed: generation evaluation on held-out prompts (synthetic task).
+        holdout: share of the prompts of your data held out for evaluation when it has no eval split (0: none).
         progress: progress bars.
         num_threads: torch CPU threads while comparing (restored afterwards); None = 1 on the synthetic task
             (its ≈1M-parameter model gains little from more, and on a busy CPU OpenMP spin-waiting made two
             threads 15× slower than one here), torch's default otherwise.
         sft_config, preference_config: sizes of the synthetic task (`SFTConfig`, `PreferenceConfig`;
             None = the defaults; `tiny_task()` gives a seconds-scale task for smoke tests).
-        reward: with data and model, the folder of a reward model saved by `prefopt train-rm`: it scores
-            samples, which enables the online algorithms and the generation columns on your data (the
-            synthetic task uses its gold reward).
+        reward: what scores samples: the online algorithms train on it and the generation columns
+            (reward, win rates) report it. The folder of a reward model saved by `prefopt train-rm`, or
+            Python functions `module:function` (TRL's convention, several comma-separated;
+            `prefopt.online.reward_spec`), or "gold". None: the gold reward on the synthetic task, no
+            generation columns and no online algorithms on your data.
+        reward_weights: one weight per function of `reward` (None: 1 each), TRL's `reward_weights`.
         online: OnlineConfig settings shared by the online runs (steps, prompts_per_step, lr, ...) of the
             online algorithms (ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo).
         bon_n, bon_samples: with `best_of_n` among the losses, the inference-time best-of-N policy at each
             N is added to the table and the frontier, evaluated from `bon_samples` reference samples per
             held-out prompt (`prefopt.online.best_of_n_reference`).
+        overwrite: what to do with runs in `output_dir` made with other settings (`prefopt.compare.reuse`):
+            False refuses, naming them and what differs; True removes those runs and trains them again.
+            Runs made with the same settings are loaded (finished) or resumed (interrupted) either way.
     """
 
     losses: tuple[str, ...] = DEFAULT_LOSSES
@@ -122,7 +134,8 @@ class CompareConfig(Settings):
     output_dir: str = "runs/compare"
     train: Mapping[str, Any] = field(default_factory=dict)
     task_seed: int = 0
-    eval_prompts: int = 128
+    eval_prompts: int = COMPARE_EVAL_PROMPTS
+    holdout: float = HOLDOUT_DEFAULT
     max_new_tokens: int = 64
     eval_seed: int = 1234
     progress: bool = True
@@ -130,10 +143,12 @@ class CompareConfig(Settings):
     preference_config: Any = None
     num_threads: int | None = None
     reward: str | None = None
+    reward_weights: tuple[float, ...] | None = None
     online: Mapping[str, Any] = field(default_factory=dict)
     bon_n: tuple[int, ...] = (1, 2, 4, 8, 16)
     bon_samples: int = 64
     model_revision: str | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         for name in ("data", "model", "reward", "output_dir"):
@@ -171,8 +186,9 @@ class CompareConfig(Settings):
             if spec.kind == "rollout" and self.reward is None and not (self.data is None and self.model is None):
                 raise ValueError(
                     f"compare: {name!r} is an online algorithm and needs a reward for its samples: "
-                    "give reward=RM_FOLDER (a reward model saved by `prefopt train-rm`) with your "
-                    "data and model (the synthetic task uses its gold reward)"
+                    "give reward=RM_FOLDER (a reward model saved by `prefopt train-rm`) or "
+                    "reward=module:function (a Python function) with your data and model (the synthetic "
+                    "task uses its gold reward)"
                 )
 
     def _check_hparams(self) -> None:
@@ -223,23 +239,21 @@ class CompareConfig(Settings):
             )
 
     def _check_sources(self) -> None:
-        """Data and model together (or neither); a reward only with data, and a folder."""
+        """Data and model together (or neither); a reward of reward-model folders and importable functions."""
         if (self.data is None) != (self.model is None):
             raise ValueError("CompareConfig: give both data and model, or neither (the built-in synthetic task)")
+        if self.reward_weights is not None:
+            object.__setattr__(self, "reward_weights", tuple(self.reward_weights))
+            if self.reward is None:
+                raise SettingsError("CompareConfig.reward_weights weigh the functions of reward, which is not set")
         if self.reward is not None:
-            if self.data is None:
-                raise ValueError(
-                    "CompareConfig.reward scores samples on your data; the synthetic task uses its gold "
-                    "reward (drop reward, or give data and model)"
-                )
-            if not Path(self.reward).is_dir():
-                raise ValueError(
-                    f"CompareConfig.reward={self.reward!r}: no such folder; give the final/ folder of "
-                    "a reward model saved by `prefopt train-rm`"
-                )
+            reward_parts(self.reward, "CompareConfig.reward", self.reward_weights)
+            check_reward_columns(self.reward, (), "CompareConfig.reward", "compare's prompts")
 
     def _check_stage_configs(self) -> None:
         """The SFT and preference stages' configs, from YAML mappings or given as objects."""
+        if self.synthetic:  # the comparison's own sizes (`prefopt.compare.defaults`) under a partial mapping
+            object.__setattr__(self, "preference_config", compare_preferences(self.preference_config))
         for name, cls in (("sft_config", SFTConfig), ("preference_config", PreferenceConfig)):
             value = getattr(self, name)
             if isinstance(value, Mapping):  # from YAML
@@ -252,6 +266,7 @@ class CompareConfig(Settings):
         for name in ("eval_prompts", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CompareConfig.{name} must be ≥ 1")
+        check_holdout(self.holdout)
         if self.model_revision is not None and self.model is None:
             raise SettingsError(
                 f"CompareConfig.model_revision={self.model_revision!r} pins a hub revision of model, "
@@ -285,6 +300,8 @@ class CompareConfig(Settings):
         check_output_dir(self.output_dir, "CompareConfig.output_dir (--out)")
         if self.model is not None:
             check_model_source(self.model, "CompareConfig.model", revision=self.model_revision)
+        for folder in reward_folders(self.reward or "gold"):
+            check_model_source(folder, "CompareConfig.reward", tokenizer=False)
         for owner, settings in (("train", self.train), ("online", self.online)):
             check_engine_backend(
                 settings.get("engine_backend", "auto"),
@@ -295,6 +312,13 @@ class CompareConfig(Settings):
     @property
     def synthetic(self) -> bool:
         return self.data is None and self.model is None
+
+    @property
+    def reward_label(self) -> str:
+        """What scored the samples, as the report names it: the gold reward, a reward model, or the functions."""
+        if self.reward is None:
+            return "gold reward"
+        return "reward (reward model)" if reward_folders(self.reward) == [self.reward] else f"reward ({self.reward})"
 
     def runs(self) -> list[RunPlan]:
         """Every (loss, sweep point, seed), in the order of `losses`, then sweep, then seed."""
@@ -349,6 +373,7 @@ def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[s
     settings = {
         "checkpoint_every": 50,
         "ref_cache_dir": shared_cache,
+        **train_defaults(plan.loss, config),
         **config.train,
         "loss": plan.loss,
         "loss_hparams": dict(plan.hparams),

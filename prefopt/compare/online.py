@@ -2,8 +2,8 @@
 
 An online algorithm in `CompareConfig.losses` (ppo, rloo, grpo, dr_grpo, remax, best_of_n, online_dpo)
 trains from the same starting policy as the offline losses, on the train split's prompts, with the
-task's reward function (the synthetic task's gold reward, or `CompareConfig.reward`, a saved reward
-model, on your data), and is evaluated exactly like them (held-out preference metrics and generation
+task's reward function (the synthetic task's gold reward, or `CompareConfig.reward`: a saved reward
+model or Python functions), and is evaluated exactly like them (held-out preference metrics and generation
 metrics), so every algorithm lands on the same frontier. Its settings are `prefopt.compare.config`'s
 `online_settings`.
 
@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import write_json_atomic
+from prefopt.compare.heldout import prompt_key
 from prefopt.data import load_preferences
 from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
 from prefopt.errors import MissingSplitError
 from prefopt.online.best_of_n_reference import evaluate_best_of_n
 from prefopt.online.trainer import train_online
 
-__all__ = ["train_online_run", "data_prompts", "best_of_n_reference"]
+__all__ = ["train_online_run", "data_prompts", "best_of_n_reference", "saved_best_of_n"]
 
 
 def train_online_run(task: Any, settings: Mapping[str, Any]) -> Any:
@@ -48,11 +49,15 @@ def train_online_run(task: Any, settings: Mapping[str, Any]) -> Any:
     return train_online(model=task.config.model, **common)
 
 
-def data_prompts(data: str, split: str, tokenizer: Any, revision: str | None = None) -> list[str]:
+def data_prompts(
+    data: str, split: str, tokenizer: Any, revision: str | None = None, held_out: set[str] | None = None
+) -> list[str]:
     """The distinct prompts of `data`'s train split (`split="train"`) or held-out split (eval, test or
     validation, the first present), as text: conversations are rendered with the chat template and its
-    generation prompt. Empty when there is no held-out split. `revision` pins a Hub dataset."""
-    candidates = ("train",) if split == "train" else ("eval", "test", "validation")
+    generation prompt. Empty when there is no held-out split. `revision` pins a Hub dataset. `held_out`: the
+    keys (`prefopt.compare.heldout.prompt_key`) of prompts held out of the train split, which is then the only
+    split read: its other prompts (`split="train"`) or those (any other split)."""
+    candidates = ("train",) if split == "train" or held_out is not None else ("eval", "test", "validation")
     rows = None
     for name in candidates:
         try:
@@ -62,8 +67,11 @@ def data_prompts(data: str, split: str, tokenizer: Any, revision: str | None = N
             continue
     if rows is None:
         return []
+    prompts = rows["prompt"]
+    if held_out is not None:
+        prompts = [p for p in prompts if (prompt_key(p) in held_out) != (split == "train")]
     encoder = PromptCompletionEncoder(tokenizer, TokenizeConfig(append_eos=False))
-    texts = [encoder.render(prompt)[0] for prompt in rows["prompt"]]
+    texts = [encoder.render(prompt)[0] for prompt in prompts]
     return list(dict.fromkeys(texts))
 
 
@@ -83,7 +91,17 @@ def _best_of_n_key(config: Any) -> dict[str, Any]:
         "prompts": config.eval_prompts,
         "max_new_tokens": config.max_new_tokens,
         "seed": config.eval_seed,
+        # only when set: the points cached before reward_weights existed keep their key
+        **({"reward_weights": list(config.reward_weights)} if config.reward_weights is not None else {}),
     }
+
+
+def saved_best_of_n(config: Any, path: Path) -> list[dict[str, Any]] | None:
+    """The best-of-N points `path` holds when they were computed with `config`'s settings, else None."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return saved["points"] if saved.get("key") == _best_of_n_key(config) else None
 
 
 def best_of_n_reference(task: Any, path: Path) -> list[dict[str, Any]]:
@@ -91,10 +109,9 @@ def best_of_n_reference(task: Any, path: Path) -> list[dict[str, Any]]:
     `path` when it holds the same settings, else computed and written there atomically."""
     config = task.config
     key = _best_of_n_key(config)
-    if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return saved["points"]
+    saved = saved_best_of_n(config, path)
+    if saved is not None:
+        return saved
     if config.progress:
         print(
             f"best-of-N from the reference: N ∈ {list(config.bon_n)}, {config.bon_samples} samples per prompt",

@@ -1,12 +1,12 @@
 """The report of `prefopt compare`: one row per loss × setting, aggregated over seeds, plus ratings and plots.
 
-Columns (mean; with several seeds `mean ± half-width` of a Student-t 95% CI over seeds, with one seed the
-bootstrap CI over held-out prompts where the metric has one):
+Columns (mean; `mean ± half-width` of a 95% CI where the metric has one: with one seed the bootstrap over
+held-out prompts, with several a hierarchical bootstrap over seeds and prompts, `prefopt.compare.intervals`):
 
     train loss     the last optimiser step's loss
     eval acc       implicit-reward accuracy on held-out pairs (log π/π_ref of chosen > of rejected)
     margin         mean implicit-reward margin Δ on held-out pairs, in nats (β = 1 for every loss)
-    reward         mean reward of samples on held-out prompts (the gold reward, or the --reward model on your data)
+    reward         mean reward of samples on held-out prompts (the gold reward, or --reward: a model or functions)
     KL             KL(π ‖ π_ref) per sequence (exact on the synthetic task)
     win / LC win   win rate of samples against the reference policy's, raw and length-controlled
     length         mean sample length in tokens
@@ -16,8 +16,10 @@ bootstrap CI over held-out prompts where the metric has one):
     time, peak MB  wall time of the run (training + evaluation) and peak resident memory
 
 With `best_of_n` among the losses, rows `best-of-N (N=n)` show the inference-time best-of-N policy
-(`prefopt.compare.online`); a last row, `reference`, shows the starting policy's own samples (reward,
-length; KL 0, Elo 1000).
+(`prefopt.compare.online`); the row `reference` shows the starting policy's own samples (reward,
+length; KL 0, Elo 1000); on the synthetic task a last row, `gold reward (labels)`, shows the label-noise
+ceiling: the gold reward's own accuracy on the eval pairs (`prefopt.compare.heldout`, which also writes the
+footer's account of what was evaluated).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import write_atomic
+from prefopt.compare.heldout import ceiling_row, heldout_note, read_heldout
+from prefopt.compare.intervals import interval_note, seeds_interval
+from prefopt.compare.pages import write_pages
+from prefopt.compare.provenance import setting_line
 from prefopt.eval import (
     FrontierPoint,
     MeanCI,
-    aggregate_seeds,
     bradley_terry_ratings,
     plot_length_drift,
     plot_reward_kl_frontier,
@@ -49,6 +54,7 @@ __all__ = [
     "summarize",
     "best_of_n_rows",
     "render_table",
+    "table_cells",
     "write_report",
 ]
 
@@ -129,8 +135,7 @@ def _label_row(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         if len(values) == 1:
             row[key] = values[0]
         else:
-            ci = aggregate_seeds([v["mean"] for v in values])
-            row[key] = {"mean": ci.mean, "low": ci.low, "high": ci.high}
+            row[key] = seeds_interval(runs, key, [v["mean"] for v in values])
     return row
 
 
@@ -244,7 +249,9 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path, reward_label: str) -> dict[str, str]:
+def _plots(
+    records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path, reward_label: str, footer: str
+) -> dict[str, str]:
     def mean_ci(v: dict[str, Any]) -> MeanCI:
         low, high = v.get("low"), v.get("high")
         return MeanCI(v["mean"], math.nan if low is None else low, math.nan if high is None else high, 1)
@@ -256,7 +263,7 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path,
         if r["seed"] == records[0]["seed"] and Path(r["train"]["metrics_path"]).exists()
     }
     if curves:
-        files["training_curves"] = str(plot_training_curves(curves, out / "training_curves.png"))
+        files["training_curves"] = str(plot_training_curves(curves, out / "training_curves.png", footer=footer))
     points = [
         FrontierPoint(
             r["loss"],
@@ -276,45 +283,77 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path,
         ref = next((_get(x, "generation", "reference_reward") for x in records), None)
         files["frontier"] = str(
             plot_reward_kl_frontier(
-                points, out / "frontier.png", reward_label=reward_label, reference_reward=mean_ci(ref) if ref else None
+                points,
+                out / "frontier.png",
+                reward_label=reward_label,
+                reference_reward=mean_ci(ref) if ref else None,
+                footer=footer,
             )
         )
     lengths = {r["label"]: mean_ci(r["length"]) for r in rows if "length" in r and r["loss"] is not None}
     if lengths:
         ref_len = next((_get(x, "generation", "reference_mean_length") for x in records), None)
         files["length_drift"] = str(
-            plot_length_drift(lengths, out / "length_drift.png", reference_length=mean_ci(ref_len) if ref_len else None)
+            plot_length_drift(
+                lengths,
+                out / "length_drift.png",
+                reference_length=mean_ci(ref_len) if ref_len else None,
+                footer=footer,
+            )
         )
     return files
 
 
-def write_report(records: list[dict[str, Any]], config: Any, *, best_of_n: list[dict[str, Any]] | None = None) -> Any:
-    """Aggregate, print and write table.md / table.csv / results.json and the plots into config.output_dir.
+def table_cells(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], list[list[tuple[str, Any]]]]:
+    """The table's (key, header) columns and, per row, (text, sort value) cells: report.html's table."""
+    columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    cells = [
+        [(r["label"], r["label"])] + [(_cell(r.get(k), f), (r.get(k) or {}).get("mean")) for k, _, f in columns]
+        for r in rows
+    ]
+    return [("label", "algorithm")] + [(k, h) for k, h, _ in columns], cells
 
-    `best_of_n`: the inference-time best-of-N points, added as rows before the reference row.
+
+def write_report(
+    records: list[dict[str, Any]],
+    config: Any,
+    *,
+    best_of_n: list[dict[str, Any]] | None = None,
+    status: tuple[str, ...] = (),
+) -> Any:
+    """Aggregate, print and write table.md / table.csv / results.json, the plots, samples.md and report.html
+    into config.output_dir.
+
+    `best_of_n`: the inference-time best-of-N points, added as rows before the reference row. `status`: lines
+    on what the folder lacks (unfinished runs), shown at the top of report.html.
     """
     out = Path(config.output_dir)
     rows, ratings = summarize(records)
     if best_of_n:
         at = next((i for i, r in enumerate(rows) if r["label"] == REFERENCE_LABEL), len(rows))
         rows[at:at] = best_of_n_rows(best_of_n)
+    heldout = read_heldout(out)  # what was evaluated, and the label-noise ceiling (`prefopt.compare.heldout`)
+    rows += [row for row in [ceiling_row(heldout)] if row]
     text = render_table(rows)
-    files = _plots(records, rows, out, "gold reward" if config.synthetic else "reward (reward model)")
+    setting = setting_line(config, records)
+    files = _plots(records, rows, out, config.reward_label, setting)
     seeds = len(config.seeds)
     settings = sum(1 for r in rows if r["loss"] not in (None, BEST_OF_N_LOSS))
-    note = f"{settings} settings × {seeds} seed(s); ± is the half-width of a 95% CI " + (
-        "over seeds (Student's t)." if seeds > 1 else "over held-out prompts (bootstrap)."
-    )
+    note = f"{settings} settings × {seeds} seed(s); ± is the half-width of a 95% CI {interval_note(seeds)}"
+    note += f" {heldout_note(heldout)}" if heldout else ""
     write_atomic(out / "table.md", "# prefopt compare\n\n" + render_table(rows, markdown=True) + f"\n\n{note}\n")
     write_atomic(out / "table.csv", _csv(rows))
     payload = {
         "config": config.to_dict(),
         "rows": rows,
         "ratings": ratings,
+        "heldout": heldout,
         "runs": [{k: v for k, v in r.items() if k != "generation"} for r in records],
     }
     write_atomic(out / "results.json", json.dumps(payload, indent=2, default=str))
     files.update(table_md=str(out / "table.md"), table_csv=str(out / "table.csv"), results=str(out / "results.json"))
+    columns, cells = table_cells(rows)
+    files.update(write_pages(records, config, columns, cells, note=note, setting=setting, files=files, status=status))
     print("\n" + text + "\n\n" + note)
     for name, path in files.items():
         print(f"  {name:<16} {path}")

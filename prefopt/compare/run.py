@@ -9,9 +9,11 @@ Every run is one `prefopt.train.train` call (one loop for every offline loss; `p
 the online algorithms) followed by the same evaluation: held-out preference metrics on the eval split,
 and, with a reward (the synthetic task's gold reward, or a reward model on your data), generation metrics
 (reward, KL, win rate and length-controlled win rate versus the reference policy, length). Each finished
-run writes `<out>/<run_id>/result.json` atomically beside its exact config; re-running with the same
-output folder loads finished runs instead of redoing them and resumes interrupted ones from their last
-checkpoint. The report (table.md/csv/json, plots) is written by `prefopt.compare.report`.
+run writes its samples (`samples.jsonl`) and then `<out>/<run_id>/result.json` atomically beside its exact
+config; re-running with the same output folder loads finished runs instead of redoing them and resumes
+interrupted ones from their last checkpoint, when they were made with the same settings
+(`prefopt.compare.reuse`: others are refused, or retrained with `overwrite`). The report (table.md/csv/json,
+plots, samples.md, report.html) is written by `prefopt.compare.report`.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ from typing import Any
 
 from prefopt.atomic import write_json_atomic
 from prefopt.compare.config import CompareConfig, RunPlan, run_settings
+from prefopt.compare.heldout import write_heldout
 from prefopt.compare.online import best_of_n_reference, train_online_run
+from prefopt.compare.provenance import environment
 from prefopt.compare.report import CompareResult, write_report
+from prefopt.compare.reuse import check_reuse, run_fingerprint
+from prefopt.compare.samples import write_run_samples
 from prefopt.compare.task import SharedTask, check_user_data, eval_batches
-from prefopt.engine import ReferenceLogProbs
 from prefopt.eval import evaluate_generations, evaluate_preferences
+from prefopt.online.ilql_heads import has_q_heads, load_q_decoder
+from prefopt.online.masked_policy import has_action_mask, load_masked_decoder
 from prefopt.progress import library_progress_bars
-from prefopt.sampling import sample_texts
+from prefopt.sampling import sample, sample_texts
 from prefopt.threads import torch_threads
 from prefopt.train import train
 from prefopt.train.run_folder import claim_run_folder
@@ -43,11 +50,14 @@ def _evaluate(plan: RunPlan, policy: Any, task: SharedTask, eval_batches: list[A
     out: dict[str, Any] = {}
     if eval_batches:
         # β = 1: margins in nats of log-ratio, comparable across losses whatever their own β.
-        pref = evaluate_preferences(policy, eval_batches, reference=ReferenceLogProbs.from_model(task.model), beta=1.0)
-        out["preference"] = pref.to_dict()
+        # a policy whose sampling cuts tokens off (ILQL's top-k) gives its likelihood metrics from its uncut model
+        scorer = policy.likelihood_model() if hasattr(policy, "likelihood_model") else policy
+        pref = evaluate_preferences(scorer, eval_batches, reference=task.eval_reference, beta=1.0)
+        out["preference"] = pref.to_dict(per_example=True)  # per-pair values: CIs over seeds and pairs
     if task.reward is not None:
         cfg = task.config
         prompts = task.prompts("heldout")[: cfg.eval_prompts]
+        sampler = sample if task.synthetic is not None else sample_texts
         gen = evaluate_generations(
             policy,
             task.model,
@@ -56,14 +66,22 @@ def _evaluate(plan: RunPlan, policy: Any, task: SharedTask, eval_batches: list[A
             reward=task.reward,
             seed=cfg.eval_seed,
             max_new_tokens=cfg.max_new_tokens,
-            sampler=None if task.synthetic is not None else sample_texts,
+            sampler=sampler,
+            reference_samples=task.reference_samples(prompts, sampler),  # drawn once for every run
+            sampled_kl=False,  # the exact KL where it applies; k1/k3 only where it does not
         )
-        out["generation"] = gen.to_dict(per_prompt=True)
+        out["generation"] = {**gen.to_dict(per_prompt=True), "prompts": list(prompts)}  # samples.jsonl's texts
     return out
 
 
 def _load_trained(path: Path) -> Any:
-    """The trained policy from its saved folder: a full model, or a LoRA adapter merged into its base."""
+    """The trained policy from its saved folder: a full model, a LoRA adapter merged into its base, a model with
+    ILQL heads, which samples with ILQL decoding (`prefopt.online.ilql_heads.load_q_decoder`), or one with NLPO's
+    masking policy, which samples inside its action mask (`prefopt.online.masked_policy.load_masked_decoder`)."""
+    if has_q_heads(path):
+        return load_q_decoder(path)
+    if has_action_mask(path):  # NLPO's policy samples inside its action mask
+        return load_masked_decoder(path)
     if (path / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM  # heavy: loaded on first use
 
@@ -78,10 +96,11 @@ def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[s
     config = task.config
     run_dir = Path(config.output_dir) / plan.run_id
     done = run_dir / "result.json"
-    if done.exists():
+    if done.exists():  # made with these settings: `check_reuse` refused or removed any other
         return json.loads(done.read_text(encoding="utf-8"))
     run_dir.mkdir(parents=True, exist_ok=True)
     kind, settings = run_settings(plan, config, run_dir)
+    fingerprint = run_fingerprint(plan, config)
     write_json_atomic(
         run_dir / "config.json",
         {
@@ -89,6 +108,7 @@ def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[s
             "label": plan.label,
             ("online" if kind == "rollout" else "train"): settings,
             "compare": config.to_dict(),
+            "settings": fingerprint,
         },
     )
     started = time.perf_counter()
@@ -98,11 +118,11 @@ def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[s
         result = train(
             model=copy.deepcopy(task.model).train().requires_grad_(True),
             tokenizer=task.tokenizer,
-            dataset=task.train_dataset(kind),
+            dataset=task.train_dataset(kind, plan.loss),
             **settings,
         )
-    else:
-        result = train(**settings)  # model, model_revision and data are in the settings
+    else:  # model, model_revision and data are in the settings; the rows less any held-out prompts
+        result = train(dataset=task.train_dataset(kind, plan.loss), **settings)
     policy = _load_trained(Path(str(result.model_path)))
     record = {
         "label": plan.label,
@@ -113,7 +133,8 @@ def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[s
         "train": result.to_dict(),
         **_evaluate(plan, policy, task, eval_batches),
     }
-    record["wall_time_s"] = time.perf_counter() - started
+    record.update(wall_time_s=time.perf_counter() - started, settings=fingerprint, environment=environment())
+    write_run_samples(run_dir, record, config.reward_label)
     write_json_atomic(done, record)
     return record
 
@@ -135,10 +156,12 @@ def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResu
 def _compare(config: CompareConfig, checked: dict[str, Any] | None = None) -> CompareResult:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_reuse(config)  # runs made with other settings: refused, or removed with config.overwrite
     write_json_atomic(out / "compare_config.json", config.to_dict())
-    task = SharedTask(config)
+    task = SharedTask(config, checked)
     rows = checked["eval_rows"] if checked and "eval_rows" in checked else task.eval_rows()
     batches = eval_batches(task, rows) if rows is not None and len(rows) else []
+    write_heldout(out, task.heldout(pairs=len(rows) if batches else 0))  # the report's footer and ceiling row
     plans = config.runs()
     records = []
     for i, plan in enumerate(plans, start=1):

@@ -10,7 +10,10 @@ the engine scores every completion of the batch in one forward pass.
              `sequence_ids` mark the segments (attention must not cross them: the engine passes the
              boundaries to the model's varlen / block-diagonal attention)
 
-Both modes put the same completion tokens under `completion_mask` (tested). Per-group extras travel
+    shared:  `share_prompt=True` and K ≥ 2: each group's prompt once, then its K completions
+             (`prefopt.data.prompt_sharing`; padded: one group per row, packed: one row)
+
+All modes put the same completion tokens under `completion_mask` (tested). Per-group extras travel
 in `TokenBatch.extras`: `labels` (bool [B], unpaired), `pair_ids` [B], `ranks` [B, K] (dense, 0 =
 best; equal values are ties), `margin` [B], `weight` [B], `prompt_lengths` [B], and from tokenised
 rows `example_index` [B] (position in the tokenised dataset: what `prefopt.engine`'s reference cache
@@ -21,13 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from prefopt.batch import TokenBatch
+from prefopt.data.prompt_sharing import collate_shared, shared_segments, sharing_pays
 
-__all__ = ["collate_preferences", "collate_prompts", "PreferenceCollator"]
+__all__ = ["collate_preferences", "collate_prompts", "uncollate", "unshare_prompts", "PreferenceCollator"]
 
 
 def _sequences(rows: Sequence[Mapping[str, Any]]) -> tuple[list[list[int]], list[int], int]:
@@ -74,6 +78,7 @@ def collate_preferences(
     pad_token_id: int,
     packed: bool = False,
     pad_to_multiple_of: int | None = None,
+    share_prompt: bool | Literal["auto"] = False,
 ) -> TokenBatch:
     """Tokenised rows (`prompt_ids`, `completion_ids` [K][C], …) → a group-major `TokenBatch`.
 
@@ -82,11 +87,20 @@ def collate_preferences(
         pad_token_id: id written at padded positions (never attended, never scored).
         packed: one packed row instead of S padded rows.
         pad_to_multiple_of: round T up (helps tensor cores and compiled shapes).
+        share_prompt: with K ≥ 2, the prefix-shared layout (each prompt once, then its K completions;
+            `prefopt.data.prompt_sharing`); rows with one completion or none are collated as without it.
+            "auto": shared when that runs `MIN_SAVING` (a fifth) fewer positions (`sharing_pays`).
     Returns:
         TokenBatch with S = B·max(K, 1) sequences and group_size = max(K, 1); shapes [R, T] as documented
         in `prefopt.batch`.
     """
     seqs, prompt_lengths, k = _sequences(rows)
+    groups = [(list(r["prompt_ids"]), [list(c) for c in r["completion_ids"]]) for r in rows] if share_prompt else []
+    if k >= 2 and (share_prompt is True or (share_prompt == "auto" and sharing_pays(groups, packed=packed))):
+        extras = _extras(rows)
+        return collate_shared(
+            groups, pad_token_id=pad_token_id, packed=packed, pad_to_multiple_of=pad_to_multiple_of, extras=extras
+        )
     lengths = [len(s) for s in seqs]
     num_rows, width = (1, sum(lengths)) if packed else (len(seqs), max(lengths))
     width = _round_up(width, pad_to_multiple_of)
@@ -118,6 +132,90 @@ def collate_preferences(
     )
 
 
+# Per-group extras of a batch → the row field `_extras` made them from (prompt_lengths is recomputed).
+_ROW_FIELDS = {
+    "labels": "label",
+    "pair_ids": "pair_id",
+    "example_index": "example_index",
+    "row_index": "row_index",
+    "ranks": "ranks",
+    "margin": "margin",
+    "weight": "weight",
+}
+
+
+def uncollate(batch: TokenBatch) -> list[dict[str, Any]]:
+    """The B tokenised rows of a `TokenBatch`, padded or packed: the inverse of `collate_preferences`.
+
+    Row b holds `prompt_ids`, `completion_ids` [K][C] (the completions of sequences k·B + b) and the per-group
+    extras under their row names (`label`, `pair_id`, `example_index`, `row_index`, `ranks`, `margin`,
+    `weight`), so `collate_preferences(uncollate(batch), ...)` rebuilds the batch.
+
+    Raises:
+        ValueError: a sequence whose completion tokens are not one run at its end, or a group whose
+            completions follow different prompts (such a batch did not come from rows).
+    """
+    prompts, completions = _shared_pieces(batch) if batch.shared_prefix else _pieces(batch)
+    b, k = batch.num_groups, batch.group_size
+    rows: list[dict[str, Any]] = []
+    for g in range(b):
+        if any(prompts[j * b + g] != prompts[g] for j in range(k)):
+            raise ValueError(f"uncollate: the {k} completions of group {g} follow different prompts")
+        rows.append({"prompt_ids": prompts[g], "completion_ids": [completions[j * b + g] for j in range(k)]})
+    for name, field in _ROW_FIELDS.items():
+        if name in batch.extras and batch.extras[name].shape[:1] == (b,):
+            for row, value in zip(rows, batch.extras[name].cpu().tolist()):
+                row[field] = value
+    return rows
+
+
+def unshare_prompts(batch: TokenBatch) -> TokenBatch:
+    """A prefix-shared batch in the unshared layout (each sequence with its own copy of the prompt; padded or
+    packed as the batch was), with the same sequences, order and extras; any other batch unchanged."""
+    if not batch.shared_prefix:
+        return batch
+    rows = uncollate(batch)
+    out = collate_preferences(rows, pad_token_id=0, packed=batch.packed)
+    out.extras = dict(batch.extras)
+    return out.to(batch.input_ids.device)
+
+
+def _not_one_run(s: int) -> ValueError:
+    return ValueError(
+        f"uncollate: sequence {s} has completion tokens that are not one run at its end; only batches "
+        "of (prompt, completion) rows can be taken apart"
+    )
+
+
+def _shared_pieces(batch: TokenBatch) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt, completion) token lists per sequence of a prefix-shared batch."""
+    prompts, completions, marks = shared_segments(batch)
+    for s, mask in enumerate(marks):
+        if not all(mask):
+            raise _not_one_run(s)
+    return prompts, completions
+
+
+def _pieces(batch: TokenBatch) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt, completion) token lists per sequence of a padded or packed batch."""
+    seq = batch.sequence_ids.reshape(-1).cpu()
+    real = (seq >= 0).nonzero().flatten()
+    order = real[torch.argsort(seq[real], stable=True)]  # each sequence's tokens, in order (never split over rows)
+    ids = batch.input_ids.reshape(-1).cpu()[order].tolist()
+    scored = batch.completion_mask.reshape(-1).cpu()[order].tolist()
+    lengths = torch.bincount(seq[real], minlength=batch.num_sequences).tolist()
+    prompts, completions, start = [], [], 0
+    for s, n in enumerate(lengths):
+        tokens, mask = ids[start : start + n], scored[start : start + n]
+        cut = mask.index(True) if True in mask else n
+        if not all(mask[cut:]):
+            raise _not_one_run(s)
+        prompts.append(tokens[:cut])
+        completions.append(tokens[cut:])
+        start += n
+    return prompts, completions
+
+
 def collate_prompts(
     rows: Sequence[Mapping[str, Any]], *, pad_token_id: int, padding_side: str = "left"
 ) -> dict[str, torch.Tensor]:
@@ -147,6 +245,7 @@ class PreferenceCollator:
     pad_token_id: int
     packed: bool = False
     pad_to_multiple_of: int | None = None
+    share_prompt: bool | Literal["auto"] = False
 
     def __post_init__(self) -> None:
         if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) or self.pad_token_id < 0:
@@ -160,5 +259,9 @@ class PreferenceCollator:
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> TokenBatch:
         """`collate_preferences(rows, ...)` with this collator's settings."""
         return collate_preferences(
-            rows, pad_token_id=self.pad_token_id, packed=self.packed, pad_to_multiple_of=self.pad_to_multiple_of
+            rows,
+            pad_token_id=self.pad_token_id,
+            packed=self.packed,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            share_prompt=self.share_prompt,
         )

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefopt.data.schema import is_conversation
+from prefopt.progress import quiet_by_default
 
 if TYPE_CHECKING:
     import datasets
@@ -131,6 +132,7 @@ def _dense_ranks(values: Sequence[float], order: list[int]) -> list[int]:
     return out
 
 
+@quiet_by_default
 def extract_prompts(dataset: datasets.Dataset) -> datasets.Dataset:
     """Paired dataset → the same rows with an explicit `prompt` (implicit rows split by their common prefix).
 
@@ -163,6 +165,7 @@ def extract_prompts(dataset: datasets.Dataset) -> datasets.Dataset:
     )
 
 
+@quiet_by_default
 def order_ranked(dataset: datasets.Dataset, ties: str = "error") -> datasets.Dataset:
     """Ranked dataset → `completions` best first with dense `ranks` (0 = best); `scores` reordered if present.
 
@@ -195,12 +198,14 @@ def order_ranked(dataset: datasets.Dataset, ties: str = "error") -> datasets.Dat
     )
 
 
-def to_unpaired(dataset: datasets.Dataset) -> datasets.Dataset:
+@quiet_by_default
+def to_unpaired(dataset: datasets.Dataset, *, progress: bool | None = None) -> datasets.Dataset:
     """Paired rows (prompt, chosen, rejected) → unpaired rows (prompt, completion, label, pair_id).
 
     Row i becomes rows 2i (chosen, label True) and 2i+1 (rejected, label False), both with `pair_id = i`
     (the source row's position; a source `pair_id` column wins). `margin`, `weight` and `id` are copied to
-    both halves. Prompts must be explicit (`load_preferences` extracts implicit ones first).
+    both halves. Prompts must be explicit (`load_preferences` extracts implicit ones first). `progress`:
+    `datasets`' progress bar (None: quiet unless switched on, `prefopt.progress`).
     """
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in dataset.column_names]
     if missing:

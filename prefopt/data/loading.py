@@ -46,6 +46,7 @@ from prefopt.data.validate import (
     PreferenceDataWarning,
     validate_preferences,
 )
+from prefopt.progress import quiet_by_default
 
 if TYPE_CHECKING:
     import datasets
@@ -67,6 +68,7 @@ logger = logging.getLogger(__name__)
 FILE_BUILDERS: dict[str, str] = {suffix: "json" if fmt == "jsonl" else fmt for suffix, fmt in FILE_FORMATS.items()}
 
 
+@quiet_by_default
 def load_preferences(
     source: str | os.PathLike[str] | datasets.Dataset | datasets.DatasetDict | OpenedData,
     *,
@@ -79,6 +81,7 @@ def load_preferences(
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     max_reported: int = DEFAULT_MAX_REPORTED,
+    progress: bool | None = None,
 ) -> datasets.Dataset:
     """Load, rename, validate and normalise preference data of one kind.
 
@@ -94,6 +97,8 @@ def load_preferences(
         revision: the Hub dataset's git revision (commit, tag or branch) to pin; only for Hub names.
         cache_dir: where `datasets` caches Arrow files (default: its usual cache).
         max_reported: problems shown in an error message (all are in `PreferenceDataError.problems`).
+        progress: show `datasets`' progress bars; None: quiet unless switched on (`prefopt.set_progress`,
+            PREFOPT_PROGRESS=1; see `prefopt.progress`).
     Returns:
         A `datasets.Dataset` with the kind's canonical columns plus any of margin/weight/id/pair_id.
     Raises:
@@ -149,6 +154,7 @@ def _check_some_known_column(columns: list[str], schema: KindSchema, name: str) 
     )
 
 
+@quiet_by_default
 def open_preferences(
     source: str | os.PathLike[str] | datasets.Dataset | datasets.DatasetDict | OpenedData,
     *,

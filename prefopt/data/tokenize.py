@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from prefopt.data.formats import derived_fingerprint
 from prefopt.data.schema import is_conversation, schema_for
 from prefopt.data.validate import PreferenceDataError, PreferenceDataWarning, format_rows
+from prefopt.progress import quiet_by_default
 
 if TYPE_CHECKING:
     import datasets
@@ -243,12 +244,14 @@ def _completions(kind: str, batch: dict[str, list[Any]], j: int) -> list[Any]:
     return []
 
 
+@quiet_by_default
 def tokenize_preferences(
     dataset: datasets.Dataset,
     tokenizer: Any,
     config: TokenizeConfig | None = None,
     *,
     kind: str | None = None,
+    progress: bool | None = None,
 ) -> datasets.Dataset:
     """Tokenise canonical preference rows (from `load_preferences`) into id columns, cached by fingerprint.
 
@@ -257,7 +260,8 @@ def tokenize_preferences(
     `longest_sequence` (P + max_k C_k, what sets its padded width), `row_index` (position in `dataset`),
     and the carried columns label / pair_id / ranks / margin / weight / id. The map is fingerprinted with
     `derived_fingerprint(dataset, config, tokenizer)`, so re-running on a cached on-disk dataset reuses the
-    cache file.
+    cache file. `progress=True` shows `datasets`' progress bars; by default (None) the call is quiet unless
+    they are switched on (`prefopt.set_progress(True)`, PREFOPT_PROGRESS=1; see `prefopt.progress`).
 
     Raises:
         PreferenceDataError: a "error" truncation policy was violated (every such row listed), or

@@ -3,7 +3,7 @@
     hidden = body(input_ids, mask, positions)                    # (R, T, D), one forward for all rows
     h      = hidden[r, t−1]  for every completion token (r, t)   # (N, D), prompt positions dropped
     logp   = linear_logprobs(h, W_head, y, bias, T', softcap')   # (N,) float32, never (R, T, V)
-    sum[s] = Σ_{tokens of s} logp                                # (S,)
+    sum[s] = Σ_{tokens of s} logp                                # (S,) accumulated in float64
 
 The fused path never materialises the R×T×V logits: memory for the head is that of the kernel
 (O(chunk·V)) instead of 4·R·T·V bytes, and prompt positions never reach the head at all. Models the
@@ -14,6 +14,7 @@ log_softmax → gather, at the same positions — after a one-time warning.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,17 +22,21 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.batch import TokenBatch
+from prefopt.data.collate import unshare_prompts
 from prefopt.engine.head import ModelSplit, SplitError, split_model, unwrap_peft
-from prefopt.engine.inputs import Packing, body_kwargs, check_batch, default_packing, scored_positions
-from prefopt.engine.outputs import SequenceLogProbs
-from prefopt.kernels import linear_logprobs
+from prefopt.engine.inputs import Packing, as_token_batch, body_kwargs, check_batch, default_packing, scored_positions
+from prefopt.engine.outputs import SequenceLogProbs, sequence_sums
+from prefopt.engine.prompt_sharing import PromptSharing, head_rows
+from prefopt.engine.sequential_kl import HeadAt, token_kl
+from prefopt.errors import BatchError
+from prefopt.kernels import LogitStats, linear_logprobs
 
 __all__ = ["LogProbEngine", "TokenLogProbs"]
 
 Split = Literal["auto", "always", "never"]
 
 
-def _linear_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, **kwargs: Any) -> Tensor:
+def _linear_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, **kwargs: Any) -> Any:
     """`prefopt.kernels.linear_logprobs`, resolved at call time (the kernels package imports lazily)."""
     return linear_logprobs(hidden, weight, labels, **kwargs)
 
@@ -39,12 +44,23 @@ def _linear_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, **kwargs: A
 @dataclass(frozen=True)
 class TokenLogProbs:
     """Flat per-token results: `logp` [N] float32 (and `entropy` [N] or None) of the N completion tokens,
-    `select` [R, T−1] bool (where their hidden states sit: completion_mask shifted by one), `seq` [N]."""
+    `select` [R, T−1] bool (where their hidden states sit: completion_mask shifted by one), `seq` [N], and
+    with `return_stats` the `LogitStats` of the model's logits (mean over the vocabulary, label = argmax)."""
 
     logp: Tensor
     entropy: Tensor | None
     select: Tensor
     seq: Tensor
+    stats: LogitStats | None = None
+    kl: Tensor | None = None  # [N] KL(π_ref ‖ π) per token, with `kl_reference` (TDPO's sequential KL)
+
+
+def _logits_stats(logits: Tensor, labels: Tensor, logprobs: Tensor) -> LogitStats:
+    """`LogitStats` of materialised logits (N, V) and their tempered log-softmax (the logits path): what the
+    kernels compute on their tiles (log Σ_v p_v² of the engine's distribution, the tempered one)."""
+    logits = logits.detach().float()
+    target = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return LogitStats(logits.mean(-1), target >= logits.amax(-1), torch.logsumexp(2.0 * logprobs.detach(), dim=-1))
 
 
 def _prompt_learning(model: nn.Module) -> bool:
@@ -66,10 +82,15 @@ class LogProbEngine:
         split: "auto" splits known model types and falls back otherwise; "always" also splits unknown
             types as if their logits were `lm_head(h)`; "never" always takes the logits path.
         chunk_size: rows per chunk for the chunked kernel (None: chosen from V and a memory budget).
+        share_prompt: how prefix-shared batches (`TokenBatch.shared_prefix`) run: "auto" as they are (each
+            prompt once) on a model whose attention takes the block mask, unshared first otherwise; True as
+            they are, refusing a model that cannot take the mask (BatchError naming why); False always unshared
+            first (exact, without the saving). Other batches are unaffected.
 
-    Call: `engine(batch, return_tokens=False, return_entropy=False) -> SequenceLogProbs` (sum [S],
-    count [S], mean [S]; per-token values [R, T] with `return_tokens`; entropies with
-    `return_entropy`). Gradients flow to the model unless the call runs under `torch.no_grad()`.
+    Call: `engine(batch, return_tokens=False, return_entropy=False, return_stats=False) -> SequenceLogProbs`
+    (sum [S], count [S], mean [S]; per-token values [R, T] with `return_tokens`; entropies with
+    `return_entropy`; `logit_sum`, `correct` with `return_stats`). Gradients flow to the model unless the
+    call runs under `torch.no_grad()`.
     """
 
     def __init__(
@@ -81,6 +102,7 @@ class LogProbEngine:
         packing: Packing = "auto",
         split: Split = "auto",
         chunk_size: int | None = None,
+        share_prompt: bool | Literal["auto"] = "auto",
     ) -> None:
         if not temperature > 0:
             raise ValueError(f"LogProbEngine: temperature must be > 0, got {temperature}")
@@ -94,6 +116,10 @@ class LogProbEngine:
         self.chunk_size = chunk_size
         inner = unwrap_peft(model)
         self.packing = default_packing(inner) if packing == "auto" else packing
+        if share_prompt not in (True, False, "auto"):
+            raise ValueError(f"LogProbEngine: share_prompt={share_prompt!r}; use 'auto', True or False")
+        self.share_prompt = share_prompt
+        self.prompt_sharing = PromptSharing.of(inner)
         self.split: ModelSplit | None = None
         self.fallback_reason: str | None = None
         if _prompt_learning(model):
@@ -133,22 +159,50 @@ class LogProbEngine:
                 f"{window}, which an explicit 4-D mask does not apply; use packing='position_ids' (the default)"
             )
 
-    def token_logprobs(self, batch: TokenBatch, *, return_entropy: bool = False) -> TokenLogProbs:
-        """Log-probs (and optionally entropies) of every completion token, flat; see `TokenLogProbs`."""
+    def _layout(self, batch: TokenBatch) -> TokenBatch:
+        """A prefix-shared batch as it will run: as it is, or unshared (`share_prompt`, the model's attention)."""
+        if not batch.shared_prefix:
+            return batch
+        refusal = None
+        if self.share_prompt is not False:
+            refusal = self.prompt_sharing.refusal(batch, type(unwrap_peft(self.model)).__name__)
+        if refusal is not None and self.share_prompt is True:
+            raise BatchError(
+                f"LogProbEngine: {refusal}; collate with share_prompt=False, or give LogProbEngine "
+                "share_prompt='auto' or False (it unshares the batch)"
+            )
+        return batch if self.share_prompt is not False and refusal is None else unshare_prompts(batch)
+
+    def token_logprobs(
+        self,
+        batch: TokenBatch | Mapping[str, Any],
+        *,
+        return_entropy: bool = False,
+        return_stats: bool = False,
+        kl_reference: Any = None,
+    ) -> TokenLogProbs:
+        """Log-probs (and optionally entropies, logit statistics, the KL from `kl_reference`) of every completion
+        token, flat; see `TokenLogProbs`."""
+        batch = self._layout(as_token_batch(batch))
         check_batch(batch)
-        if batch.packed and self.packing == "mask":
-            self._check_window(batch.input_ids.shape[1])
-        kwargs = body_kwargs(batch, self.packing, self._dtype())
+        if batch.shared_prefix:
+            kwargs = self.prompt_sharing.body_kwargs(batch, self._dtype())
+        else:
+            if batch.packed and self.packing == "mask":
+                self._check_window(batch.input_ids.shape[1])
+            kwargs = body_kwargs(batch, self.packing, self._dtype())
         select, labels, seq = scored_positions(batch)
         if self.split is None:
-            logits = self.model(**kwargs).logits[:, :-1][select]  # (N, V) of the (R, T, V) logits
+            logits = head_rows(self.model(**kwargs).logits, batch, select)  # (N, V) of the (R, T, V) logits
             logprobs = torch.log_softmax(logits.float() / self.temperature, dim=-1)
             logp = logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
             entropy = -(logprobs.exp() * logprobs).sum(-1) if return_entropy else None
-            return TokenLogProbs(logp, entropy, select, seq)
+            stats = _logits_stats(logits, labels, logprobs) if return_stats else None
+            kl = _kl(HeadAt(logits=logits.float() / self.temperature), kl_reference, batch, self.chunk_size)
+            return TokenLogProbs(logp, entropy, select, seq, stats, kl)
         out = self.split.body(**kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, T, D)
-        head = self.split.head_inputs(hidden[:, :-1][select])  # (N, D) → kernel view
+        head = self.split.head_inputs(head_rows(hidden, batch, select))  # (N, D) → kernel view
         head_hidden = head.hidden.to(head.weight.dtype)  # as nn.Linear would need (e.g. fp32 norm, bf16 head)
         temperature, softcap = self.split.transform.kernel_args(self.temperature)
         result = _linear_logprobs(
@@ -159,29 +213,58 @@ class LogProbEngine:
             temperature=temperature,
             softcap=softcap,
             return_entropy=return_entropy,
+            return_stats=return_stats,
             backend=self.backend,
             chunk_size=self.chunk_size,
         )
-        logp, entropy = result if return_entropy else (result, None)
-        return TokenLogProbs(logp, entropy, select, seq)
+        logp, *rest = result if (return_entropy or return_stats) else (result,)
+        entropy = rest[0] if return_entropy else None
+        stats = rest[-1] if return_stats else None
+        if stats is not None and self.temperature != 1.0:  # the kernel's logits are the model's divided by T
+            stats = stats._replace(mean=stats.mean * self.temperature)  # log Σ p² stays the tempered softmax's
+        policy = HeadAt(head_hidden, head.weight, head.bias, temperature, softcap)
+        kl = _kl(policy, kl_reference, batch, self.chunk_size)
+        return TokenLogProbs(logp, entropy, select, seq, stats, kl)
 
     def __call__(
-        self, batch: TokenBatch, *, return_tokens: bool = False, return_entropy: bool = False
+        self,
+        batch: TokenBatch | Mapping[str, Any],
+        *,
+        return_tokens: bool = False,
+        return_entropy: bool = False,
+        return_stats: bool = False,
+        kl_reference: Any = None,
     ) -> SequenceLogProbs:
         """Run the model once over all rows of `batch`; see the class docstring.
 
         `return_entropy` adds `entropy` [S] = Σ_t H(π(·|x, y_<t)) over completion tokens (divide by
         `count` for the per-token mean that TRL logs), and `token_entropy` [R, T] with `return_tokens`.
+        `return_stats` adds, detached, `logit_sum` [S] (Σ_t of the mean over the vocabulary of the model's
+        logits), `correct` [S] (completion tokens that are an argmax of the logits) and `log_sum_sq_probs` [S]
+        (Σ_t log Σ_v π(v)², WPO's alignment), read from the logits tiles the kernel computes anyway.
+        `kl_reference` (a `ReferenceLogProbs` of a model, or anything with `head_inputs(batch)`) adds `seq_kl` [S]
+        = Σ_t KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)), with gradient (TDPO; `prefopt.engine.sequential_kl`). `batch`
+        may be a mapping of TokenBatch's field names (`TokenBatch.from_dict` reads it and names a missing key);
+        convert TRL's batches with `prefopt.data.from_trl_batch`.
         """
-        flat = self.token_logprobs(batch, return_entropy=return_entropy)
+        batch = self._layout(as_token_batch(batch))  # per-token outputs follow the layout that ran
+        flat = self.token_logprobs(
+            batch, return_entropy=return_entropy, return_stats=return_stats, kl_reference=kl_reference
+        )
         out = SequenceLogProbs.from_tokens(flat.logp, flat.seq, batch.num_sequences, batch.group_size)
         entropy = None
         if flat.entropy is not None:
-            entropy = SequenceLogProbs.from_tokens(flat.entropy, flat.seq, batch.num_sequences).sum
+            entropy = sequence_sums(flat.entropy, flat.seq, batch.num_sequences)
         tokens = token_entropy = None
         if return_tokens:
             tokens = _unflatten(flat.logp, flat.select)
             token_entropy = None if flat.entropy is None else _unflatten(flat.entropy, flat.select)
+        logit_sum = correct = log_sum_sq = None
+        if flat.stats is not None:
+            logit_sum = sequence_sums(flat.stats.mean, flat.seq, batch.num_sequences)
+            correct = torch.bincount(flat.seq[flat.stats.correct], minlength=batch.num_sequences)
+            if flat.stats.log_sum_sq_probs is not None:
+                log_sum_sq = sequence_sums(flat.stats.log_sum_sq_probs, flat.seq, batch.num_sequences)
         return SequenceLogProbs(
             out.sum,
             out.count,
@@ -190,7 +273,23 @@ class LogProbEngine:
             batch.sequence_ids if return_tokens else None,
             entropy,
             token_entropy,
+            logit_sum=logit_sum,
+            correct=correct,
+            log_sum_sq_probs=log_sum_sq,
+            seq_kl=None if flat.kl is None else sequence_sums(flat.kl, flat.seq, batch.num_sequences),
         )
+
+
+def _kl(policy: HeadAt, kl_reference: Any, batch: TokenBatch, chunk_size: int | None) -> Tensor | None:
+    """KL(π_ref ‖ π) per scored token [N] from the policy's head and `kl_reference.head_inputs(batch)`, or None."""
+    if kl_reference is None:
+        return None
+    if not callable(getattr(kl_reference, "head_inputs", None)):
+        raise TypeError(
+            f"LogProbEngine: kl_reference must give the reference model's head (ReferenceLogProbs.from_model or "
+            f".from_disabled_adapter), got {type(kl_reference).__name__}"
+        )
+    return token_kl(policy, kl_reference.head_inputs(batch), chunk_size=chunk_size)
 
 
 def _unflatten(values: Tensor, select: Tensor) -> Tensor:

@@ -18,24 +18,50 @@ the hidden state at t − 1, which must belong to the same sequence.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from prefopt.batch import TokenBatch
+from prefopt.engine.prompt_sharing import check_shared_batch
+from prefopt.errors import BatchError
 
-__all__ = ["Packing", "check_batch", "sequence_positions", "body_kwargs", "scored_positions", "default_packing"]
+__all__ = [
+    "Packing",
+    "as_token_batch",
+    "check_batch",
+    "sequence_positions",
+    "body_kwargs",
+    "scored_positions",
+    "default_packing",
+]
 
 Packing = Literal["auto", "position_ids", "mask"]
+
+
+def as_token_batch(batch: TokenBatch | Mapping[str, Any]) -> TokenBatch:
+    """The engine's input: a `TokenBatch`, or a mapping of its field names (read by `TokenBatch.from_dict`)."""
+    if isinstance(batch, TokenBatch):
+        return batch
+    if isinstance(batch, Mapping):
+        return TokenBatch.from_dict(batch)
+    raise BatchError(
+        f"LogProbEngine: expected a TokenBatch or a mapping of its fields, got {type(batch).__name__}; build one "
+        "with prefopt.data.PreferenceCollator, or with prefopt.data.from_trl_batch from TRL's batches"
+    )
 
 
 def check_batch(batch: TokenBatch) -> None:
     """Raise ValueError, naming row and position, if a completion token cannot be scored.
 
     A completion token needs a previous token of its own sequence (so t ≥ 1 and
-    sequence_ids[r, t−1] == sequence_ids[r, t]), and must not be padding.
+    sequence_ids[r, t−1] == sequence_ids[r, t]), and must not be padding. A prefix-shared batch is checked
+    against its own layout (`prefopt.engine.prompt_sharing.check_shared_batch`).
     """
+    if batch.shared_prefix:
+        return check_shared_batch(batch)
     cm = batch.completion_mask.bool()
     seq = batch.sequence_ids
     if cm.shape[1] and bool(cm[:, 0].any()):

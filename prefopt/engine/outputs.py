@@ -8,6 +8,9 @@ best first; K = 1 for unpaired data).
     count[s]  = |completion(s)|                                  [S] long
     mean[s]   = sum[s] / count[s]   (0 where count[s] = 0)       [S] float32
     tokens    = per-token log-probs aligned with input_ids       [R, T] float32, 0 off-completion
+
+Per-sequence sums are accumulated in float64 and rounded once to float32 (`sequence_sums`): a float32
+running sum over a long completion drifts by many float32 steps of the result (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -17,7 +20,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SequenceLogProbs"]
+__all__ = ["SequenceLogProbs", "sequence_sums"]
+
+
+def sequence_sums(values: Tensor, token_sequence_ids: Tensor, num_sequences: int) -> Tensor:
+    """[S] float32 `Σ_{i: seq[i]=s} values[i]` of per-token `values` [N], differentiable.
+
+    Accumulated in float64 (float32 on MPS, which has no float64) and rounded once, so each sum is the float64
+    sum of the float32 values to float32 rounding of the result, however long the sequence. The backward is
+    unchanged: each value's gradient is its sequence's (a float32 → float64 → float32 round trip is exact).
+    """
+    dtype = torch.float32 if values.device.type == "mps" else torch.float64
+    total = torch.zeros(num_sequences, dtype=dtype, device=values.device)
+    return total.index_add(0, token_sequence_ids, values.to(dtype)).float()
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,16 @@ class SequenceLogProbs:
         entropy: [S] float32, Σ over completion tokens of the entropy of π(·|x, y_<t); None unless the
             engine was called with `return_entropy=True`. `entropy / count` is the per-token mean.
         token_entropy: [R, T] float32 per-token entropies (with `return_tokens` and `return_entropy`).
+        logit_sum: [S] float32, Σ over completion tokens of the mean over the vocabulary of the model's
+            logits at that position (before the engine's temperature); None unless the engine was called
+            with `return_stats=True`. `logit_sum / count` is the per-token mean that TRL logs as `logits/*`.
+        correct: [S] long, how many completion tokens are an argmax of the model's logits (a tie for the
+            maximum counts); `correct / count` is the token accuracy. None unless `return_stats=True`.
+        log_sum_sq_probs: [S] float32, Σ over completion tokens of log Σ_v π(v|x, y_<t)² (the log-probability
+            that two samples of the position agree; WPO's weight alignment), detached; None unless
+            `return_stats=True`.
+        seq_kl: [S] float32, Σ over completion tokens of KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)) (TDPO's sequential
+            KL), differentiable in π; None unless the engine was called with `kl_reference=`.
     """
 
     sum: Tensor
@@ -44,6 +69,10 @@ class SequenceLogProbs:
     token_sequence_ids: Tensor | None = None
     entropy: Tensor | None = None
     token_entropy: Tensor | None = None
+    logit_sum: Tensor | None = None
+    correct: Tensor | None = None
+    log_sum_sq_probs: Tensor | None = None
+    seq_kl: Tensor | None = None
 
     @property
     def mean(self) -> Tensor:
@@ -97,6 +126,10 @@ class SequenceLogProbs:
             self.token_sequence_ids,
             detach(self.entropy),
             detach(self.token_entropy),
+            detach(self.logit_sum),
+            self.correct,
+            detach(self.log_sum_sq_probs),
+            detach(self.seq_kl),
         )
 
     @staticmethod
@@ -105,9 +138,9 @@ class SequenceLogProbs:
     ) -> "SequenceLogProbs":
         """Reduce flat per-token log-probs [N] with their sequence index [N] to per-sequence sums [S].
 
-        `sum[s] = Σ_{i: seq[i]=s} logp[i]` via `index_add` (differentiable), `count` via `bincount`.
+        `sum[s] = Σ_{i: seq[i]=s} logp[i]` by `sequence_sums` (float64 accumulation, differentiable),
+        `count` via `bincount`.
         """
-        total = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
-        total = total.index_add(0, token_sequence_ids, token_logps.float())
+        total = sequence_sums(token_logps, token_sequence_ids, num_sequences)
         count = torch.bincount(token_sequence_ids, minlength=num_sequences)
         return SequenceLogProbs(total, count, group_size)

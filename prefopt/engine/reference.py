@@ -7,6 +7,8 @@
 
 All three return detached `SequenceLogProbs` computed without autograd, in eval mode (no dropout),
 so π_ref is deterministic as the DPO objective assumes (Rafailov et al. 2023, arXiv:2305.18290, §4).
+The two models also give per-token log-probs (`reference(batch, return_tokens=True)`, what rollout
+losses take as `ref_logps`); a cache holds per-sequence sums only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prefopt.batch import TokenBatch
 from prefopt.engine.cache import ReferenceCache
 from prefopt.engine.engine import LogProbEngine
 from prefopt.engine.outputs import SequenceLogProbs
+from prefopt.engine.sequential_kl import HeadAt, head_at
 
 __all__ = ["ReferenceLogProbs", "eval_mode"]
 
@@ -45,14 +48,39 @@ class ReferenceLogProbs:
         source: "model", "disabled_adapter" or "cache" (for logs and errors).
     """
 
-    def __init__(self, compute: Callable[[TokenBatch], SequenceLogProbs], *, source: str) -> None:
+    def __init__(
+        self,
+        compute: Callable[..., SequenceLogProbs],
+        *,
+        source: str,
+        head: Callable[[TokenBatch], HeadAt] | None = None,
+    ) -> None:
         self._compute = compute
+        self._head = head
         self.source = source
 
-    def __call__(self, batch: TokenBatch) -> SequenceLogProbs:
-        """[S] reference sums/counts of `batch` (detached, float32)."""
+    def head_inputs(self, batch: TokenBatch) -> HeadAt:
+        """The reference model's head at the scored positions of `batch` (no gradient, eval mode): what the
+        policy's engine needs for the sequential KL, `engine(batch, kl_reference=reference)` (TDPO)."""
+        if self._head is None:
+            raise ValueError(
+                f"a reference from {self.source!r} holds log-probs only; the sequential KL needs the reference "
+                "model's next-token distributions: ReferenceLogProbs.from_model(ref_model) or "
+                ".from_disabled_adapter(peft_model)"
+            )
         with torch.no_grad():
-            return self._compute(batch).detach()
+            return self._head(batch)
+
+    def __call__(self, batch: TokenBatch, *, return_tokens: bool = False) -> SequenceLogProbs:
+        """[S] reference sums/counts of `batch` (detached, float32); per-token values too with `return_tokens`."""
+        if return_tokens and self.source == "cache":
+            raise ValueError(
+                "a reference cache holds per-sequence sums only; per-token reference log-probs need the reference "
+                "model: ReferenceLogProbs.from_model(ref_model) or .from_disabled_adapter(peft_model)"
+            )
+        with torch.no_grad():
+            out = self._compute(batch, return_tokens=True) if return_tokens else self._compute(batch)
+            return out.detach()
 
     def __repr__(self) -> str:
         return f"ReferenceLogProbs(source={self.source!r})"
@@ -66,7 +94,7 @@ class ReferenceLogProbs:
         model.requires_grad_(False)
         model.eval()
         engine = LogProbEngine(model, **engine_kwargs)
-        return cls(engine, source="model")
+        return cls(engine, source="model", head=lambda batch: head_at(engine, batch))
 
     @classmethod
     def from_disabled_adapter(
@@ -88,11 +116,15 @@ class ReferenceLogProbs:
             raise ValueError("from_disabled_adapter: `engine` was built over a different model")
         engine = engine if engine is not None else LogProbEngine(model, **engine_kwargs)
 
-        def compute(batch: TokenBatch) -> SequenceLogProbs:
+        def compute(batch: TokenBatch, **kwargs: Any) -> SequenceLogProbs:
             with disable(), eval_mode(model):
-                return engine(batch)
+                return engine(batch, **kwargs)
 
-        return cls(compute, source="disabled_adapter")
+        def head(batch: TokenBatch) -> HeadAt:
+            with disable(), eval_mode(model):
+                return head_at(engine, batch)
+
+        return cls(compute, source="disabled_adapter", head=head)
 
     @classmethod
     def from_cache(cls, cache: ReferenceCache) -> "ReferenceLogProbs":

@@ -36,7 +36,14 @@ from prefopt.eval.ratings import (
     prompt_outcomes,
     rate_generations,
 )
-from prefopt.eval.stats import MeanCI, aggregate_records, aggregate_seeds, bootstrap_mean, bootstrap_statistic
+from prefopt.eval.stats import (
+    MeanCI,
+    aggregate_records,
+    aggregate_seeds,
+    bootstrap_mean,
+    bootstrap_statistic,
+    hierarchical_bootstrap_mean,
+)
 from prefopt.eval.winrate import (
     LengthControlledFit,
     LengthControlledWinRate,
@@ -70,6 +77,7 @@ __all__ = [
     "fit_bradley_terry",
     "fit_length_controlled",
     "generation_metrics",
+    "hierarchical_bootstrap_mean",
     "kl_estimates",
     "length_controlled_win_rate",
     "pairwise_outcomes",

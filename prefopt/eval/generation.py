@@ -63,7 +63,8 @@ class GenerationMetrics:
         finished_rate: share of policy samples that ended with EOS (not cut by max_new_tokens).
         num_prompts: n.
         rewards, reference_rewards, lengths, reference_lengths: per-prompt values (for ratings across
-            algorithms and for re-analysis); completions: the policy's texts (may be empty).
+            algorithms and for re-analysis); completions, reference_completions: the two models' texts
+            (may be empty); kls: the per-prompt values of the headline KL (empty without a KL).
     """
 
     reward: MeanCI
@@ -84,6 +85,8 @@ class GenerationMetrics:
     lengths: list[float] = field(repr=False, default_factory=list)
     reference_lengths: list[float] = field(repr=False, default_factory=list)
     completions: list[str] = field(repr=False, default_factory=list)
+    reference_completions: list[str] = field(repr=False, default_factory=list)
+    kls: list[float] = field(repr=False, default_factory=list)
 
     def to_dict(self, *, per_prompt: bool = False) -> dict[str, Any]:
         """JSON-ready dict of the summaries; `per_prompt=True` adds the per-prompt lists and completions."""
@@ -110,6 +113,8 @@ class GenerationMetrics:
                 lengths=self.lengths,
                 reference_lengths=self.reference_lengths,
                 completions=self.completions,
+                reference_completions=self.reference_completions,
+                kls=self.kls,
             )
         return out
 
@@ -157,13 +162,15 @@ def generation_metrics(
     kl_exact: Any = None,
     finished: Any = None,
     completions: Sequence[str] = (),
+    reference_completions: Sequence[str] = (),
     confidence: float = 0.95,
     method: BootstrapMethod = "percentile",
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> GenerationMetrics:
     """The metrics from per-prompt arrays (pure): rewards [n] and lengths [n] of the policy's samples and of
-    the reference's on the same n prompts, optional per-sample KL estimates [n] and `finished` [n] flags."""
+    the reference's on the same n prompts, optional per-sample KL estimates [n] and `finished` [n] flags;
+    `completions` and `reference_completions` (the texts) are kept as given."""
     arrays = {
         name: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=np.float64).reshape(-1)
         for name, v in (
@@ -203,6 +210,7 @@ def generation_metrics(
     )
     k1, k3, exact = optional(kl_k1), optional(kl_k3), optional(kl_exact)
     headline, kl_method = (exact, "exact") if exact is not None else (k3, "k3") if k3 is not None else (k1, "k1")
+    per_prompt_kl = next((v for v in (kl_exact, kl_k3, kl_k1) if v is not None), None)
     return GenerationMetrics(
         reward=summary(arrays["rewards"]),
         reference_reward=summary(arrays["reference_rewards"]),
@@ -222,7 +230,14 @@ def generation_metrics(
         lengths=arrays["lengths"].tolist(),
         reference_lengths=arrays["reference_lengths"].tolist(),
         completions=list(completions),
+        reference_completions=list(reference_completions),
+        kls=[] if per_prompt_kl is None else _floats(per_prompt_kl),
     )
+
+
+def _floats(values: Any) -> list[float]:
+    """Per-prompt values (a tensor, array or list) as a list of floats."""
+    return np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64).tolist()
 
 
 def _use_exact_kl(kl: KLMethod, model: Any) -> bool:
@@ -249,6 +264,7 @@ def evaluate_generations(
     reference_samples: Any = None,
     sampler: Callable[..., Any] | None = None,
     num_threads: int | None = None,
+    sampled_kl: bool = True,
     confidence: float = 0.95,
     method: BootstrapMethod = "percentile",
     n_resamples: int = 2000,
@@ -262,7 +278,8 @@ def evaluate_generations(
         reward: a `RewardFunction` (`score(prompts, completions) -> [n]`), e.g. `synthetic.GoldReward()`.
         seed: policy samples use `torch.Generator().manual_seed(seed)`, reference samples `seed + 1`.
         kl: "exact" (`prefopt.sampling.sequence_kl`, full vocabulary), "sampled" (k1/k3 only) or "auto" (exact when
-            the vocabulary has ≤ EXACT_KL_MAX_VOCAB tokens). k1 and k3 are always reported.
+            the vocabulary has ≤ EXACT_KL_MAX_VOCAB tokens). k1 and k3 are reported too, unless `sampled_kl`
+            is False and the exact KL is computed (which saves a forward pass of each model).
         reference_samples: the reference's `Samples` on the same prompts, to reuse across policies (then
             the reference is not sampled again).
         sampler: `sampler(model, tokenizer, prompts, generator=, max_new_tokens=, temperature=) -> Samples`;
@@ -296,11 +313,12 @@ def evaluate_generations(
                 "evaluate_generations: reference_samples were drawn for other prompts; pass the "
                 "same prompts in the same order"
             )
-        batch = mine.token_batch()
-        policy_tokens = LogProbEngine(policy, temperature=temperature)(batch, return_tokens=True).tokens
-        ref_tokens = LogProbEngine(reference, temperature=temperature)(batch, return_tokens=True).tokens
-        k1, k3 = kl_estimates(policy_tokens.cpu(), ref_tokens.cpu(), mine.completion_mask)
-        kl_exact = None
+        k1 = k3 = kl_exact = None
+        if sampled_kl or not exact:
+            batch = mine.token_batch()
+            policy_tokens = LogProbEngine(policy, temperature=temperature)(batch, return_tokens=True).tokens
+            ref_tokens = LogProbEngine(reference, temperature=temperature)(batch, return_tokens=True).tokens
+            k1, k3 = kl_estimates(policy_tokens.cpu(), ref_tokens.cpu(), mine.completion_mask)
         if exact:
             if temperature != 1.0:
                 raise ValueError(
@@ -320,6 +338,7 @@ def evaluate_generations(
         kl_exact=kl_exact,
         finished=mine.finished,
         completions=mine.completions,
+        reference_completions=reference_samples.completions,
         confidence=confidence,
         method=method,
         n_resamples=n_resamples,

@@ -8,6 +8,9 @@ so a reader never sees a half-written PNG.
                             reference_reward=m.reference_reward)
     plot_training_curves({"dpo": "runs/dpo/metrics.jsonl", "ipo": "runs/ipo/metrics.jsonl"}, "curves.png")
     plot_length_drift({"dpo": m.mean_length, ...}, "length.png", reference_length=m.reference_mean_length)
+
+Every plot takes a `footer`: a line of text under the axes (the comparison's setting: task, sizes, seeds,
+steps). The frontier's KL axis is logarithmic when the KLs span more than a decade (`kl_axis_scale`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ __all__ = [
     "plot_training_curves",
     "plot_length_drift",
     "DEFAULT_CURVE_METRICS",
+    "kl_axis_scale",
 ]
 
 DEFAULT_CURVE_METRICS: tuple[str, ...] = ("loss", "rewards/accuracies", "rewards/margins")
@@ -76,8 +81,12 @@ def _new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.5) -> tupl
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write `fig` as PNG to `path` atomically (temporary file in the same folder + os.replace)."""
+def _save(fig: Any, path: str | os.PathLike[str], footer: str | None = None) -> Path:
+    """Write `fig` as PNG to `path` atomically (temporary file in the same folder + os.replace), with
+    `footer` under the axes, wrapped to the figure's width."""
+    if footer:
+        width = max(40, int(fig.get_figwidth() * 17))  # characters of 7-point text per line
+        fig.supxlabel(textwrap.fill(footer, width), fontsize=7, color="dimgray")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
@@ -90,15 +99,23 @@ def plot_reward_kl_frontier(
     reference_reward: Value | None = None,
     title: str = "Reward vs. KL to the reference",
     reward_label: str = "reward",
+    kl_scale: str = "auto",
+    footer: str | None = None,
 ) -> Path:
     """Reward (y) against KL(π ‖ π_ref) (x), one colour per algorithm, in the style of the DPO paper's Fig. 2
     (Rafailov et al. 2023, arXiv:2305.18290): the points of an algorithm's settings (β, steps, …) are joined
     in order of KL into its frontier; CIs are error bars on both axes; the reference policy sits at KL 0.
 
-    Returns the written path.
+    `kl_scale`: "linear", "log", "symlog" or "auto" (`kl_axis_scale`: logarithmic when the KLs span more than
+    a decade, symmetric-log when a KL of 0 or below, such as the reference's, is drawn too). `footer`: a line
+    under the axes. Returns the written path.
     """
     if not points:
         raise ValueError("plot_reward_kl_frontier: no points; pass one FrontierPoint per trained policy")
+    kls = [_mean(p.kl) for p in points] + ([0.0] if reference_reward is not None else [])
+    scale, linthresh = kl_axis_scale(kls) if kl_scale == "auto" else (kl_scale, _linthresh(kls))
+    if scale not in ("linear", "log", "symlog"):
+        raise ValueError(f"plot_reward_kl_frontier: kl_scale={kl_scale!r}; use 'auto', 'linear', 'log' or 'symlog'")
     fig, (ax,) = _new_figure()
     by_algorithm: dict[str, list[FrontierPoint]] = {}
     for point in points:
@@ -134,12 +151,38 @@ def plot_reward_kl_frontier(
             linestyle="none",
             label="reference",
         )
-    ax.set_xlabel("KL(π ‖ π_ref) per sequence (nats)")
+    xlabel = "KL(π ‖ π_ref) per sequence (nats)"
+    if scale == "log":
+        ax.set_xscale("log")
+        xlabel += ", log scale"
+    elif scale == "symlog":
+        ax.set_xscale("symlog", linthresh=linthresh)
+        xlabel += f", log scale (linear below {linthresh:g})"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(reward_label)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, footer)
+
+
+def _linthresh(kls: Sequence[float]) -> float:
+    """The power of ten at or below the smallest positive KL (1 when none is positive)."""
+    positive = [k for k in kls if math.isfinite(k) and k > 0]
+    return 10.0 ** math.floor(math.log10(min(positive))) if positive else 1.0
+
+
+def kl_axis_scale(kls: Sequence[float]) -> tuple[str, float]:
+    """(scale, linthresh) of a KL axis for these KL values: "linear" unless the positive ones span more than a
+    decade (largest / smallest > 10); then "log", or "symlog" (linear within ±linthresh, the power of ten at
+    or below the smallest positive KL) when a value is 0 or negative (the reference at KL 0, a sampled k1
+    estimate below 0), which a log axis cannot show."""
+    finite = [k for k in kls if math.isfinite(k)]
+    positive = [k for k in finite if k > 0]
+    linthresh = _linthresh(finite)
+    if len(positive) < 2 or max(positive) <= 10 * min(positive):
+        return "linear", linthresh
+    return ("log" if len(positive) == len(finite) else "symlog"), linthresh
 
 
 def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -183,6 +226,7 @@ def plot_training_curves(
     *,
     metrics: Sequence[str] = DEFAULT_CURVE_METRICS,
     step_key: str = "step",
+    footer: str | None = None,
 ) -> Path:
     """One panel per metric (loss, reward accuracy, margins by default), one line per run, against step.
 
@@ -192,6 +236,7 @@ def plot_training_curves(
             then `train/name`; records without it (e.g. eval-only lines) are skipped for that panel.
         metrics: the metric names to draw; metrics no run logs are left out.
         step_key: the x-axis key (records without it use their line index).
+        footer: a line under the panels.
     """
     if not runs:
         raise ValueError("plot_training_curves: no runs; pass {name: metrics.jsonl path}")
@@ -215,7 +260,7 @@ def plot_training_curves(
         ax.set_title(metric)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, footer)
 
 
 def plot_length_drift(
@@ -224,8 +269,10 @@ def plot_length_drift(
     *,
     reference_length: Value | None = None,
     unit: str = "tokens",
+    footer: str | None = None,
 ) -> Path:
-    """Mean sample length per algorithm (bars with CI error bars) against the reference's (dashed line)."""
+    """Mean sample length per algorithm (bars with CI error bars) against the reference's (dashed line);
+    `footer`: a line under the axes."""
     if not lengths:
         raise ValueError("plot_length_drift: no lengths; pass {algorithm: mean length}")
     names = list(lengths)
@@ -250,4 +297,4 @@ def plot_length_drift(
     ax.set_ylabel(f"mean completion length ({unit})")
     ax.set_title("Length drift")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return _save(fig, path, footer)

@@ -19,7 +19,7 @@ strict `>` of the logged `rewards/accuracies`). Pairs of completions that the da
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,8 @@ class PreferenceMetrics:
         logp_accuracy, logp_accuracy_normalized: ranking by summed and by per-token log-probs.
         num_examples: prompts (B summed over batches); group_size: K; beta: the β used;
         reference_free: True when no reference was given (r̂ = β·log π_θ).
+        values: the per-prompt values behind `reward_accuracy` and `reward_margin` (the prompts kept, in
+            order), for CIs that pool several runs (`prefopt.eval.hierarchical_bootstrap_mean`).
     """
 
     reward_accuracy: MeanCI
@@ -56,9 +58,11 @@ class PreferenceMetrics:
     group_size: int
     beta: float
     reference_free: bool
+    values: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: every metric as `MeanCI.to_dict()`, plus the counts and β."""
+    def to_dict(self, *, per_example: bool = False) -> dict[str, Any]:
+        """JSON-ready dict: every metric as `MeanCI.to_dict()`, plus the counts and β (`per_example=True`: and
+        `values`)."""
         out: dict[str, Any] = {}
         for name in (
             "reward_accuracy",
@@ -75,6 +79,8 @@ class PreferenceMetrics:
             beta=self.beta,
             reference_free=self.reference_free,
         )
+        if per_example:
+            out["values"] = self.values
         return out
 
 
@@ -187,7 +193,12 @@ def preference_metrics(
 
     stats = {name: summary(v) for name, v in per_example.items()}
     return PreferenceMetrics(
-        **stats, num_examples=int(keep.sum()), group_size=k, beta=beta, reference_free=ref_logps is None
+        **stats,
+        num_examples=int(keep.sum()),
+        group_size=k,
+        beta=beta,
+        reference_free=ref_logps is None,
+        values={name: per_example[name][keep].tolist() for name in ("reward_accuracy", "reward_margin")},
     )
 
 

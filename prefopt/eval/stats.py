@@ -3,6 +3,9 @@
     bootstrap_mean(values)      mean of n per-example values, CI from `scipy.stats.bootstrap`
                                 (percentile or BCa, Efron & Tibshirani 1993, ch. 13–14), seedable
     aggregate_seeds(values)     mean over k seeds' results, CI from Student's t (default) or a bootstrap
+    hierarchical_bootstrap_mean(groups)
+                                mean over k seeds of each seed's per-prompt mean, CI from a two-level
+                                bootstrap: seeds with replacement, then prompts within each drawn seed
     aggregate_records(records)  the same for every numeric key of k result dicts
 
 Every interval is a `MeanCI(mean, low, high, n, confidence, method)`. JSON output (`to_dict`) writes a
@@ -26,6 +29,7 @@ __all__ = [
     "bootstrap_statistic",
     "aggregate_seeds",
     "aggregate_records",
+    "hierarchical_bootstrap_mean",
     "finite_or_none",
 ]
 
@@ -239,3 +243,51 @@ def aggregate_records(
         if all(v is not None for v in values):
             out[key] = aggregate_seeds(values, confidence=confidence, method=method)
     return out
+
+
+def hierarchical_bootstrap_mean(
+    groups: Sequence[Any],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> MeanCI:
+    """Mean over k groups (seeds) of each group's mean over its values (prompts), with a two-level bootstrap CI.
+
+    Each resample draws k groups with replacement, then, within each drawn group, its n_g values with
+    replacement, and averages the k resampled group means; the interval is the percentile interval of those
+    averages (the hierarchical bootstrap of multi-level data: Davison & Hinkley 1997, Sec. 3.8; Saravanan et
+    al. 2020). So it holds both the seed-to-seed spread of training and the prompt-to-prompt spread of the
+    evaluation, where Student's t over k seed means sees only the first and the bootstrap of one seed's
+    prompts only the second.
+
+    Args:
+        groups: k sequences of finite numbers, one per seed (lengths may differ).
+        confidence, n_resamples, seed: as in `bootstrap_mean`.
+    Returns:
+        `MeanCI` with n = the number of values in all groups and method "hierarchical"; with one group it
+        is `bootstrap_mean` of that group (the flat percentile bootstrap, same seed, same interval), and with
+        every value equal the interval is the point (method "exact").
+    """
+    arrays = [_as_values(g, f"hierarchical_bootstrap_mean: group {i}") for i, g in enumerate(groups)]
+    if not arrays:
+        raise ValueError("hierarchical_bootstrap_mean: no groups (pass one sequence of values per seed)")
+    _check_confidence(confidence, "hierarchical_bootstrap_mean")
+    if n_resamples < 1:
+        raise ValueError(f"hierarchical_bootstrap_mean: n_resamples={n_resamples} must be ≥ 1")
+    if len(arrays) == 1:
+        return bootstrap_mean(arrays[0], confidence=confidence, n_resamples=n_resamples, seed=seed)
+    k, total = len(arrays), sum(a.size for a in arrays)
+    mean = float(np.mean([a.mean() for a in arrays]))
+    if all(np.all(a == arrays[0][0]) for a in arrays):
+        return MeanCI(mean, mean, mean, total, confidence, "exact")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, k, size=(n_resamples, k))  # [B, k]: which group fills each slot
+    group_means = np.empty((n_resamples, k))
+    for g, values in enumerate(arrays):
+        slots = picks == g
+        draws = rng.integers(0, values.size, size=(int(slots.sum()), values.size))
+        group_means[slots] = values[draws].mean(axis=1)
+    estimates = group_means.mean(axis=1)
+    low, high = np.quantile(estimates, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return MeanCI(mean, float(low), float(high), total, confidence, "hierarchical")

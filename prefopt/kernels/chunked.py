@@ -6,6 +6,9 @@ tile of logits exists at a time, so peak extra memory is O(R·C) ≤ O(chunk·V)
     forward, per row block:   for each vocab tile v:   Z = H W_v^T / T (+ b_v / T, softcap)    # (R, C)
                               online log-sum-exp:      m ← max(m, max_v Z),  s ← s·e^{m_old−m} + Σ_v e^{Z−m}
                               logp = z_y − (m + log s);  saved for backward: lse = m + log s   (N floats)
+                              with return_stats also Σ_v Z (one more pass over the tile, in cache),
+                              correct = (z_y = m): the label is an argmax, and s₂ ← s₂·e^{2(m_old−m)} + Σ_v e^{2(Z−m)}
+                              (the squared row norm of the tile's e^{Z−m}): log Σ_v p_v² = log s₂ − 2 log s
     backward, per row block:  recompute Z per tile;    P = e^{Z − lse}                           # (R, C)
                               dL/dz = g (e_y − P)  (+ entropy and softcap terms, see `_tile_grad`)
                               dW_v  = (dL/du)^T H / T   written once per tile (vocab-major loop)
@@ -27,7 +30,7 @@ style, and the backward is a row scaling: 2 matmuls instead of 3. Without any gr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -87,6 +90,18 @@ def _labels_in_tile(labels: Tensor, v0: int, v1: int) -> tuple[Tensor, Tensor]:
     return rows, labels[rows] - v0
 
 
+class _Block(NamedTuple):
+    """What the forward keeps of one row block (R rows)."""
+
+    lse: Tensor  # [R] log Σ_v e^{z_v}
+    target: Tensor  # [R] z_y
+    row_max: Tensor  # [R] max_v z_v
+    mu: Tensor | None  # [R] Σ_v p_v z_v (with return_entropy)
+    logit_sum: Tensor | None  # [R] Σ_v z_v (with return_stats)
+    log_sum_sq: Tensor | None  # [R] log Σ_v p_v² (with return_stats)
+    jacobian: Tensor | None  # [R, D] ∂logp/∂h (frozen weight and bias)
+
+
 def _forward_block(
     hs: Tensor,
     w: Tensor,
@@ -96,8 +111,8 @@ def _forward_block(
     cols: int,
     storage: Tensor,
     with_jacobian: bool,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """One row block by an online log-sum-exp: (lse [R], z_y [R], μ = Σ_v p_v z_v [R] | None, J [R, D] | None).
+) -> _Block:
+    """One row block by an online log-sum-exp (see `_Block`).
 
     J = ∂logp/∂h, only with_jacobian (frozen weight and bias): with u = the logits before the softcap,
     ∂logp/∂u_v = (δ_vy − p_v) f_v, f_v = 1 − (z_v/c)² (1 without softcap), so
@@ -107,6 +122,8 @@ def _forward_block(
     m = torch.full((rows,), float("-inf"), device=hs.device, dtype=hs.dtype)
     s = torch.zeros(rows, device=hs.device, dtype=hs.dtype)
     sz = torch.zeros_like(s) if p.return_entropy else None  # Σ e^{z−m} z
+    total = torch.zeros_like(s) if p.return_stats else None  # Σ z
+    s2 = torch.zeros_like(s) if p.return_stats else None  # Σ e^{2(z−m)}
     acc = torch.zeros(rows, hs.shape[1], device=hs.device, dtype=hs.dtype) if with_jacobian else None  # Σ e^{z−m} f W
     target = torch.zeros_like(s)
     for v0 in range(0, vocab, cols):
@@ -114,6 +131,8 @@ def _forward_block(
         z = _logits_tile(hs, w, b, v0, v1, p, _tile_buffer(storage, rows, v1 - v0))
         hit, col = _labels_in_tile(labels, v0, v1)
         target[hit] = z[hit, col]
+        if total is not None:
+            total.add_(z.sum(dim=1))
         m_new = torch.maximum(m, z.amax(dim=1))
         rescale = torch.exp(m - m_new)  # e^{−inf} = 0 on the first tile
         if sz is not None:
@@ -121,6 +140,8 @@ def _forward_block(
         cap_slope = 1.0 - (z / p.softcap).square_() if (acc is not None and p.softcap is not None) else None
         e = z.sub_(m_new[:, None]).exp_()  # e^{z−m}, in place
         s.mul_(rescale).add_(e.sum(dim=1))
+        if s2 is not None:  # Σ e^{2(z−m)} = ‖e‖²: a row norm is one fast reduction, no tile-sized temporary
+            s2.mul_(rescale.square()).add_(torch.linalg.vector_norm(e, dim=1).square_())
         if acc is not None:
             e = e.mul_(cap_slope) if cap_slope is not None else e
             acc.mul_(rescale[:, None]).addmm_(e, w[v0:v1].to(acc.dtype))
@@ -132,7 +153,8 @@ def _forward_block(
         if p.softcap is not None:
             w_y.mul_((1.0 - (target / p.softcap).square())[:, None])
         jacobian = (w_y - acc / s[:, None]) / p.temperature
-    return lse, target, (None if sz is None else sz / s), jacobian
+    log_sum_sq = None if s2 is None else s2.log() - 2.0 * s.log()  # log Σ p² = log s₂ − 2 log s
+    return _Block(lse, target, m, (None if sz is None else sz / s), total, log_sum_sq, jacobian)
 
 
 def _tile_grad(
@@ -218,7 +240,9 @@ def _row_blocks(n: int, rows: int) -> list[tuple[int, int]]:
 
 
 class ChunkedLinearLogprobs(torch.autograd.Function):
-    """autograd.Function: (hidden [N,D], weight [V,D], bias [V] | None, labels [N]) → (logp [N], entropy [N] | [0]).
+    """autograd.Function: (hidden [N,D], weight [V,D], bias [V] | None, labels [N]) → (logp [N], entropy [N] | [0],
+    stats [3, N] | [0]); stats (with return_stats, not differentiable) holds the mean logit, label = argmax (0/1)
+    and log Σ_v p_v².
 
     Saves hidden, weight, bias, labels and the per-row lse (and μ = Σ p z when entropy is returned).
     """
@@ -226,7 +250,7 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, params: LinearLogprobsParams
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         n = hidden.shape[0]
         dtype = compute_dtype(hidden.dtype)
         rows, cols = tile_shape(n, weight.shape[0], params.chunk_size)
@@ -235,6 +259,7 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
         lse = torch.zeros(n, device=hidden.device, dtype=dtype)
         logp = torch.zeros_like(lse)
         mu = torch.zeros_like(lse) if params.return_entropy else None
+        stats = torch.zeros(3, n, device=hidden.device, dtype=dtype) if params.return_stats else lse.new_empty(0)
         # Frozen weight and bias (LoRA, a frozen lm_head): ∂logp/∂h is computed now, 2 matmuls in all, not 3.
         need = ctx.needs_input_grad
         early = need[0] and not need[1] and not (bias is not None and need[2]) and not params.return_entropy
@@ -242,17 +267,20 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
         for r0, r1 in _row_blocks(n, rows):
             hs = hidden[r0:r1].to(dtype)
             hs = hs / params.temperature if params.temperature != 1.0 else hs
-            block_lse, target, block_mu, block_jac = _forward_block(
-                hs, weight, bias, labels[r0:r1], params, cols, storage, with_jacobian=early
-            )
-            lse[r0:r1] = block_lse
-            logp[r0:r1] = target - block_lse
+            block = _forward_block(hs, weight, bias, labels[r0:r1], params, cols, storage, with_jacobian=early)
+            lse[r0:r1] = block.lse
+            logp[r0:r1] = block.target - block.lse
             if mu is not None:
-                mu[r0:r1] = block_mu
+                mu[r0:r1] = block.mu
+            if block.logit_sum is not None:  # [3, R]: mean logit, label = argmax as 0/1, log Σ p²
+                stats[0, r0:r1] = block.logit_sum / weight.shape[0]
+                stats[1, r0:r1] = block.target >= block.row_max
+                stats[2, r0:r1] = block.log_sum_sq
             if jacobian is not None:
-                jacobian[r0:r1] = block_jac
+                jacobian[r0:r1] = block.jacobian
         logp = logp.masked_fill_(~valid, 0.0)
         entropy = (lse - mu).masked_fill_(~valid, 0.0) if mu is not None else logp.new_empty(0)
+        stats = stats.masked_fill_(~valid, 0.0) if params.return_stats else stats
         if jacobian is not None:  # backward needs only J and the labels
             hidden, weight, bias = hidden.new_empty(0), weight.new_empty(0), None
         ctx.save_for_backward(hidden, weight, bias, labels, lse, mu, jacobian)
@@ -261,10 +289,13 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         if mu is None:
             ctx.mark_non_differentiable(entropy)
-        return logp, entropy
+        ctx.mark_non_differentiable(stats)
+        return logp, entropy, stats
 
     @staticmethod
-    def backward(ctx: Any, grad_logp: Tensor | None, grad_entropy: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_logp: Tensor | None, grad_entropy: Tensor | None, _grad_stats: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, labels, lse, mu, jacobian = ctx.saved_tensors
         params: LinearLogprobsParams = ctx.params
         if jacobian is not None:  # frozen weight: dL/dh = g ⊙ ∂logp/∂h, no matmul
@@ -315,6 +346,7 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
 
 def linear_logprobs_chunked(
     hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None, params: LinearLogprobsParams
-) -> tuple[Tensor, Tensor]:
-    """Chunked `linear_logprobs` on validated inputs: (logp [N] float32, entropy [N] float32 or empty)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Chunked `linear_logprobs` on validated inputs: (logp [N] float32, entropy [N] float32 or empty,
+    stats [3, N] float32 or empty)."""
     return ChunkedLinearLogprobs.apply(hidden, weight, bias, labels, params)

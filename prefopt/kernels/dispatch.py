@@ -4,6 +4,8 @@
     logits  = softcap · tanh(logits / softcap)        (if softcap)  #  the chunked / triton backends
     logp[i] = logits[i, labels[i]] − logsumexp(logits[i])           # float32, 0 where ignored
     entropy[i] = logsumexp(logits[i]) − Σ_v softmax(logits[i])_v · logits[i, v]
+    stats[i]   = LogitStats(mean_v logits[i, v],  logits[i, labels[i]] = max_v logits[i, v],
+                            log Σ_v softmax(logits[i])_v²)                                   # detached
 
 Backends: "reference" (plain torch, the truth in tests), "chunked" (torch autograd.Function over
 row blocks × vocab tiles, any device), "triton" (CUDA kernels with an online log-sum-exp over vocab
@@ -19,7 +21,14 @@ import torch
 from torch import Tensor
 
 from prefopt.kernels.chunked import linear_logprobs_chunked
-from prefopt.kernels.params import BACKENDS, LinearLogprobsParams, check_inputs
+from prefopt.kernels.params import (
+    BACKENDS,
+    LinearLogprobsParams,
+    LinearLogprobsResult,
+    LogitStats,
+    check_inputs,
+    pack_outputs,
+)
 from prefopt.kernels.reference import linear_logprobs_reference
 
 __all__ = ["linear_logprobs", "resolve_backend", "triton_available"]
@@ -56,9 +65,10 @@ def linear_logprobs(
     softcap: float | None = None,
     ignore_index: int = -100,
     return_entropy: bool = False,
+    return_stats: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
+) -> LinearLogprobsResult:
     """Per-row log-probability of `labels` under softmax(hidden @ weight.T + bias), without the N×V logits.
 
     Args:
@@ -66,17 +76,21 @@ def linear_logprobs(
         weight: [V, D] lm_head weight, same dtype/device as hidden.
         labels: [N] integer targets in [0, V), or `ignore_index` for rows to skip.
         bias: optional [V] lm_head bias.
-        temperature, softcap, ignore_index, return_entropy, backend, chunk_size: see `LinearLogprobsParams`.
+        temperature, softcap, ignore_index, return_entropy, return_stats, backend, chunk_size: see
+            `LinearLogprobsParams`.
 
     Returns:
         logp [N] float32 (0 at ignored rows), differentiable in hidden, weight and bias; with
-        return_entropy, also entropy [N] float32 (0 at ignored rows), differentiable as well.
+        return_entropy, also entropy [N] float32 (0 at ignored rows), differentiable as well; with
+        return_stats, last, a detached `LogitStats` (mean logit [N], label = argmax [N] bool, log Σ_v p_v² [N])
+        read from the logits tiles the kernel computes anyway: `logp, stats = linear_logprobs(..., return_stats=True)`.
     """
     params = LinearLogprobsParams(
         temperature=float(temperature),
         softcap=None if softcap is None else float(softcap),
         ignore_index=ignore_index,
         return_entropy=return_entropy,
+        return_stats=return_stats,
         backend=backend,
         chunk_size=chunk_size,
     )
@@ -93,11 +107,16 @@ def linear_logprobs(
             softcap=params.softcap,
             ignore_index=ignore_index,
             return_entropy=return_entropy,
+            return_stats=return_stats,
         )
     if chosen == "chunked":
-        logp, entropy = linear_logprobs_chunked(hidden, weight, labels, bias, params)
+        logp, entropy, stats = linear_logprobs_chunked(hidden, weight, labels, bias, params)
     else:
         from prefopt.kernels.triton_function import linear_logprobs_triton  # heavy: loaded on first use
 
-        logp, entropy = linear_logprobs_triton(hidden, weight, labels, bias, params)
-    return (logp, entropy) if return_entropy else logp
+        logp, entropy, stats = linear_logprobs_triton(hidden, weight, labels, bias, params)
+    return pack_outputs(
+        logp,
+        entropy if return_entropy else None,
+        LogitStats(stats[0], stats[1].bool(), stats[2]) if return_stats else None,  # [3, N]: mean, correct, log Σp²
+    )

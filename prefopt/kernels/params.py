@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["BACKENDS", "LinearLogprobsParams", "check_inputs"]
+__all__ = ["BACKENDS", "LinearLogprobsParams", "LinearLogprobsResult", "LogitStats", "check_inputs", "pack_outputs"]
 
 BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -30,6 +31,7 @@ class LinearLogprobsParams:
     softcap:        if set, logits ← softcap · tanh(logits / softcap) after the temperature (> 0).
     ignore_index:   label value of rows to skip: their log-prob (and entropy) is 0 and gets no gradient.
     return_entropy: also return the per-row entropy H = lse − Σ_v p_v z_v of the (tempered, capped) softmax.
+    return_stats:   also return `LogitStats` (mean logit over the vocabulary, label = argmax, log Σ_v p_v²), detached.
     backend:        one of `BACKENDS`; "auto" = "triton" on CUDA when Triton imports, else "chunked".
     chunk_size:     rows per block of the chunked backend (None = chosen from V and a memory budget).
     """
@@ -38,6 +40,7 @@ class LinearLogprobsParams:
     softcap: float | None = None
     ignore_index: int = -100
     return_entropy: bool = False
+    return_stats: bool = False
     backend: str = "auto"
     chunk_size: int | None = None
 
@@ -54,6 +57,34 @@ class LinearLogprobsParams:
             )
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
             raise ValueError(f"linear_logprobs: chunk_size must be None or a positive int, got {self.chunk_size!r}")
+
+
+class LogitStats(NamedTuple):
+    """Detached per-row statistics of the logits z (after temperature and softcap) of `linear_logprobs`,
+    computed on the tiles the kernel already holds (the logits are still never stored).
+
+    mean:    [N] float32, (1/V) Σ_v z_v; 0 at ignored rows.
+    correct: [N] bool, z_y = max_v z_v (the label is an argmax of the logits; a tie for the maximum counts);
+             False at ignored rows.
+    log_sum_sq_probs: [N] float32, log Σ_v p_v² of p = softmax(z) (the log-probability that two samples of the
+             row agree; WPO's weight alignment, TRL's `log_sum_sq_probs`), = log Σ e^{2(z−m)} − 2·log Σ e^{z−m};
+             0 at ignored rows. None only from code that predates it.
+    """
+
+    mean: Tensor
+    correct: Tensor
+    log_sum_sq_probs: Tensor | None = None
+
+
+# logp; (logp, entropy) with return_entropy; (logp, stats) with return_stats; (logp, entropy, stats) with both.
+LinearLogprobsResult = Tensor | tuple[Tensor, Tensor] | tuple[Tensor, LogitStats] | tuple[Tensor, Tensor, LogitStats]
+
+
+def pack_outputs(logp: Tensor, entropy: Tensor | None, stats: LogitStats | None) -> LinearLogprobsResult:
+    """What `linear_logprobs` returns: logp, then entropy when asked, then the stats when asked."""
+    if entropy is None:
+        return logp if stats is None else (logp, stats)
+    return (logp, entropy) if stats is None else (logp, entropy, stats)
 
 
 def check_inputs(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None, ignore_index: int) -> None:

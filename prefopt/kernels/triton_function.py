@@ -1,7 +1,9 @@
 """Triton backend of `linear_logprobs`: launchers and the autograd.Function around the kernels.
 
-    forward:  lse_forward_kernel over (row blocks × vocab splits) → per-split (m, s, Σe^{z−m}z, z_y),
-              combined here: lse = logsumexp_k(m_k + log s_k),  logp = z_y − lse,  μ = Σ_k e^{m_k−lse} sz_k
+    forward:  lse_forward_kernel over (row blocks × vocab splits) → per-split (m, s, Σe^{z−m}z, z_y, Σz),
+              combined here: lse = logsumexp_k(m_k + log s_k),  logp = z_y − lse,  μ = Σ_k e^{m_k−lse} sz_k,
+              stats: mean logit = Σ_k Σz_k / V,  label = argmax ⇔ z_y = max_k m_k,
+                     log Σ_v p_v² = logsumexp_k(2 m_k + log s₂_k) − 2·lse
     backward: backward_kernel over (row blocks × vocab blocks), recomputing each logits tile
               (as in Cut Cross-Entropy, Wijmans et al. 2024, arXiv:2411.09009), float32 atomics into dH, dW, db.
 
@@ -79,15 +81,15 @@ def _forward(
     labels: Tensor,
     params: LinearLogprobsParams,
     blocks: TritonBlocks,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(lse [N], target logit [N], μ = Σ p z [N] or None), all float32."""
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """(lse [N], target logit [N], μ = Σ p z [N] or None, stats [3, N] or empty), all float32."""
     (n, d), vocab = hidden.shape, weight.shape[0]
     row_blocks = triton.cdiv(n, blocks.block_n)
     vocab_blocks = triton.cdiv(vocab, blocks.block_v)
     splits = max(1, min(vocab_blocks, blocks.min_programs // row_blocks))
     cols_per_split = triton.cdiv(vocab_blocks, splits) * blocks.block_v
     splits = triton.cdiv(vocab, cols_per_split)  # no empty split
-    part = torch.empty(4, splits, n, device=hidden.device, dtype=torch.float32)  # m, s, sz, target
+    part = torch.empty(6, splits, n, device=hidden.device, dtype=torch.float32)  # m, s, sz, target, Σz, s₂
     lse_forward_kernel[(row_blocks, splits)](
         hidden,
         weight,
@@ -97,6 +99,8 @@ def _forward(
         part[1],
         part[2],
         part[3],
+        part[4],
+        part[5],
         n,
         vocab,
         d,
@@ -104,39 +108,52 @@ def _forward(
         **_common(hidden, weight, params),
         HAS_BIAS=bias is not None,
         WITH_ENTROPY=params.return_entropy,
+        WITH_STATS=params.return_stats,
         BLOCK_N=blocks.block_n,
         BLOCK_V=blocks.block_v,
         BLOCK_D=blocks.block_d,
         num_warps=blocks.num_warps,
     )
-    m, s, sz, target = part
+    m, s, sz, target, total, s2 = part
     lse = torch.logsumexp(m + s.log(), dim=0)
     mu = (torch.exp(m - lse) * sz).sum(0) if params.return_entropy else None
-    return lse, target.sum(0), mu
+    target = target.sum(0)  # z_y + exact zeros: the label's logit as the kernel computed it
+    stats = lse.new_empty(0)
+    if params.return_stats:  # [3, N]: mean logit, label = argmax (z_y is one of the values the maxima saw), log Σ p²
+        log_sum_sq = torch.logsumexp(2.0 * m + s2.log(), dim=0) - 2.0 * lse
+        stats = torch.stack([total.sum(0) / vocab, (target >= m.amax(0)).float(), log_sum_sq])
+    return lse, target, mu, stats
 
 
 class TritonLinearLogprobs(torch.autograd.Function):
-    """autograd.Function: (hidden [N,D], weight [V,D], bias [V] | None, labels [N]) → (logp [N], entropy [N] | [0])."""
+    """autograd.Function: (hidden [N,D], weight [V,D], bias [V] | None, labels [N]) → (logp [N], entropy [N] | [0],
+    stats [3, N] | [0]); stats (with return_stats, not differentiable) holds the mean logit, label = argmax (0/1)
+    and log Σ_v p_v².
+    """
 
     @staticmethod
     def forward(
         ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, params: LinearLogprobsParams
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         _check_device(hidden)
         labels = labels.contiguous()
-        lse, target, mu = _forward(hidden, weight, bias, labels, params, BLOCKS)
+        lse, target, mu, stats = _forward(hidden, weight, bias, labels, params, BLOCKS)
         ignored = labels == params.ignore_index
         logp = (target - lse).masked_fill_(ignored, 0.0)
         entropy = (lse - mu).masked_fill_(ignored, 0.0) if mu is not None else logp.new_empty(0)
+        stats = stats.masked_fill_(ignored, 0.0) if params.return_stats else stats
         ctx.save_for_backward(hidden, weight, bias, labels, lse, mu)
         ctx.params = params
         ctx.set_materialize_grads(False)
         if mu is None:
             ctx.mark_non_differentiable(entropy)
-        return logp, entropy
+        ctx.mark_non_differentiable(stats)
+        return logp, entropy, stats
 
     @staticmethod
-    def backward(ctx: Any, grad_logp: Tensor | None, grad_entropy: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_logp: Tensor | None, grad_entropy: Tensor | None, _grad_stats: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, labels, lse, mu = ctx.saved_tensors
         params: LinearLogprobsParams = ctx.params
         (n, d), vocab = hidden.shape, weight.shape[0]
@@ -187,6 +204,7 @@ class TritonLinearLogprobs(torch.autograd.Function):
 
 def linear_logprobs_triton(
     hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None, params: LinearLogprobsParams
-) -> tuple[Tensor, Tensor]:
-    """Triton `linear_logprobs` on validated inputs: (logp [N] float32, entropy [N] float32 or empty)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton `linear_logprobs` on validated inputs: (logp [N] float32, entropy [N] float32 or empty,
+    stats [3, N] float32 or empty)."""
     return TritonLinearLogprobs.apply(hidden, weight, bias, labels, params)

@@ -86,6 +86,8 @@ def lse_forward_kernel(
     sum_ptr,
     sumz_ptr,
     target_ptr,
+    zsum_ptr,
+    sumsq_ptr,
     N,
     V,
     D,
@@ -99,6 +101,7 @@ def lse_forward_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     WITH_ENTROPY: tl.constexpr,
+    WITH_STATS: tl.constexpr,
     DOT_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -106,8 +109,9 @@ def lse_forward_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """Grid (⌈N/BLOCK_N⌉, splits). Program (i, k) scans vocab split k for rows of block i and writes
-    partial m = max z, s = Σ e^{z−m}, sz = Σ e^{z−m} z and the label's logit (0 if not in the split)
-    to [k, row] of max/sum/sumz/target ([splits, N] float32). The launcher combines the splits.
+    partial m = max z, s = Σ e^{z−m}, sz = Σ e^{z−m} z, the label's logit (0 if not in the split) and,
+    WITH_STATS, Σ z and s₂ = Σ e^{2(z−m)} to [k, row] of max/sum/sumz/target/zsum/sumsq ([splits, N] float32).
+    The launcher combines the splits.
     """
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -118,6 +122,8 @@ def lse_forward_kernel(
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)
     sz = tl.zeros((BLOCK_N,), dtype=tl.float32)
     target = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    s2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     v_start = pid_s * cols_per_split
     v_end = tl.minimum(v_start + cols_per_split, V)
     for v0 in range(v_start, v_end, BLOCK_V):
@@ -147,11 +153,15 @@ def lse_forward_kernel(
             BLOCK_D,
         )
         target += tl.sum(tl.where(cols[None, :] == labels[:, None], z, 0.0), axis=1)
+        if WITH_STATS:
+            total += tl.sum(tl.where(col_mask[None, :], z, 0.0), axis=1)
         z_masked = tl.where(col_mask[None, :], z, float("-inf"))
         m_new = tl.maximum(m, tl.max(z_masked, axis=1))  # finite: every tile has a valid column
         rescale = tl.exp(m - m_new)
         e = tl.exp(z_masked - m_new[:, None])  # 0 on masked columns
         s = s * rescale + tl.sum(e, axis=1)
+        if WITH_STATS:
+            s2 = s2 * rescale * rescale + tl.sum(e * e, axis=1)  # Σ e^{2(z−m)}, for log Σ p² = log s₂ − 2 log s
         if WITH_ENTROPY:
             sz = sz * rescale + tl.sum(e * z, axis=1)  # z is finite (0) on masked columns
         m = m_new
@@ -161,6 +171,9 @@ def lse_forward_kernel(
     tl.store(target_ptr + out, target, mask=row_mask)
     if WITH_ENTROPY:
         tl.store(sumz_ptr + out, sz, mask=row_mask)
+    if WITH_STATS:
+        tl.store(zsum_ptr + out, total, mask=row_mask)
+        tl.store(sumsq_ptr + out, s2, mask=row_mask)
 
 
 @triton.jit

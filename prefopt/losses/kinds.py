@@ -25,7 +25,7 @@ from typing import Any, Concatenate, Literal, Protocol, cast, overload
 from torch import Tensor
 
 from prefopt.loss_inputs import EngineOutput
-from prefopt.loss_state import BatchInput, LossStateSpec
+from prefopt.loss_state import BatchInput, LossStateSpec, RolloutInput
 from prefopt.losses.base import (
     LossOutput,
 )
@@ -311,6 +311,7 @@ def rollout_loss(
     needs_nonpositive_logps: bool = False,
     online_defaults: Mapping[str, int] | None = None,
     accepts_pair_loss: bool = False,
+    rollout_inputs: Mapping[str, RolloutInput] | None = None,
 ) -> Callable[[Callable[..., LossOutput]], RolloutLoss]:
     """Register a rollout (online) loss from a body that names the inputs it reads and returns `LossOutput`.
 
@@ -320,6 +321,8 @@ def rollout_loss(
     `online_defaults` sets the online loop's defaults for this algorithm (`ONLINE_DEFAULT_KEYS`).
     `accepts_pair_loss`: the loss trains on each prompt's best/worst pair, so the online loop may run a paired
     log-prob loss on those pairs in its place (`OnlineConfig.pair_loss`).
+    `rollout_inputs`: {input: provider} the online loop computes once over the whole rollout before its
+    minibatches (`prefopt.loss_state.RolloutBatch` → [S, T]), for statistics of the global batch.
     """
     register = register_body(
         name,
@@ -331,6 +334,7 @@ def rollout_loss(
         needs_nonpositive_logps=needs_nonpositive_logps,
         online_defaults=online_defaults,
         accepts_pair_loss=accepts_pair_loss,
+        rollout_inputs=rollout_inputs,
     )
     return lambda body: cast(RolloutLoss, register(body))
 

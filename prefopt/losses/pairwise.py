@@ -71,7 +71,13 @@ def dpo(t: PairedTerms, *, beta: float) -> Tensor:
     formula="(1−ε)·(−log σ(β·Δ)) + ε·(−log σ(−β·Δ))",
     hparams=[
         BETA,
-        HParam("epsilon", 0.2, "label-smoothing ε: assumed fraction of flipped preference labels", _FLIP_RATE),
+        HParam(
+            "epsilon",
+            0.2,
+            "label-smoothing ε: assumed fraction of flipped preference labels",
+            _FLIP_RATE,
+            aliases=("label_smoothing",),  # TRL ≤ 0.28, loss_type="sigmoid"
+        ),
     ],
 )
 def cdpo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
@@ -98,7 +104,13 @@ def cdpo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     formula="[(1−ε)·(−log σ(β·Δ)) − ε·(−log σ(−β·Δ))] / (1−2ε)",
     hparams=[
         BETA,
-        HParam("epsilon", 0.1, "known label-flip rate ε of the preference data (must be < ½)", _FLIP_RATE),
+        HParam(
+            "epsilon",
+            0.1,
+            "known label-flip rate ε of the preference data (must be < ½)",
+            _FLIP_RATE,
+            aliases=("label_smoothing",),  # TRL loss_type="robust"
+        ),
     ],
 )
 def robust_dpo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
@@ -127,7 +139,11 @@ def robust_dpo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     hparams=[
         BETA,
         HParam(
-            "epsilon", 1e-3, "ε > 0 of the smoothed target Bern(1−ε); ε = 0 makes the KL infinite", Interval(0.0, 0.5)
+            "epsilon",
+            1e-3,
+            "ε > 0 of the smoothed target Bern(1−ε); ε = 0 makes the KL infinite",
+            Interval(0.0, 0.5),
+            aliases=("label_smoothing",),  # TRL loss_type="exo_pair"
         ),
     ],
 )
@@ -159,7 +175,13 @@ def exo(t: PairedTerms, *, beta: float, epsilon: float) -> Tensor:
     formula="σ(−β·Δ/τ)·(−log σ(β·Δ)) + σ(β·Δ/τ)·exp(−β·Δ)",
     hparams=[
         HParam("beta", 0.05, "inverse temperature β of the implicit reward β·log π/π_ref", POSITIVE),
-        HParam("tau", 0.05, "temperature τ of the sigmoid that blends the logistic and exponential losses", POSITIVE),
+        HParam(
+            "tau",
+            0.05,
+            "temperature τ of the sigmoid that blends the logistic and exponential losses",
+            POSITIVE,
+            aliases=("discopop_tau",),  # TRL
+        ),
     ],
 )
 def discopop(t: PairedTerms, *, beta: float, tau: float) -> Tensor:

@@ -131,7 +131,8 @@ def hinge(t: PairedTerms, *, beta: float) -> Tensor:
     needs_reference=False,
     paper=(
         "Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback, arXiv:2305.10425 "
-        "(rank calibration loss + cross-entropy regulariser on the target; δ = 1, λ = 0.1 as in HALOs)"
+        "(rank calibration loss + cross-entropy regulariser on the target; δ = 1, λ = 0.1 from HALOs' "
+        "config/loss/slic.yaml, whose regulariser is the sequence NLL)"
     ),
     formula="max(0, δ − log π_θ(y_w) + log π_θ(y_l)) − λ·log π_θ(y_w)",
     hparams=[
@@ -146,6 +147,13 @@ def slic(t: PolicyPair, *, delta: float, lambda_: float) -> Reported:
     The regulariser is the *sequence* NLL −log π_θ(y_w) (a sum over tokens), as in the paper's
     L_reg = −log P_θ(y_ref|x) with the chosen completion as y_ref, so both terms are on the same
     summed scale; lengths are not used.
+
+    The defaults' source uses the same convention: λ = 0.1 and δ = 1 (HALOs' `beta`) were set in HALOs'
+    config/loss/slic.yaml (commit d49576f, 2023-12-03), whose SLiCTrainer then received sequence sums
+    (`get_batch_logps(..., average_log_prob=False)`), so λ weighed the summed NLL −Σ_t log π_θ(y_t), as here.
+    HALOs since f43abdc (2025-01-19) passes per-token log-probs [B, T] to the same code, where
+    `reg_loss = −policy_chosen_logps` stays [B, T] while the calibration term is [B]; their sum does not
+    broadcast unless B = T (a shape error), so that version fixes no per-token convention for λ.
 
     Args:
         delta: margin δ of the calibration hinge.

@@ -19,7 +19,7 @@ token losses are reduced:
                                                            Ahmadian et al. 2024, arXiv:2402.14740
     grpo      A_i = (r_i − mean)/(std + 1e-4);  loss_i = (1/|o_i|) Σ_t [s_t + β·k3_t]
                                                            Shao et al. 2024, arXiv:2402.03300, Eq. 3–4
-    dr_grpo   A_i = r_i − mean;  loss_i = (1/L_max) Σ_t [s_t + β·k3_t]
+    dr_grpo   A_i = r_i − mean;  loss_i = (1/L_max) Σ_t [s_t + β·k3_t], L_max = max_new_tokens (required)
                                                            Liu et al. 2025, arXiv:2503.20783
     remax     A_i = r_i − r(x, ȳ_greedy);  loss_i = Σ_t s_t  Li et al. 2023, arXiv:2310.10505
 
@@ -219,7 +219,11 @@ def grpo(
         HParam("beta", 0.0, "coefficient β of the per-token k3 KL to the reference (0 = no reference)", NON_NEGATIVE),
         CLIP_RANGE,
         HParam(
-            "max_length", None, "constant L_max dividing each sequence's token sum (None = T of the batch)", POSITIVE
+            "max_length",
+            None,
+            "constant L_max dividing each sequence's token sum: required, the generation limit max_new_tokens "
+            "(the online loop passes it)",
+            POSITIVE,
         ),
     ],
 )
@@ -238,17 +242,25 @@ def dr_grpo(
 
     Dividing by a constant instead of |o_i| removes GRPO's preference for long wrong answers and short
     right ones; dropping the std removes its up-weighting of near-solved and near-failed prompts.
-    Use the generation limit (max_new_tokens) as `max_length` so that it is the same in every batch.
+    `max_length` is required: the generation limit (max_new_tokens), the same in every batch (the online loop
+    passes it). The batch's width T is not a default: it changes from batch to batch, and in the rollout's
+    [S, T] layout it counts prompt columns too, so it would scale each batch's update by its longest prompt
+    and completion and bring back part of the length bias Dr. GRPO removes.
 
     Args:
         policy_logps, old_logps, completion_mask: [S, T], S = K·B.
         rewards: [B, K] sequence rewards, K ≥ 2.
         ref_logps: [S, T] reference log-probs (required when β > 0).
-        beta, clip_range: β and ε; max_length: L_max ≥ the longest completion (None = T).
+        beta, clip_range: β and ε; max_length: L_max ≥ the longest completion (required).
     """
     grouped = check_grouped_rewards(rewards, policy_logps.shape[0], where="dr_grpo", min_k=2)
+    if max_length is None:
+        raise LossInputError(
+            "dr_grpo: max_length is required, the constant L_max that divides every completion's token sum: pass "
+            "the generation limit (max_length=max_new_tokens), the same in every batch; the online loop passes it."
+        )
     longest = int(completion_mask.sum(1).max())
-    normaliser = completion_mask.shape[1] if max_length is None else max_length
+    normaliser = max_length
     if longest > normaliser:
         raise LossInputError(
             f"dr_grpo: a completion has {longest} tokens but max_length={max_length}; set max_length to the "

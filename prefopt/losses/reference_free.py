@@ -1,4 +1,4 @@
-"""Reference-free pairwise losses: ORPO, CPO and SimPO.
+"""Reference-free pairwise losses: ORPO, CPO, SimPO and SFT on the chosen.
 
 Their public functions take the same arguments as every paired loss (so a config swaps names only); the
 reference arguments are checked and never reach the bodies, which read a `PolicyPair`. Notation per pair,
@@ -25,17 +25,57 @@ arXiv:2405.14734, Eq. 6:
 γ is an absolute target margin in reward units. The official code instead takes γ/β
 (`gamma_beta_ratio`) and computes β·(ℓ_w − ℓ_l − γ/β); TRL's `simpo_gamma` is γ itself. Here both
 spellings are accepted (`gamma` = γ, `gamma_beta_ratio` = γ/β, at most one of them).
+
+SFT — supervised fine-tuning on the chosen completion, the generation loss of MPO (Wang et al. 2024,
+"Enhancing the Reasoning Ability of Multimodal Large Language Models via Mixed Preference Optimization",
+arXiv:2411.10442), TRL's loss_type="sft":
+    L = NLL(y_w) = −logπ(y_w)/|y_w|
+the NLL term of CPO and RPO on its own, and the same token mean per row (TRL takes one cross-entropy over every
+chosen token of the batch: equal when the chosen completions have equal lengths). The rejected completion is
+not trained on. Alone it is SFT on preference data; weighted with others it is MPO (`prefopt.combine_losses`).
+
+CPO-SimPO — Xu et al. 2024 (CPO, above) with SimPO's margin, as TRL's CPOTrainer computes it with
+`loss_type="simpo"` and `cpo_alpha` > 0 (github.com/fe1ixxu/CPO_SIMPO):
+    L = (1−ε)·(−log σ(β·ℓ(y_w) − β·ℓ(y_l) − γ)) + ε·(−log σ(−(β·ℓ(y_w) − β·ℓ(y_l) − γ))) + α·NLL(y_w)
+i.e. SimPO (label-smoothed as TRL's CPOTrainer smooths every loss type) plus CPO's NLL of the chosen. TRL's NLL is
+one cross-entropy over all chosen tokens of the micro-batch; here the mean over rows of each row's token mean, as
+for cpo (equal when the chosen completions are equally long). Defaults: the authors' Llama-3-8B-Instruct run
+(training_configs/llama-3-8b-instruct-cpo-simpo.yaml: β = 10, γ = 5.4, α = 0.05); TRL's CPOConfig defaults
+(β = 0.1, simpo_gamma = 0.5, cpo_alpha = 1) are generic, not CPO-SimPO's.
+
+AlphaPO — Gupta et al. 2025, "AlphaPO: Reward Shape Matters for LLM Alignment", arXiv:2501.03884 (TRL CPOTrainer
+`loss_type="alphapo"`, which is `simpo` with `cpo_alpha=0` and the reward transformed by `alpha`): SimPO with the
+length-normalised reward log-transformed by a Box–Cox-like shape parameter α,
+    r_α(y) = (1 − π_θ(y|x)^{−α/|y|})/α = (1 − e^{−α·ℓ(y)})/α       (→ ℓ(y), SimPO's, as α → 0)
+    L = −log σ(β·r_α(y_w) − β·r_α(y_l) − γ)
+α > 0 makes the reward concave in ℓ (bounded above by 1/α), which the paper shows slows likelihood displacement.
+α = 0 is refused (use `simpo`). Defaults: β = 2.0 and γ = 1.0 are SimPO's (the paper starts from SimPO's tuned
+settings, App. A.6); α = 0.25 is a starting point in the paper's range of small positive α, not a constant the
+paper fixes for every model — tune it.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 from prefopt.losses.base import log1mexp, neg_logsigmoid
 from prefopt.losses.kinds import PolicyPair, Reported, paired_loss
-from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam, LossInputError
+from prefopt.registry import NON_NEGATIVE, POSITIVE, HParam, Interval, LossInputError
 
-__all__ = ["SIMPO_DEFAULT_GAMMA_BETA_RATIO", "log_odds", "simpo_gamma", "orpo", "cpo", "simpo"]
+__all__ = [
+    "SIMPO_DEFAULT_GAMMA_BETA_RATIO",
+    "log_odds",
+    "simpo_gamma",
+    "orpo",
+    "cpo",
+    "simpo",
+    "sft",
+    "cpo_simpo",
+    "alphapo",
+]
 
 # The SimPO README recommends γ/β = 0.5 "as a starting point" (the Llama3-Base setting, β = 2.0,
 # γ = 1.0); its config dataclass defaults to 0.25 and the released Mistral-Base model used 0.8.
@@ -64,6 +104,7 @@ def log_odds(avg_logps: Tensor) -> Tensor:
             0.1,
             "weight λ of the odds-ratio term (paper λ = 0.1 for Mistral-ORPO; official code --alpha; TRL beta)",
             NON_NEGATIVE,
+            aliases=("beta",),  # TRL ORPOConfig
         )
     ],
     needs_lengths=True,
@@ -99,7 +140,13 @@ def orpo(t: PolicyPair, *, lambda_: float) -> Reported:
     formula="−log σ(β·(logπ(y_w) − logπ(y_l))) + α·(−logπ(y_w)/|y_w|)",
     hparams=[
         HParam("beta", 0.1, "inverse temperature β of the reference-free reward β·logπ_θ (paper: 0.1)", POSITIVE),
-        HParam("alpha", 1.0, "weight α of the token-mean NLL of the chosen completion (paper: 1)", NON_NEGATIVE),
+        HParam(
+            "alpha",
+            1.0,
+            "weight α of the token-mean NLL of the chosen completion (paper: 1)",
+            NON_NEGATIVE,
+            aliases=("cpo_alpha",),  # TRL CPOConfig
+        ),
     ],
     needs_lengths=True,
     needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w)/|y_w| is ≥ 0 only for a log-probability
@@ -152,6 +199,7 @@ def simpo_gamma(beta: float, gamma: float | None, gamma_beta_ratio: float | None
             None,
             "absolute target margin γ in reward units (TRL simpo_gamma, Liger gamma); None → β·gamma_beta_ratio",
             NON_NEGATIVE,
+            aliases=("simpo_gamma",),  # TRL CPOConfig
         ),
         HParam(
             "gamma_beta_ratio",
@@ -178,3 +226,125 @@ def simpo(t: PolicyPair, *, beta: float, gamma: float | None, gamma_beta_ratio: 
     return Reported(
         per_example, rewards=(chosen_reward, rejected_reward), metrics={"gamma": per_example.new_tensor(margin)}
     )
+
+
+@paired_loss(
+    "sft",
+    needs_reference=False,
+    paper="Wang et al. 2024, Enhancing the Reasoning Ability of Multimodal Large Language Models via Mixed "
+    "Preference Optimization, arXiv:2411.10442 (the generation loss of MPO: SFT on the chosen; TRL loss_type='sft')",
+    formula="−logπ(y_w)/|y_w|",
+    needs_lengths=True,
+    needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w)/|y_w| is ≥ 0 only for a log-probability
+)
+def sft(t: PolicyPair) -> Reported:
+    """Supervised fine-tuning on the chosen completions: the token-mean negative log-likelihood of y_w.
+
+    The rejected completion is scored (its log-probs are logged) but not trained on. No hyper-parameters: weigh
+    it against other losses with `prefopt.combine_losses` (MPO: dpo:0.8+bco_pair:0.2+sft:1).
+
+    Metrics: `rewards/*` = ℓ = logπ/|y| (length-averaged log-probs; `rewards/accuracies` is the share of pairs
+    whose chosen completion is the likelier per token), `logps/*` summed.
+    Deviation: TRL's `sft` is one cross-entropy over all chosen tokens of the batch; here it is the mean over
+    rows of each row's token mean (identical when all chosen completions have the same length), as for
+    rpo, cpo and orpo.
+    """
+    chosen_avg = t.chosen_avg_logps  # ℓ_w, [B]
+    return Reported(-chosen_avg, rewards=(chosen_avg, t.rejected_avg_logps))
+
+
+@paired_loss(
+    "cpo_simpo",
+    needs_reference=False,
+    paper="Xu et al. 2024, CPO, arXiv:2401.08417, with SimPO's margin (Meng, Xia & Chen 2024, arXiv:2405.14734), as "
+    "TRL's CPOTrainer loss_type='simpo' with cpo_alpha > 0 (github.com/fe1ixxu/CPO_SIMPO; β = 10, γ = 5.4, α = 0.05 "
+    "from its Llama-3-8B-Instruct config)",
+    formula="(1−ε)·(−log σ(β·ℓ_w − β·ℓ_l − γ)) + ε·(−log σ(γ − β·ℓ_w + β·ℓ_l)) + α·(−ℓ_w), ℓ = logπ/|y|",
+    hparams=[
+        HParam("beta", 10.0, "scale β of the length-normalised reward β·logπ/|y| (CPO-SimPO: 10)", POSITIVE),
+        HParam(
+            "gamma",
+            5.4,
+            "absolute target margin γ in reward units (CPO-SimPO: 5.4)",
+            NON_NEGATIVE,
+            aliases=("simpo_gamma",),  # TRL CPOConfig
+        ),
+        HParam(
+            "alpha",
+            0.05,
+            "weight α of the token-mean NLL of the chosen completion (CPO-SimPO: 0.05)",
+            NON_NEGATIVE,
+            aliases=("cpo_alpha",),  # TRL CPOConfig
+        ),
+        HParam(
+            "label_smoothing",
+            0.0,
+            "ε: weight of the label-flipped term, as TRL's CPOTrainer smooths every loss type; 0 = the paper's",
+            Interval(0.0, 0.5, lo_closed=True),
+        ),
+    ],
+    needs_lengths=True,
+    needs_nonpositive_logps=True,  # the NLL −log π_θ(y_w)/|y_w| is ≥ 0 only for a log-probability
+)
+def cpo_simpo(t: PolicyPair, *, beta: float, gamma: float, alpha: float, label_smoothing: float) -> Reported:
+    """CPO-SimPO: SimPO's margin loss on length-averaged log-probs plus α times the chosen's token-mean NLL.
+
+    Args:
+        beta: β; gamma: absolute margin γ; alpha: α of the NLL; label_smoothing: ε (0 in the paper).
+
+    Metrics: `rewards/*` = β·ℓ (length-averaged), `logps/*` summed, `nll_loss`.
+    """
+    chosen_reward, rejected_reward = beta * t.chosen_avg_logps, beta * t.rejected_avg_logps  # β·ℓ, [B]
+    logits = chosen_reward - rejected_reward - gamma
+    preference = (1.0 - label_smoothing) * neg_logsigmoid(logits) + label_smoothing * neg_logsigmoid(-logits)
+    nll = -t.chosen_avg_logps
+    return Reported(preference + alpha * nll, rewards=(chosen_reward, rejected_reward), metrics={"nll_loss": nll})
+
+
+def alpha_reward(avg_logps: Tensor, alpha: float) -> Tensor:
+    """AlphaPO's reward shape r_α(ℓ) = (1 − e^{−α·ℓ})/α = −expm1(−α·ℓ)/α for length-averaged log-probs ℓ [B].
+
+    expm1 keeps it accurate for small α·ℓ (where it is ≈ ℓ, SimPO's reward); the exponent is capped at
+    log(largest float) − 8, so α < 0 with ℓ ≪ 0 gives a large finite reward, not inf.
+    """
+    exponent = (-alpha * avg_logps).clamp(max=math.log(torch.finfo(avg_logps.dtype).max) - 8.0)
+    return -torch.expm1(exponent) / alpha
+
+
+@paired_loss(
+    "alphapo",
+    needs_reference=False,
+    paper="Gupta et al. 2025, AlphaPO: Reward Shape Matters for LLM Alignment, arXiv:2501.03884 (the AlphaPO "
+    "objective; TRL CPOTrainer loss_type='alphapo'; β, γ: SimPO's; α = 0.25 a starting point)",
+    formula="−log σ(β·r_α(y_w) − β·r_α(y_l) − γ), r_α(y) = (1 − π_θ(y)^(−α/|y|))/α",
+    hparams=[
+        HParam("beta", 2.0, "scale β of the reward β·r_α (SimPO's 2.0, the paper's starting point)", POSITIVE),
+        HParam(
+            "gamma",
+            1.0,
+            "absolute target margin γ in reward units (SimPO's β·0.5 = 1.0)",
+            NON_NEGATIVE,
+            aliases=("simpo_gamma",),  # TRL CPOConfig
+        ),
+        HParam(
+            "alpha",
+            0.25,
+            "shape α of the reward (1 − π^(−α/|y|))/α; α → 0 is SimPO (use simpo), α > 0 a concave reward; tune it",
+            Interval(-1.0, 1.0, lo_closed=True, hi_closed=True),
+        ),
+    ],
+    needs_lengths=True,
+)
+def alphapo(t: PolicyPair, *, beta: float, gamma: float, alpha: float) -> Reported:
+    """AlphaPO: SimPO with the length-normalised reward reshaped by α, r_α = (1 − π^(−α/|y|))/α.
+
+    Args:
+        beta: β; gamma: absolute margin γ; alpha: α ≠ 0 (α → 0 is `simpo`).
+
+    Metrics: `rewards/*` = β·r_α (as TRL logs them), `logps/*` summed.
+    """
+    if alpha == 0.0:
+        raise LossInputError("alphapo: alpha=0 is SimPO's log reward; use get_loss('simpo', ...) for it.")
+    chosen_reward = beta * alpha_reward(t.chosen_avg_logps, alpha)  # [B]
+    rejected_reward = beta * alpha_reward(t.rejected_avg_logps, alpha)
+    return Reported(neg_logsigmoid(chosen_reward - rejected_reward - gamma), rewards=(chosen_reward, rejected_reward))

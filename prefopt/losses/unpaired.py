@@ -11,9 +11,10 @@ arXiv:2402.01306, Eq. 7–8. With the reference point z₀ = max(0, KL estimate)
     L = E[λ_y − v(x, y)]        i.e. λ_D·(1 − σ(β(ρ − z₀))) or λ_U·(1 − σ(β(z₀ − ρ))) per row
 z₀ estimates KL(π_θ ‖ π_ref) from *mismatched* pairs (x_i, y_j), j ≠ i: the paper and TRL/HALOs rotate
 completions by one within the batch. It needs a forward pass of both models on those pairs, which a loss
-of log-prob tensors cannot do, so `kto` takes it as an input: build the pairs with `mismatched_indices`,
-score them, and pass `kl=kto_kl_estimate(policy_kl_logps, ref_kl_logps)`; `kl=None` is an error that
-says so (pass `kl=torch.tensor(0.)` to use z₀ = 0 deliberately). `kto` declares that input as a statistic
+of log-prob tensors cannot do, so `kto` takes it as an input: `prefopt.LossCall("kto", ...)(batch)` and
+`prefopt.loss_arguments` build it from a batch; by hand, build the pairs with `mismatched_indices`, score
+them, and pass `kl=kto_kl_estimate(policy_kl_logps, ref_kl_logps)`; `kl=None` is an error that says so
+(pass `kl=torch.tensor(0.)` to use z₀ = 0 deliberately). `kto` declares that input as a statistic
 of the global batch (`batch_inputs={"kl": kto_reference_point}`, `prefopt.loss_state`), so prefopt's
 training loop computes z₀ over every row of the global batch. Weight rule (paper §4.2):
 λ_D·n_D / (λ_U·n_U) ∈ [1, 4/3], checked over a whole dataset by `kto_weight_check`.
@@ -22,9 +23,14 @@ BCO — Jung et al. 2024, "Binary Classifier Optimization for Large Language Mod
 arXiv:2404.04656, Eq. 9 (reward shift): a binary classifier whose logit is the implicit reward,
     L = −log σ(r̂ − δ) if desirable,   −log σ(−(r̂ − δ)) if undesirable,
 with δ the running mean of the implicit rewards, kept by the caller in a `BCOState`; `bco` declares it as
-its running state (`state=LossStateSpec(("state",), BCORunningDelta.from_hparams)`), which prefopt's
-training loop keeps across steps and saves in checkpoints. The underlying-distribution-matching weights of
-the paper's §4 are not included.
+its running state (`state=LossStateSpec(("state",), BCORunningDelta.from_hparams, includes_current=True)`), which
+prefopt's training loop keeps across steps and saves in checkpoints. δ includes the batch it shifts, as in TRL's
+BCOTrainer (written with the paper's authors): `bco_loss` calls `self.running.update(rewards of this batch,
+gathered over processes)` and then reads `self.running.mean` (trl/trainer/bco_trainer.py, TRL 0.19.1), so the
+first batch's δ is its own mean reward, not 0. `includes_current` makes the loop (and `LossCall`) update the
+state with each micro-batch's rewards, all-gathered, before that micro-batch's loss, exactly as TRL updates per
+forward call, gradient accumulation included. The underlying-distribution-matching weights of the paper's §4 are
+not included.
 
 APO-zero (unpaired) — D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive
 Revisions", arXiv:2408.06266, Eq. 8 applied per row as in TRL's KTO `apo_zero_unpaired`:
@@ -83,7 +89,8 @@ def mismatched_indices(rows: int | Sequence[Hashable] | Tensor) -> Tensor:
     """
     if isinstance(rows, bool) or not isinstance(rows, (int, Sequence, Tensor)):
         raise LossInputError(
-            f"mismatched_indices: rows must be a batch size or a sequence of prompt ids, got {rows!r}."
+            f"mismatched_indices: rows must be a batch size or a sequence of prompt ids, got {type(rows).__name__}; "
+            f"for a TokenBatch, prefopt.LossCall('kto', engine=..., reference=...)(batch) builds the pairs and z₀."
         )
     if isinstance(rows, int):
         if rows < 2:
@@ -242,9 +249,11 @@ def kto(
     """
     if kl is None:
         raise LossInputError(
-            "kto needs kl, the reference point z₀ ≈ KL(π_θ‖π_ref): score mismatched pairs (x_i, y_j) built with "
-            "mismatched_indices(batch) under both models and pass kl=kto_kl_estimate(policy_kl_logps, "
-            "ref_kl_logps); pass kl=torch.tensor(0.) to use z₀ = 0 deliberately."
+            "kto needs kl, the reference point z₀ ≈ KL(π_θ‖π_ref) from mismatched pairs (x_i, y_j): "
+            "prefopt.LossCall('kto', engine=policy_engine, reference=reference)(batch) builds it from the batch "
+            "(so does prefopt.loss_arguments(..., policy=, reference=)); or score pairs from "
+            "mismatched_indices(prompt_ids) and pass kl=kto_kl_estimate(policy_kl_logps, ref_kl_logps), or "
+            "kl=torch.tensor(0.) for z₀ = 0."
         )
     kl_tensor = kl if isinstance(kl, Tensor) else torch.tensor(float(kl), dtype=t.logps.dtype)
     if kl_tensor.numel() != 1:
@@ -298,10 +307,10 @@ class BCOState:
 class BCORunningDelta:
     """BCO's running state in a training loop (`LossSpec.state`, `prefopt.loss_state.LossState`).
 
-    A `BCOState` fed after each optimiser step with the implicit rewards r̂ = β·(log π_θ − log π_ref) of the
-    whole global batch (all-gathered), so step t uses δ = the mean over steps < t on every process. TRL
-    includes the current batch before computing the loss; the lag makes δ independent of the micro-batch
-    split. Saved in checkpoints as the `BCOState`'s fields.
+    A `BCOState` declared `includes_current`: before each micro-batch's loss the loop merges that micro-batch's
+    implicit rewards r̂ = β·(log π_θ − log π_ref), all-gathered over processes, so its δ is the mean over every
+    earlier micro-batch and itself, as TRL's BCOTrainer computes it (module docstring). Saved in checkpoints as
+    the `BCOState`'s fields, after the step's last micro-batch, so a resumed run continues exactly.
     """
 
     beta: float
@@ -336,15 +345,15 @@ class BCORunningDelta:
     "(Eq. 9, reward shift δ; β = 0.01 as listed in TRL's paper index, TRL BCOConfig default 0.1)",
     formula="−log σ(βρ − δ) if desirable, −log σ(δ − βρ) if undesirable; δ = running mean of βρ",
     hparams=[HParam("beta", 0.01, "inverse temperature β of the implicit reward β·ρ", POSITIVE)],
-    state=LossStateSpec(inputs=("state",), init=BCORunningDelta.from_hparams),
+    state=LossStateSpec(inputs=("state",), init=BCORunningDelta.from_hparams, includes_current=True),
 )
 def bco(t: UnpairedTerms, *, state: BCOState | None, beta: float) -> Reported:
     """Binary Classifier Optimization: logistic regression of the label on the shifted implicit reward.
 
     Args:
-        state: the caller's running mean; δ = state.delta (0 when None). The loss never mutates it;
-            update it yourself with `state.update(beta * (policy_logps - ref_logps))` (TRL updates
-            with the current batch before computing the loss).
+        state: the caller's running mean; δ = state.delta (0 when None). The loss never mutates it: as TRL
+            does, update it with the current batch first, `state.update(beta * (policy_logps - ref_logps))`,
+            then call the loss (`prefopt.LossCall('bco', ...)` and prefopt's training loop do).
         beta: β. Lengths are not used.
 
     Metrics: `delta`, `rewards/*` = β·ρ class means, `logps/*`, `count/*` (module doc).

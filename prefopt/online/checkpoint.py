@@ -3,6 +3,7 @@
     <output_dir>/checkpoints/step-000010/
         policy.safetensors      the policy's trainable parameters
         critic.safetensors      PPO's value model (when the algorithm has one)
+        <name>.safetensors      frozen models the run keeps beside them (NLPO's masking policy: mask_policy)
         optimizers.pt           state_dicts of the policy's (and the critic's) Adam
         state.json              step, the KL controller's β, number of metrics lines
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from prefopt.train.checkpoint import (
@@ -45,6 +46,7 @@ def save_online_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     state: dict[str, Any],
     keep: int,
+    frozen: dict[str, nn.Module] | None = None,
 ) -> Path:
     """Save the run after `step` rollouts; keeps the newest `keep` checkpoints. Returns the folder."""
     folder = Path(output_dir) / CHECKPOINT_DIR
@@ -56,6 +58,8 @@ def save_online_checkpoint(
     save_file(trainable_state(policy), str(tmp / "policy.safetensors"))
     if critic is not None:
         save_file(trainable_state(critic), str(tmp / "critic.safetensors"))
+    for name, module in (frozen or {}).items():  # whole state (not only trainable), tied weights saved once
+        save_model(module, str(tmp / f"{name}.safetensors"))
     torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizers.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
     if final.exists():
@@ -71,7 +75,12 @@ def _load_weights(module: nn.Module, path: Path) -> None:
 
 
 def load_online_checkpoint(
-    path: str | Path, *, policy: nn.Module, critic: nn.Module | None, optimizers: dict[str, torch.optim.Optimizer]
+    path: str | Path,
+    *,
+    policy: nn.Module,
+    critic: nn.Module | None,
+    optimizers: dict[str, torch.optim.Optimizer],
+    frozen: dict[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Restore weights and optimiser states from `path`; returns state.json (step, kl_coef, …).
 
@@ -81,6 +90,8 @@ def load_online_checkpoint(
     _load_weights(policy, path / "policy.safetensors")
     if critic is not None:
         _load_weights(critic, path / "critic.safetensors")
+    for name, module in (frozen or {}).items():
+        load_model(module, str(path / f"{name}.safetensors"))
     states = load_plain(path / "optimizers.pt")
     if set(states) != set(optimizers):
         raise RunFolderError(

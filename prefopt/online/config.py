@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prefopt.kernels import BACKENDS
+from prefopt.loss_call import engine_inputs
+from prefopt.online.reward_spec import reward_folders, reward_parts
 from prefopt.online.rollout_step import Recipe, recipe_for
+from prefopt.online.seed_settings import ActionMaskSettings, ILQLSettings, nested_settings
 from prefopt.preflight import (
     check_engine_backend,
     check_model_source,
@@ -58,10 +61,15 @@ class OnlineConfig(Settings):
         model, tokenizer: HF causal LM path (tokenizer default: the model's); None = the synthetic task's
             reference policy. The reference π_ref is a frozen copy of the initial policy.
         model_revision: with a hub name for `model`, the branch, tag or commit to load it (and its tokenizer) at.
-        reward: "gold" (the synthetic task's gold reward) or the path of a saved reward model.
+        reward: "gold" (the synthetic task's gold reward), the path of a saved reward model, or a Python
+            function `module:function` (TRL's convention, `prefopt.online.reward_functions`; imported from
+            sys.path or the current folder); several comma-separated, summed with `reward_weights`
+            (`prefopt.online.reward_spec`).
+        reward_weights: one weight per function of `reward` (None: 1 each), TRL's `reward_weights`. A
+            reward passed to `train_online` in memory takes its weights as (reward, weight) pairs instead.
         value_model: path of a reward model to initialise PPO's critic from (None: from the policy).
-        prompts: a text file (one prompt per line) or .jsonl with a `prompt` column; None = the
-            synthetic task's train prompts.
+        prompts: a text file (one prompt per line) or .jsonl with a `prompt` column (its other fields are
+            columns the reward functions may take); None = the synthetic task's train prompts.
     Sampling:
         steps: rollouts (each followed by `epochs` passes of optimiser steps).
         prompts_per_step: B prompts per rollout (a seeded shuffle of the prompts, cycling).
@@ -80,6 +88,16 @@ class OnlineConfig(Settings):
             GAE γ, λ; whiten_advantages.
     All algorithms:
         missing_eos_penalty: subtracted from the score of a completion without EOS (None: off).
+        dynamic_sampling: drop each prompt whose K rewards are all equal and sample more prompts, up to
+            `max_sampling_rounds` generations per step, to refill the B (DAPO §3.2; `prefopt.online.group_sampling`).
+            None: the algorithm's default (on for dapo, its `LossSpec.online_defaults`); needs K ≥ 2.
+        overlong_shaping: add DAPO's soft overlong penalty (Eq. 13, `prefopt.rl.overlong_penalty`) to every score:
+            0 up to max_new_tokens − overlong_buffer tokens, then linear down to −overlong_factor at the limit.
+            None: the algorithm's default (on for dapo), or on when overlong_buffer is given.
+        overlong_buffer: L_cache in tokens (None: max_new_tokens // 5, the paper's 4,096 of 20,480).
+        action_mask: NLPO's top-p mask (top_p, update_every, min_tokens), for losses that take `mask_log_mass`;
+            q_learning: ILQL's heads and decoding (two_qs, alpha, sync_every, beta, top_k), for losses that take
+            `q_values` (`prefopt.online.seed_settings`; a mapping of their fields works too).
         seed: prompt order, sampling, critic head init.
         output_dir; checkpoint_every: save every N steps (default 20; 0: only the final one); keep_checkpoints,
             resume, progress.
@@ -101,6 +119,7 @@ class OnlineConfig(Settings):
     tokenizer: str | None = None
     model_revision: str | None = None
     reward: str = "gold"
+    reward_weights: tuple[float, ...] | None = None
     value_model: str | None = None
     prompts: str | None = None
     steps: int = 40
@@ -126,6 +145,13 @@ class OnlineConfig(Settings):
     lam: float = 0.95
     whiten_advantages: bool = True
     missing_eos_penalty: float | None = None
+    dynamic_sampling: bool | None = None
+    max_sampling_rounds: int = 10
+    overlong_shaping: bool | None = None
+    overlong_buffer: int | None = None
+    overlong_factor: float = 1.0
+    action_mask: ActionMaskSettings = field(default_factory=ActionMaskSettings)
+    q_learning: ILQLSettings = field(default_factory=ILQLSettings)
     seed: int = 0
     output_dir: str = "runs/online"
     checkpoint_every: int = 20
@@ -137,10 +163,13 @@ class OnlineConfig(Settings):
     master_weights: str = "fp32"
     mixed_precision: str = "no"
     save_dtype: str = "original"
+    NESTED: ClassVar[Mapping[str, type]] = {"action_mask": ActionMaskSettings, "q_learning": ILQLSettings}
 
     def __post_init__(self) -> None:
         for name in ("model", "tokenizer", "reward", "value_model", "prompts", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
+        for name, kind in self.NESTED.items():
+            object.__setattr__(self, name, nested_settings(kind, getattr(self, name), f"OnlineConfig.{name}"))
         self._check_model()
         spec = self._check_algorithm()
         recipe = recipe_for(spec)
@@ -148,6 +177,7 @@ class OnlineConfig(Settings):
         self._check_pair_loss()
         self._check_counts()
         self._check_sampling(recipe)
+        self._check_shaping()
         self._check_numbers()
         self._check_optimizer()
         self._check_backend()
@@ -183,6 +213,7 @@ class OnlineConfig(Settings):
             "generation_batch_size",
             "num_minibatches",
             "keep_checkpoints",
+            "max_sampling_rounds",
         ):
             check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=1)
         for name in ("checkpoint_every", "seed"):
@@ -210,6 +241,21 @@ class OnlineConfig(Settings):
                 f"{self.prompts_per_step}: minibatches split the rollout by prompt"
             )
 
+    def _check_shaping(self) -> None:
+        """Dynamic sampling compares K ≥ 2 samples; the overlong buffer fits in the generation limit."""
+        if self.filters_groups and self.samples < 2:
+            raise ValueError(
+                f"OnlineConfig.dynamic_sampling drops prompts whose K samples all score the same, which needs "
+                f"num_samples ≥ 2 (got {self.samples}); raise num_samples or set dynamic_sampling=False"
+            )
+        if self.overlong_buffer is not None:
+            check_int("OnlineConfig.overlong_buffer", self.overlong_buffer, minimum=1)
+            if self.overlong_buffer > self.max_new_tokens:
+                raise ValueError(
+                    f"OnlineConfig.overlong_buffer={self.overlong_buffer} exceeds max_new_tokens="
+                    f"{self.max_new_tokens}: the penalised tokens are the last ones before the limit"
+                )
+
     def _check_optimizer(self) -> None:
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"OnlineConfig.kl_estimator={self.kl_estimator!r}: use one of {KL_ESTIMATORS}")
@@ -229,12 +275,10 @@ class OnlineConfig(Settings):
                 raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r}: use one of {valid}")
 
     def _check_paths(self) -> None:
-        """The reward ('gold' or a saved reward model), prompts and value model exist."""
-        if self.reward != "gold" and not Path(self.reward).exists():
-            raise ValueError(
-                f"OnlineConfig.reward={self.reward!r}: use 'gold' (the synthetic task's gold reward) or "
-                "the folder of a saved reward model (prefopt.online.reward_model)"
-            )
+        """The reward ('gold', saved reward models, importable functions), prompts and value model exist."""
+        if self.reward_weights is not None:
+            object.__setattr__(self, "reward_weights", tuple(self.reward_weights))
+        reward_parts(self.reward, "OnlineConfig.reward", self.reward_weights)
         for name in ("prompts", "value_model"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
@@ -258,6 +302,9 @@ class OnlineConfig(Settings):
                 f"OnlineConfig.pair_loss={self.pair_loss!r} is not a paired log-prob loss; use one of "
                 f"{', '.join(paired)}"
             )
+        unserved = [n for n in spec.extra_inputs if engine_inputs(spec).get(n, ("",))[0] != "log_sum_sq_probs"]
+        if unserved:  # the pairs carry log-probs and log Σ_v p² (wpo), not scores (odpo) or a reference model (tdpo)
+            raise ValueError(f"OnlineConfig.pair_loss={self.pair_loss!r} takes {unserved}, which online pairs lack")
         object.__setattr__(self, "pair_loss_hparams", dict(spec.validate_hparams(dict(self.pair_loss_hparams))))
 
     def _check_numbers(self) -> None:
@@ -271,7 +318,7 @@ class OnlineConfig(Settings):
         }.items():
             if (value is not None or name in positive) and not (is_finite_number(value) and value > 0):
                 raise ValueError(f"OnlineConfig.{name}={value!r} must be a positive finite number")
-        for name in ("kl_coef", "weight_decay"):
+        for name in ("kl_coef", "weight_decay", "overlong_factor"):
             if not (is_finite_number(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r} must be a finite number ≥ 0")
         for name in ("gamma", "lam"):
@@ -291,6 +338,22 @@ class OnlineConfig(Settings):
     def samples(self) -> int:
         """K: `num_samples`, or the algorithm's default."""
         return self.num_samples or recipe_for(loss_spec(self.algorithm)).num_samples
+
+    @property
+    def filters_groups(self) -> bool:
+        """Whether dynamic sampling is on: `dynamic_sampling`, or the algorithm's default."""
+        on = self.dynamic_sampling
+        return recipe_for(loss_spec(self.algorithm)).dynamic_sampling if on is None else on
+
+    @property
+    def overlong_cache(self) -> int | None:
+        """L_cache of the soft overlong penalty in tokens, or None when overlong shaping is off."""
+        on = self.overlong_shaping
+        if on is None:
+            on = self.overlong_buffer is not None or recipe_for(loss_spec(self.algorithm)).overlong_shaping
+        if not on:
+            return None
+        return self.overlong_buffer or max(self.max_new_tokens // 5, 1)
 
     @property
     def passes(self) -> int:
@@ -328,8 +391,8 @@ class OnlineConfig(Settings):
             )
         if self.tokenizer is not None:
             check_tokenizer_source(self.tokenizer, "OnlineConfig.tokenizer")
-        for name in ("reward", "value_model"):
-            value = getattr(self, name)
-            if value is not None and value != "gold":
-                check_model_source(value, f"OnlineConfig.{name}", tokenizer=False)
+        for folder in reward_folders(self.reward):
+            check_model_source(folder, "OnlineConfig.reward", tokenizer=False)
+        if self.value_model is not None:
+            check_model_source(self.value_model, "OnlineConfig.value_model", tokenizer=False)
         check_engine_backend(self.engine_backend, "OnlineConfig.engine_backend")

@@ -168,7 +168,13 @@ def _trim(tokens: list[int], eos: int) -> list[int]:
 
 
 def _hf_generate(
-    model: Any, encoded: list[list[int]], config: GenerationConfig, eos: int, pad: int, progress: bool
+    model: Any,
+    encoded: list[list[int]],
+    config: GenerationConfig,
+    eos: int,
+    pad: int,
+    progress: bool,
+    logits_processor: Any = None,
 ) -> list[list[list[int]]]:
     """completion tokens [b][k] for every prompt, via `model.generate` on length-grouped batches."""
     device = next(model.parameters()).device
@@ -195,6 +201,7 @@ def _hf_generate(
                 eos_token_id=eos,
                 pad_token_id=pad,
                 **sampling,
+                **({} if logits_processor is None else {"logits_processor": [logits_processor]}),
             )
             new = generated[:, length:].cpu().tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
             for j, row in enumerate(chunk):
@@ -281,6 +288,7 @@ def generate(
     *,
     seed: int = 0,
     progress: bool = False,
+    logits_processor: Any = None,
 ) -> Rollout:
     """Sample `config.num_samples` completions of every prompt (see the module docstring).
 
@@ -293,6 +301,8 @@ def generate(
         config: sampling settings (default `GenerationConfig()`).
         seed: the draws' seed (same seed, model and prompts → same samples on the same device).
         progress: a tqdm bar over samples.
+        logits_processor: a transformers logits processor `(input_ids, scores) -> scores` applied before
+            temperature and top-p (NLPO's action mask, `prefopt.online.action_mask`); transformers path only.
     Returns:
         `Rollout` with S = K·B rows, group-major.
     """
@@ -301,6 +311,8 @@ def generate(
     encoded = _encode(tokenizer, prompts)
     if not encoded:
         raise ValueError("generate: no prompts given")
+    if logits_processor is not None and _use_vllm(model, config):
+        raise ValueError("generate: a logits_processor needs backend='hf' (vLLM takes no transformers processor)")
     if _use_vllm(model, config):
         samples = _vllm_generate(str(model), encoded, config, eos, seed)
     else:
@@ -315,7 +327,7 @@ def generate(
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                samples = _hf_generate(model, encoded, config, eos, pad, progress)
+                samples = _hf_generate(model, encoded, config, eos, pad, progress, logits_processor)
         finally:
             model.train(was_training)
     input_ids, attention_mask, completion_mask, finished, order = _layout(

@@ -12,16 +12,35 @@ The loop never tests an algorithm's name. What a rollout loss needs is read from
     advantages,      GAE(γ, λ) over r_t = −β·k_t + 1[t = last]·score (KL-shaped rewards,  ppo
     returns          Ziegler et al. 2019), advantages whitened over valid tokens
     token_entropy    the engine's per-token entropy of π_θ on the minibatch               ppo (metric)
+    mask_log_mass,   log Z_θ, π_θ's mass inside the masking policy's top-p tokens, on the  nlpo
+    old_mask_log_mass  minibatch (with gradient) and on the rollout (`prefopt.online.action_mask`)
+    (declared)       `LossSpec.rollout_inputs`: provider(RolloutBatch of the whole rollout)  reinforce_pp's
+                     → [S, T], once per rollout, cut to each minibatch's rows (`rollout_wide_inputs`)  advantages
 
 The rest is in the declaration too: `LossSpec.online_defaults` holds how many samples per prompt and how
-many optimisation passes over a rollout the algorithm uses by default (the papers' settings) and the
-smallest K it accepts, where they differ from `Recipe`'s generic defaults. Minibatches split the rollout
-by prompt, so a group's K samples stay together.
+many optimisation passes over a rollout the algorithm uses by default (the papers' settings), the
+smallest K it accepts, and the trainer options it turns on (dynamic sampling, overlong shaping), where they
+differ from `Recipe`'s generic defaults. Minibatches split the rollout by prompt, so a group's K samples
+stay together.
+
+Which statistics are global (the whole rollout of a step, after dynamic sampling) and which are local (the
+rows of one loss call, i.e. one minibatch = one optimiser step; the whole rollout when num_minibatches = 1):
+
+    statistic                                         over                  why it is the same in any split
+    group baselines (mean, std of a prompt's K        one prompt's group    minibatches keep groups whole
+      rewards: rloo, grpo, dr_grpo, dapo, gspo,
+      cispo, reinforce_pp's baseline="group")
+    dynamic-sampling filter, overlong penalty         one group / sample    made before the minibatches
+    PPO's whitened GAE advantages                     the whole rollout     `critic_targets`, once per rollout
+    reinforce_pp's advantage mean and std             the whole rollout     its `rollout_inputs` provider
+    dr_grpo's L_max                                   constant              max_new_tokens (`hparams_with_defaults`)
+    token-level mean 1/Σ|o_i| (dapo, cispo), token    the minibatch         local: the batch of one optimiser
+      mean (ppo, reinforce_pp), 1/S (the rest)                              step, as in the papers
 
 Online DPO with another paired loss (`OnlineConfig.pair_loss`, for a loss that declares `accepts_pair_loss`):
 each prompt's best and worst samples (`best_worst_pairs`, ties dropped) become a (chosen, rejected) pair,
 and the paired loss gets the pairs' summed log-probs exactly as the offline trainer would
-(`prefopt.train.step.loss_arguments`).
+(`prefopt.loss_call.loss_arguments`).
 """
 
 from __future__ import annotations
@@ -36,9 +55,10 @@ from torch import Tensor
 
 from prefopt.batch import TokenBatch
 from prefopt.engine import SequenceLogProbs
+from prefopt.loss_state import RolloutBatch
 from prefopt.losses.best_of_n import best_worst_pairs
 from prefopt.registry import LossSpec
-from prefopt.rl import gae, grouped_to_sequences, kl_penalized_rewards, masked_whiten
+from prefopt.rl import gae, grouped_to_sequences, kl_penalized_rewards, masked_sum, masked_whiten
 
 __all__ = [
     "Recipe",
@@ -51,6 +71,7 @@ __all__ = [
     "pair_batch",
     "sequence_scores",
     "hparams_with_defaults",
+    "rollout_wide_inputs",
     "completion_layout",
     "to_completion_layout",
     "from_completion_layout",
@@ -70,6 +91,12 @@ class Recipe:
             for the REINFORCE-style methods, as the GRPO and ReMax papers).
         critic: the loss takes `values` (a value model and GAE are needed).
         greedy_baseline: the loss takes `greedy_rewards` (a greedy decode is scored).
+        dynamic_sampling, overlong_shaping: the trainer options on by default for this algorithm (DAPO's;
+            `OnlineConfig.dynamic_sampling`, `OnlineConfig.overlong_shaping`).
+        action_mask: the loss takes `mask_log_mass` (NLPO): rollouts are sampled from, and scored under, the
+            policy masked to a masking policy's top-p tokens (`prefopt.online.action_mask`).
+        q_learning: the loss takes `q_values` (ILQL): `train_online` runs the offline Q-learning trainer
+            (`prefopt.online.ilql`), which makes the Q-head inputs, on reference samples instead of this loop.
     """
 
     num_samples: int = 4
@@ -77,6 +104,10 @@ class Recipe:
     epochs: int = 1
     critic: bool = False
     greedy_baseline: bool = False
+    dynamic_sampling: bool = False
+    overlong_shaping: bool = False
+    action_mask: bool = False
+    q_learning: bool = False
 
 
 # Loss inputs the online loop knows how to make (module table).
@@ -89,6 +120,19 @@ FEEDABLE_INPUTS = (
     "advantages",
     "returns",
     "token_entropy",
+    "mask_log_mass",
+    "old_mask_log_mass",
+)
+# Inputs of a Q-learning loss, made by its own trainer (`prefopt.online.ilql`) from reward-labelled samples.
+Q_LEARNING_INPUTS = (
+    "rewards",
+    "values",
+    "next_values",
+    "q_values",
+    "q2_values",
+    "q_logps",
+    "q2_logps",
+    "target_q_values",
 )
 
 
@@ -99,17 +143,22 @@ def recipe_for(spec: LossSpec) -> Recipe:
     Raises:
         ValueError: the loss takes an input the online loop cannot make.
     """
-    missing = [n for n in spec.extra_inputs if n not in FEEDABLE_INPUTS]
+    q_learning = "q_values" in spec.extra_inputs
+    made = Q_LEARNING_INPUTS if q_learning else (*FEEDABLE_INPUTS, *spec.rollout_inputs)
+    missing = [n for n in spec.extra_inputs if n not in made]
     if missing:
         raise ValueError(
             f"rollout loss {spec.name!r} takes input(s) {missing} that the online loop cannot make "
             f"(it makes {list(FEEDABLE_INPUTS)}); call the loss from your own loop"
         )
+    switches = {k: bool(v) for k, v in spec.online_defaults.items() if k in ("dynamic_sampling", "overlong_shaping")}
     return dataclasses.replace(
         Recipe(),
-        **spec.online_defaults,
-        critic="values" in spec.extra_inputs,
+        **{**spec.online_defaults, **switches},
+        critic="values" in spec.extra_inputs and not q_learning,  # ILQL's V head is not a critic
         greedy_baseline="greedy_rewards" in spec.extra_inputs,
+        action_mask="mask_log_mass" in spec.extra_inputs,
+        q_learning=q_learning,
     )
 
 
@@ -226,6 +275,7 @@ def loss_inputs(
     *,
     policy: SequenceLogProbs,
     values: Tensor | None,
+    mask_log_mass: Tensor | None = None,
 ) -> tuple[list[Tensor], dict[str, Any]]:
     """(positional, keyword) arguments of rollout loss `spec` for the minibatch of `prompts` (rows `rows`).
 
@@ -235,6 +285,7 @@ def loss_inputs(
         policy: the engine's output on the minibatch with `tokens` (and `token_entropy` when the loss
             takes it), with gradient.
         values: the critic's values [K·P, T] on the minibatch (with gradient), when the loss takes them.
+        mask_log_mass: log Z_θ [K·P, T] of NLPO's action mask on the minibatch (with gradient), when taken.
     """
     assert policy.tokens is not None
     mask = prepared.completion_mask[rows, :width]
@@ -243,6 +294,7 @@ def loss_inputs(
         "greedy_rewards": None if prepared.greedy_scores is None else prepared.greedy_scores[prompts],
         "ref_logps": prepared.ref_logps[rows, :width],
         "values": values,
+        "mask_log_mass": mask_log_mass,
         "token_entropy": policy.token_entropy,
         **{name: t[rows, :width] for name, t in prepared.token_inputs.items()},
     }
@@ -261,7 +313,7 @@ def pair_batch(rollout: Any, prepared: PreparedRollout, prompts: Tensor) -> tupl
     batch = dataclasses.replace(rollout.token_batch(rows), group_size=2)
     width = batch.input_ids.shape[1]
     mask = prepared.completion_mask[rows, :width]
-    ref_sum = torch.where(mask, prepared.ref_logps[rows, :width], 0.0).sum(1)
+    ref_sum = masked_sum(prepared.ref_logps[rows, :width], mask, dim=1)  # accumulated in float64, as the engine's
     reference = SequenceLogProbs(ref_sum, mask.sum(1), group_size=2)
     return batch, reference
 
@@ -269,6 +321,22 @@ def pair_batch(rollout: Any, prepared: PreparedRollout, prompts: Tensor) -> tupl
 def sequence_scores(prepared: PreparedRollout) -> Tensor:
     """[S] the scores in rollout row order (group-major)."""
     return grouped_to_sequences(prepared.scores)
+
+
+def rollout_wide_inputs(spec: LossSpec, prepared: PreparedRollout, hparams: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The loss's declared `rollout_inputs`, each computed once over the whole rollout (the step's global batch,
+    after dynamic sampling) before the minibatches: {name: [S, W]}, to be cut to each minibatch's rows like the
+    critic's targets (`PreparedRollout.token_inputs`)."""
+    if not spec.rollout_inputs:
+        return {}
+    batch = RolloutBatch(
+        rewards=prepared.scores,
+        old_logps=prepared.old_logps,
+        ref_logps=prepared.ref_logps,
+        completion_mask=prepared.completion_mask,
+        hparams={**spec.defaults(), **hparams},
+    )
+    return {name: provide(batch) for name, provide in spec.rollout_inputs.items()}
 
 
 def hparams_with_defaults(spec: LossSpec, hparams: Mapping[str, Any], max_new_tokens: int) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,28 @@ from prefopt.data import synthetic
 from prefopt.data.synthetic import PreferenceConfig
 from prefopt.data.synthetic.preferences import draw_prompts
 from prefopt.engine import LogProbEngine
+from prefopt.online.action_mask import TopPActionMask
 from prefopt.online.config import OnlineConfig
+from prefopt.online.masked_policy import save_action_mask
 from prefopt.online.rewards import as_reward_function
 from prefopt.online.rollout_step import Recipe, hparams_with_defaults, recipe_for
 from prefopt.online.value import ValueModel, critic_from_policy, critic_from_reward_model
 from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.rl import AdaptiveKLController, FixedKLController
+from prefopt.settings import SettingsError
 from prefopt.train.model import frozen_copy
 from prefopt.train.precision import Precision, resolve_precision
 
-__all__ = ["OnlineRun", "setup_online_run", "load_prompts", "synthetic_prompts", "PromptOrder"]
+__all__ = [
+    "OnlineRun",
+    "setup_online_run",
+    "load_prompts",
+    "load_prompt_rows",
+    "prompt_rows",
+    "synthetic_prompts",
+    "PromptOrder",
+]
 
 
 def synthetic_prompts(seed: int = 0) -> tuple[list[str], list[str]]:
@@ -40,36 +52,86 @@ def synthetic_prompts(seed: int = 0) -> tuple[list[str], list[str]]:
     return prompts[config.heldout_prompts : config.heldout_prompts + config.train_prompts], heldout
 
 
+def _columns(rows: Sequence[Mapping[str, Any]], where: Callable[[int], str]) -> tuple[list[Any], dict[str, list[Any]]]:
+    """Prompt rows (mappings with a `prompt`) → (prompts, {column: values}): every other field is a column
+    the reward functions may take, and every row has the same fields."""
+    prompts, columns = [], {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping) or not isinstance(row.get("prompt"), (str, list)):
+            raise SettingsError(
+                f"{where(i)}: each row needs a `prompt` (text or a conversation), got {str(row)[:80]!r}"
+            )
+        extra = {k: v for k, v in row.items() if k != "prompt"}
+        if i == 0:
+            clash = sorted(set(extra) & {"prompts", "completions"})
+            if clash:
+                raise SettingsError(
+                    f"{where(i)}: column {clash[0]!r} has the name of a reward function's own argument; rename it"
+                )
+            columns = {k: [] for k in extra}
+        elif set(extra) != set(columns):
+            differ = sorted(set(extra) ^ set(columns))
+            raise SettingsError(
+                f"{where(i)}: its fields differ from the first row's in {differ}; give every row the same fields "
+                "(they become the reward functions' columns)"
+            )
+        prompts.append(row["prompt"])
+        for k, v in extra.items():
+            columns[k].append(v)
+    return prompts, columns
+
+
+def prompt_rows(prompts: Sequence[Any]) -> tuple[list[Any], dict[str, list[Any]]]:
+    """(prompts, columns) of in-memory prompts: strings or conversations (no columns), or mappings with a
+    `prompt` and the same other keys in each, e.g. [{"prompt": "2+2=", "answer": "4"}] (column `answer`)."""
+    prompts = list(prompts)
+    if prompts and isinstance(prompts[0], Mapping):
+        return _columns(prompts, lambda i: f"prompts[{i}]")
+    return prompts, {}
+
+
+def load_prompt_rows(path: str | Path) -> tuple[list[str], dict[str, list[Any]]]:
+    """(prompts, columns) from a .jsonl file (a `prompt` string per row; its other fields, the same in every
+    row, are columns the reward functions may take) or a text file (one prompt per line, no columns).
+
+    Raises:
+        ValueError: naming the line of a row without a string `prompt` or with other fields, or an empty file.
+    """
+    path = Path(path)
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    prompts, columns = lines, {}
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in lines]
+        for number, (row, line) in enumerate(zip(rows, lines), start=1):
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise ValueError(f"{path}:{number}: each row needs a string `prompt` column, got {line[:80]!r}")
+        prompts, columns = _columns(rows, lambda i: f"{path}:{i + 1}")
+    if not prompts:
+        raise ValueError(f"{path}: no prompts found (one prompt per line, or .jsonl rows with a `prompt` column)")
+    return prompts, columns
+
+
 def load_prompts(path: str | Path) -> list[str]:
     """Prompts from a .jsonl file (a `prompt` string per row) or a text file (one prompt per line).
 
     Raises:
         ValueError: naming the line of a row without a string `prompt`, or an empty file.
     """
-    path = Path(path)
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        prompts = []
-        for number, line in enumerate(lines, start=1):
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f"{path}:{number}: each row needs a string `prompt` column, got {line[:80]!r}")
-            prompts.append(row["prompt"])
-    else:
-        prompts = lines
-    if not prompts:
-        raise ValueError(f"{path}: no prompts found (one prompt per line, or .jsonl rows with a `prompt` column)")
-    return prompts
+    return load_prompt_rows(path)[0]
 
 
 class PromptOrder:
     """Which B prompts rollout `step` uses: a seeded shuffle of all N prompts, reshuffled each time it runs
-    out (cycling). Position p = step·B + i is entry p mod N of permutation ⌊p / N⌋, a function of the step."""
+    out (cycling). Position p = step·B + i is entry p mod N of permutation ⌊p / N⌋, a function of the step.
+    `columns` (one list of N values per name) are the prompts' extra columns, drawn alongside them."""
 
-    def __init__(self, prompts: list[str], per_step: int, seed: int) -> None:
+    def __init__(
+        self, prompts: list[str], per_step: int, seed: int, columns: Mapping[str, Sequence[Any]] | None = None
+    ) -> None:
         if not prompts:
             raise ValueError("train_online: no prompts given")
         self.prompts, self.per_step, self.seed = list(prompts), per_step, seed
+        self.all_columns = {name: list(values) for name, values in (columns or {}).items()}
         self._cache: dict[int, list[int]] = {}
 
     def _permutation(self, epoch: int) -> list[int]:
@@ -78,11 +140,23 @@ class PromptOrder:
             self._cache = {epoch: torch.randperm(len(self.prompts), generator=generator).tolist()}
         return self._cache[epoch]
 
-    def batch(self, step: int) -> list[str]:
-        """The B prompt strings of rollout `step` (0-based)."""
+    def _indices(self, step: int) -> list[int]:
         n = len(self.prompts)
         positions = range(step * self.per_step, (step + 1) * self.per_step)
-        return [self.prompts[self._permutation(p // n)[p % n]] for p in positions]
+        return [self._permutation(p // n)[p % n] for p in positions]
+
+    def indices(self, step: int) -> list[int]:
+        """The positions in `prompts` of rollout `step`'s B prompts."""
+        return self._indices(step)
+
+    def batch(self, step: int) -> list[str]:
+        """The B prompt strings of rollout `step` (0-based)."""
+        return [self.prompts[i] for i in self._indices(step)]
+
+    def columns(self, step: int) -> dict[str, list[Any]]:
+        """The extra columns of rollout `step`'s B prompts, in `batch(step)`'s order."""
+        indices = self._indices(step)
+        return {name: [values[i] for i in indices] for name, values in self.all_columns.items()}
 
 
 @dataclass(kw_only=True)
@@ -105,10 +179,26 @@ class OnlineRun:
     prompts: PromptOrder
     kl_controller: AdaptiveKLController | FixedKLController
     precision: Precision
+    action_mask: TopPActionMask | None = None  # NLPO's masking policy (`prefopt.online.action_mask`)
+    q_learning: Any = None  # ILQL's heads and data (`prefopt.online.ilql.QLearning`), attached by train_online
+
+    def frozen_models(self) -> dict[str, nn.Module]:
+        """Models a checkpoint keeps whole (NLPO's masking policy; ILQL's heads, their target copies included)."""
+        frozen = {} if self.action_mask is None else {"mask_policy": self.action_mask.mask_model}
+        return frozen if self.q_learning is None else {**frozen, "q_heads": self.q_learning.heads}
+
+    def save_beside(self, folder: Path) -> None:
+        """Write beside the policy saved in `folder` what samples with it: NLPO's masking policy, ILQL's heads."""
+        if self.action_mask is not None:
+            save_action_mask(folder, self.action_mask)
+        if self.q_learning is not None:
+            self.q_learning.save(folder)
 
     def parameters(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters of each optimiser ("policy", and "critic" for PPO)."""
         out = {"policy": [p for p in self.policy.parameters() if p.requires_grad]}
+        if self.q_learning is not None:  # ILQL's heads are part of the policy (one clip, one optimiser)
+            out["policy"] += self.q_learning.trainable()
         if self.critic is not None:
             out["critic"] = [p for p in self.critic.parameters() if p.requires_grad]
         return out
@@ -150,6 +240,21 @@ def _optimizer(params: list[nn.Parameter], lr: float, config: OnlineConfig) -> t
     )
 
 
+def _action_mask(config: OnlineConfig, recipe: Recipe, policy: nn.Module, tokenizer: Any) -> TopPActionMask | None:
+    """NLPO's masking policy, a frozen copy of the (cast) policy, for a loss that takes `mask_log_mass`."""
+    if not recipe.action_mask:
+        return None
+    settings = config.action_mask
+    return TopPActionMask(
+        policy,
+        top_p=settings.top_p,
+        min_tokens=settings.min_tokens,
+        update_every=settings.update_every,
+        special_ids=getattr(tokenizer, "all_special_ids", ()),
+        temperature=config.temperature,
+    )
+
+
 def setup_online_run(
     config: OnlineConfig,
     *,
@@ -162,6 +267,11 @@ def setup_online_run(
     """Build the run: policy (eval mode: no dropout, so π_old = π_θ before the first update, as TRL
     disables dropout) with its master weights (`prefopt.train.precision`), frozen reference (in the
     checkpoint's dtype), critic, reward function, prompt order, optimisers, KL controller."""
+    if reward is not None and config.reward_weights is not None:
+        raise SettingsError(
+            "OnlineConfig.reward_weights weigh the functions of OnlineConfig.reward; weigh a reward given to "
+            "train_online as (reward, weight) pairs instead: reward=[(f, 1.0), (g, 0.5)]"
+        )
     spec = loss_spec(config.algorithm)
     recipe = recipe_for(spec)
     lr = config.learning_rate
@@ -181,8 +291,13 @@ def setup_online_run(
     critic = (
         _critic(config, policy, precision).eval() if recipe.critic else None
     )  # no dropout: V_old = V before updates
-    if prompts is None:
-        prompts = load_prompts(config.prompts) if config.prompts is not None else synthetic_prompts(config.seed)[0]
+    columns: dict[str, list[Any]] = {}
+    if prompts is not None:
+        prompts, columns = prompt_rows(prompts)
+    elif config.prompts is not None:
+        prompts, columns = load_prompt_rows(config.prompts)
+    else:
+        prompts = synthetic_prompts(config.seed)[0]
     optimizers = {"policy": _optimizer([p for p in policy.parameters() if p.requires_grad], lr, config)}
     if critic is not None:
         optimizers["critic"] = _optimizer(list(critic.parameters()), config.value_lr or lr, config)
@@ -191,6 +306,7 @@ def setup_online_run(
         controller = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
     hparams = hparams_with_defaults(spec, config.loss_hparams, config.max_new_tokens)
     pair = get_loss(config.pair_loss, **config.pair_loss_hparams) if config.pair_loss is not None else None
+    scorer = as_reward_function(config.reward, config.reward_weights) if reward is None else as_reward_function(reward)
     return OnlineRun(
         config=config,
         spec=spec,
@@ -203,8 +319,9 @@ def setup_online_run(
         ref_engine=LogProbEngine(reference, backend=config.engine_backend, temperature=config.temperature),
         critic=critic,
         optimizers=optimizers,
-        reward=as_reward_function(reward if reward is not None else config.reward),
-        prompts=PromptOrder(list(prompts), config.prompts_per_step, config.seed),
+        reward=scorer,
+        prompts=PromptOrder(list(prompts), config.prompts_per_step, config.seed, columns),
         kl_controller=controller,
         precision=precision,
+        action_mask=_action_mask(config, recipe, policy, tokenizer),
     )

@@ -16,7 +16,8 @@ is read from the loss's declaration (its inputs, `online_defaults`, `accepts_pai
 `prefopt.online.rollout_step`), never its name. Logged per step (TRL's
 names): objective/scores (mean reward), objective/kl (mean Σ_t k1 of the rollout against π_ref),
 objective/non_score_reward (−β·objective/kl, β the KL coefficient the algorithm uses, 0 if none),
-objective/rlhf_reward, objective/entropy (mean Σ_t entropy), the loss's own metrics (policy/clipfrac,
+objective/rlhf_reward, objective/entropy (mean Σ_t entropy), rewards/<name>/mean and /std of each Python
+reward function (TRL's), the loss's own metrics (policy/clipfrac,
 policy/approxkl, val/clipfrac, loss/policy, loss/value, …, averaged over minibatches), kl_coef,
 gen/length, gen/finished, grad_norm, time/step_s.
 """
@@ -41,10 +42,13 @@ from tqdm.auto import tqdm
 
 from prefopt.atomic import write_json_atomic
 from prefopt.errors import OnlineDivergedError
+from prefopt.loss_call import engine_call, loss_arguments
+from prefopt.online.action_mask import score_tokens
 from prefopt.online.checkpoint import latest_checkpoint, load_online_checkpoint, save_online_checkpoint
 from prefopt.online.config import RESUMABLE, OnlineConfig
-from prefopt.online.generation import GenerationConfig, generate
-from prefopt.online.rewards import score_rollout
+from prefopt.online.generation import generate
+from prefopt.online.group_sampling import generation_config, rollout_scores, sample_rollout
+from prefopt.online.ilql import QLearning
 from prefopt.online.rollout_step import (
     PreparedRollout,
     critic_targets,
@@ -52,16 +56,17 @@ from prefopt.online.rollout_step import (
     pair_batch,
     prompt_minibatches,
     prompt_rows,
+    rollout_wide_inputs,
     sequence_scores,
 )
 from prefopt.online.setup import OnlineRun, setup_online_run
 from prefopt.progress import library_progress_bars
-from prefopt.rl import apply_eos_penalty, grouped_to_sequences, kl_k1, masked_sum, sequences_to_grouped
+from prefopt.rl import kl_k1, masked_sum
 from prefopt.threads import torch_threads
 from prefopt.train.checkpoint import check_no_earlier_run, check_same_settings
+from prefopt.train.inputs import input_fingerprints
 from prefopt.train.logs import MetricsLog, truncate_metrics
 from prefopt.train.run_folder import claim_run_folder
-from prefopt.train.step import loss_arguments
 
 __all__ = ["OnlineResult", "OnlineDivergedError", "train_online", "rollout_step"]
 
@@ -97,16 +102,6 @@ def _seed(config: OnlineConfig, step: int, stream: int) -> int:
     return (config.seed * 1_000_003 + step) * 7 + stream
 
 
-def _scores(run: OnlineRun, rollout: Any) -> torch.Tensor:
-    """[B, K] rewards of a rollout, minus the missing-EOS penalty when configured (TRL's missing_eos_penalty)."""
-    scores = score_rollout(run.reward, rollout)
-    penalty = run.config.missing_eos_penalty
-    if penalty is None:
-        return scores
-    flat = apply_eos_penalty(grouped_to_sequences(scores), rollout.finished, penalty)  # [S]
-    return sequences_to_grouped(flat, rollout.num_samples)
-
-
 def _compute(run: OnlineRun) -> Any:
     """The context of the policy's and the critic's forwards: bf16 autocast where bf16 compute applies
     (`prefopt.train.precision`); the reference and the reward model run in their own dtype, outside it."""
@@ -117,27 +112,17 @@ def _compute(run: OnlineRun) -> Any:
 def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str, float]]:
     """Sample, score and annotate one rollout; returns it with the rollout-level metrics."""
     config = run.config
-    prompts = run.prompts.batch(step)
-    sampling = GenerationConfig(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        num_samples=config.samples,
-        batch_size=config.generation_batch_size,
-        backend="hf",
-    )
-    with _compute(run):
-        rollout = generate(run.policy, run.tokenizer, prompts, sampling, seed=_seed(config, step, 0))
-    scores = _scores(run, rollout)
+    # generate and score (shaped), with dynamic sampling's refills when on (`prefopt.online.group_sampling`)
+    rollout, scores, columns, reward_metrics = sample_rollout(run, step, _seed(config, step, 0))
     greedy = None
     if run.recipe.greedy_baseline:
-        decode = dataclasses.replace(sampling, num_samples=1, do_sample=False)
+        decode = dataclasses.replace(generation_config(config), num_samples=1, do_sample=False)
         with _compute(run):
-            decoded = generate(run.policy, run.tokenizer, prompts, decode)
-        greedy = _scores(run, decoded)[:, 0]
+            decoded = generate(run.policy, run.tokenizer, rollout.prompts, decode)
+        greedy = rollout_scores(run, decoded, columns)[0][:, 0]
     batch = rollout.token_batch()
     with _compute(run):
-        old = run.engine(batch, return_tokens=True, return_entropy=True)
+        old, old_mass = score_tokens(run.engine, run.action_mask, batch, return_entropy=True)  # log Z: NLPO
     ref = run.ref_engine(batch, return_tokens=True)
     assert old.tokens is not None and ref.tokens is not None and old.entropy is not None
     mask = batch.completion_mask
@@ -161,6 +146,10 @@ def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str,
             whiten=config.whiten_advantages,
         )
         run.kl_controller.update(float(kl.sum(1).mean()), n_steps=mask.shape[0])
+    if old_mass is not None:
+        prepared.token_inputs["old_mask_log_mass"] = old_mass
+    # statistics of the whole rollout the loss declares (`LossSpec.rollout_inputs`), before the minibatches
+    prepared.token_inputs.update(rollout_wide_inputs(run.spec, prepared, run.loss.hparams))
     kl_mean, score_mean = float(sequence_kl.mean()), float(scores.mean())
     metrics = {
         "objective/scores": score_mean,
@@ -171,6 +160,7 @@ def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str,
         "kl_coef": beta,
         "gen/length": float(rollout.lengths().float().mean()),
         "gen/finished": float(rollout.finished.float().mean()),
+        **reward_metrics,
     }
     if greedy is not None:
         metrics["objective/greedy_scores"] = float(greedy.mean())
@@ -186,17 +176,18 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
             return None
         batch, reference = pairs
         with _compute(run):
-            policy_logps = run.engine(batch)
-        args, kwargs = loss_arguments(run.pair_loss.spec, policy_logps, reference, batch, {})
+            policy_logps = run.engine(batch, **engine_call(run.pair_loss.spec, None))  # + log Σ_v p² if it takes it
+        args, kwargs = loss_arguments(run.pair_loss.spec, policy_logps, reference, batch)
         return run.pair_loss(*args, **kwargs)
     rows = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)
     batch = rollout.token_batch(rows)
     entropy = "token_entropy" in run.spec.extra_inputs
     with _compute(run):
-        policy = run.engine(batch, return_tokens=True, return_entropy=entropy)
+        policy, mass = score_tokens(run.engine, run.action_mask, batch, return_entropy=entropy)
         values = run.critic.values(batch) if run.critic is not None else None
+    width = batch.input_ids.shape[1]
     args, kwargs = loss_inputs(
-        run.spec, prepared, prompts, rows, batch.input_ids.shape[1], policy=policy, values=values
+        run.spec, prepared, prompts, rows, width, policy=policy, values=values, mask_log_mass=mass
     )
     return run.loss(*args, **kwargs)
 
@@ -219,6 +210,8 @@ def _update(run: OnlineRun, step: int, loss: torch.Tensor) -> float:
 
 def rollout_step(run: OnlineRun, step: int) -> dict[str, float]:
     """One rollout and its optimisation passes (module docstring); returns the step's metrics record."""
+    if run.q_learning is not None:  # ILQL: a step on its offline data instead (`prefopt.online.ilql`)
+        return run.q_learning.step(run, step, _update)
     started = time.perf_counter()
     rollout, prepared, record = _prepare(run, step)
     generator = torch.Generator().manual_seed(_seed(run.config, step, 1))
@@ -235,20 +228,25 @@ def rollout_step(run: OnlineRun, step: int) -> dict[str, float]:
             for key, value in {**out.scalars(), "grad_norm": grad_norm}.items():
                 sums[key] = sums.get(key, 0.0) + value
             updates += 1
+    if run.action_mask is not None:  # NLPO: every μ steps the masking policy becomes a copy of π_θ
+        run.action_mask.after_step(step + 1, run.policy)
     record.update({k: v / updates for k, v in sums.items()})
     record.update(step=step + 1, updates=updates, **{"time/step_s": time.perf_counter() - started})
     return record
 
 
-def _resume(run: OnlineRun) -> int:
-    """Restore the newest checkpoint (if any) and return the step to continue from."""
+def _resume(run: OnlineRun, inputs: dict[str, Any]) -> int:
+    """Restore the newest checkpoint (if any) and return the step to continue from; refuse other settings or
+    other inputs (`prefopt.train.inputs`: the prompts and a model given in memory)."""
     config = run.config
     path = latest_checkpoint(config.output_dir)
     if path is None:  # killed before its first checkpoint: start over, with an empty log
         truncate_metrics(Path(config.output_dir) / "metrics.jsonl", 0)
         return 0
-    check_same_settings(config.output_dir, config.to_dict(), RESUMABLE)
-    state = load_online_checkpoint(path, policy=run.policy, critic=run.critic, optimizers=run.optimizers)
+    check_same_settings(config.output_dir, {**config.to_dict(), **inputs}, RESUMABLE)
+    state = load_online_checkpoint(
+        path, policy=run.policy, critic=run.critic, optimizers=run.optimizers, frozen=run.frozen_models()
+    )
     run.kl_controller.value = float(state["kl_coef"])
     truncate_metrics(Path(config.output_dir) / "metrics.jsonl", int(state["step"]))
     return int(state["step"])
@@ -272,6 +270,7 @@ def _checkpoint(run: OnlineRun, step: int) -> Path:
         optimizers=run.optimizers,
         state={"kl_coef": run.kl_controller.value},
         keep=run.config.keep_checkpoints,
+        frozen=run.frozen_models(),
     )
 
 
@@ -322,12 +321,15 @@ def _train(
     on_step: StepCallback | None,
 ) -> OnlineResult:
     started = time.perf_counter()
+    inputs = input_fingerprints(model=model, rows=prompts)  # before setup wraps the model
     run = setup_online_run(
         config, model=model, tokenizer=tokenizer, reward=reward, prompts=prompts, reference_model=reference_model
     )
+    if run.recipe.q_learning:  # ILQL: heads on the trunk, trained offline on reference samples
+        run.q_learning = QLearning(run)
     out = Path(config.output_dir)
-    start = _resume(run) if config.resume else _fresh(out)
-    write_json_atomic(out / "config.json", config.to_dict())
+    start = _resume(run, inputs) if config.resume else _fresh(out)
+    write_json_atomic(out / "config.json", {**config.to_dict(), **inputs})
     if config.progress:
         print(f"prefopt train-online: {run.precision.summary(run.policy)}", file=sys.stderr, flush=True)
     log = MetricsLog(out, enabled=True)
@@ -380,6 +382,7 @@ def _save_final(run: OnlineRun, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     run.precision.save_pretrained(run.policy, tmp)  # in the dtype of `save_dtype`
     run.tokenizer.save_pretrained(tmp)
+    run.save_beside(tmp)  # NLPO's masking policy, ILQL's heads: what samples with the policy
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

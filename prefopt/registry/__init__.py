@@ -82,7 +82,7 @@ from prefopt.loss_inputs import (
     LossInputError,
     check_inputs,
 )
-from prefopt.loss_state import BatchInput, LossStateSpec
+from prefopt.loss_state import BatchInput, LossStateSpec, RolloutInput
 from prefopt.registry.spec import (
     HALF_OPEN,
     NON_NEGATIVE,
@@ -96,6 +96,7 @@ from prefopt.registry.spec import (
     LossSpec,
     Scores,
     _unknown,
+    install_registered,
 )
 
 __all__ = [
@@ -107,6 +108,8 @@ __all__ = [
     "LossInputError",
     "UnknownLossError",
     "register_loss",
+    "register_combinations",
+    "COMBINATION_MARKS",
     "LossDeclaration",
     "get_loss",
     "list_losses",
@@ -131,6 +134,27 @@ R = TypeVar("R")
 # which imports prefopt.losses, so the registry is complete before anyone can query it (and this module,
 # a layer below the losses, never imports them).
 _REGISTRY: dict[str, LossSpec] = {}
+# Unknown hyper-parameters' errors point to the registered losses that take the name (spec.hparam_hint); the
+# lambda reads the table at call time, so a test that swaps `_REGISTRY` for a copy is seen too.
+install_registered(lambda: _REGISTRY.values())
+
+# A weighted combination of registered losses is named by its spelling, "dpo:0.8+sft:1", wherever a loss name
+# goes; it is never registered (list_losses() lists single losses only). `prefopt.losses.combine` installs the
+# function that binds a spelling here when prefopt is imported, as the families fill _REGISTRY.
+COMBINATION_MARKS = ("+", ":")
+_COMBINATIONS: list[Callable[[str, Mapping[str, Any]], BoundLoss]] = []
+
+
+def register_combinations(bind: Callable[[str, Mapping[str, Any]], BoundLoss]) -> None:
+    """Install `bind(spelling, hparams) -> BoundLoss`, which `loss_spec` and `get_loss` call for a name that
+    spells a combination (holds one of `COMBINATION_MARKS`); `prefopt.losses.combine` is the one caller."""
+    _COMBINATIONS[:] = [bind]
+
+
+def _combination(name: str) -> Callable[[str, Mapping[str, Any]], BoundLoss] | None:
+    if name in _REGISTRY or not _COMBINATIONS or not any(mark in name for mark in COMBINATION_MARKS):
+        return None
+    return _COMBINATIONS[0]
 
 
 def list_losses(kind: str | None = None) -> list[str]:
@@ -139,14 +163,22 @@ def list_losses(kind: str | None = None) -> list[str]:
 
 
 def loss_spec(name: str) -> LossSpec:
-    """The declaration of loss `name`; an unknown name raises an error listing the valid ones."""
+    """The declaration of loss `name` (or of a combination's spelling, "dpo:0.8+sft:1"); an unknown name
+    raises an error listing the valid ones."""
+    bind = _combination(name)
+    if bind is not None:
+        return bind(name, {}).spec
     if name not in _REGISTRY:
         raise UnknownLossError(_unknown("loss", name, list(_REGISTRY)))
     return _REGISTRY[name]
 
 
 def get_loss(name: str, **hparams: Any) -> BoundLoss:
-    """The loss `name` with hyper-parameters bound (validated now, paper defaults for the rest)."""
+    """The loss `name` with hyper-parameters bound (validated now, paper defaults for the rest). A combination's
+    spelling gives `prefopt.combine_losses` of its parts, `hparams` shared by every part that takes them."""
+    bind = _combination(name)
+    if bind is not None:
+        return bind(name, hparams)
     spec = loss_spec(name)
     return BoundLoss(spec, spec.validate_hparams(hparams))
 
@@ -172,11 +204,13 @@ class LossDeclaration:
     state: LossStateSpec | None = None
     batch_inputs: Mapping[str, BatchInput] | None = None
     accepts_pair_loss: bool = False
+    rollout_inputs: Mapping[str, RolloutInput] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hparams", tuple(self.hparams))
         object.__setattr__(self, "online_defaults", dict(self.online_defaults or {}))
         object.__setattr__(self, "batch_inputs", dict(self.batch_inputs or {}))
+        object.__setattr__(self, "rollout_inputs", dict(self.rollout_inputs or {}))
         where = f"loss {self.name!r}"
         if (self.kind, self.scores) not in KIND_INPUTS:
             raise ValueError(f"{where}: unknown kind/scores {(self.kind, self.scores)}; known: {list(KIND_INPUTS)}")
@@ -197,17 +231,19 @@ class LossDeclaration:
             )
         if self.accepts_pair_loss and self.kind != "rollout":
             raise ValueError(f"{where}: accepts_pair_loss is for rollout losses (the online loop), not {self.kind}")
+        if self.rollout_inputs and self.kind != "rollout":
+            raise ValueError(f"{where}: rollout_inputs are for rollout losses (the online loop), not {self.kind}")
         served = [*(self.state.inputs if self.state is not None else ()), *self.batch_inputs]
         if len(set(served)) != len(served):
             raise ValueError(f"{where}: an input is declared twice in state.inputs and batch_inputs: {served}")
 
     def _check_served(self, extra_inputs: tuple[str, ...]) -> None:
-        """Every input that `state` or `batch_inputs` serves is an extra input of the loss."""
-        served = [*(self.state.inputs if self.state is not None else ()), *self.batch_inputs]
+        """Every input that `state`, `batch_inputs` or `rollout_inputs` serves is an extra input of the loss."""
+        served = [*(self.state.inputs if self.state is not None else ()), *self.batch_inputs, *self.rollout_inputs]
         unknown = [n for n in served if n not in extra_inputs]
         if unknown:
             raise TypeError(
-                f"loss {self.name!r}: state/batch_inputs serve {unknown}, which the loss does not take "
+                f"loss {self.name!r}: state/batch_inputs/rollout_inputs serve {unknown}, which the loss does not take "
                 f"(its extra inputs: {list(extra_inputs)})"
             )
 
@@ -258,6 +294,7 @@ class LossDeclaration:
             state=self.state,
             batch_inputs=MappingProxyType(dict(self.batch_inputs)),
             accepts_pair_loss=self.accepts_pair_loss,
+            rollout_inputs=MappingProxyType(dict(self.rollout_inputs)),
         )
         _REGISTRY[name] = spec
         checked.spec = spec  # type: ignore[attr-defined]
@@ -280,6 +317,7 @@ def register_loss(
     state: LossStateSpec | None = None,
     batch_inputs: Mapping[str, BatchInput] | None = None,
     accepts_pair_loss: bool = False,
+    rollout_inputs: Mapping[str, RolloutInput] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Register a loss whose whole canonical signature is written by hand, and return its checked wrapper.
 
@@ -295,6 +333,8 @@ def register_loss(
     `state` and `batch_inputs` declare extra inputs that the training loop serves from beyond one micro-batch:
     running state across steps, statistics of the global batch (`prefopt.loss_state`). `accepts_pair_loss`
     (rollout losses that train on best/worst pairs) lets the online loop run a paired loss in their place.
+    `rollout_inputs` (rollout losses) declares inputs the online loop computes over the whole rollout before its
+    minibatches (`prefopt.loss_state.RolloutBatch`).
     """
     declaration = LossDeclaration(
         name,
@@ -311,6 +351,7 @@ def register_loss(
         state,
         batch_inputs,
         accepts_pair_loss,
+        rollout_inputs,
     )
 
     def decorator(fn: Callable[P, R]) -> Callable[P, R]:

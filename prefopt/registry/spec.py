@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from prefopt.errors import LossInputError, UnknownLossError
 from prefopt.loss_inputs import KIND_INPUTS
-from prefopt.loss_state import BatchInput, LossStateSpec
+from prefopt.loss_state import BatchInput, LossStateSpec, RolloutInput
 
 __all__ = [
     "HParam",
@@ -38,8 +38,11 @@ Kind = Literal["paired", "unpaired", "ranked", "rollout"]
 Scores = Literal["logps", "rewards"]
 
 # What a rollout loss may set in `online_defaults`: the online loop's per-algorithm defaults (samples per
-# prompt, the smallest K the loss accepts, optimisation passes over each rollout; prefopt.online.rollout_step).
-ONLINE_DEFAULT_KEYS = ("num_samples", "min_samples", "epochs")
+# prompt, the smallest K the loss accepts, optimisation passes over each rollout; prefopt.online.rollout_step),
+# and trainer options it switches on by default (value 1): `dynamic_sampling` (drop the groups whose rewards
+# are all equal and sample more to refill) and `overlong_shaping` (the soft overlong penalty); OnlineConfig can
+# turn either off, or on for any other rollout loss.
+ONLINE_DEFAULT_KEYS = ("num_samples", "min_samples", "epochs", "dynamic_sampling", "overlong_shaping")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,10 @@ HALF_OPEN = Interval(0.0, 0.5)
 class HParam:
     """One hyper-parameter: name, the paper's default, a one-line meaning and its valid domain.
 
-    `default=None` marks an optional hyper-parameter (None is then always accepted).
+    `default=None` marks an optional hyper-parameter (None is then always accepted). `aliases` are other
+    libraries' names for it (TRL's config fields, e.g. `label_smoothing` for cDPO's ε): an unknown
+    hyper-parameter's error points to the losses that take it under that name; they are never accepted as
+    keywords.
     """
 
     name: str
@@ -80,6 +86,7 @@ class HParam:
     help: str
     domain: Interval | None = None
     choices: tuple[Any, ...] | None = None
+    aliases: tuple[str, ...] = ()
 
     def validate(self, loss: str, value: Any) -> Any:
         if value is None and self.default is None:
@@ -132,11 +139,23 @@ class LossSpec:
     # Rollout losses that train on each prompt's best/worst pair of samples (online DPO): the online loop may run
     # any paired log-prob loss on those pairs in place of this one (`OnlineConfig.pair_loss`).
     accepts_pair_loss: bool = False
+    # Rollout losses: inputs the online loop computes once over the whole rollout (the global batch) before its
+    # minibatches, by calling provider(RolloutBatch) → [S, T] (`prefopt.loss_state`): REINFORCE++'s advantages.
+    rollout_inputs: Mapping[str, RolloutInput] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
     def loop_inputs(self) -> tuple[str, ...]:
         """The extra inputs a training loop serves from `state` and `batch_inputs` (not from the batch)."""
         return (*(self.state.inputs if self.state is not None else ()), *self.batch_inputs)
+
+    @property
+    def separable(self) -> bool:
+        """True when each example group's loss reads only the log-probs of its own sequences: a paired, unpaired
+        or ranked log-prob loss that is not `batch_dependent` and takes no running `state` and no `batch_inputs`.
+        The gradient of such a loss with respect to a sequence's log-prob sum is known as soon as its group's
+        sums are, which the loss-fused head uses (`prefopt.loss_call.fused`, docs/engine.md)."""
+        offline = self.kind in ("paired", "unpaired", "ranked") and self.scores == "logps"
+        return offline and not self.batch_dependent and self.state is None and not self.batch_inputs
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -151,7 +170,8 @@ class LossSpec:
         out = {}
         for key, value in hparams.items():
             if key not in known:
-                raise UnknownLossError(_unknown(f"hyper-parameter of loss '{self.name}'", key, list(known)))
+                message = _unknown(f"hyper-parameter of loss '{self.name}'", key, list(known))
+                raise UnknownLossError(f"{message}{hparam_hint(self.name, key)}")
             out[key] = known[key].validate(self.name, value)
         return out
 
@@ -176,6 +196,43 @@ class BoundLoss:
     def __repr__(self) -> str:
         merged = {**self.spec.defaults(), **self.hparams}
         return f"{self.spec.name}({', '.join(f'{k}={v!r}' for k, v in merged.items())})"
+
+
+# The registered declarations, read by `hparam_hint`; `prefopt.registry` installs its table here when it is
+# imported (this module is imported by it, so it cannot import the table).
+_REGISTERED: list[Callable[[], Iterable[LossSpec]]] = []
+
+
+def install_registered(source: Callable[[], Iterable[LossSpec]]) -> None:
+    """Install the function that lists every registered `LossSpec` (`prefopt.registry` is the one caller)."""
+    _REGISTERED[:] = [source]
+
+
+def hparam_hint(loss: str, key: str) -> str:
+    """Where an unknown hyper-parameter `key` of `loss` lives: the other registered losses that take it, and
+    those that take it under another name (`HParam.aliases`, e.g. TRL's `label_smoothing` is cDPO's
+    `epsilon`). "" when no registered loss knows the name."""
+    specs = sorted(_REGISTERED[0]() if _REGISTERED else (), key=lambda s: s.name)
+    takes = [s.name for s in specs if s.name != loss and any(h.name == key for h in s.hparams)]
+    hint = f" {key} is a hyper-parameter of {_some(takes)}." if takes else ""
+    renamed: dict[str, list[str]] = {}  # hyper-parameter name → the losses that take `key` under it
+    for s in specs:
+        for h in s.hparams:
+            if key in h.aliases:
+                renamed.setdefault(h.name, []).append(s.name)
+    own = [name for name, losses in renamed.items() if loss in losses]
+    if own:
+        return f"{hint} Elsewhere (TRL) {key} means {own[0]}: set {own[0]}=… instead."
+    if renamed:
+        where = "; ".join(f"{name} of {_some(losses)}" for name, losses in renamed.items())
+        name, losses = next(iter(renamed.items()))
+        hint += f" Elsewhere (TRL) {key} means {where}: e.g. loss {losses[0]!r} with {name}=…."
+    return hint
+
+
+def _some(names: Sequence[str], most: int = 6) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def _unknown(what: str, name: str, valid: Sequence[str]) -> str:

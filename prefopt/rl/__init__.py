@@ -5,6 +5,7 @@
     kl          k1 / k3 KL estimators, the ±20 log-ratio clamp before exp, KL-shaped per-token rewards,
                 EOS penalty, adaptive β
     baselines   leave-one-out (RLOO), group-normalised (GRPO, Dr. GRPO), greedy (ReMax) advantages
+    shaping     DAPO's soft overlong penalty and the filter of groups whose rewards are all equal
 
 The losses that consume these live in `prefopt.losses.policy_gradient` and `prefopt.losses.best_of_n`;
 docs/online.md shows how a rollout flows through them.
@@ -34,6 +35,7 @@ from prefopt.rl.kl import (
     token_kl,
 )
 from prefopt.rl.masked import check_right_padded, masked_mean, masked_sum, masked_var, masked_whiten
+from prefopt.rl.shaping import groups_with_spread, overlong_penalty
 
 __all__ = [
     "LOG_RATIO_CLAMP",
@@ -50,6 +52,7 @@ __all__ = [
     "greedy_baseline_advantages",
     "group_normalized_advantages",
     "grouped_to_sequences",
+    "groups_with_spread",
     "kl_k1",
     "kl_k3",
     "kl_penalized_rewards",
@@ -58,6 +61,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "overlong_penalty",
     "sequences_to_grouped",
     "token_kl",
 ]

@@ -31,13 +31,19 @@ def _check_mask(x: Tensor, mask: Tensor, where: str) -> None:
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Σ of `x` over positions where `mask` is True: a scalar (dim=None) or reduced along `dim`.
 
+    Floating values narrower than float64 are accumulated in float64 and rounded once to `x`'s dtype (as the
+    engine's per-sequence sums are), so a sum over a long completion does not drift; gradients are unchanged.
+
     Args:
         x: [B, T] (any shape) values.
         mask: bool, same shape as `x`.
     """
     _check_mask(x, mask, "masked_sum")
     kept = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
-    return kept.sum() if dim is None else kept.sum(dim)
+    wide = x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.device.type != "mps"  # MPS: no float64
+    accumulate = torch.float64 if wide else None
+    total = kept.sum(dtype=accumulate) if dim is None else kept.sum(dim, dtype=accumulate)
+    return total.to(x.dtype) if wide else total
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

@@ -26,9 +26,10 @@ from prefopt.settings import Settings, SettingsError, check_int, is_finite_numbe
 from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 from prefopt.train.presets import OptimizerSettings, optimizer_preset
 
-__all__ = ["TrainConfig", "MIXED_PRECISION", "QUANTIZATION", "REPORT_TO"]
+__all__ = ["TrainConfig", "MIXED_PRECISION", "QUANTIZATION", "REPORT_TO", "SHARE_PROMPT"]
 
 QUANTIZATION = ("4bit", "8bit")
+SHARE_PROMPT = ("auto", "on", "off")
 REPORT_TO = ("tensorboard", "wandb")
 
 
@@ -45,8 +46,16 @@ class TrainConfig(Settings):
         identical: pairs whose chosen equals rejected: "warn" (kept, counted in a warning), "drop" or "error".
         max_length, max_prompt_length: token caps (`prefopt.data.TokenizeConfig`).
         packed: collate micro-batches as one packed row instead of right-padded rows.
+        share_prompt: read each prompt once for its chosen and rejected (or K ranked) completions, behind a
+            block mask (`prefopt.data.prompt_sharing`): "auto" (batches where that runs a fifth fewer positions,
+            on a model whose attention takes the mask), "on" (every paired or ranked batch; a model that cannot
+            take the mask is refused) or "off".
         engine_backend: kernel of the fused output head ("auto": Triton on CUDA, chunked elsewhere;
             "reference": plain torch, faster on CPU for small batches, with the full logits in memory).
+        fused_loss: run a separable loss (`LossSpec.separable`; `prefopt losses` shows which) through the
+            loss-fused head, which forms the hidden and weight gradients while it computes the log-probs: three
+            head matmuls instead of four, the same numbers (docs/engine.md, "The loss-fused head"). False: the
+            head's usual forward and backward. Not taken on the logits path or with engine_backend="reference".
     Model and reference:
         model: HF causal LM path or Hub name; None = the synthetic task's reference policy.
         tokenizer: tokenizer path (default: `model`'s).
@@ -95,7 +104,9 @@ class TrainConfig(Settings):
     max_length: int | None = 512
     max_prompt_length: int | None = 256
     packed: bool = False
+    share_prompt: str = "auto"
     engine_backend: str = "auto"
+    fused_loss: bool = True
     model: str | None = None
     tokenizer: str | None = None
     reference: str | None = None
@@ -173,6 +184,10 @@ class TrainConfig(Settings):
             raise ValueError(
                 f"TrainConfig: batch_size={self.batch_size} is not a multiple of micro_batch_size="
                 f"{self.micro_batch_size}; the global batch must split into equal micro-batches"
+            )
+        if self.share_prompt not in SHARE_PROMPT:
+            raise SettingsError(
+                f"TrainConfig.share_prompt={self.share_prompt!r}: use one of {SHARE_PROMPT} (--share-prompt)"
             )
         if self.identical not in IDENTICAL_POLICIES:
             raise SettingsError(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefopt.batch import TokenBatch
 from prefopt.data.collate import collate_preferences
@@ -77,7 +77,8 @@ class BatchPlan:
     Attributes:
         tokens: the tokenised dataset (`prefopt.data.tokenize_preferences` output).
         batch_size: G, global examples per step; micro_batch_size: m per forward; num_processes: P.
-        seed: data-order seed; pad_token_id, packed: collation settings.
+        seed: data-order seed; pad_token_id, packed: collation settings; share_prompt: True, False or "auto"
+            (`collate_preferences`), as resolved for the model (`prefopt.train.setup`).
     """
 
     tokens: datasets.Dataset
@@ -87,6 +88,7 @@ class BatchPlan:
     seed: int
     pad_token_id: int
     packed: bool = False
+    share_prompt: bool | Literal["auto"] = False
 
     def __post_init__(self) -> None:
         per_step = self.micro_batch_size * self.num_processes
@@ -147,7 +149,9 @@ class BatchPlan:
 
     def collate(self, rows: list[Mapping[str, Any]]) -> TokenBatch:
         """Rows → `TokenBatch` with this plan's padding/packing."""
-        return collate_preferences(rows, pad_token_id=self.pad_token_id, packed=self.packed)
+        return collate_preferences(
+            rows, pad_token_id=self.pad_token_id, packed=self.packed, share_prompt=self.share_prompt
+        )
 
     def example_ids(self, indices: list[int]) -> list[Any]:
         """Human-readable ids of examples (the data's `id` column, else the loaded row index)."""

@@ -1,11 +1,12 @@
 """Where metrics go: a JSONL file always (main process), TensorBoard / W&B when installed and asked for.
 
-metrics.jsonl holds one JSON object per logged optimiser step (`step`, `loss`, the loss's metrics,
-`lr`, `grad_norm`, `examples`, `tokens`, `elapsed_s`). Each line is written with one `write` call and
-flushed, so a killed run leaves whole lines; on resume the lines after the checkpoint's step are dropped
-(rewritten atomically) before training continues, and a run that starts from step 0 (fresh, or resumed
-with no checkpoint yet) empties it, so the file reads as one uninterrupted run. The file is opened with
-O_NOFOLLOW: a symbolic link in its place is refused, never written through.
+metrics.jsonl holds one JSON object per logged optimiser step (`step`, `loss`, the loss's metrics, the
+token metrics TRL users look for (`TokenMetrics`), `lr`, `grad_norm`, `examples`, `tokens`, `elapsed_s`).
+Each line is written with one `write` call and flushed, so a killed run leaves whole lines; on resume the
+lines after the checkpoint's step are dropped (rewritten atomically) before training continues, and a run
+that starts from step 0 (fresh, or resumed with no checkpoint yet) empties it, so the file reads as one
+uninterrupted run. The file is opened with O_NOFOLLOW: a symbolic link in its place is refused, never
+written through.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+from torch import Tensor
+
 from prefopt.atomic import write_atomic
+from prefopt.engine import SequenceLogProbs
 from prefopt.train.run_folder import check_no_links, open_no_follow
 
-__all__ = ["MetricsLog", "open_metrics", "truncate_metrics"]
+__all__ = ["MetricsLog", "TokenMetrics", "open_metrics", "truncate_metrics"]
 
 
 def open_metrics(path: str | Path) -> IO[str]:
@@ -47,6 +53,46 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
         if isinstance(step, (int, float)) and step <= last_step:
             kept.append(line)
     write_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
+class TokenMetrics:
+    """Token-weighted means over one optimiser step's global batch, from the engine's `return_stats` outputs:
+
+        logits/chosen, logits/rejected   Σ_tokens mean_v(logits) / tokens, per side (paired data), as TRL's
+                                         DPOTrainer logs them
+        mean_token_accuracy              tokens whose label is the argmax of the logits / tokens: of the
+                                         chosen completions for paired data (as TRL's DPOTrainer), of every
+                                         completion for other kinds
+
+    `add` each micro-batch's policy output (one without stats adds nothing), then `result(reduce_sum)` sums
+    over processes once and divides; 0.0 where a side had no tokens.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.sums: dict[str, Tensor] = {}  # name → [numerator, tokens]
+
+    def add(self, policy: SequenceLogProbs) -> None:
+        if policy.logit_sum is None or policy.correct is None:
+            return
+        count, correct = policy.count.float(), policy.correct.float()
+        parts = {"mean_token_accuracy": (correct, count)}
+        if self.kind == "paired":
+            parts = {
+                "logits/chosen": (policy.chosen(policy.logit_sum), policy.chosen(count)),
+                "logits/rejected": (policy.rejected(policy.logit_sum), policy.rejected(count)),
+                "mean_token_accuracy": (policy.chosen(correct), policy.chosen(count)),
+            }
+        for name, (numerator, tokens) in parts.items():
+            value = torch.stack([numerator.detach().sum(), tokens.sum()])
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def result(self, reduce_sum: Callable[[Tensor], Tensor]) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        totals = reduce_sum(torch.stack([self.sums[name] for name in names])).tolist()  # [metrics, 2]
+        return {name: numerator / tokens if tokens > 0 else 0.0 for name, (numerator, tokens) in zip(names, totals)}
 
 
 class MetricsLog:

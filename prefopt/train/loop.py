@@ -31,11 +31,14 @@ from tqdm.auto import tqdm
 
 from prefopt.data.loading import log_folder_reads, record_folder_reads
 from prefopt.errors import TrainingDivergedError
+from prefopt.loss_call import engine_call, loss_arguments
+from prefopt.loss_call.fused import fused_head_reason, fused_loss
 from prefopt.loss_state import LossState
-from prefopt.progress import library_progress_bars
+from prefopt.progress import library_progress_bars, progress_scope
 from prefopt.train.checkpoint import save_checkpoint, write_json_atomic
 from prefopt.train.config import TrainConfig
-from prefopt.train.logs import MetricsLog
+from prefopt.train.inputs import input_fingerprints
+from prefopt.train.logs import MetricsLog, TokenMetrics
 from prefopt.train.run_output import (
     TrainResult,
     _check_folder,
@@ -46,7 +49,7 @@ from prefopt.train.run_output import (
     _saved_state,
 )
 from prefopt.train.setup import Run, load_user_rows, make_accelerator, setup_run
-from prefopt.train.step import PlannedBatch, loss_arguments
+from prefopt.train.step import PlannedBatch
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train"]
 
@@ -78,6 +81,19 @@ def _loss_context(run: Run, step: int, state: LossState | None) -> dict[str, Any
     return context
 
 
+def _fused_step(run: Run, reference: Any, context: dict[str, Any], scale: float) -> Callable[..., Any]:
+    """The micro-batch's forward and head gradients through the loss-fused head, as `ScoringModule(step=...)` runs
+    it: (loss output, the objective (P / G)·Σ ℓ_i to backpropagate, the policy's log-probs with their stats)."""
+
+    def step(engine: Any, batch: Any) -> tuple[Any, torch.Tensor, Any]:
+        objective = lambda out: out.per_example.sum() * scale  # noqa: E731
+        return fused_loss(
+            run.loss, engine, batch, ref_out=reference, inputs=context, objective=objective, return_stats=True
+        )
+
+    return step
+
+
 def _forward_backward(run: Run, step: int, state: LossState | None) -> tuple[dict[str, float], list[torch.Tensor]]:
     """Accumulate this process's gradients for `step`; returns the global metrics and the loss state's
     statistics of this process's micro-batches."""
@@ -87,26 +103,60 @@ def _forward_backward(run: Run, step: int, state: LossState | None) -> tuple[dic
     scale = acc.num_processes / plan.batch_size
     sums: dict[str, torch.Tensor] = {}
     stats: list[torch.Tensor] = []
+    token_metrics = TokenMetrics(spec.kind)  # logits/chosen, mean_token_accuracy, …: detached, read off the kernel
+    folds = state is not None and spec.state is not None and spec.state.includes_current
+    # A separable loss through the loss-fused head (TrainConfig.fused_loss): the head forms dH, dW in its forward.
+    fused = run.config.fused_loss and fused_head_reason(spec, run.policy_logps.engine) is None
     for a, chunk in enumerate(chunks):
         batch = plan.collate(plan.rows(chunk)).to(acc.device)
         sync = a == len(chunks) - 1
         with contextlib.nullcontext() if sync else acc.no_sync(run.wrapped_policy_logps):
-            policy = run.wrapped_policy_logps(batch)
+            if fused:  # no state, no batch statistics: nothing below but the backward
+                reference = run.reference.logps(batch) if run.reference is not None else None
+                out, objective, policy = run.wrapped_policy_logps(
+                    batch, step=_fused_step(run, reference, context, scale)
+                )
+                local = out.per_example.sum()
+                acc.backward(objective)
+                token_metrics.add(policy)
+                _add_metrics(sums, local, batch, out, len(chunk))
+                continue
+            live = run.reference.live if run.reference is not None else None
+            policy = run.wrapped_policy_logps(batch, **{"return_stats": True, **engine_call(spec, live)})
             reference = run.reference.logps(batch) if run.reference is not None else None
-            args, kwargs = loss_arguments(spec, policy, reference, batch, context)
+            if folds:  # the state includes this micro-batch (of every process) before its loss reads it
+                state.update(acc.gather(state.observe(policy, reference)))  # type: ignore[union-attr]
+                context = {**context, **state.inputs()}  # type: ignore[union-attr]
+            args, kwargs = loss_arguments(spec, policy, reference, batch, **context)
             out = run.loss(*args, **kwargs)
             local = out.per_example.sum()
             acc.backward(local * scale)
-        values = {"loss": local.detach().float(), "tokens": batch.attention_mask.sum().float()}
-        values.update({k: v.detach().float() for k, v in out.metrics.items()})
-        for key, value in values.items():  # metrics are micro-batch means: weight them by the examples
-            sums[key] = sums.get(key, 0.0) + (value if key in ("loss", "tokens") else value * len(chunk))
-        if state is not None:
+        _add_metrics(sums, local, batch, out, len(chunk))
+        token_metrics.add(policy)
+        if state is not None and not folds:
             stats.append(state.observe(policy, reference))
     keys = sorted(sums)
     totals = acc.reduce(torch.stack([sums[k] for k in keys]), reduction="sum")
     record = {k: float(v) if k == "tokens" else float(v) / plan.batch_size for k, v in zip(keys, totals)}
+    record.update(token_metrics.result(lambda t: acc.reduce(t, reduction="sum")))
     return record, stats
+
+
+def _add_metrics(sums: dict[str, Any], local: torch.Tensor, batch: Any, out: Any, examples: int) -> None:
+    """Add one micro-batch's loss, tokens and metrics to `sums` (metrics are micro-batch means: weighted by the
+    micro-batch's examples)."""
+    values = {"loss": local.detach().float(), "tokens": batch.sequence_tokens.float()}
+    values.update({k: v.detach().float() for k, v in out.metrics.items()})
+    for key, value in values.items():
+        sums[key] = sums.get(key, 0.0) + (value if key in ("loss", "tokens") else value * examples)
+
+
+def _rewound(state: LossState | None, before: dict[str, Any] | None) -> LossState | None:
+    """The state as it was before the step (a state that includes the current micro-batches has already taken
+    in the diverged step's), so that its checkpoint resumes the step exactly."""
+    if state is not None and before is not None:
+        state.load_state_dict(before)
+    return state
 
 
 def _stop_diverged(run: Run, step: int, record: dict[str, float], state: LossState | None, why: str) -> None:
@@ -131,13 +181,14 @@ def _stop_diverged(run: Run, step: int, record: dict[str, float], state: LossSta
 
 def _optimizer_step(run: Run, step: int, state: LossState | None, started: float) -> dict[str, float]:
     """One optimiser step: forward/backward, divergence check, clipping, update; returns the step's record."""
+    before = state.state_dict() if state is not None else None  # a diverged step's checkpoint holds this
     record, stats = _forward_backward(run, step, state)
     if not math.isfinite(record["loss"]):
-        _stop_diverged(run, step, record, state, "non-finite loss")
+        _stop_diverged(run, step, record, _rewound(state, before), "non-finite loss")
     max_norm = run.settings.max_grad_norm if run.settings.max_grad_norm is not None else math.inf
     grad_norm = float(run.accelerator.clip_grad_norm_(run.policy.parameters(), max_norm))
     if not math.isfinite(grad_norm):
-        _stop_diverged(run, step, record, state, "non-finite gradient norm")
+        _stop_diverged(run, step, record, _rewound(state, before), "non-finite gradient norm")
     lr = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
@@ -205,9 +256,11 @@ def train(
     with library_progress_bars(config.progress), record_folder_reads() as reads:
         rows = load_user_rows(config, dataset)  # bad data stops the run before the run folder exists
     log_folder_reads(reads)  # which files of a --data folder (`prefopt train` prints it)
+    inputs = input_fingerprints(model=model, rows=rows)  # a resumed run must read the same rows and model
     accelerator = make_accelerator(config)
-    with _claim(Path(config.output_dir), accelerator):  # one run per folder, until this one ends
-        _check_folder(config)  # before the model loads: these refusals come at once
+    # one run per folder, until this one ends; tokenisation's bars follow config.progress
+    with _claim(Path(config.output_dir), accelerator), progress_scope(config.progress):
+        _check_folder(config, inputs)  # before the model loads: these refusals come at once
         set_seed(config.seed)
         run = setup_run(
             config,
@@ -218,10 +271,10 @@ def train(
             reference_model=reference_model,
             rows=rows,
         )
-        return _train(run, on_step, started)
+        return _train(run, on_step, started, inputs)
 
 
-def _train(run: Run, on_step: StepCallback | None, started: float) -> TrainResult:
+def _train(run: Run, on_step: StepCallback | None, started: float, inputs: dict[str, Any]) -> TrainResult:
     config, accelerator = run.config, run.accelerator
     out = Path(config.output_dir)
     state = _initial_state(run)
@@ -238,7 +291,7 @@ def _train(run: Run, on_step: StepCallback | None, started: float) -> TrainResul
     if accelerator.is_main_process and config.progress:
         print(f"prefopt train: {run.precision.summary(run.policy)}", file=sys.stderr, flush=True)
     if accelerator.is_main_process:
-        write_json_atomic(out / "config.json", config.to_dict())
+        write_json_atomic(out / "config.json", {**config.to_dict(), **inputs})
     loop_started = time.perf_counter()
     try:
         record, tokens = _loop(run, start, state, log, on_step, started)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,14 @@ class ScoringModule(nn.Module):
         self.compute_dtype = compute_dtype
         self.engine = LogProbEngine(model, **engine_kwargs)
 
-    def forward(self, batch: Any) -> Any:
+    def forward(self, batch: Any, step: Callable[[LogProbEngine, Any], Any] | None = None, **engine_call: Any) -> Any:
+        """`engine(batch, **engine_call)` (e.g. `return_stats=True`) under the compute dtype's autocast; with `step`,
+        `step(engine, batch)` instead (the loss-fused head, `prefopt.loss_call.fused`), inside the same wrapper."""
+        run = (lambda: step(self.engine, batch)) if step is not None else (lambda: self.engine(batch, **engine_call))
         if self.compute_dtype is None:
-            return self.engine(batch)
+            return run()
         with torch.autocast(device_type=batch.input_ids.device.type, dtype=self.compute_dtype):
-            return self.engine(batch)
+            return run()
 
 
 def _quantization_config(kind: str | None) -> Any:

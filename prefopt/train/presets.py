@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from prefopt.losses.combine import is_combination, parse_combination
 from prefopt.registry import list_losses
 
 __all__ = [
@@ -193,9 +194,14 @@ PRESETS: dict[str, OptimizerSettings] = {
 
 
 def optimizer_preset(name: str) -> OptimizerSettings:
-    """The preset `name` (a loss name or "synthetic"); a loss without its own preset gets DPO's."""
+    """The preset `name` (a loss name or "synthetic"); a loss without its own preset gets DPO's, a weighted sum
+    of losses ("dpo:0.8+sft:1", `prefopt.combine_losses`) its first part's."""
     if name in PRESETS:
         return PRESETS[name]
+    if is_combination(name):
+        first = parse_combination(name)[0][0]
+        preset = optimizer_preset(first)
+        return dataclasses.replace(preset, source=f"{name}: the preset of its first part, {first}: {preset.source}")
 
     if name in list_losses():
         return dataclasses.replace(PRESETS["dpo"], source=f"no published setting for {name}; " + _DPO_REPO)

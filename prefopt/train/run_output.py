@@ -138,12 +138,23 @@ def _claim(out: Path, accelerator: Any) -> contextlib.AbstractContextManager[Any
     return lock
 
 
-def _check_folder(config: TrainConfig) -> None:
-    """A fresh run may not overwrite an earlier run's checkpoints; a resumed one must keep its settings."""
+def _check_folder(config: TrainConfig, inputs: dict[str, Any] | None = None) -> None:
+    """A fresh run may not overwrite an earlier run's checkpoints; a resumed one must keep its settings and its
+    inputs (`prefopt.train.inputs`: the rows, a model given in memory)."""
     if not config.resume:
         check_no_earlier_run(config.output_dir)
     elif latest_checkpoint(config.output_dir) is not None:
-        check_same_settings(config.output_dir, config.to_dict(), _RESUMABLE)
+        check_same_settings(config.output_dir, {**config.to_dict(), **(inputs or {})}, _resumable(config))
+
+
+def _resumable(config: TrainConfig) -> set[str]:
+    """`_RESUMABLE`, less the run's length (max_steps, epochs) when the learning-rate schedule reads it (linear or
+    cosine decay, a warm-up given as a ratio): a longer run would not continue the same learning rates."""
+    settings = config.optimizer_settings()
+    fixed_warmup = settings.warmup_steps is not None or settings.warmup_ratio == 0
+    if settings.schedule in ("constant", "inverse_sqrt") and fixed_warmup:
+        return set(_RESUMABLE)
+    return _RESUMABLE - {"max_steps", "epochs"}
 
 
 def _finish(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -16,7 +16,9 @@ from torch import nn
 from prefopt.data import TokenizeConfig, synthetic, tokenize_preferences
 from prefopt.data.tokenize import tokenization_fingerprint
 from prefopt.engine import model_identity
-from prefopt.errors import DistributedSetupError
+from prefopt.engine.head import unwrap_peft
+from prefopt.engine.prompt_sharing import PromptSharing
+from prefopt.errors import DistributedSetupError, SettingsError
 from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.train.config import TrainConfig
@@ -32,7 +34,7 @@ from prefopt.train.model import (
 )
 from prefopt.train.precision import Precision, resolve_precision
 from prefopt.train.presets import OptimizerSettings, build_optimizer, build_scheduler
-from prefopt.train.step import check_loop_can_feed
+from prefopt.train.step import check_loop_can_feed, needs_reference_head
 
 __all__ = ["DistributedSetupError", "Run", "load_user_rows", "make_accelerator", "setup_run"]
 
@@ -145,7 +147,22 @@ def _training_rows(
     return model, tokenizer, rows
 
 
-def _plan(config: TrainConfig, tokenizer: Any, rows: Any, num_processes: int) -> BatchPlan:
+def share_prompt_setting(config: TrainConfig, model: nn.Module) -> bool | Literal["auto"]:
+    """`TrainConfig.share_prompt` for the collator: "off" → False; "auto" → "auto" (per batch) when the model's
+    attention takes the block mask, else False; "on" → True, or SettingsError naming why the model cannot."""
+    if config.share_prompt == "off":
+        return False
+    unsupported = PromptSharing.of(unwrap_peft(model)).unsupported
+    if unsupported is None:
+        return True if config.share_prompt == "on" else "auto"
+    if config.share_prompt == "on":
+        raise SettingsError(f"TrainConfig.share_prompt='on': {unsupported}; use --share-prompt auto or off")
+    return False
+
+
+def _plan(
+    config: TrainConfig, tokenizer: Any, rows: Any, num_processes: int, share: bool | Literal["auto"]
+) -> BatchPlan:
     if config.batch_size % num_processes:
         raise DistributedSetupError(f"batch_size={config.batch_size} is not divisible by the {num_processes} processes")
     tokens = tokenize_preferences(
@@ -153,7 +170,7 @@ def _plan(config: TrainConfig, tokenizer: Any, rows: Any, num_processes: int) ->
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     micro = config.micro_batch_size or config.batch_size // num_processes
-    return BatchPlan(tokens, config.batch_size, micro, num_processes, config.seed, int(pad), config.packed)
+    return BatchPlan(tokens, config.batch_size, micro, num_processes, config.seed, int(pad), config.packed, share)
 
 
 def _check_splittable(spec: LossSpec, plan: BatchPlan) -> None:
@@ -182,7 +199,7 @@ def setup_run(
     spec = loss_spec(config.loss)
     check_loop_can_feed(spec)
     model, tokenizer, rows = _training_rows(config, spec, model, tokenizer, dataset, rows)
-    plan = _plan(config, tokenizer, rows, accelerator.num_processes)
+    plan = _plan(config, tokenizer, rows, accelerator.num_processes, share_prompt_setting(config, model))
     _check_splittable(spec, plan)
     if reference_model is None and config.reference is not None and spec.needs_reference:
         from transformers import AutoModelForCausalLM  # heavy: loaded on first use
@@ -201,7 +218,12 @@ def setup_run(
         device=accelerator.device,
     )
     policy = precision.cast(prepare_policy(model, config))  # after the reference copy: π_ref keeps the loaded dtype
-    policy_logps = ScoringModule(policy, compute_dtype=precision.autocast, backend=config.engine_backend)
+    policy_logps = ScoringModule(
+        policy,
+        compute_dtype=precision.autocast,
+        backend=config.engine_backend,
+        share_prompt=True if config.share_prompt == "on" else "auto",
+    )
     wrapped_policy_logps = accelerator.prepare(policy_logps)
     reference = None
     if spec.needs_reference:
@@ -210,7 +232,7 @@ def setup_run(
             accelerator=accelerator,
             live=live,
             use_cache=config.ref_cache,
-            keep_live=bool(spec.batch_inputs),
+            keep_live=bool(spec.batch_inputs) or needs_reference_head(spec),
             identity=identity,
             key_parts=(plan.tokens._fingerprint, _tokenization_key(config, tokenizer)),
             cache_dir=config.ref_cache_dir or os.path.join(config.output_dir, "ref_cache"),

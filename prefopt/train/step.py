@@ -1,13 +1,8 @@
-"""From engine outputs to a registered loss's arguments, by the loss's declared contract (never its name).
+"""What the offline training loop serves a loss beyond one micro-batch, and the check that it can.
 
-    kind      policy/ref inputs                                         lengths (when the loss takes them)
-    paired    chosen() [B], rejected() [B] of SequenceLogProbs.sum       chosen_lengths, rejected_lengths
-    unpaired  sum [B] and batch.extras["labels"] [B]                     lengths [B]
-    ranked    grouped() [B, K] (best first)                              lengths [B, K]
-
-Extra inputs a loss declares (`LossSpec.extra_inputs`) come from the batch's extras when it has a tensor
-of that name (e.g. `margin`), or from what the loss declares the loop serves (`prefopt.loss_state`), once
-per optimiser step for the whole global batch:
+The loss's arguments come from `prefopt.loss_call.loss_arguments`, the function a loop of your own calls
+too; the loop passes it, as keyword inputs, the values of what the loss declares the loop serves
+(`prefopt.loss_state`), once per optimiser step for the whole global batch:
 
     LossSpec.state         a running state: its `inputs()`; the loop feeds it each micro-batch's
                            `observe(policy, reference)` and, after the step, `update`s it with the global
@@ -15,11 +10,15 @@ per optimiser step for the whole global batch:
     LossSpec.batch_inputs  providers called with the global batch (`PlannedBatch`): each process scores its
                            share of any rows a provider builds and the sums are all-reduced, so the value is
                            the same however the batch is split over processes and accumulation steps
+
+Other extra inputs (`LossSpec.extra_inputs`) come from the batch's extras when it has a tensor of that name
+(e.g. `margin`), or are statistics of the policy's engine output (`prefopt.loss_call.ENGINE_INPUTS`: the loop
+scores every micro-batch with `return_stats=True`, and with the live reference as `kl_reference` when the loss
+takes the sequential KL).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,17 +28,16 @@ from torch import Tensor
 
 from prefopt.batch import TokenBatch
 from prefopt.engine import SequenceLogProbs
-from prefopt.registry import LENGTH_INPUTS, LossSpec
+from prefopt.loss_call import BATCH_EXTRAS, engine_inputs
+from prefopt.registry import LossSpec
 
-__all__ = ["BATCH_EXTRAS", "PlannedBatch", "check_loop_can_feed", "loss_arguments"]
-
-# Batch extras the collator provides (prefopt.data.collate): an extra input of one of these names is fed from it.
-BATCH_EXTRAS = ("margin", "weight", "ranks", "pair_ids", "prompt_lengths")
+__all__ = ["BATCH_EXTRAS", "PlannedBatch", "check_loop_can_feed", "needs_reference_head"]
 
 
 def check_loop_can_feed(spec: LossSpec) -> None:
     """Raise a clear error, before training starts, for a loss input the offline loop cannot supply."""
-    missing = [n for n in spec.extra_inputs if n not in spec.loop_inputs and n not in BATCH_EXTRAS]
+    served = {*spec.loop_inputs, *BATCH_EXTRAS, *engine_inputs(spec)}
+    missing = [n for n in spec.extra_inputs if n not in served]
     if missing:
         raise ValueError(
             f"loss {spec.name!r} takes input(s) {missing} that the offline training loop cannot provide "
@@ -48,57 +46,10 @@ def check_loop_can_feed(spec: LossSpec) -> None:
         )
 
 
-def _accepted(spec: LossSpec) -> set[str]:
-    return set(inspect.signature(spec.fn).parameters)
-
-
-def _by_kind(kind: str, out: SequenceLogProbs, values: Tensor) -> list[Tensor]:
-    """Per-sequence `values` [S] split into the kind's tensors (see the module table)."""
-    if kind == "paired":
-        return [out.chosen(values), out.rejected(values)]
-    if kind == "ranked":
-        return [out.grouped(values)]
-    return [values]
-
-
-def loss_arguments(
-    spec: LossSpec,
-    policy: SequenceLogProbs,
-    reference: SequenceLogProbs | None,
-    batch: TokenBatch,
-    context: Mapping[str, Any],
-) -> tuple[list[Any], dict[str, Any]]:
-    """(positional, keyword) arguments of `spec`'s loss for one micro-batch.
-
-    Args:
-        policy: engine output for the batch (with gradient); reference: π_ref's (or None when the loss
-            is reference-free).
-        context: values of the loss's `LossSpec.loop_inputs` for this global batch.
-    """
-    args: list[Any] = _by_kind(spec.kind, policy, policy.sum)
-    if spec.needs_reference:
-        if reference is None:
-            raise ValueError(f"loss {spec.name!r} needs reference log-probs but the run has no reference")
-        args += _by_kind(spec.kind, reference, reference.sum)
-    else:
-        args += [None] * len(args)
-    if spec.kind == "unpaired":
-        labels = batch.extras.get("labels")
-        if labels is None:
-            raise ValueError(f"loss {spec.name!r} needs labels: unpaired rows with a boolean `label` column")
-        args.append(labels.to(policy.sum.device))
-    kwargs: dict[str, Any] = {}
-    accepted = _accepted(spec)
-    lengths = _by_kind(spec.kind, policy, policy.count.to(policy.sum.dtype))
-    for name, value in zip(LENGTH_INPUTS[spec.kind], lengths):
-        if name in accepted:
-            kwargs[name] = value
-    for name in spec.extra_inputs:
-        if name in context:
-            kwargs[name] = context[name]
-        elif name in batch.extras:
-            kwargs[name] = batch.extras[name].to(policy.sum.device)
-    return args, kwargs
+def needs_reference_head(spec: LossSpec) -> bool:
+    """Whether the loss takes the sequential KL (`ENGINE_INPUTS`), which the live reference model computes with the
+    policy at every step: the run then keeps that model beside its reference cache."""
+    return any(base == "seq_kl" for base, _ in engine_inputs(spec).values())
 
 
 @dataclass(frozen=True)

@@ -107,3 +107,65 @@ CASES = [
     Case(19, 24, 300, bias=True, temperature=1.3, entropy=True, ignore_every=3),
     Case(21, 64, 777, softcap=3.0, entropy=True),
 ]
+
+
+# Rows whose two largest float64 logits are closer than this (relative to the largest |logit|) are left out
+# of the argmax comparison: there rounding decides which one is larger (the bf16 reference rounds each logit
+# to bf16, a relative 2^-9).
+ARGMAX_GAP = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+def stats_report(case: Case, backend: str, dtype: torch.dtype) -> dict[str, tuple[float, float, float]]:
+    """`return_stats` against float64 logits of the same (dtype-rounded) inputs; every second kept row's
+    label is its true argmax, so both outcomes occur.
+
+    {"logit_mean": (err_backend, err_reference, allowed),
+     "log_sum_sq_probs": (err_backend, err_reference, allowed): log Σ_v p_v² (0 at ignored rows),
+     "correct": (rows where the backend's argmax flag is wrong, the reference's, 0),
+     "both_outcomes": (0 if clear rows of both outcomes exist else 1, 0, 0)}
+    """
+    hidden, weight, bias, labels = make_inputs(case, dtype)
+    logits = hidden.double() @ weight.double().T + (0.0 if bias is None else bias.double())
+    logits = logits / case.temperature
+    if case.softcap is not None:
+        logits = case.softcap * torch.tanh(logits / case.softcap)
+    labels = labels.clone()
+    keep = labels != -100
+    argmax_rows = keep & (torch.arange(case.n) % 2 == 1)
+    labels[argmax_rows] = logits.argmax(-1)[argmax_rows]
+    top2 = logits.topk(2, dim=-1).values
+    clear = keep & ((top2[:, 0] - top2[:, 1]) > ARGMAX_GAP[dtype] * logits.abs().amax(-1))
+    true_mean = torch.where(keep, logits.mean(-1), 0.0)
+    true_correct = keep & (logits.gather(-1, labels.clamp(min=0)[:, None]).squeeze(-1) >= top2[:, 0])
+    true_sq = torch.where(keep, torch.logsumexp(2.0 * torch.log_softmax(logits, -1), -1), 0.0)
+    results = {}
+    for name in ("reference", backend):
+        _, stats = linear_logprobs(
+            hidden,
+            weight,
+            labels,
+            bias=bias,
+            temperature=case.temperature,
+            softcap=case.softcap,
+            return_stats=True,
+            backend=name,
+        )
+        assert stats.mean.requires_grad is False and stats.correct.dtype == torch.bool
+        assert stats.log_sum_sq_probs is not None and stats.log_sum_sq_probs.requires_grad is False
+        results[name] = (
+            (stats.mean.double() - true_mean).abs().max().item(),
+            float((stats.correct != true_correct)[clear].sum()) + float(stats.correct[~keep].sum()),
+            (stats.log_sum_sq_probs.double() - true_sq).abs().max().item(),
+        )
+    (err_ref, wrong_ref, sq_ref), (err, wrong, sq) = results["reference"], results[backend]
+    both = bool(true_correct[clear].any()) and bool((~true_correct)[clear].any())
+    allowed = err_ref + TOLERANCE[dtype] * (1.0 + logits.abs().max().item())
+    return {
+        "logit_mean": (err, err_ref, allowed),
+        "log_sum_sq_probs": (sq, sq_ref, sq_ref + TOLERANCE[dtype] * (1.0 + true_sq.abs().max().item())),
+        "correct": (wrong, wrong_ref, 0.0),
+        "both_outcomes": (0.0 if both else 1.0, 0.0, 0.0),
+    }
+
+
+STATS_CASES = [CASES[1], CASES[2], Case(21, 64, 777, softcap=3.0, entropy=True, ignore_every=3)]

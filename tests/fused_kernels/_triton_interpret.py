@@ -1,7 +1,8 @@
 """Run by test_triton.py in a subprocess: the Triton backend under TRITON_INTERPRET=1 on CPU tensors.
 
 The variable must be set before the kernels are defined, hence a fresh process. Prints one JSON
-object: {case id: {quantity: [err_triton, err_reference, allowed]}}.
+object: {case id: {quantity: [err_triton, err_reference, allowed]}}, with the `return_stats` checks under
+"stats" in the same form.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import torch  # noqa: E402
 
 import prefopt.kernels.triton_function as triton_function  # noqa: E402
 from prefopt.kernels import linear_logprobs  # noqa: E402
-from tests.fused_kernels._accuracy import CASES, Case, accuracy_report, make_inputs  # noqa: E402
+from tests.fused_kernels._accuracy import (  # noqa: E402
+    CASES,
+    STATS_CASES,
+    Case,
+    accuracy_report,
+    make_inputs,
+    stats_report,
+)
 
 # Small tiles so that every shape has partial row, vocab and D blocks and several vocab splits.
 triton_function.BLOCKS = triton_function.TritonBlocks(block_n=16, block_v=64, block_d=16, num_warps=1, min_programs=8)
@@ -55,6 +63,11 @@ def main() -> None:
     for case in CASES[1:3]:
         results[f"{case.name}-bf16"] = {k: list(v) for k, v in accuracy_report(case, "triton", torch.bfloat16).items()}
     results["nan-padded-masks"] = mask_report(Case(37, 48, 517, bias=True, ignore_every=6))
+    results["stats"] = {
+        f"{case.name}-{name}": {k: list(v) for k, v in stats_report(case, "triton", dtype).items()}
+        for case in STATS_CASES[1:]
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
     print(json.dumps(results))
 
 

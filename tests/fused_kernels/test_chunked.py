@@ -38,7 +38,7 @@ def test_gradcheck_float64(params: LinearLogprobsParams, monkeypatch: pytest.Mon
     leaves = [t.requires_grad_() for t in (hidden, weight, bias)]
 
     def fn(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
-        logp, entropy = ChunkedLinearLogprobs.apply(h, w, b, labels, params)
+        logp, entropy, _ = ChunkedLinearLogprobs.apply(h, w, b, labels, params)
         return (logp, entropy) if params.return_entropy else logp
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)

@@ -30,7 +30,7 @@ def report() -> dict[str, dict[str, list[float]]]:
 
 
 def test_triton_no_less_accurate_than_reference(report: dict[str, dict[str, list[float]]]) -> None:
-    accuracy = {k: v for k, v in report.items() if k != "nan-padded-masks"}
+    accuracy = {k: v for k, v in report.items() if k not in ("nan-padded-masks", "stats")}
     assert any(k.endswith("bf16") for k in accuracy) and sum(k.endswith("fp32") for k in accuracy) >= 5
     for case, quantities in accuracy.items():
         assert {"logp", "grad_hidden", "grad_weight"} <= set(quantities), case
@@ -42,3 +42,13 @@ def test_triton_masks_never_read_out_of_bounds(report: dict[str, dict[str, list[
     """Inputs are strided views inside NaN-filled buffers: a missing mask would make results NaN."""
     for key, (err,) in report["nan-padded-masks"].items():
         assert math.isfinite(err) and err < 1e-4, key
+
+
+def test_triton_logit_stats_match_float64_logits(report: dict[str, dict[str, list[float]]]) -> None:
+    """`return_stats` in fp32 and bf16, softcap and ignored rows included (see `_accuracy.stats_report`)."""
+    stats = report["stats"]
+    assert {k.rsplit("-", 1)[1] for k in stats} == {"fp32", "bf16"}
+    for case, quantities in stats.items():
+        assert set(quantities) == {"logit_mean", "log_sum_sq_probs", "correct", "both_outcomes"}, case
+        for key, (err, err_ref, allowed) in quantities.items():
+            assert err <= allowed, f"{case} {key}: triton {err:.3g}, reference {err_ref:.3g}, allowed {allowed:.3g}"

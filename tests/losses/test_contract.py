@@ -24,6 +24,12 @@ B, K = 6, 3
 # difference gradcheck cannot apply; each is checked by its own family test instead.
 STOP_GRADIENT = {
     "wpo": "the weights w(y_w)·w(y_l) are detached by design (tests/losses/test_pairwise_regularized.py)",
+    "wpo_unaligned": "the weights w(y_w)·w(y_l) are detached by design (tests/losses/test_pairwise_regularized.py)",
+}
+
+# Losses that take a policy input for their metrics but do not train on it (its gradient is None).
+NOT_TRAINED = {
+    "sft": ("policy_rejected_logps", "SFT trains on the chosen; the rejected log-probs feed rewards/* and logps/*"),
 }
 
 # Adversarial grid: per-sequence log-probs in [−1e4, 0] giving pairwise margins of ±1e4 and near-ties.
@@ -72,6 +78,24 @@ def _ranked_inputs(spec: LossSpec, dtype: torch.dtype, values, with_ref: bool):
 _INPUTS = {"paired": _paired_inputs, "unpaired": _unpaired_inputs, "ranked": _ranked_inputs}
 
 
+def extra_inputs(spec: LossSpec, dtype: torch.dtype, n: int = B) -> dict[str, torch.Tensor]:
+    """Values, inside their domains, of the extra inputs a log-prob loss may require, by name (no gradient):
+    KTO's z₀ `kl`, ODPO's score difference `margin` > 0, WPO's Σ_t log Σ_v p² ≤ 0, TDPO's sequential KLs ≥ 0.
+    Their effect is checked by each family's own tests."""
+    if spec.scores != "logps":
+        return {}
+    lengths = torch.tensor((LENGTHS * n)[:n], dtype=torch.float64)
+    values = {
+        "kl": torch.tensor(0.5),
+        "margin": torch.linspace(0.5, 3.0, n),
+        "chosen_log_sum_sq_probs": -0.7 * lengths,
+        "rejected_log_sum_sq_probs": -0.4 * lengths.flip(0),
+        "chosen_seq_kl": 0.01 * lengths,
+        "rejected_seq_kl": 0.02 * lengths.flip(0),
+    }
+    return {k: v.to(dtype) for k, v in values.items() if k in spec.extra_inputs}
+
+
 def make_inputs(spec: LossSpec, dtype: torch.dtype, *, adversarial: bool, with_ref: bool = True, seed: int = 0):
     """Canonical inputs for `spec`'s kind: (policy tensors that need gradients, kwargs for the call)."""
     g = torch.Generator().manual_seed(seed)
@@ -86,8 +110,7 @@ def make_inputs(spec: LossSpec, dtype: torch.dtype, *, adversarial: bool, with_r
     kwargs, lengths = _INPUTS[spec.kind](spec, dtype, values, with_ref)
     if spec.scores == "logps":
         kwargs.update({n: lengths[n].to(dtype) for n in LENGTH_INPUTS[spec.kind]})
-    if "kl" in spec.extra_inputs:
-        kwargs["kl"] = torch.tensor(0.5, dtype=dtype)
+    kwargs.update(extra_inputs(spec, dtype))
     policy = [
         v for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.requires_grad and not k.startswith("ref_")
     ]
@@ -136,7 +159,11 @@ def test_adversarial_grid_is_finite(name: str, dtype: torch.dtype) -> None:
         assert isinstance(value, torch.Tensor) and value.dim() == 0, f"{name}: metric {key} is not a scalar tensor"
         assert not value.requires_grad, f"{name}: metric {key} is not detached"
     out.loss.backward()
+    untrained = [kwargs[n] for n in NOT_TRAINED.get(name, ())[:1]]
     for t in policy:
+        if any(t is u for u in untrained):
+            assert t.grad is None, f"{name}: gradient reaches {NOT_TRAINED[name][0]}, which it does not train on"
+            continue
         assert t.grad is not None, f"{name}: no gradient reaches a policy input"
         assert torch.isfinite(t.grad.float()).all(), f"{name}: non-finite gradient {t.grad}"
     for t in refs:
@@ -223,4 +250,5 @@ def test_bound_loss_equals_direct_call_and_swaps_by_name() -> None:
         if spec.scores != "logps":
             continue
         lengths = {"chosen_lengths": torch.tensor([3.0, 4.0]), "rejected_lengths": torch.tensor([5.0, 2.0])}
-        assert torch.isfinite(prefopt.get_loss(name)(pc, pr, rc, rr, **lengths).loss), name
+        extras = extra_inputs(spec, torch.float32, n=2)  # a loss's required inputs (loss_arguments serves them)
+        assert torch.isfinite(prefopt.get_loss(name)(pc, pr, rc, rr, **lengths, **extras).loss), name

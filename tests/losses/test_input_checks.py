@@ -28,6 +28,7 @@ from prefopt.losses.unpaired import kto_weight_check
 from prefopt.registry import LossInputError, LossSpec, loss_spec
 from prefopt.rl import LOG_RATIO_CLAMP, kl_k3, kl_penalized_rewards
 
+from .test_contract import extra_inputs
 from .test_rollout_contract import TRAINABLE, S, _mask, rollout_inputs
 
 SEQUENCE_KINDS = ("paired", "unpaired", "ranked")
@@ -41,7 +42,7 @@ LABELS = torch.tensor([True, False, True])
 
 
 def _extras(spec: LossSpec) -> dict[str, object]:
-    return {"kl": torch.tensor(0.2, dtype=torch.float64)} if "kl" in spec.extra_inputs else {}
+    return extra_inputs(spec, torch.float64, n=B)
 
 
 def engine_outputs(
@@ -186,10 +187,11 @@ def test_kto_weight_check_refuses_labels_that_are_not_binary() -> None:
 
 
 # The audit: losses that read the policy's log-probs as probabilities. orpo: odds e^ℓ/(1 − e^ℓ) via
-# log1mexp, and −ℓ_w; cpo, rpo: a token-mean NLL; slic: a sequence NLL; wpo: weights exp(ℓ); best_of_n: a
-# token NLL. Every other loss uses differences of log-probs (log-ratios, margins, β·ℓ rewards), unchanged
-# by a common shift, so a positive value is wrong there but not read as a probability.
-READS_PROBABILITIES = {"orpo", "cpo", "rpo", "slic", "wpo", "best_of_n"}
+# log1mexp, and −ℓ_w; cpo, rpo, sft, cpo_simpo: a token-mean NLL; slic: a sequence NLL; wpo, wpo_unaligned: weights
+# exp(ℓ − …); best_of_n: a token NLL; ilql: AWAC's weighted token NLL. Every other loss uses differences of
+# log-probs (log-ratios, margins, β·ℓ or β·r_α rewards), unchanged by a common shift, so a positive value is wrong
+# there but not read as a probability.
+READS_PROBABILITIES = {"orpo", "cpo", "rpo", "sft", "slic", "wpo", "wpo_unaligned", "cpo_simpo", "best_of_n", "ilql"}
 NONPOSITIVE = [n for n in prefopt.list_losses() if loss_spec(n).needs_nonpositive_logps]
 
 
@@ -213,7 +215,7 @@ def _paired_tensors(chosen: list[float], lengths: list[int]) -> dict[str, torch.
 def test_positive_policy_logps_are_refused(name: str, argument: str) -> None:
     """Row 1 (3 tokens) at +0.5 nats per token, an NLL passed as a log-prob, is refused; rounding within
     LOGP_TOLERANCE per token is not."""
-    inputs = _paired_tensors([-3.0, -5.0, -1.0], [2, 3, 4])
+    inputs = {**_paired_tensors([-3.0, -5.0, -1.0], [2, 3, 4]), **extra_inputs(loss_spec(name), torch.float64, n=3)}
     inputs[argument] = inputs[argument].clone()
     inputs[argument][1] = 0.5 * 3
     with pytest.raises(

@@ -188,6 +188,22 @@ def test_slic_gradient_once_calibrated_is_the_nll_only() -> None:
     assert float(pc.grad) == pytest.approx(-0.1, rel=1e-12)
 
 
+def test_slic_lambda_weighs_the_sequence_nll_as_its_source() -> None:
+    """The defaults (δ = 1, λ = 0.1) come from HALOs' config/loss/slic.yaml of 2023-12-03, whose SLiCTrainer summed
+    the completion's token log-probs before `reg_loss = −policy_chosen_logps`: L = max(0, 1 − Σlogπ_w + Σlogπ_l)
+    + 0.1·(−Σlogπ_w). So the NLL term is the sequence sum: a chosen of 4 tokens at −2.5 each (Σ = −10) and one of
+    10 tokens at −1 each (Σ = −10) give the same loss, 1.0 with the rejected at Σ = −15 (a per-token NLL
+    would give 0.25 and 0.1). Lengths are not an input of slic at all."""
+    per_token = [-2.5] * 4, [-1.0] * 10
+    for tokens in per_token:
+        pc, pr = torch.tensor([sum(tokens)], dtype=torch.float64), torch.tensor([-15.0], dtype=torch.float64)
+        halos_2023 = max(0.0, 1.0 - sum(tokens) + -15.0) + 0.1 * -sum(tokens)
+        assert float(slic(pc, pr).loss) == pytest.approx(halos_2023, rel=1e-12) == 1.0
+    assert (
+        "chosen_lengths" not in prefopt.loss_spec("slic").extra_inputs and not prefopt.loss_spec("slic").needs_lengths
+    )
+
+
 def test_regression_losses_reject_non_positive_hyperparameters() -> None:
     """β/τ must be > 0 (the target 1/(2τ) is undefined at 0); δ and λ must be ≥ 0."""
     with pytest.raises(LossInputError, match=r"beta=0.0 is outside its domain"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import prefopt
-from prefopt.losses import dpo_norm, dpop, rdpo, rpo, wpo
+from prefopt.losses import dpo_norm, dpop, odpo, rdpo, rpo, wpo, wpo_unaligned
 from prefopt.registry import LossInputError, loss_spec
 
 
@@ -196,34 +196,116 @@ def test_rpo_with_alpha_zero_is_dpo_and_ignores_rejected_length() -> None:
 
 WPO_ARGS = (t(-2.0), t(-3.0), t(-3.0), t(-2.0))  # ρ_w = 1, ρ_l = −1, Δ = 2
 WPO_LENGTHS = {"chosen_lengths": t(4.0), "rejected_lengths": t(2.0)}
+WPO_SQ = {"chosen_log_sum_sq_probs": t(-1.2), "rejected_log_sum_sq_probs": t(-0.8)}  # Σ_t log Σ_v p_v²
 
 
-def test_wpo_hand_values() -> None:
+def test_wpo_hand_values_with_the_alignment() -> None:
+    """β = 0.5: w(y_w) = exp((−2 + 1.2)/4) = e^−0.2, w(y_l) = exp((−3 + 0.8)/2) = e^−1.1, product e^−1.3 =
+    0.272532; DPO part softplus(−1) = 0.313262; L = 0.085373. Without the alignment (wpo_unaligned) the weight
+    would be exp(−2/4 − 3/2) = e^−2 = 0.135335: the alignment doubles this pair's weight."""
+    out = wpo(*WPO_ARGS, **WPO_LENGTHS, **WPO_SQ, beta=0.5)
+    assert math.exp(-1.3) * softplus(-1.0) == pytest.approx(0.085373, abs=1e-6)
+    torch.testing.assert_close(out.loss, t(math.exp(-1.3) * softplus(-1.0))[0])
+    torch.testing.assert_close(out.metrics["wpo_weight"], torch.tensor(math.exp(-1.3), dtype=torch.float32))
+    assert prefopt.loss_spec("wpo").defaults() == {"beta": 0.01, "clamp_weight": True}
+
+
+def test_wpo_clamps_the_pair_weight_at_one_unless_told_not_to() -> None:
+    """Σ_t log Σ_v p² of the chosen = −8: aligned mean (−2 + 8)/4 = 1.5, rejected (−3 + 2.4)/2 = −0.3; the
+    product e^1.2 = 3.320117 is clamped at 1 (the authors' code), kept with clamp_weight=False (TRL ≥ 0.29)."""
+    sq = {"chosen_log_sum_sq_probs": t(-8.0), "rejected_log_sum_sq_probs": t(-2.4)}
+    clamped = wpo(*WPO_ARGS, **WPO_LENGTHS, **sq, beta=0.5)
+    assert float(clamped.metrics["wpo_weight"]) == 1.0
+    torch.testing.assert_close(clamped.per_example, t(softplus(-1.0)))
+    free = wpo(*WPO_ARGS, **WPO_LENGTHS, **sq, beta=0.5, clamp_weight=False)
+    torch.testing.assert_close(free.per_example, t(math.exp(1.2) * softplus(-1.0)))
+
+
+def test_wpo_weights_carry_no_gradient() -> None:
+    """With w detached, d/dlogπ(y_w) = w·(−β·σ(−βΔ)) = e^−1.3·(−0.5·σ(−1)) and d/dlogπ(y_l) = the opposite;
+    the statistics Σ_t log Σ_v p² get no gradient either."""
+    pw, pl = t(-2.0).requires_grad_(), t(-3.0).requires_grad_()
+    sq = {k: v.clone().requires_grad_() for k, v in WPO_SQ.items()}
+    wpo(pw, pl, t(-3.0), t(-2.0), **WPO_LENGTHS, **sq, beta=0.5).loss.backward()
+    expected = math.exp(-1.3) * 0.5 * sigmoid(-1.0)
+    torch.testing.assert_close(pw.grad, t(-expected))
+    torch.testing.assert_close(pl.grad, t(expected))
+    assert all(v.grad is None for v in sq.values())
+
+
+def test_wpo_without_the_statistic_points_to_the_engine_and_to_wpo_unaligned() -> None:
+    with pytest.raises(LossInputError, match=r"wpo needs chosen_log_sum_sq_probs.*return_stats=True.*wpo_unaligned"):
+        wpo(*WPO_ARGS, **WPO_LENGTHS)
+    with pytest.raises(LossInputError, match=r"rejected_log_sum_sq_probs is above 0 at rows \[0\]"):
+        wpo(*WPO_ARGS, **WPO_LENGTHS, chosen_log_sum_sq_probs=t(-1.0), rejected_log_sum_sq_probs=t(0.5))
+
+
+def test_wpo_unaligned_hand_values() -> None:
     """β = 0.5: w(y_w)·w(y_l) = exp(−2/4 − 3/2) = e^−2 = 0.135335; DPO part softplus(−1) = 0.313262;
     L = 0.042395. Second input: both average log-probs 0 → weight 1 → L = DPO; ρ_w = 1, ρ_l = 0
     → softplus(−0.5) = 0.474077.
     """
-    out = wpo(*WPO_ARGS, **WPO_LENGTHS, beta=0.5)
+    out = wpo_unaligned(*WPO_ARGS, **WPO_LENGTHS, beta=0.5)
     torch.testing.assert_close(out.loss, torch.tensor(math.exp(-2.0) * softplus(-1.0), dtype=torch.float64))
     torch.testing.assert_close(out.metrics["wpo_weight"], torch.tensor(math.exp(-2.0), dtype=torch.float32))
-    sure = wpo(t(0.0), t(0.0), t(-1.0), t(0.0), **WPO_LENGTHS, beta=0.5)
+    sure = wpo_unaligned(t(0.0), t(0.0), t(-1.0), t(0.0), **WPO_LENGTHS, beta=0.5)
     torch.testing.assert_close(sure.loss, torch.tensor(softplus(-0.5), dtype=torch.float64))
 
 
-def test_wpo_weights_carry_no_gradient() -> None:
+def test_wpo_unaligned_weights_carry_no_gradient() -> None:
     """With w detached, d/dlogπ(y_w) = w·(−β·σ(−βΔ)) = e^−2·(−0.5·σ(−1)) = −0.018199 and
     d/dlogπ(y_l) = +0.018199. Were w differentiated, each would gain w·L/|y| ≠ 0 (e.g. +0.010599 on y_w)."""
     pw, pl = t(-2.0).requires_grad_(), t(-3.0).requires_grad_()
-    wpo(pw, pl, t(-3.0), t(-2.0), **WPO_LENGTHS, beta=0.5).loss.backward()
+    wpo_unaligned(pw, pl, t(-3.0), t(-2.0), **WPO_LENGTHS, beta=0.5).loss.backward()
     expected = math.exp(-2.0) * 0.5 * sigmoid(-1.0)
     torch.testing.assert_close(pw.grad, t(-expected))
     torch.testing.assert_close(pl.grad, t(expected))
 
 
-def test_wpo_weight_never_exceeds_one() -> None:
+def test_wpo_unaligned_weight_never_exceeds_one() -> None:
     """Log-probs rounded above 0 would give w > 1; the log-weight is clamped at 0, so w ≤ 1."""
-    out = wpo(t(1e-3), t(2e-3), t(-1.0), t(-1.0), **WPO_LENGTHS, beta=0.5)
+    out = wpo_unaligned(t(1e-3), t(2e-3), t(-1.0), t(-1.0), **WPO_LENGTHS, beta=0.5)
     assert float(out.metrics["wpo_weight"]) == 1.0
+
+
+# ---------------------------------------------------------------- ODPO
+
+
+def test_odpo_hand_values() -> None:
+    """β = 0.5, α = 2, margins s_w − s_l = 3 and 0.5: x = β·Δ − α·log(margin).
+        pair 1 (Δ = 2):  x = 1 − 2·log 3 = −1.197225;  L = softplus(1.197225) = 1.461150
+        pair 2 (Δ = −1): x = −0.5 − 2·log 0.5 = 0.886294; L = softplus(−0.886294)
+    A margin below 1 lowers the bar (negative offset); α = 0 is DPO."""
+    args = (t(-2.0, -5.0), t(-3.0, -4.0), t(-3.0, -5.0), t(-2.0, -5.0))
+    margin = t(3.0, 0.5)
+    out = odpo(*args, margin=margin, beta=0.5, alpha=2.0)
+    expected = [softplus(-(1.0 - 2 * math.log(3.0))), softplus(-(-0.5 - 2 * math.log(0.5)))]
+    assert expected[0] == pytest.approx(1.461150, abs=1e-6)
+    assert out.per_example.tolist() == pytest.approx(expected, rel=1e-12)
+    assert float(out.metrics["offset"]) == pytest.approx(math.log(3.0) + math.log(0.5), rel=1e-6)
+    torch.testing.assert_close(odpo(*args, margin=margin, beta=0.5, alpha=0.0).per_example, dpo(*args, beta=0.5))
+
+
+def test_odpo_gradient_and_gradcheck() -> None:
+    """dL/dlogπ(y_w) = −β·σ(−x)/B with x of pair 1 above (B = 2); the margin gets no gradient."""
+    pc, pr = t(-2.0, -5.0).requires_grad_(), t(-3.0, -4.0).requires_grad_()
+    margin = t(3.0, 0.5).requires_grad_()
+    odpo(pc, pr, t(-3.0, -5.0), t(-2.0, -5.0), margin=margin, beta=0.5, alpha=2.0).loss.backward()
+    x = 1.0 - 2 * math.log(3.0)
+    assert float(pc.grad[0]) == pytest.approx(-0.5 * sigmoid(-x) / 2, rel=1e-12)
+    assert margin.grad is None
+    f = lambda a, b: odpo(a, b, t(-3.0, -5.0), t(-2.0, -5.0), margin=t(3.0, 0.5), beta=0.7, alpha=1.5).loss  # noqa: E731
+    assert torch.autograd.gradcheck(f, (t(-2.0, -5.0).requires_grad_(), t(-3.0, -4.0).requires_grad_()))
+
+
+def test_odpo_needs_a_positive_score_difference() -> None:
+    args = (t(-2.0, -5.0), t(-3.0, -4.0), t(-3.0, -5.0), t(-2.0, -5.0))
+    with pytest.raises(LossInputError, match=r"odpo needs margin = s\(y_w\) − s\(y_l\) > 0.*`margin` column"):
+        odpo(*args)
+    with pytest.raises(LossInputError, match=r"margin is ≤ 0 at rows \[1\]"):
+        odpo(*args, margin=t(1.0, 0.0))
+    with pytest.raises(LossInputError, match=r"margin must be a tensor of shape \(2,\)"):
+        odpo(*args, margin=t(1.0))
 
 
 # ---------------------------------------------------------------- registration and errors
@@ -236,7 +318,9 @@ def test_wpo_weight_never_exceeds_one() -> None:
         ("rdpo", {"beta": 0.1, "alpha": 0.05}, True),
         ("dpo_norm", {"beta": 5.0}, True),
         ("rpo", {"beta": 0.1, "alpha": 1.0}, True),
-        ("wpo", {"beta": 0.01}, True),
+        ("wpo", {"beta": 0.01, "clamp_weight": True}, True),
+        ("wpo_unaligned", {"beta": 0.01}, True),
+        ("odpo", {"beta": 0.1, "alpha": 1.0}, False),
     ],
 )
 def test_registered_contract(name: str, defaults: dict[str, float], needs_lengths: bool) -> None:

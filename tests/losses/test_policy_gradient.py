@@ -116,7 +116,8 @@ def test_dr_grpo_hand_computed_and_length_bias() -> None:
     torch.testing.assert_close(out.per_example, torch.tensor([-0.25, 0.125]))
     assert out.loss.item() == pytest.approx(-0.0625)
     assert grpo(policy, None, mask, rewards=rewards, beta=0.0).loss.item() == pytest.approx(0.0, abs=1e-7)
-    assert dr_grpo(policy, None, mask, rewards=rewards).loss.item() == pytest.approx(-0.125)  # L_max = T = 2
+    with pytest.raises(LossInputError, match="max_length is required"):  # never the batch's width T
+        dr_grpo(policy, None, mask, rewards=rewards)
     with pytest.raises(LossInputError, match="max_length=1"):
         dr_grpo(policy, None, mask, rewards=rewards, max_length=1)
 
@@ -166,3 +167,28 @@ def test_group_layout_is_group_major() -> None:
     grpo(policy, None, mask, rewards=torch.tensor([[1.0, 0.0], [5.0, 5.0]]), beta=0.0).loss.backward()
     grad = policy.grad.flatten()
     assert grad[0] < 0 < grad[2] and grad[1] == 0 and grad[3] == 0
+
+
+def test_ppo_dual_clip_hand_computed() -> None:
+    """Dual-clip PPO (Ye et al. 2020), ε = 0.2, c = 2.5 (clip_dual; off by default). One row of 4 tokens:
+        A = −2, ρ = e^1.5 = 4.48: max(8.96, 2.4) = 8.96 > −cA = 5 → 5   (dual clip binds, no gradient)
+        A = −2, ρ = e^0.5 = 1.65: max(3.30, 2.4) = 3.30 < 5              (unchanged, ∂ = −Aρ = 2e^0.5)
+        A = 1,  ρ = e^1.5:        max(−4.48, −1.2) = −1.2               (A ≥ 0: unchanged, clipped)
+        A = 1,  ρ = 1:            −1                                    (∂ = −1)
+    Token mean (5 + 2e^0.5 − 1.2 − 1)/4, dual_clipfrac 1/4; without c the first token keeps 2e^1.5."""
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    old = torch.zeros(1, 4, dtype=torch.float64)
+    policy = torch.tensor([[1.5, 0.5, 1.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    advantages = torch.tensor([[-2.0, -2.0, 1.0, 1.0]], dtype=torch.float64)
+    out = ppo(policy, old, mask, advantages=advantages, clip_dual=2.5)
+    assert out.loss.item() == pytest.approx((5 + 2 * math.exp(0.5) - 2.2) / 4, rel=1e-9)
+    assert out.metrics["policy/dual_clipfrac"].item() == pytest.approx(0.25)
+    out.loss.backward()
+    torch.testing.assert_close(
+        policy.grad, torch.tensor([[0.0, 2 * math.exp(0.5), 0.0, -1.0]], dtype=torch.float64) / 4
+    )
+    plain = ppo(policy, old, mask, advantages=advantages)
+    assert plain.loss.item() == pytest.approx((2 * math.exp(1.5) + 2 * math.exp(0.5) - 2.2) / 4, rel=1e-9)
+    assert "policy/dual_clipfrac" not in plain.metrics
+    with pytest.raises(LossInputError, match="clip_dual"):
+        ppo(policy, old, mask, advantages=advantages, clip_dual=1.0)  # c must exceed 1

@@ -1,4 +1,4 @@
-"""Hand-computed values and analytic facts for the reference-free losses: ORPO, CPO, SimPO.
+"""Hand-computed values and analytic facts for the reference-free losses: ORPO, CPO, SimPO, SFT, CPO-SimPO, AlphaPO.
 
 Expected numbers are evaluated with the `math` module from the formulas written in each docstring,
 never by calling the torch implementation.
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import prefopt
-from prefopt.losses import cpo, orpo, simpo
+from prefopt.losses import alphapo, cpo, cpo_simpo, orpo, sft, simpo
 from prefopt.losses.reference_free import log_odds
 from prefopt.registry import LossInputError
 
@@ -172,7 +172,125 @@ def test_simpo_both_spellings_is_an_error_and_domain_checked() -> None:
         simpo(*args, **lengths, gamma=-1.0)
 
 
-@pytest.mark.parametrize("name", ["orpo", "cpo", "simpo"])
+# ----------------------------------------------------------------------------------------------- SFT
+
+
+def test_sft_hand_values() -> None:
+    """L = −logπ_w/|y_w|, the mean over rows: logπ_w = −6 over 3 tokens → 2, −3 over 2 tokens → 1.5; mean 1.75.
+    Rewards are ℓ = logπ/|y|: ℓ_w = [−2, −1.5], ℓ_l = [−4/4, −9/3] = [−1, −3] → margins mean (−1 + 1.5)/2 = 0.25,
+    accuracies 1/2. The rejected side gets no gradient; the chosen gets −1/(B·|y_w|) = [−1/6, −1/4]."""
+    pc, pr = t(-6.0, -3.0).requires_grad_(True), t(-4.0, -9.0).requires_grad_(True)
+    out = sft(pc, pr, chosen_lengths=t(3, 2), rejected_lengths=t(4, 3))
+    assert out.per_example.tolist() == pytest.approx([2.0, 1.5], abs=1e-15)
+    assert out.loss.item() == pytest.approx(1.75, abs=1e-15)
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(-1.75)
+    assert out.metrics["rewards/margins"].item() == pytest.approx(0.25)
+    assert out.metrics["rewards/accuracies"].item() == 0.5
+    out.loss.backward()
+    assert pc.grad.tolist() == pytest.approx([-1 / 6, -1 / 4], abs=1e-15) and pr.grad is None
+
+
+def test_sft_is_the_nll_term_of_cpo_and_rpo() -> None:
+    """cpo at α = 1 is sft plus a preference term; rpo likewise: their `nll_loss` metric is sft's loss."""
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (-torch.rand(6, generator=g, dtype=F64) * 30 - 1 for _ in range(4))
+    lengths = {"chosen_lengths": t(1, 2, 3, 4, 5, 6), "rejected_lengths": t(6, 5, 4, 3, 2, 1)}
+    nll = sft(pc, pr, rc, rr, **lengths).loss.item()
+    assert cpo(pc, pr, **lengths).metrics["nll_loss"].item() == pytest.approx(nll, rel=1e-6)
+    assert prefopt.losses.rpo(pc, pr, rc, rr, **lengths).metrics["nll_loss"].item() == pytest.approx(nll, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- CPO-SimPO
+
+
+def test_cpo_simpo_hand_values() -> None:
+    """β = 2, γ = 0.5, α = 0.3, ε = 0.1. logπ_w = −2 over 4 tokens → ℓ_w = −0.5; logπ_l = −6 over 3 → ℓ_l = −2:
+        x = 2·(−0.5) − 2·(−2) − 0.5 = 2.5;  L = 0.9·softplus(−2.5) + 0.1·softplus(2.5) + 0.3·0.5 = 0.478890
+    TRL's arrangement (logits = ℓ_w − ℓ_l − γ/β, then β·logits) is the same x."""
+    out = cpo_simpo(
+        t(-2.0),
+        t(-6.0),
+        chosen_lengths=t(4),
+        rejected_lengths=t(3),
+        beta=2.0,
+        gamma=0.5,
+        alpha=0.3,
+        label_smoothing=0.1,
+    )
+    expected = 0.9 * softplus(-2.5) + 0.1 * softplus(2.5) + 0.3 * 0.5
+    assert expected == pytest.approx(0.478890, abs=1e-6)
+    assert float(out.loss) == pytest.approx(expected, rel=1e-12)
+    trl_x = 2.0 * ((-0.5 - -2.0) - 0.5 / 2.0)
+    assert trl_x == pytest.approx(2.5, rel=1e-15)
+    assert float(out.metrics["nll_loss"]) == pytest.approx(0.5)
+    assert float(out.metrics["rewards/chosen"]) == pytest.approx(-1.0)  # β·ℓ_w
+
+
+def test_cpo_simpo_is_simpo_plus_alpha_times_sft() -> None:
+    g = torch.Generator().manual_seed(2)
+    pc, pr = (-torch.rand(6, generator=g, dtype=F64) * 30 - 1 for _ in range(2))
+    lengths = {"chosen_lengths": t(1, 2, 3, 4, 5, 6), "rejected_lengths": t(6, 5, 4, 3, 2, 1)}
+    ours = cpo_simpo(pc, pr, **lengths, beta=3.0, gamma=1.2, alpha=0.7).per_example
+    parts = simpo(pc, pr, **lengths, beta=3.0, gamma=1.2).per_example + 0.7 * sft(pc, pr, **lengths).per_example
+    torch.testing.assert_close(ours, parts, rtol=1e-12, atol=1e-12)
+    assert prefopt.loss_spec("cpo_simpo").defaults() == {
+        "beta": 10.0,
+        "gamma": 5.4,
+        "alpha": 0.05,
+        "label_smoothing": 0.0,
+    }
+
+
+def test_cpo_simpo_gradient_by_hand() -> None:
+    """dL/dlogπ_w = (−(1−ε)·σ(−x) + ε·σ(x))·β/|y_w| − α/|y_w| at the values of the hand test."""
+    pc = t(-2.0).requires_grad_()
+    cpo_simpo(
+        pc, t(-6.0), chosen_lengths=t(4), rejected_lengths=t(3), beta=2.0, gamma=0.5, alpha=0.3, label_smoothing=0.1
+    ).loss.backward()
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    expected = (-0.9 * sig(-2.5) + 0.1 * sig(2.5)) * 2.0 / 4 - 0.3 / 4
+    assert float(pc.grad) == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- AlphaPO
+
+
+def test_alphapo_hand_values() -> None:
+    """β = 2, γ = 0.5, α = 0.5; r_α(ℓ) = (1 − e^{−αℓ})/α.  ℓ_w = −2/4 = −0.5: r = 2·(1 − e^0.25) = −0.568051;
+    ℓ_l = −6/3 = −2: r = 2·(1 − e) = −3.436564;  x = 2·(−0.568051 + 3.436564) − 0.5 = 5.237026;
+    L = softplus(−5.237026) = 0.005301. Rewards logged: β·r_α."""
+    out = alphapo(t(-2.0), t(-6.0), chosen_lengths=t(4), rejected_lengths=t(3), beta=2.0, gamma=0.5, alpha=0.5)
+    r_w, r_l = 2 * (1 - math.exp(0.25)), 2 * (1 - math.e)
+    x = 2 * (r_w - r_l) - 0.5
+    assert x == pytest.approx(5.237026, abs=1e-6) and softplus(-x) == pytest.approx(0.005301, abs=1e-6)
+    assert float(out.loss) == pytest.approx(softplus(-x), rel=1e-12)
+    assert float(out.metrics["rewards/chosen"]) == pytest.approx(2 * r_w, rel=1e-6)
+
+
+def test_alphapo_tends_to_simpo_and_refuses_alpha_zero() -> None:
+    g = torch.Generator().manual_seed(3)
+    pc, pr = (-torch.rand(6, generator=g, dtype=F64) * 30 - 1 for _ in range(2))
+    lengths = {"chosen_lengths": t(1, 2, 3, 4, 5, 6), "rejected_lengths": t(6, 5, 4, 3, 2, 1)}
+    near = alphapo(pc, pr, **lengths, beta=2.0, gamma=0.4, alpha=1e-9).per_example
+    torch.testing.assert_close(near, simpo(pc, pr, **lengths, beta=2.0, gamma=0.4).per_example, rtol=1e-7, atol=1e-8)
+    with pytest.raises(LossInputError, match="alpha=0 is SimPO"):
+        alphapo(pc, pr, **lengths, alpha=0.0)
+    assert prefopt.loss_spec("alphapo").defaults() == {"beta": 2.0, "gamma": 1.0, "alpha": 0.25}
+
+
+def test_alphapo_gradient_by_hand_and_gradcheck() -> None:
+    """dr_α/dℓ = e^{−αℓ}, dℓ/dlogπ = 1/|y|: dL/dlogπ_w = −σ(−x)·β·e^{−αℓ_w}/|y_w| (values of the hand test)."""
+    pc = t(-2.0).requires_grad_()
+    alphapo(pc, t(-6.0), chosen_lengths=t(4), rejected_lengths=t(3), beta=2.0, gamma=0.5, alpha=0.5).loss.backward()
+    x = 2 * (2 * (1 - math.exp(0.25)) - 2 * (1 - math.e)) - 0.5
+    assert float(pc.grad) == pytest.approx(-(1 / (1 + math.exp(x))) * 2.0 * math.exp(0.25) / 4, rel=1e-12)
+    lengths = {"chosen_lengths": t(2, 5), "rejected_lengths": t(3, 1)}
+    for alpha in (0.5, -0.3):
+        f = lambda a, b: alphapo(a, b, **lengths, beta=1.5, gamma=0.2, alpha=alpha).loss  # noqa: E731,B023
+        assert torch.autograd.gradcheck(f, (t(-2.0, -7.0).requires_grad_(), t(-4.0, -1.0).requires_grad_()))
+
+
+@pytest.mark.parametrize("name", ["orpo", "cpo", "simpo", "sft", "cpo_simpo", "alphapo"])
 def test_length_normalised_losses_need_lengths(name: str) -> None:
     with pytest.raises(LossInputError, match="chosen_lengths"):
         prefopt.get_loss(name)(t(-1.0), t(-2.0))

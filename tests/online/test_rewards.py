@@ -47,10 +47,10 @@ def test_gold_and_objects_pass_through() -> None:
 @pytest.mark.parametrize(
     ("returned", "match"),
     [
-        ([1.0], r"shape \(1,\) for 2 completions"),
+        ([1.0], "returned 1 values for 2 completions"),
         ([1.0, float("nan")], "row 1"),
-        ("high", "not a sequence"),
-        ([[1.0, 2.0]], "shape"),
+        ("high", "returned str, not a list"),
+        ([[1.0, 2.0]], "1 values for 2 completions"),
     ],
 )
 def test_bad_scores_are_clear_errors(returned: object, match: str) -> None:

@@ -125,6 +125,8 @@ def test_a_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(tmp_path)
         ({"algorithm": "grpo", "loss_hparams": {"bta": 0.1}}, "Did you mean 'beta'"),
         ({"algorithm": "grpo", "pair_loss": "dpo"}, "applies to algorithm 'online_dpo' only"),
         ({"algorithm": "online_dpo", "pair_loss": "kto"}, "not a paired log-prob loss"),
+        ({"algorithm": "online_dpo", "pair_loss": "tdpo"}, r"takes \['chosen_seq_kl', 'rejected_seq_kl'\]"),
+        ({"algorithm": "online_dpo", "pair_loss": "odpo"}, r"takes \['margin'\], which online pairs lack"),
         ({"algorithm": "online_dpo", "pair_loss_hparams": {"beta": 1.0}}, "pair_loss is None"),
         ({"kl_estimator": "k2"}, "kl_estimator"),
         ({"lr": -1.0}, "lr=-1.0 must be a positive"),

@@ -52,7 +52,7 @@ def _group_step(name: str, policy: ToyPolicy, g: torch.Generator, loss_fn) -> No
     mask = torch.ones(S, T, dtype=torch.bool)
     rewards = reward(tokens).reshape(K, B).T  # [B, K]
     kwargs: dict[str, object] = {"rewards": rewards}
-    if name in ("grpo", "rloo"):
+    if prefopt.loss_spec(name).needs_reference:
         kwargs["ref_logps"] = torch.full((S, T), -torch.log(torch.tensor(float(V))))
     if name == "remax":
         kwargs = {
@@ -62,12 +62,15 @@ def _group_step(name: str, policy: ToyPolicy, g: torch.Generator, loss_fn) -> No
     loss_fn(policy.logps(tokens), None, mask, **kwargs).loss.backward()
 
 
-@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "remax", "best_of_n"])
+@pytest.mark.parametrize(
+    "name", ["grpo", "dr_grpo", "rloo", "remax", "best_of_n", "dapo", "gspo", "cispo", "reinforce_pp"]
+)
 def test_group_losses_raise_the_reward(name: str) -> None:
     g = torch.Generator().manual_seed(0)
     policy = ToyPolicy()
     optimizer = torch.optim.Adam(policy.parameters(), lr=0.2)
-    loss_fn = prefopt.get_loss(name)
+    required = {"max_length": T} if "max_length" in prefopt.loss_spec(name).defaults() else {}  # Dr. GRPO's L_max
+    loss_fn = prefopt.get_loss(name, **required)
     for _ in range(10):
         optimizer.zero_grad()
         _group_step(name, policy, g, loss_fn)

@@ -122,8 +122,9 @@ def test_every_data_kind_and_loop_input(tiny_task, tmp_path, loss: str, data: st
     assert all(metric in r and all(map(lambda v: v == v, r.values())) for r in records)
     assert (tmp_path / "ref_cache").exists() == (loss != "orpo")
     if metric == "delta":
-        # δ lags one global batch: step 1 has no history, step 1's rewards are 0 (π = π_ref), step 2's are not
-        assert records[0]["delta"] == records[1]["delta"] == 0.0 and records[2]["delta"] != 0.0
+        # δ includes the batch it shifts (TRL's order): step 1's rewards are 0 (π = π_ref), step 2's are not and
+        # enter step 2's own δ (a δ lagging one step would still be 0 there)
+        assert records[0]["delta"] == 0.0 and records[1]["delta"] != 0.0
 
 
 class _Stop(Exception):
@@ -305,7 +306,12 @@ def test_every_offline_loss_trains_through_the_one_loop(tiny_task, tmp_path, los
     from prefopt.registry import loss_spec
 
     kind = loss_spec(loss).kind
-    result = train(**settings(tiny_task, tmp_path, loss=loss, data=str(tiny_task[kind]), max_steps=2))
+    data = Path(tiny_task[kind])
+    if "margin" in loss_spec(loss).extra_inputs:  # ODPO's score difference s_w − s_l > 0, a `margin` column
+        rows = [json.loads(line) for line in data.read_text().splitlines()]
+        data = tmp_path / "scored.jsonl"
+        data.write_text("".join(json.dumps({**r, "margin": 1.0 + i % 3}) + "\n" for i, r in enumerate(rows)))
+    result = train(**settings(tiny_task, tmp_path, loss=loss, data=str(data), max_steps=2))
     records = [json.loads(line) for line in Path(result.metrics_path).read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert all(math.isfinite(v) for r in records for v in r.values())
