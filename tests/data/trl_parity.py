@@ -20,7 +20,9 @@ from collections import Counter
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tests.train.tiny_task import tiny_llama
 
 __all__ = [
     "AGREE",
@@ -136,20 +138,7 @@ def tokenizer_checksum(tokenizer: PreTrainedTokenizerFast) -> str:
 def parity_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
     """A 2-layer, 32-wide fp32 Llama whose weights come from `torch.Generator().manual_seed(seed)` only:
     embeddings N(0, 0.5²), matrices N(0, 1/fan_in), norm weights 1 + N(0, 0.1²), in parameter-name order."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).float().eval()
+    model = tiny_llama(tokenizer, seed=seed).float().eval()  # every weight is overwritten below
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
