@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -325,6 +326,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --impls {unknown}; valid: {', '.join(IMPLS)}")
     runs: dict[tuple, list[dict]] = {}
+    load_start = os.getloadavg()  # other jobs on a shared machine move the times; record them
     for round_ in range(args.rounds):  # rounds interleave the implementations, so that load drifts hit all
         for size in sizes:
             for impl in impls:
@@ -344,6 +346,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rounds": args.rounds,
         "completion_tokens": args.completion_tokens,
+        "load_average": {"start": load_start, "end": os.getloadavg()},
         "versions": versions(),
         "commit": git_commit(ROOT),
         "records": records,

@@ -15,11 +15,12 @@ still holds their logits:
 
 Three N·D·V matmuls (four for any O(tile) method given a generic upstream gradient: its backward recomputes
 the logits), with one chunk's M×V logits as working memory: max_rows from `CHUNK_BYTES` (160 MiB: 327 rows at
-V = 128256 in float32); element-wise work per tile of `KEEP_TILE_BYTES`, in cache (`keep_chunk` says how
-sweep 2 avoids any). A group of more than max_rows tokens is recomputed instead, four matmuls in O(R·C)
-memory: the chunked backend's `_forward_block` (lse), then g, then `_backward_block` on its rows. With
-softcap the gradient takes the chunked backend's general tile rule (`_tile_grad`). Results equal
-`linear_logprobs` followed by autograd through the sums and the loss (tests/fused_kernels/test_fused_head.py).
+V = 128256 in float32); one vocab tile per chunk, or tiles of `KEEP_TILE_BYTES` (`_chunk_start`); `keep_chunk`
+says how sweep 2 avoids element-wise passes. Groups of more than max_rows tokens are recomputed instead, all
+in one chunk, four matmuls in O(R·C) memory: the chunked backend's `_forward_block` (lse), then g, then
+`_backward_block` on their rows, in that backend's row blocks and tiles. With softcap the gradient takes the
+chunked backend's general tile rule (`_tile_grad`). Results equal `linear_logprobs` followed by autograd
+through the sums and the loss (tests/fused_kernels/test_fused_head.py).
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ __all__ = ["CHUNK_BYTES", "KEEP_TILE_BYTES", "FusedHeadResult", "GradFn", "linea
 # Budget of one chunk's kept logits (float32 M×V): ≤ 1/10 of the 2.1 GB of logits that a method keeping all
 # N×V of them holds at N = 4096, V = 128256, and room for a pair of 2 × 160 tokens at that vocabulary.
 CHUNK_BYTES = 160 * 2**20
-# Width of the element-wise passes over the kept logits (and of the one scratch tile of sweep 1): small enough
-# to stay in cache between the matmul and the exp, large enough for efficient matmuls.
+# Logits tile of a kept chunk with softcap (and its one scratch tile) or a weight of another dtype (cast per tile).
 KEEP_TILE_BYTES = 8 * 2**20
 
 # (sums [S] float32, done [S] bool, per-token stats so far | None) → g [S]: d objective / d sum_s, read at the
@@ -68,27 +68,32 @@ class FusedHeadResult(NamedTuple):
 
 
 def plan_chunks(group_ids: Tensor, max_rows: int) -> list[tuple[Tensor, bool]]:
-    """The chunks of rows: (row indices, keep) in group order, each holding whole groups.
+    """The chunks of rows: (row indices, keep), each holding whole groups.
 
-    Consecutive groups are packed into a chunk while it holds ≤ max_rows rows (keep=True: its logits are kept);
-    a group of more rows is a chunk of its own with keep=False (its logits are recomputed). Rows of one group
+    Consecutive groups are packed into a chunk while it holds ≤ max_rows rows (keep=True: its logits are kept).
+    Groups of more rows form one chunk together, first, with keep=False: their logits are recomputed, in the
+    chunked backend's large row blocks (its lse needs no g, so the groups need not be apart). Rows of one group
     keep their order (a stable sort), so per-sequence sums add their tokens in the engine's order.
     """
     order = torch.argsort(group_ids, stable=True)
     _, counts = torch.unique_consecutive(group_ids[order], return_counts=True)
-    chunks: list[tuple[Tensor, bool]] = []
+    kept: list[tuple[Tensor, bool]] = []
+    large: list[Tensor] = []
     start = end = 0
     for count in counts.tolist():
-        if end - start and end - start + count > max_rows:  # close the open chunk
-            chunks.append((order[start:end], True))
+        if count > max_rows:  # too large to keep
+            if end > start:
+                kept.append((order[start:end], True))
+            large.append(order[end : end + count])
+            start = end = end + count
+            continue
+        if end + count - start > max_rows:  # close the open chunk
+            kept.append((order[start:end], True))
             start = end
         end += count
-        if count > max_rows:  # a group too large to keep: alone, recomputed
-            chunks.append((order[start:end], False))
-            start = end
     if end > start:
-        chunks.append((order[start:end], True))
-    return chunks
+        kept.append((order[start:end], True))
+    return ([(torch.cat(large), False)] if large else []) + kept
 
 
 class _FusedHead:
@@ -157,10 +162,16 @@ class _FusedHead:
             torch.mm(lhs, rhs, out=self.grad_w[v0:v1])
 
     def _chunk_start(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, int, Tensor]:
-        """(h, hs, labels, tile width, the flat buffer of the chunk's M×V logits) of a kept chunk."""
+        """(h, hs, labels, tile width, the flat buffer of the chunk's M×V logits) of a kept chunk.
+
+        Without softcap and with the weight in the compute dtype the chunk is one tile: the fewest and largest
+        operations (on a shared 2-core CPU, many small parallel regions cost more than the cache they save).
+        Otherwise tiles of `KEEP_TILE_BYTES`: softcap's scratch tile and a weight tile cast to float32 stay small.
+        """
         h, hs = self._rows(rows)
         m_rows, vocab = rows.shape[0], self.weight.shape[0]
-        cols = tile_shape(m_rows, vocab, tile_bytes=KEEP_TILE_BYTES)[1]
+        one_tile = self.p.softcap is None and self.weight.dtype == self.dtype
+        cols = vocab if one_tile else tile_shape(m_rows, vocab, tile_bytes=KEEP_TILE_BYTES)[1]
         kept = torch.empty(m_rows * vocab, dtype=self.dtype, device=h.device)  # tile v at [M·v0, M·v1)
         return h, hs, self.labels[rows], cols, kept
 
@@ -279,10 +290,10 @@ class _FusedHead:
         if acc is not None and self.grad_h is not None:
             self.grad_h.index_copy_(0, rows, acc.mul_(r[:, None]).to(self.grad_h.dtype))
 
-    def recompute_chunk(self, rows: Tensor, max_rows: int) -> None:
-        """A group too large to keep: the chunked backend's forward and backward on its rows, four matmuls."""
+    def recompute_chunk(self, rows: Tensor) -> None:
+        """The groups too large to keep: the chunked backend's forward and backward on their rows, four matmuls."""
         w, b, p = self.weight, self.bias, self.p
-        block_rows, cols = tile_shape(rows.shape[0], w.shape[0], chunk_size=max_rows)
+        block_rows, cols = tile_shape(rows.shape[0], w.shape[0])  # the chunked backend's blocks: O(R·C) memory
         storage = torch.empty(block_rows * cols, dtype=self.dtype, device=self.hidden.device)
         blocks = [rows[r0 : r0 + block_rows] for r0 in range(0, rows.shape[0], block_rows)]
         parts = []
@@ -383,5 +394,5 @@ def linear_logprobs_with_grad(
             if keep:
                 run.keep_chunk(rows)
             else:
-                run.recompute_chunk(rows, max_rows)
+                run.recompute_chunk(rows)
         return run.result()

@@ -164,10 +164,10 @@ def test_frozen_weight_and_no_bias_gradient() -> None:
 
 
 def test_plan_chunks_keeps_groups_whole() -> None:
-    groups = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0, 0, 0, 3])  # group sizes 5, 3, 2, 1
+    groups = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0, 0, 0, 3, 4, 4, 4, 4, 4])  # group sizes 5, 3, 2, 1, 5
     chunks = plan_chunks(groups, max_rows=4)
     assert [(rows.tolist(), keep) for rows, keep in chunks] == [
-        ([1, 3, 7, 8, 9], False),  # group 0: 5 rows > 4, alone and recomputed, rows in their order
+        ([1, 3, 7, 8, 9, 11, 12, 13, 14, 15], False),  # groups 0 and 4: 5 rows > 4, recomputed together, first
         ([2, 5, 6], True),  # group 1
         ([0, 4, 10], True),  # groups 2 and 3 share a chunk: 2 + 1 ≤ 4
     ]
