@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "prefopt.reward_function",
         "prefopt.threads",
         "prefopt.atomic",
+        "prefopt.memory",
         "prefopt.hf_compat",
         "prefopt.progress",
         "prefopt.settings",

@@ -39,7 +39,8 @@ examples:
   prefopt compare --losses dpo,ipo,simpo --set dpo.beta=0.05,0.1,0.5 --seeds 0,1,2 --out runs/beta-sweep
   prefopt compare --tiny --max-steps 5              # a seconds-scale smoke test of the whole pipeline
   prefopt compare --data prefs.jsonl --model path/to/sft --losses dpo,kto --lr 5e-7
-  prefopt compare --losses dpo,ppo,rloo,best_of_n --online steps=60   # offline and online on one frontier"""
+  prefopt compare --losses dpo,ppo,rloo,best_of_n --online steps=60   # offline and online on one frontier
+  prefopt compare --losses all --seeds 0,1,2 --jobs 2 --out runs/atlas  # every algorithm: docs/atlas.md"""
     config = CompareConfig
     config_name = "CompareConfig"
     loss_field = None  # --set takes LOSS.HPARAM=V[,V...]: several losses, sweeps
@@ -49,7 +50,7 @@ examples:
             str,
             "comma-separated loss names, offline or online (default: "
             f"{','.join(DEFAULT_LOSSES)}; `prefopt losses` lists them), e.g. dpo,ppo,rloo,best_of_n "
-            "for the reward-versus-KL frontier",
+            "for the reward-versus-KL frontier; all: every registered one (the atlas, docs/atlas.md)",
             metavar="LOSS,LOSS,...",
         ),
         "--seeds": Option(
@@ -92,6 +93,13 @@ examples:
         ),
         "--max-new-tokens": Option(
             "max_new_tokens", int, "completion length cap when sampling held-out prompts (default 64)"
+        ),
+        "--jobs": Option(
+            "jobs",
+            int,
+            "runs trained at once, each in its own process, with the same results as one at a time (default: one "
+            "per core on the synthetic task, 1 with --data)",
+            metavar="N",
         ),
         "--quiet": Switch("progress", False, "no progress bars, no note of the data files read"),
         "--overwrite": Switch(

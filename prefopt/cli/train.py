@@ -33,6 +33,7 @@ from prefopt.errors import SettingsError
 from prefopt.train.config import TrainConfig
 from prefopt.train.loop import train
 from prefopt.train.recipes import list_recipes, load_recipe, smoke_settings
+from prefopt.train.stages import stage_configs
 
 __all__ = ["COMMAND", "TrainCommand", "config_from_args", "main", "print_recipes"]
 
@@ -193,7 +194,12 @@ examples:
         if config is None:
             print_recipes()
             return 0
-        result = train(config)
+        configs = [config]
+        if args.recipe is not None and "model" not in super().values(args):  # --model: the user's own first stage
+            configs = stage_configs(load_recipe(args.recipe), config, smoke=args.smoke)
+        for stage in configs[:-1]:
+            print_result(f"stage {stage.output_dir}: {json.dumps(train(stage).to_dict())}")
+        result = train(configs[-1])
         print_result(json.dumps(result.to_dict(), indent=2))
         return 0
 
@@ -219,12 +225,14 @@ def recipe_values(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, 
 
 
 def print_recipes() -> None:
-    """Print each recipe on three lines: name, loss, model and data; its paper; the accelerate command of a real run."""
+    """Print each recipe on three lines: name, loss (its stages' first), model and data; its paper; the accelerate
+    command of a real run."""
     for name in list_recipes():
         recipe = load_recipe(name)
         settings = recipe.train
+        losses = " → ".join([str(stage.train["loss"]) for stage in recipe.stages] + [recipe.loss])  # stages first
         print(
-            f"{name:<20} {recipe.loss:<6} {settings.get('model')}  on  {settings.get('data')}\n"
+            f"{name:<20} {losses:<6} {settings.get('model')}  on  {settings.get('data')}\n"
             f"{'':<20} {recipe.paper}\n{'':<20} {recipe.launch_command()}"
         )
 

@@ -12,7 +12,16 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prefopt.cli.choices import BACKENDS, KL_ESTIMATORS, MASTER_WEIGHTS, MIXED_PRECISION, ONLINE, PAIRED, SAVE_DTYPES
+from prefopt.cli.choices import (
+    BACKENDS,
+    KL_ESTIMATORS,
+    MASTER_WEIGHTS,
+    MIXED_PRECISION,
+    ONLINE,
+    PAIRED,
+    SAVE_DTYPES,
+    SHARE_PROMPT,
+)
 from prefopt.cli.command import ConfigCommand, FlagAction, Option, Switch, print_result
 from prefopt.cli.settings import join_rewards, merge_pairs, parse_assignments
 from prefopt.cli.train import MASTER_WEIGHTS_HELP, MIXED_PRECISION_HELP, SAVE_DTYPE_HELP
@@ -125,6 +134,13 @@ examples:
         "--num-threads": Option("num_threads", int, "torch threads (default: 1 on the synthetic task)"),
         "--engine-backend": Option(
             "engine_backend", str, "output-head kernel (auto: Triton on CUDA, else chunked)", choices=BACKENDS
+        ),
+        "--share-prompt": Option(
+            "share_prompt",
+            str,
+            "read each prompt once for its K samples when scoring a rollout, behind a block mask "
+            "(auto: where it saves a fifth of the positions, on models that take the mask)",
+            choices=SHARE_PROMPT,
         ),
         "--mixed-precision": Option("mixed_precision", str, MIXED_PRECISION_HELP, choices=MIXED_PRECISION),
         "--master-weights": Option("master_weights", str, MASTER_WEIGHTS_HELP, choices=MASTER_WEIGHTS),

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefopt.compare.defaults import COMPARE_EVAL_PROMPTS, check_holdout, compare_preferences, train_defaults
+from prefopt.compare.defaults import (
+    COMPARE_EVAL_PROMPTS,
+    all_losses,
+    check_holdout,
+    compare_preferences,
+    tiny_task,
+    train_defaults,
+)
 from prefopt.compare.heldout import HOLDOUT_DEFAULT
+from prefopt.compare.online_settings import ONLINE_PER_RUN, check_online_settings, online_settings
 from prefopt.data.schema import IDENTICAL_POLICIES
 from prefopt.data.synthetic import PreferenceConfig, SFTConfig
 from prefopt.online.config import OnlineConfig
@@ -46,21 +55,6 @@ DEFAULT_LOSSES = ("dpo", "ipo", "kto", "orpo", "simpo")
 
 # TrainConfig fields a run sets itself; the shared `train` overrides may not.
 _PER_RUN = ("loss", "loss_hparams", "seed", "output_dir", "data", "model", "model_revision", "resume", "progress")
-# OnlineConfig fields that each run sets itself (or that the synthetic task fixes); `online` may not.
-ONLINE_PER_RUN = (
-    "algorithm",
-    "loss_hparams",
-    "seed",
-    "output_dir",
-    "resume",
-    "progress",
-    "model",
-    "model_revision",
-    "tokenizer",
-    "reward",
-    "reward_weights",
-    "prompts",
-)
 
 
 @dataclass(frozen=True)
@@ -92,7 +86,8 @@ class CompareConfig(Settings):
 
     Attributes:
         losses: registered policy losses to compare (`prefopt losses`): offline ones, and online ones on
-            the synthetic task.
+            the synthetic task or with a `reward`; "all": every one (`prefopt.compare.defaults.all_losses`; the
+            atlas, docs/atlas.md).
         hparams: per-loss hyper-parameters; a list value is a sweep, e.g. {"dpo": {"beta": [0.05, 0.5]}}.
         seeds: training seeds; several seeds give mean ± CI over seeds and prompts in the table.
         data, model: a preference dataset and a causal LM (path or hub name); None and None = the
@@ -121,6 +116,9 @@ class CompareConfig(Settings):
         bon_n, bon_samples: with `best_of_n` among the losses, the inference-time best-of-N policy at each
             N is added to the table and the frontier, evaluated from `bon_samples` reference samples per
             held-out prompt (`prefopt.online.best_of_n_reference`).
+        jobs: runs trained at once, each in a worker process of its own (`prefopt.compare.workers`): up to
+            `jobs`× faster on as many free cores; each run's result is the one it gets alone. None: on the
+            synthetic task one per core this process may use (its runs use one thread each), 1 on your data.
         overwrite: what to do with runs in `output_dir` made with other settings (`prefopt.compare.reuse`):
             False refuses, naming them and what differs; True removes those runs and trains them again.
             Runs made with the same settings are loaded (finished) or resumed (interrupted) either way.
@@ -149,11 +147,15 @@ class CompareConfig(Settings):
     bon_samples: int = 64
     model_revision: str | None = None
     overwrite: bool = False
+    jobs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("data", "model", "reward", "output_dir"):
             object.__setattr__(self, name, expand_user(getattr(self, name)))
-        object.__setattr__(self, "losses", tuple(self.losses))
+        losses = (self.losses,) if isinstance(self.losses, str) else tuple(self.losses)
+        if "all" in losses and len(losses) > 1:
+            raise SettingsError(f'CompareConfig.losses={list(losses)}: give "all" alone, or name the losses')
+        object.__setattr__(self, "losses", all_losses(self.synthetic, self.reward) if losses == ("all",) else losses)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         self._check_names()
         self._check_losses()
@@ -248,7 +250,8 @@ class CompareConfig(Settings):
                 raise SettingsError("CompareConfig.reward_weights weigh the functions of reward, which is not set")
         if self.reward is not None:
             reward_parts(self.reward, "CompareConfig.reward", self.reward_weights)
-            check_reward_columns(self.reward, (), "CompareConfig.reward", "compare's prompts")
+            if self.synthetic:  # your data's columns are checked when it is read (`compare.task.check_user_data`)
+                check_reward_columns(self.reward, (), "CompareConfig.reward", "the synthetic task's prompts")
 
     def _check_stage_configs(self) -> None:
         """The SFT and preference stages' configs, from YAML mappings or given as objects."""
@@ -263,8 +266,8 @@ class CompareConfig(Settings):
 
     def _check_evaluation(self) -> None:
         """Evaluation counts ≥ 1, and a model revision only with a model."""
-        for name in ("eval_prompts", "max_new_tokens"):
-            if int(getattr(self, name)) < 1:
+        for name in ("eval_prompts", "max_new_tokens", "jobs"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"CompareConfig.{name} must be ≥ 1")
         check_holdout(self.holdout)
         if self.model_revision is not None and self.model is None:
@@ -310,6 +313,13 @@ class CompareConfig(Settings):
             )
 
     @property
+    def workers(self) -> int:
+        """`jobs` resolved: the runs trained at once (never more than there are runs)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        jobs = self.jobs if self.jobs is not None else (cores if self.synthetic else 1)
+        return max(1, min(jobs, len(self.runs())))
+
+    @property
     def synthetic(self) -> bool:
         return self.data is None and self.model is None
 
@@ -330,34 +340,6 @@ class CompareConfig(Settings):
                 for seed in self.seeds:
                     plans.append(RunPlan(name, tuple(zip(keys, values)), seed))
         return plans
-
-
-def check_online_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """`CompareConfig.online` as a dict, or a clear error for keys that are per-run or not OnlineConfig fields."""
-    fields = {f.name for f in dataclasses.fields(OnlineConfig)}
-    per_run = sorted(set(settings) & set(ONLINE_PER_RUN))
-    unknown = sorted(set(settings) - fields)
-    if per_run or unknown:
-        raise ValueError(
-            f"CompareConfig.online: {per_run + unknown} cannot be set there (set per run: "
-            f"{list(ONLINE_PER_RUN)}; valid: OnlineConfig fields {sorted(fields - set(ONLINE_PER_RUN))})"
-        )
-    return dict(settings)
-
-
-def online_settings(plan: Any, config: Any, run_dir: Path) -> dict[str, Any]:
-    """The OnlineConfig settings of one compare run (`plan`: a `RunPlan`)."""
-    return {
-        "checkpoint_every": 10,
-        "max_new_tokens": config.max_new_tokens,
-        **config.online,
-        "algorithm": plan.loss,
-        "loss_hparams": dict(plan.hparams),
-        "seed": plan.seed,
-        "output_dir": str(run_dir / "train"),
-        "resume": True,
-        "progress": config.progress,
-    }
 
 
 def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -387,14 +369,3 @@ def run_settings(plan: RunPlan, config: CompareConfig, run_dir: Path) -> tuple[s
         if config.model_revision is not None:
             settings["model_revision"] = config.model_revision
     return kind, settings
-
-
-def tiny_task() -> dict[str, Any]:
-    """CompareConfig settings of a seconds-scale synthetic task (a ≈110k-parameter policy, 64 train prompts):
-    for smoke tests and CI, not for conclusions."""
-    return {
-        "sft_config": SFTConfig.tiny(),
-        "preference_config": PreferenceConfig(train_prompts=64, eval_prompts=16, heldout_prompts=16),
-        "eval_prompts": 16,
-        "max_new_tokens": 32,
-    }

@@ -4,6 +4,8 @@ settings, chosen by the sweep `python benchmarks/compare_sweep.py` (docs/compare
     COMPARE_PREFERENCES            the synthetic task's sizes in `prefopt compare` (`CompareConfig.preference_config`)
     SYNTHETIC_TRAIN["kto"]         {"lr": ..., "epochs": ...}: a run's TrainConfig settings before `CompareConfig.train`
     train_defaults(loss, config)   those of one run (none on your data: there the papers' presets apply)
+    all_losses(synthetic, reward)  what `losses="all"` (`--losses all`, the atlas) names
+    tiny_task()                    a seconds-scale task for smoke tests
 
 A loss not in `SYNTHETIC_TRAIN` trains with the trainer's `synthetic` preset (AdamW, lr 1e-4, batch 16, one
 epoch; `prefopt.train.presets`). Settings given in `CompareConfig.train` (`--lr`, `--epochs`, `--train`) win over
@@ -17,15 +19,18 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from prefopt.data.synthetic import PreferenceConfig
+from prefopt.data.synthetic import PreferenceConfig, SFTConfig
+from prefopt.registry import list_losses, loss_spec
 from prefopt.settings import SettingsError, coerce_settings
 
 __all__ = [
     "COMPARE_EVAL_PROMPTS",
     "COMPARE_PREFERENCES",
     "SYNTHETIC_TRAIN",
+    "all_losses",
     "check_holdout",
     "compare_preferences",
+    "tiny_task",
     "train_defaults",
 ]
 
@@ -70,3 +75,28 @@ def check_holdout(value: Any) -> None:
             f"CompareConfig.holdout={value!r} must be a share of prompts in [0, 1), e.g. 0.1 (--holdout); 0 keeps "
             "every prompt for training"
         )
+
+
+def all_losses(synthetic: bool, reward: str | None) -> tuple[str, ...]:
+    """The losses of `losses="all"`: every registered loss that trains a policy (reward-model losses are
+    `prefopt train-rm`'s), offline ones first, then online ones, each group by name. On your data (`synthetic`
+    False): the paired and unpaired losses (paired data feeds both), and the online ones only with a `reward`;
+    ranked losses need ranked data, so name them there."""
+    policy = [name for name in list_losses() if loss_spec(name).scores == "logps"]
+    offline = [name for name in policy if loss_spec(name).kind != "rollout"]
+    online = [name for name in policy if loss_spec(name).kind == "rollout"]
+    if not synthetic:
+        offline = [name for name in offline if loss_spec(name).kind in ("paired", "unpaired")]
+        online = online if reward is not None else []
+    return tuple(offline + online)
+
+
+def tiny_task() -> dict[str, Any]:
+    """CompareConfig settings of a seconds-scale synthetic task (a ≈110k-parameter policy, 64 train prompts):
+    for smoke tests and CI, not for conclusions."""
+    return {
+        "sft_config": SFTConfig.tiny(),
+        "preference_config": PreferenceConfig(train_prompts=64, eval_prompts=16, heldout_prompts=16),
+        "eval_prompts": 16,
+        "max_new_tokens": 32,
+    }

@@ -5,7 +5,10 @@ trains from the same starting policy as the offline losses, on the train split's
 task's reward function (the synthetic task's gold reward, or `CompareConfig.reward`: a saved reward
 model or Python functions), and is evaluated exactly like them (held-out preference metrics and generation
 metrics), so every algorithm lands on the same frontier. Its settings are `prefopt.compare.config`'s
-`online_settings`.
+`online_settings`. On your data the other fields of each prompt's row reach the reward functions as keyword
+arguments (TRL's convention): the online runs get the prompts as rows with those columns, and the evaluation and
+best-of-N, which score (prompts, completions), get them through `PromptColumnsReward` (e.g. `references` for
+`prefopt.online.lexical_rewards`).
 
 With `best_of_n` among the losses, the inference-time best-of-N policy (sample N from the reference,
 keep the best by gold reward) is added for N in `CompareConfig.bon_n`: its expected reward and measured
@@ -18,29 +21,83 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import write_json_atomic
 from prefopt.compare.heldout import prompt_key
 from prefopt.data import load_preferences
+from prefopt.data.loading import open_preferences
 from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
 from prefopt.errors import MissingSplitError
 from prefopt.online.best_of_n_reference import evaluate_best_of_n
+from prefopt.online.reward_functions import CallableReward, CombinedReward, call_score
 from prefopt.online.trainer import train_online
 
-__all__ = ["train_online_run", "data_prompts", "best_of_n_reference", "saved_best_of_n"]
+__all__ = [
+    "NOT_REWARD_COLUMNS",
+    "PromptColumnsReward",
+    "train_online_run",
+    "data_prompts",
+    "data_prompt_rows",
+    "best_of_n_reference",
+    "saved_best_of_n",
+]
+
+# Columns of the data that never reach a reward function as keyword arguments: TRL's GRPOTrainer leaves out the
+# prompt and the completion (every other column of the row is passed), and a reward function's own arguments
+# (`prompts`, `completions`: a ranked row's completions) cannot be columns.
+NOT_REWARD_COLUMNS = ("prompt", "completion", "prompts", "completions")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptColumnsReward:
+    """A reward scored from prompts and completions alone, which passes each prompt's columns (the fields beside
+    it in your data) to the wrapped reward as keyword arguments, TRL's convention: so the generation evaluation and
+    best-of-N, which score (prompts, completions), reach e.g. `references` for `prefopt.online.lexical_rewards`.
+
+    Attributes:
+        reward: the `RewardFunction` (`CallableReward`, `CombinedReward`, a reward model, ...).
+        columns: prompt text (as rendered for sampling) → its columns, filled as `SharedTask` reads the prompts.
+    """
+
+    reward: Any
+    columns: Mapping[str, Mapping[str, Any]]
+
+    def columns_of(self, prompts: Sequence[str]) -> dict[str, list[Any]]:
+        """Each column of `prompts`' rows, aligned with them (None where a prompt's row lacks it)."""
+        rows = [self.columns.get(prompt, {}) for prompt in prompts]
+        names = sorted({name for row in rows for name in row})
+        return {name: [row.get(name) for row in rows] for name in names}
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[str], **columns: Sequence[Any]) -> Any:
+        """Rewards [S]; the columns given (the online loop's) or else those of the prompts' rows."""
+        given = columns or self.columns_of(list(prompts))
+        if isinstance(self.reward, (CallableReward, CombinedReward)):
+            return self.reward.score(prompts, completions, **given)
+        return call_score(self.reward, prompts, completions, given)
+
+
+def _online_inputs(task: Any) -> tuple[Any, Any]:
+    """(reward, prompts) of an online run: on your data, prompt rows with their columns (the online loop passes
+    them to the reward functions itself, logging each function's rewards) and the reward unwrapped."""
+    reward = task.reward.reward if isinstance(task.reward, PromptColumnsReward) else task.reward
+    if task.synthetic is not None:
+        return reward, task.prompts("train")
+    rows = task.prompt_rows("train")
+    return reward, (rows if any(len(row) > 1 for row in rows) else [row["prompt"] for row in rows])
 
 
 def train_online_run(task: Any, settings: Mapping[str, Any]) -> Any:
     """Train one online run from the task's starting policy (a copy of the synthetic policy, or your model
     loaded from its path, so that its learning-rate default is the one for real models); returns its
     `OnlineResult`."""
+    reward, prompts = _online_inputs(task)
     common = {
         "tokenizer": task.tokenizer,
-        "reward": task.reward,
-        "prompts": task.prompts("train"),
+        "reward": reward,
+        "prompts": prompts,
         "reference_model": task.model,
         **settings,
     }
@@ -57,22 +114,38 @@ def data_prompts(
     generation prompt. Empty when there is no held-out split. `revision` pins a Hub dataset. `held_out`: the
     keys (`prefopt.compare.heldout.prompt_key`) of prompts held out of the train split, which is then the only
     split read: its other prompts (`split="train"`) or those (any other split)."""
+    return [row["prompt"] for row in data_prompt_rows(data, split, tokenizer, revision, held_out)]
+
+
+def data_prompt_rows(
+    data: str, split: str, tokenizer: Any, revision: str | None = None, held_out: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """`data_prompts` as rows {"prompt": text, **columns}: each distinct prompt with the other fields of the first
+    row that holds it (all but `NOT_REWARD_COLUMNS`, as TRL passes them to reward functions)."""
     candidates = ("train",) if split == "train" or held_out is not None else ("eval", "test", "validation")
-    rows = None
+    rows = opened = None
     for name in candidates:
         try:
-            rows = load_preferences(data, kind="prompt", split=name, revision=revision)
+            opened = open_preferences(data, split=name, revision=revision)
+            rows = load_preferences(opened, kind="prompt")
             break
         except MissingSplitError:
             continue
-    if rows is None:
+    if rows is None or opened is None:
         return []
     prompts = rows["prompt"]
-    if held_out is not None:
-        prompts = [p for p in prompts if (prompt_key(p) in held_out) != (split == "train")]
+    raw = opened.dataset
+    # the rows as read (one per prompt row: validation renames nothing here); else no columns
+    extra = [n for n in raw.column_names if n not in NOT_REWARD_COLUMNS] if len(raw) == len(prompts) else []
+    values = {name: raw[name] for name in extra}
     encoder = PromptCompletionEncoder(tokenizer, TokenizeConfig(append_eos=False))
-    texts = [encoder.render(prompt)[0] for prompt in prompts]
-    return list(dict.fromkeys(texts))
+    out: dict[str, dict[str, Any]] = {}
+    for i, prompt in enumerate(prompts):
+        if held_out is not None and (prompt_key(prompt) in held_out) == (split == "train"):
+            continue
+        text = encoder.render(prompt)[0]
+        out.setdefault(text, {"prompt": text, **{name: column[i] for name, column in values.items()}})
+    return list(out.values())
 
 
 def _best_of_n_key(config: Any) -> dict[str, Any]:

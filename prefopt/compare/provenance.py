@@ -113,8 +113,9 @@ def _steps(records: list[dict[str, Any]], config: Any) -> str:
 def setting_line(config: Any, records: list[dict[str, Any]]) -> str:
     """The comparison's setting in one line: task and sizes, losses × seeds, steps, evaluation."""
     seeds = ", ".join(str(s) for s in config.seeds)
+    losses = ", ".join(config.losses) if len(config.losses) <= 8 else f"{len(config.losses)} algorithms"
     return (
-        f"{_task(config)} · {', '.join(config.losses)} × seed{'s' if len(config.seeds) > 1 else ''} {seeds} · "
+        f"{_task(config)} · {losses} × seed{'s' if len(config.seeds) > 1 else ''} {seeds} · "
         f"{_steps(records, config)} · eval {config.eval_prompts} prompts ≤ {config.max_new_tokens} tokens "
         f"(seed {config.eval_seed}) · prefopt {__version__}"
     )

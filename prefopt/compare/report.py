@@ -13,7 +13,7 @@ held-out prompts, with several a hierarchical bootstrap over seeds and prompts, 
     Elo            Bradley–Terry rating from per-prompt comparisons of all algorithms and the reference (=1000)
 
     KL bound       best-of-N rows only: the analytic log N − (N−1)/N beside the measured KL
-    time, peak MB  wall time of the run (training + evaluation) and peak resident memory
+    time, peak MB  wall time of the run (training + evaluation) and its own peak memory while training
 
 With `best_of_n` among the losses, rows `best-of-N (N=n)` show the inference-time best-of-N policy
 (`prefopt.compare.online`); the row `reference` shows the starting policy's own samples (reward,

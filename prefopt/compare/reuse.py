@@ -46,6 +46,7 @@ _NOT_RUN_SETTINGS = (
     "bon_n",
     "bon_samples",
     "overwrite",
+    "jobs",
     "train",
     "online",
 )

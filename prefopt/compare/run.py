@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from prefopt.atomic import write_json_atomic
 from prefopt.compare.config import CompareConfig, RunPlan, run_settings
 from prefopt.compare.heldout import write_heldout
@@ -34,6 +36,7 @@ from prefopt.compare.report import CompareResult, write_report
 from prefopt.compare.reuse import check_reuse, run_fingerprint
 from prefopt.compare.samples import write_run_samples
 from prefopt.compare.task import SharedTask, check_user_data, eval_batches
+from prefopt.compare.workers import run_in_workers, worker_context
 from prefopt.eval import evaluate_generations, evaluate_preferences
 from prefopt.online.ilql_heads import has_q_heads, load_q_decoder
 from prefopt.online.masked_policy import has_action_mask, load_masked_decoder
@@ -139,6 +142,32 @@ def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[s
     return record
 
 
+_WORKER: dict[str, Any] = {}  # in a worker process of `CompareConfig.jobs`: its task and evaluation batches
+
+
+def _worker_start(
+    config: CompareConfig, checked: dict[str, Any] | None, shared: tuple[SharedTask, list[Any]] | None
+) -> None:
+    """A worker's start (`prefopt.compare.workers`): the comparison's thread count, and its shared task and
+    evaluation batches: the parent's (`shared`, in a forked worker) or built again (a spawned one)."""
+    threads = config.num_threads or (1 if config.synthetic else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if shared is None:
+        task = SharedTask(config, checked)
+        rows = checked["eval_rows"] if checked and "eval_rows" in checked else task.eval_rows()
+        shared = task, eval_batches(task, rows) if rows is not None and len(rows) else []
+    task, batches = shared
+    task.config = config  # quiet: the parent shows a bar over the runs
+    _WORKER.update(task=task, batches=batches)
+
+
+def _worker_run(plan: RunPlan) -> dict[str, Any]:
+    """One run in a worker, quiet (the parent shows a bar over the runs)."""
+    with library_progress_bars(False):
+        return _run_one(plan, _WORKER["task"], _WORKER["batches"])
+
+
 def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResult:
     """Run (or resume) every run of `config` and write the report; see the module docstring.
 
@@ -163,11 +192,25 @@ def _compare(config: CompareConfig, checked: dict[str, Any] | None = None) -> Co
     batches = eval_batches(task, rows) if rows is not None and len(rows) else []
     write_heldout(out, task.heldout(pairs=len(rows) if batches else 0))  # the report's footer and ceiling row
     plans = config.runs()
-    records = []
-    for i, plan in enumerate(plans, start=1):
-        if config.progress:
-            print(f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}", flush=True)
-        records.append(_run_one(plan, task, batches))
+    if config.workers > 1:
+        context = worker_context()
+        shared = (task, batches) if context == "fork" else None  # a forked worker inherits them
+        records = run_in_workers(
+            plans,
+            jobs=config.workers,
+            context=context,
+            start=_worker_start,
+            start_args=(dataclasses.replace(config, progress=False), checked, shared),
+            work=_worker_run,
+            progress=config.progress,
+            describe=lambda plan, record: f"{plan.label} seed {plan.seed}: {record.get('wall_time_s', 0):.0f} s",
+        )
+    else:
+        records = []
+        for i, plan in enumerate(plans, start=1):
+            if config.progress:
+                print(f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}", flush=True)
+            records.append(_run_one(plan, task, batches))
     best_of_n = None
     if "best_of_n" in config.losses and task.reward is not None:
         best_of_n = best_of_n_reference(task, out / "best_of_n.json")

@@ -11,17 +11,21 @@ import torch
 
 from prefopt.compare.config import CompareConfig
 from prefopt.compare.heldout import describe_heldout, gold_label_accuracy, holdout_prompts, split_by_prompt
-from prefopt.compare.online import data_prompts
+from prefopt.compare.online import NOT_REWARD_COLUMNS, PromptColumnsReward, data_prompt_rows
 from prefopt.data import PreferenceCollator, TokenizeConfig, load_preferences, synthetic, tokenize_preferences
 from prefopt.data.loading import log_folder_reads, open_preferences, record_folder_reads
 from prefopt.engine import ReferenceLogProbs
 from prefopt.errors import MissingSplitError
+from prefopt.online.reward_spec import check_reward_columns
 from prefopt.online.rewards import as_reward_function
 from prefopt.preflight import load_pretrained
 from prefopt.registry import loss_spec
 from prefopt.train.data import kind_of_columns, load_train_rows
 
-__all__ = ["SharedTask", "check_user_data", "eval_batches"]
+__all__ = ["SCORE_MARGIN_FLOOR", "SharedTask", "check_user_data", "eval_batches", "synthetic_margins"]
+
+# The smallest `margin` of the synthetic task's pairs (`synthetic_margins`).
+SCORE_MARGIN_FLOOR = 0.01
 
 
 class SharedTask:
@@ -49,10 +53,13 @@ class SharedTask:
                 AutoTokenizer, config.model, "CompareConfig.model (its tokenizer)", revision=config.model_revision
             )
         self.model.eval()
-        self._prompts: dict[str, list[str]] = {}
+        self._prompts: dict[str, list[dict[str, Any]]] = {}
+        self._prompt_columns: dict[str, dict[str, Any]] = {}  # rendered prompt → its columns (your data)
         self.reward: Any = self.synthetic.reward if self.synthetic is not None else None
         if config.reward is not None:
             self.reward = as_reward_function(config.reward, config.reward_weights)
+            if self.synthetic is None:  # the columns beside each prompt reach the reward (e.g. `references`)
+                self.reward = PromptColumnsReward(self.reward, self._prompt_columns)
         held = (checked or {}).get("heldout")
         if held is None and self.synthetic is None:
             held = user_heldout(config)
@@ -69,15 +76,24 @@ class SharedTask:
             if split == "train":
                 return [group.prompt for group in self.synthetic.preferences.groups if group.split == "train"]
             return list(self.synthetic.preferences.heldout_prompts)
+        return [row["prompt"] for row in self.prompt_rows(split)]
+
+    def prompt_rows(self, split: str) -> list[dict[str, Any]]:
+        """`prompts(split)` as rows {"prompt": text, **the other columns of your data's row}; the reward
+        functions take those columns as keyword arguments (`prefopt.compare.online.PromptColumnsReward`)."""
+        if self.synthetic is not None:
+            return [{"prompt": prompt} for prompt in self.prompts(split)]
         if split not in self._prompts:  # read and rendered once, not once per run
-            self._prompts[split] = data_prompts(
+            self._prompts[split] = data_prompt_rows(
                 self.config.data,
                 split,
                 self.tokenizer,
                 revision=self.config.train.get("data_revision"),
                 held_out=self._held_out_prompts() or None,
             )
-        return list(self._prompts[split])
+            for row in self._prompts[split]:
+                self._prompt_columns.setdefault(row["prompt"], {k: v for k, v in row.items() if k != "prompt"})
+        return [dict(row) for row in self._prompts[split]]
 
     def eval_reference(self, batch: Any) -> Any:
         """The reference's log-probs of an eval batch, computed once for every run (keyed by the batch's tokens)."""
@@ -110,6 +126,8 @@ class SharedTask:
         """The training rows of `loss` (of data kind `kind`) as a `datasets.Dataset`: the synthetic task's, or
         your data's train split less the prompts held out of it; None: the trainer reads `config.data`."""
         if self.synthetic is not None:
+            if kind == "paired" and "margin" in loss_spec(loss).extra_inputs:
+                return synthetic_margins(self.synthetic.preferences)
             return self.synthetic.preferences.dataset(kind)
         held = self._held_out_prompts()
         if not held:
@@ -235,8 +253,27 @@ def check_user_data(config: CompareConfig) -> dict[str, Any]:
                 )
         heldout = user_heldout(config)
         checked = {"eval_rows": heldout[0], "heldout": heldout}
+        _check_reward_columns(config)
     log_folder_reads(reads)
     return checked
+
+
+def _check_reward_columns(config: CompareConfig) -> None:
+    """Refuse a reward function that requires a column (e.g. `references`, `prefopt.online.lexical_rewards`) which
+    the rows its prompts come from lack: the train split (online runs) and the first held-out split (evaluation)."""
+    if config.reward is None:
+        return
+    found = 0
+    for split in ("train", "eval", "test", "validation"):
+        if found == 2:
+            break
+        try:
+            opened = open_preferences(config.data, split=split, revision=config.train.get("data_revision"))
+        except MissingSplitError:
+            continue
+        found += 1
+        columns = [name for name in opened.dataset.column_names if name not in NOT_REWARD_COLUMNS]
+        check_reward_columns(config.reward, columns, "CompareConfig.reward", f"the {split!r} split of {config.data}")
 
 
 def eval_batches(task: SharedTask, rows: Any, batch_size: int = 32) -> list[Any]:
@@ -245,3 +282,13 @@ def eval_batches(task: SharedTask, rows: Any, batch_size: int = 32) -> list[Any]
     collate = PreferenceCollator(int(pad))
     items = [tokens[i] for i in range(len(tokens))]
     return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def synthetic_margins(preferences: Any) -> Any:
+    """The synthetic task's paired train rows with the `margin` column a score-offset loss reads (ODPO: the score
+    difference s(y_w) − s(y_l) > 0): the gold reward difference, as in ODPO's own experiments, where the scorer
+    that gives the offsets is the one evaluated. The labels are noisy draws from the gold reward, so about a
+    quarter of the pairs have a gold difference ≤ 0; their margin is `SCORE_MARGIN_FLOOR`, the smallest offset."""
+    dataset = preferences.dataset("paired", with_gold=True)
+    margins = [max(c - r, SCORE_MARGIN_FLOOR) for c, r in zip(dataset["chosen_gold"], dataset["rejected_gold"])]
+    return dataset.remove_columns(["chosen_gold", "rejected_gold"]).add_column("margin", margins)

@@ -22,11 +22,16 @@ add_generation_prompt=True)`; its completion C is the rest of `apply_chat_templa
 prefix (an end-of-turn marker the template writes is therefore part of the completion and scored). A
 template that does not render P as a prefix of P + C is reported as an error.
 
+Recipes (`prefopt.data.templates`): `system_prompt` puts a system message first in every conversational
+prompt that has none; `assistant_header="completion"` renders the prompt without the generation prompt, so
+the assistant header opens the completion and is scored (SimPO's rendering).
+
 Truncation (`TokenizeConfig`): the prompt is cut to `max_prompt_length` (keep_end: its last tokens,
-BOS kept), then each completion to `max_length − len(prompt)` (keep_start). Either policy may be
-"error" to report every overflowing row at once instead. A row where some completion is cut to zero
-tokens is dropped with a counted warning — it has no log-probability, so keeping it would put a NaN or
-a zero-length division downstream.
+BOS kept; keep_start: its first), then each completion to `max_length − len(prompt)` (keep_start). The
+prompt policy may be "drop" (rows whose prompt is longer are dropped, counted in a warning, as
+xfactlab/orpo filters them), and either policy "error" to report every overflowing row at once instead.
+A row where some completion is cut to zero tokens is dropped with a counted warning — it has no
+log-probability, so keeping it would put a NaN or a zero-length division downstream.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefopt.data.formats import derived_fingerprint
 from prefopt.data.schema import is_conversation, schema_for
+from prefopt.data.templates import ASSISTANT_HEADERS, with_system_turn
 from prefopt.data.validate import PreferenceDataError, PreferenceDataWarning, format_rows
 from prefopt.progress import quiet_by_default
 
@@ -56,9 +62,11 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1  # bump when the token layout changes, so cached datasets are not reused
-PROMPT_POLICIES = ("keep_end", "keep_start", "error")
+PROMPT_POLICIES = ("keep_end", "keep_start", "drop", "error")
 COMPLETION_POLICIES = ("keep_start", "keep_end", "error")
 _CARRIED = ("label", "pair_id", "ranks", "margin", "weight", "id")
+# Fields added after FORMAT_VERSION 1: left out of the fingerprint at their defaults, so caches keyed before stay valid.
+_LATER_DEFAULTS = {"system_prompt": None, "assistant_header": "prompt"}
 
 
 @dataclass(frozen=True)
@@ -68,11 +76,15 @@ class TokenizeConfig:
     Attributes:
         max_length: cap on prompt + completion tokens per sequence (None: no cap).
         max_prompt_length: cap on prompt tokens (None: no cap; must be < max_length when both are set).
-        prompt_truncation: "keep_end" (keep the last tokens, BOS kept), "keep_start", or "error".
+        prompt_truncation: "keep_end" (keep the last tokens, BOS kept), "keep_start", "drop" (drop the row), or
+            "error".
         completion_truncation: "keep_start" (keep the first tokens), "keep_end", or "error".
         add_bos: prepend BOS to prompts; None follows the tokenizer (whether `tokenizer("a")` adds one).
         append_eos: append EOS to completions (not twice).
         num_proc: worker processes for `datasets.map` (None: automatic). Not part of the fingerprint.
+        system_prompt: a system message put first in every conversational prompt without one (None: none).
+        assistant_header: "prompt" (the chat template's generation prompt ends the prompt) or "completion"
+            (it opens each completion and is scored); see `prefopt.data.templates`.
     """
 
     max_length: int | None = None
@@ -82,6 +94,8 @@ class TokenizeConfig:
     add_bos: bool | None = None
     append_eos: bool = True
     num_proc: int | None = None
+    system_prompt: str | None = None
+    assistant_header: str = "prompt"
 
     def __post_init__(self) -> None:
         for name in ("max_length", "max_prompt_length", "num_proc"):
@@ -102,10 +116,20 @@ class TokenizeConfig:
             raise ValueError(
                 f"TokenizeConfig.completion_truncation={self.completion_truncation!r}: use one of {COMPLETION_POLICIES}"
             )
+        if self.assistant_header not in ASSISTANT_HEADERS:
+            raise ValueError(
+                f"TokenizeConfig.assistant_header={self.assistant_header!r}: use one of {ASSISTANT_HEADERS}"
+            )
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            raise ValueError(f"TokenizeConfig.system_prompt={self.system_prompt!r}: must be a string or None")
 
     def fingerprint(self) -> str:
         """A stable 16-hex hash of every setting that changes the tokens (not `num_proc`)."""
-        fields = {k: v for k, v in asdict(self).items() if k != "num_proc"}
+        fields = {
+            k: v
+            for k, v in asdict(self).items()
+            if k != "num_proc" and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+        }
         text = json.dumps({"version": FORMAT_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -156,13 +180,15 @@ class PromptCompletionEncoder:
                 "tokenizer.chat_template, or give prompts and completions as strings"
             )
         template = self.tokenizer.apply_chat_template
-        prompt_text = template(prompt, tokenize=False, add_generation_prompt=True)
+        prompt = with_system_turn(prompt, self.config.system_prompt)
+        header_in_prompt = self.config.assistant_header == "prompt"
+        prompt_text = template(prompt, tokenize=False, add_generation_prompt=header_in_prompt)
         if completion is None:
             return prompt_text, None
         full = template(list(prompt) + list(completion), tokenize=False)
         if not full.startswith(prompt_text):
             raise ValueError(
-                "the chat template does not render the prompt (with generation prompt) as a prefix of "
+                "the chat template does not render the prompt as a prefix of "
                 f"prompt + completion: {prompt_text[-80:]!r} vs {full[: len(prompt_text)][-80:]!r}"
             )
         return prompt_text, full[len(prompt_text) :]
@@ -191,7 +217,7 @@ class PromptCompletionEncoder:
         if self.add_bos and prompt_ids[:1] != [self.bos]:
             prompt_ids = [self.bos] + prompt_ids
         prompt_overflow = cfg.max_prompt_length is not None and len(prompt_ids) > cfg.max_prompt_length
-        if prompt_overflow and cfg.prompt_truncation != "error":
+        if prompt_overflow and cfg.prompt_truncation not in ("error", "drop"):
             prompt_ids = self._truncate_prompt(prompt_ids, cfg.max_prompt_length)  # type: ignore[arg-type]
         room = None if cfg.max_length is None else max(cfg.max_length - len(prompt_ids), 0)
         out_ids, completion_overflow = [], False
@@ -314,28 +340,41 @@ def _apply_truncation_policy(tokenized: datasets.Dataset, config: TokenizeConfig
             )
     if problems:
         raise PreferenceDataError("tokenisation: " + "; ".join(problems))
-    empty = [i for i, f in enumerate(flags["empty_completion"]) if f]
+    long = [i for i, f in enumerate(flags["prompt_overflow"]) if f] if config.prompt_truncation == "drop" else []
+    empty = sorted(set(i for i, f in enumerate(flags["empty_completion"]) if f) - set(long))
     tokenized = tokenized.remove_columns(["prompt_overflow", "completion_overflow", "empty_completion"])
-    if empty and len(empty) == len(tokenized):
-        raise PreferenceDataError(
-            f"tokenisation: every row ({len(empty)}) has a completion truncated to zero "
-            f"tokens; max_length={config.max_length} is too small for the prompts"
-        )
-    if empty:
-        warnings.warn(
-            f"dropped {len(empty)} of {len(tokenized)} row(s) whose completion was truncated to zero "
-            f"tokens (rows {format_rows(empty)}); raise max_length or lower max_prompt_length",
-            PreferenceDataWarning,
-            stacklevel=3,
-        )
-        dropped = set(empty)
-        tokenized = tokenized.select(
-            [i for i in range(len(tokenized)) if i not in dropped],
-            new_fingerprint=derived_fingerprint(tokenized._fingerprint, "drop-empty"),
-        )
+    if long or empty:
+        tokenized = _drop_rows(tokenized, config, long, empty)
     # The position each example will have in the final dataset: what reference caches index by.
     return tokenized.add_column(
         "example_index",
         list(range(len(tokenized))),
         new_fingerprint=derived_fingerprint(tokenized._fingerprint, "example-index"),
+    )
+
+
+def _drop_rows(tokenized: datasets.Dataset, config: TokenizeConfig, long: list[int], empty: list[int]) -> Any:
+    """Drop rows whose prompt is too long (`prompt_truncation="drop"`) or whose completion was cut to nothing,
+    each group counted in a warning; every row dropped is an error."""
+    if len(long) + len(empty) == len(tokenized):
+        raise PreferenceDataError(
+            f"tokenisation: every row ({len(tokenized)}) was dropped: {len(long)} with a prompt over "
+            f"max_prompt_length={config.max_prompt_length} tokens, {len(empty)} with a completion truncated to "
+            f"zero tokens; max_length={config.max_length} or max_prompt_length is too small for the prompts"
+        )
+    for rows, why, fix in (
+        (long, f"prompt is longer than max_prompt_length={config.max_prompt_length} tokens", "raise max_prompt_length"),
+        (empty, "completion was truncated to zero tokens", "raise max_length or lower max_prompt_length"),
+    ):
+        if rows:
+            warnings.warn(
+                f"dropped {len(rows)} of {len(tokenized)} row(s) whose {why} (rows {format_rows(rows)}); {fix}",
+                PreferenceDataWarning,
+                stacklevel=4,
+            )
+    dropped = set(long) | set(empty)
+    tag = "drop-empty" if not long else f"drop-long-{config.max_prompt_length}"
+    return tokenized.select(
+        [i for i in range(len(tokenized)) if i not in dropped],
+        new_fingerprint=derived_fingerprint(tokenized._fingerprint, tag),
     )

@@ -72,6 +72,32 @@ def _err(v: Value) -> tuple[float, float]:
     return 0.0, 0.0
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+MANY = 10  # more algorithms than this: 20 colours × markers, and the legend beside the axes
+
+
+def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A distinct (colour, marker) per name: matplotlib's 10-colour cycle for a few, 20 colours × markers for
+    many (the atlas draws every registered algorithm)."""
+    from matplotlib import colormaps  # heavy: loaded on first use
+
+    if len(names) <= MANY:
+        return {name: {"color": f"C{i}", "marker": "o"} for i, name in enumerate(names)}
+    colours = colormaps["tab20"].colors
+    return {
+        name: {"color": colours[i % len(colours)], "marker": _MARKERS[(i // len(colours)) % len(_MARKERS)]}
+        for i, name in enumerate(names)
+    }
+
+
+def _legend(ax: Any, count: int) -> None:
+    """Inside the axes for a few entries; beside them, in columns of 25, for many."""
+    if count <= MANY:
+        ax.legend(fontsize=8)
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=math.ceil(count / 25), frameon=False)
+
+
 def _new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.5) -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: loaded on first use
     from matplotlib.figure import Figure  # heavy: loaded on first use
@@ -116,10 +142,14 @@ def plot_reward_kl_frontier(
     scale, linthresh = kl_axis_scale(kls) if kl_scale == "auto" else (kl_scale, _linthresh(kls))
     if scale not in ("linear", "log", "symlog"):
         raise ValueError(f"plot_reward_kl_frontier: kl_scale={kl_scale!r}; use 'auto', 'linear', 'log' or 'symlog'")
-    fig, (ax,) = _new_figure()
     by_algorithm: dict[str, list[FrontierPoint]] = {}
     for point in points:
         by_algorithm.setdefault(point.algorithm, []).append(point)
+    many = len(by_algorithm) > MANY
+    fig, (ax,) = _new_figure(
+        width=6.0 + 2.2 * math.ceil(len(by_algorithm) / 25) if many else 6.0, height=6.5 if many else 4.5
+    )
+    styles = _styles(list(by_algorithm))
     for algorithm, group in by_algorithm.items():
         group = sorted(group, key=lambda p: _mean(p.kl))
         xs, ys = [_mean(p.kl) for p in group], [_mean(p.reward) for p in group]
@@ -130,10 +160,12 @@ def plot_reward_kl_frontier(
             ys,
             xerr=xerr,
             yerr=yerr,
-            marker="o",
-            capsize=3,
+            capsize=2 if many else 3,
             label=algorithm,
             linestyle="-" if len(group) > 1 else "none",
+            markersize=5 if many else 6,
+            elinewidth=0.8 if many else 1.5,
+            **styles[algorithm],
         )
         for p, x, y in zip(group, xs, ys):
             if p.setting:
@@ -162,7 +194,7 @@ def plot_reward_kl_frontier(
     ax.set_ylabel(reward_label)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(by_algorithm) + (reference_reward is not None))
     return _save(fig, path, footer)
 
 
@@ -250,16 +282,18 @@ def plot_training_curves(
         raise ValueError(
             f"plot_training_curves: none of the metrics {list(metrics)} appears in the runs; logged keys: {keys[:30]}"
         )
-    fig, axes = _new_figure(ncols=len(present), width=4.5, height=3.5)
+    many = len(loaded) > MANY
+    fig, axes = _new_figure(ncols=len(present), width=4.5, height=5.5 if many else 3.5)
+    styles = _styles(list(loaded))
     for ax, metric in zip(axes, present):
         for name, records in loaded.items():
             steps, values = _series(records, metric, step_key)
             if values:
-                ax.plot(steps, values, label=name, linewidth=1.2)
+                ax.plot(steps, values, label=name, linewidth=0.9 if many else 1.2, color=styles[name]["color"])
         ax.set_xlabel(step_key)
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    _legend(axes[-1] if many else axes[0], len(loaded))
     return _save(fig, path, footer)
 
 
@@ -276,7 +310,8 @@ def plot_length_drift(
     if not lengths:
         raise ValueError("plot_length_drift: no lengths; pass {algorithm: mean length}")
     names = list(lengths)
-    fig, (ax,) = _new_figure(width=max(4.0, 1.0 + 0.8 * len(names)))
+    per_bar = 0.8 if len(names) <= MANY else 0.3
+    fig, (ax,) = _new_figure(width=max(4.0, 1.0 + per_bar * len(names)))
     errs = [_err(lengths[n]) for n in names]
     ax.bar(
         range(len(names)),

@@ -15,6 +15,7 @@ from prefopt.losses.nlpo import *  # noqa: F403
 from prefopt.losses.pairwise import *  # noqa: F403
 from prefopt.losses.pairwise_anchored import *  # noqa: F403
 from prefopt.losses.pairwise_divergence import *  # noqa: F403
+from prefopt.losses.pairwise_margin import *  # noqa: F403
 from prefopt.losses.pairwise_regression import *  # noqa: F403
 from prefopt.losses.pairwise_regularized import *  # noqa: F403
 from prefopt.losses.policy_gradient import *  # noqa: F403

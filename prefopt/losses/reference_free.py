@@ -43,7 +43,8 @@ for cpo (equal when the chosen completions are equally long). Defaults: the auth
 (training_configs/llama-3-8b-instruct-cpo-simpo.yaml: β = 10, γ = 5.4, α = 0.05); TRL's CPOConfig defaults
 (β = 0.1, simpo_gamma = 0.5, cpo_alpha = 1) are generic, not CPO-SimPO's.
 
-AlphaPO — Gupta et al. 2025, "AlphaPO: Reward Shape Matters for LLM Alignment", arXiv:2501.03884 (TRL CPOTrainer
+AlphaPO — Gupta et al. 2025, "AlphaPO: Reward Shape Matters for LLM Alignment", arXiv:2501.03884 (not α-DPO,
+arXiv:2410.10148, which is `alpha_dpo` in `prefopt.losses.pairwise_margin`; TRL CPOTrainer
 `loss_type="alphapo"`, which is `simpo` with `cpo_alpha=0` and the reward transformed by `alpha`): SimPO with the
 length-normalised reward log-transformed by a Box–Cox-like shape parameter α,
     r_α(y) = (1 − π_θ(y|x)^{−α/|y|})/α = (1 − e^{−α·ℓ(y)})/α       (→ ℓ(y), SimPO's, as α → 0)
@@ -315,7 +316,8 @@ def alpha_reward(avg_logps: Tensor, alpha: float) -> Tensor:
     "alphapo",
     needs_reference=False,
     paper="Gupta et al. 2025, AlphaPO: Reward Shape Matters for LLM Alignment, arXiv:2501.03884 (the AlphaPO "
-    "objective; TRL CPOTrainer loss_type='alphapo'; β, γ: SimPO's; α = 0.25 a starting point)",
+    "objective; TRL CPOTrainer loss_type='alphapo'; β, γ: SimPO's; α = 0.25 a starting point). Not α-DPO "
+    "(arXiv:2410.10148, `alpha_dpo`)",
     formula="−log σ(β·r_α(y_w) − β·r_α(y_l) − γ), r_α(y) = (1 − π_θ(y)^(−α/|y|))/α",
     hparams=[
         HParam("beta", 2.0, "scale β of the reward β·r_α (SimPO's 2.0, the paper's starting point)", POSITIVE),

@@ -26,6 +26,7 @@ from prefopt.preflight import (
 from prefopt.registry import LossSpec, list_losses, loss_spec
 from prefopt.rl.kl import KL_ESTIMATORS  # the estimators token_kl implements
 from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
+from prefopt.train.config import SHARE_PROMPT
 from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 
 __all__ = ["OnlineConfig", "SYNTHETIC_LR", "DEFAULT_LR", "KL_ESTIMATORS"]
@@ -102,7 +103,8 @@ class OnlineConfig(Settings):
         output_dir; checkpoint_every: save every N steps (default 20; 0: only the final one); keep_checkpoints,
             resume, progress.
         num_threads: torch threads (None: 1 when `model` is None, else unchanged).
-        engine_backend: output-head kernel of the log-prob engine.
+        engine_backend: output-head kernel of the log-prob engine. share_prompt: "auto", "on", "off" (as TrainConfig's):
+            the learner reads each prompt once for its K samples, behind a block mask (`prefopt.online.shared_groups`).
     Precision (`prefopt.train.precision`; the same settings as `TrainConfig`):
         master_weights: "fp32" (default: the policy's and the critic's weights, gradients and Adam state in
             fp32) or "bf16" (pure bf16: updates below half a bf16 step of a weight round away).
@@ -160,6 +162,7 @@ class OnlineConfig(Settings):
     progress: bool = True
     num_threads: int | None = None
     engine_backend: str = "auto"
+    share_prompt: str = "auto"
     master_weights: str = "fp32"
     mixed_precision: str = "no"
     save_dtype: str = "original"
@@ -270,6 +273,7 @@ class OnlineConfig(Settings):
             ("master_weights", MASTER_WEIGHTS),
             ("mixed_precision", MIXED_PRECISION),
             ("save_dtype", SAVE_DTYPES),
+            ("share_prompt", SHARE_PROMPT),
         ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r}: use one of {valid}")
@@ -363,16 +367,14 @@ class OnlineConfig(Settings):
     @property
     def learning_rate(self) -> float:
         """`lr`, or the default: SYNTHETIC_LR when the config names no model (the synthetic task's policy, or
-        an in-memory model given to `train_online`, as `TrainConfig`'s "synthetic" preset), else DEFAULT_LR.
-        Pass `lr` explicitly when training your own model from Python."""
+        an in-memory model given to `train_online`, as `TrainConfig`'s "synthetic" preset), else DEFAULT_LR."""
         if self.lr is not None:
             return self.lr
         return SYNTHETIC_LR if self.synthetic else DEFAULT_LR
 
     @property
     def threads(self) -> int | None:
-        """Torch threads for the run: `num_threads`, else 1 when the config names no model (the tiny synthetic
-        policy: extra threads only spin-wait there), else None (leave the process's setting)."""
+        """Torch threads: `num_threads`, else 1 without a model (the tiny synthetic policy), else None (unchanged)."""
         if self.num_threads is not None:
             return self.num_threads
         return 1 if self.synthetic else None

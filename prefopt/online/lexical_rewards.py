@@ -17,7 +17,8 @@ reads the prompts' `references` column (a list of texts per prompt, or one text)
 prompts without it are refused before a run starts; name one with
 `--reward prefopt.online.lexical_rewards:rouge_l`. In the online loop the columns are
 the prompt file's other fields (`train-online --prompts prompts.jsonl`, rows like
-{"prompt": "...", "references": ["...", "..."]}).
+{"prompt": "...", "references": ["...", "..."]}); in `prefopt compare` on your data, the data rows' other fields
+(`prefopt.compare.online.PromptColumnsReward`: online runs, generation columns and best-of-N).
 
 METEOR needs NLTK's WordNet data, which nothing here downloads: `python -m nltk.downloader wordnet omw-1.4`
 once (or set NLTK_DATA to a folder that holds it). Without it `meteor` raises a `RewardError` saying so;

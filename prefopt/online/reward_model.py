@@ -283,7 +283,7 @@ _RESUMABLE = (
 def _check_resumable(config: RewardModelConfig, out: Path) -> None:
     """On resume, refuse settings that differ from the saved run's (the checkpoint would not fit them)."""
     if config.resume:
-        check_same_settings(out, config.to_dict(), _RESUMABLE)
+        check_same_settings(out, config.to_dict(), _RESUMABLE, type(config))
 
 
 def _loop(

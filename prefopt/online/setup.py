@@ -23,6 +23,7 @@ from prefopt.online.config import OnlineConfig
 from prefopt.online.masked_policy import save_action_mask
 from prefopt.online.rewards import as_reward_function
 from prefopt.online.rollout_step import Recipe, hparams_with_defaults, recipe_for
+from prefopt.online.shared_groups import Share, share_prompt_setting
 from prefopt.online.value import ValueModel, critic_from_policy, critic_from_reward_model
 from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
@@ -181,6 +182,7 @@ class OnlineRun:
     precision: Precision
     action_mask: TopPActionMask | None = None  # NLPO's masking policy (`prefopt.online.action_mask`)
     q_learning: Any = None  # ILQL's heads and data (`prefopt.online.ilql.QLearning`), attached by train_online
+    share_prompt: Share = False  # the K samples of a prompt read it once (`prefopt.online.shared_groups`)
 
     def frozen_models(self) -> dict[str, nn.Module]:
         """Models a checkpoint keeps whole (NLPO's masking policy; ILQL's heads, their target copies included)."""
@@ -324,4 +326,5 @@ def setup_online_run(
         kl_controller=controller,
         precision=precision,
         action_mask=_action_mask(config, recipe, policy, tokenizer),
+        share_prompt=share_prompt_setting(config.share_prompt, policy),
     )

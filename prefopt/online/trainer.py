@@ -6,6 +6,7 @@ Per rollout step (B prompts, K samples each, S = K·B rows, group-major):
     rollout   = generate(π_θ, prompts, K samples)                          `prefopt.online.generation`
     scores    = reward(prompts, completions)          [B, K]  − missing-EOS penalty
     old, ref  = engine(π_θ), engine(π_ref) on the rollout, per token, no grad       [S, T]
+                (each prompt read once for its K samples: `prefopt.online.shared_groups`)
     recipe    : greedy decode scored (ReMax) · critic values, KL-shaped rewards, GAE (PPO)
     for epoch in 1..E:  for minibatch of prompts (groups kept whole):
         loss = get_loss(algorithm)(engine(π_θ)(minibatch), old, mask, **inputs the loss declares)
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 from prefopt.atomic import write_json_atomic
 from prefopt.errors import OnlineDivergedError
 from prefopt.loss_call import engine_call, loss_arguments
-from prefopt.online.action_mask import score_tokens
+from prefopt.memory import peak_memory, reset_peak_memory
 from prefopt.online.checkpoint import latest_checkpoint, load_online_checkpoint, save_online_checkpoint
 from prefopt.online.config import RESUMABLE, OnlineConfig
 from prefopt.online.generation import generate
@@ -60,6 +61,7 @@ from prefopt.online.rollout_step import (
     sequence_scores,
 )
 from prefopt.online.setup import OnlineRun, setup_online_run
+from prefopt.online.shared_groups import critic_values, rollout_rows, score_rows
 from prefopt.progress import library_progress_bars
 from prefopt.rl import kl_k1, masked_sum
 from prefopt.threads import torch_threads
@@ -81,7 +83,9 @@ class OnlineResult:
         final_metrics: the last step's record; metrics_path: metrics.jsonl; model_path: the final policy
             (HF format, with its tokenizer); checkpoint_path: the last checkpoint; steps: rollout steps
             done in all; wall_time_s: this call's wall time (setup included); precision: dtypes of the
-            checkpoint, the master weights, the compute and final/ (`prefopt.train.precision`).
+            checkpoint, the master weights, the compute and final/ (`prefopt.train.precision`);
+            peak_memory_bytes: this run's peak memory (CUDA allocator, or CPU resident set size: kind in
+            peak_memory_kind, `prefopt.memory`), sampling, scoring and learning included.
     """
 
     final_metrics: dict[str, float]
@@ -91,6 +95,8 @@ class OnlineResult:
     steps: int
     wall_time_s: float
     precision: dict[str, str] = dataclasses.field(default_factory=dict)
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -121,9 +127,10 @@ def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str,
             decoded = generate(run.policy, run.tokenizer, rollout.prompts, decode)
         greedy = rollout_scores(run, decoded, columns)[0][:, 0]
     batch = rollout.token_batch()
+    rows = rollout_rows(batch, rollout.num_samples, run.share_prompt)  # each prompt once per group, when on
     with _compute(run):
-        old, old_mass = score_tokens(run.engine, run.action_mask, batch, return_entropy=True)  # log Z: NLPO
-    ref = run.ref_engine(batch, return_tokens=True)
+        old, old_mass = score_rows(run.engine, run.action_mask, rows, return_entropy=True)  # log Z: NLPO
+    ref, _ = score_rows(run.ref_engine, None, rows)
     assert old.tokens is not None and ref.tokens is not None and old.entropy is not None
     mask = batch.completion_mask
     prepared = PreparedRollout(scores, old.tokens, ref.tokens, mask, greedy)
@@ -132,7 +139,7 @@ def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str,
     if run.critic is not None:
         beta = run.kl_controller.value
         with _compute(run):
-            old_values = run.critic.values(batch)
+            old_values = critic_values(run.critic, rows)
         prepared.token_inputs, kl = critic_targets(
             sequence_scores(prepared),
             old.tokens,
@@ -181,10 +188,11 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
         return run.pair_loss(*args, **kwargs)
     rows = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)
     batch = rollout.token_batch(rows)
+    groups = rollout_rows(batch, prepared.num_samples, run.share_prompt)  # each prompt once per group, when on
     entropy = "token_entropy" in run.spec.extra_inputs
     with _compute(run):
-        policy, mass = score_tokens(run.engine, run.action_mask, batch, return_entropy=entropy)
-        values = run.critic.values(batch) if run.critic is not None else None
+        policy, mass = score_rows(run.engine, run.action_mask, groups, return_entropy=entropy)
+        values = critic_values(run.critic, groups) if run.critic is not None else None
     width = batch.input_ids.shape[1]
     args, kwargs = loss_inputs(
         run.spec, prepared, prompts, rows, width, policy=policy, values=values, mask_log_mass=mass
@@ -243,7 +251,7 @@ def _resume(run: OnlineRun, inputs: dict[str, Any]) -> int:
     if path is None:  # killed before its first checkpoint: start over, with an empty log
         truncate_metrics(Path(config.output_dir) / "metrics.jsonl", 0)
         return 0
-    check_same_settings(config.output_dir, {**config.to_dict(), **inputs}, RESUMABLE)
+    check_same_settings(config.output_dir, {**config.to_dict(), **inputs}, RESUMABLE, type(config))
     state = load_online_checkpoint(
         path, policy=run.policy, critic=run.critic, optimizers=run.optimizers, frozen=run.frozen_models()
     )
@@ -321,6 +329,7 @@ def _train(
     on_step: StepCallback | None,
 ) -> OnlineResult:
     started = time.perf_counter()
+    reset_peak_memory()  # the result's peak is this run's (`prefopt.memory`)
     inputs = input_fingerprints(model=model, rows=prompts)  # before setup wraps the model
     run = setup_online_run(
         config, model=model, tokenizer=tokenizer, reward=reward, prompts=prompts, reference_model=reference_model
@@ -371,6 +380,7 @@ def _train(
         config.steps,
         time.perf_counter() - started,
         run.precision.describe(run.policy),
+        *peak_memory(next(run.policy.parameters()).device),
     )
     write_json_atomic(out / "result.json", result.to_dict())
     return result

@@ -18,6 +18,7 @@ only). A file that is none of these stops the resume with a one-line `RunFolderE
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -76,10 +77,14 @@ def check_no_earlier_run(output_dir: str | Path) -> None:
         )
 
 
-def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resumable: Iterable[str]) -> None:
+def check_same_settings(
+    output_dir: str | Path, settings: dict[str, Any], resumable: Iterable[str], config_type: type | None = None
+) -> None:
     """Refuse to resume with settings other than the saved run's (`<output_dir>/config.json`), except those
     in `resumable` (they do not change what a step computes) and `output_dir` itself: the same folder may be
-    spelled another way (relative, absolute, `./x`, a trailing slash) or have been moved.
+    spelled another way (relative, absolute, `./x`, a trailing slash) or have been moved. A field of
+    `config_type` (a dataclass) that the saved run predates counts as its default value there, so a run saved
+    by an earlier version resumes unless the setting was changed from its default.
 
     Raises:
         RunFolderError: naming the changed settings.
@@ -89,12 +94,30 @@ def check_same_settings(output_dir: str | Path, settings: dict[str, Any], resuma
         return
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
     allowed = set(resumable) | {"output_dir"}
-    changed = sorted(k for k, v in settings.items() if k not in allowed and saved.get(k) != v)
+    defaults = _field_defaults(config_type) if config_type is not None else {}
+    # a setting the saved run predates (a field added since) counts as its default value
+    changed = sorted(
+        k for k, v in settings.items() if k not in allowed and saved.get(k, defaults.get(k, _MISSING)) != v
+    )
     if changed:
         raise RunFolderError(
             f"resume: {output_dir} was trained with different settings {changed}; resume with the same "
             "settings or use a new output_dir"
         )
+
+
+_MISSING = object()
+
+
+def _field_defaults(config_type: type) -> dict[str, Any]:
+    """The dataclass's field defaults as its saved config.json holds them (JSON's lists for tuples)."""
+    out = {}
+    for f in dataclasses.fields(config_type):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out, default=str))
 
 
 def load_trainable(model: nn.Module, saved: dict[str, torch.Tensor], source: str | Path) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefopt.data.schema import IDENTICAL_POLICIES
+from prefopt.data.templates import resolve_chat_template
+from prefopt.data.tokenize import TokenizeConfig
 from prefopt.kernels import BACKENDS
 from prefopt.preflight import (
     check_engine_backend,
@@ -45,6 +47,14 @@ class TrainConfig(Settings):
         data_revision: the git revision (commit, tag or branch) of a Hub dataset `data`, to pin its version.
         identical: pairs whose chosen equals rejected: "warn" (kept, counted in a warning), "drop" or "error".
         max_length, max_prompt_length: token caps (`prefopt.data.TokenizeConfig`).
+        prompt_truncation: a prompt over max_prompt_length keeps its last tokens ("keep_end"), its first
+            ("keep_start"), drops its row ("drop") or stops the run ("error").
+        chat_template: the chat template for conversational data: a built-in name ("zephyr", "halos") or Jinja
+            text, replacing the tokenizer's (None: the tokenizer's own). `prefopt.data.templates`.
+        system_prompt: a system message put first in every conversational prompt without one ("": an empty
+            system turn; None: none).
+        assistant_header: where the chat template's assistant header goes: "prompt" (not scored) or
+            "completion" (scored and counted in the completion's length, as SimPO renders it).
         packed: collate micro-batches as one packed row instead of right-padded rows.
         share_prompt: read each prompt once for its chosen and rejected (or K ranked) completions, behind a
             block mask (`prefopt.data.prompt_sharing`): "auto" (batches where that runs a fifth fewer positions,
@@ -103,6 +113,10 @@ class TrainConfig(Settings):
     identical: str = "warn"
     max_length: int | None = 512
     max_prompt_length: int | None = 256
+    prompt_truncation: str = "keep_end"
+    chat_template: str | None = None
+    system_prompt: str | None = None
+    assistant_header: str = "prompt"
     packed: bool = False
     share_prompt: str = "auto"
     engine_backend: str = "auto"
@@ -193,6 +207,15 @@ class TrainConfig(Settings):
             raise SettingsError(
                 f"TrainConfig.identical={self.identical!r}: use one of {IDENTICAL_POLICIES} (--identical)"
             )
+        try:  # the token caps are checked with the other sources (`_check_sources`)
+            TokenizeConfig(
+                prompt_truncation=self.prompt_truncation,
+                system_prompt=self.system_prompt,
+                assistant_header=self.assistant_header,
+            )
+            resolve_chat_template(self.chat_template)
+        except ValueError as err:
+            raise SettingsError(str(err).replace("TokenizeConfig.", "TrainConfig.")) from None
         if self.data_revision is not None and self.data is None:
             raise SettingsError(
                 f"TrainConfig.data_revision={self.data_revision!r} pins a hub revision of data, which "
@@ -237,6 +260,16 @@ class TrainConfig(Settings):
                 "train on a quantised base, and keeping them in fp32 costs a few MB; in bf16 their small updates "
                 "would round away. Use master_weights='fp32' (the default)"
             )
+
+    def tokenize_config(self) -> TokenizeConfig:
+        """The tokenisation settings of this run (token caps, prompt truncation, system turn, assistant header)."""
+        return TokenizeConfig(
+            max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
+            prompt_truncation=self.prompt_truncation,
+            system_prompt=self.system_prompt,
+            assistant_header=self.assistant_header,
+        )
 
     @property
     def synthetic(self) -> bool:

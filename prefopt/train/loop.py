@@ -34,6 +34,7 @@ from prefopt.errors import TrainingDivergedError
 from prefopt.loss_call import engine_call, loss_arguments
 from prefopt.loss_call.fused import fused_head_reason, fused_loss
 from prefopt.loss_state import LossState
+from prefopt.memory import reset_peak_memory
 from prefopt.progress import library_progress_bars, progress_scope
 from prefopt.train.checkpoint import save_checkpoint, write_json_atomic
 from prefopt.train.config import TrainConfig
@@ -251,6 +252,7 @@ def train(
         config = dataclasses.replace(config, **settings)
     config.preflight()  # output folder, model folders, backend: before anything is built or written
     started = time.perf_counter()
+    reset_peak_memory()  # the result's peak is this run's (`prefopt.memory`)
     from accelerate.utils import set_seed  # heavy: loaded on first use
 
     with library_progress_bars(config.progress), record_folder_reads() as reads:

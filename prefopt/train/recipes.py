@@ -43,6 +43,7 @@ from prefopt.train.config import TrainConfig
 __all__ = [
     "PaperResult",
     "Recipe",
+    "RecipeStage",
     "list_recipes",
     "load_recipe",
     "parse_recipe",
@@ -68,6 +69,7 @@ _RECIPE_KEYS = {
     "deviations",
     "results",
     "results_note",
+    "stages",
     "train",
 }
 _RESULT_KEYS = {"benchmark", "metric", "value", "source"}
@@ -89,6 +91,19 @@ class PaperResult:
 
 
 @dataclass(frozen=True)
+class RecipeStage:
+    """A stage that runs before the recipe's own `train` settings (e.g. SFT before DPO).
+
+    Attributes:
+        name: the stage's folder under `<output_dir>/stages/`; train: its TrainConfig fields. The stages run
+            in order, each starting from the previous stage's final model (`prefopt.train.stages`).
+    """
+
+    name: str
+    train: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A paper's training setting as TrainConfig fields, with its citation and reported results.
 
@@ -99,6 +114,8 @@ class Recipe:
         num_processes: GPUs of the published run (the `accelerate launch` command uses it).
         results: the paper's headline numbers; results_note: why there are none, when there are none.
         notes: facts a user needs to run it; deviations: where prefopt cannot match the published setting.
+        stages: stages that run first, in order (SFT before DPO); `train` is then the last stage, and it starts
+            from the model the stages before it end with (`prefopt.train.stages.stage_configs`).
     """
 
     name: str
@@ -111,6 +128,7 @@ class Recipe:
     results_note: str = ""
     notes: tuple[str, ...] = ()
     deviations: tuple[str, ...] = ()
+    stages: tuple[RecipeStage, ...] = ()
 
     @property
     def loss(self) -> str:
@@ -165,6 +183,21 @@ def _parse_results(name: str, rows: Any) -> tuple[PaperResult, ...]:
     return tuple(out)
 
 
+def _parse_stages(name: str, rows: Any) -> tuple[RecipeStage, ...]:
+    if not isinstance(rows, list):
+        raise ValueError(f"recipe {name!r}: `stages` must be a list of {{name, train}} mappings")
+    stages = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or set(row) != {"name", "train"} or not isinstance(row["train"], dict):
+            raise ValueError(f"recipe {name!r}: stages[{i}] must have exactly the keys name and train (a mapping)")
+        if "loss" not in row["train"]:
+            raise ValueError(f"recipe {name!r}: stages[{i}].train must name its loss")
+        stages.append(RecipeStage(str(row["name"]), dict(row["train"])))
+    if len({stage.name for stage in stages}) != len(stages):
+        raise ValueError(f"recipe {name!r}: stage names must differ, got {[stage.name for stage in stages]}")
+    return tuple(stages)
+
+
 def parse_recipe(name: str, text: str) -> Recipe:
     """A `Recipe` from YAML text; unknown or missing keys raise an error naming them.
 
@@ -197,6 +230,7 @@ def parse_recipe(name: str, text: str) -> Recipe:
         results_note=str(raw.get("results_note") or ""),
         notes=tuple(raw.get("notes") or ()),
         deviations=tuple(raw.get("deviations") or ()),
+        stages=_parse_stages(name, raw.get("stages") or []),
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import resource
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from prefopt.loss_state import LossState
+from prefopt.memory import peak_memory
 from prefopt.train.checkpoint import (
     check_no_earlier_run,
     check_same_settings,
@@ -62,8 +62,8 @@ class TrainResult:
         steps: optimiser steps done in all; wall_time_s: this call's wall time (setup included);
             tokens_per_s: tokens through the policy per second of training steps (all processes; setup
             and the reference cache excluded).
-        peak_memory_bytes: CUDA peak allocated memory, or on CPU the process's peak resident set size
-            (`peak_memory_kind` says which).
+        peak_memory_bytes: this run's CUDA peak allocated memory, or on CPU its peak resident set size
+            (`peak_memory_kind` says which: `prefopt.memory`).
         precision: dtypes of the checkpoint, the master weights, the compute and final/
             (`prefopt.train.precision.Precision.describe`).
     """
@@ -82,12 +82,6 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-def _peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
 
 
 def _saved_state(run: Run, state: LossState | None) -> dict[str, Any]:
@@ -144,7 +138,7 @@ def _check_folder(config: TrainConfig, inputs: dict[str, Any] | None = None) -> 
     if not config.resume:
         check_no_earlier_run(config.output_dir)
     elif latest_checkpoint(config.output_dir) is not None:
-        check_same_settings(config.output_dir, {**config.to_dict(), **(inputs or {})}, _resumable(config))
+        check_same_settings(config.output_dir, {**config.to_dict(), **(inputs or {})}, _resumable(config), type(config))
 
 
 def _resumable(config: TrainConfig) -> set[str]:
@@ -188,7 +182,7 @@ def _finish(
         tmp.rename(model_path)
     acc.wait_for_everyone()
     wall = time.perf_counter() - started
-    peak, kind = _peak_memory(acc.device)
+    peak, kind = peak_memory(acc.device)
     result = TrainResult(
         record,
         out / "metrics.jsonl",

@@ -6,6 +6,7 @@ batch_dependent); nothing here or in the loop tests a loss name.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,7 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from prefopt.data import TokenizeConfig, synthetic, tokenize_preferences
+from prefopt.data import synthetic, tokenize_preferences
+from prefopt.data.templates import resolve_chat_template
 from prefopt.data.tokenize import tokenization_fingerprint
 from prefopt.engine import model_identity
 from prefopt.engine.head import unwrap_peft
@@ -144,6 +146,9 @@ def _training_rows(
             )
     if tokenizer is None:
         raise ValueError("train: pass the tokenizer together with an in-memory model")
+    if config.chat_template is not None:  # the run's template replaces the tokenizer's (saved with final/ too)
+        tokenizer = copy.deepcopy(tokenizer)  # a copy: the caller's (or the synthetic task's) stays as it was
+        tokenizer.chat_template = resolve_chat_template(config.chat_template)
     return model, tokenizer, rows
 
 
@@ -165,9 +170,7 @@ def _plan(
 ) -> BatchPlan:
     if config.batch_size % num_processes:
         raise DistributedSetupError(f"batch_size={config.batch_size} is not divisible by the {num_processes} processes")
-    tokens = tokenize_preferences(
-        rows, tokenizer, TokenizeConfig(max_length=config.max_length, max_prompt_length=config.max_prompt_length)
-    )
+    tokens = tokenize_preferences(rows, tokenizer, config.tokenize_config())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     micro = config.micro_batch_size or config.batch_size // num_processes
     return BatchPlan(tokens, config.batch_size, micro, num_processes, config.seed, int(pad), config.packed, share)
@@ -263,9 +266,7 @@ def setup_run(
 
 
 def _tokenization_key(config: TrainConfig, tokenizer: Any) -> str:
-    return tokenization_fingerprint(
-        tokenizer, TokenizeConfig(max_length=config.max_length, max_prompt_length=config.max_prompt_length)
-    )
+    return tokenization_fingerprint(tokenizer, config.tokenize_config())
 
 
 def _all_batches(plan: BatchPlan, device: torch.device) -> Any:

@@ -40,9 +40,10 @@ def _state(hparams: Mapping[str, Any]) -> BCORunningDelta:
 def test_built_in_declarations() -> None:
     assert loss_spec("bco").loop_inputs == ("state",) and not loss_spec("bco").batch_inputs
     assert loss_spec("kto").loop_inputs == ("kl",) and loss_spec("kto").state is None
-    assert [n for n in prefopt.list_losses() if loss_spec(n).loop_inputs] == ["bco", "kto"]
+    assert loss_spec("alpha_dpo").loop_inputs == ("state",) and loss_spec("alpha_dpo").state.includes_current
+    assert [n for n in prefopt.list_losses() if loss_spec(n).loop_inputs] == ["alpha_dpo", "bco", "kto"]
     assert [n for n in prefopt.list_losses() if loss_spec(n).accepts_pair_loss] == ["online_dpo"]
-    for name in ("bco", "kto", "dpo"):
+    for name in ("alpha_dpo", "bco", "kto", "dpo"):
         check_loop_can_feed(loss_spec(name))  # the loop feeds what the spec declares
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from prefopt.cli import train as cli
+from prefopt.registry import loss_spec
+from prefopt.train import setup
 from prefopt.train.config import TrainConfig
 from prefopt.train.recipes import (
     SMOKE_BATCH_SIZE,
@@ -24,7 +26,9 @@ from prefopt.train.recipes import (
     load_recipe,
     parse_recipe,
     smoke_config,
+    write_smoke_task,
 )
+from prefopt.train.stages import stage_configs
 
 RECIPES = [
     "dpo-hh-pythia28",
@@ -74,9 +78,9 @@ def test_recipe_loads_validates_and_records_results(name: str) -> None:
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_setting_of_a_recipe_cites_its_source(name: str) -> None:
-    """Each `key: value` line of the `train` block carries a comment naming where the value comes from."""
+    """Each `key: value` line of the `train` block (and of each stage's) carries a comment naming its source."""
     text = resources.files("prefopt.train").joinpath("recipes", f"{name}.yaml").read_text(encoding="utf-8")
-    block = text.split("\ntrain:\n", 1)[1]
+    block = text.split("\nstages:\n" if "\nstages:\n" in text else "\ntrain:\n", 1)[1]  # stages' settings too
     settings = [line for line in block.splitlines() if re.match(r"^\s+\w+:\s*\S", line)]
     assert settings
     uncited = [line for line in settings if "#" not in line]
@@ -112,7 +116,7 @@ def test_recipes_hold_the_published_numbers() -> None:
     assert (kto.loss_hparams["beta"], kto.optimizer, kto.lr, kto.batch_size) == (0.1, "rmsprop", 5e-7, 32)
     orpo = load_recipe("mistral-orpo-beta")
     assert (orpo.config().loss_hparams["lambda_"], orpo.config().lr, orpo.config().epochs) == (0.1, 5e-6, 5)
-    assert orpo.config().schedule == "inverse_sqrt" and not orpo.deviations
+    assert orpo.config().schedule == "inverse_sqrt"
     for name, ratio, lr, lc in (("simpo-mistral-base", 0.8, 3e-7, 21.4), ("simpo-llama3-base", 0.5, 6e-7, 22.0)):
         recipe = load_recipe(name)
         assert (recipe.config().loss_hparams["beta"], recipe.config().loss_hparams["gamma_beta_ratio"]) == (2.0, ratio)
@@ -137,10 +141,140 @@ def test_smoke_runs_end_to_end_from_the_cli(name: str, tmp_path: Path) -> None:
         "weight_decay",
         "max_grad_norm",
         "gradient_checkpointing",
+        "prompt_truncation",
+        "chat_template",
+        "system_prompt",
+        "assistant_header",
     ):
         assert saved[key] == getattr(recipe, key), key
-    assert saved["model"] == str(out / "smoke-task" / "model") and saved["batch_size"] == SMOKE_BATCH_SIZE
+    assert saved["batch_size"] == SMOKE_BATCH_SIZE
     assert saved["max_length"] == SMOKE_MAX_LENGTH and saved["max_prompt_length"] < SMOKE_MAX_LENGTH
+    if not load_recipe(name).stages:
+        assert saved["model"] == str(out / "smoke-task" / "model")
+        return
+    # dpo-hh-pythia28: SFT on the chosen completions first, then DPO from the SFT model (also its reference).
+    sft = out / "stages" / "sft"
+    sft_saved = json.loads((sft / "config.json").read_text())
+    assert (sft_saved["loss"], sft_saved["model"], sft_saved["optimizer"]) == (
+        "sft",
+        str(out / "smoke-task" / "model"),
+        "rmsprop",
+    )
+    assert json.loads((sft / "result.json").read_text())["steps"] == SMOKE_STEPS
+    assert saved["model"] == str(sft / "final") and saved["reference"] is None
+
+
+def test_recipes_match_their_sources_point_by_point() -> None:
+    """Issue 20's audit, one assertion per item (docs/recipes.md gives each with its source file and line).
+
+    Templates: zephyr and simpo-mistral insert an empty system turn (alignment-handbook data.py, SimPO
+    run_simpo.py maybe_insert_system_message); both SimPO recipes and the handbook's zephyr DPO render the prompt
+    without the generation prompt, so the assistant header is scored; ORPO names the zephyr template that
+    xfactlab/orpo main.py sets when the tokenizer has none; KTO writes HALOs' "\n<|user|>\n…\n<|assistant|>\n".
+    Data: ORPO drops prompts ≥ 1,792 tokens (main.py filter_dataset), HALOs keeps the start of long prompts
+    (get_ultrabin truncation_mode). ORPO sets gradient checkpointing (main.py). SimPO: 2 × 16 × 4 GPUs = 128.
+    Numbers: KTO Tables 2-3, ORPO LC 14.7, SimPO README v0.1."""
+    settings = {name: load_recipe(name).config() for name in RECIPES}
+    for name in ("zephyr-7b-beta", "simpo-mistral-base"):
+        assert (settings[name].system_prompt, settings[name].assistant_header) == ("", "completion"), name
+    assert (settings["simpo-llama3-base"].system_prompt, settings["simpo-llama3-base"].assistant_header) == (
+        None,
+        "completion",
+    )
+    orpo, kto = settings["mistral-orpo-beta"], settings["kto-zephyr-sft"]
+    assert (orpo.chat_template, orpo.prompt_truncation, orpo.max_prompt_length) == ("zephyr", "drop", 1792)
+    assert orpo.gradient_checkpointing and any("NLL" in d for d in load_recipe("mistral-orpo-beta").deviations)
+    assert (kto.chat_template, kto.prompt_truncation, kto.assistant_header) == ("halos", "keep_start", "prompt")
+    for name in ("simpo-mistral-base", "simpo-llama3-base"):
+        recipe = load_recipe(name)
+        assert (recipe.num_processes, recipe.accumulation_steps(), recipe.config().micro_batch_size) == (4, 16, 2)
+    kto_results = {(r.benchmark, "DPO" in r.metric): r.value for r in load_recipe("kto-zephyr-sft").results}
+    assert [kto_results[b, False] for b in ("MMLU", "GSM8K", "HumanEval", "BBH", "TydiQA", "AlpacaEval 2")] == [
+        58.6,
+        53.5,
+        30.9,
+        52.6,
+        31.2,
+        12.48,
+    ]
+    assert [kto_results[b, True] for b in ("MMLU", "GSM8K", "HumanEval", "BBH", "TydiQA", "AlpacaEval 2")] == [
+        58.2,
+        40.0,
+        30.1,
+        44.1,
+        36.5,
+        7.79,
+    ]
+    orpo_results = {
+        r.metric: r.value for r in load_recipe("mistral-orpo-beta").results if r.benchmark == "AlpacaEval 2.0"
+    }
+    assert orpo_results["length-controlled win rate (%)"] == 14.7
+    dpo = load_recipe("dpo-hh-pythia28")
+    assert [s.name for s in dpo.stages] == ["sft"] and dpo.stages[0].train["loss"] == "sft"
+    assert dpo.stages[0].train["model"] == dpo.train["model"] == "EleutherAI/pythia-2.8b"
+
+
+def test_stage_configs_chain_the_models(tmp_path: Path) -> None:
+    """Each stage starts from the previous stage's final/ model; the last stage takes the machine settings."""
+    recipe = load_recipe("dpo-hh-pythia28")
+    final = recipe.config(output_dir=str(tmp_path / "run"), progress=False, cpu=True)
+    sft, dpo = stage_configs(recipe, final)
+    assert (sft.loss, sft.model, sft.output_dir, sft.lr) == (
+        "sft",
+        "EleutherAI/pythia-2.8b",
+        str(tmp_path / "run" / "stages" / "sft"),
+        5e-7,
+    )
+    assert (sft.progress, sft.cpu) == (False, True)
+    assert (dpo.loss, dpo.model, dpo.reference, dpo.lr) == (
+        "dpo",
+        str(tmp_path / "run" / "stages" / "sft" / "final"),
+        None,
+        1e-6,
+    )
+    assert stage_configs(load_recipe("zephyr-7b-beta"), final) == [final]
+
+
+def test_conversation_settings_reach_the_training_tokens(tmp_path: Path) -> None:
+    """A run's chat_template, system_prompt and assistant_header shape the tokens it trains on: with the zephyr
+    template the prompt opens with the empty system turn, and with assistant_header="completion" each completion
+    opens with the "<|assistant|>" header (one more scored token than with the header in the prompt)."""
+    model = write_smoke_task(tmp_path / "task", kind="paired")["model"]
+    data = tmp_path / "chat.jsonl"
+    turn = [{"role": "user", "content": "the food was good"}]
+    row = {
+        "prompt": turn,
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
+    data.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    tokens = {}
+    for header in ("prompt", "completion"):
+        config = TrainConfig(
+            model=str(model),
+            data=str(data),
+            chat_template="zephyr",
+            system_prompt="",
+            assistant_header=header,
+            batch_size=2,
+        )
+        _, tokenizer, rows = setup._training_rows(config, loss_spec("dpo"), None, None, None, None)
+        tokens[header] = setup._plan(config, tokenizer, rows, 1, False).tokens[0]
+    assert tokenizer.decode(tokens["completion"]["prompt_ids"][:3]) == "<s> <unk> </s>"  # BOS, "<|system|>", EOS
+    chosen = {h: tokens[h]["completion_ids"][0] for h in tokens}
+    assert len(chosen["completion"]) == len(chosen["prompt"]) + 1 and chosen["completion"][1:] == chosen["prompt"]
+
+
+def test_model_flag_skips_the_earlier_stages(tmp_path: Path) -> None:
+    """`--model path/to/sft`: the user brings the SFT model, so only the DPO stage runs, from it."""
+    sft_model = write_smoke_task(tmp_path / "own", kind="paired")["model"]
+    out = tmp_path / "run"
+    assert (
+        cli.main(["--recipe", "dpo-hh-pythia28", "--smoke", "--model", str(sft_model), "--out", str(out), "--quiet"])
+        == 0
+    )
+    assert not (out / "stages").exists()
+    assert json.loads((out / "config.json").read_text())["model"] == str(sft_model)
 
 
 def test_smoke_keeps_the_recipe_ratios(tmp_path: Path) -> None:
@@ -219,6 +353,11 @@ def test_parse_recipe_rejects_incomplete_files() -> None:
         parse_recipe("x", base + "results_note: none\nepochs: 3\n")
     with pytest.raises(ValueError, match=r"results\[0\]"):
         parse_recipe("x", base + "results:\n  - {benchmark: b, value: 1}\n")
+    with pytest.raises(ValueError, match=r"stages\[0\] must have exactly the keys name and train"):
+        parse_recipe("x", base + "results_note: none\nstages:\n  - {name: sft}\n")
+    with pytest.raises(ValueError, match="stage names must differ"):
+        stage = "  - {name: s, train: {loss: sft}}\n"
+        parse_recipe("x", base + "results_note: none\nstages:\n" + stage + stage)
     with pytest.raises(ValueError, match="declares name"):
         parse_recipe("x", "name: y\n" + base + "results_note: none\n")
     assert parse_recipe("x", base + "results_note: none\n").config().loss == "dpo"

@@ -13,6 +13,8 @@ import torch
 
 from prefopt.errors import RunFolderError
 from prefopt.train import train
+from prefopt.train.checkpoint import check_same_settings
+from prefopt.train.config import TrainConfig
 from prefopt.train.inputs import input_fingerprints, model_fingerprint, rows_fingerprint
 
 
@@ -83,3 +85,17 @@ def test_a_longer_run_resumes_only_where_the_schedule_ignores_the_length(tiny_ta
     train(**_settings(tiny_task, out, schedule="linear"))
     with pytest.raises(RunFolderError, match=r"different settings \['max_steps'\]"):
         train(**_settings(tiny_task, out, schedule="linear", max_steps=4, resume=True))
+
+
+def test_a_setting_the_saved_run_predates_counts_as_its_default(tmp_path) -> None:
+    """A run saved before a field existed resumes when the field is at its default, and is refused when it is not."""
+    config = TrainConfig(loss="dpo", output_dir=str(tmp_path))
+    saved = config.to_dict()
+    del saved["share_prompt"]  # written by a version without the field
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_same_settings(tmp_path, config.to_dict(), (), TrainConfig)
+    changed = TrainConfig(loss="dpo", output_dir=str(tmp_path), share_prompt="off")
+    with pytest.raises(RunFolderError, match=r"different settings \['share_prompt'\]"):
+        check_same_settings(tmp_path, changed.to_dict(), (), TrainConfig)
+    with pytest.raises(RunFolderError, match="share_prompt"):  # without the type, a missing field is a change
+        check_same_settings(tmp_path, config.to_dict(), ())
