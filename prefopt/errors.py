@@ -16,6 +16,7 @@ __all__ = [
     "BatchError",
     "DataNotFoundError",
     "DistributedSetupError",
+    "GenerationServerError",
     "LossInputError",
     "MissingSplitError",
     "OnlineDivergedError",
@@ -108,6 +109,11 @@ class DistributedSetupError(RuntimeError):
     """The launcher and Accelerate disagree on the number of processes, or a loss cannot be split."""
 
 
+class GenerationServerError(RuntimeError):
+    """The generation server (`prefopt.online.vllm_samplers`, a `trl vllm-serve` server) cannot be reached or
+    refused a request; the message names the server, the request and the fix."""
+
+
 class TrainingDivergedError(RuntimeError):
     """A step produced a non-finite loss or gradient; the message names the step, examples and checkpoint."""
 
@@ -139,4 +145,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     TrainingDivergedError,
     OnlineDivergedError,
     RewardError,
+    GenerationServerError,
 )

@@ -17,7 +17,9 @@ from typing import get_args
 from prefopt.data.schema import IDENTICAL_POLICIES
 from prefopt.kernels.params import BACKENDS
 from prefopt.losses.combine import is_combination
+from prefopt.online.importance import IMPORTANCE_SAMPLING
 from prefopt.online.reward_config import INITS
+from prefopt.online.samplers import GENERATION_BACKENDS
 from prefopt.registry import Kind, LossInputError, UnknownLossError, list_losses, loss_spec
 from prefopt.rl.kl import KL_ESTIMATORS
 from prefopt.train.config import QUANTIZATION, REPORT_TO, SHARE_PROMPT
@@ -26,7 +28,9 @@ from prefopt.train.presets import OPTIMIZERS, PRESETS, SCHEDULES
 
 __all__ = [
     "BACKENDS",
+    "GENERATION_BACKENDS",
     "IDENTICAL_POLICIES",
+    "IMPORTANCE_SAMPLING",
     "INITS",
     "KL_ESTIMATORS",
     "MASTER_WEIGHTS",

@@ -14,6 +14,8 @@ from typing import Any
 
 from prefopt.cli.choices import (
     BACKENDS,
+    GENERATION_BACKENDS,
+    IMPORTANCE_SAMPLING,
     KL_ESTIMATORS,
     MASTER_WEIGHTS,
     MIXED_PRECISION,
@@ -50,7 +52,9 @@ examples:
   prefopt train-online --model path/to/sft --reward runs/rm/final --prompts prompts.jsonl --lr 1e-6
   prefopt train-online --loss grpo --reward my_rewards:format_reward,my_rewards:accuracy --reward-weights 0.2,1
   prefopt train-online --loss dapo --overlong-buffer 16 --no-dynamic-sampling
+  prefopt train-online --loss grpo --importance-sampling token --importance-sampling-cap 2
   prefopt train-online --loss reinforce_pp --set baseline=group --num-minibatches 4
+  prefopt train-online --loss grpo --model path/to/sft --generation-backend vllm     # a CUDA machine with vLLM
   prefopt train-online --config online.yaml --set beta=0.0 --resume"""
     config = OnlineConfig
     config_name = "OnlineConfig"
@@ -97,6 +101,32 @@ examples:
         "--temperature": Option("temperature", float, "sampling temperature"),
         "--top-p": Option("top_p", float, "nucleus sampling mass"),
         "--generation-batch-size": Option("generation_batch_size", int, "prompts per generate call"),
+        "--generation-backend": Option(
+            "generation_backend",
+            str,
+            "what samples the rollouts: hf (the policy's generate, default), vllm (a vLLM engine in this process, "
+            "the weights loaded into it after each update) or vllm_server (a `trl vllm-serve` server at "
+            "--vllm-server-url); vLLM needs a CUDA device",
+            choices=GENERATION_BACKENDS,
+        ),
+        "--vllm-gpu-memory-utilization": Option(
+            "vllm_gpu_memory_utilization",
+            float,
+            "vllm: share of the GPU memory vLLM may take (default 0.3)",
+            metavar="SHARE",
+        ),
+        "--vllm-server-url": Option(
+            "vllm_server_url", str, "vllm_server: the server's URL (default http://localhost:8000)", metavar="URL"
+        ),
+        "--vllm-server-timeout": Option(
+            "vllm_server_timeout", float, "vllm_server: seconds to wait for the server (default 240)", metavar="S"
+        ),
+        "--vllm-group-port": Option(
+            "vllm_group_port",
+            int,
+            "vllm_server: port of the NCCL group the weights go through (default 51216)",
+            metavar="PORT",
+        ),
         "--lr": Option("lr", float, "policy learning rate (default: 2e-4 synthetic, 1e-6 otherwise)"),
         "--value-lr": Option("value_lr", float, "critic learning rate (default: --lr)"),
         "--weight-decay": Option("weight_decay", float, "Adam weight decay"),
@@ -129,6 +159,16 @@ examples:
             "overlong_buffer", int, "overlong penalty: the last N tokens before --max-new-tokens (default: a fifth)"
         ),
         "--overlong-factor": Option("overlong_factor", float, "overlong penalty at the limit (default 1)"),
+        "--importance-sampling": Option(
+            "importance_sampling",
+            str,
+            "truncated importance sampling: weight each token's gradient by min(π_old/π_sampler, cap), per token "
+            "or per sequence, correcting a sampler whose log-probs differ from the learner's (default off)",
+            choices=IMPORTANCE_SAMPLING,
+        ),
+        "--importance-sampling-cap": Option(
+            "importance_sampling_cap", float, "the cap C of the importance ratio (default 2, TRL's)", metavar="C"
+        ),
         "--seed": Option("seed", int, "seed of prompt order, sampling and the critic head"),
         "--checkpoint-every": Option("checkpoint_every", int, "checkpoint every N steps (default 20; 0: final only)"),
         "--num-threads": Option("num_threads", int, "torch threads (default: 1 on the synthetic task)"),

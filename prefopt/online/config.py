@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 
 from prefopt.kernels import BACKENDS
 from prefopt.loss_call import engine_inputs
+from prefopt.online.importance import check_importance_sampling
 from prefopt.online.reward_spec import reward_folders, reward_parts
 from prefopt.online.rollout_step import Recipe, recipe_for
+from prefopt.online.samplers import SamplerSettings, check_generation_machine
 from prefopt.online.seed_settings import ActionMaskSettings, ILQLSettings, nested_settings
 from prefopt.preflight import (
     check_engine_backend,
@@ -36,21 +38,15 @@ __all__ = ["OnlineConfig", "SYNTHETIC_LR", "DEFAULT_LR", "KL_ESTIMATORS"]
 SYNTHETIC_LR = 2e-4
 DEFAULT_LR = 1e-6
 # Settings that may change between a run and its resumption (they do not change what a step computes).
-RESUMABLE = (
-    "steps",
-    "resume",
-    "progress",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "num_threads",
-    "output_dir",
-    "save_dtype",
+RESUMABLE = tuple(
+    "steps resume progress checkpoint_every keep_checkpoints num_threads output_dir save_dtype vllm_server_url "
+    "vllm_server_timeout vllm_group_port vllm_gpu_memory_utilization".split()
 )
 
 
 @dataclass(frozen=True)
-class OnlineConfig(Settings):
-    """Settings of one online run.
+class OnlineConfig(SamplerSettings, Settings):
+    """Settings of one online run; the generation engine's (generation_backend, vllm_*) are `SamplerSettings`'.
 
     Algorithm:
         algorithm: a registered rollout loss (`prefopt losses --kind rollout`).
@@ -99,6 +95,9 @@ class OnlineConfig(Settings):
         action_mask: NLPO's top-p mask (top_p, update_every, min_tokens), for losses that take `mask_log_mass`;
             q_learning: ILQL's heads and decoding (two_qs, alpha, sync_every, beta, top_k), for losses that take
             `q_values` (`prefopt.online.seed_settings`; a mapping of their fields works too).
+        importance_sampling: "off", "token" or "sequence": truncated importance sampling of each token's gradient by
+            min(π_old/π_sampler, importance_sampling_cap) (TRL 2.0), the sampler's log-probs recorded per token
+            (`prefopt.online.importance`).
         seed: prompt order, sampling, critic head init.
         output_dir; checkpoint_every: save every N steps (default 20; 0: only the final one); keep_checkpoints,
             resume, progress.
@@ -154,6 +153,8 @@ class OnlineConfig(Settings):
     overlong_factor: float = 1.0
     action_mask: ActionMaskSettings = field(default_factory=ActionMaskSettings)
     q_learning: ILQLSettings = field(default_factory=ILQLSettings)
+    importance_sampling: str = "off"
+    importance_sampling_cap: float = 2.0
     seed: int = 0
     output_dir: str = "runs/online"
     checkpoint_every: int = 20
@@ -180,8 +181,10 @@ class OnlineConfig(Settings):
         self._check_pair_loss()
         self._check_counts()
         self._check_sampling(recipe)
+        self.check_sampler_settings(masks_logits=recipe.action_mask)
         self._check_shaping()
         self._check_numbers()
+        check_importance_sampling(self.importance_sampling, self.importance_sampling_cap, self.pair_loss, recipe)
         self._check_optimizer()
         self._check_backend()
         self._check_paths()
@@ -209,15 +212,8 @@ class OnlineConfig(Settings):
         return spec
 
     def _check_counts(self) -> None:
-        for name in (
-            "steps",
-            "prompts_per_step",
-            "max_new_tokens",
-            "generation_batch_size",
-            "num_minibatches",
-            "keep_checkpoints",
-            "max_sampling_rounds",
-        ):
+        counts = ("steps", "prompts_per_step", "max_new_tokens", "generation_batch_size", "num_minibatches")
+        for name in (*counts, "keep_checkpoints", "max_sampling_rounds"):
             check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=1)
         for name in ("checkpoint_every", "seed"):
             check_int(f"OnlineConfig.{name}", getattr(self, name), minimum=0)
@@ -398,3 +394,4 @@ class OnlineConfig(Settings):
         if self.value_model is not None:
             check_model_source(self.value_model, "OnlineConfig.value_model", tokenizer=False)
         check_engine_backend(self.engine_backend, "OnlineConfig.engine_backend")
+        check_generation_machine(self.generation_backend)

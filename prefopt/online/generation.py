@@ -12,7 +12,8 @@ forked and seeded for the call, so the caller's random state is left untouched.
 
 vLLM is used instead when `backend="vllm"` (or `"auto"` with vLLM installed, CUDA available and the
 model given as a path or Hub name): an in-memory policy that is being trained has no weights on disk for
-vLLM to load, so it always takes the `generate` path.
+vLLM to load, so it always takes the `generate` path here; a policy being trained samples through
+`prefopt.online.samplers` (this path, or a vLLM engine its weights are pushed to after each update).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from tqdm.auto import tqdm
 
 from prefopt.batch import TokenBatch
 from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
+from prefopt.online.sampler_logprobs import SampledLogprobs, vllm_logprobs
 from prefopt.sampling import decode_completion
 
-__all__ = ["GenerationConfig", "Rollout", "generate", "vllm_available"]
+__all__ = ["GenerationConfig", "Rollout", "generate", "vllm_available", "encode_prompts", "special_ids", "assemble"]
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -49,6 +51,8 @@ class GenerationConfig:
         do_sample: False = greedy decoding (ReMax's baseline); then num_samples must be 1.
         backend: "hf" (transformers `generate`), "vllm", or "auto" (vLLM when it can be used, see the
             module docstring).
+        logprobs: record the sampler's log-prob of every sampled token (`Rollout.sampler_logps`,
+            `prefopt.online.sampler_logprobs`), for importance-sampling correction; the samples are the same.
     """
 
     max_new_tokens: int = 64
@@ -58,6 +62,7 @@ class GenerationConfig:
     batch_size: int = 64
     do_sample: bool = True
     backend: str = "auto"
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "num_samples", "batch_size"):
@@ -92,6 +97,8 @@ class Rollout:
         completion_mask: [S, T] bool, True at completion tokens (EOS included): `TokenBatch` alignment.
         finished: [S] bool, True where the completion ended with EOS.
         num_samples: K.
+        sampler_logps: [S, T] float32, the sampling engine's log-prob of each completion token (at
+            completion_mask; NaN where it reported none), or None (the `generate` path: the learner's own).
     """
 
     prompts: list[Any]
@@ -101,6 +108,7 @@ class Rollout:
     completion_mask: Tensor
     finished: Tensor
     num_samples: int
+    sampler_logps: Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -131,7 +139,8 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
-def _special_ids(tokenizer: Any) -> tuple[int, int]:
+def special_ids(tokenizer: Any) -> tuple[int, int]:
+    """(eos, pad) token ids of `tokenizer` (pad = eos when it has none)."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is None:
         raise ValueError(
@@ -141,7 +150,7 @@ def _special_ids(tokenizer: Any) -> tuple[int, int]:
     return int(eos), int(pad if pad is not None else eos)
 
 
-def _encode(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
+def encode_prompts(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
     """Prompt token ids by the data layer's rule (`prefopt.data.tokenize`): a conversation is rendered with the
     chat template and its generation prompt, and BOS is added once where the tokenizer adds one, so a template
     that already writes BOS is not given a second (what `tokenizer(text)` would do)."""
@@ -175,10 +184,14 @@ def _hf_generate(
     pad: int,
     progress: bool,
     logits_processor: Any = None,
-) -> list[list[list[int]]]:
-    """completion tokens [b][k] for every prompt, via `model.generate` on length-grouped batches."""
+) -> tuple[list[list[list[int]]], list[list[list[float]]] | None]:
+    """completion tokens [b][k] for every prompt, via `model.generate` on length-grouped batches, and their
+    sampler log-probs [b][k] when `config.logprobs` (else None)."""
     device = next(model.parameters()).device
     out: list[list[list[int]]] = [[] for _ in encoded]
+    logps: list[list[list[float]]] = [[] for _ in encoded]
+    recorder = SampledLogprobs(config.temperature, config.top_p, config.do_sample) if config.logprobs else None
+    processors = [p for p in (logits_processor, recorder) if p is not None]  # the recorder last: after the mask
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         by_length.setdefault(len(ids), []).append(i)
@@ -187,6 +200,8 @@ def _hf_generate(
         if config.do_sample
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     )
+    if recorder is not None:
+        sampling.update(recorder.generate_kwargs())  # temperature and top-p applied once, by the recorder
     bar = tqdm(total=len(encoded) * config.num_samples, desc="generating", unit="sample", disable=not progress)
     for length in sorted(by_length):
         rows = by_length[length]
@@ -200,21 +215,26 @@ def _hf_generate(
                 num_return_sequences=config.num_samples,
                 eos_token_id=eos,
                 pad_token_id=pad,
+                use_cache=True,  # the KV cache: each new token attends to cached keys, not the whole prefix
                 **sampling,
-                **({} if logits_processor is None else {"logits_processor": [logits_processor]}),
+                **({"logits_processor": processors} if processors else {}),
             )
             new = generated[:, length:].cpu().tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
+            new_logps = None if recorder is None else recorder.finish(generated, length).tolist()
             for j, row in enumerate(chunk):
                 out[row] = [_trim(new[j * config.num_samples + k], eos) for k in range(config.num_samples)]
+                if new_logps is not None:
+                    logps[row] = [new_logps[j * config.num_samples + k][: len(t)] for k, t in enumerate(out[row])]
             bar.update(len(chunk) * config.num_samples)
     bar.close()
-    return out
+    return out, (logps if recorder is not None else None)
 
 
 def _vllm_generate(
     model: str, encoded: list[list[int]], config: GenerationConfig, eos: int, seed: int
-) -> list[list[list[int]]]:
-    """completion tokens [b][k] from vLLM (`model`: a path or Hub name vLLM loads itself)."""
+) -> tuple[list[list[list[int]]], list[list[list[float]]] | None]:
+    """completion tokens [b][k] from vLLM (`model`: a path or Hub name vLLM loads itself), and their sampler
+    log-probs [b][k] when `config.logprobs` (`prefopt.online.sampler_logprobs.vllm_logprobs`; else None)."""
     from vllm import LLM, SamplingParams  # heavy: optional, `pip install prefopt[vllm]`
 
     params = SamplingParams(
@@ -224,18 +244,21 @@ def _vllm_generate(
         stop_token_ids=[eos],
         temperature=config.temperature if config.do_sample else 0.0,
         top_p=config.top_p if config.do_sample else 1.0,
+        logprobs=0 if config.logprobs else None,  # the sampled token's log-prob only
     )
     llm = LLM(model=model, seed=seed)
     results = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params)
-    out = []
+    out, logps = [], []
     for result in results:
-        samples = []
+        samples, sample_logps = [], []
         for completion in result.outputs:  # vLLM drops the stop token; put EOS back where it stopped
             tokens = list(completion.token_ids)
             stopped = completion.finish_reason == "stop" and (not tokens or tokens[-1] != eos)
             samples.append(_trim(tokens + [eos] if stopped else tokens, eos))
+            sample_logps.append(vllm_logprobs(completion, samples[-1]))
         out.append(samples)
-    return out
+        logps.append(sample_logps)
+    return out, (logps if config.logprobs else None)
 
 
 def _decode(tokenizer: Any, prompt_ids: list[int], completion_ids: list[int]) -> str:
@@ -307,14 +330,14 @@ def generate(
         `Rollout` with S = K·B rows, group-major.
     """
     config = config or GenerationConfig()
-    eos, pad = _special_ids(tokenizer)
-    encoded = _encode(tokenizer, prompts)
+    eos, pad = special_ids(tokenizer)
+    encoded = encode_prompts(tokenizer, prompts)
     if not encoded:
         raise ValueError("generate: no prompts given")
     if logits_processor is not None and _use_vllm(model, config):
         raise ValueError("generate: a logits_processor needs backend='hf' (vLLM takes no transformers processor)")
     if _use_vllm(model, config):
-        samples = _vllm_generate(str(model), encoded, config, eos, seed)
+        samples, logps = _vllm_generate(str(model), encoded, config, eos, seed)
     else:
         if isinstance(model, (str, os.PathLike)):
             from transformers import AutoModelForCausalLM  # heavy: loaded on first use
@@ -327,11 +350,31 @@ def generate(
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                samples = _hf_generate(model, encoded, config, eos, pad, progress, logits_processor)
+                samples, logps = _hf_generate(model, encoded, config, eos, pad, progress, logits_processor)
         finally:
             model.train(was_training)
-    input_ids, attention_mask, completion_mask, finished, order = _layout(
-        encoded, samples, config.num_samples, eos, pad
-    )
+    return assemble(tokenizer, prompts, encoded, samples, config.num_samples, logps)
+
+
+def assemble(
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    encoded: list[list[int]],
+    samples: list[list[list[int]]],
+    num_samples: int,
+    logps: list[list[list[float]]] | None = None,
+) -> Rollout:
+    """The `Rollout` of prompt tokens `encoded` [b] and completion tokens `samples` [b][k] (EOS included where a
+    sample stopped), with the sampler's per-token log-probs `logps` [b][k] (one per completion token) if given."""
+    eos, pad = special_ids(tokenizer)
+    input_ids, attention_mask, completion_mask, finished, order = _layout(encoded, samples, num_samples, eos, pad)
     completions = [_decode(tokenizer, encoded[b], [t for t in samples[b][k] if t != eos]) for b, k in order]
-    return Rollout(list(prompts), completions, input_ids, attention_mask, completion_mask, finished, config.num_samples)
+    sampler_logps = None
+    if logps is not None:
+        sampler_logps = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for s, (b, k) in enumerate(order):
+            start = len(encoded[b])
+            sampler_logps[s, start : start + len(samples[b][k])] = torch.tensor(logps[b][k], dtype=torch.float32)
+    rollout = Rollout(list(prompts), completions, input_ids, attention_mask, completion_mask, finished, num_samples)
+    rollout.sampler_logps = sampler_logps
+    return rollout

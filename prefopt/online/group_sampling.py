@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from prefopt.online.config import OnlineConfig
-from prefopt.online.generation import GenerationConfig, Rollout, generate
+from prefopt.online.generation import GenerationConfig, Rollout
 from prefopt.online.rewards import rollout_rewards
 from prefopt.online.rollout_step import prompt_rows
 from prefopt.online.setup import OnlineRun, PromptOrder
@@ -67,6 +67,7 @@ def generation_config(config: OnlineConfig) -> GenerationConfig:
         num_samples=config.samples,
         batch_size=config.generation_batch_size,
         backend="hf",
+        logprobs=config.importance_sampling != "off",  # the sampler's per-token log-probs (`prefopt.online.importance`)
     )
 
 
@@ -97,6 +98,7 @@ def select_prompts(rollout: Rollout, prompts: Tensor) -> Rollout:
         completion_mask=rollout.completion_mask[rows],
         finished=rollout.finished[rows],
         num_samples=rollout.num_samples,
+        sampler_logps=None if rollout.sampler_logps is None else rollout.sampler_logps[rows],
     )
 
 
@@ -109,10 +111,9 @@ def concat_rollouts(parts: Sequence[Rollout]) -> Rollout:
         t = torch.nn.functional.pad(t, (0, width - t.shape[1])) if t.dim() == 2 else t  # pads 0 / False
         return list(t.split(part.num_prompts))  # K blocks: block j = sample j of every prompt
 
-    tensors = {
-        name: torch.cat([blocks(p, name)[j] for j in range(k) for p in parts])
-        for name in ("input_ids", "attention_mask", "completion_mask", "finished")
-    }
+    names = ["input_ids", "attention_mask", "completion_mask", "finished"]
+    names += ["sampler_logps"] if all(p.sampler_logps is not None for p in parts) else []
+    tensors = {name: torch.cat([blocks(p, name)[j] for j in range(k) for p in parts]) for name in names}
     completions = [
         c for j in range(k) for p in parts for c in p.completions[j * p.num_prompts : (j + 1) * p.num_prompts]
     ]
@@ -134,9 +135,9 @@ def _draw(run: OnlineRun, prompts: list[Any], columns: dict[str, list[Any]], see
     device = next(run.policy.parameters()).device
     with run.precision.autocast_context(device):
         processor = None if run.action_mask is None else run.action_mask.processor()  # NLPO: sample inside M_t
-        rollout = generate(
-            run.policy, run.tokenizer, prompts, generation_config(run.config), seed=seed, logits_processor=processor
-        )
+        rollout = run.rollout_sampler().generate(
+            prompts, generation_config(run.config), seed=seed, logits_processor=processor
+        )  # a vLLM engine first gets the policy's weights if it was updated since (`prefopt.online.samplers`)
     scores, metrics = rollout_scores(run, rollout, columns)
     return rollout, scores, columns, metrics
 

@@ -172,6 +172,8 @@ class PreparedRollout:
         completion_mask: [S, W] bool.
         greedy_scores: [B] rewards of the greedy decodes, or None.
         token_inputs: per-token [S, W] targets (old_values, advantages, returns) when the loss has a critic.
+        is_weights: [S, W] truncated importance-sampling weights min(π_old/π_sampler, C), detached, multiplying
+            each token's gradient (`prefopt.online.importance`), or None (`OnlineConfig.importance_sampling` off).
     """
 
     scores: Tensor
@@ -180,6 +182,7 @@ class PreparedRollout:
     completion_mask: Tensor
     greedy_scores: Tensor | None = None
     token_inputs: dict[str, Tensor] = field(default_factory=dict)
+    is_weights: Tensor | None = None
 
     @property
     def num_prompts(self) -> int:

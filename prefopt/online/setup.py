@@ -23,8 +23,10 @@ from prefopt.online.config import OnlineConfig
 from prefopt.online.masked_policy import save_action_mask
 from prefopt.online.rewards import as_reward_function
 from prefopt.online.rollout_step import Recipe, hparams_with_defaults, recipe_for
+from prefopt.online.samplers import HFSampler, Sampler
 from prefopt.online.shared_groups import Share, share_prompt_setting
 from prefopt.online.value import ValueModel, critic_from_policy, critic_from_reward_model
+from prefopt.online.vllm_samplers import build_sampler
 from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.rl import AdaptiveKLController, FixedKLController
@@ -183,6 +185,13 @@ class OnlineRun:
     action_mask: TopPActionMask | None = None  # NLPO's masking policy (`prefopt.online.action_mask`)
     q_learning: Any = None  # ILQL's heads and data (`prefopt.online.ilql.QLearning`), attached by train_online
     share_prompt: Share = False  # the K samples of a prompt read it once (`prefopt.online.shared_groups`)
+    sampler: Sampler | None = None  # what samples the rollouts (`prefopt.online.samplers`); None: the policy's generate
+
+    def rollout_sampler(self) -> Sampler:
+        """`sampler`, or the policy's own `generate` (`HFSampler`) for a run built without one."""
+        if self.sampler is None:
+            self.sampler = HFSampler(self.policy, self.tokenizer)
+        return self.sampler
 
     def frozen_models(self) -> dict[str, nn.Module]:
         """Models a checkpoint keeps whole (NLPO's masking policy; ILQL's heads, their target copies included)."""
@@ -257,6 +266,25 @@ def _action_mask(config: OnlineConfig, recipe: Recipe, policy: nn.Module, tokeni
     )
 
 
+def _sampler(config: OnlineConfig, policy: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer) -> Sampler:
+    """The run's sampler (`OnlineConfig.generation_backend`), counting the policy's optimiser steps: a vLLM engine
+    gets the policy's weights before the first generation after an update (`prefopt.online.samplers`)."""
+    sampler = build_sampler(
+        config.generation_backend,
+        policy,
+        tokenizer,
+        model_source=config.model,
+        revision=config.model_revision,
+        seed=config.seed,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        server_url=config.vllm_server_url,
+        server_timeout=config.vllm_server_timeout,
+        group_port=config.vllm_group_port,
+    )
+    sampler.watch(optimizer)
+    return sampler
+
+
 def setup_online_run(
     config: OnlineConfig,
     *,
@@ -327,4 +355,5 @@ def setup_online_run(
         precision=precision,
         action_mask=_action_mask(config, recipe, policy, tokenizer),
         share_prompt=share_prompt_setting(config.share_prompt, policy),
+        sampler=_sampler(config, policy, tokenizer, optimizers["policy"]),
     )

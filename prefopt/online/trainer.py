@@ -8,8 +8,11 @@ Per rollout step (B prompts, K samples each, S = K·B rows, group-major):
     old, ref  = engine(π_θ), engine(π_ref) on the rollout, per token, no grad       [S, T]
                 (each prompt read once for its K samples: `prefopt.online.shared_groups`)
     recipe    : greedy decode scored (ReMax) · critic values, KL-shaped rewards, GAE (PPO)
+    TIS       : w = min(π_old/π_sampler, C) per token or sequence, when on (`prefopt.online.importance`)
+                (sampling to here: `prefopt.online.annotation`)
     for epoch in 1..E:  for minibatch of prompts (groups kept whole):
         loss = get_loss(algorithm)(engine(π_θ)(minibatch), old, mask, **inputs the loss declares)
+               (with TIS on, each token's gradient through log π_θ multiplied by its w)
         backward, clip, Adam step (policy; critic for PPO)
 
 Every registered rollout loss (`prefopt losses --kind rollout`) runs through this one loop; what differs
@@ -20,7 +23,8 @@ objective/non_score_reward (−β·objective/kl, β the KL coefficient the algor
 objective/rlhf_reward, objective/entropy (mean Σ_t entropy), rewards/<name>/mean and /std of each Python
 reward function (TRL's), the loss's own metrics (policy/clipfrac,
 policy/approxkl, val/clipfrac, loss/policy, loss/value, …, averaged over minibatches), kl_coef,
-gen/length, gen/finished, grad_norm, time/step_s.
+gen/length, gen/finished, grad_norm, time/step_s; with importance sampling on, the sampler's mismatch is/logp_diff_mean,
+is/logp_diff_max, is/ratio_max, is/ratio_min, is/capped_frac, is/weight_mean (`prefopt.online.importance`).
 """
 
 from __future__ import annotations
@@ -45,25 +49,15 @@ from prefopt.atomic import write_json_atomic
 from prefopt.errors import OnlineDivergedError
 from prefopt.loss_call import engine_call, loss_arguments
 from prefopt.memory import peak_memory, reset_peak_memory
+from prefopt.online.annotation import annotate_rollout, compute_context
 from prefopt.online.checkpoint import latest_checkpoint, load_online_checkpoint, save_online_checkpoint
 from prefopt.online.config import RESUMABLE, OnlineConfig
-from prefopt.online.generation import generate
-from prefopt.online.group_sampling import generation_config, rollout_scores, sample_rollout
 from prefopt.online.ilql import QLearning
-from prefopt.online.rollout_step import (
-    PreparedRollout,
-    critic_targets,
-    loss_inputs,
-    pair_batch,
-    prompt_minibatches,
-    prompt_rows,
-    rollout_wide_inputs,
-    sequence_scores,
-)
+from prefopt.online.importance import reweight_gradient
+from prefopt.online.rollout_step import PreparedRollout, loss_inputs, pair_batch, prompt_minibatches, prompt_rows
 from prefopt.online.setup import OnlineRun, setup_online_run
 from prefopt.online.shared_groups import critic_values, rollout_rows, score_rows
 from prefopt.progress import library_progress_bars
-from prefopt.rl import kl_k1, masked_sum
 from prefopt.threads import torch_threads
 from prefopt.train.checkpoint import check_no_earlier_run, check_same_settings
 from prefopt.train.inputs import input_fingerprints
@@ -108,70 +102,9 @@ def _seed(config: OnlineConfig, step: int, stream: int) -> int:
     return (config.seed * 1_000_003 + step) * 7 + stream
 
 
-def _compute(run: OnlineRun) -> Any:
-    """The context of the policy's and the critic's forwards: bf16 autocast where bf16 compute applies
-    (`prefopt.train.precision`); the reference and the reward model run in their own dtype, outside it."""
-    return run.precision.autocast_context(next(run.policy.parameters()).device)
-
-
-@torch.no_grad()
 def _prepare(run: OnlineRun, step: int) -> tuple[Any, PreparedRollout, dict[str, float]]:
-    """Sample, score and annotate one rollout; returns it with the rollout-level metrics."""
-    config = run.config
-    # generate and score (shaped), with dynamic sampling's refills when on (`prefopt.online.group_sampling`)
-    rollout, scores, columns, reward_metrics = sample_rollout(run, step, _seed(config, step, 0))
-    greedy = None
-    if run.recipe.greedy_baseline:
-        decode = dataclasses.replace(generation_config(config), num_samples=1, do_sample=False)
-        with _compute(run):
-            decoded = generate(run.policy, run.tokenizer, rollout.prompts, decode)
-        greedy = rollout_scores(run, decoded, columns)[0][:, 0]
-    batch = rollout.token_batch()
-    rows = rollout_rows(batch, rollout.num_samples, run.share_prompt)  # each prompt once per group, when on
-    with _compute(run):
-        old, old_mass = score_rows(run.engine, run.action_mask, rows, return_entropy=True)  # log Z: NLPO
-    ref, _ = score_rows(run.ref_engine, None, rows)
-    assert old.tokens is not None and ref.tokens is not None and old.entropy is not None
-    mask = batch.completion_mask
-    prepared = PreparedRollout(scores, old.tokens, ref.tokens, mask, greedy)
-    sequence_kl = masked_sum(kl_k1(old.tokens, ref.tokens), mask, dim=1)  # [S] Σ_t k1
-    beta = float({**run.spec.defaults(), **run.loss.hparams}.get("beta") or 0.0)
-    if run.critic is not None:
-        beta = run.kl_controller.value
-        with _compute(run):
-            old_values = critic_values(run.critic, rows)
-        prepared.token_inputs, kl = critic_targets(
-            sequence_scores(prepared),
-            old.tokens,
-            ref.tokens,
-            mask,
-            old_values,
-            kl_coef=beta,
-            estimator=config.kl_estimator,
-            gamma=config.gamma,
-            lam=config.lam,
-            whiten=config.whiten_advantages,
-        )
-        run.kl_controller.update(float(kl.sum(1).mean()), n_steps=mask.shape[0])
-    if old_mass is not None:
-        prepared.token_inputs["old_mask_log_mass"] = old_mass
-    # statistics of the whole rollout the loss declares (`LossSpec.rollout_inputs`), before the minibatches
-    prepared.token_inputs.update(rollout_wide_inputs(run.spec, prepared, run.loss.hparams))
-    kl_mean, score_mean = float(sequence_kl.mean()), float(scores.mean())
-    metrics = {
-        "objective/scores": score_mean,
-        "objective/kl": kl_mean,
-        "objective/non_score_reward": -beta * kl_mean,
-        "objective/rlhf_reward": score_mean - beta * kl_mean,
-        "objective/entropy": float(old.entropy.mean()),
-        "kl_coef": beta,
-        "gen/length": float(rollout.lengths().float().mean()),
-        "gen/finished": float(rollout.finished.float().mean()),
-        **reward_metrics,
-    }
-    if greedy is not None:
-        metrics["objective/greedy_scores"] = float(greedy.mean())
-    return rollout, prepared, metrics
+    """Sample, score and annotate step `step`'s rollout (`prefopt.online.annotation`), with its metrics."""
+    return annotate_rollout(run, step, _seed(run.config, step, 0))
 
 
 def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, prompts: torch.Tensor) -> Any:
@@ -182,7 +115,7 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
         if pairs is None:
             return None
         batch, reference = pairs
-        with _compute(run):
+        with compute_context(run):
             policy_logps = run.engine(batch, **engine_call(run.pair_loss.spec, None))  # + log Σ_v p² if it takes it
         args, kwargs = loss_arguments(run.pair_loss.spec, policy_logps, reference, batch)
         return run.pair_loss(*args, **kwargs)
@@ -190,13 +123,15 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
     batch = rollout.token_batch(rows)
     groups = rollout_rows(batch, prepared.num_samples, run.share_prompt)  # each prompt once per group, when on
     entropy = "token_entropy" in run.spec.extra_inputs
-    with _compute(run):
+    with compute_context(run):
         policy, mass = score_rows(run.engine, run.action_mask, groups, return_entropy=entropy)
         values = critic_values(run.critic, groups) if run.critic is not None else None
     width = batch.input_ids.shape[1]
     args, kwargs = loss_inputs(
         run.spec, prepared, prompts, rows, width, policy=policy, values=values, mask_log_mass=mass
     )
+    if prepared.is_weights is not None:  # TIS: each token's gradient × min(π_old/π_sampler, C) (`importance`)
+        args[0] = reweight_gradient(args[0], prepared.is_weights[rows, :width])
     return run.loss(*args, **kwargs)
 
 

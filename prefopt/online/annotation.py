@@ -1,0 +1,121 @@
+"""The rollout-annotation step of the online loop: sample and score a rollout, then annotate it with everything its
+loss may ask for, once per rollout step and without gradient.
+
+    rollout   = generate + score (+ dynamic sampling's refills)           `prefopt.online.group_sampling`
+    greedy    = a greedy decode of every prompt, scored                    losses that take greedy_rewards (ReMax)
+    old, ref  = engine(π_θ), engine(π_ref) per token, no grad    [S, T]    each prompt once per group when shared
+    critic    : old values, KL-shaped rewards, GAE targets                 losses that take values (PPO)
+    declared  : the loss's `rollout_inputs` over the whole rollout         `rollout_wide_inputs`
+    TIS       : weights min(π_old/π_sampler, C) and the mismatch metrics   `OnlineConfig.importance_sampling`
+
+The metrics of the rollout (`objective/*`, `gen/*`, `kl_coef`, the reward functions', `is/*`) are returned with it;
+`prefopt.online.trainer` then runs the loss over its minibatches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prefopt.online.generation import generate
+from prefopt.online.group_sampling import generation_config, rollout_scores, sample_rollout
+from prefopt.online.importance import importance_weights, mismatch_metrics
+from prefopt.online.rollout_step import PreparedRollout, critic_targets, rollout_wide_inputs, sequence_scores
+from prefopt.online.setup import OnlineRun
+from prefopt.online.shared_groups import critic_values, rollout_rows, score_rows
+from prefopt.rl import kl_k1, masked_sum
+from prefopt.settings import SettingsError
+
+__all__ = ["annotate_rollout", "compute_context", "importance_sampling"]
+
+
+def compute_context(run: OnlineRun) -> Any:
+    """The context of the policy's and the critic's forwards: bf16 autocast where bf16 compute applies
+    (`prefopt.train.precision`); the reference and the reward model run in their own dtype, outside it."""
+    return run.precision.autocast_context(next(run.policy.parameters()).device)
+
+
+def importance_sampling(
+    run: OnlineRun, sampler_logps: Tensor | None, old_logps: Tensor, mask: Tensor, old_mass: Tensor | None
+) -> tuple[Tensor | None, dict[str, float]]:
+    """The TIS weights [S, T] of a rollout and its `is/*` metrics (`prefopt.online.importance`), or (None, {}) when
+    `OnlineConfig.importance_sampling` is off. π_old is the learner's no-gradient score; with NLPO's action mask,
+    the policy renormalised inside the mask (log π_old − log Z_old), the distribution the sampler draws from."""
+    mode, cap = run.config.importance_sampling, run.config.importance_sampling_cap
+    if mode == "off":
+        return None, {}
+    if sampler_logps is None:
+        raise SettingsError(
+            f"OnlineConfig.importance_sampling={mode!r}: the sampler recorded no per-token log-probs for this "
+            "rollout; use a sampler that reports them or set importance_sampling='off'"
+        )
+    behaviour = old_logps if old_mass is None else old_logps - old_mass
+    sampler = sampler_logps[:, : mask.shape[1]].to(behaviour.device)
+    weights = importance_weights(behaviour, sampler, mask, mode=mode, cap=cap)
+    return weights, mismatch_metrics(behaviour, sampler, mask, mode=mode, cap=cap)
+
+
+@torch.no_grad()
+def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, PreparedRollout, dict[str, float]]:
+    """Sample step `step`'s rollout (from `seed`), score and annotate it (module docstring); returns it with its
+    metrics."""
+    config = run.config
+    # generate and score (shaped), with dynamic sampling's refills when on (`prefopt.online.group_sampling`)
+    rollout, scores, columns, reward_metrics = sample_rollout(run, step, seed)
+    greedy = None
+    if run.recipe.greedy_baseline:
+        decode = dataclasses.replace(generation_config(config), num_samples=1, do_sample=False, logprobs=False)
+        with compute_context(run):
+            decoded = generate(run.policy, run.tokenizer, rollout.prompts, decode)
+        greedy = rollout_scores(run, decoded, columns)[0][:, 0]
+    batch = rollout.token_batch()
+    rows = rollout_rows(batch, rollout.num_samples, run.share_prompt)  # each prompt once per group, when on
+    with compute_context(run):
+        old, old_mass = score_rows(run.engine, run.action_mask, rows, return_entropy=True)  # log Z: NLPO
+    ref, _ = score_rows(run.ref_engine, None, rows)
+    assert old.tokens is not None and ref.tokens is not None and old.entropy is not None
+    mask = batch.completion_mask
+    prepared = PreparedRollout(scores, old.tokens, ref.tokens, mask, greedy)
+    sequence_kl = masked_sum(kl_k1(old.tokens, ref.tokens), mask, dim=1)  # [S] Σ_t k1
+    beta = float({**run.spec.defaults(), **run.loss.hparams}.get("beta") or 0.0)
+    if run.critic is not None:
+        beta = run.kl_controller.value
+        with compute_context(run):
+            old_values = critic_values(run.critic, rows)
+        prepared.token_inputs, kl = critic_targets(
+            sequence_scores(prepared),
+            old.tokens,
+            ref.tokens,
+            mask,
+            old_values,
+            kl_coef=beta,
+            estimator=config.kl_estimator,
+            gamma=config.gamma,
+            lam=config.lam,
+            whiten=config.whiten_advantages,
+        )
+        run.kl_controller.update(float(kl.sum(1).mean()), n_steps=mask.shape[0])
+    if old_mass is not None:
+        prepared.token_inputs["old_mask_log_mass"] = old_mass
+    # statistics of the whole rollout the loss declares (`LossSpec.rollout_inputs`), before the minibatches
+    prepared.token_inputs.update(rollout_wide_inputs(run.spec, prepared, run.loss.hparams))
+    prepared.is_weights, is_metrics = importance_sampling(run, rollout.sampler_logps, old.tokens, mask, old_mass)
+    kl_mean, score_mean = float(sequence_kl.mean()), float(scores.mean())
+    metrics = {
+        "objective/scores": score_mean,
+        "objective/kl": kl_mean,
+        "objective/non_score_reward": -beta * kl_mean,
+        "objective/rlhf_reward": score_mean - beta * kl_mean,
+        "objective/entropy": float(old.entropy.mean()),
+        "kl_coef": beta,
+        "gen/length": float(rollout.lengths().float().mean()),
+        "gen/finished": float(rollout.finished.float().mean()),
+        **reward_metrics,
+        **is_metrics,
+    }
+    if greedy is not None:
+        metrics["objective/greedy_scores"] = float(greedy.mean())
+    return rollout, prepared, metrics
