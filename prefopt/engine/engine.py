@@ -31,7 +31,7 @@ from prefopt.engine.sequential_kl import HeadAt, token_kl
 from prefopt.errors import BatchError
 from prefopt.kernels import LogitStats, linear_logprobs
 
-__all__ = ["LogProbEngine", "TokenLogProbs"]
+__all__ = ["LogProbEngine", "ScoredRows", "TokenLogProbs"]
 
 Split = Literal["auto", "always", "never"]
 
@@ -39,6 +39,21 @@ Split = Literal["auto", "always", "never"]
 def _linear_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, **kwargs: Any) -> Any:
     """`prefopt.kernels.linear_logprobs`, resolved at call time (the kernels package imports lazily)."""
     return linear_logprobs(hidden, weight, labels, **kwargs)
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """One forward of a batch, cut to its N scored positions (`LogProbEngine.scored_rows`): the batch as it ran
+    (a prefix-shared batch unshared where `share_prompt` says so), `select` [R, T−1] bool (where the scored
+    tokens' states sit), `labels` [N], `seq` [N], and `states` at those positions: the body's hidden states
+    (N, D) on the split path, the model's logits (N, V) on the logits path. With autograd unless run under
+    `torch.no_grad()`."""
+
+    batch: TokenBatch
+    select: Tensor
+    labels: Tensor
+    seq: Tensor
+    states: Tensor
 
 
 @dataclass(frozen=True)
@@ -173,16 +188,11 @@ class LogProbEngine:
             )
         return batch if self.share_prompt is not False and refusal is None else unshare_prompts(batch)
 
-    def token_logprobs(
-        self,
-        batch: TokenBatch | Mapping[str, Any],
-        *,
-        return_entropy: bool = False,
-        return_stats: bool = False,
-        kl_reference: Any = None,
-    ) -> TokenLogProbs:
-        """Log-probs (and optionally entropies, logit statistics, the KL from `kl_reference`) of every completion
-        token, flat; see `TokenLogProbs`."""
+    def scored_rows(self, batch: TokenBatch | Mapping[str, Any]) -> ScoredRows:
+        """Run the model once over `batch` in the layout it runs in (`_layout`, `check_batch`, the body's
+        arguments for padded, packed or prefix-shared rows) and keep the states at its scored positions: the one
+        forward of `token_logprobs`, the loss-fused step (`prefopt.engine.fused_step`) and TDPO's reference head
+        (`prefopt.engine.sequential_kl.head_at`)."""
         batch = self._layout(as_token_batch(batch))
         check_batch(batch)
         if batch.shared_prefix:
@@ -193,25 +203,50 @@ class LogProbEngine:
             kwargs = body_kwargs(batch, self.packing, self._dtype())
         select, labels, seq = scored_positions(batch)
         if self.split is None:
-            logits = head_rows(self.model(**kwargs).logits, batch, select)  # (N, V) of the (R, T, V) logits
-            logprobs = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+            states = self.model(**kwargs).logits  # (R, T, V)
+        else:
+            out = self.split.body(**kwargs)
+            states = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, T, D)
+        return ScoredRows(batch, select, labels, seq, head_rows(states, batch, select))
+
+    def head_of(self, rows: ScoredRows) -> HeadAt:
+        """The next-token distribution at `rows`: the kernel's inputs on the split path (the head's view, LoRA on
+        the head folded in, hidden cast to the head's dtype as nn.Linear would need; the kernel's temperature and
+        softcap), the tempered float32 logits (N, V) on the logits path."""
+        if self.split is None:
+            return HeadAt(logits=rows.states.float() / self.temperature)
+        head = self.split.head_inputs(rows.states)  # (N, D) → kernel view
+        temperature, softcap = self.split.transform.kernel_args(self.temperature)
+        return HeadAt(head.hidden.to(head.weight.dtype), head.weight, head.bias, temperature, softcap)
+
+    def token_logprobs(
+        self,
+        batch: TokenBatch | Mapping[str, Any],
+        *,
+        return_entropy: bool = False,
+        return_stats: bool = False,
+        kl_reference: Any = None,
+    ) -> TokenLogProbs:
+        """Log-probs (and optionally entropies, logit statistics, the KL from `kl_reference`) of every completion
+        token, flat; see `TokenLogProbs`."""
+        rows = self.scored_rows(batch)
+        batch, select, labels, seq = rows.batch, rows.select, rows.labels, rows.seq
+        head = self.head_of(rows)
+        if head.logits is not None:  # the logits path: rows.states are the (N, V) logits
+            logprobs = torch.log_softmax(head.logits, dim=-1)
             logp = logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
             entropy = -(logprobs.exp() * logprobs).sum(-1) if return_entropy else None
-            stats = _logits_stats(logits, labels, logprobs) if return_stats else None
-            kl = _kl(HeadAt(logits=logits.float() / self.temperature), kl_reference, batch, self.chunk_size)
+            stats = _logits_stats(rows.states, labels, logprobs) if return_stats else None
+            kl = _kl(head, kl_reference, batch, self.chunk_size)
             return TokenLogProbs(logp, entropy, select, seq, stats, kl)
-        out = self.split.body(**kwargs)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, T, D)
-        head = self.split.head_inputs(head_rows(hidden, batch, select))  # (N, D) → kernel view
-        head_hidden = head.hidden.to(head.weight.dtype)  # as nn.Linear would need (e.g. fp32 norm, bf16 head)
-        temperature, softcap = self.split.transform.kernel_args(self.temperature)
+        assert head.hidden is not None and head.weight is not None
         result = _linear_logprobs(
-            head_hidden,
+            head.hidden,
             head.weight,
             labels,
             bias=head.bias,
-            temperature=temperature,
-            softcap=softcap,
+            temperature=head.temperature,
+            softcap=head.softcap,
             return_entropy=return_entropy,
             return_stats=return_stats,
             backend=self.backend,
@@ -222,8 +257,7 @@ class LogProbEngine:
         stats = rest[-1] if return_stats else None
         if stats is not None and self.temperature != 1.0:  # the kernel's logits are the model's divided by T
             stats = stats._replace(mean=stats.mean * self.temperature)  # log Σ p² stays the tempered softmax's
-        policy = HeadAt(head_hidden, head.weight, head.bias, temperature, softcap)
-        kl = _kl(policy, kl_reference, batch, self.chunk_size)
+        kl = _kl(head, kl_reference, batch, self.chunk_size)
         return TokenLogProbs(logp, entropy, select, seq, stats, kl)
 
     def __call__(

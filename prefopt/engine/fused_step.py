@@ -13,9 +13,9 @@ groups only, so it is exact when the objective is separable over the groups (`Lo
 those of `TokenBatch`: sequence s belongs to group s mod B, B = S / K.
 
 Autograd does the rest: dW, db accumulate into the head's parameters (tied embeddings sum both uses), dH flows
-back through the LoRA fold, the position gather and the body. This step mirrors `LogProbEngine.token_logprobs`'s
-split path (body kwargs, scored positions, head inputs, kernel arguments); tests/engine/test_fused_step.py
-holds the two equal.
+back through the LoRA fold, the position gather and the body. The forward and the head's inputs are the
+engine's own (`LogProbEngine.scored_rows`, `LogProbEngine.head_of`), as `token_logprobs` runs them;
+tests/losses/test_fused_loss.py holds the two paths equal.
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ from torch import Tensor
 
 from prefopt.batch import TokenBatch
 from prefopt.engine.engine import LogProbEngine
-from prefopt.engine.head import HeadInputs
-from prefopt.engine.inputs import as_token_batch, body_kwargs, check_batch, scored_positions
 from prefopt.engine.outputs import SequenceLogProbs, sequence_sums
-from prefopt.engine.prompt_sharing import head_rows
 from prefopt.kernels.fused_head import linear_logprobs_with_grad
 from prefopt.kernels.params import LogitStats
 
@@ -120,24 +117,6 @@ def _kernel_grad_fn(
     return kernel_grad_fn
 
 
-def _head(engine: LogProbEngine, batch: TokenBatch) -> tuple[TokenBatch, HeadInputs, Tensor, Tensor]:
-    """(the batch as it runs, the head's inputs at the scored positions, labels [N], sequence ids [N]): the body
-    forward of `LogProbEngine.token_logprobs`'s split path, with autograd."""
-    assert engine.split is not None
-    batch = engine._layout(as_token_batch(batch))
-    check_batch(batch)
-    if batch.shared_prefix:
-        kwargs = engine.prompt_sharing.body_kwargs(batch, engine._dtype())
-    else:
-        if batch.packed and engine.packing == "mask":
-            engine._check_window(batch.input_ids.shape[1])
-        kwargs = body_kwargs(batch, engine.packing, engine._dtype())
-    select, labels, seq = scored_positions(batch)
-    out = engine.split.body(**kwargs)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, T, D)
-    return batch, engine.split.head_inputs(head_rows(hidden, batch, select)), labels, seq
-
-
 def fused_head_step(
     engine: LogProbEngine,
     batch: TokenBatch | Any,
@@ -157,14 +136,15 @@ def fused_head_step(
     Returns:
         `FusedHeadStep`: `logps` (sum, count, group size, stats; detached) and `attach(value)`.
     """
-    split = engine.split
-    if split is None:
+    if engine.split is None:
         raise ValueError(
             f"fused_head_step: the engine takes the logits path ({engine.fallback_reason}); no head to fuse"
         )
-    batch, head, labels, seq = _head(engine, batch)
-    head_hidden = head.hidden.to(head.weight.dtype)  # (N, D'), as nn.Linear would need
-    temperature, softcap = split.transform.kernel_args(engine.temperature)
+    rows = engine.scored_rows(batch)  # the body's forward, with autograd
+    batch, labels, seq = rows.batch, rows.labels, rows.seq
+    head = engine.head_of(rows)  # hidden (N, D') in the head's dtype, weight, bias, kernel temperature and softcap
+    head_hidden = head.hidden
+    assert head_hidden is not None and head.weight is not None
     num_sequences, group_size = batch.num_sequences, batch.group_size
     count = torch.bincount(seq, minlength=num_sequences)
     need = (head_hidden.requires_grad, head.weight.requires_grad, head.bias is not None and head.bias.requires_grad)
@@ -177,8 +157,8 @@ def fused_head_step(
         seq % batch.num_groups,
         _kernel_grad_fn(grad_fn, seq, count, group_size, engine.temperature),
         bias=head.bias,
-        temperature=temperature,
-        softcap=softcap,
+        temperature=head.temperature,
+        softcap=head.softcap,
         return_stats=return_stats,
         need_grads=need,
         max_chunk_bytes=max_chunk_bytes,

@@ -21,8 +21,6 @@ import torch
 from torch import Tensor
 
 from prefopt.batch import TokenBatch
-from prefopt.engine.inputs import body_kwargs, check_batch, scored_positions
-from prefopt.engine.prompt_sharing import head_rows
 from prefopt.kernels.sequential_kl import linear_sequential_kl, sequential_kl_from_logits
 
 __all__ = ["HeadAt", "head_at", "token_kl"]
@@ -51,25 +49,10 @@ class HeadAt:
 
 
 def head_at(engine: Any, batch: TokenBatch) -> HeadAt:
-    """`engine`'s (a `LogProbEngine`) head at the scored positions of `batch`, as its `token_logprobs` forms it;
-    with gradient unless called under `torch.no_grad()` (the reference: `ReferenceLogProbs.head_inputs`)."""
-    batch = engine._layout(batch)
-    check_batch(batch)
-    if batch.shared_prefix:
-        kwargs = engine.prompt_sharing.body_kwargs(batch, engine._dtype())
-    else:
-        if batch.packed and engine.packing == "mask":
-            engine._check_window(batch.input_ids.shape[1])
-        kwargs = body_kwargs(batch, engine.packing, engine._dtype())
-    select, _, _ = scored_positions(batch)
-    if engine.split is None:
-        logits = head_rows(engine.model(**kwargs).logits, batch, select)  # (N, V)
-        return HeadAt(logits=logits.float() / engine.temperature)
-    out = engine.split.body(**kwargs)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, T, D)
-    head = engine.split.head_inputs(head_rows(hidden, batch, select))
-    temperature, softcap = engine.split.transform.kernel_args(engine.temperature)
-    return HeadAt(head.hidden.to(head.weight.dtype), head.weight, head.bias, temperature, softcap)
+    """`engine`'s (a `LogProbEngine`) head at the scored positions of `batch`, as its `token_logprobs` forms it
+    (`LogProbEngine.scored_rows`, `head_of`; typed Any: the engine module imports this one); with gradient unless
+    called under `torch.no_grad()` (the reference: `ReferenceLogProbs.head_inputs`)."""
+    return engine.head_of(engine.scored_rows(batch))
 
 
 def token_kl(policy: HeadAt, reference: HeadAt, *, chunk_size: int | None = None) -> Tensor:
