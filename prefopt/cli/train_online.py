@@ -21,6 +21,7 @@ from prefopt.cli.choices import (
     MIXED_PRECISION,
     ONLINE,
     PAIRED,
+    QUANTIZATION,
     SAVE_DTYPES,
     SHARE_PROMPT,
 )
@@ -55,6 +56,7 @@ examples:
   prefopt train-online --loss grpo --importance-sampling token --importance-sampling-cap 2
   prefopt train-online --loss reinforce_pp --set baseline=group --num-minibatches 4
   prefopt train-online --loss grpo --model path/to/sft --generation-backend vllm     # a CUDA machine with vLLM
+  prefopt train-online --loss ppo --model path/to/sft --lora-r 16 --quantization 4bit # π_ref: the adapter off
   prefopt train-online --config online.yaml --set beta=0.0 --resume"""
     config = OnlineConfig
     config_name = "OnlineConfig"
@@ -92,6 +94,12 @@ examples:
             "reward_weights", str, "one weight per --reward function, e.g. 1.0,0.5 (default 1 each)", metavar="W,W,..."
         ),
         "--value-model": Option("value_model", str, "PPO: reward model folder to initialise the critic from"),
+        "--lora-r": Option("lora_r", int, "LoRA rank (0: full fine-tuning; else π_ref is the adapter-disabled base)"),
+        "--lora-alpha": Option("lora_alpha", float, "LoRA α (default 2r)"),
+        "--lora-dropout": Option("lora_dropout", float, "LoRA dropout"),
+        "--quantization": Option(
+            "quantization", str, "bitsandbytes loading of the base model (needs --lora-r)", choices=QUANTIZATION
+        ),
         "--prompts": Option("prompts", str, "prompt file: .txt one per line, or .jsonl with a `prompt` column"),
         "--out": Option("output_dir", str, "run folder (default runs/online)", metavar="DIR"),
         "--steps": Option("steps", int, "rollout steps"),

@@ -52,7 +52,7 @@ __all__ = ["nlpo"]
         HParam("clip_range_value", None, "value clip ε_v: V kept within V_old ± ε_v (None: no clip)", POSITIVE),
         HParam("vf_coef", 0.5, "weight c_vf of the squared-error value loss", NON_NEGATIVE),
     ],
-    online_defaults={"num_samples": 1, "min_samples": 1, "epochs": 5},
+    online_defaults={"num_samples": 1, "min_samples": 1, "epochs": 5, "token_mean": 1},
 )
 def nlpo(
     policy_logps: Tensor,

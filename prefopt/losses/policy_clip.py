@@ -129,7 +129,7 @@ def _require(name: str, value: Tensor | None, what: str) -> Tensor:
         ),
     ],
     # One sample per prompt and 4 optimisation passes over each rollout (Ziegler et al. 2019; TRL PPOConfig).
-    online_defaults={"num_samples": 1, "min_samples": 1, "epochs": 4},
+    online_defaults={"num_samples": 1, "min_samples": 1, "epochs": 4, "token_mean": 1},
 )
 def ppo(
     policy_logps: Tensor,

@@ -88,7 +88,7 @@ def _group_advantages(rewards: Tensor | None, rows: int, where: str) -> tuple[Te
             aliases=("epsilon_high",),
         ),
     ],
-    online_defaults={"dynamic_sampling": 1, "overlong_shaping": 1},
+    online_defaults={"dynamic_sampling": 1, "overlong_shaping": 1, "token_mean": 1},
 )
 def dapo(
     policy_logps: Tensor,
@@ -188,6 +188,7 @@ def gspo(
         ),
         HParam("clip_high", 0.28, "ε_high: the IS weight is clipped above at 1 + ε_high", POSITIVE),
     ],
+    online_defaults={"token_mean": 1},  # one mean over the batch's tokens (`token_level_mean`)
 )
 def cispo(
     policy_logps: Tensor,

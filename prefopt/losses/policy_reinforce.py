@@ -111,7 +111,8 @@ def _global_advantages(batch: RolloutBatch) -> Tensor:
             choices=BASELINES,
         ),
     ],
-    online_defaults={"min_samples": 1},  # REINFORCE++ samples k ≥ 1 per prompt; the baseline variant needs 2
+    # REINFORCE++ samples k ≥ 1 per prompt (the baseline variant needs 2); its loss is a mean over the batch's tokens
+    online_defaults={"min_samples": 1, "token_mean": 1},
     rollout_inputs={"advantages": _global_advantages},
 )
 def reinforce_pp(

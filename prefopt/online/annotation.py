@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prefopt.online.distributed import Processes
 from prefopt.online.generation import generate
 from prefopt.online.group_sampling import generation_config, rollout_scores, sample_rollout
 from prefopt.online.importance import importance_weights, mismatch_metrics
@@ -95,13 +96,16 @@ def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, Prepare
             estimator=config.kl_estimator,
             gamma=config.gamma,
             lam=config.lam,
-            whiten=config.whiten_advantages,
+            whiten=config.whiten_advantages and run.processes.size == 1,
         )
-        run.kl_controller.update(float(kl.sum(1).mean()), n_steps=mask.shape[0])
+        if config.whiten_advantages and run.processes.size > 1:  # over every process's tokens
+            prepared.token_inputs["advantages"] = run.processes.whiten(prepared.token_inputs["advantages"], mask)
+        kl_mean, rows = run.processes.global_mean(kl.sum(1))  # the whole batch's mean KL
+        run.kl_controller.update(kl_mean, n_steps=rows)
     if old_mass is not None:
         prepared.token_inputs["old_mask_log_mass"] = old_mass
     # statistics of the whole rollout the loss declares (`LossSpec.rollout_inputs`), before the minibatches
-    prepared.token_inputs.update(rollout_wide_inputs(run.spec, prepared, run.loss.hparams))
+    prepared.token_inputs.update(_rollout_wide_inputs(run, prepared))
     prepared.is_weights, is_metrics = importance_sampling(run, rollout.sampler_logps, old.tokens, mask, old_mass)
     kl_mean, score_mean = float(sequence_kl.mean()), float(scores.mean())
     metrics = {
@@ -118,4 +122,21 @@ def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, Prepare
     }
     if greedy is not None:
         metrics["objective/greedy_scores"] = float(greedy.mean())
-    return rollout, prepared, metrics
+    return rollout, prepared, run.processes.average_metrics(metrics)  # over processes: the global batch's
+
+
+def _rollout_wide_inputs(run: OnlineRun, prepared: PreparedRollout) -> dict[str, Tensor]:
+    """`rollout_wide_inputs` of the global rollout: with several processes, computed on every process's rows
+    gathered in global order (`Processes.gather_rows`), then cut back to this process's rows."""
+    processes: Processes = run.processes
+    if processes.size == 1 or not run.spec.rollout_inputs:
+        return rollout_wide_inputs(run.spec, prepared, run.loss.hparams)
+    k, width = prepared.num_samples, prepared.completion_mask.shape[1]
+    gathered = PreparedRollout(
+        processes.gather_rows(prepared.scores, 1),
+        processes.gather_rows(prepared.old_logps, k),
+        processes.gather_rows(prepared.ref_logps, k),
+        processes.gather_rows(prepared.completion_mask.long(), k).bool(),
+    )
+    made = rollout_wide_inputs(run.spec, gathered, run.loss.hparams)
+    return {name: processes.local_rows(t, k, prepared.num_prompts, width) for name, t in made.items()}

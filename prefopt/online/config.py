@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from prefopt.kernels import BACKENDS
 from prefopt.loss_call import engine_inputs
 from prefopt.online.importance import check_importance_sampling
+from prefopt.online.lora_policy import LoraSettings
 from prefopt.online.reward_spec import reward_folders, reward_parts
 from prefopt.online.rollout_step import Recipe, recipe_for
 from prefopt.online.samplers import SamplerSettings, check_generation_machine
@@ -45,8 +46,9 @@ RESUMABLE = tuple(
 
 
 @dataclass(frozen=True)
-class OnlineConfig(SamplerSettings, Settings):
-    """Settings of one online run; the generation engine's (generation_backend, vllm_*) are `SamplerSettings`'.
+class OnlineConfig(SamplerSettings, LoraSettings, Settings):
+    """Settings of one online run; the generation engine's (generation_backend, vllm_*) are `SamplerSettings`', the
+    LoRA policy's (lora_r, lora_alpha, lora_dropout, lora_targets, quantization; TrainConfig's) `LoraSettings`'.
 
     Algorithm:
         algorithm: a registered rollout loss (`prefopt losses --kind rollout`).
@@ -56,7 +58,7 @@ class OnlineConfig(SamplerSettings, Settings):
             those pairs in its place; None = the algorithm's own loss (with `loss_hparams`).
     Model, reward, prompts:
         model, tokenizer: HF causal LM path (tokenizer default: the model's); None = the synthetic task's
-            reference policy. The reference π_ref is a frozen copy of the initial policy.
+            reference policy. π_ref is a frozen copy of the initial policy; with LoRA its adapter disabled (the base).
         model_revision: with a hub name for `model`, the branch, tag or commit to load it (and its tokenizer) at.
         reward: "gold" (the synthetic task's gold reward), the path of a saved reward model, or a Python
             function `module:function` (TRL's convention, `prefopt.online.reward_functions`; imported from
@@ -64,7 +66,7 @@ class OnlineConfig(SamplerSettings, Settings):
             (`prefopt.online.reward_spec`).
         reward_weights: one weight per function of `reward` (None: 1 each), TRL's `reward_weights`. A
             reward passed to `train_online` in memory takes its weights as (reward, weight) pairs instead.
-        value_model: path of a reward model to initialise PPO's critic from (None: from the policy).
+        value_model: reward model PPO's critic starts from (None: the policy's backbone copied; LoRA: its own trunk).
         prompts: a text file (one prompt per line) or .jsonl with a `prompt` column (its other fields are
             columns the reward functions may take); None = the synthetic task's train prompts.
     Sampling:
@@ -182,6 +184,7 @@ class OnlineConfig(SamplerSettings, Settings):
         self._check_counts()
         self._check_sampling(recipe)
         self.check_sampler_settings(masks_logits=recipe.action_mask)
+        self.check_lora_settings(model=self.model, heads_on_trunk=recipe.action_mask or recipe.q_learning)
         self._check_shaping()
         self._check_numbers()
         check_importance_sampling(self.importance_sampling, self.importance_sampling_cap, self.pair_loss, recipe)

@@ -21,6 +21,10 @@ Refill prompts are a seeded draw from all the prompts, a function of (run seed, 
 run draws the same ones; the step's own prompts still come from `PromptOrder`, whose order refills do not
 advance. Rows stay group-major: the batch of kept groups is rebuilt so that row k·B' + b is sample k of kept
 prompt b.
+
+Under `torchrun` / `accelerate launch` each process samples its block of the B prompts, each prompt alone from
+its own seed (`prefopt.online.distributed.prompt_seeds`), so the processes' rollouts together are one process's;
+dynamic sampling stays single-process (refused with several).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from torch import Tensor
 
 from prefopt.online.config import OnlineConfig
+from prefopt.online.distributed import prompt_seeds, sync_sampler
 from prefopt.online.generation import GenerationConfig, Rollout
 from prefopt.online.rewards import rollout_rewards
 from prefopt.online.rollout_step import prompt_rows
@@ -130,14 +135,22 @@ def refill_prompts(order: PromptOrder, seed: int) -> tuple[list[Any], dict[str, 
     return [order.prompts[i] for i in picks], columns
 
 
-def _draw(run: OnlineRun, prompts: list[Any], columns: dict[str, list[Any]], seed: int) -> Drawn:
-    """Sample K completions of `prompts` with the policy and score them (shaped)."""
+def _draw(
+    run: OnlineRun, prompts: list[Any], columns: dict[str, list[Any]], seed: int, seeds: list[int] | None = None
+) -> Drawn:
+    """Sample K completions of `prompts` with the policy and score them (shaped); with `seeds`, each prompt is
+    sampled alone from its own seed (several processes: `prefopt.online.distributed`)."""
     device = next(run.policy.parameters()).device
+    config = generation_config(run.config)
     with run.precision.autocast_context(device):
         processor = None if run.action_mask is None else run.action_mask.processor()  # NLPO: sample inside M_t
-        rollout = run.rollout_sampler().generate(
-            prompts, generation_config(run.config), seed=seed, logits_processor=processor
-        )  # a vLLM engine first gets the policy's weights if it was updated since (`prefopt.online.samplers`)
+        sampler = run.rollout_sampler()  # a vLLM engine first gets the policy's weights if updated since
+        sync_sampler(run.processes, sampler, run.policy)  # several processes: one push to a server, by the main one
+        if seeds is None:
+            rollout = sampler.generate(prompts, config, seed=seed, logits_processor=processor)
+        else:
+            parts = [sampler.generate([p], config, seed=s, logits_processor=processor) for p, s in zip(prompts, seeds)]
+            rollout = concat_rollouts(parts)
     scores, metrics = rollout_scores(run, rollout, columns)
     return rollout, scores, columns, metrics
 
@@ -151,7 +164,12 @@ def _kept(drawn: Drawn, keep: Tensor) -> Drawn:
 def sample_rollout(run: OnlineRun, step: int, seed: int) -> Drawn:
     """The rollout of step `step` (module docstring): its B prompts sampled and scored, with dynamic sampling
     when the run has it on. `seed` seeds the first generation; refills use seeds derived from it."""
-    first = _draw(run, run.prompts.batch(step), run.prompts.columns(step), seed)
+    prompts, columns, seeds = run.prompts.batch(step), run.prompts.columns(step), None
+    if run.processes.launched:  # this process's block of the prompts, each from its own seed
+        mine = run.processes.shard(len(prompts))
+        prompts, columns = [prompts[i] for i in mine], {n: [v[i] for i in mine] for n, v in columns.items()}
+        seeds = prompt_seeds(seed, mine)
+    first = _draw(run, prompts, columns, seed, seeds)
     if not run.config.filters_groups:
         return first
     wanted, kept, parts, drawn, spread = run.prompts.per_step, 0, [], first, []

@@ -37,6 +37,11 @@ rows of one loss call, i.e. one minibatch = one optimiser step; the whole rollou
     token-level mean 1/Σ|o_i| (dapo, cispo), token    the minibatch         local: the batch of one optimiser
       mean (ppo, reinforce_pp), 1/S (the rest)                              step, as in the papers
 
+With several processes (`prefopt.online.distributed`) "the whole rollout" and "the minibatch" are every process's
+rows together: the whole-rollout statistics are all-reduced (or, for `rollout_inputs`, computed on the gathered
+rollout) and each process weighs its share of a minibatch's loss by its rows, or by its tokens for a loss that
+declares `token_mean` (`online_defaults`).
+
 Online DPO with another paired loss (`OnlineConfig.pair_loss`, for a loss that declares `accepts_pair_loss`):
 each prompt's best and worst samples (`best_worst_pairs`, ties dropped) become a (chosen, rejected) pair,
 and the paired loss gets the pairs' summed log-probs exactly as the offline trainer would
@@ -97,6 +102,8 @@ class Recipe:
             policy masked to a masking policy's top-p tokens (`prefopt.online.action_mask`).
         q_learning: the loss takes `q_values` (ILQL): `train_online` runs the offline Q-learning trainer
             (`prefopt.online.ilql`), which makes the Q-head inputs, on reference samples instead of this loop.
+        token_mean: the loss averages over every completion token of its minibatch (declared), so that several
+            processes weigh their shares of a minibatch by tokens, not rows (`prefopt.online.distributed`).
     """
 
     num_samples: int = 4
@@ -108,6 +115,7 @@ class Recipe:
     overlong_shaping: bool = False
     action_mask: bool = False
     q_learning: bool = False
+    token_mean: bool = False
 
 
 # Loss inputs the online loop knows how to make (module table).
@@ -151,7 +159,8 @@ def recipe_for(spec: LossSpec) -> Recipe:
             f"rollout loss {spec.name!r} takes input(s) {missing} that the online loop cannot make "
             f"(it makes {list(FEEDABLE_INPUTS)}); call the loss from your own loop"
         )
-    switches = {k: bool(v) for k, v in spec.online_defaults.items() if k in ("dynamic_sampling", "overlong_shaping")}
+    flags = ("dynamic_sampling", "overlong_shaping", "token_mean")
+    switches = {k: bool(v) for k, v in spec.online_defaults.items() if k in flags}
     return dataclasses.replace(
         Recipe(),
         **{**spec.online_defaults, **switches},

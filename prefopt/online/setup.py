@@ -20,18 +20,20 @@ from prefopt.data.synthetic.preferences import draw_prompts
 from prefopt.engine import LogProbEngine
 from prefopt.online.action_mask import TopPActionMask
 from prefopt.online.config import OnlineConfig
+from prefopt.online.distributed import Processes
+from prefopt.online.lora_policy import lora_policy, reference_engine
 from prefopt.online.masked_policy import save_action_mask
 from prefopt.online.rewards import as_reward_function
 from prefopt.online.rollout_step import Recipe, hparams_with_defaults, recipe_for
 from prefopt.online.samplers import HFSampler, Sampler
 from prefopt.online.shared_groups import Share, share_prompt_setting
-from prefopt.online.value import ValueModel, critic_from_policy, critic_from_reward_model
+from prefopt.online.value import ValueModel, critic_from_policy, critic_from_reward_model, critic_on_trunk
 from prefopt.online.vllm_samplers import build_sampler
 from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.rl import AdaptiveKLController, FixedKLController
 from prefopt.settings import SettingsError
-from prefopt.train.model import frozen_copy
+from prefopt.train.model import frozen_copy, load_causal_lm
 from prefopt.train.precision import Precision, resolve_precision
 
 __all__ = [
@@ -186,6 +188,7 @@ class OnlineRun:
     q_learning: Any = None  # ILQL's heads and data (`prefopt.online.ilql.QLearning`), attached by train_online
     share_prompt: Share = False  # the K samples of a prompt read it once (`prefopt.online.shared_groups`)
     sampler: Sampler | None = None  # what samples the rollouts (`prefopt.online.samplers`); None: the policy's generate
+    processes: Processes = Processes()  # this process among the run's (`prefopt.online.distributed`)
 
     def rollout_sampler(self) -> Sampler:
         """`sampler`, or the policy's own `generate` (`HFSampler`) for a run built without one."""
@@ -211,7 +214,7 @@ class OnlineRun:
         if self.q_learning is not None:  # ILQL's heads are part of the policy (one clip, one optimiser)
             out["policy"] += self.q_learning.trainable()
         if self.critic is not None:
-            out["critic"] = [p for p in self.critic.parameters() if p.requires_grad]
+            out["critic"] = self.critic.own_parameters(self.policy)  # a head on the policy's trunk: the head only
         return out
 
 
@@ -223,9 +226,11 @@ def _policy(config: OnlineConfig, model: Any, tokenizer: Any) -> tuple[nn.Module
     if config.model is None:
         policy = synthetic.reference_policy(config.seed, progress=config.progress)
         return policy.model, policy.tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: loaded on first use
+    from transformers import AutoTokenizer  # heavy: loaded on first use
 
-    model = load_pretrained(AutoModelForCausalLM, config.model, "OnlineConfig.model", revision=config.model_revision)
+    model = load_causal_lm(
+        config.model, "OnlineConfig.model", revision=config.model_revision, quantization=config.quantization
+    )
     if config.tokenizer is not None:
         return model, load_pretrained(AutoTokenizer, config.tokenizer, "OnlineConfig.tokenizer")
     return model, load_pretrained(
@@ -236,8 +241,8 @@ def _policy(config: OnlineConfig, model: Any, tokenizer: Any) -> tuple[nn.Module
 def _critic(config: OnlineConfig, policy: nn.Module, precision: Precision) -> ValueModel:
     """PPO's critic, trainable, its weights in the master dtype (a copy of the cast policy's backbone, or
     the reward model `value_model` cast like the policy)."""
-    if config.value_model is None:
-        return precision.cast(critic_from_policy(policy))
+    if config.value_model is None:  # LoRA: a head on the policy's adapter-enabled trunk, no copy of the base
+        return precision.cast(critic_on_trunk(policy) if config.lora_r else critic_from_policy(policy))
     from transformers import AutoModelForSequenceClassification  # heavy: loaded on first use
 
     reward_model = load_pretrained(AutoModelForSequenceClassification, config.value_model, "OnlineConfig.value_model")
@@ -293,6 +298,7 @@ def setup_online_run(
     reward: Any = None,
     prompts: Any = None,
     reference_model: nn.Module | None = None,
+    processes: Processes = Processes(),
 ) -> OnlineRun:
     """Build the run: policy (eval mode: no dropout, so π_old = π_θ before the first update, as TRL
     disables dropout) with its master weights (`prefopt.train.precision`), frozen reference (in the
@@ -306,9 +312,16 @@ def setup_online_run(
     recipe = recipe_for(spec)
     lr = config.learning_rate
     policy, tokenizer = _policy(config, model, tokenizer)
-    reference = reference_model if reference_model is not None else frozen_copy(policy)
-    reference.requires_grad_(False).eval()
-    policy.requires_grad_(True)
+    if processes.device is not None:  # under a launcher on GPUs: this process's device
+        policy = policy.to(processes.device)
+    reference = reference_model
+    if config.lora_r:  # only the adapter trains; π_ref = the adapter disabled (`prefopt.online.lora_policy`)
+        policy = lora_policy(policy, config, config.seed)
+    else:
+        reference = reference if reference is not None else frozen_copy(policy)
+        policy.requires_grad_(True)
+    if reference is not None:
+        reference.requires_grad_(False).eval()
     policy.eval()
     precision = resolve_precision(
         policy,
@@ -330,7 +343,7 @@ def setup_online_run(
         prompts = synthetic_prompts(config.seed)[0]
     optimizers = {"policy": _optimizer([p for p in policy.parameters() if p.requires_grad], lr, config)}
     if critic is not None:
-        optimizers["critic"] = _optimizer(list(critic.parameters()), config.value_lr or lr, config)
+        optimizers["critic"] = _optimizer(critic.own_parameters(policy), config.value_lr or lr, config)
     controller: AdaptiveKLController | FixedKLController = FixedKLController(config.kl_coef)
     if config.kl_target is not None:
         controller = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -346,7 +359,9 @@ def setup_online_run(
         policy=policy,
         tokenizer=tokenizer,
         engine=LogProbEngine(policy, backend=config.engine_backend, temperature=config.temperature),
-        ref_engine=LogProbEngine(reference, backend=config.engine_backend, temperature=config.temperature),
+        ref_engine=reference_engine(
+            policy, reference, bool(config.lora_r), backend=config.engine_backend, temperature=config.temperature
+        ),
         critic=critic,
         optimizers=optimizers,
         reward=scorer,
@@ -356,4 +371,5 @@ def setup_online_run(
         action_mask=_action_mask(config, recipe, policy, tokenizer),
         share_prompt=share_prompt_setting(config.share_prompt, policy),
         sampler=_sampler(config, policy, tokenizer, optimizers["policy"]),
+        processes=processes,
     )

@@ -25,6 +25,10 @@ reward function (TRL's), the loss's own metrics (policy/clipfrac,
 policy/approxkl, val/clipfrac, loss/policy, loss/value, …, averaged over minibatches), kl_coef,
 gen/length, gen/finished, grad_norm, time/step_s; with importance sampling on, the sampler's mismatch is/logp_diff_mean,
 is/logp_diff_max, is/ratio_max, is/ratio_min, is/capped_frac, is/weight_mean (`prefopt.online.importance`).
+
+Under `torchrun` / `accelerate launch` every process runs this loop on its block of each step's prompts, the
+batch statistics and the gradients summed over processes (`prefopt.online.distributed`); only the main process
+writes the run folder (metrics, checkpoints, final/, result.json), and every process resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,14 +57,16 @@ from prefopt.memory import peak_memory, reset_peak_memory
 from prefopt.online.annotation import annotate_rollout, compute_context
 from prefopt.online.checkpoint import latest_checkpoint, load_online_checkpoint, save_online_checkpoint
 from prefopt.online.config import RESUMABLE, OnlineConfig
+from prefopt.online.distributed import check_supported, launched_processes, local_prompts, weighted_sum
 from prefopt.online.ilql import QLearning
 from prefopt.online.importance import reweight_gradient
 from prefopt.online.rollout_step import PreparedRollout, loss_inputs, pair_batch, prompt_minibatches, prompt_rows
 from prefopt.online.setup import OnlineRun, setup_online_run
 from prefopt.online.shared_groups import critic_values, rollout_rows, score_rows
 from prefopt.progress import library_progress_bars
+from prefopt.registry import loss_spec
 from prefopt.threads import torch_threads
-from prefopt.train.checkpoint import check_no_earlier_run, check_same_settings
+from prefopt.train.checkpoint import CHECKPOINT_DIR, check_no_earlier_run, check_same_settings
 from prefopt.train.inputs import input_fingerprints
 from prefopt.train.logs import MetricsLog, truncate_metrics
 from prefopt.train.run_folder import claim_run_folder
@@ -135,9 +142,13 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
     return run.loss(*args, **kwargs)
 
 
-def _update(run: OnlineRun, step: int, loss: torch.Tensor) -> float:
-    """Backward, clip each model's gradient, Adam step; returns the policy's gradient norm."""
-    loss.backward()
+def _update(run: OnlineRun, step: int, loss: torch.Tensor | None) -> float:
+    """Backward, sum the gradients over processes (`prefopt.online.distributed`; `loss` is None on a process with no
+    rows in this minibatch), clip each model's gradient, Adam step; returns the policy's gradient norm."""
+    if loss is not None:
+        loss.backward()
+    for params in run.parameters().values():
+        run.processes.sum_gradients(params)
     max_norm = run.config.max_grad_norm if run.config.max_grad_norm is not None else math.inf
     norms = {name: float(torch.nn.utils.clip_grad_norm_(params, max_norm)) for name, params in run.parameters().items()}
     if not all(math.isfinite(n) for n in norms.values()):
@@ -159,16 +170,20 @@ def rollout_step(run: OnlineRun, step: int) -> dict[str, float]:
     rollout, prepared, record = _prepare(run, step)
     generator = torch.Generator().manual_seed(_seed(run.config, step, 1))
     sums: dict[str, float] = {}
-    updates = 0
+    updates, processes = 0, run.processes
+    total = prepared.num_prompts * processes.size  # minibatches split the step's global prompts
     for _ in range(run.config.passes):
-        for prompts in prompt_minibatches(prepared.num_prompts, run.config.num_minibatches, generator):
-            out = _minibatch_loss(run, rollout, prepared, prompts)
-            if out is None:
+        for part in prompt_minibatches(total, run.config.num_minibatches, generator):
+            prompts = local_prompts(processes, part, prepared.num_prompts)  # this process's share of them
+            out = _minibatch_loss(run, rollout, prepared, prompts) if prompts.numel() else None
+            if out is None and processes.size == 1:
                 continue
-            if not torch.isfinite(out.loss):
+            if out is not None and not torch.isfinite(out.loss):
                 raise OnlineDivergedError(f"non-finite loss at step {step + 1}; lower lr or check the reward")
-            grad_norm = _update(run, step, out.loss)
-            for key, value in {**out.scalars(), "grad_norm": grad_norm}.items():
+            weight = _share(run, prepared, prompts)
+            grad_norm = _update(run, step, None if out is None else (out.loss if weight == 1.0 else weight * out.loss))
+            scalars = weighted_sum(processes, {} if out is None else out.scalars(), weight)
+            for key, value in {**scalars, "grad_norm": grad_norm}.items():
                 sums[key] = sums.get(key, 0.0) + value
             updates += 1
     if run.action_mask is not None:  # NLPO: every μ steps the masking policy becomes a copy of π_θ
@@ -178,20 +193,34 @@ def rollout_step(run: OnlineRun, step: int) -> dict[str, float]:
     return record
 
 
+def _share(run: OnlineRun, prepared: PreparedRollout, prompts: torch.Tensor) -> float:
+    """w_p: this process's part of the minibatch's loss normaliser, its rows (or completion tokens, for a loss that
+    averages over the minibatch's tokens: `Recipe.token_mean`) over every process's; 1 in one process."""
+    if run.processes.size == 1:
+        return 1.0
+    rows = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)
+    count = float(prepared.completion_mask[rows].sum()) if run.recipe.token_mean else float(rows.numel())
+    total = float(run.processes.sum(torch.tensor(count, device=run.processes.device)))
+    return count / total if total else 0.0
+
+
 def _resume(run: OnlineRun, inputs: dict[str, Any]) -> int:
     """Restore the newest checkpoint (if any) and return the step to continue from; refuse other settings or
     other inputs (`prefopt.train.inputs`: the prompts and a model given in memory)."""
     config = run.config
     path = latest_checkpoint(config.output_dir)
+    main = run.processes.main
     if path is None:  # killed before its first checkpoint: start over, with an empty log
-        truncate_metrics(Path(config.output_dir) / "metrics.jsonl", 0)
+        if main:
+            truncate_metrics(Path(config.output_dir) / "metrics.jsonl", 0)
         return 0
     check_same_settings(config.output_dir, {**config.to_dict(), **inputs}, RESUMABLE, type(config))
     state = load_online_checkpoint(
         path, policy=run.policy, critic=run.critic, optimizers=run.optimizers, frozen=run.frozen_models()
     )
     run.kl_controller.value = float(state["kl_coef"])
-    truncate_metrics(Path(config.output_dir) / "metrics.jsonl", int(state["step"]))
+    if main:
+        truncate_metrics(Path(config.output_dir) / "metrics.jsonl", int(state["step"]))
     return int(state["step"])
 
 
@@ -205,6 +234,9 @@ def _fresh(out: Path) -> int:
 
 
 def _checkpoint(run: OnlineRun, step: int) -> Path:
+    """Save the run after `step` rollouts (the main process; every process holds the same weights)."""
+    if not run.processes.main:
+        return Path(run.config.output_dir) / CHECKPOINT_DIR / f"step-{step:06d}"
     return save_online_checkpoint(
         run.config.output_dir,
         step,
@@ -249,40 +281,51 @@ def train_online(
     elif settings:
         config = dataclasses.replace(config, **settings)
     config.preflight()  # output folder, model folders, backend: before anything is built or written
-    # one run per folder (`prefopt.train.run_folder`): a second run on output_dir stops at once
-    with torch_threads(config.threads), library_progress_bars(config.progress), claim_run_folder(config.output_dir):
-        return _train(config, model, tokenizer, reward, prompts, reference_model, on_step)
-
-
-def _train(
-    config: OnlineConfig,
-    model: Any,
-    tokenizer: Any,
-    reward: Any,
-    prompts: Any,
-    reference_model: Any,
-    on_step: StepCallback | None,
-) -> OnlineResult:
-    started = time.perf_counter()
-    reset_peak_memory()  # the result's peak is this run's (`prefopt.memory`)
-    inputs = input_fingerprints(model=model, rows=prompts)  # before setup wraps the model
-    run = setup_online_run(
-        config, model=model, tokenizer=tokenizer, reward=reward, prompts=prompts, reference_model=reference_model
+    processes = launched_processes()  # under torchrun / accelerate launch: this process among them
+    check_supported(
+        processes,
+        dynamic_sampling=config.filters_groups,
+        pair_loss=config.pair_loss is not None,
+        q_learning="q_values" in loss_spec(config.algorithm).extra_inputs,
     )
+    processes.shard(config.prompts_per_step)  # a step's prompts split evenly over the processes, or one line
+    # one run per folder (`prefopt.train.run_folder`): a second run on output_dir stops at once; the main process
+    # holds it for all
+    claim = claim_run_folder(config.output_dir) if processes.main else nullcontext()
+    with torch_threads(config.threads), library_progress_bars(config.progress and processes.main), claim:
+        started = time.perf_counter()
+        reset_peak_memory()  # the result's peak is this run's (`prefopt.memory`)
+        inputs = input_fingerprints(model=model, rows=prompts)  # before setup wraps the model
+        run = setup_online_run(
+            config,
+            model=model,
+            tokenizer=tokenizer,
+            reward=reward,
+            prompts=prompts,
+            reference_model=reference_model,
+            processes=processes,
+        )
+        processes.broadcast([run.policy, *([run.critic] if run.critic is not None else [])])  # the same start
+        return _train(run, inputs, on_step, started)
+
+
+def _train(run: OnlineRun, inputs: dict[str, Any], on_step: StepCallback | None, started: float) -> OnlineResult:
+    config, main = run.config, run.processes.main
     if run.recipe.q_learning:  # ILQL: heads on the trunk, trained offline on reference samples
         run.q_learning = QLearning(run)
     out = Path(config.output_dir)
-    start = _resume(run, inputs) if config.resume else _fresh(out)
-    write_json_atomic(out / "config.json", {**config.to_dict(), **inputs})
-    if config.progress:
+    start = _resume(run, inputs) if config.resume else (_fresh(out) if main else 0)
+    if main:
+        write_json_atomic(out / "config.json", {**config.to_dict(), **inputs})
+    if config.progress and main:
         print(f"prefopt train-online: {run.precision.summary(run.policy)}", file=sys.stderr, flush=True)
-    log = MetricsLog(out, enabled=True)
+    log = MetricsLog(out, enabled=main)
     bar = tqdm(
         total=config.steps,
         initial=start,
         desc=f"online {config.algorithm}",
         dynamic_ncols=True,
-        disable=not config.progress,
+        disable=not (config.progress and main),
     )
     record: dict[str, float] = {}
     checkpoint = None
@@ -301,12 +344,13 @@ def _train(
     finally:
         bar.close()
         log.close()
+    run.processes.wait()  # the main process's log is complete
     if not record:  # resumed a finished run: the last logged record is the final one
         lines = (out / "metrics.jsonl").read_text().splitlines()
         record = json.loads(lines[-1]) if lines else {}
     if checkpoint is None or not checkpoint.name.endswith(f"{config.steps:06d}"):
         checkpoint = _checkpoint(run, config.steps)
-    model_path = _save_final(run, out)
+    model_path = _save_final(run, out) if main else out / "final"
     result = OnlineResult(
         record,
         out / "metrics.jsonl",
@@ -317,7 +361,9 @@ def _train(
         run.precision.describe(run.policy),
         *peak_memory(next(run.policy.parameters()).device),
     )
-    write_json_atomic(out / "result.json", result.to_dict())
+    if main:
+        write_json_atomic(out / "result.json", result.to_dict())
+    run.processes.wait()  # every process returns once the run folder is complete
     return result
 
 

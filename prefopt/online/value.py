@@ -2,7 +2,8 @@
 
 A separate critic (as TRL's PPO trainer, and Ziegler et al. 2019, arXiv:1909.08593, who initialise it
 from the reward model) rather than a value head on the policy, so the value loss never pulls on the
-policy's features and the two get their own optimisers:
+policy's features and the two get their own optimisers. A LoRA policy (`prefopt.online.lora_policy`) instead puts
+the head on its own adapter-enabled trunk (`critic_on_trunk`), so no second copy of the base is held:
 
     hidden = backbone(input_ids, attention_mask)         # (R, T, D)
     v      = head(hidden).squeeze(-1)                   # (R, T): V(s_t) for the state "prompt + y_≤t"
@@ -23,7 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ValueModel", "critic_from_policy", "critic_from_reward_model"]
+from prefopt.engine.head import unwrap_peft
+
+__all__ = ["ValueModel", "critic_from_policy", "critic_on_trunk", "critic_from_reward_model"]
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -67,6 +70,12 @@ class ValueModel(nn.Module):
         before = torch.cat([v.new_zeros(v.shape[0], 1), v[:, :-1]], dim=1)  # (R, T): V before token t
         return torch.where(completion_mask, before, torch.zeros((), dtype=before.dtype, device=before.device))
 
+    def own_parameters(self, policy: nn.Module | None = None) -> list[nn.Parameter]:
+        """The trainable parameters the critic's optimiser steps: all of them, less those it shares with
+        `policy` (a value head on the policy's trunk, `critic_on_trunk`, shares the backbone)."""
+        shared = {id(p) for p in policy.parameters()} if policy is not None else set()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in shared]
+
     def values(self, batch: Any) -> Tensor:
         """Values [R, T] of a padded `TokenBatch` (one sequence per row)."""
         if batch.packed:
@@ -88,6 +97,21 @@ def critic_from_policy(policy: nn.Module) -> ValueModel:
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return ValueModel(backbone, head).train()
+
+
+def critic_on_trunk(policy: nn.Module) -> ValueModel:
+    """A value head (starting at 0) on the policy's own backbone, not a copy: with a LoRA policy the adapter-
+    enabled trunk, so the value loss trains the head and, through the trunk, the adapter (no second base).
+
+    The critic's backbone parameters *are* the policy's: give the critic's optimiser only the head
+    (`ValueModel.own_parameters`), the policy's optimiser steps the rest.
+    """
+    backbone = _backbone(unwrap_peft(policy))  # e.g. LlamaModel with the LoRA layers injected
+    param = next(p for p in backbone.parameters() if p.is_floating_point())
+    head = nn.Linear(_hidden_size(unwrap_peft(policy)), 1).to(device=param.device, dtype=torch.float32)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return ValueModel(backbone, head)
 
 
 def critic_from_reward_model(reward_model: nn.Module) -> ValueModel:

@@ -41,8 +41,9 @@ Scores = Literal["logps", "rewards"]
 # prompt, the smallest K the loss accepts, optimisation passes over each rollout; prefopt.online.rollout_step),
 # and trainer options it switches on by default (value 1): `dynamic_sampling` (drop the groups whose rewards
 # are all equal and sample more to refill) and `overlong_shaping` (the soft overlong penalty); OnlineConfig can
-# turn either off, or on for any other rollout loss.
-ONLINE_DEFAULT_KEYS = ("num_samples", "min_samples", "epochs", "dynamic_sampling", "overlong_shaping")
+# turn either off, or on for any other rollout loss. `token_mean` (value 1) declares that the loss averages over
+# every completion token of its batch (not over sequences): several processes then weigh their shares by tokens.
+ONLINE_DEFAULT_KEYS = ("num_samples", "min_samples", "epochs", "dynamic_sampling", "overlong_shaping", "token_mean")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ __all__ = [
     "ScoringModule",
     "Reference",
     "load_model_and_tokenizer",
+    "load_causal_lm",
     "apply_lora",
     "prepare_policy",
     "live_reference",
@@ -73,31 +74,42 @@ def _quantization_config(kind: str | None) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def load_causal_lm(
+    source: str, what: str, *, revision: str | None = None, quantization: str | None = None
+) -> nn.Module:
+    """The causal LM at `source` (a path or Hub name), its linear layers loaded in 4/8-bit by bitsandbytes with
+    `quantization` ("4bit", "8bit"). `what` names the setting in errors (e.g. "OnlineConfig.model").
+
+    Raises:
+        RuntimeError: one line, when bitsandbytes cannot load the model in `quantization` on this device.
+    """
+    from transformers import AutoModelForCausalLM  # heavy: loaded on first use
+
+    quant = _quantization_config(quantization)
+    try:
+        return load_pretrained(AutoModelForCausalLM, source, what, revision=revision, quantization_config=quant)
+    except (ImportError, RuntimeError) as err:
+        if quant is None:
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RuntimeError(
+            f"{what}: {quantization} loading of {source!r} failed ({reason}); bitsandbytes must support this device; "
+            "train without quantization or on a supported GPU"
+        ) from err
+
+
 def load_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:
     """The policy (in train mode) and its tokenizer from `config.model` (a path or Hub name).
 
     Raises a clear error when 4/8-bit loading is asked for and bitsandbytes cannot run here.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: loaded on first use
+    from transformers import AutoTokenizer  # heavy: loaded on first use
 
     if config.model is None:
         raise ValueError("load_model_and_tokenizer: config.model is None (the synthetic task supplies its own)")
-    quant = _quantization_config(config.quantization)
-    try:
-        model = load_pretrained(
-            AutoModelForCausalLM,
-            config.model,
-            "TrainConfig.model",
-            revision=config.model_revision,
-            quantization_config=quant,
-        )
-    except (ImportError, RuntimeError) as err:
-        if quant is None:
-            raise
-        raise RuntimeError(
-            f"{config.quantization} loading of {config.model!r} failed ({err}); bitsandbytes must "
-            "support this device; train without quantization or on a supported GPU"
-        ) from err
+    model = load_causal_lm(
+        config.model, "TrainConfig.model", revision=config.model_revision, quantization=config.quantization
+    )
     if config.tokenizer is not None:
         tokenizer = load_pretrained(AutoTokenizer, config.tokenizer, "TrainConfig.tokenizer")
     else:
@@ -107,8 +119,10 @@ def load_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
-def apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """Wrap `model` in a PEFT LoRA model (rank `lora_r`, α = `lora_alpha` or 2r, all linear layers by default)."""
+def apply_lora(model: nn.Module, config: TrainConfig | Any) -> nn.Module:
+    """Wrap `model` in a PEFT LoRA model (rank `lora_r`, α = `lora_alpha` or 2r, all linear layers by default).
+    `config`: anything with TrainConfig's LoRA fields (lora_r, lora_alpha, lora_dropout, lora_targets), e.g.
+    `OnlineConfig`."""
     from peft import LoraConfig, get_peft_model  # heavy: loaded on first use
 
     lora = LoraConfig(

@@ -187,8 +187,8 @@ def test_a_non_optional_body_input_never_receives_none(scratch_registry) -> None
 
 
 def test_online_defaults_live_in_the_spec(scratch_registry) -> None:
-    assert dict(loss_spec("ppo").online_defaults) == {"num_samples": 1, "min_samples": 1, "epochs": 4}
-    assert recipe_for(loss_spec("ppo")) == Recipe(num_samples=1, min_samples=1, epochs=4, critic=True)
+    assert dict(loss_spec("ppo").online_defaults) == {"num_samples": 1, "min_samples": 1, "epochs": 4, "token_mean": 1}
+    assert recipe_for(loss_spec("ppo")) == Recipe(num_samples=1, min_samples=1, epochs=4, critic=True, token_mean=True)
     assert recipe_for(loss_spec("remax")) == Recipe(num_samples=1, min_samples=1, greedy_baseline=True)
     assert recipe_for(loss_spec("best_of_n")).min_samples == 1
     assert recipe_for(loss_spec("grpo")) == Recipe()

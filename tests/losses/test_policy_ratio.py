@@ -55,7 +55,7 @@ def test_dapo_is_token_level_where_grpo_is_sequence_level() -> None:
 
 def test_dapo_declares_its_online_options_and_trl_names() -> None:
     spec = loss_spec("dapo")
-    assert dict(spec.online_defaults) == {"dynamic_sampling": 1, "overlong_shaping": 1}
+    assert dict(spec.online_defaults) == {"dynamic_sampling": 1, "overlong_shaping": 1, "token_mean": 1}
     assert not spec.needs_reference and "beta" not in spec.defaults()
     with pytest.raises(Exception, match="epsilon_high means clip_high"):
         prefopt.get_loss("dapo", epsilon_high=0.3)

@@ -105,6 +105,7 @@ def test_advantages_are_normalised_over_the_global_batch() -> None:
 def test_declaration() -> None:
     spec = loss_spec("reinforce_pp")
     assert spec.needs_reference and spec.defaults() == {"beta": 0.01, "clip_range": 0.2, "baseline": "none"}
-    assert dict(spec.online_defaults) == {"min_samples": 1} and set(spec.rollout_inputs) == {"advantages"}
+    assert dict(spec.online_defaults) == {"min_samples": 1, "token_mean": 1}
+    assert set(spec.rollout_inputs) == {"advantages"}
     with pytest.raises(LossInputError, match="baseline"):
         spec.validate_hparams({"baseline": "leave_one_out"})

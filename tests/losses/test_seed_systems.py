@@ -161,7 +161,7 @@ def test_nlpo_is_rl4lms_ppo_on_the_masked_distribution() -> None:
     """RL4LMs' defaults (ε 0.2, c_vf 0.5, unclipped squared error), and with a mask that keeps every token
     (Z = 1) the loss is stable-baselines3's PPO: −min(Aρ, A·clip(ρ)) + 0.5·(V − G)², token means."""
     assert loss_spec("nlpo").defaults() == {"clip_range": 0.2, "clip_range_value": None, "vf_coef": 0.5}
-    assert dict(loss_spec("nlpo").online_defaults) == {"num_samples": 1, "min_samples": 1, "epochs": 5}
+    assert dict(loss_spec("nlpo").online_defaults) == {"num_samples": 1, "min_samples": 1, "epochs": 5, "token_mean": 1}
     inputs = _nlpo_inputs()
     full = {**inputs, "mask_log_mass": torch.zeros(2, 3, dtype=torch.float64), "old_mask_log_mass": None}
     out = nlpo(**full)
