@@ -16,6 +16,7 @@ from prefopt.engine import SequenceLogProbs
 from prefopt.loss_state import RolloutBatch
 from prefopt.online import group_sampling
 from prefopt.online.config import OnlineConfig
+from prefopt.online.distributed import Processes
 from prefopt.online.generation import Rollout
 from prefopt.online.rollout_step import PreparedRollout, loss_inputs, prompt_rows, rollout_wide_inputs
 from prefopt.online.trainer import train_online
@@ -95,7 +96,7 @@ def test_dynamic_sampling_refills_from_later_rounds(monkeypatch) -> None:
     }
     seen = []
 
-    def draw(run, prompts, columns, seed):
+    def draw(run, prompts, columns, seed, seeds=None):
         seen.append((list(prompts), seed))
         index = len(seen) - 1
         return _rollout(3, 2, 2, f"r{index}p"), rounds[index], {"c": [f"{index}.{i}" for i in range(3)]}, {}
@@ -104,7 +105,7 @@ def test_dynamic_sampling_refills_from_later_rounds(monkeypatch) -> None:
     config = OnlineConfig(algorithm="dapo", prompts_per_step=3, num_samples=2)
     order = type("Order", (), {"prompts": list("uvwxyz"), "per_step": 3, "all_columns": {"c": list("UVWXYZ")}})()
     order.batch, order.columns = (lambda step: ["u", "v", "w"]), (lambda step: {"c": ["U", "V", "W"]})
-    run = type("Run", (), {"config": config, "prompts": order})()
+    run = type("Run", (), {"config": config, "prompts": order, "processes": Processes()})()
     rollout, scores, columns, metrics = group_sampling.sample_rollout(run, 0, seed=7)
     assert rollout.prompts == ["r0p1", "r1p0", "r1p2"] and columns == {"c": ["0.1", "1.0", "1.2"]}
     torch.testing.assert_close(scores, torch.tensor([[0.0, 1.0], [3.0, 4.0], [0.0, 9.0]]))
