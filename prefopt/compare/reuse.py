@@ -30,6 +30,7 @@ from prefopt.data.synthetic import PreferenceConfig, SFTConfig
 from prefopt.errors import RunFolderError
 from prefopt.online.config import OnlineConfig
 from prefopt.registry import loss_spec
+from prefopt.train.checkpoint import field_defaults
 from prefopt.train.config import TrainConfig
 
 __all__ = ["FORMAT", "check_reuse", "differences", "finished_runs", "run_fingerprint"]
@@ -108,13 +109,41 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-def differences(saved: Any, now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+def setting_defaults(loss: str) -> dict[str, Any]:
+    """The default of every setting a fingerprint of `loss`'s run can hold, flat and dotted as `differences`
+    reads them: a setting a saved run predates (a field or hyper-parameter added since) counts as its default."""
+    return _flat(
+        _plain(
+            {
+                "task": field_defaults(CompareConfig),
+                "hparams": loss_spec(loss).defaults(),
+                "train": field_defaults(TrainConfig),
+                "online": field_defaults(OnlineConfig),
+            }
+        )
+    )
+
+
+def differences(saved: Any, now: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
     """(setting, saved value, current value) of every setting that differs, dotted (`train.lr`); the task's
-    settings are named without `task.`. Missing settings compare as None."""
-    old, new = _flat(saved if isinstance(saved, dict) else {}), _flat(now)
+    settings are named without `task.`. Missing settings compare as None, except that a setting missing from
+    `saved` whose current value is its default in `defaults` (`setting_defaults`) is no difference: the saved
+    run predates it, and the default computes what that run computed."""
+    old, new, defaults = _flat(saved if isinstance(saved, dict) else {}), _flat(now), defaults or {}
     keys = list(dict.fromkeys([*new, *old]))
-    found = [(k.removeprefix("task."), old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)]
+    found = [
+        (k.removeprefix("task."), old.get(k), new.get(k))
+        for k in keys
+        if old.get(k) != new.get(k) and not (k not in old and k in defaults and defaults[k] == new.get(k))
+    ]
     return found
+
+
+def same_settings(saved: Any, plan: RunPlan, config: CompareConfig) -> bool:
+    """Whether a run folder's recorded settings are `plan`'s under `config` (fields added since at their defaults)."""
+    return isinstance(saved, dict) and not differences(
+        saved, run_fingerprint(plan, config), setting_defaults(plan.loss)
+    )
 
 
 def _short(value: Any) -> str:
@@ -146,8 +175,8 @@ def _stale(config: CompareConfig) -> list[tuple[RunPlan, list[tuple[str, Any, An
         if state == "new":
             continue
         now = run_fingerprint(plan, config)
-        if saved is None or saved != now:
-            stale.append((plan, differences(saved, now) if saved is not None else []))
+        if saved is None or not same_settings(saved, plan, config):
+            stale.append((plan, differences(saved, now, setting_defaults(plan.loss)) if saved is not None else []))
     return stale
 
 
@@ -211,7 +240,7 @@ def finished_runs(config: CompareConfig) -> tuple[list[dict[str, Any]], list[str
         except (OSError, ValueError):  # being replaced, or damaged: not a finished run to show
             missing.append(plan.run_id)
             continue
-        if not isinstance(record, dict) or record.get("settings") != run_fingerprint(plan, config):
+        if not isinstance(record, dict) or not same_settings(record.get("settings"), plan, config):
             stale.append(plan.run_id)
             continue
         records.append(record)

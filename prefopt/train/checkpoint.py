@@ -94,7 +94,7 @@ def check_same_settings(
         return
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
     allowed = set(resumable) | {"output_dir"}
-    defaults = _field_defaults(config_type) if config_type is not None else {}
+    defaults = field_defaults(config_type) if config_type is not None else {}
     # a setting the saved run predates (a field added since) counts as its default value
     changed = sorted(
         k for k, v in settings.items() if k not in allowed and saved.get(k, defaults.get(k, _MISSING)) != v
@@ -109,7 +109,7 @@ def check_same_settings(
 _MISSING = object()
 
 
-def _field_defaults(config_type: type) -> dict[str, Any]:
+def field_defaults(config_type: type) -> dict[str, Any]:
     """The dataclass's field defaults as its saved config.json holds them (JSON's lists for tuples)."""
     out = {}
     for f in dataclasses.fields(config_type):

@@ -132,3 +132,19 @@ def test_same_settings_are_reused(tmp_path) -> None:
     assert check_reuse(config) == []
     records, missing, stale = finished_runs(config)
     assert [r["run_id"] for r in records] == ["dpo-seed0", "orpo-seed0"] and missing == stale == []
+
+
+def test_a_setting_the_saved_run_predates_counts_as_its_default(tmp_path: Path) -> None:
+    """A run finished by a version without a newer field (here `share_prompt`) is reused while that field is at its
+    default, and refused once it is not."""
+    config = CompareConfig(losses=("dpo",), output_dir=str(tmp_path / "c"), progress=False)
+    _finished(config)
+    (plan,) = config.runs()
+    result = Path(config.output_dir) / plan.run_id / "result.json"
+    record = json.loads(result.read_text())
+    del record["settings"]["train"]["share_prompt"]
+    result.write_text(json.dumps(record))
+    assert check_reuse(config) == [] and len(finished_runs(config)[0]) == 1
+    changed = dataclasses.replace(config, train={"share_prompt": "off"})
+    with pytest.raises(RunFolderError, match="share_prompt"):
+        check_reuse(changed)
