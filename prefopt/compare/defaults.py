@@ -42,6 +42,8 @@ COMPARE_EVAL_PROMPTS = 512
 # Chosen by benchmarks/compare_sweep.py on COMPARE_PREFERENCES (the table and the rule: docs/compare.md, "Each
 # loss's optimiser settings"): the highest gold reward within a mean KL of 3 nats, fewer epochs on a near tie.
 SYNTHETIC_TRAIN: dict[str, dict[str, Any]] = {
+    "alpha_dpo": {"lr": 1e-5, "epochs": 1.0},  # the atlas: KL 11–127 nats at the preset's 1e-4
+    "apo_down": {"lr": 1e-5, "epochs": 1.0},  # the atlas: KL 117–148 nats, samples at the token cap, at 1e-4
     "dpo": {"lr": 3e-4, "epochs": 1.0},
     "ipo": {"lr": 3e-5, "epochs": 2.0},
     "kto": {"lr": 1e-5, "epochs": 1.0},
