@@ -22,18 +22,17 @@ the heads beside the language model in its HF folder (`q_heads.safetensors`, `q_
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from prefopt.engine.head import ModelSplit, split_model
 from prefopt.hf_compat import cache_kwarg, output_cache
 from prefopt.kernels import linear_logprobs
+from prefopt.online.saved_extras import has_extra, load_base, load_extra, save_extra
 from prefopt.online.trunk import DecoderOutput
 
 __all__ = ["ILQLHeads", "ILQLDecoder", "HeadTerms", "save_q_heads", "load_q_decoder", "has_q_heads", "Q_HEAD_FILES"]
@@ -149,25 +148,19 @@ class ILQLDecoder(nn.Module):
 
 def save_q_heads(folder: str | Path, heads: ILQLHeads, *, beta: float, top_k: int) -> None:
     """Write the heads and the decoding settings into the language model's saved folder."""
-    folder = Path(folder)
-    save_model(heads, str(folder / Q_HEAD_FILES[0]))
     settings = {"hidden_size": heads.hidden_size, "vocab_size": heads.vocab_size, "two_qs": heads.two_qs}
-    (folder / Q_HEAD_FILES[1]).write_text(json.dumps({**settings, "beta": beta, "top_k": top_k}, indent=2))
+    save_extra(folder, Q_HEAD_FILES, heads, {**settings, "beta": beta, "top_k": top_k})
 
 
 def has_q_heads(folder: str | Path) -> bool:
     """True when `folder` holds a model saved with ILQL heads (`save_q_heads`)."""
-    return all((Path(folder) / name).is_file() for name in Q_HEAD_FILES)
+    return has_extra(folder, Q_HEAD_FILES)
 
 
 def load_q_decoder(folder: str | Path) -> ILQLDecoder:
     """The ILQL policy saved in `folder` (language model, heads, decoding settings), in eval mode."""
-    from transformers import AutoModelForCausalLM  # heavy: loaded on first use
-
-    folder = Path(folder)
-    settings = json.loads((folder / Q_HEAD_FILES[1]).read_text())
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    model, settings = load_base(folder, Q_HEAD_FILES)
     heads = ILQLHeads(settings["hidden_size"], settings["vocab_size"], two_qs=settings["two_qs"])
-    load_model(heads, str(folder / Q_HEAD_FILES[0]))
+    load_extra(heads, folder, Q_HEAD_FILES)
     heads.to(next(model.parameters()).dtype)
     return ILQLDecoder(model, heads, beta=settings["beta"], top_k=settings["top_k"]).eval()

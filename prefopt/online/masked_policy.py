@@ -12,16 +12,15 @@ acc and margin) read the unmasked π_θ (`likelihood_model`), since under the ma
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from prefopt.hf_compat import cache_kwarg, output_cache
 from prefopt.online.action_mask import TopPActionMask, top_p_keep
+from prefopt.online.saved_extras import has_extra, load_base, load_extra, save_extra
 from prefopt.online.trunk import DecoderOutput
 
 __all__ = ["MaskedDecoder", "save_action_mask", "has_action_mask", "load_masked_decoder", "MASK_FILES"]
@@ -68,26 +67,20 @@ class MaskedDecoder(nn.Module):
 
 def save_action_mask(folder: str | Path, action_mask: TopPActionMask) -> None:
     """Write the masking policy and the mask's settings beside the language model saved in `folder`."""
-    folder = Path(folder)
-    save_model(action_mask.mask_model, str(folder / MASK_FILES[0]))
     settings = {"top_p": action_mask.top_p, "min_tokens": action_mask.min_tokens}
-    (folder / MASK_FILES[1]).write_text(json.dumps({**settings, "special_ids": action_mask.always.tolist()}, indent=2))
+    save_extra(folder, MASK_FILES, action_mask.mask_model, {**settings, "special_ids": action_mask.always.tolist()})
 
 
 def has_action_mask(folder: str | Path) -> bool:
     """True when `folder` holds a model saved with its masking policy (`save_action_mask`)."""
-    return all((Path(folder) / name).is_file() for name in MASK_FILES)
+    return has_extra(folder, MASK_FILES)
 
 
 def load_masked_decoder(folder: str | Path) -> MaskedDecoder:
     """The masked policy saved in `folder` (language model, masking policy, mask settings), in eval mode."""
-    from transformers import AutoModelForCausalLM  # heavy: loaded on first use
-
-    folder = Path(folder)
-    settings = json.loads((folder / MASK_FILES[1]).read_text())
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    model, settings = load_base(folder, MASK_FILES)
     mask_model = copy.deepcopy(model)
-    load_model(mask_model, str(folder / MASK_FILES[0]))
+    load_extra(mask_model, folder, MASK_FILES)
     decoder = MaskedDecoder(
         model,
         mask_model,

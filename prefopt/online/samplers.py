@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -100,7 +101,7 @@ class HFSampler:
         """Nothing to count."""
 
 
-class PushingSampler:
+class PushingSampler(ABC):
     """The bookkeeping of an engine that holds its own copy of the weights (vLLM, in process or a server).
 
     Subclasses implement `_push(weights)` (an iterator of (name, tensor)), `_generate(...)` and may override
@@ -144,14 +145,16 @@ class PushingSampler:
             self.sync_weights(self.policy, self.updates)
         return self._generate(prompts, config, seed)
 
+    @abstractmethod
     def _push(self, weights: Iterator[tuple[str, Tensor]]) -> None:
-        raise NotImplementedError
+        """Send the policy's weights to the engine, without writing them to disk."""
 
     def _after_push(self) -> None:
         pass
 
+    @abstractmethod
     def _generate(self, prompts: Sequence[Any], config: GenerationConfig, seed: int) -> Rollout:
-        raise NotImplementedError
+        """Sample with the engine's copy of the weights."""
 
 
 def _delta(layer: nn.Module) -> Tensor | None:
