@@ -161,6 +161,7 @@ examples:
         "--resume": Switch("resume", True, "continue from the newest checkpoint in --out"),
         "--quiet": Switch("progress", False, "no progress bar, no note of the data files read"),
         "--cpu": Switch("cpu", True, "force the CPU (needed for multi-process CPU runs)"),
+        "--fsdp": Switch("fsdp", True, "shard the policy over the processes with FSDP2 (fully_shard) instead of DDP"),
     }
     deprecated = {"--no-progress": "--quiet", "--hparam": "--set"}
 

@@ -194,6 +194,9 @@ examples:
         "--master-weights": Option("master_weights", str, MASTER_WEIGHTS_HELP, choices=MASTER_WEIGHTS),
         "--save-dtype": Option("save_dtype", str, SAVE_DTYPE_HELP, choices=SAVE_DTYPES),
         "--no-whiten-advantages": Switch("whiten_advantages", False, "PPO: keep the raw GAE advantages"),
+        "--fsdp": Switch(
+            "fsdp", True, "shard the policy's decoder layers over the launch's processes with FSDP2 (fully_shard)"
+        ),
         "--resume": Switch("resume", True, "continue from the newest checkpoint in --out"),
         "--quiet": Switch("progress", False, "no progress bar"),
     }

@@ -95,7 +95,9 @@ class CompareConfig(Settings):
         model_revision: with a hub name for `model`, the branch, tag or commit to load.
         output_dir: results folder; re-running with it resumes.
         train: TrainConfig settings shared by every run (lr, epochs, batch_size, lora_r, ...); on the synthetic
-            task each default loss starts from its own lr and epochs (`prefopt.compare.defaults`).
+            task each default loss starts from its own lr and epochs (`prefopt.compare.defaults`). Its LoRA settings
+            (lora_r, lora_alpha, lora_dropout, lora_targets, quantization) reach the online runs too
+            (`prefopt.compare.online_settings`).
         task_seed: seed of the synthetic task (its data and reference policy), fixed across runs.
         eval_prompts, max_new_tokens, eval_seed: generation evaluation on held-out prompts (synthetic task).
         holdout: share of the prompts of your data held out for evaluation when it has no eval split (0: none).
@@ -118,7 +120,9 @@ class CompareConfig(Settings):
             held-out prompt (`prefopt.online.best_of_n_reference`).
         jobs: runs trained at once, each in a worker process of its own (`prefopt.compare.workers`): up to
             `jobs`× faster on as many free cores; each run's result is the one it gets alone. None: on the
-            synthetic task one per core this process may use (its runs use one thread each), 1 on your data.
+            synthetic task one per core this process may use (its runs use one thread each), 1 on your data. Under
+            torchrun / accelerate launch every run trains on all processes, one at a time: None or 1
+            (`prefopt.compare.launched`).
         overwrite: what to do with runs in `output_dir` made with other settings (`prefopt.compare.reuse`):
             False refuses, naming them and what differs; True removes those runs and trains them again.
             Runs made with the same settings are loaded (finished) or resumed (interrupted) either way.

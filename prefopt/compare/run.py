@@ -13,7 +13,9 @@ run writes its samples (`samples.jsonl`) and then `<out>/<run_id>/result.json` a
 config; re-running with the same output folder loads finished runs instead of redoing them and resumes
 interrupted ones from their last checkpoint, when they were made with the same settings
 (`prefopt.compare.reuse`: others are refused, or retrained with `overwrite`). The report (table.md/csv/json,
-plots, samples.md, report.html) is written by `prefopt.compare.report`.
+plots, samples.md, report.html) is written by `prefopt.compare.report`. Under `torchrun` / `accelerate launch` every
+run trains on all processes with its data sharded, and the main process evaluates and writes
+(`prefopt.compare.launched`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from prefopt.atomic import write_json_atomic
 from prefopt.compare.config import CompareConfig, RunPlan, run_settings
 from prefopt.compare.heldout import write_heldout
+from prefopt.compare.launched import claim_on_main, compare_processes, main_first, on_main
 from prefopt.compare.online import best_of_n_reference, train_online_run
 from prefopt.compare.provenance import environment
 from prefopt.compare.report import CompareResult, write_report
@@ -38,13 +41,13 @@ from prefopt.compare.samples import write_run_samples
 from prefopt.compare.task import SharedTask, check_user_data, eval_batches
 from prefopt.compare.workers import run_in_workers, worker_context
 from prefopt.eval import evaluate_generations, evaluate_preferences
+from prefopt.online.distributed import Processes
 from prefopt.online.ilql_heads import has_q_heads, load_q_decoder
 from prefopt.online.masked_policy import has_action_mask, load_masked_decoder
 from prefopt.progress import library_progress_bars
 from prefopt.sampling import sample, sample_texts
 from prefopt.threads import torch_threads
 from prefopt.train import train
-from prefopt.train.run_folder import claim_run_folder
 
 __all__ = ["compare"]
 
@@ -94,26 +97,21 @@ def _load_trained(path: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(path)).eval()
 
 
-def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[str, Any]:
-    """Train and evaluate one run, or load it if its result.json exists (resuming an interrupted train)."""
+def _run_one(
+    plan: RunPlan, task: SharedTask, eval_batches: list[Any], processes: Processes = Processes()
+) -> dict[str, Any]:
+    """Train and evaluate one run, or load it if its result.json exists (resuming an interrupted train). Under a
+    launcher every process trains, and the main process reads, evaluates and writes (`prefopt.compare.launched`)."""
     config = task.config
     run_dir = Path(config.output_dir) / plan.run_id
     done = run_dir / "result.json"
-    if done.exists():  # made with these settings: `check_reuse` refused or removed any other
-        return json.loads(done.read_text(encoding="utf-8"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # made with these settings: `check_reuse` refused or removed any other
+    saved = on_main(processes, lambda: json.loads(done.read_text(encoding="utf-8")) if done.exists() else None)
+    if saved is not None:
+        return saved
     kind, settings = run_settings(plan, config, run_dir)
     fingerprint = run_fingerprint(plan, config)
-    write_json_atomic(
-        run_dir / "config.json",
-        {
-            "plan": dataclasses.asdict(plan),
-            "label": plan.label,
-            ("online" if kind == "rollout" else "train"): settings,
-            "compare": config.to_dict(),
-            "settings": fingerprint,
-        },
-    )
+    on_main(processes, lambda: _write_run_config(run_dir, plan, kind, settings, fingerprint, config))
     started = time.perf_counter()
     if kind == "rollout":
         result = train_online_run(task, settings)
@@ -126,6 +124,31 @@ def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[s
         )
     else:  # model, model_revision and data are in the settings; the rows less any held-out prompts
         result = train(dataset=task.train_dataset(kind, plan.loss), **settings)
+    return on_main(processes, lambda: _evaluated(plan, task, eval_batches, result, started, fingerprint))
+
+
+def _write_run_config(
+    run_dir: Path, plan: RunPlan, kind: str, settings: dict[str, Any], fingerprint: dict[str, Any], config: Any
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        run_dir / "config.json",
+        {
+            "plan": dataclasses.asdict(plan),
+            "label": plan.label,
+            ("online" if kind == "rollout" else "train"): settings,
+            "compare": config.to_dict(),
+            "settings": fingerprint,
+        },
+    )
+
+
+def _evaluated(
+    plan: RunPlan, task: SharedTask, eval_batches: list[Any], result: Any, started: float, fingerprint: dict[str, Any]
+) -> dict[str, Any]:
+    """The run's record, evaluated, with its samples.jsonl and then result.json written atomically."""
+    config = task.config
+    run_dir = Path(config.output_dir) / plan.run_id
     policy = _load_trained(Path(str(result.model_path)))
     record = {
         "label": plan.label,
@@ -138,7 +161,7 @@ def _run_one(plan: RunPlan, task: SharedTask, eval_batches: list[Any]) -> dict[s
     }
     record.update(wall_time_s=time.perf_counter() - started, settings=fingerprint, environment=environment())
     write_run_samples(run_dir, record, config.reward_label)
-    write_json_atomic(done, record)
+    write_json_atomic(run_dir / "result.json", record)
     return record
 
 
@@ -175,24 +198,35 @@ def compare(config: CompareConfig | None = None, **settings: Any) -> CompareResu
     """
     config = config if config is not None else CompareConfig(**settings)
     config.preflight()  # output folder, model folder, backends: before anything is built or written
-    with torch_threads(config.num_threads or (1 if config.synthetic else None)), library_progress_bars(config.progress):
+    processes = compare_processes(config)  # under torchrun / accelerate launch: this process among them
+    threads = config.num_threads or (1 if config.synthetic else None)
+    with torch_threads(threads), library_progress_bars(config.progress and processes.main):
         checked = check_user_data(config)  # bad data stops the comparison before the output folder exists
         # one comparison per folder; each run's own train/ folder is locked again by its training
-        with claim_run_folder(config.output_dir):
-            return _compare(config, checked)
+        with claim_on_main(processes, config.output_dir):
+            return _compare(config, checked, processes)
 
 
-def _compare(config: CompareConfig, checked: dict[str, Any] | None = None) -> CompareResult:
+def _prepare_folder(config: CompareConfig) -> None:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_reuse(config)  # runs made with other settings: refused, or removed with config.overwrite
     write_json_atomic(out / "compare_config.json", config.to_dict())
-    task = SharedTask(config, checked)
+
+
+def _compare(
+    config: CompareConfig, checked: dict[str, Any] | None = None, processes: Processes = Processes()
+) -> CompareResult:
+    out = Path(config.output_dir)
+    on_main(processes, lambda: _prepare_folder(config))
+    with main_first(processes):  # the synthetic task's reference policy is trained and cached once
+        task = SharedTask(config, checked)
     rows = checked["eval_rows"] if checked and "eval_rows" in checked else task.eval_rows()
     batches = eval_batches(task, rows) if rows is not None and len(rows) else []
-    write_heldout(out, task.heldout(pairs=len(rows) if batches else 0))  # the report's footer and ceiling row
+    # the report's footer and ceiling row
+    on_main(processes, lambda: write_heldout(out, task.heldout(pairs=len(rows) if batches else 0)))
     plans = config.runs()
-    if config.workers > 1:
+    if config.workers > 1 and not processes.launched:  # a launched run already has every process
         context = worker_context()
         shared = (task, batches) if context == "fork" else None  # a forked worker inherits them
         records = run_in_workers(
@@ -208,10 +242,14 @@ def _compare(config: CompareConfig, checked: dict[str, Any] | None = None) -> Co
     else:
         records = []
         for i, plan in enumerate(plans, start=1):
-            if config.progress:
+            if config.progress and processes.main:
                 print(f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}", flush=True)
-            records.append(_run_one(plan, task, batches))
+            records.append(_run_one(plan, task, batches, processes))
+    return on_main(processes, lambda: _report(config, task, records))
+
+
+def _report(config: CompareConfig, task: SharedTask, records: list[dict[str, Any]]) -> CompareResult:
     best_of_n = None
     if "best_of_n" in config.losses and task.reward is not None:
-        best_of_n = best_of_n_reference(task, out / "best_of_n.json")
+        best_of_n = best_of_n_reference(task, Path(config.output_dir) / "best_of_n.json")
     return write_report(records, config, best_of_n=best_of_n)

@@ -6,9 +6,9 @@
     sum[s] = Σ_{tokens of s} logp                                # (S,) accumulated in float64
 
 The fused path never materialises the R×T×V logits: memory for the head is that of the kernel
-(O(chunk·V)) instead of 4·R·T·V bytes, and prompt positions never reach the head at all. Models the
-engine cannot split (see `head.split_model`) take the logits path — `model(...).logits` → fp32
-log_softmax → gather, at the same positions — after a one-time warning.
+(O(chunk·V)) instead of 4·R·T·V bytes, and prompt positions never reach the head (unless `score_prompt` asks
+for them: `prefopt.engine.prompt_scoring`). Models the engine cannot split (see `head.split_model`) take the
+logits path — `model(...).logits` → fp32 log_softmax → gather, at the same positions — after a one-time warning.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from prefopt.data.collate import unshare_prompts
 from prefopt.engine.head import ModelSplit, SplitError, split_model, unwrap_peft
 from prefopt.engine.inputs import Packing, as_token_batch, body_kwargs, check_batch, default_packing, scored_positions
 from prefopt.engine.outputs import SequenceLogProbs, sequence_sums
+from prefopt.engine.prompt_scoring import ScorePrompt, prompt_flags, split_prompt_tokens, with_prompt_scored
 from prefopt.engine.prompt_sharing import PromptSharing, head_rows
 from prefopt.engine.sequential_kl import HeadAt, token_kl
 from prefopt.errors import BatchError
@@ -268,6 +269,7 @@ class LogProbEngine:
         return_entropy: bool = False,
         return_stats: bool = False,
         kl_reference: Any = None,
+        score_prompt: ScorePrompt = False,
     ) -> SequenceLogProbs:
         """Run the model once over all rows of `batch`; see the class docstring.
 
@@ -279,12 +281,21 @@ class LogProbEngine:
         `kl_reference` (a `ReferenceLogProbs` of a model, or anything with `head_inputs(batch)`) adds `seq_kl` [S]
         = Σ_t KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)), with gradient (TDPO; `prefopt.engine.sequential_kl`). `batch`
         may be a mapping of TokenBatch's field names (`TokenBatch.from_dict` reads it and names a missing key);
-        convert TRL's batches with `prefopt.data.from_trl_batch`.
+        convert TRL's batches with `prefopt.data.from_trl_batch`. `score_prompt` (True, "chosen": the first block of
+        each group, or a bool tensor [S]) also scores the prompt tokens of those sequences, in the same forward, and
+        adds `prompt_sum` [S] (with gradient) and `prompt_count` [S] (`prefopt.engine.prompt_scoring`).
         """
         batch = self._layout(as_token_batch(batch))  # per-token outputs follow the layout that ran
-        flat = self.token_logprobs(
-            batch, return_entropy=return_entropy, return_stats=return_stats, kl_reference=kl_reference
-        )
+        options = dict(return_entropy=return_entropy, return_stats=return_stats, kl_reference=kl_reference)
+        prompt = None
+        if score_prompt is not False:  # prompt tokens too, split off after the one kernel call
+            batch, scoring, prompt_mask = with_prompt_scored(batch, prompt_flags(batch, score_prompt))
+            flat, prompt_logp, prompt_seq = split_prompt_tokens(
+                self.token_logprobs(scoring, **options), prompt_mask, batch.completion_mask
+            )
+            prompt = SequenceLogProbs.from_tokens(prompt_logp, prompt_seq, batch.num_sequences)
+        else:
+            flat = self.token_logprobs(batch, **options)
         out = SequenceLogProbs.from_tokens(flat.logp, flat.seq, batch.num_sequences, batch.group_size)
         entropy = None
         if flat.entropy is not None:
@@ -311,6 +322,8 @@ class LogProbEngine:
             correct=correct,
             log_sum_sq_probs=log_sum_sq,
             seq_kl=None if flat.kl is None else sequence_sums(flat.kl, flat.seq, batch.num_sequences),
+            prompt_sum=None if prompt is None else prompt.sum,
+            prompt_count=None if prompt is None else prompt.count,
         )
 
 

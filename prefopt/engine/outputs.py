@@ -60,6 +60,10 @@ class SequenceLogProbs:
             `return_stats=True`.
         seq_kl: [S] float32, Σ over completion tokens of KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)) (TDPO's sequential
             KL), differentiable in π; None unless the engine was called with `kl_reference=`.
+        prompt_sum: [S] float32, Σ of the log-probs of the prompt tokens (all but the sequence's first) of the
+            sequences named by the engine's `score_prompt` (0 elsewhere), with gradient; None without it
+            (`prefopt.engine.prompt_scoring`; ORPO's NLL over the whole chosen sequence, `orpo_seq`).
+        prompt_count: [S] long, how many prompt tokens `prompt_sum` adds up (0 where not scored).
     """
 
     sum: Tensor
@@ -73,6 +77,8 @@ class SequenceLogProbs:
     correct: Tensor | None = None
     log_sum_sq_probs: Tensor | None = None
     seq_kl: Tensor | None = None
+    prompt_sum: Tensor | None = None
+    prompt_count: Tensor | None = None
 
     @property
     def mean(self) -> Tensor:
@@ -130,6 +136,8 @@ class SequenceLogProbs:
             self.correct,
             detach(self.log_sum_sq_probs),
             detach(self.seq_kl),
+            detach(self.prompt_sum),
+            self.prompt_count,
         )
 
     @staticmethod

@@ -37,10 +37,13 @@ BATCH_EXTRAS = ("margin", "weight", "ranks", "pair_ids", "prompt_lengths")
 
 # Per-sequence statistics of the policy's engine output (`SequenceLogProbs` attributes) a loss may take as extra
 # inputs, with the engine call that makes them: a paired loss takes `chosen_<name>` and `rejected_<name>` [B], an
-# unpaired loss `<name>` [S], a ranked one `<name>` [B, K] (WPO's Σ_t log Σ_v p², TDPO's sequential KL).
+# unpaired loss `<name>` [S], a ranked one `<name>` [B, K] (WPO's Σ_t log Σ_v p², TDPO's sequential KL, the prompt
+# tokens' log-probs and count of ORPO's NLL over the whole chosen sequence).
 ENGINE_INPUTS = {
     "log_sum_sq_probs": "engine(batch, return_stats=True)",
     "seq_kl": "engine(batch, kl_reference=reference)",
+    "prompt_sum": "engine(batch, score_prompt=True)",
+    "prompt_count": "engine(batch, score_prompt=True)",
 }
 
 
@@ -253,11 +256,16 @@ def _extra_inputs(
 def engine_call(spec: LossSpec, reference: Any) -> dict[str, Any]:
     """The policy engine's keyword arguments that make the statistics `spec` takes (`ENGINE_INPUTS`):
     `return_stats=True` for Σ_t log Σ_v p², `kl_reference=reference` for the sequential KL (a reference that can
-    give its model's head: `ReferenceLogProbs.from_model` or `.from_disabled_adapter`)."""
-    bases = {base for base, _ in engine_inputs(spec).values()}
+    give its model's head: `ReferenceLogProbs.from_model` or `.from_disabled_adapter`), `score_prompt` for the
+    prompt tokens' log-probs (`"chosen"` when a paired loss reads the chosen sequences' only)."""
+    taken = engine_inputs(spec)
+    bases = {base for base, _ in taken.values()}
     call: dict[str, Any] = {}
     if "log_sum_sq_probs" in bases:
         call["return_stats"] = True
+    prompt_blocks = {index for base, index in taken.values() if base in ("prompt_sum", "prompt_count")}
+    if prompt_blocks:
+        call["score_prompt"] = "chosen" if spec.kind == "paired" and prompt_blocks == {0} else True
     if "seq_kl" in bases:
         if reference is None or not callable(getattr(reference, "head_inputs", None)):
             raise LossInputError(

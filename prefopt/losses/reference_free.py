@@ -12,6 +12,8 @@ ORPO — Hong, Lee & Thorne 2024, "ORPO: Monolithic Preference Optimization with
 arXiv:2403.07691, Eq. 6–8. With odds(y) = e^ℓ / (1 − e^ℓ) built from the *length-averaged* ℓ:
     log odds(y) = ℓ − log(1 − e^ℓ)                (log1mexp, stable as ℓ → 0⁻ and ℓ → −∞)
     L = NLL(y_w) + λ·(−log σ(log odds(y_w) − log odds(y_l)))
+`orpo_seq` is ORPO with the official trainer's NLL (xfactlab/orpo, `--disable_prompt_loss` off): the token mean
+over the whole chosen sequence after its first token, prompt x included, −(logπ(x) + logπ(y_w|x))/(|x|−1 + |y_w|).
 
 CPO — Xu et al. 2024, "Contrastive Preference Optimization", arXiv:2401.08417, Eq. 3–5:
     L = −log σ(β·(logπ(y_w) − logπ(y_l))) + α·NLL(y_w)
@@ -71,6 +73,7 @@ __all__ = [
     "log_odds",
     "simpo_gamma",
     "orpo",
+    "orpo_seq",
     "cpo",
     "simpo",
     "sft",
@@ -81,6 +84,15 @@ __all__ = [
 # The SimPO README recommends γ/β = 0.5 "as a starting point" (the Llama3-Base setting, β = 2.0,
 # γ = 1.0); its config dataclass defaults to 0.25 and the released Mistral-Base model used 0.8.
 SIMPO_DEFAULT_GAMMA_BETA_RATIO = 0.5
+
+
+_ORPO_LAMBDA = HParam(
+    "lambda_",
+    0.1,
+    "weight λ of the odds-ratio term (paper λ = 0.1 for Mistral-ORPO; official code --alpha; TRL beta)",
+    NON_NEGATIVE,
+    aliases=("beta",),  # TRL ORPOConfig
+)
 
 
 def log_odds(avg_logps: Tensor) -> Tensor:
@@ -99,15 +111,7 @@ def log_odds(avg_logps: Tensor) -> Tensor:
     paper="Hong, Lee & Thorne 2024, ORPO: Monolithic Preference Optimization without Reference Model, "
     "arXiv:2403.07691 (Eq. 6–8)",
     formula="−ℓ_w + λ·(−log σ(log odds(ℓ_w) − log odds(ℓ_l))), ℓ = logπ/|y|, odds = e^ℓ/(1−e^ℓ)",
-    hparams=[
-        HParam(
-            "lambda_",
-            0.1,
-            "weight λ of the odds-ratio term (paper λ = 0.1 for Mistral-ORPO; official code --alpha; TRL beta)",
-            NON_NEGATIVE,
-            aliases=("beta",),  # TRL ORPOConfig
-        )
-    ],
+    hparams=[_ORPO_LAMBDA],
     needs_lengths=True,
     needs_nonpositive_logps=True,  # odds e^ℓ/(1 − e^ℓ) and the NLL −ℓ_w need ℓ ≤ 0
 )
@@ -119,18 +123,49 @@ def orpo(t: PolicyPair, *, lambda_: float) -> Reported:
 
     Metrics: `nll_loss`, `log_odds_ratio` (mean log σ(·)), `log_odds_chosen` (mean log-odds difference),
     `rewards/*` = λ·ℓ (as the ORPO code and TRL log them), `logps/*` summed.
-    Deviation: the official code's NLL is a token mean over the whole batch; here it is the mean over
-    rows of each row's token mean (identical when all chosen completions have the same length).
+    Deviation: the official code's NLL is a token mean over the whole batch and the whole chosen sequence,
+    prompt included (`orpo_seq`); here it is the mean over rows of each row's token mean of the completion.
     """
+    return _orpo(t, -t.chosen_avg_logps, lambda_)
+
+
+def _orpo(t: PolicyPair, nll: Tensor, lambda_: float) -> Reported:
+    """ORPO's per-pair loss nll + λ·L_OR, the odds ratio of the completions' length-averaged log-probs."""
     chosen_avg, rejected_avg = t.chosen_avg_logps, t.rejected_avg_logps  # ℓ_w, ℓ_l, [B]
     log_odds_diff = log_odds(chosen_avg) - log_odds(rejected_avg)  # [B]
     odds_ratio_loss = neg_logsigmoid(log_odds_diff)  # −log σ(·), [B]
-    nll = -chosen_avg
     return Reported(
         nll + lambda_ * odds_ratio_loss,
         rewards=(lambda_ * chosen_avg, lambda_ * rejected_avg),
         metrics={"nll_loss": nll, "log_odds_ratio": -odds_ratio_loss, "log_odds_chosen": log_odds_diff},
     )
+
+
+@paired_loss(
+    "orpo_seq",
+    needs_reference=False,
+    paper="Hong, Lee & Thorne 2024, arXiv:2403.07691 (Eq. 6–8), with the NLL of the official trainer "
+    "(xfactlab/orpo src/orpo_trainer.py: every token of the chosen sequence, prompt included)",
+    formula="−(logπ(x) + logπ(y_w|x))/(|x|−1 + |y_w|) + λ·(−log σ(log odds(ℓ_w) − log odds(ℓ_l)))",
+    hparams=[_ORPO_LAMBDA],
+    needs_lengths=True,
+    needs_nonpositive_logps=True,
+)
+def orpo_seq(t: PolicyPair, *, chosen_prompt_sum: Tensor, chosen_prompt_count: Tensor, lambda_: float) -> Reported:
+    """ORPO with the official code's NLL: the token mean over the whole chosen sequence, prompt included.
+
+    The odds ratio is orpo's (completion tokens only, as the official `compute_logps`); the NLL adds the
+    prompt tokens after the first (`chosen_prompt_sum`, `chosen_prompt_count`: `SequenceLogProbs.prompt_sum` /
+    `prompt_count` of `engine(batch, score_prompt="chosen")`, served by LossCall and the training loop).
+
+    Args:
+        lambda_: λ, the weight of L_OR (official `--alpha`).
+    Deviation: the official NLL is one token mean over the micro-batch; here each row's token mean, averaged.
+    """
+    if bool((chosen_prompt_sum.detach() > 1e-3).any()):
+        raise LossInputError("orpo_seq: chosen_prompt_sum is above 0; it must be a sum of log-probs (≤ 0).")
+    tokens = t.chosen_lengths + chosen_prompt_count.to(t.chosen_logps.dtype)  # |x| − 1 + |y_w|, [B]
+    return _orpo(t, -(t.chosen_logps + chosen_prompt_sum.to(t.chosen_logps.dtype)) / tokens, lambda_)
 
 
 @paired_loss(

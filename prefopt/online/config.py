@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 
 from prefopt.kernels import BACKENDS
 from prefopt.loss_call import engine_inputs
+from prefopt.online.fsdp_settings import ShardingSettings
 from prefopt.online.importance import check_importance_sampling
 from prefopt.online.lora_policy import LoraSettings
+from prefopt.online.precision_settings import PrecisionSettings
 from prefopt.online.reward_spec import reward_folders, reward_parts
 from prefopt.online.rollout_step import Recipe, recipe_for
 from prefopt.online.samplers import SamplerSettings, check_generation_machine
@@ -30,7 +32,6 @@ from prefopt.registry import LossSpec, list_losses, loss_spec
 from prefopt.rl.kl import KL_ESTIMATORS  # the estimators token_kl implements
 from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
 from prefopt.train.config import SHARE_PROMPT
-from prefopt.train.precision import MASTER_WEIGHTS, MIXED_PRECISION, SAVE_DTYPES
 
 __all__ = ["OnlineConfig", "SYNTHETIC_LR", "DEFAULT_LR", "KL_ESTIMATORS"]
 
@@ -41,14 +42,16 @@ DEFAULT_LR = 1e-6
 # Settings that may change between a run and its resumption (they do not change what a step computes).
 RESUMABLE = tuple(
     "steps resume progress checkpoint_every keep_checkpoints num_threads output_dir save_dtype vllm_server_url "
-    "vllm_server_timeout vllm_group_port vllm_gpu_memory_utilization".split()
+    "vllm_server_timeout vllm_group_port vllm_gpu_memory_utilization fsdp".split()
 )
 
 
 @dataclass(frozen=True)
-class OnlineConfig(SamplerSettings, LoraSettings, Settings):
+class OnlineConfig(SamplerSettings, LoraSettings, PrecisionSettings, ShardingSettings, Settings):
     """Settings of one online run; the generation engine's (generation_backend, vllm_*) are `SamplerSettings`', the
-    LoRA policy's (lora_r, lora_alpha, lora_dropout, lora_targets, quantization; TrainConfig's) `LoraSettings`'.
+    LoRA policy's (lora_r, lora_alpha, lora_dropout, lora_targets, quantization; TrainConfig's) `LoraSettings`', the
+    precision (master_weights, mixed_precision, save_dtype; TrainConfig's) `PrecisionSettings`', fsdp
+    `ShardingSettings`'.
 
     Algorithm:
         algorithm: a registered rollout loss (`prefopt losses --kind rollout`).
@@ -106,12 +109,6 @@ class OnlineConfig(SamplerSettings, LoraSettings, Settings):
         num_threads: torch threads (None: 1 when `model` is None, else unchanged).
         engine_backend: output-head kernel of the log-prob engine. share_prompt: "auto", "on", "off" (as TrainConfig's):
             the learner reads each prompt once for its K samples, behind a block mask (`prefopt.online.shared_groups`).
-    Precision (`prefopt.train.precision`; the same settings as `TrainConfig`):
-        master_weights: "fp32" (default: the policy's and the critic's weights, gradients and Adam state in
-            fp32) or "bf16" (pure bf16: updates below half a bf16 step of a weight round away).
-        mixed_precision: "no" (bf16 autocast of generation and scoring only for a bf16 checkpoint), "bf16"
-            (always) or "auto" (also on CUDA devices that support bf16).
-        save_dtype: final/'s dtype: "original" (the policy's loaded dtype) or "fp32".
     """
 
     algorithm: str = "rloo"
@@ -166,9 +163,6 @@ class OnlineConfig(SamplerSettings, LoraSettings, Settings):
     num_threads: int | None = None
     engine_backend: str = "auto"
     share_prompt: str = "auto"
-    master_weights: str = "fp32"
-    mixed_precision: str = "no"
-    save_dtype: str = "original"
     NESTED: ClassVar[Mapping[str, type]] = {"action_mask": ActionMaskSettings, "q_learning": ILQLSettings}
 
     def __post_init__(self) -> None:
@@ -185,6 +179,8 @@ class OnlineConfig(SamplerSettings, LoraSettings, Settings):
         self._check_sampling(recipe)
         self.check_sampler_settings(masks_logits=recipe.action_mask)
         self.check_lora_settings(model=self.model, heads_on_trunk=recipe.action_mask or recipe.q_learning)
+        self.check_precision_settings(quantization=self.quantization)
+        self.check_sharding_settings(recipe)
         self._check_shaping()
         self._check_numbers()
         check_importance_sampling(self.importance_sampling, self.importance_sampling_cap, self.pair_loss, recipe)
@@ -268,14 +264,8 @@ class OnlineConfig(SamplerSettings, LoraSettings, Settings):
     def _check_backend(self) -> None:
         if self.engine_backend not in BACKENDS:
             raise ValueError(f"OnlineConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
-        for name, valid in (
-            ("master_weights", MASTER_WEIGHTS),
-            ("mixed_precision", MIXED_PRECISION),
-            ("save_dtype", SAVE_DTYPES),
-            ("share_prompt", SHARE_PROMPT),
-        ):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"OnlineConfig.{name}={getattr(self, name)!r}: use one of {valid}")
+        if self.share_prompt not in SHARE_PROMPT:
+            raise ValueError(f"OnlineConfig.share_prompt={self.share_prompt!r}: use one of {SHARE_PROMPT}")
 
     def _check_paths(self) -> None:
         """The reward ('gold', saved reward models, importable functions), prompts and value model exist."""

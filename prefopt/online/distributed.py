@@ -10,7 +10,8 @@ What each process does with a step of B prompts (B divisible by the number of pr
     statistics per group (GRPO, RLOO baselines): local; over the batch (PPO's advantage whitening, the
                adaptive KL controller's mean KL, a loss's `rollout_inputs` such as REINFORCE++'s advantages,
                the logged metrics): all-reduced here (`whiten`, `global_mean`, `gather_rollout`,
-               `average_metrics`)
+               `average_metrics`; the loss's metrics and the step's tokens: `pooled_means`, numerators and
+               denominators summed over processes before dividing, so that P processes log what one process logs)
     gradients  each process back-propagates its share w_p·L_p of the minibatch loss, w_p = its rows (or, for a
                token-mean loss, its completion tokens) over the whole minibatch's; the gradients are summed
                over processes (`sum_gradients`), so every process steps with the gradient of the global
@@ -32,8 +33,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from prefopt.errors import DistributedSetupError
+from prefopt.online.rollout_step import PreparedRollout, prompt_rows
+from prefopt.registry import loss_spec
 from prefopt.settings import SettingsError
 
 __all__ = [
@@ -41,8 +45,13 @@ __all__ = [
     "launched_processes",
     "prompt_seeds",
     "local_prompts",
-    "weighted_sum",
+    "TOKEN_MEAN_METRICS",
+    "MinibatchMetrics",
+    "pooled_means",
+    "loss_share",
+    "minibatch_metrics",
     "check_supported",
+    "check_launch",
     "sync_sampler",
 ]
 
@@ -107,10 +116,13 @@ class Processes:
         return torch.where(mask, whitened, torch.zeros((), dtype=x.dtype, device=x.device))
 
     def sum_gradients(self, params: Iterable[nn.Parameter]) -> None:
-        """Sum every parameter's gradient over processes (a missing gradient counts as zeros), in one all-reduce."""
+        """Sum every parameter's gradient over processes (a missing gradient counts as zeros), in one all-reduce;
+        FSDP shards (DTensors) are skipped: their gradients are reduce-scattered already (`prefopt.online.fsdp`)."""
         if self.size == 1:
             return
-        params = list(params)
+        params = [p for p in params if not isinstance(p, DTensor)]
+        if not params:
+            return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
@@ -195,17 +207,98 @@ def local_prompts(processes: Processes, part: Tensor, num_local: int) -> Tensor:
     return mine - start
 
 
-def weighted_sum(processes: Processes, metrics: Mapping[str, float], weight: float) -> dict[str, float]:
-    """Σ_p w_p·m_p over processes of each metric (a process with nothing to report sends {})."""
+# Loss metrics that `prefopt.losses` computes as masked means over a minibatch's completion tokens; the others
+# (`rewards/*`, `objective/*`, `policy/sequence_ratio`, ...) are means over its prompts or sequences, and `loss` is
+# a token mean for a loss that declares `token_mean` (`Recipe.token_mean`), else a mean over sequences.
+TOKEN_MEAN_METRICS = frozenset(
+    {
+        "kl",
+        "entropy",
+        "loss/policy",
+        "loss/value",
+        "mask/mass",
+        "policy/approxkl",
+        "policy/clipfrac",
+        "policy/dual_clipfrac",
+        "policy/ratio",
+        "val/clipfrac",
+    }
+)
+
+
+@dataclass(frozen=True)
+class MinibatchMetrics:
+    """One minibatch's loss metrics on this process, with what they are means over: its rows and its completion
+    tokens (0 and {} on a process with no prompts in the minibatch)."""
+
+    scalars: Mapping[str, float]
+    rows: float
+    tokens: float
+
+
+def minibatch_metrics(prepared: PreparedRollout, prompts: Tensor, out: Any) -> MinibatchMetrics:
+    """This process's metrics of a minibatch of `prompts` (`out`: the loss's output, None for none), with the rows
+    and completion tokens they are means over."""
+    rows = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)
+    scalars = {} if out is None else out.scalars()
+    return MinibatchMetrics(scalars, float(rows.numel()), float(prepared.completion_mask[rows].sum()))
+
+
+def loss_share(processes: Processes, mine: MinibatchMetrics, *, token_mean: bool) -> float:
+    """w_p: this process's part of a minibatch's loss normaliser, its rows (or completion tokens, for a loss that
+    averages over the minibatch's tokens: `Recipe.token_mean`) over every process's; 1 in one process."""
     if processes.size == 1:
-        return dict(metrics)
-    parts: list[dict[str, float]] = [{} for _ in range(processes.size)]
-    dist.all_gather_object(parts, {k: weight * v for k, v in metrics.items()})
-    out: dict[str, float] = {}
-    for part in parts:
-        for key, value in part.items():
-            out[key] = out.get(key, 0.0) + value
-    return out
+        return 1.0
+    count = mine.tokens if token_mean else mine.rows
+    total = float(processes.sum(torch.tensor(count, device=processes.device)))
+    return count / total if total else 0.0
+
+
+def pooled_means(
+    processes: Processes, minibatches: list[MinibatchMetrics], *, token_mean_loss: bool, tokens: float
+) -> tuple[dict[str, float], float]:
+    """The step's loss metrics, each the mean over minibatches of its value on the global minibatch, and the step's
+    rollout tokens summed over processes.
+
+    A metric's global value on a minibatch is Σ_p m_p·n_p / Σ_p n_p, n_p the process's tokens for a token mean
+    (`TOKEN_MEAN_METRICS`, and `loss` when `token_mean_loss`), else its rows: numerators and denominators are
+    summed over processes before dividing, in one all-reduce per step, so that P processes log what one does.
+    Every process reports the same metric names (the same loss and settings)."""
+    names = sorted({name for m in minibatches for name in m.scalars})
+    if processes.size == 1:
+        means = {n: sum(m.scalars[n] for m in minibatches if n in m.scalars) / len(minibatches) for n in names}
+        return means, tokens
+    by_tokens = [n in TOKEN_MEAN_METRICS or (n == "loss" and token_mean_loss) for n in names]
+    table = torch.tensor(
+        [
+            [*(m.scalars.get(n, 0.0) * (m.tokens if t else m.rows) for n, t in zip(names, by_tokens)), m.rows, m.tokens]
+            for m in minibatches
+        ],
+        dtype=torch.float64,
+    ).reshape(len(minibatches), len(names) + 2)
+    summed = processes.sum(torch.cat([table.reshape(-1), table.new_tensor([tokens])]).to(processes.device)).cpu()
+    table = summed[:-1].reshape(table.shape)
+    numerators, rows, counts = table[:, :-2], table[:, -2:-1], table[:, -1:]
+    denominators = torch.where(torch.tensor(by_tokens), counts, rows)
+    per_minibatch = torch.where(denominators > 0, numerators / denominators.clamp(min=1e-300), 0.0)
+    return dict(zip(names, per_minibatch.mean(0).tolist())), float(summed[-1])
+
+
+def check_launch(processes: Processes, config: Any) -> None:
+    """Refuse, in one line, what this launch of `config` (an `OnlineConfig`) cannot run: FSDP without a distributed
+    launcher (`prefopt.online.fsdp`), and what the loop does not yet split over several processes."""
+    if config.fsdp and not processes.launched:
+        raise SettingsError(
+            "OnlineConfig.fsdp=True shards over the processes of a launch; start it with torchrun or accelerate "
+            "launch (on CPU: ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m prefopt train-online --fsdp ...), "
+            "or drop fsdp"
+        )
+    check_supported(
+        processes,
+        dynamic_sampling=config.filters_groups,
+        pair_loss=config.pair_loss is not None,
+        q_learning="q_values" in loss_spec(config.algorithm).extra_inputs,
+    )
 
 
 def check_supported(processes: Processes, *, dynamic_sampling: bool, pair_loss: bool, q_learning: bool) -> None:

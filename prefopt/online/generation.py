@@ -32,6 +32,7 @@ from prefopt.batch import TokenBatch
 from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
 from prefopt.online.sampler_logprobs import SampledLogprobs, vllm_logprobs
 from prefopt.sampling import decode_completion
+from prefopt.train.fsdp import is_sharded
 
 __all__ = ["GenerationConfig", "Rollout", "generate", "vllm_available", "encode_prompts", "special_ids", "assemble"]
 
@@ -188,6 +189,7 @@ def _hf_generate(
     """completion tokens [b][k] for every prompt, via `model.generate` on length-grouped batches, and their
     sampler log-probs [b][k] when `config.logprobs` (else None)."""
     device = next(model.parameters()).device
+    synced = is_sharded(model)  # the same number of forwards on every process: FSDP's collectives need it
     out: list[list[list[int]]] = [[] for _ in encoded]
     logps: list[list[list[float]]] = [[] for _ in encoded]
     recorder = SampledLogprobs(config.temperature, config.top_p, config.do_sample) if config.logprobs else None
@@ -216,6 +218,7 @@ def _hf_generate(
                 eos_token_id=eos,
                 pad_token_id=pad,
                 use_cache=True,  # the KV cache: each new token attends to cached keys, not the whole prefix
+                synced_gpus=synced,  # FSDP: every process steps until all are done (`prefopt.online.fsdp`)
                 **sampling,
                 **({"logits_processor": processors} if processors else {}),
             )

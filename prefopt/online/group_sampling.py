@@ -29,6 +29,7 @@ dynamic sampling stays single-process (refused with several).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,6 +143,7 @@ def _draw(
     sampled alone from its own seed (several processes: `prefopt.online.distributed`)."""
     device = next(run.policy.parameters()).device
     config = generation_config(run.config)
+    started = time.perf_counter()
     with run.precision.autocast_context(device):
         processor = None if run.action_mask is None else run.action_mask.processor()  # NLPO: sample inside M_t
         sampler = run.rollout_sampler()  # a vLLM engine first gets the policy's weights if updated since
@@ -151,8 +153,9 @@ def _draw(
         else:
             parts = [sampler.generate([p], config, seed=s, logits_processor=processor) for p, s in zip(prompts, seeds)]
             rollout = concat_rollouts(parts)
+    generate_s = time.perf_counter() - started  # the sampler's share of the step (`time/generate_s`)
     scores, metrics = rollout_scores(run, rollout, columns)
-    return rollout, scores, columns, metrics
+    return rollout, scores, columns, {**metrics, "time/generate_s": generate_s}
 
 
 def _kept(drawn: Drawn, keep: Tensor) -> Drawn:
@@ -173,9 +176,11 @@ def sample_rollout(run: OnlineRun, step: int, seed: int) -> Drawn:
     if not run.config.filters_groups:
         return first
     wanted, kept, parts, drawn, spread = run.prompts.per_step, 0, [], first, []
+    generate_s = 0.0
     for round_ in range(run.config.max_sampling_rounds):
         if round_ > 0:
             drawn = _draw(run, *refill_prompts(run.prompts, seed * 1_000_003 + round_), seed * 1_000_003 + round_)
+        generate_s += drawn[3].get("time/generate_s", 0.0)
         informative = groups_with_spread(drawn[1])
         spread.append(float(informative.float().mean()))
         keep = informative.nonzero().flatten()[: wanted - kept]
@@ -186,6 +191,7 @@ def sample_rollout(run: OnlineRun, step: int, seed: int) -> Drawn:
             break
     metrics = {
         **first[3],
+        "time/generate_s": generate_s,  # every round's
         "dynamic_sampling/rounds": float(len(spread)),
         "dynamic_sampling/kept": kept / wanted,
         "dynamic_sampling/informative": sum(spread) / len(spread),

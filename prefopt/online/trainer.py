@@ -23,12 +23,15 @@ objective/non_score_reward (−β·objective/kl, β the KL coefficient the algor
 objective/rlhf_reward, objective/entropy (mean Σ_t entropy), rewards/<name>/mean and /std of each Python
 reward function (TRL's), the loss's own metrics (policy/clipfrac,
 policy/approxkl, val/clipfrac, loss/policy, loss/value, …, averaged over minibatches), kl_coef,
-gen/length, gen/finished, grad_norm, time/step_s; with importance sampling on, the sampler's mismatch is/logp_diff_mean,
-is/logp_diff_max, is/ratio_max, is/ratio_min, is/capped_frac, is/weight_mean (`prefopt.online.importance`).
+gen/length, gen/finished, grad_norm, tokens (the rollout's real tokens, prompts and completions), time/step_s and
+its split time/generate_s, time/score_s, time/learn_s; with importance sampling on, the sampler's mismatch
+is/logp_diff_mean, is/logp_diff_max, is/ratio_max, is/ratio_min, is/capped_frac, is/weight_mean
+(`prefopt.online.importance`).
 
 Under `torchrun` / `accelerate launch` every process runs this loop on its block of each step's prompts, the
 batch statistics and the gradients summed over processes (`prefopt.online.distributed`); only the main process
 writes the run folder (metrics, checkpoints, final/, result.json), and every process resumes from its checkpoints.
+With `OnlineConfig.fsdp` the policy's decoder layers are sharded over the processes (`prefopt.online.fsdp`).
 """
 
 from __future__ import annotations
@@ -57,16 +60,25 @@ from prefopt.memory import peak_memory, reset_peak_memory
 from prefopt.online.annotation import annotate_rollout, compute_context
 from prefopt.online.checkpoint import latest_checkpoint, load_online_checkpoint, save_online_checkpoint
 from prefopt.online.config import RESUMABLE, OnlineConfig
-from prefopt.online.distributed import check_supported, launched_processes, local_prompts, weighted_sum
+from prefopt.online.distributed import (
+    MinibatchMetrics,
+    check_launch,
+    launched_processes,
+    local_prompts,
+    loss_share,
+    minibatch_metrics,
+    pooled_means,
+)
+from prefopt.online.fsdp import clip_gradients, saved_optimizers, shard_policy
 from prefopt.online.ilql import QLearning
 from prefopt.online.importance import reweight_gradient
 from prefopt.online.rollout_step import PreparedRollout, loss_inputs, pair_batch, prompt_minibatches, prompt_rows
 from prefopt.online.setup import OnlineRun, setup_online_run
 from prefopt.online.shared_groups import critic_values, rollout_rows, score_rows
 from prefopt.progress import library_progress_bars
-from prefopt.registry import loss_spec
 from prefopt.threads import torch_threads
 from prefopt.train.checkpoint import CHECKPOINT_DIR, check_no_earlier_run, check_same_settings
+from prefopt.train.fsdp import full_parameters
 from prefopt.train.inputs import input_fingerprints
 from prefopt.train.logs import MetricsLog, truncate_metrics
 from prefopt.train.run_folder import claim_run_folder
@@ -150,7 +162,7 @@ def _update(run: OnlineRun, step: int, loss: torch.Tensor | None) -> float:
     for params in run.parameters().values():
         run.processes.sum_gradients(params)
     max_norm = run.config.max_grad_norm if run.config.max_grad_norm is not None else math.inf
-    norms = {name: float(torch.nn.utils.clip_grad_norm_(params, max_norm)) for name, params in run.parameters().items()}
+    norms = {name: clip_gradients(params, max_norm) for name, params in run.parameters().items()}  # FSDP shards too
     if not all(math.isfinite(n) for n in norms.values()):
         raise OnlineDivergedError(
             f"non-finite gradient norm {norms} at step {step + 1}; lower lr or max_grad_norm, "
@@ -168,40 +180,39 @@ def rollout_step(run: OnlineRun, step: int) -> dict[str, float]:
         return run.q_learning.step(run, step, _update)
     started = time.perf_counter()
     rollout, prepared, record = _prepare(run, step)
+    prepared_at = time.perf_counter()
     generator = torch.Generator().manual_seed(_seed(run.config, step, 1))
-    sums: dict[str, float] = {}
-    updates, processes = 0, run.processes
+    minibatches: list[MinibatchMetrics] = []
+    updates, grad_norms, processes = 0, 0.0, run.processes
     total = prepared.num_prompts * processes.size  # minibatches split the step's global prompts
     for _ in range(run.config.passes):
         for part in prompt_minibatches(total, run.config.num_minibatches, generator):
             prompts = local_prompts(processes, part, prepared.num_prompts)  # this process's share of them
-            out = _minibatch_loss(run, rollout, prepared, prompts) if prompts.numel() else None
+            dummy = run.config.fsdp and not prompts.numel()  # FSDP: every process runs each forward (weight 0)
+            mine = prompts.new_zeros(1) if dummy else prompts  # a dummy: prompt 0, its loss and metrics weighed 0
+            out = _minibatch_loss(run, rollout, prepared, mine) if mine.numel() else None
             if out is None and processes.size == 1:
                 continue
             if out is not None and not torch.isfinite(out.loss):
                 raise OnlineDivergedError(f"non-finite loss at step {step + 1}; lower lr or check the reward")
-            weight = _share(run, prepared, prompts)
-            grad_norm = _update(run, step, None if out is None else (out.loss if weight == 1.0 else weight * out.loss))
-            scalars = weighted_sum(processes, {} if out is None else out.scalars(), weight)
-            for key, value in {**scalars, "grad_norm": grad_norm}.items():
-                sums[key] = sums.get(key, 0.0) + value
+            minibatches.append(minibatch_metrics(prepared, prompts, None if dummy else out))
+            weight = loss_share(processes, minibatches[-1], token_mean=run.recipe.token_mean)
+            grad_norms += _update(
+                run, step, None if out is None else (out.loss if weight == 1.0 else weight * out.loss)
+            )
             updates += 1
     if run.action_mask is not None:  # NLPO: every μ steps the masking policy becomes a copy of π_θ
         run.action_mask.after_step(step + 1, run.policy)
-    record.update({k: v / updates for k, v in sums.items()})
-    record.update(step=step + 1, updates=updates, **{"time/step_s": time.perf_counter() - started})
+    # the loss's metrics and the step's tokens over every process, in one all-reduce (`pooled_means`)
+    means, tokens = pooled_means(
+        processes, minibatches, token_mean_loss=run.recipe.token_mean, tokens=float(rollout.attention_mask.sum())
+    )
+    record.update(means, **({"grad_norm": grad_norms / updates} if updates else {}))
+    ended, generate_s = time.perf_counter(), record.get("time/generate_s", 0.0)  # the sampler's (`group_sampling`)
+    # the step's wall time split: generate, score (the rest of the annotation), learn (the minibatches' updates)
+    split = {"time/score_s": prepared_at - started - generate_s, "time/learn_s": ended - prepared_at}
+    record.update(step=step + 1, updates=updates, tokens=tokens, **{"time/step_s": ended - started, **split})
     return record
-
-
-def _share(run: OnlineRun, prepared: PreparedRollout, prompts: torch.Tensor) -> float:
-    """w_p: this process's part of the minibatch's loss normaliser, its rows (or completion tokens, for a loss that
-    averages over the minibatch's tokens: `Recipe.token_mean`) over every process's; 1 in one process."""
-    if run.processes.size == 1:
-        return 1.0
-    rows = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)
-    count = float(prepared.completion_mask[rows].sum()) if run.recipe.token_mean else float(rows.numel())
-    total = float(run.processes.sum(torch.tensor(count, device=run.processes.device)))
-    return count / total if total else 0.0
 
 
 def _resume(run: OnlineRun, inputs: dict[str, Any]) -> int:
@@ -234,15 +245,21 @@ def _fresh(out: Path) -> int:
 
 
 def _checkpoint(run: OnlineRun, step: int) -> Path:
-    """Save the run after `step` rollouts (the main process; every process holds the same weights)."""
-    if not run.processes.main:
-        return Path(run.config.output_dir) / CHECKPOINT_DIR / f"step-{step:06d}"
+    """Save the run after `step` rollouts: the main process writes (with FSDP every process gathers the weights)."""
+    optimizers = saved_optimizers(run.policy, run.optimizers)  # FSDP: Adam's shards gathered (before the swap)
+    with full_parameters(run.policy):
+        if not run.processes.main:
+            return Path(run.config.output_dir) / CHECKPOINT_DIR / f"step-{step:06d}"
+        return _save_checkpoint(run, step, optimizers)
+
+
+def _save_checkpoint(run: OnlineRun, step: int, optimizers: dict[str, Any]) -> Path:
     return save_online_checkpoint(
         run.config.output_dir,
         step,
         policy=run.policy,
         critic=run.critic,
-        optimizers=run.optimizers,
+        optimizers=optimizers,
         state={"kl_coef": run.kl_controller.value},
         keep=run.config.keep_checkpoints,
         frozen=run.frozen_models(),
@@ -282,12 +299,7 @@ def train_online(
         config = dataclasses.replace(config, **settings)
     config.preflight()  # output folder, model folders, backend: before anything is built or written
     processes = launched_processes()  # under torchrun / accelerate launch: this process among them
-    check_supported(
-        processes,
-        dynamic_sampling=config.filters_groups,
-        pair_loss=config.pair_loss is not None,
-        q_learning="q_values" in loss_spec(config.algorithm).extra_inputs,
-    )
+    check_launch(processes, config)  # FSDP needs a launcher; what runs in one process only (one line each)
     processes.shard(config.prompts_per_step)  # a step's prompts split evenly over the processes, or one line
     # one run per folder (`prefopt.train.run_folder`): a second run on output_dir stops at once; the main process
     # holds it for all
@@ -306,6 +318,8 @@ def train_online(
             processes=processes,
         )
         processes.broadcast([run.policy, *([run.critic] if run.critic is not None else [])])  # the same start
+        if config.fsdp:  # shard the policy's decoder layers (`prefopt.online.fsdp`)
+            shard_policy(run.policy, run.optimizers["policy"])
         return _train(run, inputs, on_step, started)
 
 
@@ -350,7 +364,8 @@ def _train(run: OnlineRun, inputs: dict[str, Any], on_step: StepCallback | None,
         record = json.loads(lines[-1]) if lines else {}
     if checkpoint is None or not checkpoint.name.endswith(f"{config.steps:06d}"):
         checkpoint = _checkpoint(run, config.steps)
-    model_path = _save_final(run, out) if main else out / "final"
+    with full_parameters(run.policy):  # FSDP: every process gathers the full weights (a no-op unsharded)
+        model_path = _save_final(run, out) if main else out / "final"
     result = OnlineResult(
         record,
         out / "metrics.jsonl",

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prefopt.atomic import write_json_atomic
+from prefopt.train.fsdp import full_parameters, optimizer_state
 from prefopt.train.rng_state import load_rng_state, save_rng_state
 from prefopt.train.run_folder import RunFolderError
 
@@ -192,9 +193,12 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     save_rng_state(tmp / f"rng-{accelerator.process_index}.json")
     accelerator.wait_for_everyone()
+    optimizer_saved = optimizer_state(model, optimizer)  # FSDP: gathered from every process's shards
+    with full_parameters(model):  # FSDP: every process gathers the full weights; else nothing
+        weights = trainable_state(model) if accelerator.is_main_process else {}
     if accelerator.is_main_process:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer_saved, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(
             json.dumps({**state, "step": step, "world_size": accelerator.num_processes}, indent=2)

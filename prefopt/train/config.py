@@ -103,6 +103,8 @@ class TrainConfig(Settings):
         resume: continue from the newest checkpoint in `output_dir` (exactly: same final metrics).
         log_every: write metrics every N steps; progress: tqdm bar; report_to: "tensorboard", "wandb".
         cpu: force the CPU (multi-process CPU runs need it, or ACCELERATE_USE_CPU=1).
+        fsdp: shard the policy with FSDP2 (`torch.distributed.fsdp.fully_shard`) instead of DDP
+            (`prefopt.train.fsdp`); full-parameter runs, resumed without it.
     """
 
     loss: str = "dpo"
@@ -158,6 +160,7 @@ class TrainConfig(Settings):
     progress: bool = True
     report_to: tuple[str, ...] = ()
     cpu: bool = False
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         self._check_loss()
@@ -168,6 +171,7 @@ class TrainConfig(Settings):
         self._check_lora()
         self._check_reporting()
         self._check_sources()
+        self._check_fsdp()
         self.optimizer_settings()  # validates preset name and overrides now, not at step 0
 
     def _check_loss(self) -> None:
@@ -319,6 +323,20 @@ class TrainConfig(Settings):
             )
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise SettingsError(f"TrainConfig.output_dir={self.output_dir!r} must be a folder path")
+
+    def _check_fsdp(self) -> None:
+        """What FSDP (`prefopt.train.fsdp`) does not run: LoRA (π_ref, the adapter-disabled base, is scored outside
+        the sharded forward) and resuming sharded (a checkpoint holds full weights: resume it without fsdp)."""
+        if self.fsdp and self.lora_r:
+            raise SettingsError(
+                f"TrainConfig.fsdp=True with lora_r={self.lora_r}: FSDP shards full-parameter runs "
+                "only; drop fsdp (a LoRA run's trainable weights are small) or set lora_r=0"
+            )
+        if self.fsdp and self.resume:
+            raise SettingsError(
+                "TrainConfig.fsdp=True with resume=True: a sharded run is not resumed sharded; its "
+                "checkpoints hold full weights, resume it with fsdp=False (same processes)"
+            )
 
     def preflight(self) -> None:
         """What this run needs from this machine, before anything is built: an output folder it can create,

@@ -30,6 +30,7 @@ from prefopt.train.checkpoint import (
     write_json_atomic,
 )
 from prefopt.train.config import TrainConfig
+from prefopt.train.fsdp import full_parameters
 from prefopt.train.logs import truncate_metrics
 from prefopt.train.run_folder import RunFolderError, RunFolderLock, claim_run_folder
 from prefopt.train.setup import Run
@@ -40,6 +41,7 @@ __all__ = ["TrainResult"]
 _RESUMABLE = {
     "resume",
     "progress",
+    "fsdp",  # a sharded run's checkpoints hold full weights (`prefopt.train.fsdp`): resumed unsharded
     "max_steps",
     "epochs",
     "checkpoint_every",
@@ -171,15 +173,16 @@ def _finish(
         keep=config.keep_checkpoints,
     )
     model_path = out / "final"
-    if acc.is_main_process:
-        tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-        run.precision.save_pretrained(
-            acc.unwrap_model(run.wrapped_policy_logps).model, tmp
-        )  # in the dtype of `save_dtype`
-        run.tokenizer.save_pretrained(tmp)
-        if model_path.exists():
-            shutil.rmtree(model_path)
-        tmp.rename(model_path)
+    with full_parameters(run.policy):  # FSDP: every process gathers the full weights; else nothing
+        if acc.is_main_process:
+            tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+            run.precision.save_pretrained(
+                acc.unwrap_model(run.wrapped_policy_logps).model, tmp
+            )  # in the dtype of `save_dtype`
+            run.tokenizer.save_pretrained(tmp)
+            if model_path.exists():
+                shutil.rmtree(model_path)
+            tmp.rename(model_path)
     acc.wait_for_everyone()
     wall = time.perf_counter() - started
     peak, kind = peak_memory(acc.device)

@@ -25,6 +25,7 @@ from prefopt.preflight import load_pretrained
 from prefopt.registry import BoundLoss, LossSpec, get_loss, loss_spec
 from prefopt.train.config import TrainConfig
 from prefopt.train.data import BatchPlan, load_train_rows
+from prefopt.train.fsdp import check_launch_plugin, shard_scoring_module
 from prefopt.train.model import (
     Reference,
     ScoringModule,
@@ -65,6 +66,7 @@ def make_accelerator(config: TrainConfig) -> Any:
         # a single process running several trainings (e.g. `prefopt compare`) may change them between runs.
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=config.cpu, mixed_precision=precision)
+    check_launch_plugin(accelerator)  # an FSDP / DeepSpeed config that Accelerate ignored (on CPU)
     if launched != accelerator.num_processes:
         raise DistributedSetupError(
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but Accelerate runs "
@@ -227,7 +229,10 @@ def setup_run(
         backend=config.engine_backend,
         share_prompt=True if config.share_prompt == "on" else "auto",
     )
-    wrapped_policy_logps = accelerator.prepare(policy_logps)
+    # FSDP2 shards in place (`prefopt.train.fsdp`; Accelerate's plugin does not run on CPU); else DDP via Accelerate
+    wrapped_policy_logps = (
+        shard_scoring_module(policy_logps, accelerator.device) if config.fsdp else accelerator.prepare(policy_logps)
+    )
     reference = None
     if spec.needs_reference:
         live = live_reference(policy, policy_logps.engine, reference_model, accelerator.device, config.engine_backend)

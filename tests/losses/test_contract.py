@@ -80,7 +80,8 @@ _INPUTS = {"paired": _paired_inputs, "unpaired": _unpaired_inputs, "ranked": _ra
 
 def extra_inputs(spec: LossSpec, dtype: torch.dtype, n: int = B) -> dict[str, torch.Tensor]:
     """Values, inside their domains, of the extra inputs a log-prob loss may require, by name (no gradient):
-    KTO's z₀ `kl`, ODPO's score difference `margin` > 0, WPO's Σ_t log Σ_v p² ≤ 0, TDPO's sequential KLs ≥ 0.
+    KTO's z₀ `kl`, ODPO's score difference `margin` > 0, WPO's Σ_t log Σ_v p² ≤ 0, TDPO's sequential KLs ≥ 0,
+    orpo_seq's prompt log-probs ≤ 0 and counts.
     Their effect is checked by each family's own tests."""
     if spec.scores != "logps":
         return {}
@@ -92,6 +93,8 @@ def extra_inputs(spec: LossSpec, dtype: torch.dtype, n: int = B) -> dict[str, to
         "rejected_log_sum_sq_probs": -0.4 * lengths.flip(0),
         "chosen_seq_kl": 0.01 * lengths,
         "rejected_seq_kl": 0.02 * lengths.flip(0),
+        "chosen_prompt_sum": -1.5 * lengths.flip(0),  # orpo_seq: the prompt tokens' log-probs ≤ 0 and their count
+        "chosen_prompt_count": lengths.flip(0),
     }
     return {k: v.to(dtype) for k, v in values.items() if k in spec.extra_inputs}
 

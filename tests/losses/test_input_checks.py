@@ -186,12 +186,14 @@ def test_kto_weight_check_refuses_labels_that_are_not_binary() -> None:
 # ------------------------------------------------------------------ 3. log-probs read as probabilities
 
 
-# The audit: losses that read the policy's log-probs as probabilities. orpo: odds e^ℓ/(1 − e^ℓ) via
+# The audit: losses that read the policy's log-probs as probabilities. orpo, orpo_seq: odds e^ℓ/(1 − e^ℓ) via
 # log1mexp, and −ℓ_w; cpo, rpo, sft, cpo_simpo: a token-mean NLL; slic: a sequence NLL; wpo, wpo_unaligned: weights
 # exp(ℓ − …); best_of_n: a token NLL; ilql: AWAC's weighted token NLL. Every other loss uses differences of
 # log-probs (log-ratios, margins, β·ℓ or β·r_α rewards), unchanged by a common shift, so a positive value is wrong
 # there but not read as a probability.
-READS_PROBABILITIES = {"orpo", "cpo", "rpo", "sft", "slic", "wpo", "wpo_unaligned", "cpo_simpo", "best_of_n", "ilql"}
+READS_PROBABILITIES = {
+    *("orpo", "orpo_seq", "cpo", "rpo", "sft", "slic", "wpo", "wpo_unaligned", "cpo_simpo", "best_of_n", "ilql"),
+}
 NONPOSITIVE = [n for n in prefopt.list_losses() if loss_spec(n).needs_nonpositive_logps]
 
 

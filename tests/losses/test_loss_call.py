@@ -87,7 +87,7 @@ def outputs(models) -> dict:
         for packed in (False, True):
             batch = batch_of(kind, packed=packed)
             with torch.no_grad():  # with every statistic a loss may take (prefopt.loss_call.ENGINE_INPUTS)
-                policy = engine(batch, return_stats=True, kl_reference=reference)
+                policy = engine(batch, return_stats=True, kl_reference=reference, score_prompt=kind == "paired")
                 table[kind, packed] = batch, policy, reference(batch)
     return table
 
@@ -105,7 +105,7 @@ def engine_statistics(name: str, policy) -> dict:
     """The engine-statistic inputs `name` takes, split by kind by hand (paired: chosen()/rejected())."""
     out = {}
     for input_name in prefopt.loss_spec(name).extra_inputs:
-        for base in ("log_sum_sq_probs", "seq_kl"):
+        for base in ("log_sum_sq_probs", "seq_kl", "prompt_sum", "prompt_count"):
             if input_name == f"chosen_{base}":
                 out[input_name] = policy.chosen(getattr(policy, base))
             elif input_name == f"rejected_{base}":

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import prefopt
-from prefopt.losses import alphapo, cpo, cpo_simpo, orpo, sft, simpo
+from prefopt.losses import alphapo, cpo, cpo_simpo, orpo, orpo_seq, sft, simpo
 from prefopt.losses.reference_free import log_odds
 from prefopt.registry import LossInputError
 
@@ -68,6 +68,49 @@ def test_orpo_lambda_zero_is_token_mean_nll_and_reference_is_ignored() -> None:
     with_ref = orpo(pc, pr, t(0.0, 0.0), t(-50.0, 3.0), chosen_lengths=lc, rejected_lengths=lr)
     without = orpo(pc, pr, chosen_lengths=lc, rejected_lengths=lr)
     assert torch.equal(with_ref.per_example, without.per_example)
+
+
+def test_orpo_seq_hand_values_whole_sequence_nll() -> None:
+    """λ = 0.5 (not the default). Row 1: logπ(y_w) = −2 over 4 tokens, the prompt's tokens after the first −3
+    over 2: NLL = 5/6; ℓ_w = −0.5, ℓ_l = −6/3 = −2 (the odds ratio reads completions only, as orpo's).
+    Row 2: a one-token prompt (nothing to score): NLL = 6/1; ℓ_w = −6, ℓ_l = −1."""
+    out = orpo_seq(
+        t(-2.0, -6.0),
+        t(-6.0, -1.0),
+        chosen_lengths=t(4, 1),
+        rejected_lengths=t(3, 1),
+        chosen_prompt_sum=t(-3.0, 0.0),
+        chosen_prompt_count=torch.tensor([2, 0]),
+        lambda_=0.5,
+    )
+    rows = [(5 / 6, -0.5, -2.0), (6.0, -6.0, -1.0)]
+    expected = [nll + 0.5 * softplus(-(math_log_odds(w) - math_log_odds(lo))) for nll, w, lo in rows]
+    assert expected[0] == pytest.approx(5 / 6 + 0.5 * 0.09671, abs=1e-5)
+    torch.testing.assert_close(out.per_example, t(*expected), rtol=1e-12, atol=1e-12)
+    assert float(out.metrics["nll_loss"]) == pytest.approx((5 / 6 + 6.0) / 2, rel=1e-6)
+    assert float(out.metrics["rewards/chosen"]) == pytest.approx(0.5 * (-0.5 - 6.0) / 2, rel=1e-6)
+
+
+def test_orpo_seq_gradients_and_no_prompt_equals_orpo() -> None:
+    """∂L/∂ logπ(x)_b = −1/(B·(|x_b|−1 + |y_w,b|)) (the odds ratio does not read the prompt); gradcheck in float64;
+    with no prompt tokens orpo_seq is orpo."""
+    lengths = {"chosen_lengths": t(4, 2), "rejected_lengths": t(3, 5)}
+    prompt = t(-3.0, -7.5).requires_grad_()
+    pc, pr = t(-2.0, -3.0).requires_grad_(), t(-6.0, -4.0).requires_grad_()
+    count = torch.tensor([2, 6])
+    out = orpo_seq(pc, pr, **lengths, chosen_prompt_sum=prompt, chosen_prompt_count=count, lambda_=0.3)
+    out.loss.backward()
+    torch.testing.assert_close(prompt.grad, t(-1 / (2 * 6), -1 / (2 * 8)), rtol=1e-12, atol=0)
+
+    def f(a, b, x):
+        return orpo_seq(a, b, **lengths, chosen_prompt_sum=x, chosen_prompt_count=count, lambda_=0.3).loss
+
+    leaves = (t(-2.0, -3.0).requires_grad_(), t(-6.0, -4.0).requires_grad_(), t(-3.0, -7.5).requires_grad_())
+    assert torch.autograd.gradcheck(f, leaves)
+    none = orpo_seq(pc, pr, **lengths, chosen_prompt_sum=t(0.0, 0.0), chosen_prompt_count=torch.tensor([0, 0]))
+    torch.testing.assert_close(none.per_example, orpo(pc, pr, **lengths).per_example, rtol=0, atol=0)
+    with pytest.raises(LossInputError, match="chosen_prompt_sum is above 0"):
+        orpo_seq(pc, pr, **lengths, chosen_prompt_sum=t(0.5, -1.0), chosen_prompt_count=count)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])

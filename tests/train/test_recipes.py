@@ -92,7 +92,8 @@ def test_recipes_hold_the_published_numbers() -> None:
     batch 64, 150 warm-up steps); alignment-handbook zephyr config_full.yaml (β 0.01, lr 5e-7, 8 × 8 × 2 = 128,
     cosine, warm-up 0.1); HALOs (β 0.1, RMSprop lr 5e-7, batch 32); xfactlab run_mistral_orpo_beta.sh (λ 0.1,
     lr 5e-6, 5 epochs, 200 warm-up steps); SimPO README table (Mistral-Base β 2, γ/β 0.8, lr 3e-7; Llama3-Base
-    β 2, γ/β 0.5, lr 6e-7) and v0.1 scores; Zephyr Table 1 (MT-Bench 7.34)."""
+    β 2, γ/β 0.5, lr 6e-7), the paper's Table 4 scores and the README's v0.1 where they differ; Zephyr Table 1
+    (MT-Bench 7.34)."""
     dpo = load_recipe("dpo-hh-pythia28").config()
     assert (dpo.loss_hparams["beta"], dpo.optimizer, dpo.lr, dpo.batch_size, dpo.warmup_steps) == (
         0.1,
@@ -117,10 +118,17 @@ def test_recipes_hold_the_published_numbers() -> None:
     orpo = load_recipe("mistral-orpo-beta")
     assert (orpo.config().loss_hparams["lambda_"], orpo.config().lr, orpo.config().epochs) == (0.1, 5e-6, 5)
     assert orpo.config().schedule == "inverse_sqrt"
-    for name, ratio, lr, lc in (("simpo-mistral-base", 0.8, 3e-7, 21.4), ("simpo-llama3-base", 0.5, 6e-7, 22.0)):
+    # SimPO: the paper's Table 4 first (arXiv:2405.14734; LC, WR, Arena-Hard), then the README's where it differs.
+    for name, ratio, lr, paper in (
+        ("simpo-mistral-base", 0.8, 3e-7, [21.5, 20.8, 16.6, 21.4]),
+        ("simpo-llama3-base", 0.5, 6e-7, [22.0, 20.3, 23.4]),
+    ):
         recipe = load_recipe(name)
         assert (recipe.config().loss_hparams["beta"], recipe.config().loss_hparams["gamma_beta_ratio"]) == (2.0, ratio)
-        assert recipe.config().lr == lr and recipe.results[0].value == lc
+        assert recipe.config().lr == lr and [r.value for r in recipe.results] == paper
+        assert "Table 4" in recipe.results[0].source and "arXiv:2405.14734" in recipe.results[0].source
+    released = load_recipe("simpo-mistral-base").results[-1]
+    assert "released model" in released.metric and "README v0.1" in released.source
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -172,8 +180,9 @@ def test_recipes_match_their_sources_point_by_point() -> None:
     without the generation prompt, so the assistant header is scored; ORPO names the zephyr template that
     xfactlab/orpo main.py sets when the tokenizer has none; KTO writes HALOs' "\n<|user|>\n…\n<|assistant|>\n".
     Data: ORPO drops prompts ≥ 1,792 tokens (main.py filter_dataset), HALOs keeps the start of long prompts
-    (get_ultrabin truncation_mode). ORPO sets gradient checkpointing (main.py). SimPO: 2 × 16 × 4 GPUs = 128.
-    Numbers: KTO Tables 2-3, ORPO LC 14.7, SimPO README v0.1."""
+    (get_ultrabin truncation_mode). ORPO sets gradient checkpointing (main.py) and takes its NLL over the whole
+    chosen sequence (orpo_trainer.py: `orpo_seq`). SimPO: 2 × 16 × 4 GPUs = 128.
+    Numbers: KTO Tables 2-3, ORPO LC 14.7, SimPO paper Table 4 (and README v0.1 where it differs)."""
     settings = {name: load_recipe(name).config() for name in RECIPES}
     for name in ("zephyr-7b-beta", "simpo-mistral-base"):
         assert (settings[name].system_prompt, settings[name].assistant_header) == ("", "completion"), name
@@ -184,6 +193,10 @@ def test_recipes_match_their_sources_point_by_point() -> None:
     orpo, kto = settings["mistral-orpo-beta"], settings["kto-zephyr-sft"]
     assert (orpo.chat_template, orpo.prompt_truncation, orpo.max_prompt_length) == ("zephyr", "drop", 1792)
     assert orpo.gradient_checkpointing and any("NLL" in d for d in load_recipe("mistral-orpo-beta").deviations)
+    # ORPO's NLL over the whole chosen sequence, prompt included (src/orpo_trainer.py), the loop told by the spec.
+    assert orpo.loss == "orpo_seq" and {"chosen_prompt_sum", "chosen_prompt_count"} <= set(
+        loss_spec("orpo_seq").extra_inputs
+    )
     assert (kto.chat_template, kto.prompt_truncation, kto.assistant_header) == ("halos", "keep_start", "prompt")
     for name in ("simpo-mistral-base", "simpo-llama3-base"):
         recipe = load_recipe(name)
@@ -212,6 +225,38 @@ def test_recipes_match_their_sources_point_by_point() -> None:
     dpo = load_recipe("dpo-hh-pythia28")
     assert [s.name for s in dpo.stages] == ["sft"] and dpo.stages[0].train["loss"] == "sft"
     assert dpo.stages[0].train["model"] == dpo.train["model"] == "EleutherAI/pythia-2.8b"
+
+
+# Each recipe's settings as docs/recipes.md's point-by-point tables give them (ours = official, or the deviation the
+# table names). Data and text: loss, chat template, system turn, assistant header, long prompts, gradient
+# checkpointing. Optimisation: optimiser, schedule, warm-up (steps or ratio), global batch, micro-batch, lengths,
+# clipping, seed.
+TEXT = {
+    "dpo-hh-pythia28": ("dpo", None, None, "prompt", "keep_end", False),
+    "zephyr-7b-beta": ("dpo", None, "", "completion", "keep_end", True),
+    "kto-zephyr-sft": ("kto", "halos", None, "prompt", "keep_start", True),
+    "mistral-orpo-beta": ("orpo_seq", "zephyr", None, "prompt", "drop", True),
+    "simpo-mistral-base": ("simpo", None, "", "completion", "keep_end", True),
+    "simpo-llama3-base": ("simpo", None, None, "completion", "keep_end", True),
+}
+OPTIMISATION = {
+    "dpo-hh-pythia28": ("rmsprop", "constant", 150, 64, 4, 512, 256, 10.0, 0),
+    "zephyr-7b-beta": ("adamw", "cosine", 0.1, 128, 8, 1024, 512, 1.0, 42),
+    "kto-zephyr-sft": ("rmsprop", "constant", 150, 32, 4, 2048, 1024, 10.0, 1),
+    "mistral-orpo-beta": ("adamw", "inverse_sqrt", 200, 32, 8, 2048, 1792, 1.0, 42),
+    "simpo-mistral-base": ("adamw", "cosine", 0.1, 128, 2, 1024, 512, 1.0, 42),
+    "simpo-llama3-base": ("adamw", "cosine", 0.1, 128, 2, 2048, 1800, 1.0, 42),
+}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_holds_the_settings_of_its_docs_table(name: str) -> None:
+    c = load_recipe(name).config()
+    text = (c.loss, c.chat_template, c.system_prompt, c.assistant_header, c.prompt_truncation, c.gradient_checkpointing)
+    warmup = c.warmup_steps if c.warmup_steps else c.warmup_ratio
+    optimisation = (c.optimizer, c.schedule, warmup, c.batch_size, c.micro_batch_size)
+    optimisation += (c.max_length, c.max_prompt_length, c.max_grad_norm, c.seed)
+    assert (text, optimisation) == (TEXT[name], OPTIMISATION[name])
 
 
 def test_stage_configs_chain_the_models(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ __all__ = [
     "OveroptimizationConfig",
     "ProxyTrainer",
     "ProxyCurves",
+    "Measurement",
+    "pair_correct",
     "proxy_sft_config",
     "train_proxy_reward_model",
     "measure",
@@ -49,18 +51,21 @@ class OveroptimizationConfig:
         rm_epochs, rm_lr, rm_batch_size: the proxies' training recipe.
         heldout_prompts: P prompts for best-of-N; pool: M samples drawn per prompt; ns: the N values (≤ M).
         max_new_tokens: sampling cap. r2_min: the fit-quality threshold of the check.
-        seeds: proxy replicas per size (different initialisation and data order); curves are averaged.
+        seeds: proxy replicas per size (different score-head initialisation and data order); curves are
+            averaged, and the accuracies' and peaks' CIs resample held-out pairs and prompts of that average.
+        ablation_fractions: the data-size ablation: each proxy size is also trained (one replica) on the first
+            share of the training pairs, for accuracy and peak against data size (empty: none).
     """
 
     sft: str = "default"
     seed: int = 0
-    train_prompts: int = 512
-    eval_prompts: int = 64
+    train_prompts: int = 2048
+    eval_prompts: int = 512
     completions_per_prompt: int = 4
     label_temperature: float = 0.0
-    proxy_sizes: tuple[tuple[int, int], ...] = ((32, 1), (64, 2), (160, 4))
+    proxy_sizes: tuple[tuple[int, int], ...] = ((8, 1), (16, 1), (32, 1), (64, 2))
     proxy_init: str = "sft"
-    rm_epochs: float = 3.0
+    rm_epochs: float = 2.0
     rm_lr: float = 3e-3
     rm_batch_size: int = 32
     heldout_prompts: int = 32
@@ -68,7 +73,8 @@ class OveroptimizationConfig:
     ns: tuple[int, ...] = tuple(2**k for k in range(9))
     max_new_tokens: int = 64
     r2_min: float = 0.8
-    seeds: int = 1
+    seeds: int = 3
+    ablation_fractions: tuple[float, ...] = (0.125, 0.5)
 
     def __post_init__(self) -> None:
         if self.sft not in ("default", "tiny"):
@@ -87,6 +93,11 @@ class OveroptimizationConfig:
             )
         if len(set(self.ns)) < 3:
             raise ValueError("OveroptimizationConfig.ns: at least three distinct N (two beyond N = 1) to fit α and β.")
+        if any(not 0 < f < 1 for f in self.ablation_fractions):
+            raise ValueError(
+                f"OveroptimizationConfig.ablation_fractions={self.ablation_fractions}: shares in (0, 1) of the "
+                "training pairs (the full data is the main run)."
+            )
         if self.heldout_prompts < 2 or self.seeds < 1 or self.rm_epochs <= 0 or self.rm_lr <= 0:
             raise ValueError("OveroptimizationConfig: heldout_prompts ≥ 2, seeds ≥ 1, rm_epochs > 0 and rm_lr > 0.")
 
@@ -150,7 +161,15 @@ def train_proxy_reward_model(
 
 @dataclass
 class ProxyCurves:
-    """Best-of-N curves of one proxy size: per-prompt gold and proxy values [J, P], fits, eval accuracy."""
+    """Best-of-N curves of one proxy size trained on one data size.
+
+    Attributes:
+        size: (hidden_size, num_layers). gold, proxy: replica-mean per-prompt best-of-N values [J, P].
+        accuracy: mean held-out pair accuracy over replicas. gold_fit, proxy_fit: Gao fits of the mean curves.
+        correct: [R, E] 1.0 where replica r orders held-out pair e as the gold reward does (None: not kept).
+        gold_runs: [R, J, P] each replica's gold curve (None: not kept). params: parameters of the proxy.
+        pairs: training pairs it saw.
+    """
 
     size: tuple[int, int]
     gold: Tensor
@@ -158,6 +177,34 @@ class ProxyCurves:
     accuracy: float
     gold_fit: GaoFit
     proxy_fit: GaoFit
+    correct: Tensor | None = None
+    gold_runs: Tensor | None = None
+    params: int = 0
+    pairs: int = 0
+
+
+@dataclass
+class Measurement:
+    """What `measure` returns: the main curves (every proxy on all the data), the data-size ablation
+    (every proxy on each `ablation_fractions` share, one replica) and JSON-able facts about the task."""
+
+    curves: list[ProxyCurves]
+    ablation: list[ProxyCurves]
+    info: dict[str, Any]
+
+
+@dataclass
+class _Pool:
+    """The best-of-N pool: prompt-major rows (p·M + m), completions, gold scores [P, M]."""
+
+    prompts: list[str]
+    completions: list[str]
+    gold: Tensor
+    finished_rate: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.gold.shape[0], self.gold.shape[1])
 
 
 def _score_pool(reward: Any, prompts: Sequence[str], completions: Sequence[str], shape: tuple[int, int]) -> Tensor:
@@ -167,13 +214,69 @@ def _score_pool(reward: Any, prompts: Sequence[str], completions: Sequence[str],
     return scores
 
 
-def measure(
-    config: OveroptimizationConfig, progress: Progress, train_proxy: ProxyTrainer
-) -> tuple[list[ProxyCurves], dict[str, Any]]:
-    """Build the task, train every proxy with `train_proxy`, draw the pool and compute the best-of-N curves."""
-    total = 2 + len(config.proxy_sizes) * config.seeds
-    policy = synthetic.reference_policy(config.seed, _sft_config(config.sft), progress=False)
-    prefs = build_preferences(
+def pair_correct(reward: Any, rows: Any) -> Tensor:
+    """[E] 1.0 where r(x, chosen) > r(x, rejected) for each held-out pair (ties count as wrong, as in
+    `train_reward_model`'s accuracy)."""
+    prompts = list(rows["prompt"])
+    scores = torch.as_tensor(reward.score(prompts + prompts, list(rows["chosen"]) + list(rows["rejected"])))
+    return (scores[: len(prompts)] > scores[len(prompts) :]).double()
+
+
+def _num_parameters(reward: Any) -> int:
+    model = getattr(reward, "model", None)
+    return sum(p.numel() for p in model.parameters()) if model is not None else 0
+
+
+def _draw_pool(config: OveroptimizationConfig, policy: Any, prompts: Sequence[str]) -> _Pool:
+    repeated = [p for p in prompts for _ in range(config.pool)]  # prompt-major: row p·M + m
+    drawn = sample(
+        policy.model,
+        policy.tokenizer,
+        repeated,
+        generator=torch.Generator().manual_seed(config.seed + 7),
+        max_new_tokens=config.max_new_tokens,
+    )
+    gold = _score_pool(GoldReward(), repeated, drawn.completions, (len(prompts), config.pool))
+    return _Pool(repeated, list(drawn.completions), gold, float(drawn.finished.double().mean()))
+
+
+def _proxy_curves(
+    config: OveroptimizationConfig,
+    size: tuple[int, int],
+    replicas: int,
+    train: Callable[[int], tuple[Any, float]],
+    eval_rows: Any,
+    pool: _Pool,
+    pairs: int,
+) -> ProxyCurves:
+    """Train `replicas` proxies of one size (`train(seed)`), score the pool and the held-out pairs."""
+    gold_runs, proxy_runs, correct, params = [], [], [], 0
+    for replica in range(replicas):
+        reward, _ = train(config.seed + 1000 * replica)
+        scores = _score_pool(reward, pool.prompts, pool.completions, pool.shape)
+        gold_runs.append(best_of_n_from_pool(scores, pool.gold, config.ns))  # [J, P]
+        proxy_runs.append(best_of_n_from_pool(scores, scores, config.ns))
+        correct.append(pair_correct(reward, eval_rows))
+        params = _num_parameters(reward)
+    gold_all, proxy_curve = torch.stack(gold_runs), torch.stack(proxy_runs).mean(0)
+    gold_curve, right = gold_all.mean(0), torch.stack(correct)
+    d, base = bon_kl(config.ns).sqrt(), config.ns.index(1)
+    return ProxyCurves(
+        size,
+        gold_curve,
+        proxy_curve,
+        float(right.mean()),
+        fit_gao_bon(d, gold_curve.mean(1) - gold_curve.mean(1)[base]),
+        fit_gao_bon(d, proxy_curve.mean(1) - proxy_curve.mean(1)[base]),
+        right,
+        gold_all,
+        params,
+        pairs,
+    )
+
+
+def _preferences(config: OveroptimizationConfig, policy: Any) -> Any:
+    return build_preferences(
         policy.model,
         policy.tokenizer,
         seed=config.seed,
@@ -186,49 +289,42 @@ def measure(
             max_new_tokens=config.max_new_tokens,
         ),
     )
+
+
+def measure(config: OveroptimizationConfig, progress: Progress, train_proxy: ProxyTrainer) -> Measurement:
+    """Build the task, train every proxy with `train_proxy` (all the data, `seeds` replicas; then each
+    ablation share, one replica), draw the pool once and compute the best-of-N curves."""
+    sizes = config.proxy_sizes
+    total = 2 + len(sizes) * (config.seeds + len(config.ablation_fractions))
+    policy = synthetic.reference_policy(config.seed, _sft_config(config.sft), progress=False)
+    prefs = _preferences(config, policy)
     progress(1, total, "gold-labelled preference data")
-    prompts = prefs.heldout_prompts
-    repeated = [p for p in prompts for _ in range(config.pool)]  # prompt-major: row p·M + m
-    drawn = sample(
-        policy.model,
-        policy.tokenizer,
-        repeated,
-        generator=torch.Generator().manual_seed(config.seed + 7),
-        max_new_tokens=config.max_new_tokens,
-    )
-    shape = (len(prompts), config.pool)
-    gold = _score_pool(GoldReward(), repeated, drawn.completions, shape)
-    progress(2, total, f"best-of-N pool ({shape[0]} prompts × {shape[1]} samples)")
+    pool = _draw_pool(config, policy, prefs.heldout_prompts)
+    progress(2, total, f"best-of-N pool ({pool.shape[0]} prompts × {pool.shape[1]} samples)")
     train_rows, eval_rows = prefs.dataset("paired", "train"), prefs.dataset("paired", "eval")
-    d = bon_kl(config.ns).sqrt()
-    curves: list[ProxyCurves] = []
     done = 2
-    for hidden, layers in config.proxy_sizes:
-        gold_runs, proxy_runs, accuracies = [], [], []
-        for replica in range(config.seeds):
-            reward, accuracy = train_proxy(policy, hidden, layers, train_rows, eval_rows, config.seed + 1000 * replica)
-            scores = _score_pool(reward, repeated, drawn.completions, shape)
-            gold_runs.append(best_of_n_from_pool(scores, gold, config.ns))  # [J, P]
-            proxy_runs.append(best_of_n_from_pool(scores, scores, config.ns))
-            accuracies.append(accuracy)
-            done += 1
-            progress(done, total, f"proxy RM hidden={hidden} layers={layers}, replica {replica + 1}")
-        gold_curve, proxy_curve = torch.stack(gold_runs).mean(0), torch.stack(proxy_runs).mean(0)
-        base = config.ns.index(1)
-        curves.append(
-            ProxyCurves(
-                (hidden, layers),
-                gold_curve,
-                proxy_curve,
-                sum(accuracies) / len(accuracies),
-                fit_gao_bon(d, gold_curve.mean(1) - gold_curve.mean(1)[base]),
-                fit_gao_bon(d, proxy_curve.mean(1) - proxy_curve.mean(1)[base]),
-            )
+
+    def curves_for(size: tuple[int, int], rows: Any, replicas: int) -> ProxyCurves:
+        nonlocal done
+        out = _proxy_curves(
+            config, size, replicas, lambda s: train_proxy(policy, *size, rows, eval_rows, s), eval_rows, pool, len(rows)
         )
+        done += replicas
+        progress(done, total, f"proxy RM {size[0]}×{size[1]} on {len(rows)} pairs ({replicas} replica(s))")
+        return out
+
+    curves = [curves_for(size, train_rows, config.seeds) for size in sizes]
+    ablation = [
+        curves_for(size, train_rows.select(range(max(2, round(share * len(train_rows))))), 1)
+        for share in config.ablation_fractions
+        for size in sizes
+    ]
     info = {
-        "reference_gold": float(gold.mean()),
-        "pool_finished_rate": float(drawn.finished.double().mean()),
+        "reference_gold": float(pool.gold.mean()),
+        "pool_finished_rate": pool.finished_rate,
+        "train_pairs": len(train_rows),
+        "eval_pairs": len(eval_rows),
         "preferences": prefs.summary(),
         "policy": {k: v for k, v in policy.report.items() if k != "examples"},
     }
-    return curves, info
+    return Measurement(curves, ablation, info)
