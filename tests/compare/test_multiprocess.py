@@ -11,9 +11,7 @@ a plain one-process run samples step-seeded batches. GRPO on the tiny synthetic 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import prefopt.compare.launched as launched
 from prefopt.compare import CompareConfig
 from prefopt.online.distributed import Processes
 from prefopt.settings import SettingsError
+from tests.launch import launch_env, torchrun
 
 SCRIPT = Path(__file__).with_name("compare_script.py")
 SETTINGS = {
@@ -41,14 +40,8 @@ NOT_COMPUTED = ("time", "elapsed_s")
 def _launch(processes: int, runs: list[dict[str, Any]], tmp_path: Path) -> list[dict[str, Any]]:
     settings = tmp_path / f"compares-{processes}.json"
     settings.write_text(json.dumps(runs))
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    env = launch_env()
+    command = torchrun(processes)
     done = subprocess.run([*command, str(SCRIPT), str(settings)], capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

@@ -10,10 +10,8 @@ launches on the tiny random Llama of tests/train/tiny_task.py (≈40 s together 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from prefopt.online.distributed import (
 from prefopt.online.rollout_step import recipe_for
 from prefopt.registry import list_losses, loss_spec
 from prefopt.settings import SettingsError
+from tests.launch import launch_env, torchrun
 
 from ..train.tiny_task import write_tiny_task
 
@@ -67,14 +66,8 @@ def _launch(
     step of the last run (returns the launcher's result, failed); else every run must finish."""
     settings = tmp_path / f"runs-{processes}.json"
     settings.write_text(json.dumps(runs))
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    env = launch_env()
+    command = torchrun(processes)
     kill = ["--kill-at", str(kill_at)] if kill_at is not None else []
     done = subprocess.run(
         [*command, str(SCRIPT), str(settings), *kill], capture_output=True, text=True, env=env, timeout=240

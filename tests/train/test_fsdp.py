@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,9 +22,10 @@ from prefopt.errors import DistributedSetupError, SettingsError
 from prefopt.train import TrainConfig
 from prefopt.train.fsdp import check_launch_plugin, full_parameters, is_sharded, optimizer_state, shard_scoring_module
 from prefopt.train.model import ScoringModule
+from tests.launch import launch_env, torchrun
 
 from .test_loop import settings
-from .test_multiprocess import SCRIPT, _env, _run, _write
+from .test_multiprocess import SCRIPT, _run, _write
 
 CPU = torch.device("cpu")
 
@@ -46,9 +46,7 @@ def test_fsdp_two_processes_equal_ddp(tiny_task, tmp_path) -> None:
     common = dict(loss="dpo", max_steps=4, micro_batch_size=2, checkpoint_every=2, cpu=True)
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     runs = [settings(tiny_task, ddp, **common), settings(tiny_task, fsdp, fsdp=True, **common)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
-    env = {**_env(), "ACCELERATE_USE_CPU": "1"}
-    done = _run([*command, str(_write(tmp_path / "runs.json", runs))], env=env)
+    done = _run([*torchrun(2), str(SCRIPT), str(_write(tmp_path / "runs.json", runs))], env=launch_env())
     assert done.returncode == 0, done.stderr[-3000:]
     for a, b in zip(_records(ddp), _records(fsdp), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
@@ -66,7 +64,7 @@ def test_fsdp_two_processes_equal_ddp(tiny_task, tmp_path) -> None:
     shutil.rmtree(fsdp / "checkpoints/step-000004")
     shutil.rmtree(fsdp / "final")
     again = settings(tiny_task, fsdp, resume=True, **common)
-    done = _run([*command, str(_write(tmp_path / "resume.json", [again]))], env=env)
+    done = _run([*torchrun(2), str(SCRIPT), str(_write(tmp_path / "resume.json", [again]))], env=launch_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["loss"] for r in _records(fsdp)] == pytest.approx([r["loss"] for r in _records(ddp)], abs=1e-5)
     assert _max_diff(ddp / "final/model.safetensors", fsdp / "final/model.safetensors") < 1e-5

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from prefopt.train import train
+from tests.launch import launch_env, torchrun
 
 from .test_loop import settings, trajectory
 
@@ -51,20 +52,7 @@ def test_two_processes_match_one(tiny_task, tmp_path) -> None:
         settings(tiny_task, tmp_path / f"two-{loss}", loss=loss, max_steps=4, micro_batch_size=2, cpu=True)
         for loss in ("dpo", "kto")
     ]
-    env = {**_env(), "ACCELERATE_USE_CPU": "1"}
-    done = _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(SCRIPT),
-            str(_write(tmp_path / "two.json", runs)),
-        ],
-        env=env,
-    )
+    done = _run([*torchrun(2), str(SCRIPT), str(_write(tmp_path / "two.json", runs))], env=launch_env())
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 2  # printed by rank 0 only

@@ -1,0 +1,24 @@
+"""How the multi-process tests launch prefopt on CPU: torchrun's command line and the environment of a gloo run
+(one OpenMP thread per process, nothing from the hub)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def launch_env() -> dict[str, str]:
+    """The environment of a launched CPU run: Accelerate on CPU (gloo), one thread per process, offline."""
+    return {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def torchrun(processes: int) -> list[str]:
+    """`torchrun --standalone --nproc_per_node P` with this interpreter."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
