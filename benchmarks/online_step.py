@@ -5,13 +5,14 @@
 
 Each (case, round) runs in a fresh subprocess (memory high-water marks do not mix), rounds interleaved:
 
-    prefopt   `prefopt.online.train_online(algorithm="grpo")`, β = 0, ε = 0.2: generate (HF `generate`, KV cache,
-              prompts grouped by token length), score (gold reward; π_old's and π_ref's log-probs, each prompt read
-              once for its K samples), learn (one minibatch: the policy's forward with gradient, loss, backward,
-              clip, AdamW step)
-    prefopt-padded  a what-if, not a prefopt code path: `prefopt` with its HF `generate` calls made as TRL makes
-              them, all B prompts left-padded in one call, instead of one call per prompt token length (the
-              benchmark swaps in `padded_generate` for `prefopt.online.generation._hf_generate` in its subprocess)
+    prefopt   `prefopt.online.train_online(algorithm="grpo")`, β = 0, ε = 0.2, its defaults: generate (HF
+              `generate`, KV cache, `generation_batching="auto"`: the B prompts left-padded in one call), score (gold
+              reward; π_ref's log-probs, each prompt read once for its K samples; π_old is the learner's forward,
+              detached: one step per rollout, `prefopt.online.old_policy`), learn (one minibatch: the policy's
+              forward with gradient, loss, backward, clip, AdamW step)
+    prefopt-before  prefopt as it was before both: `generation_batching="length"` (one `generate` call per prompt
+              token length) and the no-gradient π_old pass (the benchmark forces
+              `prefopt.online.annotation.reuses_learner_forward` off in its subprocess)
     trl       `trl.GRPOTrainer`, its defaults (loss_type "dapo": token losses averaged over the batch's tokens;
               β = 0, so no reference model is loaded; scale_rewards "group"; ε = 0.2), no vLLM: HF `generate` on
               the B·K left-padded rows at once, rewards, then the forward with gradient, backward, clip, AdamW step
@@ -49,7 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CASES = ("prefopt", "prefopt-padded", "trl")
+CASES = ("prefopt", "prefopt-before", "trl")
 ROOT = Path(__file__).resolve().parents[1]
 record: dict[str, Any] = {}  # what a run learns about its framework on the way (TRL's default loss_type)
 
@@ -77,8 +78,11 @@ def benchmark_prompts(args: argparse.Namespace) -> list[str]:
     return synthetic_prompts(0)[0][: args.prompts * args.steps]
 
 
-def run_prefopt(model: Any, tokenizer: Any, prompts: list[str], args: argparse.Namespace) -> list[dict[str, float]]:
-    """prefopt's GRPO; per step: end timestamp, tokens, completion tokens, generate and score seconds."""
+def run_prefopt(
+    model: Any, tokenizer: Any, prompts: list[str], args: argparse.Namespace, **settings: Any
+) -> list[dict[str, float]]:
+    """prefopt's GRPO (`settings`: more `OnlineConfig` fields); per step: end timestamp, tokens, completion tokens,
+    generate and score seconds."""
     from prefopt.online import train_online
 
     steps: list[dict[str, float]] = []
@@ -113,43 +117,9 @@ def run_prefopt(model: Any, tokenizer: Any, prompts: list[str], args: argparse.N
             num_threads=args.threads,
             seed=0,
             on_step=on_step,
+            **settings,
         )
     return steps
-
-
-def padded_generate(
-    model: Any, encoded: list[list[int]], config: Any, eos: int, pad: int, progress: bool, logits_processor: Any = None
-) -> tuple[list[list[list[int]]], None]:
-    """The what-if of the `prefopt-padded` case: `prefopt.online.generation._hf_generate`'s contract, but each chunk of
-    `batch_size` prompts in one left-padded `generate` call (TRL's batching) instead of one call per prompt length."""
-    import torch
-
-    assert config.do_sample and not config.logprobs and logits_processor is None
-    out: list[list[list[int]]] = []
-    for start in range(0, len(encoded), config.batch_size):
-        chunk = encoded[start : start + config.batch_size]
-        width = max(len(ids) for ids in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, row in enumerate(chunk):
-            ids[j, width - len(row) :], mask[j, width - len(row) :] = torch.tensor(row), 1
-        generated = model.generate(  # positions come from the mask: each prompt's are those it has unpadded
-            input_ids=ids,
-            attention_mask=mask,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            use_cache=True,
-            max_new_tokens=config.max_new_tokens,
-            num_return_sequences=config.num_samples,
-            **{"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0},
-        )
-        new = generated[:, width:].tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
-        k = config.num_samples
-        out += [
-            [row[: row.index(eos) + 1] if eos in row else row for row in new[j * k : (j + 1) * k]]
-            for j in range(len(chunk))
-        ]
-    return out, None
 
 
 def run_trl(model: Any, tokenizer: Any, prompts: list[str], args: argparse.Namespace) -> list[dict[str, float]]:
@@ -262,10 +232,13 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = build_policy(args.model)
     prompts = benchmark_prompts(args)
     runner = run_trl if case == "trl" else run_prefopt
-    if case == "prefopt-padded":  # a what-if, not prefopt's code path (module docstring)
-        from prefopt.online import generation
+    if case == "prefopt-before":  # the π_old pass and a generate call per prompt length (module docstring)
+        from functools import partial
 
-        generation._hf_generate = padded_generate
+        from prefopt.online import annotation
+
+        annotation.reuses_learner_forward = lambda run: False
+        runner = partial(run_prefopt, generation_batching="length")
     steps: list[dict[str, float]] = []
     peak = peak_extra_bytes(lambda: steps.extend(runner(model, tokenizer, prompts, args)), torch.device("cpu"))
     return {
@@ -310,14 +283,14 @@ def run_subprocess(python: str, case: str, args: argparse.Namespace) -> dict[str
 def print_table(best: dict[str, dict[str, Any]]) -> None:
     trl = best.get("trl")
     print(
-        f"{'case':<9}{'e2e tok/s':>10}{'× trl':>7}{'rollout tok/s':>14}{'learner tok/s':>14}{'s/step':>8}"
+        f"{'case':<15}{'e2e tok/s':>10}{'× trl':>7}{'rollout tok/s':>14}{'learner tok/s':>14}{'s/step':>8}"
         f"{'generate':>9}{'score':>7}{'learn':>7}{'peak MB':>9}{'tok/step':>9}"
     )
     for case, r in best.items():
         ratio = r["end_to_end_tokens_per_s"] / trl["end_to_end_tokens_per_s"] if trl else float("nan")
         share = r["split_share"]
         print(
-            f"{case:<9}{r['end_to_end_tokens_per_s']:>10.0f}{ratio:>7.2f}{r['rollout_tokens_per_s']:>14.0f}"
+            f"{case:<15}{r['end_to_end_tokens_per_s']:>10.0f}{ratio:>7.2f}{r['rollout_tokens_per_s']:>14.0f}"
             f"{r['learner_tokens_per_s']:>14.0f}{r['seconds_per_step']:>8.3f}{share['generate']:>9.0%}"
             f"{share['score']:>7.0%}{share['learn']:>7.0%}{r['peak_extra_mb']:>9.0f}{r['tokens_per_step']:>9.0f}"
         )

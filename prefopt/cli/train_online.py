@@ -29,6 +29,7 @@ from prefopt.cli.command import ConfigCommand, FlagAction, Option, Switch, print
 from prefopt.cli.settings import join_rewards, merge_pairs, parse_assignments
 from prefopt.cli.train import MASTER_WEIGHTS_HELP, MIXED_PRECISION_HELP, SAVE_DTYPE_HELP
 from prefopt.online.config import OnlineConfig
+from prefopt.online.generation_batching import BATCHING
 from prefopt.online.reward_spec import check_reward_columns
 from prefopt.online.setup import load_prompt_rows
 from prefopt.online.trainer import train_online
@@ -109,6 +110,12 @@ examples:
         "--temperature": Option("temperature", float, "sampling temperature"),
         "--top-p": Option("top_p", float, "nucleus sampling mass"),
         "--generation-batch-size": Option("generation_batch_size", int, "prompts per generate call"),
+        "--generation-batching": Option(
+            "generation_batching",
+            str,
+            "hf: which prompts share a generate call: auto (default), padded (left-padded chunks) or length",
+            choices=BATCHING,
+        ),
         "--generation-backend": Option(
             "generation_backend",
             str,

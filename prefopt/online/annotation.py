@@ -4,12 +4,14 @@ loss may ask for, once per rollout step and without gradient.
     rollout   = generate + score (+ dynamic sampling's refills)           `prefopt.online.group_sampling`
     greedy    = a greedy decode of every prompt, scored                    losses that take greedy_rewards (ReMax)
     old, ref  = engine(π_θ), engine(π_ref) per token, no grad    [S, T]    each prompt once per group when shared
+                (π_old from the learner's forward instead, when one step uses the rollout: `prefopt.online.old_policy`)
     critic    : old values, KL-shaped rewards, GAE targets                 losses that take values (PPO)
     declared  : the loss's `rollout_inputs` over the whole rollout         `rollout_wide_inputs`
     TIS       : weights min(π_old/π_sampler, C) and the mismatch metrics   `OnlineConfig.importance_sampling`
 
 The metrics of the rollout (`objective/*`, `gen/*`, `kl_coef`, the reward functions', `is/*`) are returned with it;
-`prefopt.online.trainer` then runs the loss over its minibatches.
+`prefopt.online.trainer` then runs the loss over its minibatches (and, when its forward gives π_old, adds the
+`objective/*` metrics after it).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from prefopt.online.distributed import Processes
 from prefopt.online.generation import generate
 from prefopt.online.group_sampling import generation_config, rollout_scores, sample_rollout
 from prefopt.online.importance import importance_weights, mismatch_metrics
+from prefopt.online.old_policy import objective_metrics, pending, reuses_learner_forward
 from prefopt.online.rollout_step import PreparedRollout, critic_targets, rollout_wide_inputs, sequence_scores
 from prefopt.online.setup import OnlineRun
 from prefopt.online.shared_groups import critic_values, rollout_rows, score_rows
-from prefopt.rl import kl_k1, masked_sum
 from prefopt.settings import SettingsError
 
 __all__ = ["annotate_rollout", "compute_context", "importance_sampling"]
@@ -74,13 +76,16 @@ def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, Prepare
         greedy = rollout_scores(run, decoded, columns)[0][:, 0]
     batch = rollout.token_batch()
     rows = rollout_rows(batch, rollout.num_samples, run.share_prompt)  # each prompt once per group, when on
-    with compute_context(run):
-        old, old_mass = score_rows(run.engine, run.action_mask, rows, return_entropy=True)  # log Z: NLPO
     ref, _ = score_rows(run.ref_engine, None, rows)
-    assert old.tokens is not None and ref.tokens is not None and old.entropy is not None
+    assert ref.tokens is not None
     mask = batch.completion_mask
-    prepared = PreparedRollout(scores, old.tokens, ref.tokens, mask, greedy)
-    sequence_kl = masked_sum(kl_k1(old.tokens, ref.tokens), mask, dim=1)  # [S] Σ_t k1
+    if reuses_learner_forward(run):  # π_old: the learner's forward, detached (`prefopt.online.old_policy`)
+        prepared, old_mass = pending(PreparedRollout(scores, ref.tokens, ref.tokens, mask, greedy)), None
+    else:
+        with compute_context(run):
+            old, old_mass = score_rows(run.engine, run.action_mask, rows, return_entropy=True)  # log Z: NLPO
+        assert old.tokens is not None and old.entropy is not None
+        prepared = PreparedRollout(scores, old.tokens, ref.tokens, mask, greedy, old_entropy=old.entropy)
     beta = float({**run.spec.defaults(), **run.loss.hparams}.get("beta") or 0.0)
     if run.critic is not None:
         beta = run.kl_controller.value
@@ -88,7 +93,7 @@ def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, Prepare
             old_values = critic_values(run.critic, rows)
         prepared.token_inputs, kl = critic_targets(
             sequence_scores(prepared),
-            old.tokens,
+            prepared.old_logps,
             ref.tokens,
             mask,
             old_values,
@@ -106,14 +111,11 @@ def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, Prepare
         prepared.token_inputs["old_mask_log_mass"] = old_mass
     # statistics of the whole rollout the loss declares (`LossSpec.rollout_inputs`), before the minibatches
     prepared.token_inputs.update(_rollout_wide_inputs(run, prepared))
-    prepared.is_weights, is_metrics = importance_sampling(run, rollout.sampler_logps, old.tokens, mask, old_mass)
-    kl_mean, score_mean = float(sequence_kl.mean()), float(scores.mean())
+    prepared.is_weights, is_metrics = importance_sampling(
+        run, rollout.sampler_logps, prepared.old_logps, mask, old_mass
+    )
     metrics = {
-        "objective/scores": score_mean,
-        "objective/kl": kl_mean,
-        "objective/non_score_reward": -beta * kl_mean,
-        "objective/rlhf_reward": score_mean - beta * kl_mean,
-        "objective/entropy": float(old.entropy.mean()),
+        **({} if prepared.old_from_learner else objective_metrics(prepared, beta)),  # else after the learner's
         "kl_coef": beta,
         "gen/length": float(rollout.lengths().float().mean()),
         "gen/finished": float(rollout.finished.float().mean()),

@@ -5,9 +5,11 @@
     rollout.token_batch()               # the samples as a TokenBatch for the log-prob engine
 
 The Hugging Face `generate` API does the decoding (temperature, top-p, max new tokens, stop at EOS, K
-return sequences per prompt). Prompts are grouped by token length, so each `generate` call is unpadded:
-no left-padding conventions to get right per tokenizer, and a prompt's samples do not depend on which
-other prompts share its batch. Sampling is reproducible: the draws come from torch's global generator,
+return sequences per prompt). Which prompts share a `generate` call is `GenerationConfig.batching`
+(`prefopt.online.generation_batching`): by default ("length") prompts are grouped by token length, so each call
+is unpadded and a prompt's samples do not depend on which other prompts of another length are in the batch;
+"padded" and "auto" left-pad prompts of different lengths into one call (positions from the attention mask),
+one decode loop instead of one per length. Sampling is reproducible: the draws come from torch's global generator,
 forked and seeded for the call, so the caller's random state is left untouched.
 
 vLLM is used instead when `backend="vllm"` (or `"auto"` with vLLM installed, CUDA available and the
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from prefopt.batch import TokenBatch
 from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
+from prefopt.online.generation_batching import BATCHING, left_padded, plan_calls
 from prefopt.online.sampler_logprobs import SampledLogprobs, vllm_logprobs
 from prefopt.sampling import decode_completion
 from prefopt.train.fsdp import is_sharded
@@ -54,6 +57,10 @@ class GenerationConfig:
             module docstring).
         logprobs: record the sampler's log-prob of every sampled token (`Rollout.sampler_logps`,
             `prefopt.online.sampler_logprobs`), for importance-sampling correction; the samples are the same.
+        batching: which prompts share a `generate` call: "length" (one call per prompt token length, unpadded),
+            "padded" (left-padded chunks of `batch_size`) or "auto" (padded where padding is a small share of
+            the prompt block); `prefopt.online.generation_batching`. HF path only; with a `logits_processor`
+            (which sees the prompts without their attention mask) always "length".
     """
 
     max_new_tokens: int = 64
@@ -64,6 +71,7 @@ class GenerationConfig:
     do_sample: bool = True
     backend: str = "auto"
     logprobs: bool = False
+    batching: str = "length"
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "num_samples", "batch_size"):
@@ -81,6 +89,8 @@ class GenerationConfig:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"GenerationConfig.backend={self.backend!r}: use one of {BACKENDS}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"GenerationConfig.batching={self.batching!r}: use one of {BATCHING}")
 
 
 @dataclass
@@ -186,17 +196,14 @@ def _hf_generate(
     progress: bool,
     logits_processor: Any = None,
 ) -> tuple[list[list[list[int]]], list[list[list[float]]] | None]:
-    """completion tokens [b][k] for every prompt, via `model.generate` on length-grouped batches, and their
-    sampler log-probs [b][k] when `config.logprobs` (else None)."""
+    """completion tokens [b][k] for every prompt, via `model.generate` on the calls of `config.batching`
+    (`plan_calls`), and their sampler log-probs [b][k] when `config.logprobs` (else None)."""
     device = next(model.parameters()).device
     synced = is_sharded(model)  # the same number of forwards on every process: FSDP's collectives need it
     out: list[list[list[int]]] = [[] for _ in encoded]
     logps: list[list[list[float]]] = [[] for _ in encoded]
     recorder = SampledLogprobs(config.temperature, config.top_p, config.do_sample) if config.logprobs else None
     processors = [p for p in (logits_processor, recorder) if p is not None]  # the recorder last: after the mask
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
     sampling = (
         {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0}
         if config.do_sample
@@ -205,30 +212,30 @@ def _hf_generate(
     if recorder is not None:
         sampling.update(recorder.generate_kwargs())  # temperature and top-p applied once, by the recorder
     bar = tqdm(total=len(encoded) * config.num_samples, desc="generating", unit="sample", disable=not progress)
-    for length in sorted(by_length):
-        rows = by_length[length]
-        for start in range(0, len(rows), config.batch_size):
-            chunk = rows[start : start + config.batch_size]
-            prompt_ids = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)
-            generated = model.generate(
-                input_ids=prompt_ids,
-                attention_mask=torch.ones_like(prompt_ids),
-                max_new_tokens=config.max_new_tokens,
-                num_return_sequences=config.num_samples,
-                eos_token_id=eos,
-                pad_token_id=pad,
-                use_cache=True,  # the KV cache: each new token attends to cached keys, not the whole prefix
-                synced_gpus=synced,  # FSDP: every process steps until all are done (`prefopt.online.fsdp`)
-                **sampling,
-                **({"logits_processor": processors} if processors else {}),
-            )
-            new = generated[:, length:].cpu().tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
-            new_logps = None if recorder is None else recorder.finish(generated, length).tolist()
-            for j, row in enumerate(chunk):
-                out[row] = [_trim(new[j * config.num_samples + k], eos) for k in range(config.num_samples)]
-                if new_logps is not None:
-                    logps[row] = [new_logps[j * config.num_samples + k][: len(t)] for k, t in enumerate(out[row])]
-            bar.update(len(chunk) * config.num_samples)
+    # a caller's logits processor sees input_ids without the mask (NLPO's masking policy): unpadded calls only
+    batching = "length" if logits_processor is not None else config.batching
+    for chunk in plan_calls([len(ids) for ids in encoded], config.batch_size, batching):
+        # left-padded to the chunk's longest prompt (no padding when its prompts have one length)
+        prompt_ids, attention_mask, length = left_padded([encoded[i] for i in chunk], pad, device)
+        generated = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=attention_mask,  # generate takes each row's positions from it (cumsum − 1)
+            max_new_tokens=config.max_new_tokens,
+            num_return_sequences=config.num_samples,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            use_cache=True,  # the KV cache: each new token attends to cached keys, not the whole prefix
+            synced_gpus=synced,  # FSDP: every process steps until all are done (`prefopt.online.fsdp`)
+            **sampling,
+            **({"logits_processor": processors} if processors else {}),
+        )
+        new = generated[:, length:].cpu().tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
+        new_logps = None if recorder is None else recorder.finish(generated, length).tolist()
+        for j, row in enumerate(chunk):
+            out[row] = [_trim(new[j * config.num_samples + k], eos) for k in range(config.num_samples)]
+            if new_logps is not None:
+                logps[row] = [new_logps[j * config.num_samples + k][: len(t)] for k, t in enumerate(out[row])]
+        bar.update(len(chunk) * config.num_samples)
     bar.close()
     return out, (logps if recorder is not None else None)
 

@@ -74,6 +74,7 @@ def generation_config(config: OnlineConfig) -> GenerationConfig:
         batch_size=config.generation_batch_size,
         backend="hf",
         logprobs=config.importance_sampling != "off",  # the sampler's per-token log-probs (`prefopt.online.importance`)
+        batching=config.generation_batching,  # which prompts share a generate call (`generation_batching`)
     )
 
 

@@ -183,6 +183,9 @@ class PreparedRollout:
         token_inputs: per-token [S, W] targets (old_values, advantages, returns) when the loss has a critic.
         is_weights: [S, W] truncated importance-sampling weights min(π_old/π_sampler, C), detached, multiplying
             each token's gradient (`prefopt.online.importance`), or None (`OnlineConfig.importance_sampling` off).
+        old_entropy: [S] Σ_t entropy of π_old per row (`objective/entropy`).
+        old_from_learner: old_logps and old_entropy are filled in by the learner's forward
+            (`prefopt.online.old_policy`), not by a no-gradient pass.
     """
 
     scores: Tensor
@@ -192,11 +195,21 @@ class PreparedRollout:
     greedy_scores: Tensor | None = None
     token_inputs: dict[str, Tensor] = field(default_factory=dict)
     is_weights: Tensor | None = None
+    old_entropy: Tensor | None = None
+    old_from_learner: bool = False
 
     @property
     def num_prompts(self) -> int:
         """B."""
         return int(self.scores.shape[0])
+
+    def fill_old(self, policy: SequenceLogProbs, rows: Tensor, width: int) -> None:
+        """Take the learner's forward on rollout rows `rows` (`tokens`, `entropy`), detached, as π_old."""
+        assert policy.tokens is not None and policy.entropy is not None
+        if self.old_entropy is None:
+            self.old_entropy = policy.entropy.new_zeros(self.old_logps.shape[0])
+        self.old_logps[rows, :width] = policy.tokens.detach().to(self.old_logps.dtype)
+        self.old_entropy[rows] = policy.entropy.detach()
 
     @property
     def num_samples(self) -> int:
@@ -300,6 +313,8 @@ def loss_inputs(
         mask_log_mass: log Z_θ [K·P, T] of NLPO's action mask on the minibatch (with gradient), when taken.
     """
     assert policy.tokens is not None
+    if prepared.old_from_learner:  # π_old is this forward, detached (`prefopt.online.old_policy`)
+        prepared.fill_old(policy, rows, width)
     mask = prepared.completion_mask[rows, :width]
     made: dict[str, Any] = {
         "rewards": prepared.scores[prompts],

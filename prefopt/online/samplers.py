@@ -7,8 +7,8 @@
 A `Sampler` generates K completions per prompt (`Rollout`, group-major, with the engine's per-token log-probs
 where it reports them) and holds the weights it samples with in step with the policy (`sync_weights`):
 
-- `hf` (`HFSampler`): the policy itself samples, transformers `generate` with its KV cache, prompts batched by
-  token length (`prefopt.online.generation`); nothing to push.
+- `hf` (`HFSampler`): the policy itself samples, transformers `generate` with its KV cache, prompts batched as
+  `generation_batching` says (`prefopt.online.generation_batching`); nothing to push.
 - `vllm` (`VLLMColocateSampler`, `prefopt.online.vllm_samplers`): a vLLM `LLM` in the trainer's process; the
   weights are loaded into the engine's model in memory (`load_weights`), never written to disk.
 - `vllm_server` (`VLLMServerSampler`): a `trl vllm-serve` server; the weights go through its weight-update API,
@@ -34,13 +34,14 @@ import hashlib
 import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from prefopt.online.generation import GenerationConfig, Rollout, generate
+from prefopt.online.generation_batching import BATCHING
 from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
 
 __all__ = [
@@ -81,7 +82,7 @@ class Sampler(Protocol):
 
 class HFSampler:
     """The transformers path: the policy samples itself (`prefopt.online.generation.generate`), with its KV cache,
-    prompts of equal token length batched together (no padding), and nothing to push."""
+    prompts batched by `GenerationConfig.batching`, and nothing to push."""
 
     backend = "hf"
 
@@ -209,9 +210,14 @@ class SamplerSettings(Settings):
         vllm_server_timeout: "vllm_server": seconds to wait for the server to answer, at start and per request
             (TRL's `vllm_server_timeout` 240).
         vllm_group_port: "vllm_server": the TCP port of the NCCL group the weights are broadcast in (TRL's 51216).
+        generation_batching: "hf": which prompts share a `generate` call (`GenerationConfig.batching`,
+            `prefopt.online.generation_batching`): "auto" (left-padded together unless padding is over half the
+            prompt block), "padded" or "length" (one unpadded call per prompt token length).
     """
 
     generation_backend: str = "hf"
+    # a run saved before this field existed sampled with one call per prompt length: it resumes and is reused as that
+    generation_batching: str = field(default="auto", metadata={"predating": "length"})
     vllm_gpu_memory_utilization: float = 0.3
     vllm_server_url: str = "http://localhost:8000"
     vllm_server_timeout: float = 240.0
@@ -228,6 +234,8 @@ class SamplerSettings(Settings):
                 f"OnlineConfig.generation_backend={backend!r}: this algorithm samples inside an action mask (a "
                 "logits processor) that vLLM does not apply; use generation_backend='hf' (--generation-backend hf)"
             )
+        if self.generation_batching not in BATCHING:
+            raise SettingsError(f"OnlineConfig.generation_batching={self.generation_batching!r}: use one of {BATCHING}")
         utilization = self.vllm_gpu_memory_utilization
         if not (is_finite_number(utilization) and 0 < utilization <= 1):
             raise SettingsError(

@@ -72,6 +72,7 @@ from prefopt.online.distributed import (
 from prefopt.online.fsdp import clip_gradients, saved_optimizers, shard_policy
 from prefopt.online.ilql import QLearning
 from prefopt.online.importance import reweight_gradient
+from prefopt.online.old_policy import objective_metrics
 from prefopt.online.rollout_step import PreparedRollout, loss_inputs, pair_batch, prompt_minibatches, prompt_rows
 from prefopt.online.setup import OnlineRun, setup_online_run
 from prefopt.online.shared_groups import critic_values, rollout_rows, score_rows
@@ -141,7 +142,7 @@ def _minibatch_loss(run: OnlineRun, rollout: Any, prepared: PreparedRollout, pro
     rows = prompt_rows(prompts, prepared.num_prompts, prepared.num_samples)
     batch = rollout.token_batch(rows)
     groups = rollout_rows(batch, prepared.num_samples, run.share_prompt)  # each prompt once per group, when on
-    entropy = "token_entropy" in run.spec.extra_inputs
+    entropy = "token_entropy" in run.spec.extra_inputs or prepared.old_from_learner  # π_old's: `old_policy`
     with compute_context(run):
         policy, mass = score_rows(run.engine, run.action_mask, groups, return_entropy=entropy)
         values = critic_values(run.critic, groups) if run.critic is not None else None
@@ -208,6 +209,8 @@ def rollout_step(run: OnlineRun, step: int) -> dict[str, float]:
         processes, minibatches, token_mean_loss=run.recipe.token_mean, tokens=float(rollout.attention_mask.sum())
     )
     record.update(means, **({"grad_norm": grad_norms / updates} if updates else {}))
+    if prepared.old_from_learner:  # the rollout's objective/* from π_old, the learner's forward (`old_policy`)
+        record.update(objective_metrics(prepared, record["kl_coef"]))
     ended, generate_s = time.perf_counter(), record.get("time/generate_s", 0.0)  # the sampler's (`group_sampling`)
     # the step's wall time split: generate, score (the rest of the annotation), learn (the minibatches' updates)
     split = {"time/score_s": prepared_at - started - generate_s, "time/learn_s": ended - prepared_at}

@@ -111,10 +111,14 @@ _MISSING = object()
 
 
 def field_defaults(config_type: type) -> dict[str, Any]:
-    """The dataclass's field defaults as its saved config.json holds them (JSON's lists for tuples)."""
+    """What a saved run that predates a field computed with, as its saved config.json holds it (JSON's lists for
+    tuples): the field's `metadata["predating"]` where a field's default changed behaviour for new runs (e.g.
+    `OnlineConfig.generation_batching`: "auto" now, per-length calls before it existed), else its default."""
     out = {}
     for f in dataclasses.fields(config_type):
-        if f.default is not dataclasses.MISSING:
+        if "predating" in f.metadata:
+            out[f.name] = f.metadata["predating"]
+        elif f.default is not dataclasses.MISSING:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             out[f.name] = f.default_factory()

@@ -17,11 +17,13 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "online_step.py"
 @pytest.mark.slow
 def test_quick_mode_runs_the_prefopt_side(tmp_path: Path) -> None:
     out = tmp_path / "online_step.json"
-    command = [sys.executable, str(SCRIPT), "--quick", "--cases", "prefopt", "--threads", "1", "--out", str(out)]
+    cases = ["prefopt", "prefopt-before"]  # prefopt, and its code path before generation batching and π_old reuse
+    command = [sys.executable, str(SCRIPT), "--quick", "--cases", *cases, "--threads", "1", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     payload = json.loads(out.read_text())
     assert payload["failures"] == [] and payload["settings"]["quick"] and payload["commit"]
+    assert set(payload["best"]) == set(cases)
     row = payload["best"]["prefopt"]
     assert row["steps_timed"] == 1 and row["parameters"] > 0 and row["peak_extra_mb"] > 0
     # tokens per step: B·K rows of a prompt and at most max_new_tokens completion tokens each

@@ -6,6 +6,7 @@ pushed once, before the next generation, never through the disk; a server failur
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -202,8 +203,9 @@ def test_server_failure_is_one_line(tokenizer):
 
 
 def test_hf_sampler_is_generate_batched_by_length_with_kv_cache(tokenizer, monkeypatch):
-    """The HF path is `generate` itself (same samples for the same seed), each `model.generate` call gets prompts
-    of one token length, unpadded, with the KV cache on; nothing is pushed."""
+    """The HF path is `generate` itself (same samples for the same seed); with batching="length" each
+    `model.generate` call gets prompts of one token length, unpadded, with "padded" one call gets them all
+    left-padded with a mask; the KV cache on; nothing is pushed."""
     policy = _policy(tokenizer)
     calls = []
     original = type(policy).generate
@@ -213,7 +215,7 @@ def test_hf_sampler_is_generate_batched_by_length_with_kv_cache(tokenizer, monke
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(policy), "generate", spy)
-    settings = GenerationConfig(num_samples=2, max_new_tokens=6, batch_size=64)
+    settings = GenerationConfig(num_samples=2, max_new_tokens=6, batch_size=64, batching="length")
     ours = HFSampler(policy, tokenizer).generate(PROMPTS, settings, seed=5)
     direct = generate(policy, tokenizer, PROMPTS, settings, seed=5)
     assert ours.completions == direct.completions and torch.equal(ours.input_ids, direct.input_ids)
@@ -221,6 +223,11 @@ def test_hf_sampler_is_generate_batched_by_length_with_kv_cache(tokenizer, monke
     assert len(calls) == 2 * len(lengths)  # one call per distinct prompt length, per generate
     assert all(unpadded and cache for _, unpadded, cache in calls)
     assert sorted(shape[1] for shape, _, _ in calls[: len(lengths)]) == lengths
+    calls.clear()
+    padded = dataclasses.replace(settings, batching="padded")
+    ours = HFSampler(policy, tokenizer).generate(PROMPTS, padded, seed=5)
+    assert ours.completions == generate(policy, tokenizer, PROMPTS, padded, seed=5).completions
+    assert calls == [(torch.Size([len(PROMPTS), lengths[-1]]), False, True)] * 2  # one left-padded call each
 
 
 def test_config_and_setup_choose_the_sampler(tokenizer, monkeypatch, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prefopt.errors import RunFolderError
+from prefopt.online import OnlineConfig
 from prefopt.train import train
 from prefopt.train.checkpoint import check_same_settings
 from prefopt.train.config import TrainConfig
@@ -85,6 +86,20 @@ def test_a_longer_run_resumes_only_where_the_schedule_ignores_the_length(tiny_ta
     train(**_settings(tiny_task, out, schedule="linear"))
     with pytest.raises(RunFolderError, match=r"different settings \['max_steps'\]"):
         train(**_settings(tiny_task, out, schedule="linear", max_steps=4, resume=True))
+
+
+def test_a_field_whose_default_changed_behaviour_reads_as_what_older_runs_did(tmp_path) -> None:
+    """`OnlineConfig.generation_batching` defaults to "auto" (one left-padded call), but a run saved before the field
+    existed sampled with one call per prompt length: it resumes as "length", and "auto" is a changed setting."""
+    saved = OnlineConfig(algorithm="grpo", output_dir=str(tmp_path)).to_dict()
+    del saved["generation_batching"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    as_before = OnlineConfig(algorithm="grpo", output_dir=str(tmp_path), generation_batching="length")
+    check_same_settings(tmp_path, as_before.to_dict(), (), OnlineConfig)
+    with pytest.raises(RunFolderError, match=r"different settings \['generation_batching'\]"):
+        check_same_settings(
+            tmp_path, OnlineConfig(algorithm="grpo", output_dir=str(tmp_path)).to_dict(), (), OnlineConfig
+        )
 
 
 def test_a_setting_the_saved_run_predates_counts_as_its_default(tmp_path) -> None:
