@@ -114,3 +114,26 @@ def test_when_the_old_pass_is_skipped(tiny, tmp_path, overrides):
         settings["loss_hparams"] = {}
     run = setup_online_run(OnlineConfig(**settings), **inputs)
     assert reuses_learner_forward(run) == (not overrides)
+
+
+@pytest.mark.parametrize("algorithm", ["best_of_n", "cispo", "dapo", "dr_grpo", "gspo", "online_dpo", "remax", "rloo"])
+def test_every_algorithm_that_skips_the_pass_gets_the_same_loss_and_gradients(tiny, tmp_path, monkeypatch, algorithm):
+    """The shortcut is read from the run, not from a name: every rollout loss whose run takes it gets the loss and
+    gradients of the annotated path (at its own defaults; the algorithms it never takes are checked above)."""
+    overrides = {"algorithm": algorithm, "loss_hparams": {}, "num_minibatches": 1, "epochs": 1}
+    if not reuses_learner_forward(_run(tiny, tmp_path / "probe", **overrides)):
+        pytest.skip(f"{algorithm}'s run reads π_old before its update: the pass runs")
+    out, grads, _, _ = _step_grads(tiny, tmp_path / "reuse", True, monkeypatch, **overrides)
+    ref_out, ref_grads, _, _ = _step_grads(tiny, tmp_path / "old", False, monkeypatch, **overrides)
+    torch.testing.assert_close(out.loss, ref_out.loss, rtol=0, atol=1e-6)
+    for name, value in out.scalars().items():
+        assert value == pytest.approx(ref_out.scalars()[name], abs=1e-6), name
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=0, atol=1e-6)
+
+
+def _run(tiny, tmp_path, **overrides):
+    settings = _settings(tiny, tmp_path, **overrides)
+    inputs = {name: settings.pop(name) for name in ("model", "tokenizer", "prompts", "reward")}
+    return setup_online_run(OnlineConfig(**settings), **inputs)
