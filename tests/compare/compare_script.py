@@ -39,7 +39,11 @@ def main() -> int:
             interrupt(Path(settings["output_dir"]) / interrupted)
         result = compare(CompareConfig(**{**tiny_task(), **settings}))
         rows, walls = [r["label"] for r in result.rows], [r["wall_time_s"] for r in result.records]
-        print(json.dumps({"rank": int(os.environ.get("RANK", "0")), "rows": rows, "walls": walls}))
+        line = json.dumps({"rank": int(os.environ.get("RANK", "0")), "rows": rows, "walls": walls}) + "\n"
+        # one write of the whole line (under PIPE_BUF bytes: atomic on a pipe), so that the processes' lines never
+        # interleave on the launcher's shared stdout (print writes the text and its newline separately)
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), line.encode())
     return 0
 
 
