@@ -5,8 +5,6 @@ update (two minibatches, PPO's critic, importance sampling) the pass still runs.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -18,6 +16,7 @@ from prefopt.online.setup import setup_online_run, synthetic_prompts
 from prefopt.online.trainer import _minibatch_loss, _prepare, train_online
 
 from ..train.tiny_task import tiny_llama
+from .test_importance import _settings as run_settings
 
 
 @pytest.fixture(scope="module")
@@ -27,34 +26,14 @@ def tiny():
 
 
 def _settings(tiny, tmp_path, **overrides):
-    model, tokenizer, prompts = tiny
-    settings = {
-        "algorithm": "grpo",
-        "model": copy.deepcopy(model),
-        "tokenizer": tokenizer,
-        "prompts": prompts,
-        "reward": lambda prompts, completions: [float(len(c) % 5) for c in completions],
-        "steps": 2,
-        "prompts_per_step": 4,
-        "num_samples": 2,
-        "max_new_tokens": 10,
-        "output_dir": str(tmp_path / "run"),
-        "progress": False,
-        "num_threads": 1,
-        "lr": 1e-2,
-        "checkpoint_every": 0,
-        "loss_hparams": {"beta": 0.04, "clip_range": 0.1},
-        **overrides,
-    }
-    return settings
+    """The importance-sampling tests' tiny GRPO run, with a clip range that bites."""
+    return run_settings(tiny, tmp_path, **{"loss_hparams": {"beta": 0.04, "clip_range": 0.1}, **overrides})
 
 
 def _step_grads(tiny, tmp_path, reuse: bool, monkeypatch, **overrides):
     """(loss output, the policy's gradients, the annotation's metrics, prepared) of step 0's one minibatch."""
     monkeypatch.setattr(annotation, "reuses_learner_forward", reuses_learner_forward if reuse else lambda run: False)
-    settings = _settings(tiny, tmp_path, **overrides)
-    inputs = {name: settings.pop(name) for name in ("model", "tokenizer", "prompts", "reward")}
-    run = setup_online_run(OnlineConfig(**settings), **inputs)
+    run = _run(tiny, tmp_path, **overrides)
     rollout, prepared, metrics = _prepare(run, 0)
     assert prepared.old_from_learner == reuse
     out = _minibatch_loss(
@@ -108,11 +87,7 @@ def test_logged_metrics_and_weights_equal_the_old_pass(tiny, tmp_path, monkeypat
     ids=["one-step", "minibatches", "epochs", "importance", "critic"],
 )
 def test_when_the_old_pass_is_skipped(tiny, tmp_path, overrides):
-    settings = _settings(tiny, tmp_path, **overrides)
-    inputs = {name: settings.pop(name) for name in ("model", "tokenizer", "prompts", "reward")}
-    if overrides.get("algorithm") == "ppo":
-        settings["loss_hparams"] = {}
-    run = setup_online_run(OnlineConfig(**settings), **inputs)
+    run = _run(tiny, tmp_path, **overrides, **({"loss_hparams": {}} if overrides.get("algorithm") == "ppo" else {}))
     assert reuses_learner_forward(run) == (not overrides)
 
 
