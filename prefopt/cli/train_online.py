@@ -30,6 +30,7 @@ from prefopt.cli.settings import join_rewards, merge_pairs, parse_assignments
 from prefopt.cli.train import MASTER_WEIGHTS_HELP, MIXED_PRECISION_HELP, SAVE_DTYPE_HELP
 from prefopt.online.config import OnlineConfig
 from prefopt.online.generation_batching import BATCHING
+from prefopt.online.lean_decoder import DECODERS
 from prefopt.online.reward_spec import check_reward_columns
 from prefopt.online.setup import load_prompt_rows
 from prefopt.online.trainer import train_online
@@ -115,6 +116,13 @@ examples:
             str,
             "hf: which prompts share a generate call: auto (default), padded (left-padded chunks) or length",
             choices=BATCHING,
+        ),
+        "--generation-decoder": Option(
+            "generation_decoder",
+            str,
+            "hf: what decodes: auto (default: the lean decoder on Llama, Mistral and Qwen2 policies, the same draws "
+            "as generate; generate elsewhere), hf (generate) or lean",
+            choices=DECODERS,
         ),
         "--generation-backend": Option(
             "generation_backend",

@@ -42,7 +42,7 @@ DEFAULT_LR = 1e-6
 # Settings that may change between a run and its resumption (they do not change what a step computes).
 RESUMABLE = tuple(
     "steps resume progress checkpoint_every keep_checkpoints num_threads output_dir save_dtype vllm_server_url "
-    "vllm_server_timeout vllm_group_port vllm_gpu_memory_utilization fsdp".split()
+    "vllm_server_timeout vllm_group_port vllm_gpu_memory_utilization fsdp generation_decoder".split()
 )
 
 

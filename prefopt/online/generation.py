@@ -4,18 +4,16 @@
     rollout.completions[k * B + b]      # sample k of prompt b (group-major, like every prefopt batch)
     rollout.token_batch()               # the samples as a TokenBatch for the log-prob engine
 
-The Hugging Face `generate` API does the decoding (temperature, top-p, max new tokens, stop at EOS, K
-return sequences per prompt). Which prompts share a `generate` call is `GenerationConfig.batching`
-(`prefopt.online.generation_batching`): by default ("length") prompts are grouped by token length, so each call
-is unpadded and a prompt's samples do not depend on which other prompts of another length are in the batch;
-"padded" and "auto" left-pad prompts of different lengths into one call (positions from the attention mask),
-one decode loop instead of one per length. Sampling is reproducible: the draws come from torch's global generator,
-forked and seeded for the call, so the caller's random state is left untouched.
+Decoding (temperature, top-p, max new tokens, stop at EOS, K samples per prompt) is transformers' `generate`, or
+on Llama-family models the lean decoder that draws the same tokens with fewer operations (`GenerationConfig.decoder`,
+`prefopt.online.lean_decoder`). Which prompts share a call is `GenerationConfig.batching`
+(`prefopt.online.generation_batching`: by token length, or left-padded with positions from the attention mask).
+Sampling is reproducible: the draws come from torch's global generator, forked and seeded for the call, so the
+caller's random state is left untouched.
 
-vLLM is used instead when `backend="vllm"` (or `"auto"` with vLLM installed, CUDA available and the
-model given as a path or Hub name): an in-memory policy that is being trained has no weights on disk for
-vLLM to load, so it always takes the `generate` path here; a policy being trained samples through
-`prefopt.online.samplers` (this path, or a vLLM engine its weights are pushed to after each update).
+vLLM is used instead when `backend="vllm"` (or `"auto"` with vLLM installed, CUDA available and the model given
+as a path or Hub name); a policy being trained samples through `prefopt.online.samplers` (this path, or a vLLM
+engine its weights are pushed to after each update).
 """
 
 from __future__ import annotations
@@ -28,14 +26,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from prefopt.batch import TokenBatch
 from prefopt.data.tokenize import PromptCompletionEncoder, TokenizeConfig
-from prefopt.online.generation_batching import BATCHING, left_padded, plan_calls
-from prefopt.online.sampler_logprobs import SampledLogprobs, vllm_logprobs
+from prefopt.online.generation_batching import BATCHING
+from prefopt.online.hf_generation import hf_generate, trim
+from prefopt.online.lean_decoder import DECODERS
+from prefopt.online.sampler_logprobs import vllm_logprobs
 from prefopt.sampling import decode_completion
-from prefopt.train.fsdp import is_sharded
 
 __all__ = ["GenerationConfig", "Rollout", "generate", "vllm_available", "encode_prompts", "special_ids", "assemble"]
 
@@ -61,6 +59,8 @@ class GenerationConfig:
             "padded" (left-padded chunks of `batch_size`) or "auto" (padded where padding is a small share of
             the prompt block); `prefopt.online.generation_batching`. HF path only; with a `logits_processor`
             (which sees the prompts without their attention mask) always "length".
+        decoder: HF path: "auto" (`prefopt.online.lean_decoder` where it decodes the model as `generate` does, else
+            `generate`), "hf" (`generate` always) or "lean" (the lean decoder, or an error naming why it cannot).
     """
 
     max_new_tokens: int = 64
@@ -72,6 +72,7 @@ class GenerationConfig:
     backend: str = "auto"
     logprobs: bool = False
     batching: str = "length"
+    decoder: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "num_samples", "batch_size"):
@@ -91,6 +92,8 @@ class GenerationConfig:
             raise ValueError(f"GenerationConfig.backend={self.backend!r}: use one of {BACKENDS}")
         if self.batching not in BATCHING:
             raise ValueError(f"GenerationConfig.batching={self.batching!r}: use one of {BATCHING}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"GenerationConfig.decoder={self.decoder!r}: use one of {DECODERS}")
 
 
 @dataclass
@@ -182,64 +185,6 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
     return encoded
 
 
-def _trim(tokens: list[int], eos: int) -> list[int]:
-    """New tokens up to and including the first EOS (the rest is generate's padding)."""
-    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
-
-
-def _hf_generate(
-    model: Any,
-    encoded: list[list[int]],
-    config: GenerationConfig,
-    eos: int,
-    pad: int,
-    progress: bool,
-    logits_processor: Any = None,
-) -> tuple[list[list[list[int]]], list[list[list[float]]] | None]:
-    """completion tokens [b][k] for every prompt, via `model.generate` on the calls of `config.batching`
-    (`plan_calls`), and their sampler log-probs [b][k] when `config.logprobs` (else None)."""
-    device = next(model.parameters()).device
-    synced = is_sharded(model)  # the same number of forwards on every process: FSDP's collectives need it
-    out: list[list[list[int]]] = [[] for _ in encoded]
-    logps: list[list[list[float]]] = [[] for _ in encoded]
-    recorder = SampledLogprobs(config.temperature, config.top_p, config.do_sample) if config.logprobs else None
-    processors = [p for p in (logits_processor, recorder) if p is not None]  # the recorder last: after the mask
-    sampling = (
-        {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0}
-        if config.do_sample
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    )
-    if recorder is not None:
-        sampling.update(recorder.generate_kwargs())  # temperature and top-p applied once, by the recorder
-    bar = tqdm(total=len(encoded) * config.num_samples, desc="generating", unit="sample", disable=not progress)
-    # a caller's logits processor sees input_ids without the mask (NLPO's masking policy): unpadded calls only
-    batching = "length" if logits_processor is not None else config.batching
-    for chunk in plan_calls([len(ids) for ids in encoded], config.batch_size, batching):
-        # left-padded to the chunk's longest prompt (no padding when its prompts have one length)
-        prompt_ids, attention_mask, length = left_padded([encoded[i] for i in chunk], pad, device)
-        generated = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=attention_mask,  # generate takes each row's positions from it (cumsum − 1)
-            max_new_tokens=config.max_new_tokens,
-            num_return_sequences=config.num_samples,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            use_cache=True,  # the KV cache: each new token attends to cached keys, not the whole prefix
-            synced_gpus=synced,  # FSDP: every process steps until all are done (`prefopt.online.fsdp`)
-            **sampling,
-            **({"logits_processor": processors} if processors else {}),
-        )
-        new = generated[:, length:].cpu().tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
-        new_logps = None if recorder is None else recorder.finish(generated, length).tolist()
-        for j, row in enumerate(chunk):
-            out[row] = [_trim(new[j * config.num_samples + k], eos) for k in range(config.num_samples)]
-            if new_logps is not None:
-                logps[row] = [new_logps[j * config.num_samples + k][: len(t)] for k, t in enumerate(out[row])]
-        bar.update(len(chunk) * config.num_samples)
-    bar.close()
-    return out, (logps if recorder is not None else None)
-
-
 def _vllm_generate(
     model: str, encoded: list[list[int]], config: GenerationConfig, eos: int, seed: int
 ) -> tuple[list[list[list[int]]], list[list[list[float]]] | None]:
@@ -264,7 +209,7 @@ def _vllm_generate(
         for completion in result.outputs:  # vLLM drops the stop token; put EOS back where it stopped
             tokens = list(completion.token_ids)
             stopped = completion.finish_reason == "stop" and (not tokens or tokens[-1] != eos)
-            samples.append(_trim(tokens + [eos] if stopped else tokens, eos))
+            samples.append(trim(tokens + [eos] if stopped else tokens, eos))
             sample_logps.append(vllm_logprobs(completion, samples[-1]))
         out.append(samples)
         logps.append(sample_logps)
@@ -360,7 +305,7 @@ def generate(
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                samples, logps = _hf_generate(model, encoded, config, eos, pad, progress, logits_processor)
+                samples, logps = hf_generate(model, encoded, config, eos, pad, progress, logits_processor)
         finally:
             model.train(was_training)
     return assemble(tokenizer, prompts, encoded, samples, config.num_samples, logps)

@@ -75,6 +75,7 @@ def generation_config(config: OnlineConfig) -> GenerationConfig:
         backend="hf",
         logprobs=config.importance_sampling != "off",  # the sampler's per-token log-probs (`prefopt.online.importance`)
         batching=config.generation_batching,  # which prompts share a generate call (`generation_batching`)
+        decoder=config.generation_decoder,  # the lean decoder or `generate` (`prefopt.online.lean_decoder`)
     )
 
 

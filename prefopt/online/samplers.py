@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from prefopt.online.generation import GenerationConfig, Rollout, generate
 from prefopt.online.generation_batching import BATCHING
+from prefopt.online.lean_decoder import DECODERS, lean_unsupported
 from prefopt.settings import Settings, SettingsError, check_int, is_finite_number
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "weight_checksum",
     "SamplerSettings",
     "check_generation_machine",
+    "check_decoder",
 ]
 
 GENERATION_BACKENDS = ("hf", "vllm", "vllm_server")
@@ -213,11 +215,18 @@ class SamplerSettings(Settings):
         generation_batching: "hf": which prompts share a `generate` call (`GenerationConfig.batching`,
             `prefopt.online.generation_batching`): "auto" (left-padded together unless padding is over half the
             prompt block), "padded" or "length" (one unpadded call per prompt token length).
+        generation_decoder: "hf": what decodes each call (`GenerationConfig.decoder`, `prefopt.online.lean_decoder`):
+            "auto" (the lean decoder where it decodes the policy as `generate` does: Llama, Mistral and Qwen2, no
+            LoRA, quantisation, FSDP or NLPO mask; else `generate`), "hf" (`generate`) or "lean" (refused where
+            it cannot run).
     """
 
     generation_backend: str = "hf"
     # a run saved before this field existed sampled with one call per prompt length: it resumes and is reused as that
     generation_batching: str = field(default="auto", metadata={"predating": "length"})
+    # resumable (`config.RESUMABLE`): the lean decoder draws what `generate` draws, so a run saved before this field
+    # existed, or with another value, resumes with either
+    generation_decoder: str = "auto"
     vllm_gpu_memory_utilization: float = 0.3
     vllm_server_url: str = "http://localhost:8000"
     vllm_server_timeout: float = 240.0
@@ -236,6 +245,14 @@ class SamplerSettings(Settings):
             )
         if self.generation_batching not in BATCHING:
             raise SettingsError(f"OnlineConfig.generation_batching={self.generation_batching!r}: use one of {BATCHING}")
+        if self.generation_decoder not in DECODERS:
+            raise SettingsError(f"OnlineConfig.generation_decoder={self.generation_decoder!r}: use one of {DECODERS}")
+        if self.generation_decoder == "lean" and (masks_logits or backend != "hf"):
+            why = "samples inside an action mask" if masks_logits else f"samples with generation_backend={backend!r}"
+            raise SettingsError(
+                f"OnlineConfig.generation_decoder='lean': this run {why}, which the lean decoder does not run; use "
+                "generation_decoder='auto' (--generation-decoder auto)"
+            )
         utilization = self.vllm_gpu_memory_utilization
         if not (is_finite_number(utilization) and 0 < utilization <= 1):
             raise SettingsError(
@@ -254,6 +271,18 @@ class SamplerSettings(Settings):
         check_int("OnlineConfig.vllm_group_port", self.vllm_group_port, minimum=1)
         if self.vllm_group_port > 65535:
             raise SettingsError(f"OnlineConfig.vllm_group_port={self.vllm_group_port} must be a TCP port (1 to 65535)")
+
+
+def check_decoder(settings: SamplerSettings, policy: nn.Module, sharded: bool) -> None:
+    """Setup: `generation_decoder="lean"` on a policy the lean decoder cannot decode, refused in one line naming why
+    (`sharded`: the run shards the policy with FSDP)."""
+    if settings.generation_decoder != "lean":
+        return
+    why = "the policy is FSDP-sharded (fsdp=True)" if sharded else lean_unsupported(policy)
+    if why is not None:
+        raise SettingsError(
+            f"OnlineConfig.generation_decoder='lean': {why}; use generation_decoder='auto' (--generation-decoder auto)"
+        )
 
 
 def check_generation_machine(backend: str) -> None:

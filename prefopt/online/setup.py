@@ -25,7 +25,7 @@ from prefopt.online.lora_policy import lora_policy, reference_engine
 from prefopt.online.masked_policy import save_action_mask
 from prefopt.online.rewards import as_reward_function
 from prefopt.online.rollout_step import Recipe, hparams_with_defaults, recipe_for
-from prefopt.online.samplers import HFSampler, Sampler
+from prefopt.online.samplers import HFSampler, Sampler, check_decoder
 from prefopt.online.shared_groups import Share, share_prompt_setting
 from prefopt.online.value import ValueModel, critic_from_policy, critic_from_reward_model, critic_on_trunk
 from prefopt.online.vllm_samplers import build_sampler
@@ -274,6 +274,7 @@ def _action_mask(config: OnlineConfig, recipe: Recipe, policy: nn.Module, tokeni
 def _sampler(config: OnlineConfig, policy: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer) -> Sampler:
     """The run's sampler (`OnlineConfig.generation_backend`), counting the policy's optimiser steps: a vLLM engine
     gets the policy's weights before the first generation after an update (`prefopt.online.samplers`)."""
+    check_decoder(config, policy, sharded=config.fsdp)
     sampler = build_sampler(
         config.generation_backend,
         policy,

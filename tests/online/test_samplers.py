@@ -203,7 +203,7 @@ def test_server_failure_is_one_line(tokenizer):
 
 
 def test_hf_sampler_is_generate_batched_by_length_with_kv_cache(tokenizer, monkeypatch):
-    """The HF path is `generate` itself (same samples for the same seed); with batching="length" each
+    """The HF path with decoder="hf" is `generate` itself (same samples for the same seed); with batching="length" each
     `model.generate` call gets prompts of one token length, unpadded, with "padded" one call gets them all
     left-padded with a mask; the KV cache on; nothing is pushed."""
     policy = _policy(tokenizer)
@@ -215,7 +215,7 @@ def test_hf_sampler_is_generate_batched_by_length_with_kv_cache(tokenizer, monke
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(policy), "generate", spy)
-    settings = GenerationConfig(num_samples=2, max_new_tokens=6, batch_size=64, batching="length")
+    settings = GenerationConfig(num_samples=2, max_new_tokens=6, batch_size=64, batching="length", decoder="hf")
     ours = HFSampler(policy, tokenizer).generate(PROMPTS, settings, seed=5)
     direct = generate(policy, tokenizer, PROMPTS, settings, seed=5)
     assert ours.completions == direct.completions and torch.equal(ours.input_ids, direct.input_ids)
