@@ -8,12 +8,15 @@ Each (case, round) runs in a fresh subprocess (memory high-water marks do not mi
     prefopt   `prefopt.online.train_online(algorithm="grpo")`, β = 0, ε = 0.2, its defaults: generate (the lean
               decoder, `generation_decoder="auto"`: `generate`'s draws with fewer operations per token, the KV cache,
               finished rows dropped; `generation_batching="auto"`: the B prompts left-padded in one call), score (gold
-              reward; π_ref's log-probs, each prompt read once for its K samples; π_old is the learner's forward,
-              detached: one step per rollout, `prefopt.online.old_policy`), learn (one minibatch: the policy's
+              reward; no π_ref pass at β = 0; π_old is the learner's forward, detached: one step per rollout,
+              `prefopt.online.old_policy`), learn (one minibatch: the policy's
               forward with gradient, loss, backward, clip, AdamW step)
+    prefopt-kl  prefopt scoring π_ref anyway (`reference_kl="always"`), for objective/kl: at β = 0 nothing else reads
+              it, so by default the run scores none (`prefopt.online.annotation.scores_reference`), as TRL
     prefopt-generate  prefopt with transformers' `generate` instead of the lean decoder (`generation_decoder="hf"`),
               everything else the same: the decoder's share of the step
-    prefopt-before  prefopt before the decoder, the batching and the π_old shortcut: `generation_decoder="hf"`,
+    prefopt-before  prefopt before the decoder, the batching and the π_old shortcut (the π_ref pass skipped as in
+              the others): `generation_decoder="hf"`,
               `generation_batching="length"` (one `generate` call per prompt token length) and the no-gradient π_old
               pass (the benchmark forces `prefopt.online.annotation.reuses_learner_forward` off in its subprocess)
     trl       `trl.GRPOTrainer`, its defaults (loss_type "dapo": token losses averaged over the batch's tokens;
@@ -53,7 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CASES = ("prefopt", "prefopt-generate", "prefopt-before", "trl")
+CASES = ("prefopt", "prefopt-kl", "prefopt-generate", "prefopt-before", "trl")
 ROOT = Path(__file__).resolve().parents[1]
 record: dict[str, Any] = {}  # what a run learns about its framework on the way (TRL's default loss_type)
 
@@ -235,10 +238,11 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = build_policy(args.model)
     prompts = benchmark_prompts(args)
     runner = run_trl if case == "trl" else run_prefopt
-    if case == "prefopt-generate":  # transformers' generate instead of the lean decoder (module docstring)
+    if case in ("prefopt-kl", "prefopt-generate"):  # π_ref scored; transformers' generate (module docstring)
         from functools import partial
 
-        runner = partial(run_prefopt, generation_decoder="hf")
+        setting = {"reference_kl": "always"} if case == "prefopt-kl" else {"generation_decoder": "hf"}
+        runner = partial(run_prefopt, **setting)
     if case == "prefopt-before":  # the π_old pass and a generate call per prompt length (module docstring)
         from functools import partial
 

@@ -198,6 +198,13 @@ examples:
         "--engine-backend": Option(
             "engine_backend", str, "output-head kernel (auto: Triton on CUDA, else chunked)", choices=BACKENDS
         ),
+        "--reference-kl": Option(
+            "reference_kl",
+            str,
+            "auto (default): score the reference only where the run reads it, so β = 0 logs no objective/kl, as "
+            "TRL; always: every step, for objective/kl",
+            choices=("auto", "always"),
+        ),
         "--share-prompt": Option(
             "share_prompt",
             str,

@@ -4,7 +4,8 @@ loss may ask for, once per rollout step and without gradient.
     rollout   = generate + score (+ dynamic sampling's refills)           `prefopt.online.group_sampling`
     greedy    = a greedy decode of every prompt, scored                    losses that take greedy_rewards (ReMax)
     old, ref  = engine(π_θ), engine(π_ref) per token, no grad    [S, T]    each prompt once per group when shared
-                (π_old from the learner's forward instead, when one step uses the rollout: `prefopt.online.old_policy`)
+                (π_old from the learner's forward instead, when one step uses the rollout: `prefopt.online.old_policy`;
+                π_ref only where the run reads it: `scores_reference`)
     critic    : old values, KL-shaped rewards, GAE targets                 losses that take values (PPO)
     declared  : the loss's `rollout_inputs` over the whole rollout         `rollout_wide_inputs`
     TIS       : weights min(π_old/π_sampler, C) and the mismatch metrics   `OnlineConfig.importance_sampling`
@@ -32,7 +33,7 @@ from prefopt.online.setup import OnlineRun
 from prefopt.online.shared_groups import critic_values, rollout_rows, score_rows
 from prefopt.settings import SettingsError
 
-__all__ = ["annotate_rollout", "compute_context", "importance_sampling"]
+__all__ = ["annotate_rollout", "compute_context", "importance_sampling", "scores_reference"]
 
 
 def compute_context(run: OnlineRun) -> Any:
@@ -61,6 +62,20 @@ def importance_sampling(
     return weights, mismatch_metrics(behaviour, sampler, mask, mode=mode, cap=cap)
 
 
+def scores_reference(run: OnlineRun) -> bool:
+    """Whether a rollout's π_ref pass runs: always, except where the loss's KL coefficient β is set to 0 and nothing
+    else reads π_ref (PPO's critic, online DPO's pair loss, the loss's rollout-wide inputs) and
+    `OnlineConfig.reference_kl` is "auto". At β = 0 a rollout loss takes no reference (the registry's rule,
+    `prefopt.loss_inputs`), so a β = 0 GRPO, RLOO, Dr. GRPO, … run scores none and logs no objective/kl, as TRL
+    loads no reference model at β = 0."""
+    if run.config.reference_kl == "always" or run.critic is not None or run.pair_loss is not None:
+        return True
+    if run.spec.rollout_inputs or run.q_learning is not None:
+        return True
+    beta = {**run.spec.defaults(), **run.loss.hparams}.get("beta")
+    return beta is None or beta > 0  # a loss without β (best_of_n, …): scored for objective/kl, as before
+
+
 @torch.no_grad()
 def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, PreparedRollout, dict[str, float]]:
     """Sample step `step`'s rollout (from `seed`), score and annotate it (module docstring); returns it with its
@@ -76,16 +91,15 @@ def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, Prepare
         greedy = rollout_scores(run, decoded, columns)[0][:, 0]
     batch = rollout.token_batch()
     rows = rollout_rows(batch, rollout.num_samples, run.share_prompt)  # each prompt once per group, when on
-    ref, _ = score_rows(run.ref_engine, None, rows)
-    assert ref.tokens is not None
     mask = batch.completion_mask
+    ref_logps = score_rows(run.ref_engine, None, rows)[0].tokens if scores_reference(run) else None
     if reuses_learner_forward(run):  # π_old: the learner's forward, detached (`prefopt.online.old_policy`)
-        prepared, old_mass = pending(PreparedRollout(scores, ref.tokens, ref.tokens, mask, greedy)), None
+        prepared, old_mass = pending(PreparedRollout(scores, mask.float(), ref_logps, mask, greedy)), None
     else:
         with compute_context(run):
             old, old_mass = score_rows(run.engine, run.action_mask, rows, return_entropy=True)  # log Z: NLPO
         assert old.tokens is not None and old.entropy is not None
-        prepared = PreparedRollout(scores, old.tokens, ref.tokens, mask, greedy, old_entropy=old.entropy)
+        prepared = PreparedRollout(scores, old.tokens, ref_logps, mask, greedy, old_entropy=old.entropy)
     beta = float({**run.spec.defaults(), **run.loss.hparams}.get("beta") or 0.0)
     if run.critic is not None:
         beta = run.kl_controller.value
@@ -94,7 +108,7 @@ def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, Prepare
         prepared.token_inputs, kl = critic_targets(
             sequence_scores(prepared),
             prepared.old_logps,
-            ref.tokens,
+            ref_logps,
             mask,
             old_values,
             kl_coef=beta,

@@ -42,7 +42,7 @@ DEFAULT_LR = 1e-6
 # Settings that may change between a run and its resumption (they do not change what a step computes).
 RESUMABLE = tuple(
     "steps resume progress checkpoint_every keep_checkpoints num_threads output_dir save_dtype vllm_server_url "
-    "vllm_server_timeout vllm_group_port vllm_gpu_memory_utilization fsdp generation_decoder".split()
+    "vllm_server_timeout vllm_group_port vllm_gpu_memory_utilization fsdp generation_decoder reference_kl".split()
 )
 
 
@@ -109,6 +109,8 @@ class OnlineConfig(SamplerSettings, LoraSettings, PrecisionSettings, ShardingSet
         num_threads: torch threads (None: 1 when `model` is None, else unchanged).
         engine_backend: output-head kernel of the log-prob engine. share_prompt: "auto", "on", "off" (as TrainConfig's):
             the learner reads each prompt once for its K samples, behind a block mask (`prefopt.online.shared_groups`).
+        reference_kl: "auto": π_ref is scored only where the run reads it (the loss's KL at β > 0, PPO's critic, online
+            DPO, rollout-wide inputs), so a β = 0 run logs no objective/kl, as TRL; "always": every step, for it.
     """
 
     algorithm: str = "rloo"
@@ -163,6 +165,7 @@ class OnlineConfig(SamplerSettings, LoraSettings, PrecisionSettings, ShardingSet
     num_threads: int | None = None
     engine_backend: str = "auto"
     share_prompt: str = "auto"
+    reference_kl: str = "auto"
     NESTED: ClassVar[Mapping[str, type]] = {"action_mask": ActionMaskSettings, "q_learning": ILQLSettings}
 
     def __post_init__(self) -> None:
@@ -266,6 +269,8 @@ class OnlineConfig(SamplerSettings, LoraSettings, PrecisionSettings, ShardingSet
             raise ValueError(f"OnlineConfig.engine_backend={self.engine_backend!r}: use one of {BACKENDS}")
         if self.share_prompt not in SHARE_PROMPT:
             raise ValueError(f"OnlineConfig.share_prompt={self.share_prompt!r}: use one of {SHARE_PROMPT}")
+        if self.reference_kl not in ("auto", "always"):
+            raise ValueError(f"OnlineConfig.reference_kl={self.reference_kl!r}: use 'auto' or 'always'")
 
     def _check_paths(self) -> None:
         """The reward ('gold', saved reward models, importable functions), prompts and value model exist."""

@@ -47,21 +47,25 @@ def reuses_learner_forward(run: Any) -> bool:
 
 def objective_metrics(prepared: PreparedRollout, beta: float) -> dict[str, float]:
     """The rollout's `objective/*` metrics (TRL's names): mean reward, mean Σ_t k1(π_old, π_ref), −β·KL, reward
-    − β·KL, mean Σ_t entropy of π_old."""
+    − β·KL, mean Σ_t entropy of π_old. Without a π_ref pass (`annotation.scores_reference`: β = 0) no
+    objective/kl, and −β·KL is 0."""
     assert prepared.old_entropy is not None
+    score_mean = float(prepared.scores.mean())
+    out = {"objective/scores": score_mean, "objective/entropy": float(prepared.old_entropy.mean())}
+    if prepared.ref_logps is None:
+        return {**out, "objective/non_score_reward": 0.0, "objective/rlhf_reward": score_mean}
     sequence_kl = masked_sum(kl_k1(prepared.old_logps, prepared.ref_logps), prepared.completion_mask, dim=1)  # [S]
-    kl_mean, score_mean = float(sequence_kl.mean()), float(prepared.scores.mean())
+    kl_mean = float(sequence_kl.mean())
     return {
-        "objective/scores": score_mean,
+        **out,
         "objective/kl": kl_mean,
         "objective/non_score_reward": -beta * kl_mean,
         "objective/rlhf_reward": score_mean - beta * kl_mean,
-        "objective/entropy": float(prepared.old_entropy.mean()),
     }
 
 
 def pending(prepared: PreparedRollout) -> PreparedRollout:
     """`prepared` with π_old (and its entropy) to be filled in by the learner (`PreparedRollout.fill_old`)."""
     prepared.old_from_learner, prepared.old_entropy = True, None
-    prepared.old_logps = torch.zeros_like(prepared.ref_logps)
+    prepared.old_logps = torch.zeros(prepared.completion_mask.shape, dtype=prepared.old_logps.dtype)
     return prepared

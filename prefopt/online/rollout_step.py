@@ -177,7 +177,8 @@ class PreparedRollout:
 
     Attributes:
         scores: [B, K] float32 rewards (after the missing-EOS penalty).
-        old_logps, ref_logps: [S, W] per-token log-probs of the behaviour policy and the reference.
+        old_logps, ref_logps: [S, W] per-token log-probs of the behaviour policy and the reference (None: the run
+            reads no π_ref, `annotation.scores_reference`).
         completion_mask: [S, W] bool.
         greedy_scores: [B] rewards of the greedy decodes, or None.
         token_inputs: per-token [S, W] targets (old_values, advantages, returns) when the loss has a critic.
@@ -190,7 +191,7 @@ class PreparedRollout:
 
     scores: Tensor
     old_logps: Tensor
-    ref_logps: Tensor
+    ref_logps: Tensor | None
     completion_mask: Tensor
     greedy_scores: Tensor | None = None
     token_inputs: dict[str, Tensor] = field(default_factory=dict)
@@ -319,7 +320,7 @@ def loss_inputs(
     made: dict[str, Any] = {
         "rewards": prepared.scores[prompts],
         "greedy_rewards": None if prepared.greedy_scores is None else prepared.greedy_scores[prompts],
-        "ref_logps": prepared.ref_logps[rows, :width],
+        "ref_logps": None if prepared.ref_logps is None else prepared.ref_logps[rows, :width],
         "values": values,
         "mask_log_mass": mask_log_mass,
         "token_entropy": policy.token_entropy,

@@ -18,7 +18,7 @@ Per rollout step (B prompts, K samples each, S = K·B rows, group-major):
 Every registered rollout loss (`prefopt losses --kind rollout`) runs through this one loop; what differs
 is read from the loss's declaration (its inputs, `online_defaults`, `accepts_pair_loss`;
 `prefopt.online.rollout_step`), never its name. Logged per step (TRL's
-names): objective/scores (mean reward), objective/kl (mean Σ_t k1 of the rollout against π_ref),
+names): objective/scores (mean reward), objective/kl (mean Σ_t k1 of the rollout against π_ref; not at β = 0),
 objective/non_score_reward (−β·objective/kl, β the KL coefficient the algorithm uses, 0 if none),
 objective/rlhf_reward, objective/entropy (mean Σ_t entropy), rewards/<name>/mean and /std of each Python
 reward function (TRL's), the loss's own metrics (policy/clipfrac,
@@ -350,9 +350,8 @@ def _train(run: OnlineRun, inputs: dict[str, Any], on_step: StepCallback | None,
         for step in range(start, config.steps):
             record = rollout_step(run, step)
             log.log(record)
-            bar.set_postfix(
-                {"reward": f"{record['objective/scores']:.3g}", "kl": f"{record['objective/kl']:.3g}"}, refresh=False
-            )
+            kl = format(record["objective/kl"], ".3g") if "objective/kl" in record else "-"  # β = 0: no π_ref pass
+            bar.set_postfix({"reward": f"{record['objective/scores']:.3g}", "kl": kl}, refresh=False)
             bar.update(1)
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                 checkpoint = _checkpoint(run, step + 1)
