@@ -6,21 +6,25 @@
 
 At the sizes the online loop trains on a CPU, a decode step of transformers' `generate` spends most of its time
 outside the model's arithmetic: module calls, the cache object's bookkeeping, the attention mask rebuilt every
-step, logits processors and stopping criteria. This decoder does the same arithmetic with plain tensor calls: the
-model's own weights (read in place, never copied), a preallocated key/value cache per layer, one boolean key mask
-grown a column per step, and the sampling rule of `generate` (`OnlineConfig.generation_decoder`,
-`GenerationConfig.decoder`; `prefopt.online.generation` picks it per call).
+step, logits processors and stopping criteria. This decoder does the same arithmetic with plain tensor calls
+(`OnlineConfig.generation_decoder`, `GenerationConfig.decoder`; `prefopt.online.hf_generation` picks it per call):
 
-Exactly what `generate(do_sample=..., temperature=T, top_p=p, top_k=0, num_return_sequences=K)` does:
+- the model's weights: read in place, or, for small models (`COPY_BYTES`), each layer's q/k/v and gate/up matrices
+  concatenated and transposed for the call (one product instead of three and two);
+- a preallocated key/value cache per layer and one boolean key mask, grown a column per step;
+- each prompt's forward once, its cache and logits then copied for its K samples;
+- rows that have drawn EOS dropped from later steps (the draws are still taken for every row, see below).
 
-- rows: each prompt repeated K times (prompt-major), left-padded prompts with positions `cumsum(mask) − 1`;
+It computes what `generate(do_sample=..., temperature=T, top_p=p, top_k=0, num_return_sequences=K)` computes:
+
+- rows: prompt-major (row j·K + k: sample k of prompt j), left-padded prompts with positions `cumsum(mask) − 1`;
 - per step: the last position's logits in float32, divided by T (when T ≠ 1), transformers' own
-  `TopPLogitsWarper` (when p < 1), then `softmax` and one `torch.multinomial` draw per row from torch's global
-  generator (greedy: `argmax`); a finished row gets `pad`; the loop ends when every row has drawn EOS or after
-  `max_new_tokens` draws;
+  `TopPLogitsWarper` (when p < 1), then `softmax` and one draw per row from torch's global generator, as
+  `torch.multinomial(p, 1)` draws it (argmax(p / E), E ~ Exp(1) for every row); greedy: `argmax`; a finished row
+  gets `pad`; the loop ends when every row has drawn EOS or after `max_new_tokens` draws;
 - the layers: RMSNorm in float32 cast back, rotary embeddings from the model's `inv_freq` and
   `attention_scaling`, grouped-query attention, SiLU-gated MLP, each as transformers' Llama, Mistral and Qwen2
-  modules compute it (Qwen2's q/k/v biases are the linear layers' own).
+  modules compute it (the linear layers' biases where they have them: Qwen2's q/k/v).
 
 So a seed draws the same tokens as `generate` wherever the two round the same (tests/online/test_lean_decoder.py:
 identical samples and greedy decodes, sampler log-probs equal to 1e-5, float32 and bfloat16, the three
@@ -40,7 +44,7 @@ from torch import Tensor, nn
 
 from prefopt.online.sampler_logprobs import SampledLogprobs
 
-__all__ = ["DECODERS", "ARCHITECTURES", "lean_unsupported", "lean_generate"]
+__all__ = ["DECODERS", "ARCHITECTURES", "COPY_BYTES", "lean_unsupported", "lean_generate", "decodes_here"]
 
 DECODERS = ("auto", "hf", "lean")
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
