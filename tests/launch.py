@@ -22,3 +22,12 @@ def launch_env() -> dict[str, str]:
 def torchrun(processes: int) -> list[str]:
     """`torchrun --standalone --nproc_per_node P` with this interpreter."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+
+
+def end_process_group() -> None:
+    """A launched script's last step: end the process group its run started (`accelerate.PartialState`), so that gloo's
+    threads do not outlive the interpreter's teardown (which can abort a finished process: "terminate called
+    without an active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

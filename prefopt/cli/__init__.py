@@ -17,6 +17,7 @@ namespaces or YAML.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from prefopt import __version__
@@ -57,4 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Under torchrun / accelerate launch: end the process group the command started (`accelerate.PartialState`),
+    so that gloo's threads do not outlive the interpreter's teardown and abort a finished process at exit."""
+    dist = sys.modules.get("torch.distributed")  # never imported: no group to end
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -43,4 +43,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tests.launch import end_process_group  # after the repository root is on sys.path
+
+    code = main()
+    end_process_group()
+    sys.exit(code)
