@@ -94,7 +94,7 @@ def annotate_rollout(run: OnlineRun, step: int, seed: int) -> tuple[Any, Prepare
     mask = batch.completion_mask
     ref_logps = score_rows(run.ref_engine, None, rows)[0].tokens if scores_reference(run) else None
     if reuses_learner_forward(run):  # π_old: the learner's forward, detached (`prefopt.online.old_policy`)
-        prepared, old_mass = pending(PreparedRollout(scores, mask.float(), ref_logps, mask, greedy)), None
+        prepared, old_mass = pending(PreparedRollout(scores, torch.zeros(mask.shape), ref_logps, mask, greedy)), None
     else:
         with compute_context(run):
             old, old_mass = score_rows(run.engine, run.action_mask, rows, return_entropy=True)  # log Z: NLPO

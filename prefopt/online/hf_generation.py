@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from prefopt.online.generation_batching import left_padded, plan_calls
-from prefopt.online.lean_decoder import decodes_here, lean_generate
+from prefopt.online.lean_decoder import LeanWeights, decodes_here, lean_generate
 from prefopt.online.sampler_logprobs import SampledLogprobs
 from prefopt.train.fsdp import is_sharded
 
@@ -28,17 +28,28 @@ def trim(tokens: list[int], eos: int) -> list[int]:
 
 
 def generate_call(
-    model: Any, prompt_ids: Tensor, attention_mask: Tensor, config: Any, eos: int, pad: int, processor: Any
+    model: Any,
+    prompt_ids: Tensor,
+    attention_mask: Tensor,
+    config: Any,
+    eos: int,
+    pad: int,
+    processor: Any,
+    lean: dict[str, LeanWeights] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One call on left-padded prompts [N, P]: the output [N·K, P + steps] (row j·K + k: sample k of prompt j) of
-    the lean decoder or `model.generate` (`config.decoder`), and the sampler's log-probs [N·K, steps] if asked."""
+    the lean decoder or `model.generate` (`config.decoder`), and the sampler's log-probs [N·K, steps] if asked.
+    `lean`: where the calls of one `generate` keep the lean decoder's `LeanWeights`, built at its first call."""
     synced = is_sharded(model)  # the same number of forwards on every process: FSDP's collectives need it
     length = prompt_ids.shape[1] + config.max_new_tokens
     common = {"max_new_tokens": config.max_new_tokens, "eos": eos, "pad": pad}
     if decodes_here(config.decoder, model, length, processor=processor is not None, sharded=synced):
         sampling = {"temperature": config.temperature, "top_p": config.top_p, "do_sample": config.do_sample}
         args = {**common, **sampling, "num_samples": config.num_samples, "logprobs": config.logprobs}
-        return lean_generate(model, prompt_ids, attention_mask, **args)
+        lean = {} if lean is None else lean
+        if "weights" not in lean:
+            lean["weights"] = LeanWeights(model)
+        return lean_generate(model, prompt_ids, attention_mask, **args, weights=lean["weights"])
     recorder = SampledLogprobs(config.temperature, config.top_p, config.do_sample) if config.logprobs else None
     processors = [p for p in (processor, recorder) if p is not None]  # the recorder last: after the mask
     sampling = (
@@ -77,13 +88,16 @@ def hf_generate(
     device = next(model.parameters()).device
     out: list[list[list[int]]] = [[] for _ in encoded]
     logps: list[list[list[float]]] = [[] for _ in encoded]
+    lean: dict[str, LeanWeights] = {}  # the lean decoder's weights, built once for all the calls
     bar = tqdm(total=len(encoded) * config.num_samples, desc="generating", unit="sample", disable=not progress)
     # a caller's logits processor sees input_ids without the mask (NLPO's masking policy): unpadded calls only
     batching = "length" if logits_processor is not None else config.batching
     for chunk in plan_calls([len(ids) for ids in encoded], config.batch_size, batching):
         # left-padded to the chunk's longest prompt (no padding when its prompts have one length)
         prompt_ids, attention_mask, length = left_padded([encoded[i] for i in chunk], pad, device)
-        generated, drawn_logps = generate_call(model, prompt_ids, attention_mask, config, eos, pad, logits_processor)
+        generated, drawn_logps = generate_call(
+            model, prompt_ids, attention_mask, config, eos, pad, logits_processor, lean
+        )
         new = generated[:, length:].cpu().tolist()  # prompt-major: row j·K + k is sample k of chunk[j]
         new_logps = None if drawn_logps is None else drawn_logps.tolist()
         for j, row in enumerate(chunk):

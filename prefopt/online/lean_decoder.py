@@ -44,7 +44,15 @@ from torch import Tensor, nn
 
 from prefopt.online.sampler_logprobs import SampledLogprobs
 
-__all__ = ["DECODERS", "ARCHITECTURES", "COPY_BYTES", "lean_unsupported", "lean_generate", "decodes_here"]
+__all__ = [
+    "DECODERS",
+    "ARCHITECTURES",
+    "COPY_BYTES",
+    "LeanWeights",
+    "lean_unsupported",
+    "lean_generate",
+    "decodes_here",
+]
 
 DECODERS = ("auto", "hf", "lean")
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -185,11 +193,11 @@ class _Layer:
             self.out, self.down = attn.o_proj, mlp.down_proj
 
 
-class _Decoder:
-    """The forward of one call: the model's weights (`_Layer`), a [rows, kv heads, length, head dim] key/value cache
-    per layer, filled by the prompt's forward and one column per step."""
+class LeanWeights:
+    """A model's weights as the decoder reads them (`_Layer`: copied for small models), built once for every call of
+    one `generate` (the weights do not change between its calls)."""
 
-    def __init__(self, model: Any, rows: int, length: int) -> None:
+    def __init__(self, model: Any) -> None:
         core, config = model.model, model.config
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
@@ -198,23 +206,31 @@ class _Decoder:
         self.dtype, self.device = self.embed.dtype, self.embed.device
         size = sum(p.numel() * p.element_size() for p in core.layers.parameters())
         self.layers = [_Layer(layer, copy=size <= COPY_BYTES) for layer in core.layers]
-        shape = (rows, self.kv_heads, length, self.dim)
-        self.cache = [
-            (
-                torch.empty(shape, dtype=self.dtype, device=self.device),
-                torch.empty(shape, dtype=self.dtype, device=self.device),
-            )
-            for _ in self.layers
-        ]
         rotary = core.rotary_emb
         self.inv_freq = rotary.inv_freq.to(device=self.device, dtype=torch.float32)
         self.rope_scale = rotary.attention_scaling
 
+
+class _Decoder:
+    """The forward of one call: the weights (`LeanWeights`), a [rows, kv heads, length, head dim] key/value cache per
+    layer, filled by the prompt's forward and one column per step."""
+
+    def __init__(self, weights: LeanWeights, rows: int, length: int) -> None:
+        self.w = weights
+        shape = (rows, weights.kv_heads, length, weights.dim)
+        self.cache = [
+            (
+                torch.empty(shape, dtype=weights.dtype, device=weights.device),
+                torch.empty(shape, dtype=weights.dtype, device=weights.device),
+            )
+            for _ in weights.layers
+        ]
+
     def _rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        freqs = positions[..., None].float() * self.inv_freq
+        freqs = positions[..., None].float() * self.w.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos() * self.rope_scale, emb.sin() * self.rope_scale
-        return cos.to(self.dtype)[:, None], sin.to(self.dtype)[:, None]
+        cos, sin = emb.cos() * self.w.rope_scale, emb.sin() * self.w.rope_scale
+        return cos.to(self.w.dtype)[:, None], sin.to(self.w.dtype)[:, None]
 
     def keep(self, rows: Tensor) -> None:
         """Drop the finished rows: keep the cache of `rows` (a bool mask or indices) only."""
@@ -224,12 +240,12 @@ class _Decoder:
         """Attention of q [A, H, S, d] over the cached k, v [A, Hkv, t, d]; `mask` [A, 1, S or 1, t] bool: the keys
         each query sees (`blocked`: its negation)."""
         rows, _, steps, _ = q.shape
-        group = self.heads // self.kv_heads
+        group = self.w.heads // self.w.kv_heads
         if steps > 1:  # the prompt: every key/value head repeated for its query heads, as transformers' `repeat_kv`
             if group > 1:
                 k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        q = q.reshape(rows, self.kv_heads, group, self.dim)  # one query: heads grouped by key/value head
+        q = q.reshape(rows, self.w.kv_heads, group, self.w.dim)  # one query: heads grouped by key/value head
         if q.dtype != torch.float32:  # half precision: SDPA's float32 accumulation, as transformers (`pack_gqa`)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         weights = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).masked_fill_(blocked, float("-inf"))
@@ -239,12 +255,12 @@ class _Decoder:
         """float32 logits [rows, V] of the last of `tokens` [rows, S], written to the cache at start … start+S−1;
         `mask` [rows, 1, S or 1, start+S] bool: which cached keys each query sees."""
         rows, steps = tokens.shape
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.dim
-        x = F.embedding(tokens, self.embed)
+        heads, kv_heads, dim = self.w.heads, self.w.kv_heads, self.w.dim
+        x = F.embedding(tokens, self.w.embed)
         cos, sin = self._rotary(positions)
         blocked = ~mask
         end = start + steps
-        for layer, (keys, values) in zip(self.layers, self.cache):
+        for layer, (keys, values) in zip(self.w.layers, self.cache):
             qkv = layer.qkv(_rms_norm(x, layer.norms[0])).view(rows, steps, heads + 2 * kv_heads, dim).transpose(1, 2)
             qk = _rotate(qkv[:, : heads + kv_heads], cos, sin)  # q and k rotated together
             keys[:, :, start:end] = qk[:, heads:]
@@ -253,7 +269,7 @@ class _Decoder:
             x = x + layer.out(out.reshape(rows, heads, steps, dim).transpose(1, 2).reshape(rows, steps, heads * dim))
             gate, up = layer.gate_up(_rms_norm(x, layer.norms[1])).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
-        return self.head(_rms_norm(x[:, -1], self.final)).float()
+        return self.w.head(_rms_norm(x[:, -1], self.w.final)).float()
 
     def repeat(self, times: int) -> None:
         """Each row's cache `times` times in a row (a prompt's prefix, computed once, for its K samples)."""
@@ -274,11 +290,13 @@ def lean_generate(
     top_p: float = 1.0,
     do_sample: bool = True,
     logprobs: bool = False,
+    weights: LeanWeights | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """`generate`'s output [N·K, P + steps] for left-padded prompts `input_ids` [N, P] (row j·K + k: sample k of
     prompt j), and with `logprobs` the sampler's log-prob of each drawn token [N·K, steps] (float32, CPU; after the
     temperature and top-p, as `prefopt.online.sampler_logprobs` records them), else None. Draws from torch's
-    global generator; the model must be in eval mode.
+    global generator; the model must be in eval mode. `weights`: `LeanWeights(model)` built by the caller for several
+    calls with the same weights (else built here).
 
     A row that has drawn EOS leaves the batch (its cache rows dropped), so later steps compute the unfinished rows
     only. The draws stay `generate`'s: `torch.multinomial(p, 1)` is argmax(p / E) with E ~ Exp(1) drawn for every row
@@ -286,7 +304,7 @@ def lean_generate(
     warpers = SampledLogprobs(temperature, top_p, do_sample).warpers  # generate's own, in its order
     prompts, width = input_ids.shape
     rows, device = prompts * num_samples, input_ids.device
-    decoder = _Decoder(model, prompts, width + max_new_tokens)
+    decoder = _Decoder(weights or LeanWeights(model), prompts, width + max_new_tokens)
     real = attention_mask.bool()
     positions = (real.long().cumsum(-1) - 1).masked_fill(~real, 1)  # generate's position ids
     causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from prefopt.online.rollout_step import PreparedRollout
 from prefopt.rl import kl_k1, masked_sum
 
@@ -65,7 +63,7 @@ def objective_metrics(prepared: PreparedRollout, beta: float) -> dict[str, float
 
 
 def pending(prepared: PreparedRollout) -> PreparedRollout:
-    """`prepared` with π_old (and its entropy) to be filled in by the learner (`PreparedRollout.fill_old`)."""
+    """`prepared` (its old_logps a zero [S, W] placeholder) with π_old and its entropy to be filled in by the learner
+    (`PreparedRollout.fill_old`)."""
     prepared.old_from_learner, prepared.old_entropy = True, None
-    prepared.old_logps = torch.zeros(prepared.completion_mask.shape, dtype=prepared.old_logps.dtype)
     return prepared

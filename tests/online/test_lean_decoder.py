@@ -174,3 +174,14 @@ def test_online_settings(tokenizer, tmp_path):
         check_same_settings(tmp_path, config.to_dict(), RESUMABLE, OnlineConfig)
     with pytest.raises(RunFolderError, match="generation_decoder"):
         check_same_settings(tmp_path, lean.to_dict() | {"output_dir": str(tmp_path)}, (), OnlineConfig)
+
+
+def test_the_weights_are_read_once_for_all_the_calls_of_a_generate(tokenizer, monkeypatch):
+    """With one call per prompt length the calls share one `LeanWeights` (the weights do not change between them)."""
+    built = []
+    original = lean_decoder.LeanWeights.__init__
+    monkeypatch.setattr(lean_decoder.LeanWeights, "__init__", lambda self, m: built.append(1) or original(self, m))
+    policy = _build(tokenizer, "llama-gqa").eval()
+    settings = GenerationConfig(max_new_tokens=4, batching="length", decoder="lean")
+    generate(policy, tokenizer, PROMPTS, settings, seed=0)
+    assert len({len(tokenizer(p)["input_ids"]) for p in PROMPTS}) > 1 and built == [1]
