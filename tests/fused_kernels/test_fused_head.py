@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import prefopt.kernels.fused_head as fused_head
+import prefopt.kernels.fused_head_run as fused_head_run
 from prefopt.kernels import linear_logprobs, linear_logprobs_with_grad
 from prefopt.kernels.fused_head import plan_chunks
 from prefopt.threads import torch_threads
@@ -110,7 +110,7 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name,kwargs", CASES, ids=[c[0] for c in CASES])
 def test_matches_autograd_through_the_reference(name: str, kwargs: dict, dtype: torch.dtype, monkeypatch) -> None:
-    monkeypatch.setattr(fused_head, "KEEP_TILE_BYTES", 128 * 40 * 4)  # three vocab tiles of 128, 128, 45 columns
+    monkeypatch.setattr(fused_head_run, "KEEP_TILE_BYTES", 128 * 40 * 4)  # three vocab tiles of 128, 128, 45 columns
     inputs, seq = _inputs(dtype), _layout()
     head = {k: v for k, v in kwargs.items() if k in ("temperature", "softcap")}
     as64 = {k: v.double() if k != "labels" and v is not None else v for k, v in inputs.items()}
@@ -122,6 +122,32 @@ def test_matches_autograd_through_the_reference(name: str, kwargs: dict, dtype: 
         err_got = (got[key] - true).abs().max().item()
         allowed = err_ref + TOLERANCE[dtype] * (1.0 + true.abs().max().item())
         assert err_got <= allowed, f"{name} {dtype} {key}: {err_got:.3g} > {allowed:.3g} (reference path {err_ref:.3g})"
+
+
+@pytest.mark.parametrize("case", ["ordinary", "large", "very negative"])
+def test_unshifted_sweep_falls_back_where_exp_leaves_its_range(case: str, monkeypatch) -> None:
+    """A kept chunk keeps e^{Z} unshifted when every row's Σ e^{z} lies in `UNSHIFTED`, else it sweeps again
+    with the row maxima subtracted: row maxima of 60–140 (hidden × 15) and all logits below −100 (bias − 150)
+    give results as close to the truth as ordinary logits do, and only they take the second sweep."""
+    sweeps: list[bool] = []
+    sweep = fused_head_run.FusedHeadRun._sweep
+
+    def recorded(self, chunk, shifted):
+        sweeps.append(shifted)
+        return sweep(self, chunk, shifted)
+
+    monkeypatch.setattr(fused_head_run.FusedHeadRun, "_sweep", recorded)
+    inputs, seq = _inputs(torch.float32), _layout()
+    if case == "large":
+        inputs["hidden"] = inputs["hidden"] * 15.0
+    elif case == "very negative":
+        inputs["bias"] = inputs["bias"] - 150.0
+    as64 = {k: v.double() if k != "labels" and v is not None else v for k, v in inputs.items()}
+    truth, ref, got = _unfused(as64, seq), _unfused(inputs, seq), _fused(inputs, seq, max_chunk_bytes=_rows(12))
+    for key, true in truth.items():
+        allowed = (ref[key] - true).abs().max().item() + TOLERANCE[torch.float32] * (1.0 + true.abs().max().item())
+        assert (got[key] - true).abs().max().item() <= allowed, f"{case} {key}"
+    assert sweeps == ([False, False] if case == "ordinary" else [False, True, False, True])  # two kept chunks
 
 
 def test_stats_match_linear_logprobs() -> None:
