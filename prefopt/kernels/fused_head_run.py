@@ -25,13 +25,15 @@ from prefopt.kernels.chunked import (
 )
 from prefopt.kernels.params import LinearLogprobsParams, LogitStats
 
-__all__ = ["KEEP_TILE_BYTES", "UNSHIFTED", "FusedHeadResult", "FusedHeadRun", "GradFn"]
+__all__ = ["KEEP_TILE_BYTES", "SWEEP_TILE_BYTES", "UNSHIFTED", "FusedHeadResult", "FusedHeadRun", "GradFn"]
 
 # Logits tile of a kept chunk with softcap (and its one scratch tile) or a weight of another dtype (cast per tile).
 KEEP_TILE_BYTES = 8 * 2**20
 # Range of Σ_v e^{z_v} per row where a kept chunk's tiles may keep e^{Z} unshifted (`FusedHeadRun._sweep`): every
 # e^{z} finite, the lse within ±69 and c = e^{−lse} a normal float32.
 UNSHIFTED = (1e-30, 1e30)
+# Logits tile (float32 M×C) of an unshifted sweep: with its weight tile it stays in cache for the dH matmul.
+SWEEP_TILE_BYTES = 2 * 2**20
 
 # (sums [S] float32, done [S] bool, per-token stats so far | None) → g [S]: d objective / d sum_s, read at the
 # sequences of finished groups. The stats (with return_stats) are the rows' `LogitStats`, 0 at rows not yet seen.
@@ -152,7 +154,7 @@ class FusedHeadRun:
         hs_t = hs.T.contiguous()  # (D, M)
         chunk = (h, hs_t, labels, cols, kept)
         swept = None if self.p.return_stats else self._sweep(chunk, shifted=False)
-        target, tile_max, tile_sum, tile_sq, total, tiles = swept or self._sweep(chunk, shifted=True)  # type: ignore[misc]
+        target, tile_max, tile_sum, tile_sq, total, tiles, acc = swept or self._sweep(chunk, shifted=True)  # type: ignore[misc]
         row_max = tile_max.amax(dim=0)
         shift = (tile_max - row_max).exp_()  # e^{m_v − max}
         log_s = (tile_sum * shift).sum(dim=0).log()
@@ -163,9 +165,15 @@ class FusedHeadRun:
         r = self._gradient(rows, target, lse, row_max, extra) * -(1.0 / self.p.temperature)  # dL/da = r ⊙ (P − E)
         scale = (tile_max - lse).exp_()  # c_v [tiles, M]
         need_w, need_b, need_h = self.grad_w is not None, self.grad_b is not None, self.grad_h is not None
+        product = None
+        if swept is not None:  # unshifted: one c for every tile, so sweep 2 is one (V, M) tile; Σ_v e_v W_v is done
+            tiles, scale = [(0, kept.shape[0] // h.shape[0], kept.view(-1, h.shape[0]))], scale[:1]
+            if acc is not None:
+                acc.mul_(scale[0])
+        elif need_h:
+            acc = torch.zeros_like(hs_t)  # (Σ_v c_v ⊙ (e_v W_v))ᵀ
+            product = torch.empty_like(hs_t)  # (e_v W_v)ᵀ = W_vᵀ e_vᵀ
         scaled = torch.empty_like(h) if need_w else None  # c_v ⊙ r ⊙ h
-        acc = torch.zeros_like(hs_t) if need_h else None  # (Σ_v c_v ⊙ (e_v W_v))ᵀ
-        product = torch.empty_like(hs_t) if need_h else None  # (e_v W_v)ᵀ = W_vᵀ e_vᵀ
         for i, (v0, v1, e) in enumerate(tiles):
             cr = scale[i] * r
             if scaled is not None:
@@ -177,26 +185,32 @@ class FusedHeadRun:
         self._label_terms(rows, h, labels, r, None if acc is None else acc.T)
 
     def _sweep(self, chunk: tuple[Tensor, Tensor, Tensor, int, Tensor], shifted: bool) -> tuple | None:
-        """Sweep 1 of a kept chunk without softcap: (target, m_v, Σ e_v, Σ e_v² | None, Σ z | None, tiles).
+        """Sweep 1 of a kept chunk without softcap: (target, m_v, Σ e_v, Σ e_v² | None, Σ z | None, tiles,
+        (Σ_v e_v W_v)ᵀ | None).
 
-        shifted: m_v is the row's maximum over tile v (an `amax` and a subtraction per tile). Unshifted: m_v = 0,
-        e_v = exp(Z_v), two passes fewer over the kept logits; exact wherever Σ_v e^{z} lies in `UNSHIFTED`, else
-        None (nothing recorded yet) and the caller sweeps again, shifted. The statistics always sweep shifted.
+        shifted: m_v is the row's maximum over tile v (an `amax` and a subtraction per tile). Unshifted: m_v = 0
+        and e_v = exp(Z_v) needs nothing from other tiles, so the sweep goes in tiles of `SWEEP_TILE_BYTES` of
+        logits and forms e_v W_v (the dH matmul) while W_v and e_v are in cache; exact wherever Σ_v e^{z} lies in
+        `UNSHIFTED`, else None (nothing recorded yet) and the caller sweeps again, shifted. The statistics always
+        sweep shifted.
         """
         w, b, p, dtype = self.weight, self.bias, self.p, self.dtype
         h, hs_t, labels, cols, kept = chunk
         m_rows, vocab = h.shape[0], w.shape[0]
+        if not shifted:
+            cols = min(cols, max(128, SWEEP_TILE_BYTES // (4 * m_rows)))
         starts = range(0, vocab, cols)
         tile_max = torch.zeros(len(starts), m_rows, dtype=dtype, device=h.device)  # m_v
         tile_sum = torch.empty_like(tile_max)  # Σ e_v
         tile_sq = torch.empty_like(tile_max) if p.return_stats else None  # Σ e_v²
         target = torch.zeros(m_rows, dtype=dtype, device=h.device)
         total = torch.zeros_like(target) if p.return_stats else None
+        acc = torch.zeros_like(hs_t) if not shifted and self.grad_h is not None else None  # (Σ_v e_v W_v)ᵀ
         tiles = []
         for i, v0 in enumerate(starts):
             v1 = min(v0 + cols, vocab)
-            z = kept[m_rows * v0 : m_rows * v1].view(v1 - v0, m_rows)  # Z_vᵀ
-            torch.mm(w[v0:v1].to(dtype), hs_t, out=z)
+            z, wv = kept[m_rows * v0 : m_rows * v1].view(v1 - v0, m_rows), w[v0:v1].to(dtype)  # Z_vᵀ
+            torch.mm(wv, hs_t, out=z)
             if b is not None:  # added after the product: BLAS may accumulate the dot onto a large bias (lossy)
                 z.add_(b[v0:v1].to(dtype).div(p.temperature).unsqueeze(1))
             hit, col = _labels_in_tile(labels, v0, v1)
@@ -210,12 +224,14 @@ class FusedHeadRun:
             tile_sum[i] = e.sum(dim=0)
             if tile_sq is not None:  # a column norm: no tile-sized temporary
                 tile_sq[i] = torch.linalg.vector_norm(e, dim=0).square_()
+            if acc is not None:
+                acc.addmm_(wv.T, e)
             tiles.append((v0, v1, e))
         if not shifted:
             sums = tile_sum.sum(dim=0)
             if not bool(((sums > UNSHIFTED[0]) & (sums < UNSHIFTED[1])).all()):
                 return None
-        return target, tile_max, tile_sum, tile_sq, total, tiles
+        return target, tile_max, tile_sum, tile_sq, total, tiles, acc
 
     def _label_terms(self, rows: Tensor, h: Tensor, labels: Tensor, r: Tensor, acc: Tensor | None) -> None:
         """The −E part of G = P − E (one entry per row, at its label), then dH of the chunk."""
