@@ -17,10 +17,10 @@ Three N·D·V matmuls (four for any O(tile) method given a generic upstream grad
 the logits), with one chunk's M×V logits as working memory: max_rows from `CHUNK_BYTES` (160 MiB: 327 rows at
 V = 128256 in float32), kept transposed (Z_vᵀ, `FusedHeadRun.keep_chunk`, which says how sweep 2 avoids
 element-wise passes). Usually m_v = 0 (`FusedHeadRun._sweep`, unshifted): then sweep 1 goes in cache-sized
-tiles and forms dh's matmul per tile, and sweep 2 is one dW matmul. Groups of more than max_rows tokens are recomputed instead, all
-in one chunk, four matmuls in O(R·C) memory: the chunked backend's `_forward_block` (lse), then g, then
-`_backward_block` on their rows, in that backend's row blocks and tiles. With softcap the gradient takes the
-chunked backend's general tile rule (`_tile_grad`). Results equal `linear_logprobs` followed by autograd
+tiles and forms dh's matmul per tile, and sweep 2 is one dW matmul. Groups of more than max_rows tokens are
+recomputed instead, all in one chunk, four matmuls in O(R·C) memory: the chunked backend's `_forward_block` (lse),
+then g, then `_backward_block` on their rows, in that backend's row blocks and tiles. With softcap the gradient
+takes the chunked backend's general tile rule (`_tile_grad`). Results equal `linear_logprobs` followed by autograd
 through the sums and the loss (tests/fused_kernels/test_fused_head.py).
 """
 
