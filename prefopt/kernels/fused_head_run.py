@@ -80,6 +80,7 @@ class FusedHeadRun:
         self.grad_w = torch.empty(vocab, weight.shape[1], dtype=self.dtype, device=device) if need_w else None
         self.w_written = False  # dW is written by the first chunk, accumulated into by the rest
         self.kept: Tensor | None = None  # the kept chunks' logits (`reserve`), reused from chunk to chunk
+        self.unshifted = not p.return_stats  # cleared by the first chunk out of `UNSHIFTED`: one wasted sweep a call
         self.grad_b = torch.zeros(vocab, dtype=self.dtype, device=device) if (need_b and bias is not None) else None
 
     def reserve(self, max_rows: int) -> None:
@@ -153,7 +154,8 @@ class FusedHeadRun:
         h, hs, labels, cols, kept = self._chunk_start(rows)
         hs_t = hs.T.contiguous()  # (D, M)
         chunk = (h, hs_t, labels, cols, kept)
-        swept = None if self.p.return_stats else self._sweep(chunk, shifted=False)
+        swept = self._sweep(chunk, shifted=False) if self.unshifted else None
+        self.unshifted = swept is not None
         target, tile_max, tile_sum, tile_sq, total, tiles, acc = swept or self._sweep(chunk, shifted=True)  # type: ignore[misc]
         row_max = tile_max.amax(dim=0)
         shift = (tile_max - row_max).exp_()  # e^{m_v − max}
