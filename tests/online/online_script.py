@@ -43,8 +43,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from tests.launch import end_process_group  # after the repository root is on sys.path
+    from tests.launch import exit_launched  # after the repository root is on sys.path
 
     code = main()
-    end_process_group()
-    sys.exit(code)
+    exit_launched(code)
