@@ -51,6 +51,18 @@ class FusedHeadResult(NamedTuple):
     stats: LogitStats | None  # mean logit, label = argmax, log Σ p² (with return_stats)
 
 
+class _Sweep(NamedTuple):
+    """What sweep 1 of a kept chunk without softcap leaves (`FusedHeadRun._sweep`); per-tile rows are [tiles, M]."""
+
+    target: Tensor  # [M] the label's logit
+    tile_max: Tensor  # m_v, 0 when unshifted
+    tile_sum: Tensor  # Σ e_v
+    tile_sq: Tensor | None  # Σ e_v² (with return_stats)
+    total: Tensor | None  # [M] Σ_v z (with return_stats)
+    tiles: list[tuple[int, int, Tensor]]  # (v0, v1, e_vᵀ (C, M))
+    acc: Tensor | None  # (Σ_v e_v W_v)ᵀ (D, M), formed by an unshifted sweep
+
+
 class FusedHeadRun:
     """One call's inputs, accumulators and per-chunk work (see the module docstring)."""
 
@@ -156,7 +168,7 @@ class FusedHeadRun:
         chunk = (h, hs_t, labels, cols, kept)
         swept = self._sweep(chunk, shifted=False) if self.unshifted else None
         self.unshifted = swept is not None
-        target, tile_max, tile_sum, tile_sq, total, tiles, acc = swept or self._sweep(chunk, shifted=True)  # type: ignore[misc]
+        target, tile_max, tile_sum, tile_sq, total, tiles, acc = swept or self._sweep(chunk, shifted=True)
         row_max = tile_max.amax(dim=0)
         shift = (tile_max - row_max).exp_()  # e^{m_v − max}
         log_s = (tile_sum * shift).sum(dim=0).log()
@@ -169,7 +181,8 @@ class FusedHeadRun:
         need_w, need_b, need_h = self.grad_w is not None, self.grad_b is not None, self.grad_h is not None
         product = None
         if swept is not None:  # unshifted: one c for every tile, so sweep 2 is one (V, M) tile; Σ_v e_v W_v is done
-            tiles, scale = [(0, kept.shape[0] // h.shape[0], kept.view(-1, h.shape[0]))], scale[:1]
+            vocab = self.weight.shape[0]
+            tiles, scale = [(0, vocab, kept.view(vocab, h.shape[0]))], scale[:1]
             if acc is not None:
                 acc.mul_(scale[0])
         elif need_h:
@@ -186,9 +199,8 @@ class FusedHeadRun:
                 acc.addcmul_(torch.mm(self.weight[v0:v1].to(self.dtype).T, e, out=product), scale[i])
         self._label_terms(rows, h, labels, r, None if acc is None else acc.T)
 
-    def _sweep(self, chunk: tuple[Tensor, Tensor, Tensor, int, Tensor], shifted: bool) -> tuple | None:
-        """Sweep 1 of a kept chunk without softcap: (target, m_v, Σ e_v, Σ e_v² | None, Σ z | None, tiles,
-        (Σ_v e_v W_v)ᵀ | None).
+    def _sweep(self, chunk: tuple[Tensor, Tensor, Tensor, int, Tensor], shifted: bool) -> _Sweep | None:
+        """Sweep 1 of a kept chunk without softcap (`_Sweep`).
 
         shifted: m_v is the row's maximum over tile v (an `amax` and a subtraction per tile). Unshifted: m_v = 0
         and e_v = exp(Z_v) needs nothing from other tiles, so the sweep goes in tiles of `SWEEP_TILE_BYTES` of
@@ -208,7 +220,7 @@ class FusedHeadRun:
         target = torch.zeros(m_rows, dtype=dtype, device=h.device)
         total = torch.zeros_like(target) if p.return_stats else None
         acc = torch.zeros_like(hs_t) if not shifted and self.grad_h is not None else None  # (Σ_v e_v W_v)ᵀ
-        tiles = []
+        tiles: list[tuple[int, int, Tensor]] = []
         for i, v0 in enumerate(starts):
             v1 = min(v0 + cols, vocab)
             z, wv = kept[m_rows * v0 : m_rows * v1].view(v1 - v0, m_rows), w[v0:v1].to(dtype)  # Z_vᵀ
@@ -233,7 +245,7 @@ class FusedHeadRun:
             sums = tile_sum.sum(dim=0)
             if not bool(((sums > UNSHIFTED[0]) & (sums < UNSHIFTED[1])).all()):
                 return None
-        return target, tile_max, tile_sum, tile_sq, total, tiles, acc
+        return _Sweep(target, tile_max, tile_sum, tile_sq, total, tiles, acc)
 
     def _label_terms(self, rows: Tensor, h: Tensor, labels: Tensor, r: Tensor, acc: Tensor | None) -> None:
         """The −E part of G = P − E (one entry per row, at its label), then dH of the chunk."""
