@@ -16,7 +16,7 @@ still holds their logits:
 Three N·D·V matmuls (four for any O(tile) method given a generic upstream gradient: its backward recomputes
 the logits), with one chunk's M×V logits as working memory: max_rows from `CHUNK_BYTES` (160 MiB: 327 rows at
 V = 128256 in float32), kept transposed (Z_vᵀ, `FusedHeadRun.keep_chunk`, which says how sweep 2 avoids
-element-wise passes). Usually m_v = 0 (`FusedHeadRun._sweep`, unshifted): then sweep 1 goes in cache-sized
+element-wise passes). Usually m_v = 0 (`FusedHeadRun._sweep`, unshifted): then sweep 1 goes in 8 MiB
 tiles and forms dh's matmul per tile, and sweep 2 is one dW matmul. Groups of more than max_rows tokens are
 recomputed instead, all in one chunk, four matmuls in O(R·C) memory: the chunked backend's `_forward_block` (lse),
 then g, then `_backward_block` on their rows, in that backend's row blocks and tiles. With softcap the gradient

@@ -32,8 +32,9 @@ KEEP_TILE_BYTES = 8 * 2**20
 # Range of Σ_v e^{z_v} per row where a kept chunk's tiles may keep e^{Z} unshifted (`FusedHeadRun._sweep`): every
 # e^{z} finite, the lse within ±69 and c = e^{−lse} a normal float32.
 UNSHIFTED = (1e-30, 1e30)
-# Logits tile (float32 M×C) of an unshifted sweep: with its weight tile it stays in cache for the dH matmul.
-SWEEP_TILE_BYTES = 2 * 2**20
+# Logits tile (float32 M×C) of an unshifted sweep, each with its own dH matmul: 8192 vocabulary rows at M = 256.
+# On the 2-core CPU, 4 to 32 MiB took the same time within noise and 2 MiB about 3% more (docs/kernels.md).
+SWEEP_TILE_BYTES = 8 * 2**20
 
 # (sums [S] float32, done [S] bool, per-token stats so far | None) → g [S]: d objective / d sum_s, read at the
 # sequences of finished groups. The stats (with return_stats) are the rows' `LogitStats`, 0 at rows not yet seen.
@@ -204,7 +205,7 @@ class FusedHeadRun:
 
         shifted: m_v is the row's maximum over tile v (an `amax` and a subtraction per tile). Unshifted: m_v = 0
         and e_v = exp(Z_v) needs nothing from other tiles, so the sweep goes in tiles of `SWEEP_TILE_BYTES` of
-        logits and forms e_v W_v (the dH matmul) while W_v and e_v are in cache; exact wherever Σ_v e^{z} lies in
+        logits and forms e_v W_v (the dH matmul) per tile, keeping e_v for sweep 2; exact wherever Σ_v e^{z} lies in
         `UNSHIFTED`, else None (nothing recorded yet) and the caller sweeps again, shifted. The statistics always
         sweep shifted.
         """
